@@ -1,0 +1,1 @@
+"""headscale_tw.control."""

@@ -1,0 +1,32 @@
+"""
+Domain errors shared by stores, the control plane and the admin API.
+
+Each carries a message meant for a person; the admin API maps them to HTTP
+status codes and the CLI prints them on one line.
+"""
+
+__all__ = ["HeadscaleError", "NotFound", "AlreadyExists", "UserHasNodes", "InvalidInput", "Expired"]
+
+
+class HeadscaleError(Exception):
+    """Base class: ``str(error)`` is the one-line message shown to users."""
+
+
+class NotFound(HeadscaleError):
+    """The named object does not exist."""
+
+
+class AlreadyExists(HeadscaleError):
+    """A unique name or key is already taken."""
+
+
+class UserHasNodes(HeadscaleError):
+    """A user cannot be deleted while it still owns nodes."""
+
+
+class InvalidInput(HeadscaleError):
+    """A request or argument is malformed; the message names what is wrong."""
+
+
+class Expired(HeadscaleError):
+    """A key or node has expired."""

@@ -1,0 +1,170 @@
+"""
+The seams between layers, as zope interfaces.
+
+Every implementation (and every fake in :mod:`headscale_tw.testing`) is checked
+with ``verifyObject`` in the tests. Store methods are coroutines (``async def``);
+they raise the errors from :mod:`headscale_tw.errors`, never database exceptions.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "IUserStore",
+    "INodeStore",
+    "IPreAuthKeyStore",
+    "IApiKeyStore",
+    "IPolicyStore",
+    "IServerStateStore",
+    "IDatabase",
+    "INodeNotifier",
+]
+
+
+class IUserStore(Interface):
+    """Users. Names are unique."""
+
+    async def create(name, display_name="", email="", provider="", provider_identifier="", now=None):
+        """Insert a user and return its ``User``; ``AlreadyExists`` if the name is taken."""
+
+    async def get(user_id):
+        """Return the ``User`` with this id, or raise ``NotFound``."""
+
+    async def get_by_name(name):
+        """Return the ``User`` with this name, or raise ``NotFound``."""
+
+    async def list():
+        """Return every ``User``, ordered by id."""
+
+    async def rename(user_id, new_name, now=None):
+        """Rename and return the updated ``User``; ``NotFound`` / ``AlreadyExists``."""
+
+    async def delete(user_id):
+        """Delete the user; ``NotFound``; ``UserHasNodes`` if it still owns nodes
+        (pre-auth keys of the user are deleted with it)."""
+
+
+class INodeStore(Interface):
+    """Nodes. Machine key, node key and given name are each unique."""
+
+    async def create(node):
+        """Insert a ``Node`` (its ``id`` is ignored) and return the stored row with its new id.
+        ``AlreadyExists`` on a duplicate machine key, node key or given name."""
+
+    async def get(node_id):
+        """Return the ``Node`` with this id, or raise ``NotFound``."""
+
+    async def get_by_machine_key(machine_key):
+        """Return the ``Node`` with this machine key, or ``None``."""
+
+    async def get_by_node_key(node_key):
+        """Return the ``Node`` with this node key, or ``None``."""
+
+    async def list(user_id=None):
+        """Return every ``Node`` (of one user if given), ordered by id."""
+
+    async def update(node_id, **fields):
+        """Set the named ``Node`` attributes and return the updated row; ``NotFound``;
+        ``AlreadyExists`` if a unique field collides."""
+
+    async def delete(node_id):
+        """Delete the node; ``NotFound`` if absent."""
+
+    async def allocated_ips():
+        """Return the set of every IPv4 and IPv6 address (text) held by a node."""
+
+
+class IPreAuthKeyStore(Interface):
+    """Pre-auth keys, stored as prefix + hash."""
+
+    async def create(user_id, prefix, key_hash, reusable, ephemeral, tags, expiration, now=None):
+        """Insert and return the ``PreAuthKey``."""
+
+    async def get(key_id):
+        """Return the ``PreAuthKey`` with this id, or raise ``NotFound``."""
+
+    async def get_by_prefix(prefix):
+        """Return the ``PreAuthKey`` with this prefix, or ``None``."""
+
+    async def list(user_id=None):
+        """Return every ``PreAuthKey`` (of one user if given), ordered by id."""
+
+    async def mark_used(key_id):
+        """Set ``used``; return the updated ``PreAuthKey``."""
+
+    async def expire(key_id, now):
+        """Set ``expiration`` to ``now``; return the updated ``PreAuthKey``; ``NotFound``."""
+
+    async def delete(key_id):
+        """Delete the key; ``NotFound`` if absent."""
+
+
+class IApiKeyStore(Interface):
+    """API keys, stored as prefix + hash."""
+
+    async def create(prefix, key_hash, expiration, now=None):
+        """Insert and return the ``ApiKey``."""
+
+    async def get_by_prefix(prefix):
+        """Return the ``ApiKey`` with this prefix, or ``None``."""
+
+    async def list():
+        """Return every ``ApiKey``, ordered by id."""
+
+    async def expire(key_id, now):
+        """Set ``expiration`` to ``now``; return the updated ``ApiKey``; ``NotFound``."""
+
+    async def delete(key_id):
+        """Delete the key; ``NotFound`` if absent."""
+
+    async def touch(key_id, now):
+        """Record ``last_seen``."""
+
+
+class IPolicyStore(Interface):
+    """Policy documents for ``policy.mode: database``."""
+
+    async def get_latest():
+        """Return the newest ``PolicyRecord``, or ``None``."""
+
+    async def set(data, now=None):
+        """Store a new policy text and return its ``PolicyRecord``."""
+
+
+class IServerStateStore(Interface):
+    """Small server-wide values shared by every instance on one database
+    (e.g. the pepper used to hash key secrets)."""
+
+    async def get(name):
+        """Return the value (``bytes``) or ``None``."""
+
+    async def get_or_create(name, factory):
+        """Return the stored value, storing ``factory()`` first if absent (race-safe)."""
+
+
+class IDatabase(Interface):
+    """An open, migrated database: one attribute per table area."""
+
+    users = Attribute("IUserStore")
+    nodes = Attribute("INodeStore")
+    preauthkeys = Attribute("IPreAuthKeyStore")
+    apikeys = Attribute("IApiKeyStore")
+    policies = Attribute("IPolicyStore")
+    server_state = Attribute("IServerStateStore")
+
+    async def close():
+        """Finish in-flight work and close every connection."""
+
+
+class INodeNotifier(Interface):
+    """Tells the map sessions that something changed (domain → sessions)."""
+
+    def node_changed(node_id):
+        """A node's peer-visible data changed; peers get a delta."""
+
+    def node_removed(node_id):
+        """A node was deleted; peers get ``PeersRemoved``."""
+
+    def policy_changed():
+        """The policy changed; every session recomputes its filter/peers."""

@@ -1,0 +1,103 @@
+# -*- test-case-name: tests.storage -*-
+"""
+Frozen row models returned by the stores.
+
+Stores never return tuples or dicts: every row comes back as one of these.
+Times are timezone-aware UTC ``datetime`` objects or ``None``. Keys are kept in
+their Tailscale text form (``mkey:<hex>``, ``nodekey:<hex>``, ``discokey:<hex>``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import attrs
+
+__all__ = ["User", "Node", "PreAuthKey", "ApiKey", "PolicyRecord"]
+
+
+@attrs.frozen
+class User:
+    """A tailnet user (Headscale's ``users`` table)."""
+
+    id: int
+    name: str
+    display_name: str = ""
+    email: str = ""
+    provider: str = ""
+    provider_identifier: str = ""
+    profile_pic_url: str = ""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@attrs.frozen
+class Node:
+    """A registered device (Headscale's ``nodes`` table).
+
+    ``user_id`` is ``None`` for tagged nodes, which no user owns.
+    ``hostinfo`` is the client's last Hostinfo JSON object (a dict, treated as
+    immutable) and ``endpoints`` its last UDP endpoints (``"ip:port"``).
+    ``given_name`` is the MagicDNS label; ``given_name_auto`` says it was derived
+    from the hostname (so a hostname change re-derives it) rather than set by an admin.
+    """
+
+    id: int
+    machine_key: str
+    node_key: str
+    hostname: str
+    given_name: str
+    user_id: int | None
+    disco_key: str = ""
+    ipv4: str | None = None
+    ipv6: str | None = None
+    endpoints: tuple[str, ...] = ()
+    hostinfo: dict = attrs.field(factory=dict, hash=False)
+    given_name_auto: bool = True
+    register_method: str = ""  # "authkey", "cli", "oidc"
+    tags: tuple[str, ...] = ()
+    auth_key_id: int | None = None
+    expiry: datetime | None = None
+    last_seen: datetime | None = None
+    approved_routes: tuple[str, ...] = ()
+    ephemeral: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@attrs.frozen
+class PreAuthKey:
+    """A pre-auth key; only its ``prefix`` and ``key_hash`` are stored, never the secret."""
+
+    id: int
+    prefix: str
+    key_hash: bytes
+    user_id: int | None
+    reusable: bool = False
+    ephemeral: bool = False
+    used: bool = False
+    tags: tuple[str, ...] = ()
+    expiration: datetime | None = None
+    created_at: datetime | None = None
+
+
+@attrs.frozen
+class ApiKey:
+    """An API key for ``/api/v1``; only ``prefix`` and ``key_hash`` are stored."""
+
+    id: int
+    prefix: str
+    key_hash: bytes
+    expiration: datetime | None = None
+    last_seen: datetime | None = None
+    created_at: datetime | None = None
+
+
+@attrs.frozen
+class PolicyRecord:
+    """A policy document stored in the database (``policy.mode: database``)."""
+
+    id: int
+    data: str
+    created_at: datetime | None = None
+    updated_at: datetime | None = None

@@ -1,0 +1,1 @@
+"""Tests for headscale-tw (run with trial)."""
