@@ -1,0 +1,75 @@
+# -*- test-case-name: tests.web.test_upgrade -*-
+"""
+HTTP/1.1 ``Upgrade`` handoff: the one place where a ``twisted.web`` request's
+connection is taken away from the HTTP channel and given to another protocol.
+
+Used by ``/ts2021`` (Noise control protocol) and ``/derp`` (DERP relay). The
+precedent is autobahn's ``WebSocketResource.render``: take the channel's
+transport, detach the HTTP channel (timeout, producer registration), point the
+transport at the new protocol, write the ``101 Switching Protocols`` head and
+call ``makeConnection``. Bytes the HTTP channel already buffered after the
+request are replayed into the new protocol.
+
+This touches ``twisted.web.http.HTTPChannel`` internals (``_dataBuffer``,
+``_networkProducer``); Twisted is pinned in setup.cfg and tests/web/test_upgrade.py
+covers it.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IProtocol
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.web.server import NOT_DONE_YET
+
+__all__ = ["switch_protocols", "UpgradeError", "NOT_DONE_YET"]
+
+
+class UpgradeError(Exception):
+    """The request cannot be upgraded (e.g. it arrived over HTTP/2)."""
+
+
+def switch_protocols(
+    request,
+    protocol: IProtocol,
+    upgrade: bytes,
+    extra_headers: list[tuple[bytes, bytes]] = (),
+    first_bytes: bytes = b"",
+) -> None:
+    """Answer ``request`` with ``101 Switching Protocols`` and hand its connection to ``protocol``.
+
+    ``first_bytes`` are written right after the response head, in the same
+    write (the ts2021 handshake response goes there). After this call the
+    HTTP channel never sees the connection again; the resource's ``render``
+    must return ``NOT_DONE_YET``.
+    """
+    channel = request.channel
+    transport = getattr(channel, "transport", None)
+    if transport is None or request.clientproto != b"HTTP/1.1":
+        raise UpgradeError("make the upgrade request over HTTP/1.1")
+
+    # Detach the HTTP channel: no idle timeout, no producer registration.
+    channel.setTimeout(None)
+    producer = getattr(channel, "_networkProducer", None)
+    buffered = b"".join(getattr(channel, "_dataBuffer", []))
+    if producer is not None:
+        producer.unregisterProducer()
+    channel._dataBuffer = []
+    channel.transport = None
+
+    if isinstance(transport, ProtocolWrapper):
+        # TLS (TLSMemoryBIOProtocol) and our own Noise wrapper deliver to wrappedProtocol.
+        transport.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+
+    head = [b"HTTP/1.1 101 Switching Protocols", b"Upgrade: " + upgrade, b"Connection: upgrade"]
+    head.extend(name + b": " + value for name, value in extra_headers)
+    transport.write(b"\r\n".join(head) + b"\r\n\r\n" + first_bytes)
+
+    protocol.makeConnection(transport)
+    # The HTTP channel pauses reading while it handles a request; nothing follows us.
+    resume = getattr(transport, "resumeProducing", None)
+    if resume is not None:
+        resume()
+    if buffered:
+        protocol.dataReceived(buffered)
