@@ -1,8 +1,11 @@
 """Tests for headscale_tw.service."""
 
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactor
 from twisted.trial import unittest
 
-from headscale_tw.service import listen_endpoint
+from headscale_tw.config.model import Config
+from headscale_tw.service import Components, HeadscaleService, listen_endpoint
 
 
 class ListenEndpointTests(unittest.TestCase):
@@ -19,3 +22,69 @@ class ListenEndpointTests(unittest.TestCase):
     def test_any(self):
         """0.0.0.0 listens on every interface."""
         self.assertEqual(listen_endpoint("0.0.0.0:80"), "tcp:80")
+
+    def test_tls(self):
+        """With a certificate and key the endpoint is ssl: with both paths."""
+        self.assertEqual(
+            listen_endpoint("127.0.0.1:8443", ("/c.pem", "/k.pem")),
+            "ssl:8443:interface=127.0.0.1:certKey=/c.pem:privateKey=/k.pem",
+        )
+
+
+class _Recorder:
+    def __init__(self, order, name):
+        self.order, self.name, self.running, self.parent = order, name, False, None
+
+    def setServiceParent(self, parent):
+        parent.addService(self)
+
+    def disownServiceParent(self):
+        pass
+
+    def privilegedStartService(self):
+        pass
+
+    def startService(self):
+        self.running = True
+        self.order.append(("start", self.name))
+
+    def stopService(self):
+        self.running = False
+        self.order.append(("stop", self.name))
+
+
+class HeadscaleServiceTests(unittest.TestCase):
+    """Start and stop order of the service tree."""
+
+    def test_components_after_database_and_close_last(self):
+        """Children start only once the async setup finished; the database closes after they stop."""
+        order = []
+        opened = defer.Deferred()
+
+        async def components(config, reactor):
+            await opened
+            order.append(("open", "db"))
+
+            async def close():
+                order.append(("close", "db"))
+
+            return Components([_Recorder(order, "http"), _Recorder(order, "metrics")], close=close)
+
+        svc = HeadscaleService(Config(), MemoryReactor(), components=components)
+        svc.startService()
+        self.assertEqual(order, [])
+        opened.callback(None)
+        self.assertEqual(order, [("open", "db"), ("start", "http"), ("start", "metrics")])
+        d = svc.stopService()
+        self.successResultOf(d)
+        self.assertEqual(order[3:], [("stop", "metrics"), ("stop", "http"), ("close", "db")])
+
+    def test_start_failure_logged(self):
+        """A failing setup is logged as critical and no child starts."""
+        async def components(config, reactor):
+            raise RuntimeError("database is locked")
+
+        svc = HeadscaleService(Config(), MemoryReactor(), components=components)
+        svc.startService()
+        self.assertEqual(list(svc), [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

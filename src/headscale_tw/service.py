@@ -1,41 +1,175 @@
 # -*- test-case-name: tests.test_service -*-
 """
 The service tree: ``build_service(config, reactor)`` is the one builder used by
-``twistd headscale`` (tap.py) and ``etc/headscale.tac``.
+``twistd headscale`` (tap.py), ``headscale serve`` and ``etc/headscale.tac``.
+
+Start order is explicit (house style 6): :class:`HeadscaleService` opens and
+migrates the database first, in ``startService``; only then does it build and
+start the listeners and timers as children. On stop, children stop first (in
+reverse order) and the database closes last, after in-flight writes finish.
+A startup failure (bad database, port in use) is logged as one readable line
+and stops the reactor.
 """
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
+
 from twisted.application import service, strports
+from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.web import resource, server
 
 from headscale_tw.config.model import Config
 
-__all__ = ["build_service", "listen_endpoint"]
+__all__ = ["build_service", "listen_endpoint", "HeadscaleService", "HealthResource", "MetricsResource"]
 
 
-def listen_endpoint(hostport: str) -> str:
-    """Turn Headscale's ``host:port`` (IPv6 in brackets) into a Twisted endpoint string."""
+def listen_endpoint(hostport: str, tls: tuple[str, str] | None = None) -> str:
+    """Turn Headscale's ``host:port`` (IPv6 in brackets) into a Twisted endpoint string.
+
+    With ``tls=(cert_path, key_path)`` the endpoint is ``ssl:`` (TLS 1.2 or newer,
+    Twisted's default minimum).
+    """
     host, _, port = hostport.rpartition(":")
     host = host.strip("[]")
-    if not host or host in ("0.0.0.0",):
-        return f"tcp:{port}"
-    return "tcp:{}:interface={}".format(port, host.replace(":", "\\:"))
+    kind = "tcp"
+    extra = ""
+    if tls is not None:
+        kind = "ssl"
+        cert, key = (p.replace(":", "\\:") for p in tls)
+        extra = f":certKey={cert}:privateKey={key}"
+    if not host or host == "0.0.0.0":
+        return f"{kind}:{port}{extra}"
+    return "{}:{}:interface={}{}".format(kind, port, host.replace(":", "\\:"), extra)
 
 
-class _Health(resource.Resource):
+class HealthResource(resource.Resource):
+    """``GET /health``: ``{"status":"pass"}`` while the database answers."""
+
     isLeaf = True
+
+    def __init__(self, check: Callable[[], defer.Deferred] | None = None):
+        super().__init__()
+        self._check = check
 
     def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json")
-        return b'{"status":"pass"}'
+        if self._check is None:
+            return b'{"status":"pass"}'
+
+        def ok(_):
+            request.write(b'{"status":"pass"}')
+            request.finish()
+
+        def fail(f):
+            request.setResponseCode(503)
+            request.write(b'{"status":"fail"}')
+            request.finish()
+
+        self._check().addCallbacks(ok, fail)
+        return server.NOT_DONE_YET
 
 
-def build_service(config: Config, reactor) -> service.MultiService:
-    """Build the whole server as one ``MultiService``."""
-    top = service.MultiService()
+class MetricsResource(resource.Resource):
+    """``GET /metrics``: Prometheus text exposition of a registry (no threads)."""
+
+    isLeaf = True
+
+    def __init__(self, registry=None):
+        super().__init__()
+        from prometheus_client import REGISTRY
+
+        self._registry = registry or REGISTRY
+
+    def render_GET(self, request):
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self._registry)
+
+
+class HeadscaleService(service.MultiService):
+    """The whole server: opens the database, then starts listeners and timers."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor, components: Callable | None = None):
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self._components = components or build_components
+        self._ready: defer.Deferred | None = None
+        self.context = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._ready = defer.Deferred.fromCoroutine(self._start())
+        self._ready.addErrback(self._start_failed)
+
+    async def _start(self):
+        self.context = await self._components(self.config, self.reactor)
+        for child in self.context.services:
+            child.setServiceParent(self)
+        self._install_sighup()
+        self.log.info("headscale-tw serving on {listen} ({url})", listen=self.config.listen_addr, url=self.config.server_url)
+        return self
+
+    def _start_failed(self, failure):
+        self.log.critical("headscale-tw could not start: {error}", error=failure.getErrorMessage())
+        self.log.failure("startup failure", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def _install_sighup(self):
+        if not hasattr(self.reactor, "callFromThread") or not self.reactor.running:
+            return
+        try:
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        except ValueError:  # not the main thread (e.g. under a test runner)
+            pass
+
+    def reload(self):
+        """SIGHUP: reload policy and DNS settings without dropping connections."""
+        if self.context is not None and self.context.reload is not None:
+            d = defer.maybeDeferred(self.context.reload)
+            d.addErrback(lambda f: self.log.failure("reload failed; previous settings stay in force", f))
+            return d
+        return defer.succeed(None)
+
+    async def _stop(self):
+        await super().stopService()
+        if self.context is not None and self.context.close is not None:
+            await self.context.close()
+
+    def stopService(self):
+        return defer.Deferred.fromCoroutine(self._stop())
+
+
+class Components:
+    """What ``build_components`` made: child services in start order, plus hooks."""
+
+    def __init__(self, services, close=None, reload=None, **named):
+        self.services = services
+        self.close = close
+        self.reload = reload
+        self.__dict__.update(named)
+
+
+async def build_components(config: Config, reactor) -> Components:
+    """Open the database and build the listeners; called once the reactor runs."""
     root = resource.Resource()
-    root.putChild(b"health", _Health())
+    root.putChild(b"health", HealthResource())
     site = server.Site(root)
-    strports.service(listen_endpoint(config.listen_addr), site, reactor=reactor).setServiceParent(top)
-    return top
+    services = [strports.service(listen_endpoint(config.listen_addr), site, reactor=reactor)]
+    if config.metrics_listen_addr:
+        metrics_root = resource.Resource()
+        metrics_root.putChild(b"metrics", MetricsResource())
+        services.append(strports.service(listen_endpoint(config.metrics_listen_addr), server.Site(metrics_root), reactor=reactor))
+    return Components(services, site=site)
+
+
+def build_service(config: Config, reactor) -> HeadscaleService:
+    """Build the whole server as one service."""
+    return HeadscaleService(config, reactor)
