@@ -73,6 +73,14 @@ sys.stdout.write(json.dumps(out))
 """
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return "?"
+
+
 class UnsafeNamespace(HarnessError):
     """The namespace is not a private, loopback-only one; nothing will be started in it."""
 
@@ -207,13 +215,19 @@ class Namespace:
                 self.holder.stop(timeout)
             if popen.stdout is not None:
                 popen.stdout.close()
+        if self._ns_id is not None:
+            try:
+                wait_for(lambda: not self.pids_inside(), timeout, "the namespace to empty", interval=0.05)
+            except HarnessError:
+                leftovers = ", ".join(f"{pid} ({_cmdline(pid)})" for pid in self.pids_inside())
+                failures.append(f"processes we did not start directly are still in the namespace: {leftovers}")
         if self._ns_fd is not None:
             os.close(self._ns_fd)
             self._ns_fd = None
         if self.runtime_dir and not os.environ.get("HEADSCALE_TW_KEEP_RUNTIME"):
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
         if failures:
-            raise HarnessError("could not stop: " + "; ".join(failures))
+            raise HarnessError("namespace cleanup: " + "; ".join(failures))
 
     def __enter__(self) -> Namespace:
         return self.start()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import headscale_tw
 from headscale_tw.config.loader import parse_config
@@ -114,10 +114,9 @@ class HeadscaleServer:
         base = self.health_url[: -len("/health")]
         return self.namespace.http_get(base + path, timeout)
 
-    def cli(self, *args: str, timeout: float = 30.0, check: bool = True,
-            extra_argv: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``python -m headscale_tw.cli.main -c CONFIG ARGS`` in the namespace, in the server's folder."""
-        argv = [self.python, "-m", "headscale_tw.cli.main", "-c", self.config_path, *extra_argv, *args]
+        argv = [self.python, "-m", "headscale_tw.cli.main", "-c", self.config_path, *args]
         proc = self.namespace.run(argv, env=self.env, timeout=timeout, cwd=self.directory)
         if check and proc.returncode != 0:
             raise HarnessError(
