@@ -1,11 +1,12 @@
 """Tests for headscale_tw.testing.realclient.node: the official tailscaled in a namespace."""
 
 import os
+import sys
 
 from twisted.trial import unittest
 
-from headscale_tw.testing.realclient._process import HarnessError
-from headscale_tw.testing.realclient.fetch import LATEST, OLD
+from headscale_tw.testing.realclient._process import HarnessError, wait_for
+from headscale_tw.testing.realclient.fetch import LATEST, OLD, RELEASES
 from headscale_tw.testing.realclient.node import tailscale_version, tailscaled_env
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
 
@@ -96,3 +97,60 @@ class TailscaledTests(RealClientTestCase):
         node = self.start_node("n1")
         self.assertTrue(node.log_path.startswith(self.log_dir))
         self.assertIn("NeedsLogin", node.log_tail(200))
+
+
+# A TLS server run inside the namespace that logs each request line and answers 418:
+# enough to see how far the real client gets when it dials "control".
+_TEAPOT = """
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        sys.stdout.write("REQUEST %s\\n" % self.path); sys.stdout.flush()
+        self.send_response(418); self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", int(sys.argv[3])), H)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain(sys.argv[1], sys.argv[2])
+s.socket = c.wrap_socket(s.socket, server_side=True)
+sys.stdout.write("LISTENING\\n"); sys.stdout.flush()
+s.serve_forever()
+"""
+
+
+class ControlDialTests(RealClientTestCase):
+    """The real client dials a login server over TLS using the throwaway CA."""
+
+    def _teapot(self, port=8443):
+        ca = self.make_ca()
+        server = self.namespace.spawn(f"teapot-{port}", [sys.executable, "-c", _TEAPOT, ca.cert_pem, ca.key_pem,
+                                                         str(port)])
+        wait_for(lambda: "LISTENING" in server.log_tail(), 10, "the TLS server to listen", details=server.describe)
+        return ca, server, f"https://127.0.0.1:{port}"
+
+    def _dial(self, version, ca_file):
+        ca, server, url = self._teapot()
+        node = self.start_node("n1", version=version, ssl_cert_file=ca.ca_pem if ca_file else None)
+        proc = node.up(url, authkey="tskey-unused", timeout=2, check=False)
+        self.assertNotEqual(proc.returncode, 0)  # a teapot is no control server
+        self.assertEqual(node.backend_state(), "NeedsLogin")
+        return node, server
+
+    def test_trusts_test_ca(self):
+        """With SSL_CERT_FILE set to the test CA, 1.96.4 completes TLS and asks for /key?v=133."""
+        node, server = self._dial(LATEST, ca_file=True)
+        wait_for(lambda: "REQUEST /key?v=133" in server.log_tail(), 10, "the client's /key request",
+                 details=lambda: server.describe() + "\n" + node.describe())
+
+    def test_old_client_capability_version(self):
+        """The old client (1.78.1) asks for /key with its pinned capability version, 109."""
+        node, server = self._dial(OLD, ca_file=True)
+        expected = f"REQUEST /key?v={RELEASES[OLD].capability_version}"
+        wait_for(lambda: expected in server.log_tail(), 10, expected,
+                 details=lambda: server.describe() + "\n" + node.describe())
+
+    def test_rejects_unknown_ca(self):
+        """Without the test CA the client refuses the certificate and sends no request."""
+        node, server = self._dial(LATEST, ca_file=False)
+        wait_for(lambda: "certificate signed by unknown authority" in node.log_tail(200), 10,
+                 "the client's x509 error", details=node.describe)
+        self.assertNotIn("REQUEST", server.log_tail())
