@@ -1,0 +1,1 @@
+"""Tests for the real-client harness (headscale_tw.testing.realclient)."""
