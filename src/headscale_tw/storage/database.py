@@ -253,20 +253,43 @@ class Txn:
 
 
 def split_sql(script: str) -> list[str]:
-    """Split an SQL script into statements, dropping ``--`` comments and blank ones."""
+    """Split an SQL script into statements at ``;``, dropping ``--`` comments.
+
+    Semicolons inside quoted literals or identifiers do not split. Dollar-quoted
+    PostgreSQL bodies are not understood: schema files do not use them.
+    """
     statements = []
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        if line.strip().startswith("--"):
+    current: list[str] = []
+    i, n = 0, len(script)
+    while i < n:
+        ch = script[i]
+        if ch == "-" and script.startswith("--", i):
+            end = script.find("\n", i)
+            i = n if end < 0 else end
             continue
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            statement = buffer.strip().rstrip(";").strip()
+        if ch in ("'", '"'):
+            end = i + 1
+            while end < n:
+                if script[end] == ch:
+                    if end + 1 < n and script[end + 1] == ch:  # doubled quote: escaped
+                        end += 2
+                        continue
+                    break
+                end += 1
+            current.append(script[i : end + 1])
+            i = end + 1
+            continue
+        if ch == ";":
+            statement = "".join(current).strip()
             if statement:
                 statements.append(statement)
-            buffer = ""
-    if buffer.strip():
-        statements.append(buffer.strip().rstrip(";").strip())
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    statement = "".join(current).strip()
+    if statement:
+        statements.append(statement)
     return statements
 
 
