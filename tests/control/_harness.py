@@ -68,8 +68,11 @@ class Harness:
         self.admin = NodeAdmin(self.state, self.notifier, self.registrar)
         self.lifecycle = NodeLifecycle(self.state, self.notifier, self.registrar, self.config)
         self.run(self.state.load())
-        self.user = self.run(self.db.users.create("alice", display_name="Alice", email="alice@example.com"))
-        self.state.users[self.user.id] = self.user
+        if self.state.users:
+            self.user = self.state.users[min(self.state.users)]
+        else:
+            self.user = self.run(self.db.users.create("alice", display_name="Alice", email="alice@example.com"))
+            self.state.users[self.user.id] = self.user
 
     def now(self):
         return datetime.fromtimestamp(self.clock.seconds(), timezone.utc)

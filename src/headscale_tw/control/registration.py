@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.logger import Logger
 
 from headscale_tw.control._wire import is_zero_key, parse_key, parse_time
@@ -311,7 +311,7 @@ class Registrar:
         waiter.addTimeout(self.followup_timeout, self.clock)
         try:
             return await waiter
-        except CancelledError:
+        except (CancelledError, TimeoutError):
             # Timed out (or the client went away): the client asks again.
             return {"AuthURL": self.auth_url(auth_id)}
         finally:
