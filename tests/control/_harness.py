@@ -18,7 +18,8 @@ from headscale_tw.control.poll import PollService
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.state import ControlState
 from headscale_tw.testing.netmap import NetmapApplier
-from tests.control._memdb import MemDatabase, lookup_by_text, make_key
+from headscale_tw import secrets as keysecrets
+from headscale_tw.testing.db import open_test_database
 
 START = 1_800_000_000
 
@@ -56,13 +57,14 @@ class Harness:
         )
         self.clock = Clock()
         self.clock.advance(START)
-        self.db = db or MemDatabase()
+        self.db = db or open_test_database(testcase)
+        self.keys: dict[str, str] = {}
         self.allocator = IPAllocator(self.config.prefixes.v4, self.config.prefixes.v6, self.config.prefixes.allocation)
         self.state = ControlState(self.db, self.allocator, self.now)
         self.mapper = Mapper(self.state, self.config)
         self.notifier = MapNotifier(self.state, self.mapper, self.clock, offline_grace=grace, interval=lambda: 55.0)
         self.registrar = Registrar(
-            self.state, self.notifier, self.mapper, self.config, self.clock, preauth_lookup=lookup_by_text(self.db)
+            self.state, self.notifier, self.mapper, self.config, self.clock
         )
         self.poll = PollService(self.state, self.notifier)
         self.admin = NodeAdmin(self.state, self.notifier, self.registrar)
@@ -80,12 +82,27 @@ class Harness:
     def run(self, coroutine):
         return run(self.testcase, coroutine)
 
-    def make_key(self, text="hskey-auth-test", user_id=None, **options):
-        return self.run(make_key(self.db, self.user.id if user_id is None else user_id, text, **options))
+    def make_key(self, label="test", user_id=None, **options):
+        """Create a real pre-auth key known to tests as ``label``; return its row."""
+        text, prefix, secret = keysecrets.generate_key("auth")
+        pepper = self.run(keysecrets.get_pepper(self.db.server_state))
+        values = dict(reusable=False, ephemeral=False, tags=(), expiration=None)
+        values.update(options)
+        row = self.run(
+            self.db.preauthkeys.create(
+                self.user.id if user_id is None else user_id,
+                prefix,
+                keysecrets.hash_secret(secret, pepper),
+                now=self.now(),
+                **values,
+            )
+        )
+        self.keys[label] = text
+        return row
 
-    def register(self, hostname="node", auth="hskey-auth-reusable", machine_key=None, node_key=None, **extra):
+    def register(self, hostname="node", auth="reusable", machine_key=None, node_key=None, **extra):
         """Register a node with a (reusable, created on demand) auth key; return (node, response)."""
-        if self.run(self.db.preauthkeys.get_by_prefix(auth)) is None and auth == "hskey-auth-reusable":
+        if auth == "reusable" and auth not in self.keys:
             self.make_key(auth, reusable=True)
         machine_key = machine_key or key("mkey")
         node_key = node_key or key("nodekey")
@@ -93,7 +110,7 @@ class Harness:
             "Version": 133,
             "NodeKey": node_key,
             "OldNodeKey": "nodekey:" + "0" * 64,
-            "Auth": {"AuthKey": auth},
+            "Auth": {"AuthKey": self.keys.get(auth, auth)},
             "Expiry": "0001-01-01T00:00:00Z",
             "Followup": "",
             "Hostinfo": {"Hostname": hostname, "OS": "linux"},

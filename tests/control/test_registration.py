@@ -33,62 +33,62 @@ class AuthKeyTests(unittest.TestCase):
 
     def test_success_response(self):
         """A valid key registers the node and answers User, Login and MachineAuthorized."""
-        self.h.make_key("hskey-auth-one")
-        node, response = self.h.register("laptop", auth="hskey-auth-one")
+        self.h.make_key("one")
+        node, response = self.h.register("laptop", auth="one")
         self.assertEqual(response["User"]["ID"], self.h.user.id)
         self.assertEqual(response["Login"]["LoginName"], "alice@example.com")
         self.assertTrue(response["MachineAuthorized"])
         self.assertNotIn("AuthURL", response)
         self.assertEqual((node.given_name, node.user_id, node.register_method), ("laptop", self.h.user.id, "authkey"))
-        self.assertTrue(self.h.run(self.h.db.preauthkeys.get(1)).used)
+        self.assertTrue(self.h.run(self.h.db.preauthkeys.get(node.auth_key_id)).used)
 
     def test_single_use_other_machine(self):
         """A used single-use key is refused for another machine with a readable Error."""
-        self.h.make_key("hskey-auth-one")
-        self.h.register("a", auth="hskey-auth-one")
-        node, response = self.h.register("b", auth="hskey-auth-one")
+        self.h.make_key("one")
+        self.h.register("a", auth="one")
+        node, response = self.h.register("b", auth="one")
         self.assertEqual(response, {"Error": "authkey already used"})
         self.assertIsNone(node)
 
     def test_single_use_same_machine_idempotent(self):
         """The same machine may retry with its used single-use key (fresh node key too)."""
-        self.h.make_key("hskey-auth-one")
+        self.h.make_key("one")
         mkey = key("mkey")
-        first, _ = self.h.register("a", auth="hskey-auth-one", machine_key=mkey)
-        again, response = self.h.register("a", auth="hskey-auth-one", machine_key=mkey)
+        first, _ = self.h.register("a", auth="one", machine_key=mkey)
+        again, response = self.h.register("a", auth="one", machine_key=mkey)
         self.assertTrue(response["MachineAuthorized"])
         self.assertEqual(first.id, again.id)
         self.assertEqual(len(self.h.state.nodes), 1)
 
     def test_reusable(self):
         """A reusable key registers several machines."""
-        self.h.make_key("hskey-auth-many", reusable=True)
-        a, _ = self.h.register("a", auth="hskey-auth-many")
-        b, _ = self.h.register("b", auth="hskey-auth-many")
+        self.h.make_key("many", reusable=True)
+        a, _ = self.h.register("a", auth="many")
+        b, _ = self.h.register("b", auth="many")
         self.assertNotEqual(a.id, b.id)
 
     def test_invalid(self):
         """An unknown key gives Error "invalid auth key"."""
-        _, response = self.h.register("a", auth="hskey-auth-nope")
+        _, response = self.h.register("a", auth="nope")
         self.assertEqual(response, {"Error": "invalid auth key"})
 
     def test_expired(self):
         """An expired key gives Error "authkey expired"."""
-        self.h.make_key("hskey-auth-old", expiration=self.h.now() - timedelta(seconds=1))
-        _, response = self.h.register("a", auth="hskey-auth-old")
+        self.h.make_key("old", expiration=self.h.now() - timedelta(seconds=1))
+        _, response = self.h.register("a", auth="old")
         self.assertEqual(response, {"Error": "authkey expired"})
 
     def test_ephemeral(self):
         """An ephemeral key makes an ephemeral node."""
-        self.h.make_key("hskey-auth-eph", ephemeral=True)
-        node, _ = self.h.register("a", auth="hskey-auth-eph")
+        self.h.make_key("eph", ephemeral=True)
+        node, _ = self.h.register("a", auth="eph")
         self.assertTrue(node.ephemeral)
 
     def test_tagged(self):
         """A tagged key makes a tagged node owned by no user and never expiring."""
         h = Harness(self, config=Config(node=NodeConfig(expiry=3600.0), dns=DNSConfig(base_domain="t.example")))
-        h.make_key("hskey-auth-tag", tags=("tag:server",))
-        node, response = h.register("srv", auth="hskey-auth-tag")
+        h.make_key("tag", tags=("tag:server",))
+        node, response = h.register("srv", auth="tag")
         self.assertEqual(node.tags, ("tag:server",))
         self.assertIsNone(node.user_id)
         self.assertIsNone(node.expiry)
@@ -155,7 +155,7 @@ class KnownNodeTests(unittest.TestCase):
         """A past Expiry expires the node (even with Auth present) and peers see it expired."""
         peer, _ = self.h.register("peer")
         stream = self.h.stream(peer)
-        body = _body(self.node.node_key, Expiry="1970-01-01T00:02:03Z", Auth={"AuthKey": "hskey-auth-reusable"})
+        body = _body(self.node.node_key, Expiry="1970-01-01T00:02:03Z", Auth={"AuthKey": self.h.keys["reusable"]})
         response = self.h.run(self.h.registrar.register(self.mkey, body))
         self.assertTrue(response["NodeKeyExpired"])
         self.assertEqual(self.h.state.get(self.node.id).expiry, self.h.now())
@@ -166,9 +166,9 @@ class KnownNodeTests(unittest.TestCase):
 
     def test_logout_ephemeral_deletes(self):
         """Logging out an ephemeral node deletes it."""
-        self.h.make_key("hskey-auth-eph", ephemeral=True)
+        self.h.make_key("eph", ephemeral=True)
         mkey = key("mkey")
-        node, _ = self.h.register("e", auth="hskey-auth-eph", machine_key=mkey)
+        node, _ = self.h.register("e", auth="eph", machine_key=mkey)
         self.h.run(self.h.registrar.register(mkey, _body(node.node_key, Expiry="1970-01-01T00:02:03Z")))
         self.assertNotIn(node.id, self.h.state.nodes)
 

@@ -109,24 +109,26 @@ class PendingRegistration:
 
 
 def default_preauth_lookup(db) -> Callable[[str], Awaitable]:
-    """Find a ``PreAuthKey`` row by its full text, using :mod:`headscale_tw.secrets`."""
+    """Find a ``PreAuthKey`` row by its full text (``hskey-auth-...``), checking its secret."""
 
     async def lookup(text: str):
         from headscale_tw import secrets as keysecrets
 
         try:
             kind, prefix, secret = keysecrets.parse_key(text)
-        except Exception:
+        except InvalidInput:
             return None
-        if kind not in ("auth", "preauth", "authkey"):
+        if kind != "auth":
             return None
         row = await db.preauthkeys.get_by_prefix(prefix)
         if row is None:
             return None
-        pepper = await db.server_state.get_or_create("key_pepper", keysecrets.new_pepper)
-        if not keysecrets.verify_secret(secret, row.key_hash, pepper):
+        pepper = await keysecrets.get_pepper(db.server_state)
+        try:
+            matches = keysecrets.verify_secret(secret, row.key_hash, pepper)
+        except keysecrets.BcryptUnavailable:
             return None
-        return row
+        return row if matches else None
 
     return lookup
 
