@@ -45,6 +45,7 @@ class DeltaTests(unittest.TestCase):
         peer = self.sb.applier.peers[self.a.id]
         self.assertEqual(peer["Hostinfo"]["Hostname"], "renamed")
         self.assertEqual(peer["Name"], "renamed.tail.example.")
+        self.assertEqual(self.sa.applier.node["Name"], "renamed.tail.example.")
 
     def test_netinfo_only_is_quiet(self):
         """A change only in NetInfo latency is stored but sends nothing."""
@@ -205,7 +206,7 @@ class WorkTests(unittest.TestCase):
         node = self.h.state.get(self.nodes[0].id)
         self.h.lite(node, Hostinfo=dict(node.hostinfo, OSVersion="7.0"))
         self.assertEqual(dict(self.h.mapper.serializations), {node.id: 1})
-        self.assertEqual(self.h.notifier.frames_built, 2)  # peers' delta + the node's own Node update
+        self.assertEqual(self.h.notifier.frames_built, 1)
 
     def test_new_node_reuses_cache(self):
         """A joining node's full map reuses every cached peer entry."""

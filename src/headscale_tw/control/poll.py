@@ -128,7 +128,8 @@ class PollService:
         if fields:
             node = await self.state.update_node(node.id, **fields)
         if full:
-            self.notifier.node_changed(node.id)
+            # The node reported this itself: only a new name is news to its own session.
+            self.notifier.node_changed(node.id, self_too="given_name" in fields)
         elif patch:
             self.notifier.node_patched(node.id, patch)
         return node
