@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.control.test_wire -*-
+# -*- test-case-name: tests.control.test_registration -*-
 """
 Small helpers for the JSON wire forms used by the control protocol.
 

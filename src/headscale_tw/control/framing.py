@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.control.test_framing -*-
+# -*- test-case-name: tests.control.test_netmap -*-
 """
 Map response framing (sans-IO).
 

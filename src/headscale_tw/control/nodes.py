@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.control.test_nodes -*-
+# -*- test-case-name: tests.control.test_notifier -*-
 """
 Node operations for the admin API and CLI.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.control.test_poll -*-
+# -*- test-case-name: tests.control.test_notifier -*-
 """
 ``/machine/map`` requests: parse a MapRequest, check it belongs to the Noise
 peer, and apply what it reports (endpoints, disco key, Hostinfo, capability

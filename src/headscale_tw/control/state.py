@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.control.test_state -*-
+# -*- test-case-name: tests.control.test_ipalloc -*-
 """
 The control plane's in-memory view of nodes and users, kept in step with the store.
 

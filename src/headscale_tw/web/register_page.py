@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.control.test_register_page -*-
+# -*- test-case-name: tests.control.test_control_api -*-
 """
 ``GET /register/<auth_id>``: the page an interactive ``tailscale up`` points
 the user at. It shows the exact command an admin runs to finish the login::
