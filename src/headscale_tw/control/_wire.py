@@ -1,0 +1,81 @@
+# -*- test-case-name: tests.control.test_registration -*-
+"""
+Small helpers for the JSON wire forms used by the control protocol.
+
+Keys travel as ``<kind>:<64 hex>``; times as RFC 3339 in UTC with the Go zero
+time ``0001-01-01T00:00:00Z`` meaning "unset". Parsing is tolerant of what Go
+emits (fractional seconds, ``Z`` or numeric offsets, ``null``) and raises
+:class:`headscale_tw.errors.InvalidInput` naming the field on anything else.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from headscale_tw.errors import InvalidInput
+
+__all__ = [
+    "ZERO_TIME",
+    "parse_key",
+    "is_zero_key",
+    "parse_time",
+    "format_time",
+]
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+_KEY = re.compile(r"^(nodekey|mkey|discokey|nlpub):([0-9a-f]{64})$")
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def parse_key(value: object, kind: str, field: str) -> str:
+    """Return ``value`` if it is a ``kind:<64 lower-case hex>`` key, else raise ``InvalidInput``."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field}: expected a {kind}: key string")
+    match = _KEY.match(value.strip().lower())
+    if match is None or match.group(1) != kind:
+        raise InvalidInput(f"{field}: not a valid {kind}: key")
+    return match.group(0)
+
+
+def is_zero_key(key: str | None) -> bool:
+    """True for a missing key or one whose hex part is all zeros."""
+    if not key:
+        return True
+    return set(key.partition(":")[2]) <= {"0"}
+
+
+def parse_time(value: object, field: str) -> datetime | None:
+    """Parse a Go ``time.Time`` JSON value; ``None`` for null or the zero time."""
+    if value is None or value == "" or value == ZERO_TIME:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field}: expected an RFC 3339 time string")
+    text = value.strip()
+    if text.endswith("Z") or text.endswith("z"):
+        text = text[:-1] + "+00:00"
+    # Python accepts at most 6 fractional digits; Go sends up to 9.
+    text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"{field}: not an RFC 3339 time: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    parsed = parsed.astimezone(timezone.utc)
+    if parsed.year <= 1:
+        return None
+    return parsed
+
+
+def format_time(value: datetime | None) -> str:
+    """Format a UTC time the way Go does (``Z`` suffix); ``None`` gives the zero time."""
+    if value is None:
+        return ZERO_TIME
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    value = value.astimezone(timezone.utc)
+    if value.microsecond:
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0") + "Z"
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")

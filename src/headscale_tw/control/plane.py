@@ -1,0 +1,100 @@
+# -*- test-case-name: tests.control.test_plane -*-
+"""
+One object holding the whole control plane, for ``service.py`` to build.
+
+    plane = ControlPlane(config, db, clock, derp_map=provider)
+    await plane.start()                       # loads nodes/users, marks used IPs
+    noise_root.putChild(b"machine", plane.machine_resource())
+    http_root.putChild(b"register", plane.register_page())
+    for interval, job in plane.periodic_jobs(): TimerService(interval, job) with .clock set
+    plane.stop()                              # on stopService: ends streams, cancels timers
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from headscale_tw.control.ipalloc import IPAllocator
+from headscale_tw.control.lifecycle import NodeLifecycle
+from headscale_tw.control.mapper import Mapper
+from headscale_tw.control.nodes import NodeAdmin
+from headscale_tw.control.notifier import MapNotifier
+from headscale_tw.control.poll import PollService
+from headscale_tw.control.registration import Registrar
+from headscale_tw.control.state import ControlState
+
+__all__ = ["ControlPlane"]
+
+
+class ControlPlane:
+    """Builds and owns state, mapper, notifier, registrar, poll service, admin ops and lifecycle."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config,
+        db,
+        clock,
+        derp_map: Callable[[], dict] | None = None,
+        packet_filter: Callable[[object], list] | None = None,
+        offline_grace: float = 10.0,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        prefixes = config.prefixes
+        self.allocator = IPAllocator(prefixes.v4, prefixes.v6, prefixes.allocation)
+        self.state = ControlState(db, self.allocator, self.now)
+        self.mapper = Mapper(self.state, config, derp_map=derp_map, packet_filter=packet_filter)
+        self.notifier = MapNotifier(self.state, self.mapper, clock, offline_grace=offline_grace)
+        self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock)
+        self.poll = PollService(self.state, self.notifier)
+        self.nodes = NodeAdmin(self.state, self.notifier, self.registrar)
+        self.lifecycle: NodeLifecycle | None = None
+
+    def now(self) -> datetime:
+        """The injected clock's time as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+
+    async def start(self) -> None:
+        """Load the store into memory; call once before serving."""
+        await self.state.load()
+        self.lifecycle = NodeLifecycle(self.state, self.notifier, self.registrar, self.config)
+
+    def stop(self) -> None:
+        """End every map stream and held register request; cancel every timer."""
+        self.registrar.stop()
+        self.notifier.stop()
+
+    def machine_resource(self, identify=None):
+        """The ``/machine`` resource for the Noise site's root."""
+        from headscale_tw.web.control_api import MachineResource, peer_identity
+
+        return MachineResource(self.registrar, self.poll, self.notifier, identify or peer_identity)
+
+    def register_page(self):
+        """The ``/register`` resource for the plain HTTP root."""
+        from headscale_tw.web.register_page import RegisterPage
+
+        return RegisterPage(exists=lambda auth_id: self.registrar.get_pending(auth_id) is not None)
+
+    def _guarded(self, name: str, job) -> Callable[[], Deferred]:
+        def run() -> Deferred:
+            d = Deferred.fromCoroutine(job())
+            d.addErrback(lambda f: self.log.failure("periodic job {name} failed", f, name=name))
+            return d
+
+        return run
+
+    def periodic_jobs(self) -> list[tuple[float, Callable[[], Deferred]]]:
+        """``(interval_seconds, callable)`` pairs for ``TimerService`` (errors are logged, never raised)."""
+        assert self.lifecycle is not None, "call start() first"
+        return [
+            (5.0, self._guarded("expire_due", self.lifecycle.expire_due)),
+            (30.0, self._guarded("collect_ephemeral", self.lifecycle.collect_ephemeral)),
+            (60.0, self._guarded("forget_stale_registrations", self.lifecycle.forget_stale_registrations)),
+        ]

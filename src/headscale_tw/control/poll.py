@@ -1,0 +1,135 @@
+# -*- test-case-name: tests.control.test_notifier -*-
+"""
+``/machine/map`` requests: parse a MapRequest, check it belongs to the Noise
+peer, and apply what it reports (endpoints, disco key, Hostinfo, capability
+version) to the node, telling peers only what changed.
+
+Three kinds (control.md §7.2): ``Stream`` (long poll, handled by
+:class:`~headscale_tw.control.notifier.MapNotifier`), lite updates
+(``OmitPeers`` without ``Stream``: answered 200 with no body, never touching
+the stream) and one-shot maps (neither flag: one full message).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from headscale_tw.control._wire import parse_key
+from headscale_tw.control.notifier import MapNotifier
+from headscale_tw.control.state import ControlState
+from headscale_tw.errors import InvalidInput, NotFound
+
+__all__ = ["MapRequest", "parse_map_request", "PollService", "Unauthorized"]
+
+_PATCHABLE_NETINFO = "PreferredDERP"
+
+
+class Unauthorized(Exception):
+    """The request's node key does not belong to the Noise peer's machine key."""
+
+
+@attrs.frozen
+class MapRequest:
+    """The parts of ``tailcfg.MapRequest`` the server uses."""
+
+    version: int
+    node_key: str
+    disco_key: str = ""
+    stream: bool = False
+    omit_peers: bool = False
+    hostinfo: dict | None = attrs.field(default=None, hash=False)
+    endpoints: tuple[str, ...] | None = None
+
+
+def parse_map_request(body: object) -> MapRequest:
+    """Validate a decoded JSON MapRequest; ``InvalidInput`` names the bad field."""
+    if not isinstance(body, dict):
+        raise InvalidInput("map request: body must be a JSON object")
+    version = body.get("Version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InvalidInput("map request: Version must be an integer")
+    node_key = parse_key(body.get("NodeKey"), "nodekey", "map request: NodeKey")
+    disco = body.get("DiscoKey") or ""
+    if disco:
+        disco = parse_key(disco, "discokey", "map request: DiscoKey")
+    hostinfo = body.get("Hostinfo")
+    if hostinfo is not None and not isinstance(hostinfo, dict):
+        raise InvalidInput("map request: Hostinfo must be an object")
+    endpoints = body.get("Endpoints")
+    if endpoints is not None:
+        if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
+            raise InvalidInput("map request: Endpoints must be a list of strings")
+        endpoints = tuple(endpoints)
+    return MapRequest(
+        version=version,
+        node_key=node_key,
+        disco_key=disco,
+        stream=bool(body.get("Stream")),
+        omit_peers=bool(body.get("OmitPeers")),
+        hostinfo=hostinfo,
+        endpoints=endpoints,
+    )
+
+
+def _without_netinfo(hostinfo: dict) -> dict:
+    return {k: v for k, v in hostinfo.items() if k != "NetInfo"}
+
+
+def _home_derp(hostinfo: dict | None) -> int:
+    return ((hostinfo or {}).get("NetInfo") or {}).get(_PATCHABLE_NETINFO) or 0
+
+
+class PollService:
+    """Applies MapRequests to nodes and notifies peers."""
+
+    def __init__(self, state: ControlState, notifier: MapNotifier) -> None:
+        self.state = state
+        self.notifier = notifier
+
+    def authenticate(self, machine_key: str, request: MapRequest):
+        """The node for ``request.node_key``; ``Unauthorized`` unless it is the peer's machine."""
+        node = self.state.by_node_key(request.node_key)
+        if node is None:
+            raise NotFound("node key not registered")
+        if node.machine_key != machine_key:
+            raise Unauthorized("node key does not belong to this machine key")
+        return node
+
+    async def apply(self, node, request: MapRequest):
+        """Store what changed and send peers a patch or a full entry; return the node."""
+        fields: dict = {}
+        patch: list[str] = []
+        full = False
+        if request.disco_key and request.disco_key != node.disco_key:
+            fields["disco_key"] = request.disco_key
+            patch.append("DiscoKey")
+        if request.endpoints is not None and request.endpoints != node.endpoints:
+            fields["endpoints"] = request.endpoints
+            patch.append("Endpoints")
+        if request.hostinfo is not None and request.hostinfo != node.hostinfo:
+            fields["hostinfo"] = request.hostinfo
+            if _home_derp(request.hostinfo) != _home_derp(node.hostinfo):
+                patch.append("DERPRegion")
+            if _without_netinfo(request.hostinfo) != _without_netinfo(node.hostinfo or {}):
+                full = True
+                hostname = request.hostinfo.get("Hostname") or ""
+                if hostname and hostname != node.hostname:
+                    fields["hostname"] = hostname
+                    if node.given_name_auto:
+                        name = self.state.free_name(hostname, exclude=node.id)
+                        if name != node.given_name:
+                            fields["given_name"] = name
+        runtime = self.state.runtime[node.id]
+        cap_changed = request.version and request.version != runtime.cap
+        if cap_changed:
+            runtime.cap = request.version
+            self.state.touch(node.id)
+            patch.append("Cap")
+        if fields:
+            node = await self.state.update_node(node.id, **fields)
+        if full:
+            # The node reported this itself: only a new name is news to its own session.
+            self.notifier.node_changed(node.id, self_too="given_name" in fields)
+        elif patch:
+            self.notifier.node_patched(node.id, patch)
+        return node

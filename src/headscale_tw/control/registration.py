@@ -1,0 +1,363 @@
+# -*- test-case-name: tests.control.test_registration -*-
+"""
+``/machine/register``: pre-auth keys, interactive login, logout, key rotation.
+
+Order of checks (control.md §6.3): machine-key binding, logout (``Expiry`` in
+the past, even when ``Auth`` is present), ``Followup`` long-poll, known node
+key (restart), auth key, ``OldNodeKey`` rotation, else a new interactive
+registration answered with ``AuthURL = <server_url>/register/<auth_id>``.
+
+Hard failures are answered 200 with ``{"Error": "..."}`` so the CLI prints
+them and stops; only protocol-level problems (malformed body, node key of
+another machine) are raised for the web layer to turn into 4xx.
+
+An interactive registration is held in memory (:class:`PendingRegistration`)
+until ``headscale auth register --auth-id <id> --user <name>`` calls
+:meth:`Registrar.complete`, which releases any held ``Followup`` request.
+Held requests time out (the client then simply asks again).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.logger import Logger
+
+from headscale_tw.control._wire import is_zero_key, parse_key, parse_time
+from headscale_tw.control.mapper import Mapper
+from headscale_tw.control.notifier import MapNotifier
+from headscale_tw.control.state import ControlState
+from headscale_tw.errors import InvalidInput, NotFound
+
+__all__ = [
+    "RegisterRequest",
+    "parse_register_request",
+    "PendingRegistration",
+    "Registrar",
+    "MachineKeyMismatch",
+    "default_preauth_lookup",
+]
+
+
+class MachineKeyMismatch(Exception):
+    """The node key in the request is registered to a different machine key."""
+
+
+@attrs.frozen
+class RegisterRequest:
+    """The parts of ``tailcfg.RegisterRequest`` the server uses."""
+
+    version: int
+    node_key: str
+    old_node_key: str = ""
+    auth_key: str = ""
+    expiry: datetime | None = None
+    followup: str = ""
+    hostinfo: dict = attrs.field(factory=dict, hash=False)
+    ephemeral: bool = False
+
+
+def parse_register_request(body: object) -> RegisterRequest:
+    """Validate a decoded JSON RegisterRequest; ``InvalidInput`` names the bad field."""
+    if not isinstance(body, dict):
+        raise InvalidInput("register request: body must be a JSON object")
+    version = body.get("Version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InvalidInput("register request: Version must be an integer")
+    node_key = parse_key(body.get("NodeKey"), "nodekey", "register request: NodeKey")
+    old = body.get("OldNodeKey") or ""
+    if old:
+        old = parse_key(old, "nodekey", "register request: OldNodeKey")
+    auth = body.get("Auth") or {}
+    if not isinstance(auth, dict):
+        raise InvalidInput("register request: Auth must be an object")
+    auth_key = auth.get("AuthKey") or ""
+    if not isinstance(auth_key, str):
+        raise InvalidInput("register request: Auth.AuthKey must be a string")
+    followup = body.get("Followup") or ""
+    if not isinstance(followup, str):
+        raise InvalidInput("register request: Followup must be a string")
+    hostinfo = body.get("Hostinfo") or {}
+    if not isinstance(hostinfo, dict):
+        raise InvalidInput("register request: Hostinfo must be an object")
+    return RegisterRequest(
+        version=version,
+        node_key=node_key,
+        old_node_key="" if is_zero_key(old) else old,
+        auth_key=auth_key.strip(),
+        expiry=parse_time(body.get("Expiry"), "register request: Expiry"),
+        followup=followup,
+        hostinfo=hostinfo,
+        ephemeral=bool(body.get("Ephemeral")),
+    )
+
+
+@attrs.define(eq=False)
+class PendingRegistration:
+    """An interactive registration waiting for an admin to pick the user."""
+
+    auth_id: str
+    machine_key: str
+    request: RegisterRequest
+    created: datetime
+    response: dict | None = None
+    waiters: list = attrs.field(factory=list)
+
+
+def default_preauth_lookup(db) -> Callable[[str], Awaitable]:
+    """Find a ``PreAuthKey`` row by its full text (``hskey-auth-...``), checking its secret."""
+
+    async def lookup(text: str):
+        from headscale_tw import secrets as keysecrets
+
+        try:
+            kind, prefix, secret = keysecrets.parse_key(text)
+        except InvalidInput:
+            return None
+        if kind != "auth":
+            return None
+        row = await db.preauthkeys.get_by_prefix(prefix)
+        if row is None:
+            return None
+        pepper = await keysecrets.get_pepper(db.server_state)
+        try:
+            matches = keysecrets.verify_secret(secret, row.key_hash, pepper)
+        except keysecrets.BcryptUnavailable:
+            return None
+        return row if matches else None
+
+    return lookup
+
+
+class Registrar:
+    """Registration domain logic.
+
+    ``preauth_lookup(text)`` is a coroutine returning the matching
+    ``PreAuthKey`` or ``None`` (default: :func:`default_preauth_lookup`).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        state: ControlState,
+        notifier: MapNotifier,
+        mapper: Mapper,
+        config,
+        clock,
+        preauth_lookup: Callable[[str], Awaitable] | None = None,
+        followup_timeout: float = 60.0,
+        pending_ttl: float = 15 * 60.0,
+    ) -> None:
+        self.state = state
+        self.notifier = notifier
+        self.mapper = mapper
+        self.config = config
+        self.clock = clock
+        self.preauth_lookup = preauth_lookup or default_preauth_lookup(state.db)
+        self.followup_timeout = followup_timeout
+        self.pending_ttl = pending_ttl
+        self.pending: dict[str, PendingRegistration] = {}
+
+    # -- helpers -----------------------------------------------------------
+
+    def auth_url(self, auth_id: str) -> str:
+        return f"{self.config.server_url.rstrip('/')}/register/{auth_id}"
+
+    def _expiry_for(self, request: RegisterRequest, tagged: bool, now: datetime) -> datetime | None:
+        expiry = None
+        if self.config.node.expiry > 0 and not tagged:
+            expiry = now + timedelta(seconds=self.config.node.expiry)
+        if request.expiry is not None and request.expiry > now:
+            expiry = request.expiry if expiry is None else min(expiry, request.expiry)
+        return expiry
+
+    @staticmethod
+    def _expired(node, now: datetime) -> bool:
+        return node.expiry is not None and node.expiry <= now
+
+    async def _success(self, node) -> dict:
+        profile = self.mapper.user_profile(node)
+        user = {"ID": profile["ID"], "DisplayName": profile["DisplayName"]}
+        if node.user_id is not None and not node.tags:
+            owner = await self.state.user(node.user_id)
+            if owner.created_at is not None:
+                from headscale_tw.control._wire import format_time
+
+                user["Created"] = format_time(owner.created_at)
+        login = {
+            "ID": profile["ID"],
+            "Provider": "",
+            "LoginName": profile["LoginName"],
+            "DisplayName": profile["DisplayName"],
+        }
+        return {"User": user, "Login": login, "MachineAuthorized": True}
+
+    # -- entry point -------------------------------------------------------
+
+    async def register(self, machine_key: str, body: object) -> dict:
+        """Handle one RegisterRequest from the Noise peer ``machine_key``; return the response dict."""
+        request = parse_register_request(body)
+        now = self.state.now()
+        node = self.state.by_node_key(request.node_key)
+        if node is not None and node.machine_key != machine_key:
+            raise MachineKeyMismatch("node key is registered to a different machine")
+
+        if request.expiry is not None and request.expiry <= now:
+            return await self._logout(node, now)
+        if request.followup:
+            return await self._followup(machine_key, request)
+        if node is not None and not self._expired(node, now):
+            return await self._success(node)
+        if request.auth_key:
+            return await self._with_auth_key(machine_key, request, now)
+        if request.old_node_key:
+            old = self.state.by_node_key(request.old_node_key)
+            if old is not None and old.machine_key == machine_key and not self._expired(old, now):
+                return await self._rotate(old, request)
+        return self._start_interactive(machine_key, request, now)
+
+    # -- flows -------------------------------------------------------------
+
+    async def _logout(self, node, now: datetime) -> dict:
+        if node is not None:
+            if node.ephemeral:
+                await self.state.delete_node(node.id)
+                self.notifier.node_removed(node.id)
+            elif not self._expired(node, now):
+                await self.state.update_node(node.id, expiry=now)
+                self.notifier.node_changed(node.id)
+        return {"NodeKeyExpired": True, "MachineAuthorized": False}
+
+    async def _rotate(self, node, request: RegisterRequest) -> dict:
+        fields = {"node_key": request.node_key}
+        if request.hostinfo:
+            fields["hostinfo"] = request.hostinfo
+        node = await self.state.update_node(node.id, **fields)
+        self.state.runtime[node.id].cap = request.version or self.state.runtime[node.id].cap
+        self.notifier.node_changed(node.id)
+        return await self._success(node)
+
+    async def _with_auth_key(self, machine_key: str, request: RegisterRequest, now: datetime) -> dict:
+        key = await self.preauth_lookup(request.auth_key)
+        if key is None:
+            return {"Error": "invalid auth key"}
+        if key.expiration is not None and key.expiration <= now:
+            return {"Error": "authkey expired"}
+        existing = self.state.by_machine_key(machine_key)
+        if key.used and not key.reusable:
+            if existing is None or existing.auth_key_id != key.id:
+                return {"Error": "authkey already used"}
+        tags = tuple(key.tags)
+        node = await self._upsert(
+            machine_key,
+            request,
+            now,
+            user_id=None if tags else key.user_id,
+            tags=tags,
+            auth_key_id=key.id,
+            ephemeral=key.ephemeral or request.ephemeral,
+            register_method="authkey",
+        )
+        if not key.reusable and not key.used:
+            await self.state.db.preauthkeys.mark_used(key.id)
+        return await self._success(node)
+
+    async def _upsert(self, machine_key: str, request: RegisterRequest, now: datetime, **fields):
+        """Register ``machine_key``: update its existing node in place, or create one."""
+        hostname = request.hostinfo.get("Hostname") or ""
+        fields["expiry"] = self._expiry_for(request, bool(fields.get("tags")), now)
+        fields["node_key"] = request.node_key
+        if request.hostinfo:
+            fields["hostinfo"] = request.hostinfo
+        existing = self.state.by_machine_key(machine_key)
+        if existing is not None:
+            if hostname and hostname != existing.hostname:
+                fields["hostname"] = hostname
+                if existing.given_name_auto:
+                    fields["given_name"] = self.state.free_name(hostname, exclude=existing.id)
+            node = await self.state.update_node(existing.id, **fields)
+            self.state.runtime[node.id].cap = request.version
+            self.notifier.node_changed(node.id)
+            return node
+        node = await self.state.create_node(machine_key=machine_key, hostname=hostname, **fields)
+        self.state.runtime[node.id].cap = request.version
+        self.notifier.node_added(node.id)
+        return node
+
+    def _start_interactive(self, machine_key: str, request: RegisterRequest, now: datetime) -> dict:
+        for pending in self.pending.values():
+            if (
+                pending.machine_key == machine_key
+                and pending.request.node_key == request.node_key
+                and pending.response is None
+            ):
+                return {"AuthURL": self.auth_url(pending.auth_id)}
+        auth_id = secrets.token_urlsafe(18)
+        self.pending[auth_id] = PendingRegistration(auth_id, machine_key, request, now)
+        return {"AuthURL": self.auth_url(auth_id)}
+
+    async def _followup(self, machine_key: str, request: RegisterRequest) -> dict:
+        auth_id = request.followup.rstrip("/").rpartition("/")[2]
+        pending = self.pending.get(auth_id)
+        if pending is None or pending.machine_key != machine_key:
+            return self._start_interactive(machine_key, request, self.state.now())
+        if pending.response is not None:
+            return pending.response
+        waiter: Deferred = Deferred()
+        pending.waiters.append(waiter)
+        waiter.addTimeout(self.followup_timeout, self.clock)
+        try:
+            return await waiter
+        except (CancelledError, TimeoutError):
+            # Timed out (or the client went away): the client asks again.
+            return {"AuthURL": self.auth_url(auth_id)}
+        finally:
+            if waiter in pending.waiters:
+                pending.waiters.remove(waiter)
+
+    # -- admin side --------------------------------------------------------
+
+    def get_pending(self, auth_id: str) -> PendingRegistration | None:
+        return self.pending.get(auth_id)
+
+    async def complete(self, auth_id: str, user_name: str):
+        """``headscale auth register``: register the pending machine to ``user_name``; return the ``Node``."""
+        pending = self.pending.get(auth_id)
+        if pending is None or pending.response is not None:
+            raise NotFound(f"no pending registration with auth id {auth_id!r}")
+        user = await self.state.db.users.get_by_name(user_name)
+        self.state.users[user.id] = user
+        node = await self._upsert(
+            pending.machine_key,
+            pending.request,
+            self.state.now(),
+            user_id=user.id,
+            tags=(),
+            auth_key_id=None,
+            ephemeral=pending.request.ephemeral,
+            register_method="cli",
+        )
+        pending.response = await self._success(node)
+        for waiter in list(pending.waiters):
+            if not waiter.called:
+                waiter.callback(pending.response)
+        return node
+
+    def expire_pending(self) -> int:
+        """Forget pending registrations older than ``pending_ttl``; return how many."""
+        cutoff = self.state.now() - timedelta(seconds=self.pending_ttl)
+        stale = [k for k, p in self.pending.items() if p.created <= cutoff and not p.waiters]
+        for auth_id in stale:
+            del self.pending[auth_id]
+        return len(stale)
+
+    def stop(self) -> None:
+        """Cancel every held Followup request (service shutdown)."""
+        for pending in self.pending.values():
+            for waiter in list(pending.waiters):
+                waiter.cancel()

@@ -1,0 +1,112 @@
+# -*- test-case-name: tests.control.test_notifier -*-
+"""
+One streaming map session: a long-lived ``/machine/map`` response.
+
+The session knows nothing about HTTP: it is given ``write(bytes)`` and
+``finish()`` callables (``request.write`` / ``request.finish`` in the web
+layer) and an ``IReactorTime``. Lifecycle::
+
+    new --start(first)--> streaming --close()/connection_lost()--> closed
+
+Deltas are only accepted while streaming, i.e. after the full first message.
+While idle, a bare keep-alive is written every 50–59 s (the client aborts a
+poll after 120 s of silence); any write pushes the next keep-alive back.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from headscale_tw.control.framing import KEEPALIVE_FRAME
+
+__all__ = ["MapSession", "keepalive_interval"]
+
+
+def keepalive_interval(rng: random.Random = random.Random()) -> float:
+    """50 s plus up to 9 s of jitter, so sessions do not all wake at once."""
+    return 50.0 + rng.uniform(0.0, 9.0)
+
+
+class MapSession:
+    """Writes framed map messages to one client response."""
+
+    log = Logger()
+
+    NEW, STREAMING, CLOSED = "new", "streaming", "closed"
+
+    def __init__(
+        self,
+        node_id: int,
+        write: Callable[[bytes], None],
+        finish: Callable[[], None],
+        clock,
+        on_closed: Callable[["MapSession"], None] = lambda session: None,
+        interval: Callable[[], float] = keepalive_interval,
+    ) -> None:
+        self.node_id = node_id
+        self._write = write
+        self._finish = finish
+        self._clock = clock
+        self._on_closed = on_closed
+        self._interval = interval
+        self._timer = None
+        self.state = self.NEW
+        self.messages_sent = 0
+
+    def start(self, first_frame: bytes) -> None:
+        """Send the framed full map; from now on deltas and keep-alives flow."""
+        if self.state != self.NEW:
+            raise RuntimeError(f"session for node {self.node_id} already {self.state}")
+        self.state = self.STREAMING
+        self._send(first_frame)
+
+    def send(self, framed: bytes) -> None:
+        """Send one framed delta (ignored unless streaming)."""
+        if self.state == self.STREAMING:
+            self._send(framed)
+
+    def _send(self, framed: bytes) -> None:
+        try:
+            self._write(framed)
+        except Exception:
+            self.log.failure("writing to map session of node {node_id} failed", node_id=self.node_id)
+            self.connection_lost()
+            return
+        self.messages_sent += 1
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._interval())
+        else:
+            self._timer = self._clock.callLater(self._interval(), self._keepalive)
+
+    def _keepalive(self) -> None:
+        self._timer = None
+        if self.state == self.STREAMING:
+            self._send(KEEPALIVE_FRAME)
+
+    def close(self) -> None:
+        """End the response (e.g. replaced by a newer stream, node deleted, shutdown)."""
+        if self.state == self.CLOSED:
+            return
+        self._closed()
+        try:
+            self._finish()
+        except Exception:
+            self.log.failure("finishing map session of node {node_id} failed", node_id=self.node_id)
+
+    def connection_lost(self) -> None:
+        """The client went away (``request.notifyFinish`` fired); stop without writing."""
+        if self.state != self.CLOSED:
+            self._closed()
+
+    def _closed(self) -> None:
+        self.state = self.CLOSED
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._on_closed(self)

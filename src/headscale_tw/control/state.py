@@ -1,0 +1,184 @@
+# -*- test-case-name: tests.control.test_ipalloc -*-
+"""
+The control plane's in-memory view of nodes and users, kept in step with the store.
+
+Every node mutation goes through :class:`ControlState`: it writes the store
+first, then updates the cached row and bumps the node's *generation* (which
+invalidates the mapper's cached peer entry). Map building reads only this
+cache, so a map never waits for the database and never rescans the world.
+
+Runtime facts that are not stored (online, the capability version of the
+last request, when the last session ended) live here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+import attrs
+from twisted.logger import Logger
+
+from headscale_tw.control.ipalloc import IPAllocator
+from headscale_tw.control.names import sanitize_hostname, unique_given_name
+from headscale_tw.errors import NotFound
+from headscale_tw.storage.models import Node, User
+
+__all__ = ["ControlState", "NodeRuntime", "TAGGED_DEVICES_USER_ID"]
+
+# The pseudo-user that owns tagged nodes on the wire (Headscale uses the same number).
+TAGGED_DEVICES_USER_ID = 2147455555
+
+
+@attrs.define
+class NodeRuntime:
+    """Per-node facts that live only in memory."""
+
+    cap: int = 0
+    online: bool | None = None
+    disconnected_at: datetime | None = None
+
+
+class ControlState:
+    """Cached nodes and users over an ``IDatabase``; ``await load()`` before use.
+
+    ``now`` is a callable returning an aware UTC ``datetime`` (from the injected clock).
+    """
+
+    log = Logger()
+
+    def __init__(self, db, allocator: IPAllocator, now: Callable[[], datetime]) -> None:
+        self.db = db
+        self.allocator = allocator
+        self.now = now
+        self.nodes: dict[int, Node] = {}
+        self.users: dict[int, User] = {}
+        self.runtime: dict[int, NodeRuntime] = {}
+        self._generation: dict[int, int] = {}
+        self._by_node_key: dict[str, int] = {}
+        self._by_machine_key: dict[str, int] = {}
+        self._names: dict[str, int] = {}
+
+    # -- loading -----------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read every user and node from the store and mark their addresses used."""
+        for user in await self.db.users.list():
+            self.users[user.id] = user
+        for node in await self.db.nodes.list():
+            self._index(node)
+        self.allocator.load(await self.db.nodes.allocated_ips())
+
+    def _index(self, node: Node, previous: Node | None = None) -> None:
+        if previous is not None:
+            self._by_node_key.pop(previous.node_key, None)
+            self._by_machine_key.pop(previous.machine_key, None)
+            self._names.pop(previous.given_name, None)
+        self.nodes[node.id] = node
+        self._by_node_key[node.node_key] = node.id
+        self._by_machine_key[node.machine_key] = node.id
+        self._names[node.given_name] = node.id
+        self.runtime.setdefault(node.id, NodeRuntime())
+        self._generation[node.id] = self._generation.get(node.id, 0) + 1
+
+    # -- reads -------------------------------------------------------------
+
+    def get(self, node_id: int) -> Node:
+        """The cached ``Node``; ``NotFound`` if absent."""
+        try:
+            return self.nodes[node_id]
+        except KeyError:
+            raise NotFound(f"node {node_id} not found") from None
+
+    def by_node_key(self, node_key: str) -> Node | None:
+        node_id = self._by_node_key.get(node_key)
+        return None if node_id is None else self.nodes[node_id]
+
+    def by_machine_key(self, machine_key: str) -> Node | None:
+        node_id = self._by_machine_key.get(machine_key)
+        return None if node_id is None else self.nodes[node_id]
+
+    def generation(self, node_id: int) -> int:
+        """A counter bumped on every change of the node's peer-visible data."""
+        return self._generation.get(node_id, 0)
+
+    def touch(self, node_id: int) -> None:
+        """Bump the generation for a change that is not a stored field (online, cap, expiry passing)."""
+        if node_id in self.nodes:
+            self._generation[node_id] = self._generation.get(node_id, 0) + 1
+
+    def peer_ids(self, node_id: int) -> Iterable[int]:
+        """Nodes visible to ``node_id`` (everyone else until the policy engine lands)."""
+        return (other for other in self.nodes if other != node_id)
+
+    def visible(self, viewer_id: int, node_id: int) -> bool:
+        """Whether ``viewer_id`` sees ``node_id`` as a peer."""
+        return viewer_id != node_id
+
+    def free_name(self, hostname: str, exclude: int | None = None) -> str:
+        """A unique given name derived from ``hostname``."""
+        taken = {name for name, owner in self._names.items() if owner != exclude}
+        return unique_given_name(sanitize_hostname(hostname), taken)
+
+    def name_owner(self, given_name: str) -> int | None:
+        return self._names.get(given_name)
+
+    async def user(self, user_id: int) -> User:
+        """The cached ``User``, read from the store on first use."""
+        user = self.users.get(user_id)
+        if user is None:
+            user = await self.db.users.get(user_id)
+            self.users[user_id] = user
+        return user
+
+    async def refresh_user(self, user_id: int) -> None:
+        """Re-read a user after an admin change (rename) and mark its nodes changed."""
+        self.users[user_id] = await self.db.users.get(user_id)
+        for node in self.nodes.values():
+            if node.user_id == user_id:
+                self.touch(node.id)
+
+    # -- writes ------------------------------------------------------------
+
+    async def create_node(self, **fields) -> Node:
+        """Allocate addresses and a unique name, insert, cache and return the new ``Node``."""
+        hostname = fields.get("hostname", "")
+        fields.setdefault("given_name", self.free_name(hostname))
+        ipv4, ipv6 = self.allocator.allocate()
+        fields.setdefault("ipv4", ipv4)
+        fields.setdefault("ipv6", ipv6)
+        fields.setdefault("created_at", self.now())
+        candidate = Node(id=0, **fields)
+        try:
+            node = await self.db.nodes.create(candidate)
+        except BaseException:
+            self.allocator.release(ipv4, ipv6)
+            raise
+        self._index(node)
+        return node
+
+    async def update_node(self, node_id: int, **fields) -> Node:
+        """Update stored fields and the cache; return the new ``Node``."""
+        previous = self.get(node_id)
+        node = await self.db.nodes.update(node_id, **fields)
+        self._index(node, previous)
+        return node
+
+    async def delete_node(self, node_id: int) -> Node:
+        """Delete from the store and the cache, free its addresses; return the old row."""
+        node = self.get(node_id)
+        try:
+            await self.db.nodes.delete(node_id)
+        except NotFound:
+            pass
+        self.nodes.pop(node_id, None)
+        self.runtime.pop(node_id, None)
+        self._generation.pop(node_id, None)
+        if self._by_node_key.get(node.node_key) == node_id:
+            del self._by_node_key[node.node_key]
+        if self._by_machine_key.get(node.machine_key) == node_id:
+            del self._by_machine_key[node.machine_key]
+        if self._names.get(node.given_name) == node_id:
+            del self._names[node.given_name]
+        self.allocator.release(node.ipv4, node.ipv6)
+        return node

@@ -1,0 +1,234 @@
+# -*- test-case-name: tests.control.test_control_api -*-
+"""
+The ts2021 inner API: ``twisted.web`` resources served over HTTP/2 inside the
+Noise channel.
+
+* ``POST /machine/register`` → :class:`RegisterResource` (JSON in, JSON out;
+  a ``Followup`` request may be held until an admin completes the login).
+* ``POST /machine/map`` → :class:`MapResource`: ``Stream`` requests answer
+  200 and stay open (``NOT_DONE_YET``), writing LE32+zstd framed messages with
+  ``request.write``; lite updates answer 200 with no body; the stream ends
+  when ``request.notifyFinish()`` fires.
+* ``POST /machine/set-dns`` → ``{}``; any other ``/machine/*`` → 404.
+
+Every request is authenticated by the Noise peer's machine key, obtained
+through :func:`peer_identity` (one replaceable function) and checked against
+the body's ``NodeKey``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from headscale_tw.control.notifier import MapNotifier
+from headscale_tw.control.poll import PollService, Unauthorized, parse_map_request
+from headscale_tw.control.registration import MachineKeyMismatch, Registrar
+from headscale_tw.errors import InvalidInput, NotFound
+
+__all__ = ["peer_identity", "MachineResource", "RegisterResource", "MapResource", "MAX_BODY"]
+
+MAX_BODY = 1024 * 1024
+
+_log = Logger()
+
+
+def peer_identity(request) -> tuple[str, int] | None:
+    """``(machine_key_text, capability_version)`` of the Noise peer carrying ``request``.
+
+    Looks for ``noise_peer_identity`` on the objects between the request and
+    the Noise wrapper: the HTTP/2 stream, its connection and the connection's
+    transport (or the HTTP/1 channel and its transport). ``None`` when the
+    request did not arrive over Noise.
+    """
+    channel = getattr(request, "channel", None)
+    candidates = [request, channel, getattr(channel, "_conn", None)]
+    for obj in list(candidates):
+        transport = getattr(obj, "transport", None)
+        candidates.append(transport)
+        candidates.append(getattr(transport, "transport", None))
+    for obj in candidates:
+        identity = getattr(obj, "noise_peer_identity", None)
+        if identity is not None:
+            return identity() if callable(identity) else identity
+    return None
+
+
+def _json_response(request, status: int, value: object) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def _error(request, status: int, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return message.encode("utf-8") + b"\n"
+
+
+def _read_json(request) -> object:
+    raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+    if len(raw) > MAX_BODY:
+        raise InvalidInput("request body is larger than 1 MiB")
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as e:
+        raise InvalidInput(f"request body is not JSON: {e}") from None
+
+
+class _Alive:
+    """Tracks whether the client is still there (``notifyFinish`` errback)."""
+
+    def __init__(self, request) -> None:
+        self.open = True
+        self.on_lost: list[Callable[[], None]] = []
+        request.notifyFinish().addBoth(self._done)
+
+    def _done(self, result) -> None:
+        self.open = False
+        for callback in self.on_lost:
+            callback()
+
+
+class _NoiseResource(Resource):
+    isLeaf = True
+
+    def __init__(self, identify: Callable) -> None:
+        super().__init__()
+        self.identify = identify
+
+    def _begin(self, request):
+        identity = self.identify(request)
+        if identity is None:
+            return None, _error(request, 401, "this endpoint is only served inside the Noise channel")
+        try:
+            return (identity, _read_json(request)), None
+        except InvalidInput as e:
+            return None, _error(request, 400, str(e))
+
+    @staticmethod
+    def _fail(request, alive: _Alive, failure) -> None:
+        if not alive.open:
+            return
+        error = failure.value
+        if isinstance(error, InvalidInput):
+            body = _error(request, 400, str(error))
+        elif isinstance(error, (MachineKeyMismatch, Unauthorized)):
+            body = _error(request, 401, str(error))
+        elif isinstance(error, NotFound):
+            body = _error(request, 404, str(error))
+        else:
+            _log.failure("control request {uri} failed", failure, uri=request.uri)
+            body = _error(request, 500, "internal error")
+        request.write(body)
+        request.finish()
+
+
+class RegisterResource(_NoiseResource):
+    """``POST /machine/register``."""
+
+    def __init__(self, registrar: Registrar, identify: Callable = peer_identity) -> None:
+        super().__init__(identify)
+        self.registrar = registrar
+
+    def render_POST(self, request):
+        begun, error = self._begin(request)
+        if error is not None:
+            return error
+        (machine_key, _version), body = begun
+        alive = _Alive(request)
+        d = Deferred.fromCoroutine(self.registrar.register(machine_key, body))
+        alive.on_lost.append(d.cancel)
+
+        def done(response):
+            if alive.open:
+                request.write(_json_response(request, 200, response))
+                request.finish()
+
+        d.addCallbacks(done, lambda f: self._fail(request, alive, f))
+        return NOT_DONE_YET
+
+
+class MapResource(_NoiseResource):
+    """``POST /machine/map``: streaming polls, lite updates and one-shot maps."""
+
+    def __init__(self, poll: PollService, notifier: MapNotifier, identify: Callable = peer_identity) -> None:
+        super().__init__(identify)
+        self.poll = poll
+        self.notifier = notifier
+
+    def render_POST(self, request):
+        begun, error = self._begin(request)
+        if error is not None:
+            return error
+        (machine_key, _version), body = begun
+        try:
+            map_request = parse_map_request(body)
+        except InvalidInput as e:
+            return _error(request, 400, str(e))
+        alive = _Alive(request)
+        d = Deferred.fromCoroutine(self._serve(request, alive, machine_key, map_request))
+        d.addErrback(lambda f: self._fail(request, alive, f))
+        return NOT_DONE_YET
+
+    async def _serve(self, request, alive: _Alive, machine_key: str, map_request) -> None:
+        node = self.poll.authenticate(machine_key, map_request)
+        node = await self.poll.apply(node, map_request)
+        if not alive.open:
+            return
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        if map_request.stream:
+            session = self.notifier.open_stream(node.id, request.write, request.finish)
+            alive.on_lost.append(session.connection_lost)
+        elif map_request.omit_peers:
+            request.finish()
+        else:
+            request.write(self.notifier.one_shot(node.id))
+            request.finish()
+
+
+class _SetDNS(_NoiseResource):
+    """``POST /machine/set-dns``: accepted and ignored (no ACME DNS-01 yet)."""
+
+    def render_POST(self, request):
+        return _json_response(request, 200, {})
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        return _error(request, 404, "no such control endpoint")
+
+
+class MachineResource(Resource):
+    """``/machine``: mount inside the Noise ``Site`` as ``root.putChild(b"machine", ...)``."""
+
+    def __init__(
+        self,
+        registrar: Registrar,
+        poll: PollService,
+        notifier: MapNotifier,
+        identify: Callable = peer_identity,
+    ) -> None:
+        super().__init__()
+        self.children_by_name = {
+            b"register": RegisterResource(registrar, identify),
+            b"map": MapResource(poll, notifier, identify),
+            b"set-dns": _SetDNS(identify),
+        }
+
+    def getChild(self, path: bytes, request):
+        child = self.children_by_name.get(path)
+        if child is None or request.postpath:
+            return _NotFound()
+        return child
+
+    def render(self, request):
+        return _error(request, 404, "no such control endpoint")

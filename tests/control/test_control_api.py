@@ -1,0 +1,171 @@
+"""Tests for headscale_tw.web.control_api and headscale_tw.web.register_page."""
+
+import io
+import json
+import os
+
+from twisted.python.failure import Failure
+from twisted.internet.error import ConnectionDone
+from twisted.trial import unittest
+from twisted.web.resource import getChildForRequest
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
+
+from headscale_tw.testing.netmap import NetmapApplier
+from headscale_tw.web.control_api import MachineResource, peer_identity
+from headscale_tw.web.register_page import RegisterPage
+from tests.control._harness import Harness, key
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+class _Request(DummyRequest):
+    def __init__(self, path, body=b"", identity=None):
+        super().__init__(path.lstrip(b"/").split(b"/")[1:])
+        self.method = b"POST"
+        self.uri = path
+        self.content = io.BytesIO(body)
+        self.identity = identity
+
+    def body(self):
+        return b"".join(self.written)
+
+
+def _render(resource, request):
+    child = getChildForRequest(resource, request)
+    result = child.render(request)
+    if result is not NOT_DONE_YET:
+        request.write(result)
+        request.finish()
+    return request
+
+
+class MachineResourceTests(unittest.TestCase):
+    """The /machine resources speak the protocol over any HTTP channel."""
+
+    def setUp(self):
+        self.h = Harness(self)
+        self.root = MachineResource(self.h.registrar, self.h.poll, self.h.notifier, identify=lambda r: r.identity)
+        self.mkey = key("mkey")
+
+    def _post(self, path, body, mkey=None):
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return _render(self.root, _Request(path, raw, (mkey or self.mkey, 133)))
+
+    def _register_capture(self):
+        with open(os.path.join(DATA, "register-request.json")) as f:
+            body = json.load(f)["body"]
+        self.h.make_key("cap")
+        body["Auth"]["AuthKey"] = self.h.keys["cap"]
+        return body
+
+    def test_register_captured_request(self):
+        """The captured 1.96.4 register request registers the node."""
+        request = self._post(b"/machine/register", self._register_capture())
+        self.assertEqual(request.responseCode, 200)
+        response = json.loads(request.body())
+        self.assertTrue(response["MachineAuthorized"], response)
+        self.assertEqual(self.h.state.by_machine_key(self.mkey).hostname, "node1")
+
+    def test_stream_and_lite(self):
+        """A captured streaming map request streams; a captured lite one answers empty 200."""
+        body = self._register_capture()
+        self._post(b"/machine/register", body)
+        with open(os.path.join(DATA, "map-request-stream.json")) as f:
+            stream_body = json.load(f)["body"]
+        with open(os.path.join(DATA, "map-request-lite-endpoints.json")) as f:
+            lite_body = json.load(f)["body"]
+        stream = self._post(b"/machine/map", stream_body)
+        self.assertFalse(stream.finished)
+        first = NetmapApplier()
+        first.feed(stream.body())
+        self.assertEqual(first.node["Name"], "node1.tail.example.")
+        lite = self._post(b"/machine/map", lite_body)
+        self.assertEqual((lite.finished, lite.body()), (1, b""))
+        self.assertEqual(self.h.state.by_machine_key(self.mkey).endpoints, tuple(lite_body["Endpoints"]))
+        self.assertFalse(stream.finished)
+        self.h.clock.advance(55)
+        applier = NetmapApplier()
+        applier.feed(stream.body())
+        self.assertEqual((len(applier.messages), applier.keepalives), (2, 1))
+        stream.processingFailed(Failure(ConnectionDone()))
+        self.assertFalse(self.h.notifier.is_connected(self.h.state.by_machine_key(self.mkey).id))
+
+    def test_map_wrong_machine(self):
+        """A map request whose NodeKey belongs to another machine gets 401."""
+        node, _ = self.h.register("a")
+        request = self._post(b"/machine/map", self.h.map_request(node, Stream=True), mkey=key("mkey"))
+        self.assertEqual(request.responseCode, 401)
+
+    def test_map_unknown_node(self):
+        """A map request for an unregistered node key gets 404."""
+        body = {"Version": 133, "NodeKey": key("nodekey"), "Stream": True}
+        self.assertEqual(self._post(b"/machine/map", body).responseCode, 404)
+
+    def test_bad_bodies(self):
+        """Malformed JSON or fields get 400 with a message naming the problem."""
+        request = self._post(b"/machine/register", b"{nope")
+        self.assertEqual(request.responseCode, 400)
+        self.assertIn(b"not JSON", request.body())
+        request = self._post(b"/machine/map", {"Version": 133, "NodeKey": "bad"})
+        self.assertEqual(request.responseCode, 400)
+        self.assertIn(b"NodeKey", request.body())
+
+    def test_not_noise(self):
+        """Without a Noise peer identity the request is refused."""
+        request = _render(self.root, _Request(b"/machine/register", b"{}", None))
+        self.assertEqual(request.responseCode, 401)
+
+    def test_set_dns_and_unknown(self):
+        """set-dns answers {}; other /machine paths are 404."""
+        self.assertEqual(self._post(b"/machine/set-dns", {}).body(), b"{}")
+        self.assertEqual(self._post(b"/machine/id-token", {}).responseCode, 404)
+
+    def test_held_followup_cancelled(self):
+        """A held Followup whose client goes away leaves no timer and writes nothing."""
+        nkey = key("nodekey")
+        base = {"Version": 133, "NodeKey": nkey, "Hostinfo": {"Hostname": "i"}}
+        url = json.loads(self._post(b"/machine/register", base).body())["AuthURL"]
+        held = self._post(b"/machine/register", dict(base, Followup=url))
+        self.assertEqual(held.written, [])
+        held.processingFailed(Failure(ConnectionDone()))
+        self.assertEqual(self.h.clock.getDelayedCalls(), [])
+        self.assertEqual(held.written, [])
+
+    def test_peer_identity_lookup(self):
+        """peer_identity finds noise_peer_identity on the HTTP/2 connection's transport."""
+
+        class Transport:
+            noise_peer_identity = ("mkey:" + "a" * 64, 133)
+
+        class Conn:
+            transport = Transport()
+
+        class Stream:
+            _conn = Conn()
+
+        class Req:
+            channel = Stream()
+
+        self.assertEqual(peer_identity(Req()), Transport.noise_peer_identity)
+        self.assertIsNone(peer_identity(DummyRequest([])))
+
+
+class RegisterPageTests(unittest.TestCase):
+    """GET /register/<id> shows the admin command."""
+
+    def test_page(self):
+        """The page shows the exact CLI command with the id."""
+        request = DummyRequest([b"abc_DEF-1"])
+        body = RegisterPage().render_GET(request)
+        self.assertIn(b"headscale auth register --auth-id abc_DEF-1 --user USERNAME", body)
+
+    def test_unknown_or_bad(self):
+        """Bad or unknown ids get 404 and are never echoed."""
+        request = DummyRequest([b"<script>"])
+        body = RegisterPage().render_GET(request)
+        self.assertEqual(request.responseCode, 404)
+        self.assertNotIn(b"<script>", body)
+        request = DummyRequest([b"abc"])
+        RegisterPage(exists=lambda auth_id: False).render_GET(request)
+        self.assertEqual(request.responseCode, 404)

@@ -1,0 +1,97 @@
+"""Tests for headscale_tw.control.ipalloc."""
+
+from twisted.trial import unittest
+
+from headscale_tw.control.ipalloc import AddressesExhausted, IPAllocator
+from headscale_tw.errors import InvalidInput
+from tests.control._harness import Harness
+
+
+class IPAllocatorTests(unittest.TestCase):
+    """Addresses come out in order, skip reserved ones and follow the used set."""
+
+    def test_sequential_first_addresses(self):
+        """The first node gets 100.64.0.1 and fd7a:115c:a1e0::1, the next one .2 and ::2."""
+        alloc = IPAllocator("100.64.0.0/10", "fd7a:115c:a1e0::/48")
+        self.assertEqual(alloc.allocate(), ("100.64.0.1", "fd7a:115c:a1e0::1"))
+        self.assertEqual(alloc.allocate(), ("100.64.0.2", "fd7a:115c:a1e0::2"))
+
+    def test_reserved_and_edges_skipped(self):
+        """The quad-100 address, the network and the last address are never handed out."""
+        alloc = IPAllocator("100.100.100.96/29", None)
+        got = []
+        while True:
+            try:
+                got.append(alloc.allocate()[0])
+            except AddressesExhausted:
+                break
+        self.assertEqual(got, ["100.100.100.97", "100.100.100.98", "100.100.100.99", "100.100.100.101", "100.100.100.102"])
+
+    def test_chromeos_range_skipped(self):
+        """Sequential allocation jumps over 100.115.92.0/23."""
+        alloc = IPAllocator("100.115.88.0/21", None)
+        alloc.load(f"100.115.{third}.{fourth}" for third in range(88, 92) for fourth in range(256))
+        self.assertEqual(alloc.allocate()[0], "100.115.94.0")
+
+    def test_ipv6_resolver_skipped(self):
+        """fd7a:115c:a1e0::53 is never given to a node."""
+        alloc = IPAllocator(None, "fd7a:115c:a1e0::/48")
+        alloc.load(f"fd7a:115c:a1e0::{n:x}" for n in range(1, 0x53))
+        self.assertEqual(alloc.allocate()[1], "fd7a:115c:a1e0::54")
+
+    def test_used_addresses_skipped(self):
+        """Addresses loaded from the store are not handed out again."""
+        alloc = IPAllocator("100.64.0.0/10", "fd7a:115c:a1e0::/48")
+        alloc.load(["100.64.0.1", "100.64.0.2/32", "fd7a:115c:a1e0::1"])
+        self.assertEqual(alloc.allocate(), ("100.64.0.3", "fd7a:115c:a1e0::2"))
+
+    def test_random_wraps(self):
+        """Random allocation scans upward from its start and wraps to the beginning."""
+        alloc = IPAllocator("10.0.0.0/29", None, "random", randbelow=lambda n: n - 1)
+        self.assertEqual(alloc.allocate()[0], "10.0.0.6")
+        self.assertEqual(alloc.allocate()[0], "10.0.0.1")
+
+    def test_random_reuses_released(self):
+        """A released address can be allocated again."""
+        alloc = IPAllocator("10.0.0.0/29", None, "random", randbelow=lambda n: 0)
+        first = alloc.allocate()[0]
+        alloc.release(first)
+        self.assertEqual(alloc.allocate()[0], first)
+
+    def test_exhausted(self):
+        """A full prefix raises AddressesExhausted and does not leak the other family."""
+        alloc = IPAllocator("10.0.0.0/30", "fd00::/126")
+        alloc.allocate()
+        alloc.allocate()
+        self.assertRaises(AddressesExhausted, alloc.allocate)
+
+    def test_bad_config(self):
+        """Bad prefixes or strategies are rejected with a message naming the setting."""
+        e = self.assertRaises(InvalidInput, IPAllocator, "nonsense", None)
+        self.assertIn("prefixes.v4", str(e))
+        self.assertRaises(InvalidInput, IPAllocator, "fd00::/64", None)
+        self.assertRaises(InvalidInput, IPAllocator, "10.0.0.0/8", None, "fancy")
+        self.assertRaises(InvalidInput, IPAllocator, None, None)
+
+
+class AllocationWithStoreTests(unittest.TestCase):
+    """The used set survives a reload and deleting a node frees its addresses."""
+
+    def test_survives_reload(self):
+        """A fresh state over the same store does not reuse allocated addresses."""
+        h = Harness(self)
+        a, _ = h.register("a")
+        h2 = Harness(self, db=h.db)
+        b, _ = h2.register("b")
+        self.assertNotEqual(a.ipv4, b.ipv4)
+        self.assertNotEqual(a.ipv6, b.ipv6)
+
+    def test_release_on_delete(self):
+        """After a delete and reload, the freed address is handed out again."""
+        h = Harness(self)
+        a, _ = h.register("a")
+        h.register("b")
+        h.run(h.admin.delete(a.id))
+        h2 = Harness(self, db=h.db)
+        c, _ = h2.register("c")
+        self.assertEqual(c.ipv4, a.ipv4)

@@ -1,0 +1,238 @@
+"""Tests for headscale_tw.control.registration."""
+
+from datetime import timedelta
+
+from twisted.internet.defer import Deferred
+from twisted.trial import unittest
+
+from headscale_tw.config.model import Config, DNSConfig, NodeConfig
+from headscale_tw.control.registration import MachineKeyMismatch
+from headscale_tw.control.state import TAGGED_DEVICES_USER_ID
+from headscale_tw.errors import InvalidInput, NotFound
+from tests.control._harness import Harness, key
+
+
+def _body(node_key, **extra):
+    body = {
+        "Version": 133,
+        "NodeKey": node_key,
+        "OldNodeKey": "nodekey:" + "0" * 64,
+        "Expiry": "0001-01-01T00:00:00Z",
+        "Followup": "",
+        "Hostinfo": {"Hostname": "laptop"},
+    }
+    body.update(extra)
+    return body
+
+
+class AuthKeyTests(unittest.TestCase):
+    """Pre-auth keys: single-use, reusable, expired, ephemeral, tagged."""
+
+    def setUp(self):
+        self.h = Harness(self)
+
+    def test_success_response(self):
+        """A valid key registers the node and answers User, Login and MachineAuthorized."""
+        self.h.make_key("one")
+        node, response = self.h.register("laptop", auth="one")
+        self.assertEqual(response["User"]["ID"], self.h.user.id)
+        self.assertEqual(response["Login"]["LoginName"], "alice@example.com")
+        self.assertTrue(response["MachineAuthorized"])
+        self.assertNotIn("AuthURL", response)
+        self.assertEqual((node.given_name, node.user_id, node.register_method), ("laptop", self.h.user.id, "authkey"))
+        self.assertTrue(self.h.run(self.h.db.preauthkeys.get(node.auth_key_id)).used)
+
+    def test_single_use_other_machine(self):
+        """A used single-use key is refused for another machine with a readable Error."""
+        self.h.make_key("one")
+        self.h.register("a", auth="one")
+        node, response = self.h.register("b", auth="one")
+        self.assertEqual(response, {"Error": "authkey already used"})
+        self.assertIsNone(node)
+
+    def test_single_use_same_machine_idempotent(self):
+        """The same machine may retry with its used single-use key (fresh node key too)."""
+        self.h.make_key("one")
+        mkey = key("mkey")
+        first, _ = self.h.register("a", auth="one", machine_key=mkey)
+        again, response = self.h.register("a", auth="one", machine_key=mkey)
+        self.assertTrue(response["MachineAuthorized"])
+        self.assertEqual(first.id, again.id)
+        self.assertEqual(len(self.h.state.nodes), 1)
+
+    def test_reusable(self):
+        """A reusable key registers several machines."""
+        self.h.make_key("many", reusable=True)
+        a, _ = self.h.register("a", auth="many")
+        b, _ = self.h.register("b", auth="many")
+        self.assertNotEqual(a.id, b.id)
+
+    def test_invalid(self):
+        """An unknown key gives Error "invalid auth key"."""
+        _, response = self.h.register("a", auth="nope")
+        self.assertEqual(response, {"Error": "invalid auth key"})
+
+    def test_expired(self):
+        """An expired key gives Error "authkey expired"."""
+        self.h.make_key("old", expiration=self.h.now() - timedelta(seconds=1))
+        _, response = self.h.register("a", auth="old")
+        self.assertEqual(response, {"Error": "authkey expired"})
+
+    def test_ephemeral(self):
+        """An ephemeral key makes an ephemeral node."""
+        self.h.make_key("eph", ephemeral=True)
+        node, _ = self.h.register("a", auth="eph")
+        self.assertTrue(node.ephemeral)
+
+    def test_tagged(self):
+        """A tagged key makes a tagged node owned by no user and never expiring."""
+        h = Harness(self, config=Config(node=NodeConfig(expiry=3600.0), dns=DNSConfig(base_domain="t.example")))
+        h.make_key("tag", tags=("tag:server",))
+        node, response = h.register("srv", auth="tag")
+        self.assertEqual(node.tags, ("tag:server",))
+        self.assertIsNone(node.user_id)
+        self.assertIsNone(node.expiry)
+        self.assertEqual(response["User"]["ID"], TAGGED_DEVICES_USER_ID)
+
+    def test_node_expiry(self):
+        """node.expiry sets the key expiry; a sooner requested Expiry wins."""
+        h = Harness(self, config=Config(node=NodeConfig(expiry=3600.0), dns=DNSConfig(base_domain="t.example")))
+        node, _ = h.register("a")
+        self.assertEqual(node.expiry, h.now() + timedelta(hours=1))
+        sooner = h.now() + timedelta(minutes=5)
+        node, _ = h.register("b", Expiry=sooner.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        self.assertEqual(node.expiry, sooner)
+
+    def test_collision_names(self):
+        """Two nodes with one hostname get name and name-1."""
+        a, _ = self.h.register("box")
+        b, _ = self.h.register("box")
+        self.assertEqual((a.given_name, b.given_name), ("box", "box-1"))
+
+
+class KnownNodeTests(unittest.TestCase):
+    """Restarts, rotation, logout and machine-key binding."""
+
+    def setUp(self):
+        self.h = Harness(self)
+        self.mkey = key("mkey")
+        self.node, _ = self.h.register("a", machine_key=self.mkey)
+
+    def test_restart_idempotent(self):
+        """Re-registering the current node key without auth succeeds and creates nothing."""
+        response = self.h.run(self.h.registrar.register(self.mkey, _body(self.node.node_key)))
+        self.assertTrue(response["MachineAuthorized"])
+        self.assertEqual(len(self.h.state.nodes), 1)
+
+    def test_other_machine_rejected(self):
+        """A node key presented by another machine key is refused."""
+        d = Deferred.fromCoroutine(self.h.registrar.register(key("mkey"), _body(self.node.node_key)))
+        self.failureResultOf(d, MachineKeyMismatch)
+
+    def test_rotation(self):
+        """OldNodeKey rotation keeps the node and its addresses and tells peers the new key."""
+        peer, _ = self.h.register("peer")
+        stream = self.h.stream(peer)
+        new_key = key("nodekey")
+        response = self.h.run(
+            self.h.registrar.register(self.mkey, _body(new_key, OldNodeKey=self.node.node_key))
+        )
+        self.assertTrue(response["MachineAuthorized"])
+        rotated = self.h.state.get(self.node.id)
+        self.assertEqual((rotated.node_key, rotated.ipv4), (new_key, self.node.ipv4))
+        self.assertIsNone(self.h.state.by_node_key(self.node.node_key))
+        self.assertEqual(stream.applier.peers[self.node.id]["Key"], new_key)
+
+    def test_rotation_other_machine(self):
+        """Another machine cannot rotate this node's key; it is sent to interactive login."""
+        response = self.h.run(
+            self.h.registrar.register(key("mkey"), _body(key("nodekey"), OldNodeKey=self.node.node_key))
+        )
+        self.assertIn("AuthURL", response)
+        self.assertEqual(self.h.state.get(self.node.id).node_key, self.node.node_key)
+
+    def test_logout(self):
+        """A past Expiry expires the node (even with Auth present) and peers see it expired."""
+        peer, _ = self.h.register("peer")
+        stream = self.h.stream(peer)
+        body = _body(self.node.node_key, Expiry="1970-01-01T00:02:03Z", Auth={"AuthKey": self.h.keys["reusable"]})
+        response = self.h.run(self.h.registrar.register(self.mkey, body))
+        self.assertTrue(response["NodeKeyExpired"])
+        self.assertEqual(self.h.state.get(self.node.id).expiry, self.h.now())
+        self.assertTrue(stream.applier.peers[self.node.id]["Expired"])
+        # Re-registering the expired key without auth now needs a login.
+        again = self.h.run(self.h.registrar.register(self.mkey, _body(self.node.node_key)))
+        self.assertIn("AuthURL", again)
+
+    def test_logout_ephemeral_deletes(self):
+        """Logging out an ephemeral node deletes it."""
+        self.h.make_key("eph", ephemeral=True)
+        mkey = key("mkey")
+        node, _ = self.h.register("e", auth="eph", machine_key=mkey)
+        self.h.run(self.h.registrar.register(mkey, _body(node.node_key, Expiry="1970-01-01T00:02:03Z")))
+        self.assertNotIn(node.id, self.h.state.nodes)
+
+    def test_malformed(self):
+        """A body without a valid NodeKey is rejected naming the field."""
+        d = Deferred.fromCoroutine(self.h.registrar.register(self.mkey, {"NodeKey": "nodekey:zz"}))
+        self.assertIn("NodeKey", str(self.failureResultOf(d, InvalidInput).value))
+
+
+class InteractiveTests(unittest.TestCase):
+    """Interactive login: AuthURL, held Followup, admin completion, timeout."""
+
+    def setUp(self):
+        self.h = Harness(self)
+        self.mkey = key("mkey")
+        self.nkey = key("nodekey")
+
+    def _start(self):
+        response = self.h.run(self.h.registrar.register(self.mkey, _body(self.nkey)))
+        url = response["AuthURL"]
+        self.assertTrue(url.startswith("https://hs.example.com/register/"), url)
+        return url, url.rpartition("/")[2]
+
+    def test_auth_url_stable(self):
+        """Asking again before completing returns the same AuthURL."""
+        first, _ = self._start()
+        second, _ = self._start()
+        self.assertEqual(first, second)
+
+    def test_followup_released_by_auth_register(self):
+        """The held Followup answers success once the admin registers the id to a user."""
+        url, auth_id = self._start()
+        held = Deferred.fromCoroutine(self.h.registrar.register(self.mkey, _body(self.nkey, Followup=url)))
+        self.assertNoResult(held)
+        node = self.h.run(self.h.admin.register(auth_id, "alice"))
+        response = self.successResultOf(held)
+        self.assertTrue(response["MachineAuthorized"])
+        self.assertEqual(response["Login"]["LoginName"], "alice@example.com")
+        self.assertEqual((node.node_key, node.user_id, node.register_method), (self.nkey, self.h.user.id, "cli"))
+        self.assertEqual(self.h.clock.getDelayedCalls(), [])
+
+    def test_followup_after_completion(self):
+        """A Followup arriving after completion is answered at once."""
+        url, auth_id = self._start()
+        self.h.run(self.h.admin.register(auth_id, "alice"))
+        response = self.h.run(self.h.registrar.register(self.mkey, _body(self.nkey, Followup=url)))
+        self.assertTrue(response["MachineAuthorized"])
+
+    def test_followup_timeout(self):
+        """A held Followup ends with the same AuthURL after the timeout."""
+        url, _ = self._start()
+        held = Deferred.fromCoroutine(self.h.registrar.register(self.mkey, _body(self.nkey, Followup=url)))
+        self.h.clock.advance(self.h.registrar.followup_timeout)
+        self.assertEqual(self.successResultOf(held), {"AuthURL": url})
+
+    def test_unknown_user_or_id(self):
+        """Completing with an unknown user or id raises NotFound."""
+        _, auth_id = self._start()
+        self.failureResultOf(Deferred.fromCoroutine(self.h.admin.register(auth_id, "nobody")), NotFound)
+        self.failureResultOf(Deferred.fromCoroutine(self.h.admin.register("nope", "alice")), NotFound)
+
+    def test_pending_forgotten(self):
+        """Stale pending registrations are dropped by the sweep."""
+        _, auth_id = self._start()
+        self.h.clock.advance(self.h.registrar.pending_ttl + 1)
+        self.assertEqual(self.h.run(self.h.lifecycle.forget_stale_registrations()), 1)
+        self.assertIsNone(self.h.registrar.get_pending(auth_id))
