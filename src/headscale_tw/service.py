@@ -158,16 +158,52 @@ class Components:
 
 
 async def build_components(config: Config, reactor) -> Components:
-    """Open the database and build the listeners; called once the reactor runs."""
+    """Open the database and build the listeners; called once the reactor runs.
+
+    The database is opened and migrated first; everything else is built on it.
+    If anything after that fails, the database is closed again before the error
+    propagates.
+    """
+    from headscale_tw.storage.database import open_database
+
+    db = await open_database(config.database, reactor)
+    try:
+        return await _build_on_database(config, reactor, db)
+    except BaseException:
+        await db.close()
+        raise
+
+
+async def _build_on_database(config: Config, reactor, db) -> Components:
+    from twisted.application.internet import TimerService
+
+    from headscale_tw.control.plane import ControlPlane
+
+    plane = ControlPlane(config, db, reactor)
+    await plane.start()
+
     root = resource.Resource()
-    root.putChild(b"health", HealthResource())
+    root.putChild(b"health", HealthResource(lambda: defer.Deferred.fromCoroutine(db.users.list())))
+    root.putChild(b"register", plane.register_page())
     site = server.Site(root)
-    services = [strports.service(listen_endpoint(config.listen_addr), site, reactor=reactor)]
+
+    services: list = []
+    for interval, job in plane.periodic_jobs():
+        timer = TimerService(interval, job)
+        timer.clock = reactor
+        services.append(timer)
+    tls = (config.tls.cert_path, config.tls.key_path) if config.tls.enabled else None
+    services.append(strports.service(listen_endpoint(config.listen_addr, tls), site, reactor=reactor))
     if config.metrics_listen_addr:
         metrics_root = resource.Resource()
         metrics_root.putChild(b"metrics", MetricsResource())
         services.append(strports.service(listen_endpoint(config.metrics_listen_addr), server.Site(metrics_root), reactor=reactor))
-    return Components(services, site=site)
+
+    async def close():
+        plane.stop()
+        await db.close()
+
+    return Components(services, close=close, site=site, root=root, db=db, plane=plane)
 
 
 def build_service(config: Config, reactor) -> HeadscaleService:
