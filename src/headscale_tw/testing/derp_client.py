@@ -29,7 +29,7 @@ class RecordingDERPClient(DERPClientProtocol):
     :ivar packets: ``(source, data)`` of relayed packets (unless ``record=False``).
     :ivar packet_count: / ``byte_count``: totals, always kept.
     :ivar ready: fires with the ServerInfo dict.
-    :ivar lost: fires with the reason when the connection is lost.
+    :ivar lost: fires (with ``None``; see ``lost_reason``) when the connection is lost.
     """
 
     def __init__(
@@ -49,6 +49,7 @@ class RecordingDERPClient(DERPClientProtocol):
         self.byte_count = 0
         self.ready: Deferred = Deferred()
         self.lost: Deferred = Deferred()
+        self.lost_reason = None
 
     @property
     def public_key(self) -> bytes:
@@ -74,5 +75,6 @@ class RecordingDERPClient(DERPClientProtocol):
         return [e for e in self.events if isinstance(e, kind)]
 
     def connectionLost(self, reason=None) -> None:
+        self.lost_reason = reason
         if not self.lost.called:
-            self.lost.callback(reason)
+            self.lost.callback(None)
