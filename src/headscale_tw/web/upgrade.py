@@ -28,19 +28,33 @@ class UpgradeError(Exception):
     """The request cannot be upgraded (e.g. it arrived over HTTP/2)."""
 
 
+class _ForwardingBuffer(list):
+    """Stands in for a detached channel's ``_dataBuffer``: appended bytes go to the new protocol."""
+
+    def __init__(self, protocol: IProtocol):
+        super().__init__()
+        self._protocol = protocol
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self._protocol.dataReceived(data)
+
+
 def switch_protocols(
     request,
     protocol: IProtocol,
     upgrade: bytes,
     extra_headers: list[tuple[bytes, bytes]] = (),
     first_bytes: bytes = b"",
+    send_head: bool = True,
 ) -> None:
     """Answer ``request`` with ``101 Switching Protocols`` and hand its connection to ``protocol``.
 
     ``first_bytes`` are written right after the response head, in the same
     write (the ts2021 handshake response goes there). After this call the
     HTTP channel never sees the connection again; the resource's ``render``
-    must return ``NOT_DONE_YET``.
+    must return ``NOT_DONE_YET``. ``send_head=False`` writes no 101 head at
+    all (DERP fast start: the client does not read an HTTP response).
     """
     channel = request.channel
     transport = getattr(channel, "transport", None)
@@ -53,7 +67,9 @@ def switch_protocols(
     buffered = b"".join(getattr(channel, "_dataBuffer", []))
     if producer is not None:
         producer.unregisterProducer()
-    channel._dataBuffer = []
+    # Bytes that followed the request head in the same read are still being
+    # parsed by the channel when we return; it appends them to _dataBuffer.
+    channel._dataBuffer = _ForwardingBuffer(protocol)
     channel.transport = None
 
     if isinstance(transport, ProtocolWrapper):
@@ -62,9 +78,12 @@ def switch_protocols(
     else:
         transport.protocol = protocol
 
-    head = [b"HTTP/1.1 101 Switching Protocols", b"Upgrade: " + upgrade, b"Connection: upgrade"]
-    head.extend(name + b": " + value for name, value in extra_headers)
-    transport.write(b"\r\n".join(head) + b"\r\n\r\n" + first_bytes)
+    if send_head:
+        head = [b"HTTP/1.1 101 Switching Protocols", b"Upgrade: " + upgrade, b"Connection: upgrade"]
+        head.extend(name + b": " + value for name, value in extra_headers)
+        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + first_bytes)
+    elif first_bytes:
+        transport.write(first_bytes)
 
     protocol.makeConnection(transport)
     # The HTTP channel pauses reading while it handles a request; nothing follows us.

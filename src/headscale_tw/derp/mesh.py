@@ -1,0 +1,181 @@
+# -*- test-case-name: tests.derp.test_mesh -*-
+"""
+DERP client protocol and mesh forwarding between relay instances.
+
+Two (or more) instances sharing a 32-byte mesh key relay for each other's
+clients. Each instance connects to every peer as a DERP client whose key is
+its own server key and whose ClientInfo carries the mesh key, then sends
+WatchConns. The peer answers with PeerPresent for each of its clients (and
+later arrivals) and PeerGone for departures; we record "key K is reachable
+through this connection" in :class:`~headscale_tw.derp.server.DERPServer`.
+A local client's packet for K then goes out as ForwardPacket(src, K, data)
+and the peer delivers it as RecvPacket(src, data). Forwarding is one hop.
+
+When the mesh connection breaks, every route learnt from it is forgotten and
+:func:`mesh_peer_service` reconnects every 5 seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from nacl.public import PrivateKey
+from twisted.application.internet import ClientService
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from . import _client as c
+from . import _frames as f
+from .server import DERPServer
+
+__all__ = ["DERPClientProtocol", "MeshPeerProtocol", "mesh_peer_factory", "mesh_peer_service"]
+
+
+class DERPClientProtocol(Protocol):
+    """Twisted driver for :class:`~headscale_tw.derp._client.DERPClientConnection`.
+
+    With ``upgrade_host`` it first sends ``GET /derp`` with ``Upgrade: DERP``
+    and waits for the 101 head (skipped when ``fast_start``). Subclasses
+    override :meth:`event_received`.
+    """
+
+    log = Logger()
+    _MAX_HEAD = 8192
+
+    def __init__(
+        self,
+        private_key: PrivateKey,
+        *,
+        mesh_key: bytes | None = None,
+        upgrade_host: str | None = None,
+        path: str = "/derp",
+        fast_start: bool = False,
+    ):
+        self.conn = c.DERPClientConnection(private_key, mesh_key=mesh_key)
+        self._upgrade_host = upgrade_host
+        self._path = path
+        self._fast_start = fast_start
+        self._head: bytearray | None = None
+        self.failure_reason: str | None = None
+
+    def connectionMade(self) -> None:
+        if self._upgrade_host is not None:
+            lines = [
+                f"GET {self._path} HTTP/1.1",
+                f"Host: {self._upgrade_host}",
+                "Upgrade: DERP",
+                "Connection: Upgrade",
+            ]
+            if self._fast_start:
+                lines.append("Derp-Fast-Start: 1")
+            else:
+                self._head = bytearray()
+            self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._head is not None:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._head) > self._MAX_HEAD:
+                    self._fail("HTTP response head too long")
+                return
+            status = bytes(self._head[: self._head.find(b"\r\n")])
+            rest = bytes(self._head[end + 4 :])
+            self._head = None
+            if status.split(b" ")[1:2] != [b"101"]:
+                self._fail(f"DERP upgrade refused: {status.decode('latin-1')}")
+                return
+            data = rest
+            if not data:
+                return
+        try:
+            events = self.conn.receive_data(data)
+        except f.FrameError as e:
+            self._fail(f"bad frame from server: {e}")
+            return
+        self.flush()
+        for event in events:
+            self.event_received(event)
+
+    def _fail(self, reason: str) -> None:
+        self.failure_reason = reason
+        self.log.info("DERP client closing: {reason}", reason=reason)
+        self.transport.loseConnection()
+
+    def flush(self) -> None:
+        """Write whatever the connection has queued."""
+        out = self.conn.data_to_send()
+        if out and self.transport is not None:
+            self.transport.write(out)
+
+    def event_received(self, event: Any) -> None:
+        """Handle one event from :mod:`headscale_tw.derp._client` (override)."""
+
+    def send_packet(self, destination: bytes, data: bytes) -> None:
+        """Send ``data`` to ``destination`` through the server."""
+        self.conn.send_packet(destination, data)
+        self.flush()
+
+
+class MeshPeerProtocol(DERPClientProtocol):
+    """Our connection to a mesh peer: learns its clients and forwards packets to them."""
+
+    def __init__(self, server: DERPServer, upgrade_host: str | None = None):
+        if server.mesh_key is None:
+            raise ValueError("mesh forwarding needs the server to have a mesh key")
+        super().__init__(server.private_key, mesh_key=server.mesh_key, upgrade_host=upgrade_host)
+        self.server = server
+        self.routes_learnt = 0
+
+    def event_received(self, event: Any) -> None:
+        if isinstance(event, c.ServerKeyReceived):
+            if event.server_public == self.server.public_key:
+                self._fail("mesh peer is ourselves")
+        elif isinstance(event, c.ServerInfoReceived):
+            self.conn.watch_conns()
+            self.flush()
+        elif isinstance(event, c.PeerPresent):
+            self.routes_learnt += 1
+            self.server.add_mesh_route(event.key, self)
+        elif isinstance(event, c.PeerGone):
+            self.server.remove_mesh_route(event.key, self)
+        elif isinstance(event, c.PacketReceived):
+            # A mesh peer's own key received a packet: nothing to do with it.
+            pass
+
+    def forward(self, source: bytes, destination: bytes, data: bytes) -> None:
+        """Send ForwardPacket(source, destination, data) to the peer."""
+        self.conn.forward_packet(source, destination, data)
+        self.flush()
+
+    def connectionLost(self, reason=None) -> None:
+        self.server.forget_mesh_routes(self)
+
+
+def mesh_peer_factory(server: DERPServer, upgrade_host: str | None = None) -> Factory:
+    """A client factory building :class:`MeshPeerProtocol` for ``server``."""
+    return Factory.forProtocol(lambda: MeshPeerProtocol(server, upgrade_host))
+
+
+def mesh_peer_service(
+    server: DERPServer,
+    endpoint: IStreamClientEndpoint,
+    upgrade_host: str | None,
+    clock: IReactorTime,
+    retry_delay: float = 5.0,
+    prepare: Callable[[Protocol], Any] | None = None,
+) -> ClientService:
+    """A service that keeps a mesh connection to the peer at ``endpoint`` (retry every 5 s).
+
+    ``upgrade_host`` is the peer's Host header for ``GET /derp``; ``None``
+    speaks raw DERP (no HTTP upgrade).
+    """
+    return ClientService(
+        endpoint,
+        mesh_peer_factory(server, upgrade_host),
+        retryPolicy=lambda attempts: retry_delay,
+        clock=clock,
+        prepareConnection=prepare,
+    )

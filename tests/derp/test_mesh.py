@@ -1,0 +1,129 @@
+"""Tests for headscale_tw.derp.mesh: two of our instances relaying for each other over iosim."""
+
+from nacl.public import PrivateKey
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.test import iosim
+from twisted.trial import unittest
+
+from headscale_tw.derp import _frames as f
+from headscale_tw.derp.mesh import MeshPeerProtocol, mesh_peer_service
+from headscale_tw.derp.server import DERPServer
+from headscale_tw.testing.derp_client import RecordingDERPClient
+
+MESH_KEY = bytes(range(32))
+
+
+class _Net:
+    """Servers and clients joined by iosim pumps."""
+
+    def __init__(self):
+        self.clock = Clock()
+        self.pumps = []
+
+    def connect(self, server, client):
+        proto = server.build_protocol()
+        s, c, pump = iosim.connectedServerAndClient(lambda: proto, lambda: client, greet=False, clock=self.clock)
+        self.pumps.append(pump)
+        return proto, pump
+
+    def flush(self):
+        for _ in range(4):
+            for p in self.pumps:
+                p.flush()
+
+
+class MeshTests(unittest.TestCase):
+    """Mesh peers learn each other's clients and forward packets."""
+
+    def setUp(self):
+        self.net = _Net()
+        self.a = DERPServer(PrivateKey.generate(), self.net.clock, mesh_key=MESH_KEY)
+        self.b = DERPServer(PrivateKey.generate(), self.net.clock, mesh_key=MESH_KEY)
+        self.client_a = RecordingDERPClient()
+        self.client_b = RecordingDERPClient()
+        self.net.connect(self.a, self.client_a)
+        self.net.connect(self.b, self.client_b)
+        self.a_to_b = MeshPeerProtocol(self.a)
+        self.b_to_a = MeshPeerProtocol(self.b)
+        self.proto_on_b, self.pump_ab = self.net.connect(self.b, self.a_to_b)
+        self.net.connect(self.a, self.b_to_a)
+        self.net.flush()
+
+    def test_mesh_peer_admitted(self):
+        """A client with the right mesh key is marked as a mesh peer."""
+        self.assertTrue(self.proto_on_b.is_mesh_peer)
+        self.assertEqual(self.proto_on_b.present_flags(), f.PeerPresentFlags.IS_MESH_PEER)
+
+    def test_routes_learnt(self):
+        """Each instance learns the other's client through WatchConns / PeerPresent."""
+        self.assertIs(self.a.mesh_route(self.client_b.public_key), self.a_to_b)
+        self.assertIs(self.b.mesh_route(self.client_a.public_key), self.b_to_a)
+        self.assertIsNone(self.a.mesh_route(self.b.public_key))
+
+    def test_forward_both_ways(self):
+        """Packets between clients on different instances arrive with the original source key."""
+        self.client_a.send_packet(self.client_b.public_key, b"a->b")
+        self.client_b.send_packet(self.client_a.public_key, b"b->a")
+        self.net.flush()
+        self.assertEqual(self.client_b.packets, [(self.client_a.public_key, b"a->b")])
+        self.assertEqual(self.client_a.packets, [(self.client_b.public_key, b"b->a")])
+        self.assertEqual((self.a.packets_forwarded_out, self.b.packets_forwarded_in), (1, 1))
+
+    def test_new_client_after_watch(self):
+        """A client connecting later is announced to the watching peer."""
+        late = RecordingDERPClient()
+        self.net.connect(self.b, late)
+        self.net.flush()
+        self.client_a.send_packet(late.public_key, b"hi")
+        self.net.flush()
+        self.assertEqual(late.packets, [(self.client_a.public_key, b"hi")])
+
+    def test_departure_removes_route(self):
+        """When a client leaves its instance, the peer forgets the route."""
+        self.client_b.transport.loseConnection()
+        self.net.flush()
+        self.assertIsNone(self.a.mesh_route(self.client_b.public_key))
+
+    def test_mesh_conn_broke_forgets_routes(self):
+        """Losing the mesh connection forgets every route learnt over it."""
+        self.a_to_b.transport.loseConnection()
+        self.net.flush()
+        self.assertIsNone(self.a.mesh_route(self.client_b.public_key))
+
+    def test_wrong_mesh_key_cannot_forward(self):
+        """A client with a wrong mesh key is an ordinary client: ForwardPacket closes it."""
+        other = DERPServer(PrivateKey.generate(), self.net.clock, mesh_key=b"\x01" * 32)
+        intruder = MeshPeerProtocol(other)
+        proto, _ = self.net.connect(self.b, intruder)
+        self.net.flush()
+        self.assertFalse(proto.is_mesh_peer)
+        self.assertIsNotNone(proto.close_reason)
+        self.assertIn("insufficient permissions", proto.close_reason)
+
+    def test_self_connection_dropped(self):
+        """Connecting to ourselves is detected from the ServerKey and dropped."""
+        me = MeshPeerProtocol(self.a)
+        self.net.connect(self.a, me)
+        self.net.flush()
+        self.assertEqual(me.failure_reason, "mesh peer is ourselves")
+
+    def test_service_retries(self):
+        """mesh_peer_service builds a ClientService that retries every 5 s."""
+        attempts = []
+
+        class _Failing:
+            def connect(self, factory):
+                attempts.append(factory)
+                return defer.fail(ConnectionRefusedError())
+
+        clock = Clock()
+        service = mesh_peer_service(self.a, _Failing(), upgrade_host="b.example", clock=clock)
+        service.startService()
+        self.assertEqual(len(attempts), 1)
+        clock.advance(4.9)
+        self.assertEqual(len(attempts), 1)
+        clock.advance(0.2)
+        self.assertEqual(len(attempts), 2)
+        self.successResultOf(service.stopService())
+        self.assertEqual(clock.getDelayedCalls(), [])
