@@ -71,3 +71,26 @@ class SwitchProtocolsTests(unittest.TestCase):
         http.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
         self.assertIsNone(http._channel.transport)
         self.assertIsNone(http._channel._TimeoutMixin__timeoutCall)
+
+    def test_bytes_in_same_read_reach_new_protocol(self):
+        """Bytes that arrive in the same read as the request head go to the new protocol."""
+        recorder, http, transport = self._connect()
+        http.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n\x00\x01after-head")
+        self.assertEqual(b"".join(recorder.received), b"\x00\x01after-head")
+
+    def test_no_head(self):
+        """send_head=False writes only first_bytes (DERP fast start reads no HTTP response)."""
+        recorder = _Recorder()
+
+        class FastStart(resource.Resource):
+            isLeaf = True
+
+            def render_POST(self, request):
+                switch_protocols(request, recorder, b"DERP", first_bytes=b"FRAME", send_head=False)
+                return NOT_DONE_YET
+
+        http = server.Site(FastStart()).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        transport = StringTransport()
+        http.makeConnection(transport)
+        http.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(transport.value(), b"FRAME")
