@@ -37,7 +37,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from .ipset import THE_INTERNET, TAILSCALE_ALL, IPSet, parse_ip_string
 from .model import (
+    ACL,
     ANY_PORTS,
+    Destination,
     Alias,
     Grant,
     Node,
@@ -106,6 +108,9 @@ class FilterRule:
             out["CapGrant"] = [c.to_wire() for c in self.cap_grant]
         return out
 
+
+#: The ACL Tailscale applies when a policy has neither ``acls`` nor ``grants``.
+DEFAULT_ACL = ACL("", (Alias("*", "*"),), (Destination(Alias("*", "*"), (ANY_PORTS,)),))
 
 FILTER_ALLOW_ALL = (FilterRule(("*",), (NetPortRange("*", 0, 65535),)),)
 
@@ -593,11 +598,15 @@ class CompiledPolicy:
         self._unreduced: dict[int, list[FilterRule]] = {}
         self._matches: dict[int, list[Match]] = {}
         self._filters: dict[int, list[FilterRule]] = {}
-        self.allow_all = self.policy is None or (self.policy.acls is None and self.policy.grants is None)
+        self.allow_all = self.policy is None
         self.grants: list[_CompiledGrant] = []
-        if not self.allow_all:
+        if self.policy is not None:
             grants = list(self.policy.grants or ())
-            for acl in self.policy.acls or ():
+            acls = self.policy.acls
+            if acls is None and self.policy.grants is None:
+                # Neither section: Tailscale applies its default "* -> *:*" ACL.
+                acls = (DEFAULT_ACL,)
+            for acl in acls or ():
                 grants.extend(acl_to_grants(acl))
             gc = _GrantCompiler(self.resolver)
             self.grants = [cg for cg in (gc.compile(g) for g in grants) if cg is not None]
@@ -667,12 +676,14 @@ class CompiledPolicy:
             routes = [r for r in tuple(peer.primary_routes) + peer.exit_routes
                       if can_access_route(node, matches, r, own)]
             allowed = [str(p) for p in peer.address_prefixes] + [str(r) for r in routes]
-            out.append(PeerView(peer, tuple(allowed), tuple(str(r) for r in peer.primary_routes)))
+            primaries = [str(r) for r in routes if r in peer.primary_routes]
+            out.append(PeerView(peer, tuple(allowed), tuple(primaries)))
         return out
 
     def self_allowed_ips(self, node: Node) -> list[str]:
+        """The node's own AllowedIPs: addresses plus every route it serves."""
         return [str(p) for p in node.address_prefixes] + [
-            str(r) for r in tuple(node.primary_routes) + node.exit_routes
+            str(r) for r in node.subnet_routes + node.exit_routes
         ]
 
     # ssh / caps ------------------------------------------------------------

@@ -44,6 +44,7 @@ from .model import Node, PolicyError, Topology, User
 
 #: Capabilities Tailscale's service gives every node regardless of policy.
 SAAS_DEFAULT_CAPS = frozenset({
+    "default-auto-update",
     "https://tailscale.com/cap/file-sharing",
     "https://tailscale.com/cap/is-admin",
     "https://tailscale.com/cap/is-owner",
