@@ -611,6 +611,21 @@ class CompiledPolicy:
             gc = _GrantCompiler(self.resolver)
             self.grants = [cg for cg in (gc.compile(g) for g in grants) if cg is not None]
         self.per_node = any(cg.is_self or cg.is_via for cg in self.grants)
+        # (grant, resolved sources, destination prefixes, has autogroup:internet)
+        # for via steering of peer routes; None when no grant uses via.
+        self._via_grants: Optional[list[tuple[Grant, IPSet, list[Network], bool]]] = None
+        if self.policy is not None and any(g.via for g in self.policy.grants or ()):
+            self._via_grants = []
+            for g in grants:
+                dst_nets: list[Network] = []
+                for d in g.dst:
+                    if d.is_autogroup("internet") or d.is_autogroup("self"):
+                        continue
+                    ips = self.resolver.resolve(d)
+                    if ips is not None:
+                        dst_nets.extend(ips.networks())
+                self._via_grants.append((g, self.resolver.resolve_all(g.src), dst_nets,
+                                         any(d.is_autogroup("internet") for d in g.dst)))
         self._global: Optional[list[FilterRule]] = None
 
     # filters ---------------------------------------------------------------
@@ -673,18 +688,108 @@ class CompiledPolicy:
         for peer in sorted(self.topology.nodes, key=lambda n: n.id):
             if peer.id == node.id or not self.sees(node, peer):
                 continue
-            routes = [r for r in tuple(peer.primary_routes) + peer.exit_routes
-                      if can_access_route(node, matches, r, own)]
+            routes = self.routes_for_peer(node, peer, matches, own)
             allowed = [str(p) for p in peer.address_prefixes] + [str(r) for r in routes]
-            primaries = [str(r) for r in routes if r in peer.primary_routes]
+            primaries = [str(r) for r in routes if r.prefixlen != 0]
             out.append(PeerView(peer, tuple(allowed), tuple(primaries)))
         return out
+
+    def routes_for_peer(self, viewer: Node, peer: Node, matches: Sequence[Match],
+                        viewer_set: IPSet) -> list[Network]:
+        """The routes of C{peer} that C{viewer} gets in the peer's AllowedIPs."""
+        include, exclude, use_primary = self.via_routes_for_peer(viewer, peer, viewer_set)
+        candidates = [r for r in tuple(peer.primary_routes) + peer.exit_routes if r not in exclude]
+        reduced = [r for r in candidates if can_access_route(viewer, matches, r, viewer_set)]
+        for r in include:
+            if r in reduced:
+                continue
+            if r in peer.primary_routes or r not in use_primary:
+                reduced.append(r)
+        # co-router visibility: HA secondaries learn who is primary for their prefix
+        for r in peer.primary_routes:
+            if r in viewer.subnet_routes and r not in reduced:
+                reduced.append(r)
+        return reduced
+
+    def via_routes_for_peer(self, viewer: Node, peer: Node, viewer_set: IPSet
+                            ) -> tuple[list[Network], list[Network], list[Network]]:
+        """Routes a ``via`` grant steers to (include) or away from (exclude) C{peer}."""
+        include: list[Network] = []
+        exclude: list[Network] = []
+        use_primary: list[Network] = []
+        if self._via_grants is None or viewer.id == peer.id:
+            return include, exclude, use_primary
+        matched = []
+        for g, src_set, dsts, internet in self._via_grants:
+            if not src_set.overlaps(viewer_set):
+                continue
+            matched.append((g, dsts))
+            if not g.via:
+                continue
+            prefixes = [r for d in dsts for r in peer.subnet_routes if d.version == r.version and d.overlaps(r)]
+            if internet and peer.is_exit_node:
+                prefixes.extend(peer.exit_routes)
+            if not prefixes:
+                continue
+            if any(t in peer.tags for t in g.via):
+                include.extend(prefixes)
+            else:
+                exclude.extend(prefixes)
+        if not include and not exclude:
+            return include, exclude, use_primary
+        for g, dsts in matched:
+            if not g.via:
+                continue
+            for d in dsts:
+                for r in list(include):
+                    if d.version != r.version or not d.overlaps(r):
+                        continue
+                    holders = [n.id for n in self.topology.nodes
+                               if any(t in n.tags for t in g.via) and r in n.subnet_routes]
+                    if holders and peer.id != min(holders):
+                        include = [x for x in include if x != r]
+                        if r not in exclude:
+                            exclude.append(r)
+        for g, dsts in matched:
+            if g.via:
+                continue
+            for d in dsts:
+                for r in include:
+                    if d.version == r.version and d.overlaps(r) and r not in use_primary:
+                        use_primary.append(r)
+                exclude = [r for r in exclude if not (d.version == r.version and d.overlaps(r))]
+        return include, exclude, use_primary
 
     def self_allowed_ips(self, node: Node) -> list[str]:
         """The node's own AllowedIPs: addresses plus every route it serves."""
         return [str(p) for p in node.address_prefixes] + [
             str(r) for r in node.subnet_routes + node.exit_routes
         ]
+
+    # route approval ----------------------------------------------------------
+
+    def can_auto_approve(self, node: Node, route: Network) -> bool:
+        """May C{node} have C{route} approved by ``autoApprovers``?"""
+        if self.policy is None:
+            return False
+        aa = self.policy.auto_approvers
+        addrs = node.addresses
+        if route.prefixlen == 0:
+            return bool(aa.exit_node) and self.resolver.resolve_all(aa.exit_node).contains_any(addrs)
+        for prefix, owners in aa.routes:
+            if prefix.version == route.version and prefix.prefixlen <= route.prefixlen \
+                    and route.subnet_of(prefix):
+                if self.resolver.resolve_all(owners).contains_any(addrs):
+                    return True
+        return False
+
+    def auto_approved_routes(self, node: Node) -> tuple[Network, ...]:
+        """C{node}'s approved routes plus the advertised ones the policy approves."""
+        out = list(node.approved_routes)
+        for r in node.advertised_routes:
+            if r not in out and self.can_auto_approve(node, r):
+                out.append(r)
+        return tuple(out)
 
     # ssh / caps ------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 __all__ = ["load_scenarios", "run_scenario", "ScenarioResult", "main"]
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import lzma
@@ -122,6 +123,14 @@ def build_topology(scenario: dict) -> Topology:
     return Topology(users, tuple(nodes))
 
 
+def with_auto_approvals(engine: PolicyEngine, topology: Topology) -> Topology:
+    """Apply the policy's ``autoApprovers`` to the topology, as the server does."""
+    cp = engine.compile(topology)
+    nodes = tuple(dataclasses.replace(n, approved_routes=cp.auto_approved_routes(n))
+                  for n in topology.nodes)
+    return Topology(topology.users, nodes)
+
+
 # -- canonical forms ----------------------------------------------------------
 
 
@@ -185,6 +194,7 @@ def run_scenario(scenario: dict) -> ScenarioResult:
     topology = build_topology(scenario)
     try:
         engine = PolicyEngine(text)
+        topology = with_auto_approvals(engine, topology)
         engine.check(topology)
     except PolicyError as e:
         if want_reject:
