@@ -274,13 +274,38 @@ def summarise(results: list[ScenarioResult]) -> dict[str, tuple[int, int]]:
     return per
 
 
+def vendor(src: str, dst: str) -> None:
+    """
+    Write the scenarios under C{src} to C{dst} as one xz-compressed JSON list,
+    dropping only what the runner never reads (whois results, DNS settings,
+    peer Addresses/CapMap, self Addresses).
+    """
+    out = []
+    for d in load_scenarios(src):
+        d.pop("tailnet", None)
+        for n in (d.get("nodes") or {}).values():
+            n.pop("whois", None)
+            (n.get("self") or {}).pop("Addresses", None)
+            for p in (n.get("peers") or {}).values():
+                p.pop("Addresses", None)
+                p.pop("CapMap", None)
+        out.append(d)
+    data = json.dumps(out, sort_keys=True, separators=(",", ":")).encode()
+    with open(dst, "wb") as fh:
+        fh.write(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m headscale_tw.policy.conformance")
     ap.add_argument("path")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each failure and why")
     ap.add_argument("--category")
     ap.add_argument("--id")
+    ap.add_argument("--vendor", metavar="OUT.json.xz", help="write PATH's scenarios to a compressed archive and exit")
     args = ap.parse_args(argv)
+    if args.vendor:
+        vendor(args.path, args.vendor)
+        return 0
     results = run(args.path, args.category, args.id)
     if args.verbose:
         for r in results:
