@@ -32,17 +32,15 @@ def check_policy(cp: "CompiledPolicy") -> None:
     policy = cp.policy
     if policy is None:
         return
-    domains = {u.email.rpartition("@")[2].lower() for u in cp.topology.users if "@" in u.email}
+    domains = cp.engine.tailnet_domains(cp.topology)
     for i, rule in enumerate(policy.ssh or ()):
         for j, u in enumerate(rule.users):
-            if u.startswith("localpart:"):
-                d = localpart_domain(u)
-                if d is None or d.lower() not in domains:
-                    shown = d if d else u[len("localpart:"):].rpartition("@")[2] or u
-                    raise PolicyError(
-                        f"ssh[{i}].users[{j}]: {shown} is not associated with this Tailnet "
-                        "and cannot be used in user:*@<domain> expressions"
-                    )
+            d = localpart_domain(u)
+            if d is not None and d.lower() not in domains:
+                raise PolicyError(
+                    f"ssh[{i}].users[{j}]: {d} is not associated with this Tailnet "
+                    "and cannot be used in user:*@<domain> expressions"
+                )
     failures = []
     for i, t in enumerate(policy.tests):
         failures.extend(f"tests[{i}]: {m}" for m in _run_test(cp, t))

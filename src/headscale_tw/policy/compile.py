@@ -174,10 +174,21 @@ class Resolver:
         found = [u for u in self.topology.users if u.email == t or u.name == t]
         return found[0] if len(found) == 1 else None
 
+    def users_for(self, token: str) -> list[User]:
+        """Users a token names; ``user:*@<domain>`` names every user of that domain."""
+        if token.startswith("user:*@"):
+            domain = token[len("user:*@"):].lower()
+            return [u for u in self.topology.users if u.email.rpartition("@")[2].lower() == domain]
+        u = self.user_for(token)
+        return [u] if u is not None else []
+
     def nodes_of_user(self, user: Optional[User]) -> list[Node]:
         if user is None:
             return []
         return [n for n in self.topology.nodes if not n.is_tagged and n.user_id == user.id]
+
+    def nodes_of_token(self, token: str) -> list[Node]:
+        return [n for u in self.users_for(token) for n in self.nodes_of_user(u)]
 
     def _union(self, nodes: Iterable[Node]) -> IPSet:
         return IPSet.from_addresses(a for n in nodes for a in n.addresses)
@@ -193,11 +204,11 @@ class Resolver:
             net = self.policy.hosts.get(alias.name)
             return IPSet.from_networks([net]) if net is not None else IPSet()
         if k == "user":
-            return self._union(self.nodes_of_user(self.user_for(alias.name)))
+            return self._union(self.nodes_of_token(alias.name))
         if k == "group":
             nodes: list[Node] = []
             for member in self.policy.groups.get(alias.name, ()):
-                nodes.extend(self.nodes_of_user(self.user_for(member)))
+                nodes.extend(self.nodes_of_token(member))
             return self._union(nodes)
         if k == "tag":
             return self._union(n for n in self.topology.nodes if alias.name in n.tags)
@@ -553,9 +564,21 @@ class PolicyEngine:
     @raises PolicyError: if the policy text is invalid.
     """
 
-    def __init__(self, policy: Union[str, bytes, dict, Policy, None], server_url: str = "https://unused") -> None:
+    def __init__(self, policy: Union[str, bytes, dict, Policy, None], server_url: str = "https://unused",
+                 domains: Optional[Iterable[str]] = None) -> None:
         self.policy: Optional[Policy] = policy if isinstance(policy, Policy) else parse_policy(policy)
         self.server_url = server_url
+        self._domains = None if domains is None else frozenset(d.lower() for d in domains)
+
+    def tailnet_domains(self, topology: Topology) -> frozenset[str]:
+        """
+        Domains usable in ``localpart:*@<domain>``: those given to the
+        constructor, else the email domain of the first user (the owner).
+        """
+        if self._domains is not None:
+            return self._domains
+        users = sorted((u for u in topology.users if "@" in u.email), key=lambda u: u.id)
+        return frozenset(users[:1] and [users[0].email.rpartition("@")[2].lower()])
 
     def compile(self, topology: Topology) -> "CompiledPolicy":
         """Resolve the policy against C{topology} (do this once per change)."""
