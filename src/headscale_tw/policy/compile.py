@@ -62,6 +62,14 @@ COMPANION_CAPS = (
     ("tailscale.com/cap/relay", "tailscale.com/cap/relay-target"),
 )
 
+#: Node capabilities Tailscale adds alongside some ``nodeAttrs`` attributes.
+COMPANION_NODE_CAPS = {
+    "funnel": (
+        "https://tailscale.com/cap/funnel-ports?ports=443,8443,10000",
+        "https://tailscale.com/cap/warn-funnel-no-https",
+    ),
+}
+
 
 # -- wire-shaped results ------------------------------------------------------
 
@@ -222,6 +230,13 @@ class Resolver:
                 return THE_INTERNET
             if ag == "danger-all":
                 return _ALL
+            if ag in ("owner", "admin"):
+                # Without roles in the topology, the first user owns the tailnet
+                # and every user is an admin (as on a fresh Tailscale tailnet).
+                users = sorted(self.topology.users, key=lambda u: u.id)
+                if ag == "owner":
+                    users = users[:1]
+                return self._union(n for u in users for n in self.nodes_of_user(u))
             return None
         return IPSet()
 
@@ -365,6 +380,10 @@ class _GrantCompiler:
                     continue
                 ips = self.r.resolve(d)
                 if ips is None:
+                    continue
+                if d.is_autogroup("internet"):
+                    # Tailscale sends the internet set as address ranges.
+                    ports.extend(NetPortRange(t, f, l) for t in ips.strings() for f, l in ipp.ports)
                     continue
                 for net in ips.networks():
                     ports.extend(NetPortRange(_ip_string(net), f, l) for f, l in ipp.ports)
@@ -712,7 +731,7 @@ class CompiledPolicy:
             if peer.id == node.id or not self.sees(node, peer):
                 continue
             routes = self.routes_for_peer(node, peer, matches, own)
-            allowed = [str(p) for p in peer.address_prefixes] + [str(r) for r in routes]
+            allowed = self._visible_prefixes(node, peer) + [str(r) for r in routes]
             primaries = [str(r) for r in routes if r.prefixlen != 0]
             out.append(PeerView(peer, tuple(allowed), tuple(primaries)))
         return out
@@ -785,7 +804,7 @@ class CompiledPolicy:
 
     def self_allowed_ips(self, node: Node) -> list[str]:
         """The node's own AllowedIPs: addresses plus every route it serves."""
-        return [str(p) for p in node.address_prefixes] + [
+        return self._visible_prefixes(node, node) + [
             str(r) for r in node.subnet_routes + node.exit_routes
         ]
 
@@ -836,4 +855,12 @@ class CompiledPolicy:
             if s.contains_any(node.addresses):
                 for a in na.attr:
                     caps.setdefault(a, None)
+                    for extra in COMPANION_NODE_CAPS.get(a, ()):
+                        caps.setdefault(extra, None)
         return caps
+
+    def _visible_prefixes(self, viewer: Node, node: Node) -> list[str]:
+        prefixes = node.address_prefixes
+        if "disable-ipv4" in self.cap_map_for(viewer) or "disable-ipv4" in self.cap_map_for(node):
+            prefixes = tuple(p for p in prefixes if p.version == 6)
+        return [str(p) for p in prefixes]

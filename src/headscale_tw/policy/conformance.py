@@ -240,7 +240,7 @@ def _compare_node(cp: CompiledPolicy, node: Node, want: dict) -> str:
         if sorted(cp.self_allowed_ips(node)) != sorted(s.get("AllowedIPs") or ()):
             return f"self AllowedIPs differ: want {s.get('AllowedIPs')} got {cp.self_allowed_ips(node)}"
         want_caps = _policy_caps(s.get("CapMap"))
-        got_caps = cp.cap_map_for(node)
+        got_caps = _policy_caps(cp.cap_map_for(node))
         if _canon_json(want_caps) != _canon_json(got_caps):
             return f"CapMap differs: want {_short(want_caps)} got {_short(got_caps)}"
     if "ssh_policy" in want:

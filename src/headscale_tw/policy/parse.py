@@ -40,12 +40,12 @@ from .model import (
     SSHRule,
 )
 
-AUTOGROUPS = ("internet", "member", "nonroot", "tagged", "self", "danger-all")
+AUTOGROUPS = ("internet", "member", "nonroot", "tagged", "self", "danger-all", "admin", "owner")
 ACL_SRC_AUTOGROUPS = ("member", "tagged", "danger-all")
 ACL_DST_AUTOGROUPS = ("internet", "member", "tagged", "self")
 SSH_SRC_AUTOGROUPS = ("member", "tagged")
 SSH_DST_AUTOGROUPS = ("member", "tagged", "self")
-NODEATTR_AUTOGROUPS = ("member", "tagged")
+NODEATTR_AUTOGROUPS = ("member", "tagged", "admin", "owner")
 SSH_CHECK_PERIOD_MAX = 168 * 3600.0
 
 #: tailscale.com/cap/* capabilities a policy may grant in ``app``.
