@@ -383,7 +383,7 @@ class _GrantCompiler:
                     continue
                 if d.is_autogroup("internet"):
                     # Tailscale sends the internet set as address ranges.
-                    ports.extend(NetPortRange(t, f, l) for t in ips.strings() for f, l in ipp.ports)
+                    ports.extend(NetPortRange(t, f, l) for t in ips.range_strings() for f, l in ipp.ports)
                     continue
                 for net in ips.networks():
                     ports.extend(NetPortRange(_ip_string(net), f, l) for f, l in ipp.ports)

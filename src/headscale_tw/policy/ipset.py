@@ -176,6 +176,13 @@ class IPSet:
                 out.append(f"{_addr(fam, lo)}-{_addr(fam, hi)}")
         return out
 
+    def range_strings(self) -> list[str]:
+        """Render each range as ``a-b`` (a single address stays bare)."""
+        return [
+            str(_addr(fam, lo)) if lo == hi else f"{_addr(fam, lo)}-{_addr(fam, hi)}"
+            for fam, lo, hi in self._ranges
+        ]
+
     def addresses(self) -> Iterator[Address]:
         for fam, lo, hi in self._ranges:
             for v in range(lo, hi + 1):
