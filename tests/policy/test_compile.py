@@ -108,9 +108,13 @@ class PolicyEngineTests(unittest.TestCase):
         self.assertTrue(action["holdAndDelegate"].startswith("https://hs.example/machine/ssh/action/"))
 
     def test_cap_map(self) -> None:
-        """nodeAttrs give capabilities to their targets only."""
+        """nodeAttrs give capabilities (and their companions) to their targets only."""
         engine = PolicyEngine('{%s, "nodeAttrs": [{"target": ["tag:server"], "attr": ["funnel"]}]}' % OWNERS)
-        self.assertEqual(engine.cap_map_for(SRV, TOPO), {"funnel": None})
+        self.assertEqual(engine.cap_map_for(SRV, TOPO), {
+            "funnel": None,
+            "https://tailscale.com/cap/funnel-ports?ports=443,8443,10000": None,
+            "https://tailscale.com/cap/warn-funnel-no-https": None,
+        })
         self.assertEqual(engine.cap_map_for(LAPTOP, TOPO), {})
 
     def test_auto_approval(self) -> None:
