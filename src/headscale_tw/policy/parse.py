@@ -621,6 +621,9 @@ class _PolicyParser:
             a = parse_alias(s, p)
             if a.is_autogroup("internet"):
                 raise _err(p, f'SSH tests dst contains disallowed element "{s}"')
+            if a.kind == "prefix" and a.network.version == 6:
+                # Tailscale's service fails sshTests naming a bare IPv6 address.
+                raise _err(p, f'SSH tests dst contains disallowed element "{s}"')
             if a.kind == "prefix" and a.network.prefixlen < a.network.max_prefixlen:
                 raise _err(p, f'SSH tests dst contains disallowed element "{s}"')
             if a.kind == "tag" and a.name not in self.tag_owners:
@@ -635,6 +638,8 @@ class _PolicyParser:
             for i, u in enumerate(lists[key]):
                 if u in ("", "*"):
                     raise _err(f"{path}.{key}[{i}]", f'user "{u}" is not valid')
+        if not any(lists.values()):
+            raise _err(path, 'SSH tests entry must have at least one of "accept", "check" or "deny"')
         return SSHPolicyTest(src.strip(), tuple(s.strip() for s in dst), **lists)
 
 
