@@ -1,0 +1,286 @@
+# -*- test-case-name: tests.policy.test_parse -*-
+"""
+Data model of a parsed policy and of the tailnet it is applied to.
+
+Everything here is a frozen dataclass so compiled results can be cached and
+shared. The policy side (L{Policy} and its parts) is produced by
+L{headscale_tw.policy.parse.parse_policy}; the topology side (L{User},
+L{Node}, L{Topology}) is built by the control plane from its database rows or
+by the conformance runner from a scenario file.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PolicyError",
+    "Alias",
+    "PortRange",
+    "ANY_PORTS",
+    "Destination",
+    "ProtoPorts",
+    "ACL",
+    "Grant",
+    "SSHRule",
+    "NodeAttr",
+    "AutoApprovers",
+    "PolicyTest",
+    "SSHPolicyTest",
+    "Policy",
+    "User",
+    "Node",
+    "Topology",
+    "PROTOCOL_NUMBERS",
+]
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Union
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+class PolicyError(ValueError):
+    """The policy is invalid; the message names the place (``acls[2].dst[0]: ...``)."""
+
+
+# -- policy -------------------------------------------------------------------
+
+#: Alias kinds: ``*``, ``user``, ``group``, ``tag``, ``autogroup``, ``host``, ``prefix``.
+ALIAS_KINDS = ("*", "user", "group", "tag", "autogroup", "host", "prefix")
+
+
+@dataclass(frozen=True)
+class Alias:
+    """One entry of a ``src``/``dst``/``target`` list, as written (trimmed)."""
+
+    kind: str
+    name: str
+    network: Optional[Network] = None
+
+    def __str__(self) -> str:
+        return self.name
+
+    def is_autogroup(self, which: str) -> bool:
+        return self.kind == "autogroup" and self.name == f"autogroup:{which}"
+
+
+PortRange = tuple[int, int]
+ANY_PORTS: PortRange = (0, 65535)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """An ACL ``dst`` entry: an alias plus its port ranges."""
+
+    alias: Alias
+    ports: tuple[PortRange, ...]
+
+
+#: Protocol names accepted in ``proto`` / grant ``ip`` and their IANA numbers.
+PROTOCOL_NUMBERS: Mapping[str, int] = {
+    "icmp": 1,
+    "igmp": 2,
+    "ipv4": 4,
+    "ip-in-ip": 4,
+    "tcp": 6,
+    "egp": 8,
+    "igp": 9,
+    "udp": 17,
+    "gre": 47,
+    "esp": 50,
+    "ah": 51,
+    "ipv6-icmp": 58,
+    "sctp": 132,
+    "fc": 133,
+}
+
+
+@dataclass(frozen=True)
+class ProtoPorts:
+    """A grant ``ip`` entry: a protocol (``""`` = default set) and port ranges."""
+
+    proto: str
+    ports: tuple[PortRange, ...]
+
+    def ip_proto(self) -> Optional[list[int]]:
+        """The ``IPProto`` list for the wire, or None when omitted."""
+        if not self.proto:
+            return None
+        if self.proto in PROTOCOL_NUMBERS:
+            return [PROTOCOL_NUMBERS[self.proto]]
+        return [int(self.proto)]
+
+
+@dataclass(frozen=True)
+class ACL:
+    """An ``acls`` entry (the only action is ``accept``)."""
+
+    proto: str
+    src: tuple[Alias, ...]
+    dst: tuple[Destination, ...]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A ``grants`` entry; ACLs are converted into grants before compiling."""
+
+    src: tuple[Alias, ...]
+    dst: tuple[Alias, ...]
+    ip: tuple[ProtoPorts, ...] = ()
+    app: Optional[Mapping[str, Any]] = field(default=None, hash=False, compare=True)
+    via: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SSHRule:
+    """An ``ssh`` entry. ``check_period`` is seconds, 0 for ``always``, None if unset."""
+
+    action: str
+    src: tuple[Alias, ...]
+    dst: tuple[Alias, ...]
+    users: tuple[str, ...]
+    check_period: Optional[float] = None
+    accept_env: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeAttr:
+    """A ``nodeAttrs`` entry: capabilities given to the target nodes."""
+
+    target: tuple[Alias, ...]
+    attr: tuple[str, ...]
+    ip_pool: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class AutoApprovers:
+    """``autoApprovers``: owners that may self-approve routes / exit nodes."""
+
+    routes: tuple[tuple[Network, tuple[Alias, ...]], ...] = ()
+    exit_node: tuple[Alias, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyTest:
+    """A ``tests`` entry: from ``src``, each ``accept`` dst must be allowed, each ``deny`` not."""
+
+    src: str
+    proto: str
+    accept: tuple[str, ...]
+    deny: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SSHPolicyTest:
+    """An ``sshTests`` entry: login users that must be accepted/checked/denied."""
+
+    src: str
+    dst: tuple[str, ...]
+    accept: tuple[str, ...] = ()
+    check: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """
+    A validated policy. ``acls``/``grants``/``ssh`` are None when the key is
+    absent (absent and empty differ: no ``acls`` and no ``grants`` = allow all).
+    """
+
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    hosts: Mapping[str, Network] = field(default_factory=dict, hash=False)
+    tag_owners: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    acls: Optional[tuple[ACL, ...]] = None
+    grants: Optional[tuple[Grant, ...]] = None
+    ssh: Optional[tuple[SSHRule, ...]] = None
+    node_attrs: tuple[NodeAttr, ...] = ()
+    auto_approvers: AutoApprovers = AutoApprovers()
+    tests: tuple[PolicyTest, ...] = ()
+    ssh_tests: tuple[SSHPolicyTest, ...] = ()
+    randomize_client_port: bool = False
+
+
+# -- topology -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class User:
+    """A tailnet user; policies name users by email or ``name@``."""
+
+    id: int
+    name: str
+    email: str = ""
+
+
+@dataclass(frozen=True)
+class Node:
+    """
+    What the policy engine needs to know about a node.
+
+    ``user_id`` is ignored for tagged nodes (tags replace user ownership).
+    ``approved_routes`` are the admin/auto-approved prefixes; served routes are
+    ``advertised_routes`` ∩ ``approved_routes``. ``primary_routes`` are the
+    subnet prefixes this node is currently primary for (HA election happens in
+    the control plane, not here).
+    """
+
+    id: int
+    hostname: str
+    user_id: Optional[int] = None
+    tags: tuple[str, ...] = ()
+    ipv4: Optional[ipaddress.IPv4Address] = None
+    ipv6: Optional[ipaddress.IPv6Address] = None
+    advertised_routes: tuple[Network, ...] = ()
+    approved_routes: tuple[Network, ...] = ()
+    primary_routes: tuple[Network, ...] = ()
+    online: bool = True
+
+    @property
+    def is_tagged(self) -> bool:
+        return bool(self.tags)
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        return tuple(a for a in (self.ipv4, self.ipv6) if a is not None)
+
+    @property
+    def address_prefixes(self) -> tuple[Network, ...]:
+        return tuple(ipaddress.ip_network(a) for a in self.addresses)
+
+    @property
+    def subnet_routes(self) -> tuple[Network, ...]:
+        """Advertised and approved routes, excluding exit routes."""
+        return tuple(
+            r
+            for r in self.advertised_routes
+            if r.prefixlen != 0 and r in self.approved_routes
+        )
+
+    @property
+    def exit_routes(self) -> tuple[Network, ...]:
+        """Advertised and approved exit routes (0.0.0.0/0, ::/0)."""
+        return tuple(
+            r
+            for r in self.advertised_routes
+            if r.prefixlen == 0 and r in self.approved_routes
+        )
+
+    @property
+    def is_exit_node(self) -> bool:
+        return bool(self.exit_routes)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The users and nodes a policy is compiled against."""
+
+    users: tuple[User, ...]
+    nodes: tuple[Node, ...]
+
+    def node(self, node_id: int) -> Node:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
