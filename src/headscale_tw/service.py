@@ -177,10 +177,14 @@ async def build_components(config: Config, reactor) -> Components:
 async def _build_on_database(config: Config, reactor, db) -> Components:
     from twisted.application.internet import TimerService
 
+    from headscale_tw.control.framing import encode_json
     from headscale_tw.control.plane import ControlPlane
 
-    plane = ControlPlane(config, db, reactor)
+    derp_parts = _build_derp(config, reactor)
+    plane = ControlPlane(config, db, reactor, derp_map=derp_parts.current_map if derp_parts else None)
     await plane.start()
+    if derp_parts is not None:
+        derp_parts.bind(plane, lambda new_map: plane.notifier.broadcast(encode_json({"DERPMap": new_map})))
 
     root = resource.Resource()
     root.putChild(b"health", HealthResource(lambda: defer.Deferred.fromCoroutine(db.users.list())))
@@ -188,6 +192,8 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
     site = server.Site(root)
 
     services: list = []
+    if derp_parts is not None:
+        services.extend(derp_parts.mount(root))
     for interval, job in plane.periodic_jobs():
         timer = TimerService(interval, job)
         timer.clock = reactor
@@ -203,7 +209,68 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
         plane.stop()
         await db.close()
 
-    return Components(services, close=close, site=site, root=root, db=db, plane=plane)
+    return Components(services, close=close, site=site, root=root, db=db, plane=plane,
+                      derp=derp_parts.server if derp_parts else None)
+
+
+class _DERPParts:
+    """The embedded DERP relay, its STUN responder and the DERP map provider."""
+
+    def __init__(self, config: Config, reactor):
+        from headscale_tw.derp.derpmap import DERPMapProvider
+        from headscale_tw.derp.server import DERPServer, load_or_generate_private_key
+
+        self.config = config
+        self.reactor = reactor
+        self.plane = None
+        self._on_change = None
+        server_config = config.derp.server
+        self.server = None
+        if server_config.enabled:
+            key = load_or_generate_private_key(server_config.private_key_path)
+            verify = self._verify if server_config.verify_clients else None
+            self.server = DERPServer(key, reactor, verify_client=verify)
+        import treq
+
+        self.provider = DERPMapProvider(config, reactor, http=treq, on_change=self._changed)
+
+    def current_map(self) -> dict:
+        return self.provider.derp_map
+
+    def bind(self, plane, on_change) -> None:
+        self.plane = plane
+        self._on_change = on_change
+
+    def _changed(self, new_map) -> None:
+        if self._on_change is not None:
+            self._on_change(new_map)
+
+    def _verify(self, node_key: str) -> bool:
+        # Only node keys the control plane knows may connect.
+        return self.plane is not None and self.plane.state.by_node_key(node_key) is not None
+
+    def mount(self, root) -> list:
+        """Mount /derp etc. on ``root``; return the services to start (map refresh, STUN)."""
+        from twisted.application.internet import UDPServer
+
+        from headscale_tw.derp.resource import mount_derp_resources
+        from headscale_tw.derp.stun import STUNServerProtocol, parse_listen_addr
+
+        services = [self.provider]
+        if self.server is not None:
+            mount_derp_resources(root, self.server)
+            stun_addr = self.config.derp.server.stun_listen_addr
+            if stun_addr:
+                host, port = parse_listen_addr(stun_addr)
+                self.stun = STUNServerProtocol()
+                services.append(UDPServer(port, self.stun, interface=host, reactor=self.reactor))
+        return services
+
+
+def _build_derp(config: Config, reactor) -> _DERPParts | None:
+    if not config.derp.server.enabled and not config.derp.urls and not config.derp.paths:
+        return None
+    return _DERPParts(config, reactor)
 
 
 def build_service(config: Config, reactor) -> HeadscaleService:
