@@ -326,7 +326,7 @@ class ValidationTests(unittest.TestCase):
 
     def test_bad_prefix(self):
         """An invalid prefix is named."""
-        self.assertProblem({"prefixes": {"v4": "100.64.0.0/33"}}, 'prefixes.v4: \'100.64.0.0/33\' is not a valid prefix')
+        self.assertProblem({"prefixes": {"v4": "100.64.0.0/33"}}, 'prefixes.v4: "100.64.0.0/33" is not a valid prefix')
 
     def test_wrong_family(self):
         """An IPv6 prefix under v4 is rejected."""
@@ -362,7 +362,7 @@ class ValidationTests(unittest.TestCase):
 
     def test_unknown_database_type(self):
         """An unknown database.type is named."""
-        self.assertProblem({"database": {"type": "mysql"}}, "database.type: 'mysql' is not one of")
+        self.assertProblem({"database": {"type": "mysql"}}, 'database.type: "mysql" is not one of')
 
     def test_negative_duration(self):
         """Negative durations are rejected."""
@@ -420,7 +420,7 @@ class ValidationTests(unittest.TestCase):
 
     def test_log(self):
         """Log level and format are checked."""
-        self.assertProblem({"log": {"level": "loud"}}, "log.level: 'loud'")
+        self.assertProblem({"log": {"level": "loud"}}, 'log.level: "loud"')
         self.assertProblem({"log": {"format": "xml"}}, "log.format")
 
     def test_all_problems_reported(self):

@@ -11,10 +11,16 @@ accepts the union of both, plus plain numbers meaning seconds, and returns
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
 __all__ = ["DurationError", "parse_duration", "format_duration"]
+
+
+def _q(value: object) -> str:
+    """Quote a value the way Go's %q does (double quotes) for messages."""
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 _UNITS = {
     "ns": 1e-9,
@@ -48,11 +54,11 @@ def parse_duration(value: object) -> float:
     that forbid negatives check the sign). Raises :class:`DurationError`.
     """
     if isinstance(value, bool):
-        raise DurationError(f"expected a duration such as \"30m\", got {value!r}")
+        raise DurationError(f"expected a duration such as \"30m\", got {_q(value)}")
     if isinstance(value, (int, float)):
         seconds = float(value)
         if math.isnan(seconds) or math.isinf(seconds):
-            raise DurationError(f"{value!r} is not a finite duration")
+            raise DurationError(f"{_q(value)} is not a finite duration")
         return seconds
     if not isinstance(value, str):
         raise DurationError(f"expected a duration such as \"30m\", got {type(value).__name__}")
@@ -72,13 +78,13 @@ def parse_duration(value: object) -> float:
         m = _PART.match(body, pos)
         if m is None:
             raise DurationError(
-                f"{value!r} is not a duration (use a number of seconds or units "
+                f"{_q(value)} is not a duration (use a number of seconds or units "
                 f"ns, us, ms, s, m, h, d, w, y as in \"1h30m\")"
             )
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
     if pos == 0:
-        raise DurationError(f"{value!r} is not a duration")
+        raise DurationError(f"{_q(value)} is not a duration")
     return sign * total
 
 

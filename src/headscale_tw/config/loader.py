@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import yaml
 from twisted.logger import Logger
 
-from headscale_tw.config._durations import DurationError, format_duration, parse_duration
+from headscale_tw.config._durations import DurationError, _q, format_duration, parse_duration
 from headscale_tw.config._schema import ALIASES, BY_NAME, ENV_NAMES, IGNORED, REMOVED, SECTIONS, Key
 from headscale_tw.config.model import Config, ExtraRecord
 
@@ -158,7 +158,7 @@ class _Collector:
 def _flatten(data: Mapping, prefix: str, out: _Collector) -> None:
     for raw_key, value in data.items():
         if not isinstance(raw_key, str):
-            out.problems.append(f"{prefix or '(top level)'}: key {raw_key!r} is not a string")
+            out.problems.append(f"{prefix or '(top level)'}: key {_q(raw_key)} is not a string")
             continue
         key = f"{prefix}{raw_key}"
         if key in REMOVED:
@@ -194,7 +194,7 @@ def _alias_ip_prefixes(value: Any, out: _Collector) -> None:
         try:
             net = ipaddress.ip_network(str(item), strict=False)
         except ValueError:
-            out.problems.append(f"ip_prefixes: {str(item)!r} is not a valid prefix")
+            out.problems.append(f"ip_prefixes: {_q(str(item))} is not a valid prefix")
             continue
         target = f"prefixes.v{net.version}"
         if target not in seen:
@@ -250,7 +250,7 @@ def _to_bool(value: Any) -> bool:
         return value.strip().lower() in _TRUE
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise _Bad(f"expected true or false, got {value!r}" if isinstance(value, str) else
+    raise _Bad(f"expected true or false, got {_q(value)}" if isinstance(value, str) else
                f"expected true or false, got {_describe(value)}")
 
 
@@ -263,7 +263,7 @@ def _to_int(value: Any) -> int:
         return int(value)
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
         return int(value)
-    raise _Bad(f"expected a whole number, got {value!r}" if isinstance(value, str) else
+    raise _Bad(f"expected a whole number, got {_q(value)}" if isinstance(value, str) else
                f"expected a whole number, got {_describe(value)}")
 
 
@@ -273,7 +273,7 @@ def _to_duration(value: Any) -> float:
     except DurationError as e:
         raise _Bad(str(e)) from None
     if seconds < 0:
-        raise _Bad(f"negative duration {value!r} is not allowed")
+        raise _Bad(f"negative duration {_q(value)} is not allowed")
     return seconds
 
 
@@ -350,7 +350,7 @@ def _to_records(value: Any) -> tuple[ExtraRecord, ...]:
         for field_name in ("name", "type", "value"):
             v = item.get(field_name)
             if not isinstance(v, str) or not v:
-                raise _Bad(f"record {i} needs a non-empty string {field_name!r}")
+                raise _Bad(f"record {i} needs a non-empty string {_q(field_name)}")
             fields[field_name] = v
         extra = set(item) - {"name", "type", "value"}
         if extra:
@@ -367,7 +367,7 @@ def _to_mode(value: Any) -> int:
         raise _Bad(f"expected an octal mode such as \"0770\", got {_describe(value)}")
     digits = text[2:] if text.startswith("0o") else text
     if not re.fullmatch(r"[0-7]{1,4}", digits.replace("_", "")):
-        raise _Bad(f"{value!r} is not an octal file mode such as \"0770\"")
+        raise _Bad(f"{_q(value)} is not an octal file mode such as \"0770\"")
     return int(digits.replace("_", ""), 8)
 
 
@@ -389,7 +389,7 @@ def _to_pg_ssl(value: Any) -> str:
     if text in ("true", "false"):
         return "require" if text == "true" else "disable"
     if text not in _PG_SSL_MODES:
-        raise _Bad(f"{value!r} is not true, false or a libpq sslmode ({', '.join(_PG_SSL_MODES)})")
+        raise _Bad(f"{_q(value)} is not true, false or a libpq sslmode ({', '.join(_PG_SSL_MODES)})")
     return text
 
 
@@ -452,27 +452,27 @@ def parse_hostport(value: str, *, named_port: bool = False) -> tuple[str, str]:
     names such as ``":http"``.
     """
     if ":" not in value:
-        raise ValueError(f"{value!r} is not host:port (missing \":port\")")
+        raise ValueError(f"{_q(value)} is not host:port (missing \":port\")")
     if value.startswith("["):
         end = value.find("]")
         if end < 0 or value[end + 1:end + 2] != ":":
-            raise ValueError(f"{value!r} is not [ipv6]:port")
+            raise ValueError(f"{_q(value)} is not [ipv6]:port")
         host, port = value[1:end], value[end + 2:]
         try:
             ipaddress.IPv6Address(host.split("%")[0])
         except ValueError:
-            raise ValueError(f"{value!r}: {host!r} is not an IPv6 address") from None
+            raise ValueError(f"{_q(value)}: {_q(host)} is not an IPv6 address") from None
     else:
         host, _, port = value.rpartition(":")
         if ":" in host:
-            raise ValueError(f"{value!r}: an IPv6 host must be in brackets, as in \"[::]:8080\"")
+            raise ValueError(f"{_q(value)}: an IPv6 host must be in brackets, as in \"[::]:8080\"")
         if host and not re.fullmatch(r"[A-Za-z0-9._-]+", host):
-            raise ValueError(f"{value!r}: {host!r} is not a host name or address")
+            raise ValueError(f"{_q(value)}: {_q(host)} is not a host name or address")
     if port.isdigit():
         if not 0 <= int(port) <= 65535:
-            raise ValueError(f"{value!r}: port {port} is out of range 0-65535")
+            raise ValueError(f"{_q(value)}: port {port} is out of range 0-65535")
     elif not (named_port and re.fullmatch(r"[a-z][a-z0-9-]*", port)):
-        raise ValueError(f"{value!r}: {port!r} is not a port number")
+        raise ValueError(f"{_q(value)}: {_q(port)} is not a port number")
     return host, port
 
 
@@ -482,11 +482,11 @@ def _check_url(value: str) -> str | None:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as e:
-        return f"{value!r} is not a valid URL ({e})"
+        return f"{_q(value)} is not a valid URL ({e})"
     if parts.scheme not in ("http", "https"):
-        return f"{value!r} must start with http:// or https://"
+        return f"{_q(value)} must start with http:// or https://"
     if not parts.hostname:
-        return f"{value!r} has no host name"
+        return f"{_q(value)} has no host name"
     return None
 
 
@@ -527,30 +527,30 @@ def _validate(c: Config, out: _Collector) -> Config:
         try:
             net = ipaddress.ip_network(text, strict=False)
         except ValueError:
-            p(key, f"{text!r} is not a valid prefix")
+            p(key, f"{_q(text)} is not a valid prefix")
             prefixes[family] = text
             continue
         if not isinstance(net, cls):
-            p(key, f"{text!r} is not an IP{family} prefix")
+            p(key, f"{_q(text)} is not an IP{family} prefix")
             prefixes[family] = text
             continue
         if str(net) != text:
-            w(f"{key}: {text!r} has host bits set; using {str(net)!r}")
+            w(f"{key}: {_q(text)} has host bits set; using {_q(str(net))}")
         if not net.subnet_of(standard):
-            w(f"{key}: {str(net)!r} is outside the Tailscale range {standard}; Tailscale clients "
+            w(f"{key}: {_q(str(net))} is outside the Tailscale range {standard}; Tailscale clients "
               f"assume addresses from that range, so this is unsupported and will misbehave")
         prefixes[family] = str(net)
     if prefixes["v4"] is None and prefixes["v6"] is None:
         p("prefixes", "no IPv4 or IPv6 prefix configured; at least one of prefixes.v4 and prefixes.v6 is required")
     if c.prefixes.allocation not in ("sequential", "random"):
-        p("prefixes.allocation", f"{c.prefixes.allocation!r} is not one of sequential, random")
+        p("prefixes.allocation", f"{_q(c.prefixes.allocation)} is not one of sequential, random")
     c = replace(c, prefixes=replace(c.prefixes, v4=prefixes["v4"], v6=prefixes["v6"]))
 
     # database
     db = c.database
     db_type = {"sqlite": "sqlite", "sqlite3": "sqlite", "postgres": "postgres", "postgresql": "postgres"}.get(db.type)
     if db_type is None:
-        p("database.type", f"{db.type!r} is not one of sqlite, sqlite3, postgres")
+        p("database.type", f"{_q(db.type)} is not one of sqlite, sqlite3, postgres")
     else:
         c = replace(c, database=replace(db, type=db_type))
     if db_type == "sqlite" and not db.sqlite.path:
@@ -590,10 +590,10 @@ def _validate(c: Config, out: _Collector) -> Config:
             try:
                 addr = ipaddress.ip_address(text)
             except ValueError:
-                p(f"derp.server.{family}", f"{text!r} is not an IP address")
+                p(f"derp.server.{family}", f"{_q(text)} is not an IP address")
             else:
                 if addr.version != int(family[-1]):
-                    p(f"derp.server.{family}", f"{text!r} is not an IP{family[2:]} address")
+                    p(f"derp.server.{family}", f"{_q(text)} is not an IP{family[2:]} address")
     for i, u in enumerate(d.urls):
         problem = _check_url(u)
         if problem:
@@ -609,14 +609,14 @@ def _validate(c: Config, out: _Collector) -> Config:
         if dns.base_domain.endswith(".") or not re.fullmatch(
             r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*", dns.base_domain
         ):
-            p("dns.base_domain", f"{dns.base_domain!r} is not a domain name (no trailing dot)")
+            p("dns.base_domain", f"{_q(dns.base_domain)} is not a domain name (no trailing dot)")
         host = (urlsplit(c.server_url).hostname or "") if not _check_url(c.server_url) else ""
         base = dns.base_domain.lower()
         if host == base:
-            p("dns.base_domain", f"{dns.base_domain!r} is the server_url host; clients would resolve "
+            p("dns.base_domain", f"{_q(dns.base_domain)} is the server_url host; clients would resolve "
               "the server through MagicDNS and lose it, so they must differ")
         elif host.endswith("." + base):
-            p("dns.base_domain", f"server_url host {host!r} is inside base_domain {dns.base_domain!r}; "
+            p("dns.base_domain", f"server_url host {_q(host)} is inside base_domain {_q(dns.base_domain)}; "
               "clients would lose the server and DERP, so server_url must be outside it")
     # Headscale refuses override_local_dns without global resolvers; the embedded
     # defaults rely on it meaning "MagicDNS only, clients keep their resolvers".
@@ -625,16 +625,16 @@ def _validate(c: Config, out: _Collector) -> Config:
     ]:
         for s in servers:
             if not _is_resolver(s):
-                w(f"{where}: {s!r} is neither an IP address nor a DoH URL, ignored")
+                w(f"{where}: {_q(s)} is neither an IP address nor a DoH URL, ignored")
     if "dns.extra_records" in out.values and dns.extra_records_path:
         p("dns.extra_records", "and dns.extra_records_path are mutually exclusive; keep one")
     for r in dns.extra_records:
         if r.type not in ("A", "AAAA"):
-            w(f"dns.extra_records: {r.name} has type {r.type!r}; Tailscale clients only use A and AAAA")
+            w(f"dns.extra_records: {r.name} has type {_q(r.type)}; Tailscale clients only use A and AAAA")
 
     # policy
     if c.policy.mode not in ("file", "database"):
-        p("policy.mode", f"{c.policy.mode!r} is not one of file, database")
+        p("policy.mode", f"{_q(c.policy.mode)} is not one of file, database")
 
     # tls
     t = c.tls
@@ -644,7 +644,7 @@ def _validate(c: Config, out: _Collector) -> Config:
         missing = "tls_key_path" if t.cert_path else "tls_cert_path"
         p(missing, "must be set together with " + ("tls_cert_path" if t.cert_path else "tls_key_path"))
     if t.letsencrypt_challenge_type not in ("HTTP-01", "TLS-ALPN-01"):
-        p("tls_letsencrypt_challenge_type", f"{t.letsencrypt_challenge_type!r} is not one of HTTP-01, TLS-ALPN-01")
+        p("tls_letsencrypt_challenge_type", f"{_q(t.letsencrypt_challenge_type)} is not one of HTTP-01, TLS-ALPN-01")
     elif t.letsencrypt_hostname and t.letsencrypt_challenge_type == "TLS-ALPN-01" and not c.listen_addr.endswith(":443"):
         w("tls_letsencrypt_challenge_type TLS-ALPN-01 needs the server reachable on port 443; "
           "listen_addr should end in :443")
@@ -659,13 +659,13 @@ def _validate(c: Config, out: _Collector) -> Config:
 
     # log
     if c.log.level.lower() not in _LOG_LEVELS:
-        p("log.level", f"{c.log.level!r} is not one of {', '.join(_LOG_LEVELS)}")
+        p("log.level", f"{_q(c.log.level)} is not one of {', '.join(_LOG_LEVELS)}")
     else:
         c = replace(c, log=replace(c.log, level=c.log.level.lower()))
     if c.log.format == "":
         c = replace(c, log=replace(c.log, format="text"))
     elif c.log.format not in ("text", "json"):
-        p("log.format", f"{c.log.format!r} is not one of text, json")
+        p("log.format", f"{_q(c.log.format)} is not one of text, json")
 
     # node
     n = c.node
@@ -687,10 +687,10 @@ def _validate(c: Config, out: _Collector) -> Config:
         try:
             net = ipaddress.ip_network(text, strict=False)
         except ValueError:
-            p(f"trusted_proxies[{i}]", f"{text!r} is not a CIDR prefix such as 10.0.0.1/32")
+            p(f"trusted_proxies[{i}]", f"{_q(text)} is not a CIDR prefix such as 10.0.0.1/32")
             continue
         if net.prefixlen == 0:
-            p(f"trusted_proxies[{i}]", f"{text!r}: 0.0.0.0/0 and ::/0 are not allowed")
+            p(f"trusted_proxies[{i}]", f"{_q(text)}: 0.0.0.0/0 and ::/0 are not allowed")
             continue
         proxies.append(str(net))
     c = replace(c, trusted_proxies=tuple(proxies))
@@ -698,7 +698,7 @@ def _validate(c: Config, out: _Collector) -> Config:
     # oidc
     o = c.oidc
     if o.pkce_method not in ("plain", "S256"):
-        p("oidc.pkce.method", f"{o.pkce_method!r} is not one of plain, S256")
+        p("oidc.pkce.method", f"{_q(o.pkce_method)} is not one of plain, S256")
     if o.issuer:
         problem = _check_url(o.issuer)
         if problem:
@@ -791,7 +791,7 @@ def find_config_file(
     for explicit, what in ((path, "config file"), (environ.get("HEADSCALE_CONFIG"), "HEADSCALE_CONFIG")):
         if explicit:
             if not os.path.isfile(explicit):
-                raise ConfigError(f"{what} {explicit!r} does not exist or is not a file")
+                raise ConfigError(f"{what} {_q(explicit)} does not exist or is not a file")
             return explicit
     home = environ.get("HOME") or os.path.expanduser("~")
     for candidate in search_paths:
@@ -824,7 +824,7 @@ def load_config(
             with open(found, encoding="utf-8") as f:
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read config file {found!r}: {e}") from None
+            raise ConfigError(f"cannot read config file {_q(found)}: {e}") from None
         try:
             config, notes = parse_config_with_warnings(text, environ, source=found)
         except ConfigError as e:
