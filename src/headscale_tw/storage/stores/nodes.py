@@ -1,0 +1,195 @@
+# -*- test-case-name: tests.storage.test_stores -*-
+"""The ``nodes`` table: :class:`NodeStore`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from zope.interface import implementer
+
+from headscale_tw.errors import AlreadyExists, InvalidInput, NotFound
+from headscale_tw.interfaces import INodeStore
+from headscale_tw.storage.database import ForeignKeyViolation, Txn, UniqueViolation
+from headscale_tw.storage.models import Node
+from headscale_tw.storage.stores._common import (
+    StoreBase,
+    dump_json,
+    json_dict,
+    json_list,
+    to_bool,
+    to_datetime,
+)
+
+__all__ = ["NodeStore"]
+
+# Node attribute -> (column, to-database, from-database)
+_IDENTITY = (lambda v: v, lambda v: v)
+_FIELDS: dict[str, tuple[str, Any, Any]] = {
+    "machine_key": ("machine_key", *_IDENTITY),
+    "node_key": ("node_key", *_IDENTITY),
+    "hostname": ("hostname", *_IDENTITY),
+    "given_name": ("given_name", *_IDENTITY),
+    "user_id": ("user_id", lambda v: v, lambda v: None if v is None else int(v)),
+    "disco_key": ("disco_key", *_IDENTITY),
+    "ipv4": ("ipv4", *_IDENTITY),
+    "ipv6": ("ipv6", *_IDENTITY),
+    "endpoints": ("endpoints", dump_json, json_list),
+    "hostinfo": ("host_info", dump_json, json_dict),
+    "given_name_auto": ("given_name_auto", bool, to_bool),
+    "register_method": ("register_method", *_IDENTITY),
+    "tags": ("tags", dump_json, json_list),
+    "auth_key_id": ("auth_key_id", lambda v: v, lambda v: None if v is None else int(v)),
+    "expiry": ("expiry", lambda v: v, to_datetime),
+    "last_seen": ("last_seen", lambda v: v, to_datetime),
+    "approved_routes": ("approved_routes", dump_json, json_list),
+    "ephemeral": ("ephemeral", bool, to_bool),
+    "created_at": ("created_at", lambda v: v, to_datetime),
+    "updated_at": ("updated_at", lambda v: v, to_datetime),
+}
+_NAMES = tuple(_FIELDS)
+_SELECT = "SELECT id, " + ", ".join(_FIELDS[n][0] for n in _NAMES) + " FROM nodes"
+
+_UNIQUE_LABEL = {
+    "machine_key": "machine key",
+    "node_key": "node key",
+    "given_name": "given name",
+    "ipv4": "IPv4 address",
+    "ipv6": "IPv6 address",
+}
+
+
+def _row(row: tuple) -> Node:
+    values = {name: _FIELDS[name][2](value) for name, value in zip(_NAMES, row[1:])}
+    return Node(id=int(row[0]), **values)
+
+
+def _collision(error: UniqueViolation, values: dict[str, Any]) -> AlreadyExists:
+    field = error.field
+    if field in _UNIQUE_LABEL:
+        return AlreadyExists(f"a node with {_UNIQUE_LABEL[field]} {values.get(field)!r} already exists")
+    return AlreadyExists(f"a node with the same unique field already exists ({error})")
+
+
+def _bad_reference(values: dict[str, Any]) -> NotFound:
+    parts = []
+    if values.get("user_id") is not None:
+        parts.append(f"user {values['user_id']}")
+    if values.get("auth_key_id") is not None:
+        parts.append(f"pre-auth key {values['auth_key_id']}")
+    return NotFound(" or ".join(parts) + " does not exist" if parts else "a referenced row does not exist")
+
+
+def get_node_txn(txn: Txn, node_id: int) -> Node:
+    """The ``Node`` with this id, or ``NotFound``."""
+    row = txn.query_one(_SELECT + " WHERE id = ?", (node_id,))
+    if row is None:
+        raise NotFound(f"node {node_id} does not exist")
+    return _row(row)
+
+
+@implementer(INodeStore)
+class NodeStore(StoreBase):
+    """Nodes; machine key, node key, given name and addresses are each unique."""
+
+    async def create(self, node: Node) -> Node:
+        """Insert ``node`` (its ``id`` is ignored) and return the stored row."""
+        when = self._now()
+        values = {name: getattr(node, name) for name in _NAMES}
+        values["created_at"] = values["created_at"] or when
+        values["updated_at"] = values["updated_at"] or when
+        columns = ", ".join(_FIELDS[n][0] for n in _NAMES)
+        marks = ", ".join("?" for _ in _NAMES)
+        args = tuple(_FIELDS[n][1](values[n]) for n in _NAMES)
+
+        def create_node_txn(txn: Txn) -> Node:
+            try:
+                node_id = txn.insert(f"INSERT INTO nodes ({columns}) VALUES ({marks})", args)
+            except UniqueViolation as e:
+                raise _collision(e, values) from None
+            except ForeignKeyViolation:
+                raise _bad_reference(values) from None
+            return get_node_txn(txn, node_id)
+
+        return await self._pool.run_interaction("create_node", create_node_txn)
+
+    async def get(self, node_id) -> Node:
+        """The ``Node`` with this id, or ``NotFound``."""
+        return await self._pool.run_interaction("get_node", get_node_txn, node_id)
+
+    async def _get_by(self, column: str, value: str) -> Node | None:
+        def get_node_by_txn(txn: Txn) -> Node | None:
+            row = txn.query_one(_SELECT + f" WHERE {column} = ?", (value,))
+            return None if row is None else _row(row)
+
+        return await self._pool.run_interaction(f"get_node_by_{column}", get_node_by_txn)
+
+    async def get_by_machine_key(self, machine_key) -> Node | None:
+        """The ``Node`` with this machine key, or ``None``."""
+        return await self._get_by("machine_key", machine_key)
+
+    async def get_by_node_key(self, node_key) -> Node | None:
+        """The ``Node`` with this node key, or ``None``."""
+        return await self._get_by("node_key", node_key)
+
+    async def list(self, user_id=None) -> list[Node]:
+        """Every ``Node`` (of one user if given), ordered by id."""
+
+        def list_nodes_txn(txn: Txn) -> list[Node]:
+            if user_id is None:
+                rows = txn.query(_SELECT + " ORDER BY id")
+            else:
+                rows = txn.query(_SELECT + " WHERE user_id = ? ORDER BY id", (user_id,))
+            return [_row(r) for r in rows]
+
+        return await self._pool.run_interaction("list_nodes", list_nodes_txn)
+
+    async def update(self, node_id, **fields) -> Node:
+        """Set the named ``Node`` attributes and return the updated row."""
+        unknown = sorted(set(fields) - set(_NAMES))
+        if unknown:
+            raise InvalidInput(
+                "cannot update node field(s) {}: not a Node attribute other than id".format(", ".join(unknown))
+            )
+        values = dict(fields)
+        if "updated_at" not in values:
+            values["updated_at"] = self._now()
+        names = [n for n in _NAMES if n in values]
+        sets = ", ".join(f"{_FIELDS[n][0]} = ?" for n in names)
+        args = tuple(_FIELDS[n][1](values[n]) for n in names)
+
+        def update_node_txn(txn: Txn) -> Node:
+            get_node_txn(txn, node_id)
+            try:
+                txn.execute(f"UPDATE nodes SET {sets} WHERE id = ?", args + (node_id,))
+            except UniqueViolation as e:
+                raise _collision(e, values) from None
+            except ForeignKeyViolation:
+                raise _bad_reference(values) from None
+            return get_node_txn(txn, node_id)
+
+        return await self._pool.run_interaction("update_node", update_node_txn)
+
+    async def delete(self, node_id) -> None:
+        """Delete the node; ``NotFound`` if absent."""
+
+        def delete_node_txn(txn: Txn) -> None:
+            txn.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+            if txn.rowcount == 0:
+                raise NotFound(f"node {node_id} does not exist")
+
+        await self._pool.run_interaction("delete_node", delete_node_txn)
+
+    async def allocated_ips(self) -> set[str]:
+        """Every IPv4 and IPv6 address (text) held by a node."""
+
+        def allocated_ips_txn(txn: Txn) -> set[str]:
+            found = set()
+            for ipv4, ipv6 in txn.query("SELECT ipv4, ipv6 FROM nodes"):
+                if ipv4:
+                    found.add(ipv4)
+                if ipv6:
+                    found.add(ipv6)
+            return found
+
+        return await self._pool.run_interaction("allocated_ips", allocated_ips_txn)
