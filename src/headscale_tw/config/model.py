@@ -32,6 +32,11 @@ __all__ = [
     "LogConfig",
     "NodeConfig",
     "OIDCConfig",
+    "CLIConfig",
+    "LogTailConfig",
+    "TaildropConfig",
+    "AutoUpdateConfig",
+    "PreAuthKeysConfig",
 ]
 
 
@@ -183,6 +188,9 @@ class NodeConfig:
 
     expiry: float = 0.0  # seconds; 0 = node keys never expire
     ephemeral_inactivity_timeout: float = 30 * 60.0
+    # node.routes.ha.*: HA subnet-router health probing (0 interval = disabled).
+    routes_ha_probe_interval: float = 10.0
+    routes_ha_probe_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -202,11 +210,54 @@ class OIDCConfig:
     only_start_if_oidc_is_available: bool = True
     pkce_enabled: bool = False
     pkce_method: str = "S256"
+    use_expiry_from_token: bool = False
 
     @property
     def enabled(self) -> bool:
         """True when an issuer is configured."""
         return bool(self.issuer)
+
+
+@dataclass(frozen=True)
+class CLIConfig:
+    """``cli.*``: how the ``headscale`` command reaches a remote server.
+
+    Empty ``address`` means "use the local ``unix_socket``". The usual way to
+    set these is the environment (``HEADSCALE_CLI_ADDRESS``, ``HEADSCALE_CLI_API_KEY``).
+    """
+
+    address: str = ""
+    api_key: str = ""
+    timeout: float = 5.0
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class LogTailConfig:
+    """``logtail.*``: whether clients are told to upload logs to Tailscale Inc."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class TaildropConfig:
+    """``taildrop.*``: tailnet-wide file sharing capability."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class AutoUpdateConfig:
+    """``auto_update.*``: the default of the clients' auto-update setting."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class PreAuthKeysConfig:
+    """``preauth_keys.*``."""
+
+    revoked_retention: float = 168 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -232,6 +283,11 @@ class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     oidc: OIDCConfig = field(default_factory=OIDCConfig)
     trusted_proxies: tuple[str, ...] = ()
+    cli: CLIConfig = field(default_factory=CLIConfig)
+    logtail: LogTailConfig = field(default_factory=LogTailConfig)
+    taildrop: TaildropConfig = field(default_factory=TaildropConfig)
+    auto_update: AutoUpdateConfig = field(default_factory=AutoUpdateConfig)
+    preauth_keys: PreAuthKeysConfig = field(default_factory=PreAuthKeysConfig)
     # Where the file came from (None = embedded defaults); relative paths in the
     # config are resolved against the process working directory, as Headscale does.
     source_path: str | None = None

@@ -1,0 +1,171 @@
+# -*- test-case-name: tests.cli.test_output -*-
+"""
+The ``/api/v1`` message shapes and their three renderings.
+
+The REST API speaks grpc-gateway's JSON (what Headscale's ``/api/v1`` returns):
+camelCase names, 64-bit ids as strings, RFC 3339 timestamps, every field
+present. Headscale's CLI prints the Go protobuf structs instead, and scripts
+depend on that shape, so ``-o json`` here reproduces it:
+
+- ``json``/``json-line``: snake_case names, ids as numbers, timestamps as
+  ``{"seconds": N, "nanos": N}``, zero values left out (Go's ``omitempty``);
+- ``yaml``: field names lower-cased without underscores (``createdat``), every
+  field present, timestamps as ``seconds``/``nanos`` (Go's ``yaml.v3`` on the
+  same structs).
+
+Each message is a tuple of ``(snake_name, kind)``; a kind is ``uint64``,
+``string``, ``bool``, ``ts``, ``strings`` or another message.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+__all__ = [
+    "USER",
+    "PREAUTHKEY",
+    "APIKEY",
+    "HEALTH",
+    "camel",
+    "parse_timestamp",
+    "format_timestamp",
+    "to_go_json",
+    "to_go_yaml",
+]
+
+USER = (
+    ("id", "uint64"),
+    ("name", "string"),
+    ("created_at", "ts"),
+    ("display_name", "string"),
+    ("email", "string"),
+    ("provider_id", "string"),
+    ("provider", "string"),
+    ("profile_pic_url", "string"),
+)
+PREAUTHKEY = (
+    ("user", USER),
+    ("id", "uint64"),
+    ("key", "string"),
+    ("reusable", "bool"),
+    ("ephemeral", "bool"),
+    ("used", "bool"),
+    ("expiration", "ts"),
+    ("created_at", "ts"),
+    ("acl_tags", "strings"),
+)
+APIKEY = (
+    ("id", "uint64"),
+    ("prefix", "string"),
+    ("expiration", "ts"),
+    ("created_at", "ts"),
+    ("last_seen", "ts"),
+)
+HEALTH = (("database_connectivity", "bool"),)
+
+_TS = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$"
+)
+
+
+def camel(snake: str) -> str:
+    """``created_at`` → ``createdAt`` (protobuf's JSON name)."""
+    head, *rest = snake.split("_")
+    return head + "".join(p.capitalize() for p in rest)
+
+
+def parse_timestamp(text: str) -> tuple[datetime, int]:
+    """Parse an RFC 3339 timestamp; return the UTC ``datetime`` and its nanoseconds part.
+
+    Raises ``ValueError`` naming the text when it is not RFC 3339.
+    """
+    m = _TS.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"{text!r} is not an RFC 3339 timestamp such as 2030-01-02T03:04:05Z")
+    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+    frac = (m.group(7) or "").ljust(9, "0")
+    nanos = int(frac)
+    tz = m.group(8)
+    if tz in ("Z", "z"):
+        offset = timezone.utc
+    else:
+        sign = 1 if tz[0] == "+" else -1
+        offset = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
+    dt = datetime(year, month, day, hour, minute, second, nanos // 1000, tzinfo=offset)
+    return dt.astimezone(timezone.utc), nanos
+
+
+def format_timestamp(dt: datetime) -> str:
+    """A ``datetime`` as protobuf JSON does it: UTC, ``Z``, 0/3/6 fractional digits."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    dt = dt.astimezone(timezone.utc)
+    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    us = dt.microsecond
+    if us == 0:
+        return base + "Z"
+    if us % 1000 == 0:
+        return f"{base}.{us // 1000:03d}Z"
+    return f"{base}.{us:06d}Z"
+
+
+def _ts_parts(value: Any) -> dict[str, int] | None:
+    if value in (None, ""):
+        return None
+    dt, nanos = parse_timestamp(value)
+    return {"seconds": calendar.timegm(dt.utctimetuple()), "nanos": nanos}
+
+
+def to_go_json(message: tuple, data: dict | None) -> dict | None:
+    """REST JSON of ``message`` → the dict Headscale's ``-o json`` prints."""
+    if data is None:
+        return None
+    out: dict[str, Any] = {}
+    for name, kind in message:
+        value = data.get(camel(name), data.get(name))
+        if isinstance(kind, tuple):
+            sub = to_go_json(kind, value) if value else None
+            if sub is not None:
+                out[name] = sub
+        elif kind == "uint64":
+            if value not in (None, "", 0, "0"):
+                out[name] = int(value)
+        elif kind == "ts":
+            parts = _ts_parts(value)
+            if parts is not None:
+                out[name] = {k: v for k, v in parts.items() if v}
+        elif kind == "bool":
+            if value:
+                out[name] = True
+        elif kind == "strings":
+            if value:
+                out[name] = list(value)
+        elif value:
+            out[name] = value
+    return out
+
+
+def to_go_yaml(message: tuple, data: dict | None) -> dict | None:
+    """REST JSON of ``message`` → the mapping Headscale's ``-o yaml`` prints."""
+    if data is None:
+        return None
+    out: dict[str, Any] = {}
+    for name, kind in message:
+        key = name.replace("_", "")
+        value = data.get(camel(name), data.get(name))
+        if isinstance(kind, tuple):
+            out[key] = to_go_yaml(kind, value) if value else None
+        elif kind == "uint64":
+            out[key] = int(value or 0)
+        elif kind == "ts":
+            out[key] = _ts_parts(value)
+        elif kind == "bool":
+            out[key] = bool(value)
+        elif kind == "strings":
+            out[key] = list(value or [])
+        else:
+            out[key] = value or ""
+    return out
