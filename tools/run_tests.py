@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 
 SUMMARY = re.compile(r"^(PASSED|FAILED) \((.*)\)\s*$")
 
@@ -19,6 +20,17 @@ def main(argv):
     jobs = os.environ.get("TRIAL_JOBS", str(min(os.cpu_count() or 1, 2)))
     cmd = [sys.executable, "-m", "twisted.trial", "--temp-directory=_trial_temp", f"-j{jobs}", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A hung test run must fail, not stall CI: kill trial after a generous limit.
+    limit = float(os.environ.get("HEADSCALE_TEST_TIMEOUT", "2400"))
+    timed_out = threading.Event()
+
+    def kill():
+        timed_out.set()
+        proc.kill()
+
+    watchdog = threading.Timer(limit, kill)
+    watchdog.daemon = True
+    watchdog.start()
     counts = {}
     verdict = None
     for line in proc.stdout:
@@ -31,6 +43,9 @@ def main(argv):
                 name, _, value = part.strip().partition("=")
                 counts[name] = int(value)
     rc = proc.wait()
+    watchdog.cancel()
+    if timed_out.is_set():
+        print(f"run_tests: trial did not finish within {limit:.0f} s and was killed")
     passed = counts.get("successes", 0) + counts.get("expectedFailures", 0)
     failed = counts.get("failures", 0) + counts.get("errors", 0) + counts.get("unexpectedSuccesses", 0)
     skipped = counts.get("skips", 0)

@@ -329,10 +329,17 @@ class ServeTests(unittest.TestCase):
         built = []
         import headscale_tw.service as service_module
 
-        real = service_module.build_service
+        from twisted.application import strports
+        from twisted.web import resource, server
+
+        async def components(config, r):
+            # No database here: only the listener, so the test needs no threads.
+            site = server.Site(resource.Resource())
+            return service_module.Components(
+                [strports.service(service_module.listen_endpoint(config.listen_addr), site, reactor=r)])
 
         def build(config, r):
-            top = real(config, r)
+            top = service_module.HeadscaleService(config, r, components=components)
             built.append((config, top))
             return top
 
