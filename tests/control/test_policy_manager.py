@@ -323,5 +323,49 @@ class UserPolicyTests(unittest.TestCase):
         self.assertEqual(self.sa.applier.peers, {})
         self.h.run(self.h.db.users.rename(self.bob.id, "carol"))
         self.h.run(self.h.state.refresh_user(self.bob.id))
-        self.h.notifier.push(self.h.policy.update())
+        self.h.notifier.user_changed(self.bob.id)
         self.assertEqual(set(self.sa.applier.peers), {self.b.id})
+
+
+class PolicyWorkTests(unittest.TestCase):
+    """With a policy, work follows the nodes whose view changes."""
+
+    N = 20
+
+    def setUp(self):
+        self.h = Harness(self, policy=A_TO_B)
+        for tag in ("a", "b", "c"):
+            self.h.make_key(tag, reusable=True, tags=(f"tag:{tag}",))
+        self.a, _ = self.h.register("a", auth="a")
+        self.b, _ = self.h.register("b", auth="b")
+        self.others = [self.h.register(f"c{i}", auth="c")[0] for i in range(self.N)]
+        self.streams = [self.h.stream(n) for n in [self.a, self.b] + self.others]
+        self.h.mapper.serializations.clear()
+        self.h.notifier.frames_built = 0
+        self.counts = [len(s.writes) for s in self.streams]
+
+    def _new_writes(self):
+        return [len(s.writes) - c for s, c in zip(self.streams, self.counts)]
+
+    def test_unrelated_policy_change(self):
+        """Letting tag:c reach tag:c sends one message to each tag:c node and nothing to A or B."""
+        text = policy([
+            {"action": "accept", "src": ["tag:a"], "dst": ["tag:b:*"]},
+            {"action": "accept", "src": ["tag:c"], "dst": ["tag:c:22"]},
+        ])
+        self.h.run(self.h.policy.set_policy(text))
+        self.assertEqual(self._new_writes(), [0, 0] + [1] * self.N)
+        for stream in self.streams[2:]:
+            self.assertEqual(len(stream.applier.peers), self.N - 1)
+        # each tag:c node gets its own peer set, but every entry is serialized once
+        self.assertEqual(set(self.h.mapper.serializations.values()), {1})
+        self.assertEqual(set(self.h.mapper.serializations), {n.id for n in self.others})
+
+    def test_hostinfo_change_of_invisible_node(self):
+        """A Hostinfo change of a node nobody sees sends nothing and recompiles nothing."""
+        compiles = self.h.policy.recompiles
+        node = self.h.state.get(self.others[0].id)
+        self.h.lite(node, Hostinfo=dict(node.hostinfo, OSVersion="2"))
+        self.assertEqual(self._new_writes(), [0] * (self.N + 2))
+        self.assertEqual(self.h.policy.recompiles, compiles)
+        self.assertEqual(self.h.notifier.frames_built, 0)

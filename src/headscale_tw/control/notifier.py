@@ -220,6 +220,11 @@ class MapNotifier:
             changes.viewer(node_id).self_changed = True
         self.push(changes, touched=[node_id])
 
+    def user_changed(self, user_id: int) -> None:
+        """A user was renamed or changed (after ``state.refresh_user``): its nodes' entries and policy views."""
+        nodes = [n for n, node in self.state.nodes.items() if node.user_id == user_id]
+        self.push(self.policy.update(nodes), touched=nodes)
+
     def node_added(self, node_id: int) -> None:
         """A new node: peers learn about it through ``PeersChanged``."""
         self.node_changed(node_id, self_too=False)
