@@ -8,7 +8,10 @@ from datetime import datetime, timezone
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from headscale_tw.config.model import Config, DNSConfig
+from dataclasses import replace as attrs_evolve
+
+from headscale_tw.config.model import Config, DNSConfig, PolicyConfig
+from headscale_tw.control.policy import PolicyManager
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper
@@ -50,7 +53,8 @@ class Stream:
 
 
 class Harness:
-    def __init__(self, testcase, config: Config | None = None, db=None, grace=10.0):
+    def __init__(self, testcase, config: Config | None = None, db=None, grace=10.0, policy: str | None = None,
+                 files: dict | None = None):
         self.testcase = testcase
         self.config = config or Config(
             server_url="https://hs.example.com", dns=DNSConfig(base_domain="tail.example")
@@ -61,7 +65,12 @@ class Harness:
         self.keys: dict[str, str] = {}
         self.allocator = IPAllocator(self.config.prefixes.v4, self.config.prefixes.v6, self.config.prefixes.allocation)
         self.state = ControlState(self.db, self.allocator, self.now)
-        self.mapper = Mapper(self.state, self.config)
+        self.files = files if files is not None else {}
+        if policy is not None:
+            self.run(self.db.policies.set(policy))
+            self.config = attrs_evolve(self.config, policy=PolicyConfig(mode="database"))
+        self.policy = PolicyManager(self.state, self.config, store=self.db.policies, read_file=self.read_file)
+        self.mapper = Mapper(self.state, self.config, policy=self.policy)
         self.notifier = MapNotifier(self.state, self.mapper, self.clock, offline_grace=grace, interval=lambda: 55.0)
         self.registrar = Registrar(
             self.state, self.notifier, self.mapper, self.config, self.clock
@@ -75,6 +84,18 @@ class Harness:
         else:
             self.user = self.run(self.db.users.create("alice", display_name="Alice", email="alice@example.com"))
             self.state.users[self.user.id] = self.user
+        self.run(self.policy.load())
+
+    def add_user(self, name):
+        user = self.run(self.db.users.create(name, display_name=name.title(), email=f"{name}@example.com"))
+        self.state.users[user.id] = user
+        return user
+
+    def read_file(self, path):
+        try:
+            return self.files[path]
+        except KeyError:
+            raise FileNotFoundError(2, "No such file or directory", path) from None
 
     def now(self):
         return datetime.fromtimestamp(self.clock.seconds(), timezone.utc)

@@ -7,8 +7,12 @@ Builds MapResponse messages (JSON bytes) from :class:`ControlState`.
   ``Domain``, ``PacketFilter``, ``UserProfiles``, ``CollectServices:false``,
   ``ControlTime`` and ``Debug.DisableLogTail``.
 * Each node's **peer entry** (a ``tailcfg.Node`` as peers see it) is
-  serialized once per generation of that node and the bytes are reused in
-  every full map and delta (``serializations`` counts the work).
+  serialized once per generation of that node and per ``AllowedIPs`` /
+  ``PrimaryRoutes`` variant (viewers the policy lets use different routes
+  of a router see different variants; most nodes have one), and the bytes
+  are reused in every full map and delta (``serializations`` counts the work).
+* Per-node policy results (filter, peers, SSH policy, caps) come from the
+  :class:`~headscale_tw.control.policy.PolicyManager`.
 * **Deltas** are small messages (``PeersChanged``, ``PeersRemoved``,
   ``PeersChangedPatch``, ``OnlineChange``/``PeerSeenChange``, self ``Node``)
   built once and shared by every session that needs them.
@@ -27,11 +31,18 @@ from urllib.parse import urlsplit
 from headscale_tw.control._wire import format_time
 from headscale_tw.control.framing import encode_json
 from headscale_tw.control.names import fqdn
+from headscale_tw.control.policy import ALLOW_ALL_FILTER, PolicyManager, Variant
 from headscale_tw.control.state import TAGGED_DEVICES_USER_ID, ControlState
+from headscale_tw.errors import InvalidInput
 
-__all__ = ["Mapper", "embedded_derp_map", "dns_config", "ALLOW_ALL_FILTER", "SELF_CAPABILITIES"]
-
-ALLOW_ALL_FILTER = [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}]
+__all__ = [
+    "Mapper",
+    "embedded_derp_map",
+    "dns_config",
+    "parse_extra_records",
+    "ALLOW_ALL_FILTER",
+    "SELF_CAPABILITIES",
+]
 
 # Node attributes every node gets about itself (presence = enabled).
 SELF_CAPABILITIES = {
@@ -80,8 +91,35 @@ def embedded_derp_map(config) -> dict:
     return {"Regions": {str(derp.region_id): region}}
 
 
-def dns_config(config) -> dict:
-    """``tailcfg.DNSConfig`` from ``config.dns`` (Headscale's mapping)."""
+def parse_extra_records(text: str, where: str = "dns.extra_records_path") -> list[dict]:
+    """``ExtraRecords`` from the JSON file format (a list of ``{"name","type","value"}``)."""
+    import json
+
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise InvalidInput(f"{where}: not valid JSON: {e}") from None
+    if not isinstance(data, list):
+        raise InvalidInput(f"{where}: must be a JSON list of records")
+    out = []
+    for i, record in enumerate(data):
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("name", "value")):
+            raise InvalidInput(f"{where}[{i}]: needs string fields name and value")
+        rtype = record.get("type", "A")
+        if not isinstance(rtype, str):
+            raise InvalidInput(f"{where}[{i}].type: must be a string")
+        out.append({"Name": record["name"], "Type": rtype, "Value": record["value"]})
+    return out
+
+
+def dns_config(config, extra_records: list[dict] | None = None) -> dict:
+    """
+    ``tailcfg.DNSConfig`` from ``config.dns`` (derp-stun-policy.md F.1):
+    ``magic_dns`` → ``Proxied``; global nameservers → ``Resolvers`` when
+    ``override_local_dns`` else ``FallbackResolvers``; split nameservers →
+    ``Routes``; ``Domains`` = base domain + search domains; ``extra_records``
+    plus ``extra_records`` read from ``extra_records_path`` → ``ExtraRecords``.
+    """
     dns = config.dns
     out: dict = {}
     resolvers = [{"Addr": addr} for addr in dns.nameservers.global_]
@@ -90,23 +128,26 @@ def dns_config(config) -> dict:
     if dns.nameservers.split:
         out["Routes"] = {domain: [{"Addr": a} for a in addrs] for domain, addrs in dns.nameservers.split}
     domains = []
-    if dns.magic_dns and dns.base_domain:
+    if dns.base_domain:
         domains.append(dns.base_domain.strip("."))
-    domains.extend(d.strip(".") for d in dns.search_domains)
+    domains.extend(d.strip(".") for d in dns.search_domains if d.strip(".") not in domains)
     if domains:
         out["Domains"] = domains
     if dns.magic_dns:
         out["Proxied"] = True
-    if dns.extra_records:
-        out["ExtraRecords"] = [{"Name": r.name, "Type": r.type, "Value": r.value} for r in dns.extra_records]
+    records = [{"Name": r.name, "Type": r.type, "Value": r.value} for r in dns.extra_records]
+    records.extend(extra_records or ())
+    if records:
+        out["ExtraRecords"] = records
     return out
 
 
 class Mapper:
     """Serializes nodes and maps.
 
-    ``derp_map`` and ``packet_filter`` are providers: ``derp_map()`` returns the
-    DERPMap dict, ``packet_filter(node)`` a list of FilterRules (allow-all by default).
+    ``derp_map()`` returns the DERPMap dict; ``policy`` is the
+    :class:`PolicyManager` giving each node's filter, peers and routes
+    (default: one with no policy, i.e. allow all).
     """
 
     def __init__(
@@ -114,16 +155,16 @@ class Mapper:
         state: ControlState,
         config,
         derp_map: Callable[[], dict] | None = None,
-        packet_filter: Callable[[object], list] | None = None,
+        policy: PolicyManager | None = None,
     ) -> None:
         self.state = state
         self.config = config
         self.derp_map = derp_map or (lambda: embedded_derp_map(config))
-        self.packet_filter = packet_filter or (lambda node: ALLOW_ALL_FILTER)
+        self.policy = policy if policy is not None else PolicyManager(state, config)
         self.base_domain = config.dns.base_domain if config.dns.magic_dns else ""
         self.domain = _server_host_port(config.server_url)[0]
         self._dns_bytes = encode_json(dns_config(config))
-        self._cache: dict[int, tuple[int, bytes]] = {}
+        self._cache: dict[int, tuple[int, dict[Variant, bytes]]] = {}
         self.serializations: collections.Counter[int] = collections.Counter()
 
     # -- nodes -------------------------------------------------------------
@@ -132,7 +173,22 @@ class Mapper:
         """``Node.User`` on the wire: the owner, or the tagged-devices pseudo-user."""
         return node.user_id if node.user_id is not None and not node.tags else TAGGED_DEVICES_USER_ID
 
-    def node_dict(self, node, self_view: bool = False) -> dict:
+    def set_dns(self, dns: dict) -> bytes | None:
+        """Replace the DNSConfig; return the delta message if it changed, else None."""
+        data = encode_json(dns)
+        if data == self._dns_bytes:
+            return None
+        self._dns_bytes = data
+        return b'{"DNSConfig":' + data + b"}"
+
+    def self_capabilities(self, policy_caps=()) -> dict:
+        """Our default self ``CapMap`` plus the policy's node attributes (presence = enabled)."""
+        caps = dict(SELF_CAPABILITIES)
+        for cap in policy_caps:
+            caps.setdefault(cap, [])
+        return caps
+
+    def node_dict(self, node, self_view: bool = False, variant: Variant | None = None) -> dict:
         """The ``tailcfg.Node`` for ``node`` as a dict."""
         runtime = self.state.runtime.get(node.id)
         now = self.state.now()
@@ -156,7 +212,16 @@ class Mapper:
         if node.disco_key:
             out["DiscoKey"] = node.disco_key
         out["Addresses"] = addresses
-        out["AllowedIPs"] = list(addresses)
+        caps = ()
+        if self_view:
+            allowed, primary, caps = self.policy.self_view(node.id)
+        elif variant is not None:
+            allowed, primary = variant
+        else:
+            allowed, primary = tuple(addresses), ()
+        out["AllowedIPs"] = list(allowed) if allowed else list(addresses)
+        if primary:
+            out["PrimaryRoutes"] = list(primary)
         out["Endpoints"] = list(node.endpoints)
         out["HomeDERP"] = home_derp
         out["Hostinfo"] = hostinfo
@@ -174,19 +239,28 @@ class Mapper:
         if node.expiry is not None and node.expiry <= now:
             out["Expired"] = True
         if self_view:
-            out["CapMap"] = SELF_CAPABILITIES
+            out["CapMap"] = self.self_capabilities(caps)
         return out
 
-    def peer_entry(self, node_id: int) -> bytes:
-        """The serialized peer view of a node, cached until its generation changes."""
+    def peer_entry(self, node_id: int, variant: Variant | None = None) -> bytes:
+        """The serialized peer view of a node (as ``variant`` routes it), cached per generation."""
+        if variant is None:
+            variant = self.policy.variant(-1, node_id)
         generation = self.state.generation(node_id)
         cached = self._cache.get(node_id)
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        data = encode_json(self.node_dict(self.state.get(node_id)))
-        self.serializations[node_id] += 1
-        self._cache[node_id] = (generation, data)
+        if cached is None or cached[0] != generation:
+            cached = (generation, {})
+            self._cache[node_id] = cached
+        data = cached[1].get(variant)
+        if data is None:
+            data = encode_json(self.node_dict(self.state.get(node_id), variant=variant))
+            self.serializations[node_id] += 1
+            cached[1][variant] = data
         return data
+
+    def entry_for(self, viewer_id: int, node_id: int) -> bytes:
+        """``node_id``'s entry as ``viewer_id`` sees it."""
+        return self.peer_entry(node_id, self.policy.variant(viewer_id, node_id))
 
     def forget(self, node_id: int) -> None:
         """Drop a deleted node's cached entry."""
@@ -222,8 +296,10 @@ class Mapper:
     def full_map(self, node_id: int, now: datetime | None = None) -> bytes:
         """The complete first message for ``node_id``'s session."""
         node = self.state.get(node_id)
-        peer_ids = sorted(self.state.peer_ids(node_id))
-        peers = b",".join(self.peer_entry(pid) for pid in peer_ids)
+        policy = self.policy
+        peer_ids = policy.peer_ids(node_id)
+        peers = b",".join(self.peer_entry(pid, policy.variant(node_id, pid)) for pid in peer_ids)
+        ssh = policy.ssh_bytes(node_id)
         profiles = self._profiles([node] + [self.state.nodes[pid] for pid in peer_ids])
         now = now or self.state.now()
         return b"".join(
@@ -239,7 +315,8 @@ class Mapper:
                 b',"Domain":',
                 encode_json(self.domain),
                 b',"CollectServices":false,"PacketFilter":',
-                encode_json(self.packet_filter(node)),
+                policy.filter_bytes(node_id),
+                b',"SSHPolicy":' + ssh if ssh is not None else b"",
                 b',"UserProfiles":',
                 profiles,
                 b',"ControlTime":',
@@ -248,12 +325,42 @@ class Mapper:
             ]
         )
 
-    def peers_changed(self, node_ids: Iterable[int]) -> bytes:
-        """``PeersChanged`` (full entries) plus the owners' ``UserProfiles``."""
+    def peers_changed(self, node_ids: Iterable[int], viewer_id: int = -1) -> bytes:
+        """``PeersChanged`` (full entries as ``viewer_id`` sees them) plus the owners' ``UserProfiles``."""
         ids = sorted(node_ids)
-        entries = b",".join(self.peer_entry(i) for i in ids)
+        entries = b",".join(self.entry_for(viewer_id, i) for i in ids)
         profiles = self._profiles(self.state.nodes[i] for i in ids)
         return b'{"PeersChanged":[' + entries + b'],"UserProfiles":' + profiles + b"}"
+
+    def delta(
+        self,
+        viewer_id: int,
+        changed: Iterable[int] = (),
+        removed: Iterable[int] = (),
+        packet_filter: bytes | None = None,
+        ssh: bytes | None = None,
+        self_node: bool = False,
+    ) -> bytes:
+        """One message combining what changed for ``viewer_id`` (absent parts = unchanged)."""
+        parts = []
+        profile_nodes = []
+        if self_node:
+            parts.append(b'"Node":' + self.self_entry(viewer_id))
+            profile_nodes.append(self.state.nodes[viewer_id])
+        ids = sorted(changed)
+        if ids:
+            parts.append(b'"PeersChanged":[' + b",".join(self.entry_for(viewer_id, i) for i in ids) + b"]")
+            profile_nodes.extend(self.state.nodes[i] for i in ids)
+        gone = sorted(removed)
+        if gone:
+            parts.append(b'"PeersRemoved":' + encode_json(gone))
+        if packet_filter is not None:
+            parts.append(b'"PacketFilter":' + packet_filter)
+        if ssh is not None:
+            parts.append(b'"SSHPolicy":' + ssh)
+        if profile_nodes:
+            parts.append(b'"UserProfiles":' + self._profiles(profile_nodes))
+        return b"{" + b",".join(parts) + b"}"
 
     def peers_removed(self, node_ids: Iterable[int]) -> bytes:
         return encode_json({"PeersRemoved": sorted(node_ids)})

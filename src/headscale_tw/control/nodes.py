@@ -11,14 +11,36 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
+import attrs
+
 from headscale_tw.control.names import validate_given_name
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.registration import Registrar
+from headscale_tw.control.routes import announced_routes, normalize_approval, parse_prefix, served_routes
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import AlreadyExists, InvalidInput
 from headscale_tw.storage.models import Node
 
-__all__ = ["NodeAdmin"]
+__all__ = ["NodeAdmin", "RouteInfo", "validate_tag"]
+
+
+def validate_tag(tag: object) -> str:
+    """``tag:<name>`` or ``InvalidInput`` naming the bad value."""
+    if not isinstance(tag, str) or not tag.startswith("tag:") or len(tag) <= 4 or any(c.isspace() for c in tag):
+        raise InvalidInput(f"invalid tag {tag!r}: tags look like tag:<name>")
+    return tag
+
+
+@attrs.frozen
+class RouteInfo:
+    """A node's routes for ``nodes list-routes``: all tuples of prefix strings."""
+
+    node_id: int
+    name: str
+    announced: tuple[str, ...]
+    approved: tuple[str, ...]
+    served: tuple[str, ...]  # announced and approved
+    primary: tuple[str, ...]  # subnet prefixes this node currently routes (HA primary)
 
 
 class NodeAdmin:
@@ -67,15 +89,61 @@ class NodeAdmin:
         return node
 
     async def set_tags(self, node_id: int, tags: Iterable[str]) -> Node:
-        """Replace the node's ACL tags (each ``tag:<name>``)."""
-        tags = tuple(sorted(set(tags)))
-        for tag in tags:
-            if not isinstance(tag, str) or not tag.startswith("tag:") or len(tag) <= 4:
-                raise InvalidInput(f"invalid tag {tag!r}: tags look like tag:<name>")
-        self.state.get(node_id)
+        """
+        Replace the node's ACL tags (each ``tag:<name>``). With a policy, every
+        tag must be declared in ``tagOwners``. A node no user owns (registered
+        with a tagged key or tags) must keep at least one tag.
+        """
+        if isinstance(tags, str):
+            raise InvalidInput("tags must be a list of tag:<name> strings")
+        tags = tuple(sorted({validate_tag(t) for t in tags}))
+        policy = self.notifier.policy
+        undefined = [t for t in tags if not policy.defines_tag(t)]
+        if undefined:
+            raise InvalidInput(f"tags {', '.join(undefined)} not defined in the policy's tagOwners")
+        current = self.state.get(node_id)
+        if not tags and current.user_id is None:
+            raise InvalidInput(f"node {node_id} is owned by its tags only; it must keep at least one tag")
         node = await self.state.update_node(node_id, tags=tags)
+        if await policy.auto_approve(node_id):
+            node = self.state.get(node_id)
         self.notifier.node_changed(node_id)
         return node
+
+    async def approve_routes(self, node_id: int, routes: Iterable[str]) -> Node:
+        """
+        Set the node's approved routes (replacing the list; empty clears it).
+        Approving ``0.0.0.0/0`` or ``::/0`` approves both (exit node).
+        Routes need not be announced yet; they are served once announced.
+        """
+        if isinstance(routes, str):
+            routes = [r for r in routes.split(",") if r.strip()]
+        nets = [parse_prefix(r, "approve routes") for r in routes]
+        self.state.get(node_id)
+        node = await self.state.update_node(node_id, approved_routes=normalize_approval(nets))
+        self.notifier.node_changed(node_id)
+        return node
+
+    def routes(self, node_id: int | None = None) -> list[RouteInfo]:
+        """Announced/approved/served/primary routes of one node, or of every node that has any."""
+        nodes = [self.state.get(node_id)] if node_id is not None else [n for _, n in sorted(self.state.nodes.items())]
+        policy = self.notifier.policy
+        out = []
+        for node in nodes:
+            announced = tuple(str(r) for r in announced_routes(node))
+            if node_id is None and not announced and not node.approved_routes:
+                continue
+            out.append(
+                RouteInfo(
+                    node_id=node.id,
+                    name=node.given_name,
+                    announced=announced,
+                    approved=tuple(node.approved_routes),
+                    served=tuple(str(r) for r in served_routes(node)),
+                    primary=policy.primary_routes(node.id),
+                )
+            )
+        return out
 
     async def register(self, auth_id: str, user_name: str) -> Node:
         """``headscale auth register --auth-id <id> --user <name>``."""

@@ -10,6 +10,11 @@ Rules:
 * A change is built, serialized, compressed and framed **once**, and the
   same bytes are written to every session that should see it; work grows
   with the number of receiving sessions, never with N² node pairs.
+* Policy: before announcing a node change the notifier lets the
+  :class:`~headscale_tw.control.policy.PolicyManager` take it in; the
+  resulting per-viewer differences (filter, peers gained/lost, routes, SSH
+  policy, self caps) are merged into one message per viewer, and viewers
+  whose messages are identical share one frame (:meth:`MapNotifier.push`).
 * Online: a node is online while it has a stream. When its last stream ends
   it stays online for ``offline_grace`` seconds, so a quick reconnect is not
   announced to peers at all; then peers get ``OnlineChange``/``PeerSeenChange``.
@@ -56,6 +61,8 @@ class MapNotifier:
         self._offline_timers: dict = {}
         self._stopping = False
         self.frames_built = 0
+        self.policy = mapper.policy
+        self.policy.attach(self)
 
     # -- sessions ----------------------------------------------------------
 
@@ -66,11 +73,14 @@ class MapNotifier:
         session = MapSession(node_id, write, finish, self.clock, self._session_closed, self.interval)
         self.sessions.setdefault(node_id, []).append(session)
         came_online = self._mark_online(node.id)
+        changes = self.policy.update([node_id])  # HA election may pick this router
         session.start(self._frame(self.mapper.full_map(node_id)))
         for old in older:
             old.close()
         if came_online:
             self._to_peers(node_id, self.mapper.online_changed(node_id, True))
+        changes.viewers.pop(node_id, None)  # its full map is already current
+        self.push(changes, exclude=node_id)
         return session
 
     def one_shot(self, node_id: int) -> bytes:
@@ -120,6 +130,7 @@ class MapNotifier:
         runtime.online = False
         self.state.touch(node_id)
         self._to_peers(node_id, self.mapper.online_changed(node_id, False))
+        self.push(self.policy.update([node_id]))  # fail its primary routes over
         self._persist_last_seen(node_id)
 
     def _persist_last_seen(self, node_id: int) -> Deferred:
@@ -149,17 +160,70 @@ class MapNotifier:
 
     def _to_peers(self, node_id: int, message: bytes) -> None:
         """Frame ``message`` once and write it to every streaming node that sees ``node_id``."""
-        targets = [viewer for viewer in self.sessions if self.state.visible(viewer, node_id)]
+        targets = [viewer for viewer in self.sessions if self.policy.sees(viewer, node_id)]
         if targets:
             self._write_to(targets, self._frame(message))
+
+    def push(self, changes, touched=(), exclude: int | None = None) -> int:
+        """
+        Send policy/route differences (a :class:`~headscale_tw.control.policy.Changes`)
+        plus full entries of ``touched`` nodes to every streaming viewer they concern.
+
+        One message per viewer; identical messages are built and framed once.
+        Returns the number of frames built.
+        """
+        touched = set(touched) | changes.touched
+        policy = self.policy
+        groups: dict[tuple, list[int]] = {}
+        for viewer in self.sessions:
+            if viewer == exclude or viewer not in self.state.nodes:
+                continue
+            vc = changes.viewers.get(viewer)
+            changed = {t for t in touched if t != viewer and policy.sees(viewer, t)}
+            removed = set(changes.removed)
+            packet_filter = ssh = None
+            self_node = False
+            if vc is not None:
+                changed |= vc.peers_changed
+                removed |= vc.peers_removed
+                packet_filter, ssh, self_node = vc.filter, vc.ssh, vc.self_changed
+            removed.discard(viewer)
+            if not (changed or removed or packet_filter is not None or ssh is not None or self_node):
+                continue
+            key = (
+                tuple((pid, policy.variant(viewer, pid)) for pid in sorted(changed)),
+                tuple(sorted(removed)),
+                packet_filter,
+                ssh,
+                viewer if self_node else None,
+            )
+            groups.setdefault(key, []).append(viewer)
+        for key, viewers in groups.items():
+            viewer = viewers[0]
+            message = self.mapper.delta(
+                viewer,
+                changed=[pid for pid, _ in key[0]],
+                removed=key[1],
+                packet_filter=key[2],
+                ssh=key[3],
+                self_node=key[4] is not None,
+            )
+            self._write_to(viewers, self._frame(message))
+        return len(groups)
 
     def node_changed(self, node_id: int, self_too: bool = True) -> None:
         """Peers get the node's full entry in ``PeersChanged``; its own sessions get ``Node``."""
         if node_id not in self.state.nodes:
             return
-        self._to_peers(node_id, self.mapper.peers_changed([node_id]))
-        if self_too and self.sessions.get(node_id):
-            self._write_to([node_id], self._frame(self.mapper.self_update(node_id)))
+        changes = self.policy.update([node_id])
+        if self_too:
+            changes.viewer(node_id).self_changed = True
+        self.push(changes, touched=[node_id])
+
+    def user_changed(self, user_id: int) -> None:
+        """A user was renamed or changed (after ``state.refresh_user``): its nodes' entries and policy views."""
+        nodes = [n for n, node in self.state.nodes.items() if node.user_id == user_id]
+        self.push(self.policy.update(nodes), touched=nodes)
 
     def node_added(self, node_id: int) -> None:
         """A new node: peers learn about it through ``PeersChanged``."""
@@ -173,18 +237,17 @@ class MapNotifier:
         self._to_peers(node_id, self.mapper.peers_patched([patch]))
 
     def node_removed(self, node_id: int) -> None:
-        """Peers get ``PeersRemoved``; the node's own streams end."""
+        """Peers that saw it get ``PeersRemoved`` (plus any policy fallout); its own streams end."""
         self.mapper.forget(node_id)
         timer = self._offline_timers.pop(node_id, None)
         if timer is not None and timer.active():
             timer.cancel()
-        framed = self._frame(self.mapper.peers_removed([node_id]))
-        self._write_to([viewer for viewer in self.sessions if viewer != node_id], framed)
+        self.push(self.policy.update([node_id]), exclude=node_id)
         for session in list(self.sessions.get(node_id, ())):
             session.close()
 
     def policy_changed(self) -> None:
-        """Every session gets a fresh full map (``Peers`` replaces the peer set)."""
+        """Every session gets a fresh full map (a big hammer; policy changes normally use :meth:`push`)."""
         for node_id in list(self.sessions):
             if node_id in self.state.nodes:
                 self._write_to([node_id], self._frame(self.mapper.full_map(node_id)))

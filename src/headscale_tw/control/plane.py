@@ -3,11 +3,17 @@
 One object holding the whole control plane, for ``service.py`` to build.
 
     plane = ControlPlane(config, db, clock, derp_map=provider)
-    await plane.start()                       # loads nodes/users, marks used IPs
+    await plane.start()                       # loads nodes/users, marks used IPs, loads the policy
     noise_root.putChild(b"machine", plane.machine_resource())
     http_root.putChild(b"register", plane.register_page())
     for interval, job in plane.periodic_jobs(): TimerService(interval, job) with .clock set
+    await plane.reload()                      # SIGHUP: policy file (or DB row) and DNS extra records
     plane.stop()                              # on stopService: ends streams, cancels timers
+
+Admin operations for the API/CLI: ``plane.policy.get_policy()``,
+``await plane.policy.set_policy(text)``, ``plane.policy.check_policy(text)``,
+``await plane.nodes.approve_routes(node_id, routes)``, ``plane.nodes.routes()``,
+``await plane.nodes.set_tags(node_id, tags)``.
 """
 
 from __future__ import annotations
@@ -22,12 +28,20 @@ from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.nodes import NodeAdmin
+from headscale_tw.control.mapper import dns_config, parse_extra_records
 from headscale_tw.control.notifier import MapNotifier
+from headscale_tw.control.policy import PolicyManager
 from headscale_tw.control.poll import PollService
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.state import ControlState
+from headscale_tw.errors import InvalidInput
 
 __all__ = ["ControlPlane"]
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 class ControlPlane:
@@ -41,15 +55,17 @@ class ControlPlane:
         db,
         clock,
         derp_map: Callable[[], dict] | None = None,
-        packet_filter: Callable[[object], list] | None = None,
         offline_grace: float = 10.0,
+        read_file: Callable[[str], str] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
+        self.read_file = read_file or _read_text
         prefixes = config.prefixes
         self.allocator = IPAllocator(prefixes.v4, prefixes.v6, prefixes.allocation)
         self.state = ControlState(db, self.allocator, self.now)
-        self.mapper = Mapper(self.state, config, derp_map=derp_map, packet_filter=packet_filter)
+        self.policy = PolicyManager(self.state, config, store=db.policies, read_file=self.read_file)
+        self.mapper = Mapper(self.state, config, derp_map=derp_map, policy=self.policy)
         self.notifier = MapNotifier(self.state, self.mapper, clock, offline_grace=offline_grace)
         self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock)
         self.poll = PollService(self.state, self.notifier)
@@ -61,9 +77,41 @@ class ControlPlane:
         return datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
 
     async def start(self) -> None:
-        """Load the store into memory; call once before serving."""
+        """Load the store and the policy into memory; call once before serving.
+
+        @raises PolicyRejected: if the configured policy is invalid (do not serve).
+        """
         await self.state.load()
+        await self.policy.load()
+        self.reload_dns()
         self.lifecycle = NodeLifecycle(self.state, self.notifier, self.registrar, self.config)
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the policy source and DNS extra records; problems are logged, old settings stay."""
+        await self.policy.reload()
+        self.reload_dns()
+
+    def reload_dns(self, config=None) -> bool:
+        """Rebuild the DNSConfig (re-reading ``dns.extra_records_path``); push it if it changed.
+
+        ``config`` replaces the configuration's ``dns`` section when given.
+        Returns whether clients were sent a new DNSConfig.
+        """
+        if config is not None:
+            self.config = config
+        extra: list[dict] = []
+        path = self.config.dns.extra_records_path
+        if path:
+            try:
+                extra = parse_extra_records(self.read_file(path), path)
+            except (OSError, InvalidInput) as e:
+                self.log.error("DNS extra records not (re)loaded, keeping the previous ones: {reason}", reason=str(e))
+                return False
+        message = self.mapper.set_dns(dns_config(self.config, extra))
+        if message is None:
+            return False
+        self.notifier.broadcast(message)
+        return True
 
     def stop(self) -> None:
         """End every map stream and held register request; cancel every timer."""

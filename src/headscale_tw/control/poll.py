@@ -13,6 +13,7 @@ the stream) and one-shot maps (neither flag: one full message).
 from __future__ import annotations
 
 import attrs
+from twisted.logger import Logger
 
 from headscale_tw.control._wire import parse_key
 from headscale_tw.control.notifier import MapNotifier
@@ -82,9 +83,29 @@ def _home_derp(hostinfo: dict | None) -> int:
 class PollService:
     """Applies MapRequests to nodes and notifies peers."""
 
+    log = Logger()
+
     def __init__(self, state: ControlState, notifier: MapNotifier) -> None:
         self.state = state
         self.notifier = notifier
+        self.policy = notifier.policy
+
+    def _requested_tags(self, node, hostinfo: dict) -> tuple[str, ...] | None:
+        """New tags from a changed ``Hostinfo.RequestTags`` if ``tagOwners`` permit them, else None."""
+        requested = hostinfo.get("RequestTags") or []
+        previous = (node.hostinfo or {}).get("RequestTags") or []
+        if not isinstance(requested, list) or not requested or requested == previous:
+            return None
+        tags = tuple(sorted({t for t in requested if isinstance(t, str)}))
+        if tags == tuple(node.tags):
+            return None
+        refused = self.policy.may_own_tags(tags, node.user_id, node.tags)
+        if refused:
+            self.log.warn(
+                "node {node_id} requested tags {tags} it may not own; ignored", node_id=node.id, tags=refused
+            )
+            return None
+        return tags
 
     def authenticate(self, machine_key: str, request: MapRequest):
         """The node for ``request.node_key``; ``Unauthorized`` unless it is the peer's machine."""
@@ -112,6 +133,9 @@ class PollService:
                 patch.append("DERPRegion")
             if _without_netinfo(request.hostinfo) != _without_netinfo(node.hostinfo or {}):
                 full = True
+                tags = self._requested_tags(node, request.hostinfo)
+                if tags is not None:
+                    fields["tags"] = tags
                 hostname = request.hostinfo.get("Hostname") or ""
                 if hostname and hostname != node.hostname:
                     fields["hostname"] = hostname
@@ -127,9 +151,11 @@ class PollService:
             patch.append("Cap")
         if fields:
             node = await self.state.update_node(node.id, **fields)
+            if full and await self.policy.auto_approve(node.id):
+                node = self.state.get(node.id)
         if full:
             # The node reported this itself: only a new name is news to its own session.
-            self.notifier.node_changed(node.id, self_too="given_name" in fields)
+            self.notifier.node_changed(node.id, self_too="given_name" in fields or "tags" in fields)
         elif patch:
             self.notifier.node_patched(node.id, patch)
         return node

@@ -39,12 +39,17 @@ __all__ = [
     "PendingRegistration",
     "Registrar",
     "MachineKeyMismatch",
+    "TagsRefused",
     "default_preauth_lookup",
 ]
 
 
 class MachineKeyMismatch(Exception):
     """The node key in the request is registered to a different machine key."""
+
+
+class TagsRefused(InvalidInput):
+    """``Hostinfo.RequestTags`` names tags the registering user does not own."""
 
 
 @attrs.frozen
@@ -162,6 +167,7 @@ class Registrar:
         self.followup_timeout = followup_timeout
         self.pending_ttl = pending_ttl
         self.pending: dict[str, PendingRegistration] = {}
+        self.policy = notifier.policy
 
     # -- helpers -----------------------------------------------------------
 
@@ -175,6 +181,22 @@ class Registrar:
         if request.expiry is not None and request.expiry > now:
             expiry = request.expiry if expiry is None else min(expiry, request.expiry)
         return expiry
+
+    def _requested_tags(self, request: RegisterRequest, user_id: int | None) -> tuple[str, ...]:
+        """``Hostinfo.RequestTags`` (``--advertise-tags``) checked against ``tagOwners``.
+
+        @raises TagsRefused: naming the tags ``user_id`` may not own.
+        """
+        requested = request.hostinfo.get("RequestTags") or []
+        if not isinstance(requested, list):
+            raise TagsRefused("register request: Hostinfo.RequestTags must be a list")
+        tags = tuple(sorted({t for t in requested if isinstance(t, str)}))
+        if not tags:
+            return ()
+        refused = self.policy.may_own_tags(tags, user_id)
+        if refused:
+            raise TagsRefused(f"requested tags [{' '.join(refused)}] are invalid or not permitted")
+        return tags
 
     @staticmethod
     def _expired(node, now: datetime) -> bool:
@@ -253,11 +275,16 @@ class Registrar:
             if existing is None or existing.auth_key_id != key.id:
                 return {"Error": "authkey already used"}
         tags = tuple(key.tags)
+        if not tags:
+            try:
+                tags = self._requested_tags(request, key.user_id)
+            except TagsRefused as e:
+                return {"Error": str(e)}
         node = await self._upsert(
             machine_key,
             request,
             now,
-            user_id=None if tags else key.user_id,
+            user_id=None if key.tags else key.user_id,
             tags=tags,
             auth_key_id=key.id,
             ephemeral=key.ephemeral or request.ephemeral,
@@ -282,10 +309,14 @@ class Registrar:
                     fields["given_name"] = self.state.free_name(hostname, exclude=existing.id)
             node = await self.state.update_node(existing.id, **fields)
             self.state.runtime[node.id].cap = request.version
+            if await self.policy.auto_approve(node.id):
+                node = self.state.get(node.id)
             self.notifier.node_changed(node.id)
             return node
         node = await self.state.create_node(machine_key=machine_key, hostname=hostname, **fields)
         self.state.runtime[node.id].cap = request.version
+        if await self.policy.auto_approve(node.id):
+            node = self.state.get(node.id)
         self.notifier.node_added(node.id)
         return node
 
@@ -332,12 +363,20 @@ class Registrar:
             raise NotFound(f"no pending registration with auth id {auth_id!r}")
         user = await self.state.db.users.get_by_name(user_name)
         self.state.users[user.id] = user
+        try:
+            tags = self._requested_tags(pending.request, user.id)
+        except TagsRefused as e:
+            pending.response = {"Error": str(e)}
+            for waiter in list(pending.waiters):
+                if not waiter.called:
+                    waiter.callback(pending.response)
+            raise
         node = await self._upsert(
             pending.machine_key,
             pending.request,
             self.state.now(),
             user_id=user.id,
-            tags=(),
+            tags=tags,
             auth_key_id=None,
             ephemeral=pending.request.ephemeral,
             register_method="cli",

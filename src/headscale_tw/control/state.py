@@ -13,7 +13,7 @@ last request, when the last session ended) live here too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
 
 import attrs
@@ -106,14 +106,6 @@ class ControlState:
         """Bump the generation for a change that is not a stored field (online, cap, expiry passing)."""
         if node_id in self.nodes:
             self._generation[node_id] = self._generation.get(node_id, 0) + 1
-
-    def peer_ids(self, node_id: int) -> Iterable[int]:
-        """Nodes visible to ``node_id`` (everyone else until the policy engine lands)."""
-        return (other for other in self.nodes if other != node_id)
-
-    def visible(self, viewer_id: int, node_id: int) -> bool:
-        """Whether ``viewer_id`` sees ``node_id`` as a peer."""
-        return viewer_id != node_id
 
     def free_name(self, hostname: str, exclude: int | None = None) -> str:
         """A unique given name derived from ``hostname``."""

@@ -1,0 +1,696 @@
+# -*- test-case-name: tests.control.test_policy_manager -*-
+"""
+The policy in force and what it means for each node's map.
+
+:class:`PolicyManager` holds the parsed policy (a
+:class:`~headscale_tw.policy.compile.PolicyEngine`), compiles it against the
+tailnet built from :class:`~headscale_tw.control.state.ControlState`, and
+keeps, per node, the *view* last published to it: packet filter, visible
+peers with their ``AllowedIPs``/``PrimaryRoutes``, SSH policy and node
+capabilities. When something that matters for policy changes, it recompiles,
+compares every node's new view with the previous one and returns only the
+differences (:class:`Changes`), which the notifier turns into deltas.
+
+Work is kept proportional to what changed:
+
+* A node change that does not alter the node's policy inputs (user, tags,
+  addresses, announced/approved/primary routes) costs a tuple comparison and no
+  recompilation (endpoints, Hostinfo, names, online state).
+* With **no policy** (allow all) views are *uniform*: every node sees every
+  other node and a peer's ``AllowedIPs`` do not depend on the viewer, so a
+  change only re-derives the changed node's own entry; nothing is O(n²).
+* With a policy, a relevant change recompiles once and rebuilds each node's
+  view; only nodes whose view differs get a message, and peer entries are
+  re-serialized only for ``AllowedIPs`` variants not seen before.
+
+Policy sources (``policy.mode``): ``file`` reads ``policy.path`` at start and on
+:meth:`PolicyManager.reload` (SIGHUP); ``database`` keeps the newest row of
+``db.policies`` and accepts :meth:`PolicyManager.set_policy`. A policy that
+fails to parse or whose ``tests``/``sshTests`` fail is rejected with
+:class:`PolicyRejected` and the previous one stays in force.
+
+Subnet-route HA election (derp-stun-policy.md G.3) also lives here because it
+feeds the policy inputs: see :mod:`headscale_tw.control.routes`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from twisted.logger import Logger
+
+from headscale_tw.control.framing import encode_json
+from headscale_tw.control.routes import (
+    RouteElection,
+    announced_routes,
+    approved_routes,
+    normalize_approval,
+    served_routes,
+)
+from headscale_tw.errors import InvalidInput
+from headscale_tw.policy.compile import CompiledPolicy, PolicyEngine, _overlaps_any
+from headscale_tw.policy.model import Node as PNode
+from headscale_tw.policy.model import PolicyError, Topology
+from headscale_tw.policy.model import User as PUser
+
+__all__ = [
+    "PolicyManager",
+    "PolicyRejected",
+    "PolicyUpdateRefused",
+    "NodeView",
+    "ViewChange",
+    "Changes",
+    "Variant",
+    "ALLOW_ALL_FILTER",
+    "all_peer_views",
+]
+
+ALLOW_ALL_FILTER = [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}]
+_ALLOW_ALL_BYTES = encode_json(ALLOW_ALL_FILTER)
+_NO_SSH_RULES = encode_json({"rules": []})
+
+#: A peer as one viewer sees it: (AllowedIPs, PrimaryRoutes), both tuples of prefix strings.
+Variant = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+class PolicyRejected(PolicyError, InvalidInput):
+    """A policy was refused (parse error, failed ``tests``); the message names the problem."""
+
+
+class PolicyUpdateRefused(InvalidInput):
+    """``set`` was asked for while the policy comes from a file."""
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What one node was last told, for comparison with the next compilation."""
+
+    filter: bytes
+    peers: dict[int, Variant]
+    ssh: Optional[bytes]
+    caps: tuple[str, ...]
+    self_allowed: tuple[str, ...]
+    self_primary: tuple[str, ...]
+
+
+@dataclass
+class ViewChange:
+    """The differences for one viewer; ``None``/empty = unchanged."""
+
+    filter: Optional[bytes] = None
+    ssh: Optional[bytes] = None
+    self_changed: bool = False
+    peers_changed: set[int] = field(default_factory=set)
+    peers_removed: set[int] = field(default_factory=set)
+
+
+@dataclass
+class Changes:
+    """
+    What to tell whom after a change.
+
+    ``viewers`` holds per-viewer differences; ``touched`` are nodes whose entry
+    changed for every viewer that sees them; ``removed`` are nodes gone for all.
+    """
+
+    viewers: dict[int, ViewChange] = field(default_factory=dict)
+    touched: set[int] = field(default_factory=set)
+    removed: set[int] = field(default_factory=set)
+
+    def viewer(self, node_id: int) -> ViewChange:
+        return self.viewers.setdefault(node_id, ViewChange())
+
+    def __bool__(self) -> bool:
+        return bool(self.viewers or self.touched or self.removed)
+
+
+def all_peer_views(cp: CompiledPolicy) -> dict[int, dict[int, Variant]]:
+    """
+    Every node's visible peers with their ``(AllowedIPs, PrimaryRoutes)``,
+    equal to ``cp.peers_for(node)`` for each node but computed in O(rules × nodes)
+    set tests plus bit operations when the rules are the same for every node
+    (no ``autogroup:self``/``via``), instead of O(rules × nodes²) set tests.
+    """
+    nodes = sorted(cp.topology.nodes, key=lambda n: n.id)
+    if cp.per_node or cp.allow_all or not nodes:
+        return {
+            n.id: {pv.node.id: (pv.allowed_ips, pv.primary_routes) for pv in cp.peers_for(n)} for n in nodes
+        }
+    matches = cp.matches_for(nodes[0])
+    sets = [cp.resolver.node_set(n) for n in nodes]
+    masks = []
+    for m in matches:
+        internet = m.dsts_is_internet()
+        src = dst = 0
+        for i, n in enumerate(nodes):
+            routes = n.subnet_routes
+            if m.srcs.overlaps(sets[i]) or _overlaps_any(m.srcs, routes):
+                src |= 1 << i
+            if m.dsts.overlaps(sets[i]) or _overlaps_any(m.dsts, routes) or (internet and n.is_exit_node):
+                dst |= 1 << i
+        if src and dst:
+            masks.append((src, dst))
+    v6_only = set()
+    prefixes = []
+    for n in nodes:
+        if "disable-ipv4" in cp.cap_map_for(n):
+            v6_only.add(n.id)
+        both = [str(p) for p in n.address_prefixes]
+        six = [str(p) for p in n.address_prefixes if p.version == 6]
+        prefixes.append((both, six))
+    out: dict[int, dict[int, Variant]] = {}
+    for i, a in enumerate(nodes):
+        bit = 1 << i
+        reach = 0
+        for src, dst in masks:
+            if src & bit:
+                reach |= dst
+            if dst & bit:
+                reach |= src
+        reach &= ~bit
+        peers: dict[int, Variant] = {}
+        while reach:
+            low = reach & -reach
+            j = low.bit_length() - 1
+            reach ^= low
+            b = nodes[j]
+            visible = prefixes[j][1] if (a.id in v6_only or b.id in v6_only) else prefixes[j][0]
+            if b.primary_routes or b.subnet_routes or b.exit_routes:
+                routes = cp.routes_for_peer(a, b, matches, sets[i])
+            else:
+                routes = []
+            peers[b.id] = (
+                tuple(visible) + tuple(str(r) for r in routes),
+                tuple(str(r) for r in routes if r.prefixlen != 0),
+            )
+        out[a.id] = peers
+    return out
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _address(text: Optional[str]):
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+class PolicyManager:
+    """
+    The policy in force, its compilation over the current nodes, and per-node views.
+
+    ``store`` is an ``IPolicyStore`` (needed in ``database`` mode);
+    ``read_file(path) -> str`` reads the policy file (injected for tests).
+    Call :meth:`attach` with the notifier so policy changes reach sessions.
+    """
+
+    log = Logger()
+
+    def __init__(self, state, config=None, store=None, read_file: Callable[[str], str] | None = None) -> None:
+        self.state = state
+        policy_config = getattr(config, "policy", None)
+        self.mode = getattr(policy_config, "mode", "file") or "file"
+        if self.mode not in ("file", "database"):
+            raise InvalidInput(f"policy.mode: {self.mode!r} is not 'file' or 'database'")
+        self.path = getattr(policy_config, "path", "") or ""
+        self.server_url = getattr(config, "server_url", "https://unused")
+        self.store = store
+        self.read_file = read_file or _read_text
+        self.engine = PolicyEngine(None, server_url=self.server_url)
+        self.text = ""
+        self.election = RouteElection()
+        self.notifier = None
+        self._pnodes: dict[int, PNode] = {}
+        self._serving: dict[int, tuple] = {}
+        self._users: tuple = ()
+        self._compiled: Optional[CompiledPolicy] = None
+        self._dirty: set[int] = set()
+        self._views: dict[int, NodeView] = {}
+        self._uniform: dict[int, tuple[Variant, Variant]] = {}
+        self._interned: dict[Any, Any] = {}
+        self._loaded = False
+        self.recompiles = 0
+        self.views_built = 0
+
+    # -- wiring / loading ------------------------------------------------------
+
+    def attach(self, notifier) -> None:
+        """Give the manager the notifier it pushes policy changes through."""
+        self.notifier = notifier
+
+    @property
+    def uniform(self) -> bool:
+        """True with no policy: allow all, everyone sees everyone the same way."""
+        return self.engine.policy is None
+
+    async def load(self) -> None:
+        """Read the policy (file or database) and index every node; call once at start.
+
+        @raises PolicyRejected: if the stored/file policy is invalid (the server should not start).
+        """
+        text = await self._source_text()
+        self._sync_all()
+        if text:
+            engine = self._prepare(text)
+            self.engine, self.text = engine, text
+        self._compiled = None
+        self._rebuild_views()
+        self._loaded = True
+
+    async def _source_text(self) -> str:
+        if self.mode == "database":
+            if self.store is None:
+                raise InvalidInput("policy.mode database needs a policy store")
+            record = await self.store.get_latest()
+            return record.data if record is not None else ""
+        if not self.path:
+            return ""
+        try:
+            return self.read_file(self.path)
+        except OSError as e:
+            raise PolicyRejected(f"reading policy file {self.path}: {e.strerror or e}") from None
+
+    # -- policy text: get / check / set / reload ----------------------------------
+
+    def get_policy(self) -> str:
+        """The text of the policy in force (``""`` = none, allow all)."""
+        return self.text
+
+    def check_policy(self, text: str) -> None:
+        """Validate ``text`` against the current nodes without applying it.
+
+        @raises PolicyRejected: naming the problem (parse error, failed test).
+        """
+        self._prepare(text)
+
+    async def set_policy(self, text: str) -> None:
+        """Validate, store (database mode) and apply ``text``; push the resulting deltas.
+
+        @raises PolicyUpdateRefused: in file mode.
+        @raises PolicyRejected: if invalid; the old policy stays in force.
+        """
+        if self.mode != "database":
+            raise PolicyUpdateRefused(
+                "updating the policy is disabled in policy.mode 'file': edit the policy file and "
+                "reload the server (SIGHUP), or set policy.mode to 'database'"
+            )
+        engine = self._prepare(text)
+        await self.store.set(text, now=self.state.now())
+        await self._apply(engine, text)
+
+    async def reload(self) -> bool:
+        """Re-read the policy source (SIGHUP); return whether the policy changed.
+
+        A rejected or unreadable source is logged and the old policy stays.
+        """
+        try:
+            text = await self._source_text()
+            if text == self.text:
+                return False
+            engine = self._prepare(text)
+        except (PolicyError, InvalidInput) as e:
+            self.log.error("policy reload rejected, previous policy stays in force: {reason}", reason=str(e))
+            return False
+        await self._apply(engine, text)
+        self.log.info("policy reloaded ({mode})", mode=self.mode)
+        return True
+
+    def _prepare(self, text: str) -> PolicyEngine:
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PolicyRejected("policy is not valid UTF-8") from None
+        if not isinstance(text, str):
+            raise PolicyRejected("policy must be text")
+        try:
+            engine = PolicyEngine(text or None, server_url=self.server_url)
+            engine.check(self.topology())
+        except PolicyRejected:
+            raise
+        except PolicyError as e:
+            raise PolicyRejected(str(e)) from None
+        return engine
+
+    async def _apply(self, engine: PolicyEngine, text: str) -> None:
+        self._sync_all()
+        before = self._materialized_views()
+        self.engine, self.text = engine, text
+        self._compiled = None
+        await self.auto_approve_all(notify=False)
+        self._sync_all()
+        after = self._compute_views()
+        changes = self._diff(before, after)
+        self._views = {} if self.uniform else after
+        self._uniform = {}
+        self._dirty.clear()
+        if self.notifier is not None and changes:
+            self.notifier.push(changes)
+
+    # -- topology ------------------------------------------------------------
+
+    def _pnode(self, node) -> PNode:
+        tags = tuple(node.tags)
+        return PNode(
+            id=node.id,
+            hostname=node.given_name or node.hostname,
+            user_id=None if tags else node.user_id,
+            tags=tags,
+            ipv4=_address(node.ipv4),
+            ipv6=_address(node.ipv6),
+            advertised_routes=announced_routes(node),
+            approved_routes=approved_routes(node),
+            primary_routes=self.election.primary_routes(node.id),
+        )
+
+    def _users_key(self) -> tuple:
+        return tuple((u.id, u.name, u.email) for _, u in sorted(self.state.users.items()))
+
+    def topology(self) -> Topology:
+        """The policy engine's input built from the cached users and nodes."""
+        users = tuple(PUser(id=u.id, name=u.name, email=u.email or "") for _, u in sorted(self.state.users.items()))
+        nodes = tuple(self._pnode(n) for _, n in sorted(self.state.nodes.items()))
+        return Topology(users=users, nodes=nodes)
+
+    def _sync_all(self) -> None:
+        for node_id in set(self._pnodes) | set(self.state.nodes):
+            self._mark(node_id)
+        self._elect()
+
+    def _mark(self, node_id: int) -> bool:
+        node = self.state.nodes.get(node_id)
+        if node is None:
+            if node_id in self._pnodes:
+                del self._pnodes[node_id]
+                self._serving.pop(node_id, None)
+                self.election.forget(node_id)
+                self._dirty.add(node_id)
+                self._compiled = None
+                return True
+            return False
+        self._serving[node_id] = tuple(r for r in served_routes(node) if r.prefixlen != 0)
+        pnode = self._pnode(node)
+        if self._pnodes.get(node_id) != pnode:
+            self._pnodes[node_id] = pnode
+            self._dirty.add(node_id)
+            self._compiled = None
+            return True
+        return False
+
+    def _elect(self) -> None:
+        candidates = {}
+        for node_id, routes in self._serving.items():
+            runtime = self.state.runtime.get(node_id)
+            if routes and runtime is not None and runtime.online:
+                candidates[node_id] = routes
+        for node_id in self.election.elect(candidates):
+            if node_id in self.state.nodes:
+                self._mark(node_id)
+
+    def compiled(self) -> CompiledPolicy:
+        """The policy compiled against the current nodes (recompiled only when stale)."""
+        users = self._users_key()
+        if users != self._users:
+            self._users = users
+            self._compiled = None
+            if not self.uniform:
+                self._dirty.update(self._pnodes)
+        if self._compiled is None:
+            users_t = tuple(PUser(id=u[0], name=u[1], email=u[2] or "") for u in users)
+            topology = Topology(users=users_t, nodes=tuple(self._pnodes[k] for k in sorted(self._pnodes)))
+            self._compiled = self.engine.compile(topology)
+            self.recompiles += 1
+        return self._compiled
+
+    # -- views -----------------------------------------------------------------
+
+    def _intern(self, value):
+        return self._interned.setdefault(value, value)
+
+    def _uniform_entry(self, node_id: int) -> tuple[Variant, Variant]:
+        """(peer variant, self variant) of a node with no policy."""
+        entry = self._uniform.get(node_id)
+        if entry is None:
+            p = self._pnodes[node_id]
+            addresses = tuple(str(a) for a in p.address_prefixes)
+            primary = tuple(str(r) for r in p.primary_routes)
+            exits = tuple(str(r) for r in p.exit_routes)
+            served = tuple(str(r) for r in p.subnet_routes)
+            entry = (self._intern((addresses + primary + exits, primary)),
+                     (addresses + served + exits, primary))
+            self._uniform[node_id] = entry
+        return entry
+
+    def _build_view(self, node_id: int, peers: dict[int, Variant] | None = None) -> NodeView:
+        self.views_built += 1
+        if self.uniform:
+            peer_ids = [k for k in self._pnodes if k != node_id]
+            own = self._uniform_entry(node_id)[1]
+            return NodeView(
+                filter=_ALLOW_ALL_BYTES,
+                peers={k: self._uniform_entry(k)[0] for k in peer_ids},
+                ssh=None,
+                caps=(),
+                self_allowed=own[0],
+                self_primary=own[1],
+            )
+        cp = self.compiled()
+        node = self._pnodes[node_id]
+        ssh = cp.ssh_policy_for(node)
+        if peers is None:
+            peers = {pv.node.id: (pv.allowed_ips, pv.primary_routes) for pv in cp.peers_for(node)}
+        return NodeView(
+            filter=self._intern(encode_json(cp.filter_wire_for(node))),
+            peers={k: self._intern(v) for k, v in peers.items()},
+            ssh=None if ssh is None else self._intern(encode_json(ssh)),
+            caps=tuple(sorted(cp.cap_map_for(node))),
+            self_allowed=tuple(cp.self_allowed_ips(node)),
+            self_primary=tuple(str(r) for r in node.primary_routes),
+        )
+
+    def _compute_views(self) -> dict[int, NodeView]:
+        self._uniform = {}
+        if self.uniform:
+            return {node_id: self._build_view(node_id) for node_id in self._pnodes}
+        everyone = all_peer_views(self.compiled())
+        return {node_id: self._build_view(node_id, everyone.get(node_id, {})) for node_id in self._pnodes}
+
+    def _materialized_views(self) -> dict[int, NodeView]:
+        if self.uniform:
+            return self._compute_views()
+        return dict(self._views)
+
+    def _rebuild_views(self) -> None:
+        self._views = {} if self.uniform else self._compute_views()
+        self._uniform = {}
+        self._dirty.clear()
+
+    @staticmethod
+    def _diff(before: dict[int, NodeView], after: dict[int, NodeView]) -> Changes:
+        changes = Changes()
+        for node_id, new in after.items():
+            old = before.get(node_id)
+            if old is None:
+                continue  # a new node gets a full map when it connects
+            change = ViewChange()
+            if new.filter != old.filter:
+                change.filter = new.filter
+            if new.ssh != old.ssh:
+                change.ssh = new.ssh if new.ssh is not None else _NO_SSH_RULES
+            if (new.caps, new.self_allowed, new.self_primary) != (old.caps, old.self_allowed, old.self_primary):
+                change.self_changed = True
+            change.peers_removed = set(old.peers) - set(new.peers)
+            change.peers_changed = {k for k, v in new.peers.items() if old.peers.get(k) != v}
+            if change.filter or change.ssh or change.self_changed or change.peers_removed or change.peers_changed:
+                changes.viewers[node_id] = change
+        return changes
+
+    def update(self, node_ids: Iterable[int] = ()) -> Changes:
+        """
+        Take in changes of ``node_ids`` (created, updated or deleted in the
+        state) and of online state; return what each viewer must be told.
+        """
+        for node_id in node_ids:
+            self._mark(node_id)
+        self._elect()
+        if self._users_key() != self._users:
+            self.compiled()
+        if not self._dirty:
+            return Changes()
+        dirty, self._dirty = self._dirty, set()
+        if self.uniform:
+            return self._update_uniform(dirty)
+        self.compiled()
+        after = self._compute_views()
+        changes = self._diff(self._views, after)
+        self._views = after
+        return changes
+
+    def _update_uniform(self, dirty: set[int]) -> Changes:
+        changes = Changes()
+        for node_id in dirty:
+            old = self._uniform.pop(node_id, None)
+            if node_id not in self._pnodes:
+                changes.removed.add(node_id)
+                continue
+            new = self._uniform_entry(node_id)
+            if old is None or old[0] != new[0]:
+                changes.touched.add(node_id)
+            if old is not None and old[1] != new[1]:
+                changes.viewer(node_id).self_changed = True
+        return changes
+
+    # -- reads for the mapper / notifier ---------------------------------------
+
+    def _view(self, node_id: int) -> Optional[NodeView]:
+        view = self._views.get(node_id)
+        if view is None and not self.uniform and node_id in self.state.nodes:
+            # A node the notifier was not told about yet: catch up and publish.
+            changes = self.update([node_id])
+            if changes and self.notifier is not None:
+                self.notifier.push(changes)
+            view = self._views.get(node_id)
+        return view
+
+    def peer_ids(self, node_id: int) -> list[int]:
+        """The ids ``node_id`` sees as peers, sorted."""
+        if self.uniform:
+            return sorted(k for k in self.state.nodes if k != node_id)
+        view = self._view(node_id)
+        return sorted(view.peers) if view is not None else []
+
+    def sees(self, viewer_id: int, node_id: int) -> bool:
+        """Whether ``viewer_id`` has ``node_id`` among its peers."""
+        if viewer_id == node_id:
+            return False
+        if self.uniform:
+            return node_id in self.state.nodes
+        view = self._views.get(viewer_id)
+        return view is not None and node_id in view.peers
+
+    def variant(self, viewer_id: int, node_id: int) -> Variant:
+        """``(AllowedIPs, PrimaryRoutes)`` of ``node_id`` as ``viewer_id`` sees it."""
+        if not self.uniform:
+            view = self._views.get(viewer_id)
+            if view is not None and node_id in view.peers:
+                return view.peers[node_id]
+        if node_id not in self._pnodes:
+            self._mark(node_id)
+        return self._uniform_entry(node_id)[0] if node_id in self._pnodes else ((), ())
+
+    def filter_bytes(self, node_id: int) -> bytes:
+        """The node's ``PacketFilter`` as JSON bytes."""
+        if self.uniform:
+            return _ALLOW_ALL_BYTES
+        view = self._view(node_id)
+        return view.filter if view is not None else b"[]"
+
+    def ssh_bytes(self, node_id: int) -> Optional[bytes]:
+        """The node's ``SSHPolicy`` JSON bytes, or None (policy without ``ssh``)."""
+        view = None if self.uniform else self._view(node_id)
+        return view.ssh if view is not None else None
+
+    def self_view(self, node_id: int) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """``(AllowedIPs, PrimaryRoutes, policy caps)`` of the node's own entry."""
+        if node_id not in self._pnodes:
+            self._mark(node_id)
+        if node_id not in self._pnodes:
+            return (), (), ()
+        if self.uniform:
+            own = self._uniform_entry(node_id)[1]
+            return own[0], own[1], ()
+        view = self._view(node_id)
+        if view is None:
+            return (), (), ()
+        return view.self_allowed, view.self_primary, view.caps
+
+    # -- routes ------------------------------------------------------------------
+
+    async def auto_approve(self, node_id: int) -> bool:
+        """Approve the node's announced routes that ``autoApprovers`` allow; True if any were."""
+        if self.uniform or node_id not in self.state.nodes:
+            return False
+        node = self.state.nodes[node_id]
+        approved = approved_routes(node)
+        pending = [r for r in announced_routes(node) if r not in approved]
+        if not pending:
+            return False
+        self._mark(node_id)
+        cp = self.compiled()
+        pnode = self._pnodes[node_id]
+        new = [r for r in pending if cp.can_auto_approve(pnode, r)]
+        if not new:
+            return False
+        routes = normalize_approval(approved + tuple(new))
+        await self.state.update_node(node_id, approved_routes=routes)
+        self.log.info("auto-approved routes {routes} for node {node_id}", routes=[str(r) for r in new], node_id=node_id)
+        self._mark(node_id)
+        return True
+
+    async def auto_approve_all(self, notify: bool = True) -> list[int]:
+        """Run auto-approval over every node (after a policy change); return the ids changed."""
+        changed = []
+        for node_id in sorted(self.state.nodes):
+            if await self.auto_approve(node_id):
+                changed.append(node_id)
+        if notify and changed and self.notifier is not None:
+            for node_id in changed:
+                self.notifier.node_changed(node_id)
+        return changed
+
+    def primary_routes(self, node_id: int) -> tuple[str, ...]:
+        """The subnet prefixes ``node_id`` is currently primary for."""
+        return tuple(str(r) for r in self.election.primary_routes(node_id))
+
+    # -- tags ----------------------------------------------------------------------
+
+    def defines_tag(self, tag: str) -> bool:
+        """Whether the policy declares ``tag`` in ``tagOwners`` (always True with no policy)."""
+        policy = self.engine.policy
+        return policy is None or tag in policy.tag_owners
+
+    def may_own_tags(self, tags: Iterable[str], user_id: Optional[int], node_tags: Iterable[str] = ()) -> list[str]:
+        """
+        The tags in ``tags`` that neither ``user_id`` nor the node's current
+        tags own per ``tagOwners`` (empty = all permitted). With no policy no
+        tag can be requested by a node.
+        """
+        tags = list(tags)
+        policy = self.engine.policy
+        if policy is None:
+            return tags
+        cp = self.compiled()
+        resolver = cp.resolver
+        held = set(node_tags)
+
+        def owns(tag: str, seen: frozenset) -> bool:
+            if tag in held:
+                return True
+            for owner in policy.tag_owners.get(tag, ()):
+                if owner.startswith("tag:"):
+                    if owner not in seen and owner in held:
+                        return True
+                    continue
+                if owner.startswith("group:"):
+                    members = policy.groups.get(owner, ())
+                else:
+                    members = (owner,)
+                for member in members:
+                    if owner.startswith("autogroup:") or member.startswith("autogroup:"):
+                        if user_id is not None and member in ("autogroup:member", "autogroup:admin"):
+                            return True
+                        continue
+                    if user_id is not None and any(u.id == user_id for u in resolver.users_for(member)):
+                        return True
+            return False
+
+        return [t for t in tags if t not in policy.tag_owners or not owns(t, frozenset())]

@@ -1,0 +1,125 @@
+# -*- test-case-name: tests.control.test_policy_routes -*-
+"""
+Subnet routes and exit nodes: what a node announces, what is approved, and
+which online router is *primary* for each prefix (derp-stun-policy.md G).
+
+* Announced routes come from ``Hostinfo.RoutableIPs`` (the client adds both
+  ``0.0.0.0/0`` and ``::/0`` for ``--advertise-exit-node``).
+* Approved routes are stored per node (``Node.approved_routes``); approving one
+  exit route approves both, since a client only offers an exit node whose
+  AllowedIPs hold both ``/0`` prefixes.
+* Served routes = announced ∩ approved.
+* Election (G.3): candidates for a subnet prefix are online nodes serving it.
+  The previous primary stays while it is a candidate (no flapping); otherwise
+  the candidate with the lowest node id wins. Exit routes are not elected.
+
+Pure functions and one small class; no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Union
+
+from headscale_tw.errors import InvalidInput
+
+__all__ = [
+    "Network",
+    "EXIT_ROUTES",
+    "parse_prefix",
+    "announced_routes",
+    "approved_routes",
+    "normalize_approval",
+    "served_routes",
+    "RouteElection",
+]
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+EXIT_ROUTES: tuple[Network, Network] = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
+def parse_prefix(text: object, where: str = "route") -> Network:
+    """A prefix from its text; host bits are masked off. ``InvalidInput`` names a bad one."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{where}: {text!r} is not a prefix string")
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise InvalidInput(f"{where}: {text!r} is not an IP prefix like 10.0.0.0/24") from None
+
+
+def _prefixes(values: Iterable[object]) -> tuple[Network, ...]:
+    out: list[Network] = []
+    for value in values:
+        try:
+            net = parse_prefix(value)
+        except InvalidInput:
+            continue
+        if net not in out:
+            out.append(net)
+    return tuple(out)
+
+
+def announced_routes(node) -> tuple[Network, ...]:
+    """The prefixes ``node`` announces in ``Hostinfo.RoutableIPs`` (invalid entries skipped)."""
+    routable = (node.hostinfo or {}).get("RoutableIPs") or ()
+    if not isinstance(routable, (list, tuple)):
+        return ()
+    return _prefixes(routable)
+
+
+def approved_routes(node) -> tuple[Network, ...]:
+    """The prefixes approved for ``node`` (stored as text)."""
+    return _prefixes(node.approved_routes or ())
+
+
+def normalize_approval(routes: Iterable[Network]) -> tuple[str, ...]:
+    """Sorted, de-duplicated text form for storage; either exit route brings the other."""
+    nets = set(routes)
+    if nets & set(EXIT_ROUTES):
+        nets.update(EXIT_ROUTES)
+    return tuple(str(n) for n in sorted(nets, key=lambda n: (n.version, n.network_address, n.prefixlen)))
+
+
+def served_routes(node) -> tuple[Network, ...]:
+    """Announced and approved (subnet and exit) routes of ``node``."""
+    approved = set(approved_routes(node))
+    return tuple(r for r in announced_routes(node) if r in approved)
+
+
+class RouteElection:
+    """Primary router per subnet prefix, sticky across re-elections."""
+
+    def __init__(self) -> None:
+        self.primaries: dict[Network, int] = {}
+
+    def elect(self, candidates: Mapping[int, Iterable[Network]]) -> set[int]:
+        """
+        Re-elect from ``candidates`` (online node id → subnet routes it serves).
+
+        Returns the ids of nodes whose set of primary prefixes changed.
+        """
+        holders: dict[Network, list[int]] = {}
+        for node_id, routes in candidates.items():
+            for route in routes:
+                if route.prefixlen != 0:
+                    holders.setdefault(route, []).append(node_id)
+        new: dict[Network, int] = {}
+        for prefix, ids in holders.items():
+            previous = self.primaries.get(prefix)
+            new[prefix] = previous if previous in ids else min(ids)
+        changed = {nid for p, nid in self.primaries.items() if new.get(p) != nid}
+        changed |= {nid for p, nid in new.items() if self.primaries.get(p) != nid}
+        self.primaries = new
+        return changed
+
+    def primary_routes(self, node_id: int) -> tuple[Network, ...]:
+        """The prefixes ``node_id`` is primary for, sorted."""
+        return tuple(sorted((p for p, n in self.primaries.items() if n == node_id),
+                            key=lambda p: (p.version, p.network_address, p.prefixlen)))
+
+    def forget(self, node_id: int) -> None:
+        """Drop a deleted node (the next ``elect`` fails its prefixes over)."""
+        self.primaries = {p: n for p, n in self.primaries.items() if n != node_id}
