@@ -198,8 +198,17 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
         timer = TimerService(interval, job)
         timer.clock = reactor
         services.append(timer)
+    from headscale_tw.web.admin_api import AdminAPI, mount
+
+    # /api/v1 on the main listener needs an API key; the unix socket is trusted
+    # locally (its file mode is the access control), as Headscale's CLI socket is.
+    mount(root, AdminAPI(db, reactor, trust_all=False, notifier=plane.notifier))
     tls = (config.tls.cert_path, config.tls.key_path) if config.tls.enabled else None
     services.append(strports.service(listen_endpoint(config.listen_addr, tls), site, reactor=reactor))
+    if config.unix_socket:
+        unix_root = resource.Resource()
+        mount(unix_root, AdminAPI(db, reactor, trust_all=True, notifier=plane.notifier))
+        services.append(_unix_listener(config, server.Site(unix_root), reactor))
     if config.metrics_listen_addr:
         metrics_root = resource.Resource()
         metrics_root.putChild(b"metrics", MetricsResource())
@@ -209,8 +218,22 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
         plane.stop()
         await db.close()
 
-    return Components(services, close=close, site=site, root=root, db=db, plane=plane,
+    def reload():
+        # SIGHUP: policy (file mode) and DNS settings; connections stay up.
+        return defer.Deferred.fromCoroutine(plane.reload())
+
+    return Components(services, close=close, reload=reload, site=site, root=root, db=db, plane=plane,
                       derp=derp_parts.server if derp_parts else None)
+
+
+def _unix_listener(config: Config, site, reactor):
+    """The CLI's unix socket, with the configured file mode; its folder is created if missing."""
+    import os
+
+    path = os.path.abspath(config.unix_socket)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    endpoint = "unix:{}:mode={:o}:lockfile=1".format(path.replace(":", "\\:"), config.unix_socket_permission)
+    return strports.service(endpoint, site, reactor=reactor)
 
 
 class _DERPParts:
