@@ -1,0 +1,314 @@
+# -*- test-case-name: tests.noise.test_protocol -*-
+"""
+A protocol-level fake ts2021 client: the Noise initiator plus an HTTP/2 client over it.
+
+It speaks exactly what tailscaled puts on the wire (``/key``, the
+``/ts2021`` upgrade with ``X-Tailscale-Handshake``, Noise records, optional
+early payload, HTTP/2 with prior knowledge), so tests and the load generator
+can drive the server without the real binary. It is a plain Twisted
+``Protocol``; connect it with ``iosim`` in tests or with an endpoint for load.
+
+Typical use::
+
+    key = KeyClient(version=133)            # GET /key?v=133 on one connection
+    ...                                     # key.result fires with MachinePublic
+    client = NoiseClient(server_public, version=133)
+    ...                                     # connect; client.ready fires when HTTP/2 can start
+    d = client.request(b"POST", b"/machine/register", body)
+    # d fires with H2Response(status, headers, body)
+"""
+
+from __future__ import annotations
+
+import json
+from base64 import b64encode
+
+import attrs
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from headscale_tw.keys import MachinePrivate, MachinePublic
+from headscale_tw.noise._codec import (
+    EarlyPayloadReader,
+    NoiseError,
+    NoiseInitiator,
+    RecordDecoder,
+    RecordEncoder,
+)
+
+__all__ = ["KeyClient", "NoiseClient", "H2Response", "UpgradeFailed", "DEFAULT_VERSION"]
+
+DEFAULT_VERSION = 133  # tailscale 1.96
+
+
+class UpgradeFailed(Exception):
+    """The server did not answer ``/ts2021`` with 101; ``status`` and ``body`` say what it said."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"upgrade refused: HTTP {status}: {body[:200]!r}")
+        self.status = status
+        self.body = body
+
+
+@attrs.define
+class H2Response:
+    """One HTTP/2 response collected by :meth:`NoiseClient.request`."""
+
+    status: int = 0
+    headers: dict[bytes, bytes] = attrs.Factory(dict)
+    body: bytes = b""
+
+
+def _split_head(buffer: bytes) -> tuple[int, dict[bytes, bytes], bytes] | None:
+    """(status, lower-cased headers, rest) once an HTTP/1.1 head is complete."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buffer[:end].split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, buffer[end + 4 :]
+
+
+class KeyClient(Protocol):
+    """One ``GET /key?v=N`` over HTTP/1.1; ``result`` fires with the server's MachinePublic."""
+
+    def __init__(self, version: int = DEFAULT_VERSION, host: bytes = b"127.0.0.1") -> None:
+        self.version = version
+        self.host = host
+        self.result: Deferred[MachinePublic] = Deferred()
+        self._buffer = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(
+            b"GET /key?v=%d HTTP/1.1\r\nHost: %s\r\nUser-Agent: Go-http-client/1.1\r\n"
+            b"Connection: close\r\n\r\n" % (self.version, self.host)
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.result.called:
+            return
+        try:
+            head = _split_head(self._buffer)
+            if head is None:
+                raise ValueError("connection closed before a response head")
+            status, headers, body = head
+            if "content-length" in {k.decode() for k in headers}:
+                body = body[: int(headers[b"content-length"])]
+            if status != 200:
+                raise UpgradeFailed(status, body)
+            key = MachinePublic.parse(json.loads(body)["publicKey"])
+        except Exception:
+            self.result.errback()
+        else:
+            self.result.callback(key)
+
+
+class NoiseClient(Protocol):
+    """
+    ``/ts2021`` upgrade, Noise initiator and HTTP/2 client on one connection.
+
+    ``ready`` fires with this client when requests can be made, or fails with
+    :class:`UpgradeFailed` or a :class:`~headscale_tw.noise._codec.NoiseError`
+    (``ServerError`` for an error frame). ``closed`` fires when the connection
+    ends. ``early`` holds the early payload JSON, if the server sent one.
+    """
+
+    def __init__(
+        self,
+        server_public: MachinePublic,
+        machine_key: MachinePrivate | None = None,
+        version: int = DEFAULT_VERSION,
+        host: bytes = b"127.0.0.1:8080",
+        method: bytes = b"POST",
+    ) -> None:
+        self.machine_key = machine_key if machine_key is not None else MachinePrivate.generate()
+        self.version = version
+        self.host = host
+        self.method = method
+        self._initiator = NoiseInitiator(self.machine_key.raw, server_public.raw, version)
+        self.ready: Deferred[NoiseClient] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+        self._state = "head"
+        self._buffer = b""
+        self._decoder: RecordDecoder | None = None
+        self._encoder: RecordEncoder | None = None
+        self._early = EarlyPayloadReader()
+        self._h2: h2.connection.H2Connection | None = None
+        self._streams: dict[int, tuple[H2Response, Deferred, object]] = {}
+        self.error: BaseException | None = None
+
+    @property
+    def early(self) -> dict | None:
+        return self._early.early
+
+    # Connection set-up.
+    def connectionMade(self) -> None:
+        handshake = b64encode(self._initiator.initiation())
+        self.transport.write(
+            b"%s /ts2021 HTTP/1.1\r\nHost: %s\r\nUser-Agent: Go-http-client/1.1\r\n"
+            b"Content-Length: 0\r\nConnection: upgrade\r\n"
+            b"Upgrade: tailscale-control-protocol\r\nX-Tailscale-Handshake: %s\r\n\r\n"
+            % (self.method, self.host, handshake)
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception as e:
+            self._fail(e)
+
+    def _received(self, data: bytes) -> None:
+        if self._state == "failed":
+            return
+        self._buffer += data
+        if self._state == "head":
+            head = _split_head(self._buffer)
+            if head is None:
+                return
+            status, headers, rest = head
+            if status != 101:
+                self._state = "refused"
+                self._refused_status = status
+                self._refused_length = int(headers.get(b"content-length", b"-1"))
+                self._buffer = rest
+            elif headers.get(b"upgrade") != b"tailscale-control-protocol":
+                raise NoiseError(f"bad Upgrade header in 101: {headers.get(b'upgrade')!r}")
+            else:
+                self._buffer = rest
+                self._state = "reply"
+        if self._state == "refused":
+            if 0 <= self._refused_length <= len(self._buffer):
+                body = self._buffer[: self._refused_length]
+                self._fail(UpgradeFailed(self._refused_status, body))
+            return
+        if self._state == "reply":
+            length = NoiseInitiator.reply_length(self._buffer)
+            if length is None or len(self._buffer) < length:
+                return
+            reply, self._buffer = self._buffer[:length], self._buffer[length:]
+            ciphers = self._initiator.finish(reply)
+            self._decoder = RecordDecoder(ciphers.receive)
+            self._encoder = RecordEncoder(ciphers.send)
+            self._h2 = h2.connection.H2Connection(
+                h2.config.H2Configuration(client_side=True, header_encoding=None)
+            )
+            self._h2.initiate_connection()
+            # Like Go's HTTP/2 transport: 4 MiB stream windows, 1 GiB connection window.
+            self._h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 4 << 20})
+            self._h2.increment_flow_control_window((1 << 30) - 65535)
+            self._state = "open"
+            self._flush()
+            self.ready.callback(self)
+        if self._state == "open" and self._buffer:
+            records, self._buffer = self._buffer, b""
+            for chunk in self._decoder.feed(records):
+                h2_bytes = self._early.feed(chunk)
+                if h2_bytes:
+                    self._h2_received(h2_bytes)
+
+    def _h2_received(self, data: bytes) -> None:
+        for event in self._h2.receive_data(data):
+            entry = self._streams.get(getattr(event, "stream_id", None))
+            if isinstance(event, h2.events.ResponseReceived) and entry:
+                for name, value in event.headers:
+                    if name == b":status":
+                        entry[0].status = int(value)
+                    else:
+                        entry[0].headers[name] = value
+            elif isinstance(event, h2.events.DataReceived) and entry:
+                self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if entry[2] is not None:
+                    entry[2](event.data)
+                entry[0].body += event.data
+            elif isinstance(event, h2.events.StreamEnded) and entry:
+                del self._streams[event.stream_id]
+                entry[1].callback(entry[0])
+            elif isinstance(event, h2.events.StreamReset) and entry:
+                del self._streams[event.stream_id]
+                entry[1].errback(Failure(ConnectionError(f"stream reset: {event.error_code!r}")))
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.transport.loseConnection()
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._h2 is None or self._encoder is None:
+            return
+        data = self._h2.data_to_send()
+        if data:
+            self.transport.write(self._encoder.encode(data))
+
+    # API.
+    def request(
+        self,
+        method: bytes,
+        path: bytes,
+        body: bytes = b"",
+        headers: list[tuple[bytes, bytes]] = (),
+        on_data=None,
+    ) -> Deferred[H2Response]:
+        """
+        Send one request; the Deferred fires with the whole response.
+
+        ``on_data`` (optional) is called with each DATA chunk as it arrives,
+        for streaming responses such as ``/machine/map``.
+        """
+        if self._state != "open":
+            raise RuntimeError("NoiseClient is not ready")
+        stream_id = self._h2.get_next_available_stream_id()
+        all_headers = [
+            (b":method", method),
+            (b":scheme", b"https"),
+            (b":authority", self.host),
+            (b":path", path),
+            *headers,
+        ]
+        if body:
+            all_headers.append((b"content-length", b"%d" % len(body)))
+        d: Deferred[H2Response] = Deferred()
+        self._streams[stream_id] = (H2Response(), d, on_data)
+        self._h2.send_headers(stream_id, all_headers, end_stream=not body)
+        # Bodies must fit the peer's flow-control window (64 KiB by default).
+        size = self._h2.max_outbound_frame_size
+        for start in range(0, len(body), size):
+            chunk = body[start : start + size]
+            self._h2.send_data(stream_id, chunk, end_stream=start + size >= len(body))
+        self._flush()
+        return d
+
+    def send_raw(self, data: bytes) -> None:
+        """Write raw bytes to the socket (to test how the server copes with garbage)."""
+        self.transport.write(data)
+
+    def close(self) -> None:
+        self.transport.loseConnection()
+
+    # Teardown.
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        self._state = "failed"
+        if not self.ready.called:
+            self.ready.errback(Failure(error))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._state == "refused" and not self.ready.called:
+            self.ready.errback(Failure(UpgradeFailed(self._refused_status, self._buffer)))
+        elif not self.ready.called:
+            self.ready.errback(reason)
+        self._state = "closed"
+        streams, self._streams = self._streams, {}
+        for _, d, _ in streams.values():
+            d.errback(reason)
+        self.closed.callback(None)

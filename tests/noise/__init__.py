@@ -1,0 +1,1 @@
+"""Tests for headscale_tw.noise, keys and /key."""
