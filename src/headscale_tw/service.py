@@ -190,6 +190,7 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
     root.putChild(b"health", HealthResource(lambda: defer.Deferred.fromCoroutine(db.users.list())))
     root.putChild(b"register", plane.register_page())
     site = server.Site(root)
+    _mount_control(config, reactor, root, plane)
 
     services: list = []
     if derp_parts is not None:
@@ -224,6 +225,28 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
 
     return Components(services, close=close, reload=reload, site=site, root=root, db=db, plane=plane,
                       derp=derp_parts.server if derp_parts else None)
+
+
+def _noise_identity(request):
+    """The (machine key text, capability version) of an inner request's Noise peer."""
+    from headscale_tw.noise.protocol import noise_peer
+
+    peer = noise_peer(request)
+    return None if peer is None else (peer.machine_key.text, peer.version)
+
+
+def _mount_control(config: Config, reactor, root, plane) -> None:
+    """``/key`` and ``/ts2021`` on the public root; ``/machine/*`` only inside Noise."""
+    from headscale_tw.keys import load_or_generate_private_key
+    from headscale_tw.noise.resource import Ts2021Resource
+    from headscale_tw.web.key import KeyResource
+
+    noise_key = load_or_generate_private_key(config.noise.private_key_path)
+    inner_root = resource.Resource()
+    inner_root.putChild(b"machine", plane.machine_resource(identify=_noise_identity))
+    inner_site = server.Site(inner_root)
+    root.putChild(b"key", KeyResource(noise_key.public()))
+    root.putChild(b"ts2021", Ts2021Resource(noise_key, inner_site, reactor))
 
 
 def _unix_listener(config: Config, site, reactor):

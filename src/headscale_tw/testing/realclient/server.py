@@ -39,8 +39,8 @@ def source_pythonpath() -> list[str]:
     return paths
 
 
-def health_url(listen_addr: str) -> str:
-    """``http://HOST:PORT/health`` for a ``host:port`` listen address (wildcards become loopback)."""
+def health_url(listen_addr: str, tls: bool = False) -> str:
+    """``http(s)://HOST:PORT/health`` for a ``host:port`` listen address (wildcards become loopback)."""
     host, _, port = listen_addr.rpartition(":")
     host = host.strip("[]")
     if host in ("", "0.0.0.0"):
@@ -49,7 +49,8 @@ def health_url(listen_addr: str) -> str:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}/health"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://{host}:{port}/health"
 
 
 class HeadscaleServer:
@@ -81,7 +82,7 @@ class HeadscaleServer:
     @property
     def health_url(self) -> str:
         """Where ``/health`` answers inside the namespace."""
-        return health_url(self.config.listen_addr)
+        return health_url(self.config.listen_addr, tls=self.config.tls.enabled)
 
     @property
     def unix_socket(self) -> str:
