@@ -107,14 +107,14 @@ class EndToEndTests(unittest.TestCase):
         self.successResultOf(client.ready)
 
     def test_concurrent_streams_and_large_bodies(self):
-        """Several streams are multiplexed and a 50000-byte response crosses many records."""
+        """Streams are multiplexed: a 50000-byte response spans many records and a 100000-byte body waits for window updates."""
         server = _Server()
         client, pump = server.noise_client()
         d1 = client.request(b"GET", b"/machine/big")
-        d2 = client.request(b"POST", b"/machine/echo", b"y" * 30000)
+        d2 = client.request(b"POST", b"/machine/echo", b"y" * 100000)
         pump.flush()
         self.assertEqual(self.successResultOf(d1).body, b"x" * 50000)
-        self.assertEqual(json.loads(self.successResultOf(d2).body)["body"], "y" * 30000)
+        self.assertEqual(json.loads(self.successResultOf(d2).body)["body"], "y" * 100000)
 
     def test_peer_address(self):
         """Inside Noise getClientAddress() is a NoiseAddress wrapping the TCP peer."""

@@ -284,7 +284,9 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
     def write(self, data: bytes) -> None:
         if not data or self._failed:
             return
-        self.resetTimeout()
+        if self._established:
+            # Our own writes must not extend the wait for the client's first record.
+            self.resetTimeout()
         self.transport.write(self._encoder.encode(data))
 
     def writeSequence(self, data) -> None:

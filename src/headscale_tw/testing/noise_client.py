@@ -148,6 +148,7 @@ class NoiseClient(Protocol):
         self._h2: h2.connection.H2Connection | None = None
         self._streams: dict[int, tuple[H2Response, Deferred, object]] = {}
         self.error: BaseException | None = None
+        self._pending: dict[int, bytes] = {}
 
     @property
     def early(self) -> dict | None:
@@ -240,7 +241,27 @@ class NoiseClient(Protocol):
                 entry[1].errback(Failure(ConnectionError(f"stream reset: {event.error_code!r}")))
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.transport.loseConnection()
+        self._send_bodies()
         self._flush()
+
+    def _send_bodies(self) -> None:
+        """Send queued request bodies as far as the server's flow-control windows allow."""
+        for stream_id, body in list(self._pending.items()):
+            if stream_id not in self._streams:
+                del self._pending[stream_id]
+                continue
+            while body:
+                size = min(
+                    self._h2.local_flow_control_window(stream_id), self._h2.max_outbound_frame_size
+                )
+                if size <= 0:
+                    break
+                chunk, body = body[:size], body[size:]
+                self._h2.send_data(stream_id, chunk, end_stream=not body)
+            if body:
+                self._pending[stream_id] = body
+            else:
+                del self._pending[stream_id]
 
     def _flush(self) -> None:
         if self._h2 is None or self._encoder is None:
@@ -279,11 +300,9 @@ class NoiseClient(Protocol):
         d: Deferred[H2Response] = Deferred()
         self._streams[stream_id] = (H2Response(), d, on_data)
         self._h2.send_headers(stream_id, all_headers, end_stream=not body)
-        # Bodies must fit the peer's flow-control window (64 KiB by default).
-        size = self._h2.max_outbound_frame_size
-        for start in range(0, len(body), size):
-            chunk = body[start : start + size]
-            self._h2.send_data(stream_id, chunk, end_stream=start + size >= len(body))
+        if body:
+            self._pending[stream_id] = body
+            self._send_bodies()
         self._flush()
         return d
 
