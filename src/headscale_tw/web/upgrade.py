@@ -88,7 +88,7 @@ def switch_protocols(
     protocol.makeConnection(transport)
     # The HTTP channel pauses reading while it handles a request; nothing follows us.
     resume = getattr(transport, "resumeProducing", None)
-    if resume is not None:
+    if resume is not None and not getattr(transport, "disconnecting", False):
         resume()
     if buffered:
         protocol.dataReceived(buffered)
