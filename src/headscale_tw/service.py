@@ -246,7 +246,8 @@ def _mount_control(config: Config, reactor, root, plane) -> None:
     inner_root.putChild(b"machine", plane.machine_resource(identify=_noise_identity))
     inner_site = server.Site(inner_root)
     root.putChild(b"key", KeyResource(noise_key.public()))
-    root.putChild(b"ts2021", Ts2021Resource(noise_key, inner_site, reactor))
+    root.putChild(b"ts2021", Ts2021Resource(noise_key, inner_site, reactor,
+                                            min_version=config.noise.min_capability_version))
 
 
 def _unix_listener(config: Config, site, reactor):

@@ -49,6 +49,7 @@ KEYS: tuple[Key, ...] = (
     _k("unix_socket", "str"),
     _k("unix_socket_permission", "mode"),
     _k("noise.private_key_path", "str"),
+    _k("noise.min_capability_version", "int"),
     _k("prefixes.v4", "prefix"),
     _k("prefixes.v6", "prefix"),
     _k("prefixes.allocation", "str"),

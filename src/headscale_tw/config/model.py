@@ -45,6 +45,9 @@ class NoiseConfig:
     """``noise.*``: where the server's Noise (machine) private key is kept."""
 
     private_key_path: str = "./var/noise_private.key"
+    #: Oldest client capability version (= Noise protocol version) accepted.
+    #: 106 admits tailscale 1.78 (capver 109); Headscale's floor is 113 (1.80).
+    min_capability_version: int = 106
 
 
 @dataclass(frozen=True)
