@@ -311,10 +311,14 @@ class Registrar:
             self.state.runtime[node.id].cap = request.version
             if await self.policy.auto_approve(node.id):
                 node = self.state.get(node.id)
+            self.log.info("re-registered node {name} (id {id}) by {method}", name=node.given_name, id=node.id,
+                          method=fields.get("register_method", "?"))
             self.notifier.node_changed(node.id)
             return node
         node = await self.state.create_node(machine_key=machine_key, hostname=hostname, **fields)
         self.state.runtime[node.id].cap = request.version
+        self.log.info("registered node {name} (id {id}, {ips}) by {method}", name=node.given_name, id=node.id,
+                      ips=" ".join(ip for ip in (node.ipv4, node.ipv6) if ip), method=fields.get("register_method", "?"))
         if await self.policy.auto_approve(node.id):
             node = self.state.get(node.id)
         self.notifier.node_added(node.id)
