@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 
 from headscale_tw.testing.realclient._process import wait_for
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
@@ -17,8 +18,16 @@ from headscale_tw.testing.realclient.testcase import RealClientTestCase
 BASE_DOMAIN = "tail.example"
 
 
-def tls_config(ca, **noise) -> str:
-    """A server config: control + DERP on https://127.0.0.1:8443, STUN on 3478, SQLite."""
+SQLITE_YAML = """\
+database:
+  type: sqlite
+  sqlite:
+    path: ./var/db.sqlite
+"""
+
+
+def tls_config(ca, database_yaml: str = SQLITE_YAML, **noise) -> str:
+    """A server config: control + DERP on https://127.0.0.1:8443, STUN on 3478, SQLite by default."""
     extra = "".join(f"  {k}: {v}\n" for k, v in noise.items())
     return f"""\
 server_url: https://127.0.0.1:8443
@@ -29,11 +38,7 @@ tls_key_path: {ca.key_pem}
 unix_socket: ./var/headscale.sock
 noise:
   private_key_path: ./var/noise_private.key
-{extra}database:
-  type: sqlite
-  sqlite:
-    path: ./var/db.sqlite
-derp:
+{extra}{database_yaml}derp:
   server:
     enabled: true
     region_id: 999
@@ -48,9 +53,12 @@ dns:
 class _ServerMixin:
     """Starts the TLS server and hands out pre-auth keys and nodes."""
 
+    database_yaml = SQLITE_YAML
+
     def start_tls_server(self, **noise):
         self.ca = self.make_ca()
-        self.config_yaml = tls_config(self.ca, **noise)
+        self.config_yaml = tls_config(self.ca, self.database_yaml(), **noise) if callable(self.database_yaml) \
+            else tls_config(self.ca, self.database_yaml, **noise)
         return self.start_server(self.config_yaml)
 
     def auth_key(self, server, user="alice", reusable=True) -> str:
@@ -128,6 +136,26 @@ class MeshTests(_ServerMixin, RealClientTestCase):
             self.assertEqual(sorted(peer["TailscaleIPs"]), sorted(before[other.name]))
             self.assertEqual((node.ip(4), node.ip(6)), before[node.name])
         self.assertIn("pong from bravo", nodes[0].ping(before["bravo"][0]).stdout)
+
+
+class PostgresMeshTests(MeshTests):
+    """The same tailnet with PostgreSQL as the server's database.
+
+    PostgreSQL runs outside the test's private network namespace; the server
+    reaches it through its unix socket directory (sockets on the filesystem are
+    not tied to a network namespace). The database is created fresh and dropped
+    by the test.
+    """
+
+    def database_yaml(self) -> str:
+        from headscale_tw.testing.db import create_postgres_database
+
+        db = create_postgres_database(self)
+        socket_dir = os.environ.get("HEADSCALE_TEST_PG_SOCKET_DIR", "/var/run/postgresql")
+        return (
+            "database:\n  type: postgres\n  postgres:\n"
+            f"    host: {socket_dir}\n    name: {db.postgres.name}\n    user: {db.postgres.user}\n"
+        )
 
 
 class ClientVersionTests(_ServerMixin, RealClientTestCase):
