@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.cli.test_client -*-
+# -*- test-case-name: tests.cli,tests.nodesapi.test_cli -*-
 """
 The CLI's side of ``/api/v1``: a blocking transport and typed calls.
 

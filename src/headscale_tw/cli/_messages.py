@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.cli.test_output -*-
+# -*- test-case-name: tests.cli.test_output,tests.nodesapi.test_cli -*-
 """
 The ``/api/v1`` message shapes and their three renderings.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.cli.test_main -*-
+# -*- test-case-name: tests.cli.test_main,tests.nodesapi.test_cli -*-
 """
 ``headscale``: the command-line tool, with Headscale's command tree.
 

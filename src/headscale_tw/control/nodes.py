@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.control.test_notifier -*-
+# -*- test-case-name: tests.control.test_notifier,tests.nodesapi.test_api -*-
 """
 Node operations for the admin API and CLI.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_admin_api -*-
+# -*- test-case-name: tests.web.test_admin_api,tests.nodesapi.test_api -*-
 """
 The admin REST API, ``/api/v1``, with Headscale's paths and JSON shapes.
 
