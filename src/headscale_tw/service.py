@@ -203,12 +203,12 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
 
     # /api/v1 on the main listener needs an API key; the unix socket is trusted
     # locally (its file mode is the access control), as Headscale's CLI socket is.
-    mount(root, AdminAPI(db, reactor, trust_all=False, notifier=plane.notifier))
+    mount(root, AdminAPI(db, reactor, trust_all=False, notifier=plane.notifier, plane=plane))
     tls = (config.tls.cert_path, config.tls.key_path) if config.tls.enabled else None
     services.append(strports.service(listen_endpoint(config.listen_addr, tls), site, reactor=reactor))
     if config.unix_socket:
         unix_root = resource.Resource()
-        mount(unix_root, AdminAPI(db, reactor, trust_all=True, notifier=plane.notifier))
+        mount(unix_root, AdminAPI(db, reactor, trust_all=True, notifier=plane.notifier, plane=plane))
         services.append(_unix_listener(config, server.Site(unix_root), reactor))
     if config.metrics_listen_addr:
         metrics_root = resource.Resource()

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.cli.test_client -*-
+# -*- test-case-name: tests.cli,tests.nodesapi.test_cli -*-
 """
 The CLI's side of ``/api/v1``: a blocking transport and typed calls.
 
@@ -252,6 +252,63 @@ class ApiClient:
         if key_id:
             return self.call("DELETE", "/apikey", {"id": key_id})
         return self.call("DELETE", f"/apikey/{quote(prefix or '', safe='')}")
+
+    # nodes
+    def list_nodes(self, user: str | None = None) -> list[dict]:
+        """``GET /node`` (optionally one user's, by name)."""
+        return self.call("GET", "/node", {"user": user}).get("nodes") or []
+
+    def get_node(self, node_id: int) -> dict:
+        """``GET /node/{id}``."""
+        return self.call("GET", f"/node/{node_id}")["node"]
+
+    def delete_node(self, node_id: int) -> dict:
+        """``DELETE /node/{id}``."""
+        return self.call("DELETE", f"/node/{node_id}")
+
+    def expire_node(self, node_id: int, expiry: str | None = None, disable: bool = False) -> dict:
+        """``POST /node/{id}/expire`` (now, at ``expiry``, or never with ``disable``)."""
+        query = {"expiry": expiry, "disableExpiry": "true" if disable else None}
+        return self.call("POST", f"/node/{node_id}/expire", query)["node"]
+
+    def rename_node(self, node_id: int, new_name: str) -> dict:
+        """``POST /node/{id}/rename/{new_name}``."""
+        from urllib.parse import quote
+
+        return self.call("POST", f"/node/{node_id}/rename/{quote(new_name, safe='')}")["node"]
+
+    def set_tags(self, node_id: int, tags: list[str]) -> dict:
+        """``POST /node/{id}/tags``."""
+        return self.call("POST", f"/node/{node_id}/tags", body={"tags": tags})["node"]
+
+    def approve_routes(self, node_id: int, routes: list[str]) -> dict:
+        """``POST /node/{id}/approve_routes``."""
+        return self.call("POST", f"/node/{node_id}/approve_routes", body={"routes": routes})["node"]
+
+    def move_node(self, node_id: int, user: str) -> dict:
+        """``POST /node/{id}/user`` (user name or id)."""
+        return self.call("POST", f"/node/{node_id}/user", body={"user": user})["node"]
+
+    def register_node(self, user: str, key: str) -> dict:
+        """``POST /node/register?user=&key=`` (Headscale's deprecated form)."""
+        return self.call("POST", "/node/register", {"user": user, "key": key})["node"]
+
+    def auth_register(self, user: str, auth_id: str) -> dict:
+        """``POST /auth/register``."""
+        return self.call("POST", "/auth/register", body={"user": user, "authId": auth_id})["node"]
+
+    # policy
+    def get_policy(self) -> dict:
+        """``GET /policy``: ``{"policy": text, "updatedAt": ...}``."""
+        return self.call("GET", "/policy")
+
+    def set_policy(self, text: str) -> dict:
+        """``PUT /policy``."""
+        return self.call("PUT", "/policy", body={"policy": text})
+
+    def check_policy(self, text: str) -> dict:
+        """``POST /policy/check``."""
+        return self.call("POST", "/policy/check", body={"policy": text})
 
     def health(self) -> dict:
         """``GET /health``."""

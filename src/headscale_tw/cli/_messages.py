@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.cli.test_output -*-
+# -*- test-case-name: tests.cli.test_output,tests.nodesapi.test_cli -*-
 """
 The ``/api/v1`` message shapes and their three renderings.
 
@@ -14,7 +14,9 @@ depend on that shape, so ``-o json`` here reproduces it:
   same structs).
 
 Each message is a tuple of ``(snake_name, kind)``; a kind is ``uint64``,
-``string``, ``bool``, ``ts``, ``strings`` or another message.
+``string``, ``bool``, ``ts``, ``strings``, another message, or an enum (a
+dict from the REST name, ``REGISTER_METHOD_CLI``, to Go's number, printed as
+the number in both machine formats).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ __all__ = [
     "PREAUTHKEY",
     "APIKEY",
     "HEALTH",
+    "NODE",
+    "REGISTER_METHOD",
     "camel",
     "parse_timestamp",
     "format_timestamp",
@@ -65,6 +69,32 @@ APIKEY = (
     ("last_seen", "ts"),
 )
 HEALTH = (("database_connectivity", "bool"),)
+REGISTER_METHOD = {
+    "REGISTER_METHOD_UNSPECIFIED": 0,
+    "REGISTER_METHOD_AUTH_KEY": 1,
+    "REGISTER_METHOD_CLI": 2,
+    "REGISTER_METHOD_OIDC": 3,
+}
+NODE = (
+    ("id", "uint64"),
+    ("machine_key", "string"),
+    ("node_key", "string"),
+    ("disco_key", "string"),
+    ("ip_addresses", "strings"),
+    ("name", "string"),
+    ("user", USER),
+    ("last_seen", "ts"),
+    ("expiry", "ts"),
+    ("pre_auth_key", PREAUTHKEY),
+    ("created_at", "ts"),
+    ("register_method", REGISTER_METHOD),
+    ("given_name", "string"),
+    ("online", "bool"),
+    ("approved_routes", "strings"),
+    ("available_routes", "strings"),
+    ("subnet_routes", "strings"),
+    ("tags", "strings"),
+)
 
 _TS = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$"
@@ -119,6 +149,13 @@ def _ts_parts(value: Any) -> dict[str, int] | None:
     return {"seconds": calendar.timegm(dt.utctimetuple()), "nanos": nanos}
 
 
+def _enum_number(kind: dict, value: Any) -> int:
+    """An enum's REST name (or number) as Go's number; unknown names are 0."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return kind.get(value, 0)
+
+
 def to_go_json(message: tuple, data: dict | None) -> dict | None:
     """REST JSON of ``message`` → the dict Headscale's ``-o json`` prints."""
     if data is None:
@@ -130,6 +167,10 @@ def to_go_json(message: tuple, data: dict | None) -> dict | None:
             sub = to_go_json(kind, value) if value else None
             if sub is not None:
                 out[name] = sub
+        elif isinstance(kind, dict):
+            number = _enum_number(kind, value)
+            if number:
+                out[name] = number
         elif kind == "uint64":
             if value not in (None, "", 0, "0"):
                 out[name] = int(value)
@@ -158,6 +199,8 @@ def to_go_yaml(message: tuple, data: dict | None) -> dict | None:
         value = data.get(camel(name), data.get(name))
         if isinstance(kind, tuple):
             out[key] = to_go_yaml(kind, value) if value else None
+        elif isinstance(kind, dict):
+            out[key] = _enum_number(kind, value)
         elif kind == "uint64":
             out[key] = int(value or 0)
         elif kind == "ts":

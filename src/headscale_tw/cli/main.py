@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.cli.test_main -*-
+# -*- test-case-name: tests.cli.test_main,tests.nodesapi.test_cli -*-
 """
 ``headscale``: the command-line tool, with Headscale's command tree.
 
@@ -9,6 +9,9 @@
       users create NAME | list | rename | destroy
       preauthkeys create | list | expire | delete
       apikeys create | list | expire | delete
+      nodes list | list-routes | expire | rename | delete | tag | approve-routes | move | register
+      auth register --auth-id ID --user NAME
+      policy get | set -f FILE | check -f FILE
       health | version | configtest | generate private-key
 
 Commands that manage the server talk to ``/api/v1`` over the server's unix
@@ -20,6 +23,7 @@ Failures print one line (``Error: user "bob" not found``) and exit 1.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import platform
 import sys
@@ -29,7 +33,17 @@ from typing import Any, TextIO
 
 from headscale_tw import __version__
 from headscale_tw.cli._client import ApiClient, CLIError, Transport, transport_from_config
-from headscale_tw.cli._messages import APIKEY, HEALTH, PREAUTHKEY, USER, format_timestamp, to_go_json, to_go_yaml
+from headscale_tw.cli._messages import (
+    APIKEY,
+    HEALTH,
+    NODE,
+    PREAUTHKEY,
+    USER,
+    format_timestamp,
+    parse_timestamp,
+    to_go_json,
+    to_go_yaml,
+)
 from headscale_tw.cli._output import FORMATS, Output, render_table, table_time
 from headscale_tw.config._durations import DurationError, parse_duration
 
@@ -257,6 +271,160 @@ def cmd_apikeys_delete(ctx: Context) -> None:
     ctx.out.result({}, {}, "Key deleted")
 
 
+# ---------------------------------------------------------------- nodes
+
+
+def _short_key(text: str, prefix: str) -> str:
+    """Tailscale's ``ShortString``: the first five base64 digits of the key, in brackets."""
+    raw = b"\0" * 32
+    if isinstance(text, str) and text.startswith(prefix + ":"):
+        try:
+            raw = bytes.fromhex(text[len(prefix) + 1:])
+        except ValueError:
+            pass
+    return "[" + base64.b64encode(raw).decode("ascii")[:5] + "]"
+
+
+def _node_rows(ctx: Context, nodes: list[dict]) -> str:
+    now = ctx.now()
+    rows = []
+    for n in nodes:
+        expiry = n.get("expiry")
+        expired = bool(expiry) and parse_timestamp(expiry)[0] < now
+        rows.append([
+            n.get("id", ""), n.get("name", ""), n.get("givenName", ""),
+            _short_key(n.get("machineKey", ""), "mkey"), _short_key(n.get("nodeKey", ""), "nodekey"),
+            (n.get("user") or {}).get("name", ""),
+            "\n".join(n.get("tags") or []),
+            "\n".join(n.get("ipAddresses") or []),
+            str(bool((n.get("preAuthKey") or {}).get("ephemeral"))).lower(),
+            table_time(n.get("lastSeen"), ""),
+            table_time(expiry, "N/A"),
+            "online" if n.get("online") else "offline",
+            "yes" if expired else "no",
+        ])
+    return render_table(["ID", "Hostname", "Name", "MachineKey", "NodeKey", "User", "Tags", "IP addresses",
+                         "Ephemeral", "Last seen", "Expiration", "Connected", "Expired"], rows)
+
+
+def _print_node(ctx: Context, node: dict, human: str) -> None:
+    ctx.out.result(to_go_json(NODE, node), to_go_yaml(NODE, node), human)
+
+
+def _split_list(values: Sequence[str] | None) -> list[str]:
+    """cobra's StringSlice: repeated flags, each comma-separated; empty items dropped."""
+    items: list[str] = []
+    for value in values or ():
+        items.extend(v.strip() for v in value.split(",") if v.strip())
+    return items
+
+
+def cmd_nodes_list(ctx: Context) -> None:
+    nodes = ctx.client.list_nodes(ctx.args.user)
+    _print_list(ctx, NODE, nodes, lambda: _node_rows(ctx, nodes))
+
+
+def cmd_nodes_list_routes(ctx: Context) -> None:
+    if ctx.args.identifier:
+        nodes = [ctx.client.get_node(ctx.args.identifier)]
+    else:
+        nodes = ctx.client.list_nodes()
+    nodes = [n for n in nodes if n.get("subnetRoutes") or n.get("approvedRoutes") or n.get("availableRoutes")]
+
+    def table() -> str:
+        rows = [[n.get("id", ""), n.get("givenName", ""), "\n".join(n.get("approvedRoutes") or []),
+                 "\n".join(n.get("availableRoutes") or []), "\n".join(n.get("subnetRoutes") or [])] for n in nodes]
+        return render_table(["ID", "Hostname", "Approved", "Available", "Serving (Primary)"], rows)
+
+    _print_list(ctx, NODE, nodes, table)
+
+
+def cmd_nodes_expire(ctx: Context) -> None:
+    a = ctx.args
+    if a.disable:
+        if a.expiry:
+            raise CLIError("--disable and --expiry cannot be used together")
+        _print_node(ctx, ctx.client.expire_node(a.identifier, disable=True), "Node expiry disabled")
+        return
+    expiry = None
+    if a.expiry:
+        try:
+            when, _ = parse_timestamp(a.expiry)
+        except ValueError as e:
+            raise CLIError(f"parsing expiry time: {e}") from None
+        expiry = format_timestamp(when)
+    node = ctx.client.expire_node(a.identifier, expiry)
+    future = expiry is not None and parse_timestamp(expiry)[0] > ctx.now()
+    _print_node(ctx, node, "Node expiration updated" if future else "Node expired")
+
+
+def cmd_nodes_rename(ctx: Context) -> None:
+    _print_node(ctx, ctx.client.rename_node(ctx.args.identifier, ctx.args.new_name), "Node renamed")
+
+
+def cmd_nodes_delete(ctx: Context) -> None:
+    node = ctx.client.get_node(ctx.args.identifier)
+    if not ctx.confirm(f"Do you want to remove the node {node.get('name', '')}?"):
+        ctx.out.result({"Result": "Node not deleted"}, {"Result": "Node not deleted"}, "Node not deleted")
+        return
+    ctx.client.delete_node(ctx.args.identifier)
+    ctx.out.result({"Result": "Node deleted"}, {"Result": "Node deleted"}, "Node deleted")
+
+
+def cmd_nodes_tag(ctx: Context) -> None:
+    _print_node(ctx, ctx.client.set_tags(ctx.args.identifier, _split_list(ctx.args.tags)), "Node updated")
+
+
+def cmd_nodes_approve_routes(ctx: Context) -> None:
+    routes = _split_list(ctx.args.routes)
+    _print_node(ctx, ctx.client.approve_routes(ctx.args.identifier, routes), "Node updated")
+
+
+def cmd_nodes_move(ctx: Context) -> None:
+    node = ctx.client.move_node(ctx.args.identifier, ctx.args.user)
+    _print_node(ctx, node, "Node moved to another user")
+
+
+def cmd_nodes_register(ctx: Context) -> None:
+    if not ctx.out.machine:
+        ctx.out.stderr.write('Command "register" is deprecated, use '
+                             "'headscale auth register --auth-id <id> --user <user>' instead\n")
+    node = ctx.client.register_node(ctx.args.user, ctx.args.key)
+    _print_node(ctx, node, f"Node {node.get('givenName', '')} registered")
+
+
+def cmd_auth_register(ctx: Context) -> None:
+    node = ctx.client.auth_register(ctx.args.user, ctx.args.auth_id)
+    _print_node(ctx, node, f"Node {node.get('givenName', '')} registered")
+
+
+# ---------------------------------------------------------------- policy
+
+
+def _read_policy_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise CLIError(f"reading policy file {path}: {reason}") from None
+
+
+def cmd_policy_get(ctx: Context) -> None:
+    # As Headscale: the policy is printed as is (HuJSON), whatever -o says.
+    ctx.out.stdout.write(ctx.client.get_policy().get("policy", "") + "\n")
+
+
+def cmd_policy_set(ctx: Context) -> None:
+    ctx.client.set_policy(_read_policy_file(ctx.args.file))
+    ctx.out.stdout.write("Policy updated.\n")
+
+
+def cmd_policy_check(ctx: Context) -> None:
+    ctx.client.check_policy(_read_policy_file(ctx.args.file))
+    ctx.out.stdout.write("Policy is valid\n")
+
+
 # ---------------------------------------------------------------- local commands
 
 
@@ -425,6 +593,50 @@ def build_parser() -> argparse.ArgumentParser:
         p = cmd(api, name, func, help, aliases)
         p.add_argument("-i", "--id", type=int)
         p.add_argument("-p", "--prefix")
+
+    nodes = group("nodes", "manage nodes", ["node"])
+    p = cmd(nodes, "list", cmd_nodes_list, "list nodes", ["ls", "show"])
+    p.add_argument("-u", "--user", help="only this user's nodes (user name)")
+    p = cmd(nodes, "list-routes", cmd_nodes_list_routes, "list the routes nodes announce, have approved and serve",
+            ["lsr", "routes"])
+    p.add_argument("-i", "--identifier", type=int, help="only this node")
+
+    def node_cmd(name: str, func: Callable[[Context], None], help: str,
+                 aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+        p = cmd(nodes, name, func, help, aliases)
+        p.add_argument("-i", "--identifier", type=int, required=True, help="node id")
+        return p
+
+    p = node_cmd("expire", cmd_nodes_expire, "expire (log out) a node, or change or disable its key expiry",
+                 ["logout", "exp", "e"])
+    p.add_argument("-e", "--expiry", help="RFC 3339 time such as 2030-01-02T03:04:05Z (default: now)")
+    p.add_argument("-d", "--disable", action="store_true", help="the node never expires")
+    p = node_cmd("rename", cmd_nodes_rename, "set a node's MagicDNS name")
+    p.add_argument("new_name", metavar="NEW_NAME")
+    node_cmd("delete", cmd_nodes_delete, "delete a node", ["del"])
+    p = node_cmd("tag", cmd_nodes_tag, "set a node's tags (replacing them)", ["tags", "t"])
+    p.add_argument("-t", "--tags", action="append", help="tags, comma-separated (tag:a,tag:b); repeatable")
+    p = node_cmd("approve-routes", cmd_nodes_approve_routes, "set a node's approved routes (replacing them)")
+    p.add_argument("-r", "--routes", action="append",
+                   help='routes, comma-separated (10.0.0.0/8,0.0.0.0/0); "" removes every approval')
+    p = node_cmd("move", cmd_nodes_move, "give a node to another user", ["mv"])
+    p.add_argument("-u", "--user", required=True, help="user name or id")
+    p = cmd(nodes, "register", cmd_nodes_register,
+            "register a pending node (deprecated: use auth register --auth-id ID --user NAME)")
+    p.add_argument("-u", "--user", required=True, help="user name")
+    p.add_argument("-k", "--key", required=True, help="the auth id from the node's login URL")
+
+    auth = group("auth", "manage node authentication", [])
+    p = cmd(auth, "register", cmd_auth_register, "register a node waiting at its login URL to a user")
+    p.add_argument("--auth-id", required=True, help="the id at the end of the node's login URL")
+    p.add_argument("-u", "--user", required=True, help="user name")
+
+    policy = group("policy", "manage the ACL policy", [])
+    cmd(policy, "get", cmd_policy_get, "print the policy in force", ["show", "view", "fetch"])
+    p = cmd(policy, "set", cmd_policy_set, "replace the policy (policy.mode: database)", ["put", "update"])
+    p.add_argument("-f", "--file", required=True, help="policy file (HuJSON)")
+    p = cmd(policy, "check", cmd_policy_check, "check a policy file against the server's users and nodes")
+    p.add_argument("-f", "--file", required=True, help="policy file (HuJSON)")
     return root
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.control.test_notifier -*-
+# -*- test-case-name: tests.control.test_notifier,tests.nodesapi.test_api -*-
 """
 Node operations for the admin API and CLI.
 
@@ -44,7 +44,7 @@ class RouteInfo:
 
 
 class NodeAdmin:
-    """List, expire, rename, delete, tag and register nodes."""
+    """List, expire, rename, delete, tag, move and register nodes."""
 
     def __init__(self, state: ControlState, notifier: MapNotifier, registrar: Registrar) -> None:
         self.state = state
@@ -68,6 +68,34 @@ class NodeAdmin:
         """Set the node's key expiry (default: now); peers see it expired."""
         self.state.get(node_id)
         node = await self.state.update_node(node_id, expiry=at or self.state.now())
+        self.notifier.node_changed(node_id)
+        return node
+
+    async def disable_expiry(self, node_id: int) -> Node:
+        """Clear the node's key expiry: it never expires (``nodes expire --disable``)."""
+        self.state.get(node_id)
+        node = await self.state.update_node(node_id, expiry=None)
+        self.notifier.node_changed(node_id)
+        return node
+
+    async def move(self, node_id: int, user_id: int) -> Node:
+        """
+        Give a user-owned node to another user (``nodes move``). A tagged node
+        is owned by its tags, so it cannot be moved (``InvalidInput``); an
+        unknown user is ``NotFound``.
+        """
+        current = self.state.get(node_id)
+        if current.tags or current.user_id is None:
+            raise InvalidInput(
+                f"node {node_id} is tagged ({', '.join(current.tags) or 'no user'}); "
+                "tagged nodes are owned by their tags and cannot be moved to a user"
+            )
+        user = await self.state.user(user_id)
+        if current.user_id == user.id:
+            return current
+        node = await self.state.update_node(node_id, user_id=user.id)
+        if await self.notifier.policy.auto_approve(node_id):
+            node = self.state.get(node_id)
         self.notifier.node_changed(node_id)
         return node
 

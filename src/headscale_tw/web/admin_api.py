@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_admin_api -*-
+# -*- test-case-name: tests.web.test_admin_api,tests.nodesapi.test_api -*-
 """
 The admin REST API, ``/api/v1``, with Headscale's paths and JSON shapes.
 
@@ -23,6 +23,31 @@ with the HTTP status grpc-gateway would use::
     DELETE /api/v1/apikey/{prefix}  or  ?id=        -> {}
     GET    /api/v1/health                           -> {"databaseConnectivity": true}
 
+Nodes, routes, policy and interactive registration need the control plane
+(``plane=``); without it they answer 501. Node changes go through
+``plane.nodes`` (:class:`~headscale_tw.control.nodes.NodeAdmin`) so that peers
+are told::
+
+    GET    /api/v1/node[?user=NAME]                 -> {"nodes": [Node]}
+    GET    /api/v1/node/{id}                        -> {"node": Node}
+    DELETE /api/v1/node/{id}                        -> {}
+    POST   /api/v1/node/{id}/expire[?expiry=|disableExpiry=true]  -> {"node": Node}
+    POST   /api/v1/node/{id}/rename/{new_name}      -> {"node": Node}
+    POST   /api/v1/node/{id}/tags {tags}            -> {"node": Node}
+    POST   /api/v1/node/{id}/approve_routes {routes} -> {"node": Node}
+    POST   /api/v1/node/{id}/user {user}            -> {"node": Node}   (pre-0.23 MoveNode)
+    POST   /api/v1/node/register?user=&key=         -> {"node": Node}   (deprecated form)
+    POST   /api/v1/auth/register {user, authId}     -> {"node": Node}
+    POST   /api/v1/auth/approve | reject {authId}   -> 501 (no SSH check mode)
+    POST   /api/v1/node/backfillips?confirmed=true  -> {"changes": [...]}
+    GET    /api/v1/policy                           -> {"policy": text, "updatedAt": ts|null}
+    PUT    /api/v1/policy {policy}                  -> {"policy": text, "updatedAt": ts}
+    POST   /api/v1/policy/check {policy}            -> {}
+
+Routes are part of ``Node``: ``availableRoutes`` (announced),
+``approvedRoutes`` and ``subnetRoutes`` (served now: HA primary subnets plus
+approved exit routes).
+
 Authentication: ``Authorization: Bearer <API key>``, checked against the API
 key store (prefix lookup, keyed hash, expiry). An instance built with
 ``trust_all=True`` skips the check: it is the one mounted on the local unix
@@ -37,7 +62,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -50,15 +75,18 @@ from twisted.web.resource import IResource, Resource
 from headscale_tw import secrets
 from headscale_tw.cli._messages import format_timestamp, parse_timestamp
 from headscale_tw.errors import AlreadyExists, Expired, HeadscaleError, InvalidInput, NotFound, UserHasNodes
-from headscale_tw.storage.models import ApiKey, PreAuthKey, User
+from headscale_tw.control.routes import announced_routes, served_routes
+from headscale_tw.control.state import TAGGED_DEVICES_USER_ID
+from headscale_tw.storage.models import ApiKey, Node, PreAuthKey, User
 
-__all__ = ["AdminAPI", "ApiError", "mount", "validate_user_name", "validate_tag"]
+__all__ = ["AdminAPI", "ApiError", "mount", "validate_user_name", "validate_tag", "node_json", "user_json",
+           "preauthkey_json", "apikey_json"]
 
 # gRPC status codes used by grpc-gateway, and the HTTP status it maps each to.
 OK, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION = 0, 3, 5, 6, 9
-INTERNAL, UNAVAILABLE, UNAUTHENTICATED = 13, 14, 16
+UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED = 12, 13, 14, 16
 _HTTP_STATUS = {INVALID_ARGUMENT: 400, NOT_FOUND: 404, ALREADY_EXISTS: 409, FAILED_PRECONDITION: 400,
-                INTERNAL: 500, UNAVAILABLE: 503, UNAUTHENTICATED: 401}
+                UNIMPLEMENTED: 501, INTERNAL: 500, UNAVAILABLE: 503, UNAUTHENTICATED: 401}
 _DOMAIN_CODES = ((NotFound, NOT_FOUND), (AlreadyExists, ALREADY_EXISTS), (UserHasNodes, FAILED_PRECONDITION),
                  (InvalidInput, INVALID_ARGUMENT), (Expired, FAILED_PRECONDITION))
 _MAX_BODY = 1 << 20
@@ -242,6 +270,49 @@ def apikey_json(key: ApiKey) -> dict:
     }
 
 
+_REGISTER_METHODS = {"authkey": "REGISTER_METHOD_AUTH_KEY", "cli": "REGISTER_METHOD_CLI",
+                     "oidc": "REGISTER_METHOD_OIDC"}
+#: The pseudo-user Headscale shows as the owner of tagged nodes.
+TAGGED_DEVICES = User(id=TAGGED_DEVICES_USER_ID, name="tagged-devices", display_name="Tagged Devices")
+
+
+def node_json(node: Node, user: User | None, key: PreAuthKey | None = None, key_user: User | None = None, *,
+              online: bool = False, subnet_routes: Sequence[str] = ()) -> dict:
+    """A ``Node`` as ``headscale.v1.Node`` JSON (Headscale 0.29: one ``tags`` list).
+
+    A tagged node is shown as owned by ``tagged-devices``, as Headscale does;
+    ``name`` is the client's hostname and ``givenName`` the MagicDNS name.
+    """
+    return {
+        "id": str(node.id),
+        "machineKey": node.machine_key,
+        "nodeKey": node.node_key,
+        "discoKey": node.disco_key,
+        "ipAddresses": [a for a in (node.ipv4, node.ipv6) if a],
+        "name": node.hostname,
+        "user": user_json(TAGGED_DEVICES if node.tags or user is None else user),
+        "lastSeen": _ts(node.last_seen),
+        "expiry": _ts(node.expiry),
+        "preAuthKey": preauthkey_json(key, key_user) if key is not None else None,
+        "createdAt": _ts(node.created_at),
+        "registerMethod": _REGISTER_METHODS.get(node.register_method, "REGISTER_METHOD_UNSPECIFIED"),
+        "givenName": node.given_name,
+        "online": online,
+        "approvedRoutes": list(node.approved_routes),
+        "availableRoutes": [str(r) for r in announced_routes(node)],
+        "subnetRoutes": list(subnet_routes),
+        "tags": list(node.tags),
+    }
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ApiError(INVALID_ARGUMENT, f"{name}: expected a list of strings")
+    return value
+
+
 Handler = Callable[..., Awaitable[dict]]
 
 
@@ -278,16 +349,21 @@ class AdminAPI:
     :param clock: the reactor's clock (``now`` for expirations).
     :param trust_all: skip API-key checks (only for the local unix socket).
     :param notifier: an ``INodeNotifier`` told when a user change affects the policy (optional).
+    :param plane: the :class:`~headscale_tw.control.plane.ControlPlane`; the node,
+        policy and auth endpoints need it (501 without). Its notifier is used
+        when ``notifier`` is not given.
     """
 
     app = Klein()
     log = Logger()
 
-    def __init__(self, db: Any, clock: IReactorTime, *, trust_all: bool = False, notifier: Any = None):
+    def __init__(self, db: Any, clock: IReactorTime, *, trust_all: bool = False, notifier: Any = None,
+                 plane: Any = None):
         self.db = db
         self.clock = clock
         self.trust_all = trust_all
-        self.notifier = notifier
+        self.plane = plane
+        self.notifier = notifier if notifier is not None or plane is None else plane.notifier
         self._pepper: bytes | None = None
 
     def resource(self) -> IResource:
@@ -384,7 +460,12 @@ class AdminAPI:
         user_id = _uint(old_id, "old_id", required=True)
         validate_user_name(new_name)
         user = await self.db.users.rename(user_id, new_name, now=self.now())
-        self._policy_changed()
+        if self.plane is not None and user_id in self.plane.state.users:
+            # Peers see the new login name; the policy may name the user.
+            await self.plane.state.refresh_user(user_id)
+            self.plane.notifier.user_changed(user_id)
+        else:
+            self._policy_changed()
         return {"user": user_json(user)}
 
     @app.route("/v1/user/<user_id>", methods=["DELETE"])
@@ -519,6 +600,223 @@ class AdminAPI:
     async def delete_apikey_by_id(self, request: IRequest) -> dict:
         row = await self._find_apikey(_uint(_query(request, "id"), "id", required=True), None)
         await self.db.apikeys.delete(row.id)
+        return {}
+
+    # -- nodes
+
+    def _control(self) -> Any:
+        if self.plane is None:
+            raise ApiError(UNIMPLEMENTED, "this API instance has no control plane: node, policy and auth "
+                                          "endpoints are unavailable")
+        return self.plane
+
+    async def _render_nodes(self, nodes: Sequence[Node]) -> list[dict]:
+        plane = self._control()
+        users = {u.id: u for u in await self.db.users.list()}
+        keys = {k.id: k for k in await self.db.preauthkeys.list()} if any(n.auth_key_id for n in nodes) else {}
+        out = []
+        for node in nodes:
+            key = keys.get(node.auth_key_id) if node.auth_key_id is not None else None
+            exits = [str(r) for r in served_routes(node) if r.prefixlen == 0]
+            out.append(node_json(
+                node,
+                users.get(node.user_id) if node.user_id is not None else None,
+                key,
+                users.get(key.user_id) if key is not None and key.user_id is not None else None,
+                online=plane.nodes.is_online(node.id),
+                subnet_routes=list(plane.policy.primary_routes(node.id)) + exits,
+            ))
+        return out
+
+    async def _node_reply(self, node: Node) -> dict:
+        return {"node": (await self._render_nodes([node]))[0]}
+
+    async def _find_user(self, ident: Any, name: str) -> User:
+        """A user by id (digits) or name; ``NOT_FOUND`` naming it."""
+        if isinstance(ident, bool) or ident in (None, ""):
+            raise ApiError(INVALID_ARGUMENT, f"{name}: a user name or id is required")
+        text = str(ident)
+        try:
+            if text.isdigit():
+                return await self.db.users.get(int(text))
+            return await self.db.users.get_by_name(text)
+        except NotFound:
+            raise ApiError(NOT_FOUND, f"user {_q(text)} not found") from None
+
+    @app.route("/v1/node", methods=["GET"])
+    @_endpoint
+    async def list_nodes(self, request: IRequest) -> dict:
+        plane = self._control()
+        user = _query(request, "user")
+        user_id = (await self._find_user(user, "user")).id if user else None
+        return {"nodes": await self._render_nodes(plane.nodes.list(user_id))}
+
+    @app.route("/v1/node/register", methods=["POST"])
+    @_endpoint
+    async def register_node(self, request: IRequest) -> dict:
+        body = _body(request)
+        user = _query(request, "user") or _str(_field(body, "user"), "user")
+        key = _query(request, "key") or _str(_field(body, "key"), "key")
+        return await self._register(key, user, "key")
+
+    @app.route("/v1/auth/register", methods=["POST"])
+    @_endpoint
+    async def auth_register(self, request: IRequest) -> dict:
+        body = _body(request)
+        user = _str(_field(body, "user"), "user") or (_query(request, "user") or "")
+        auth_id = _str(_field(body, "auth_id"), "authId") or (_query(request, "auth_id") or "")
+        return await self._register(auth_id, user, "authId")
+
+    async def _register(self, auth_id: str, user: str, id_name: str) -> dict:
+        plane = self._control()
+        auth_id = auth_id.strip()
+        if not auth_id:
+            raise ApiError(INVALID_ARGUMENT, f"{id_name}: the auth id from the client's login URL is required")
+        if not user:
+            raise ApiError(INVALID_ARGUMENT, "user: a user name is required")
+        # The client's URL ends in /register/<auth id>; accept the whole URL too.
+        auth_id = auth_id.rstrip("/").rpartition("/")[2]
+        if plane.registrar.get_pending(auth_id) is None:
+            raise ApiError(NOT_FOUND, f"no pending registration with auth id {_q(auth_id)} "
+                                      "(it may have expired; run tailscale up again)")
+        found = await self._find_user(user, "user")
+        node = await plane.nodes.register(auth_id, found.name)
+        self.log.info("registered node {id} ({name}) to user {user}", id=node.id, name=node.given_name,
+                      user=found.name)
+        return await self._node_reply(node)
+
+    @app.route("/v1/auth/approve", methods=["POST"])
+    @app.route("/v1/auth/reject", methods=["POST"])
+    @_endpoint
+    async def auth_approve(self, request: IRequest) -> dict:
+        raise ApiError(UNIMPLEMENTED, "approving or rejecting auth requests (SSH check mode) is not supported by "
+                                      "headscale-tw; register nodes with auth register")
+
+    @app.route("/v1/node/backfillips", methods=["POST"])
+    @_endpoint
+    async def backfill_ips(self, request: IRequest) -> dict:
+        self._control()
+        raise ApiError(UNIMPLEMENTED, "backfillips is not supported by headscale-tw: addresses are assigned from "
+                                      "the configured prefixes at registration")
+
+    @app.route("/v1/node/<node_id>", methods=["GET"])
+    @_endpoint
+    async def get_node(self, request: IRequest, node_id: str) -> dict:
+        plane = self._control()
+        return await self._node_reply(plane.nodes.get(_uint(node_id, "node_id", required=True)))
+
+    @app.route("/v1/node/<node_id>", methods=["DELETE"])
+    @_endpoint
+    async def delete_node(self, request: IRequest, node_id: str) -> dict:
+        plane = self._control()
+        node = await plane.nodes.delete(_uint(node_id, "node_id", required=True))
+        self.log.info("deleted node {id} ({name})", id=node.id, name=node.given_name)
+        return {}
+
+    @app.route("/v1/node/<node_id>/expire", methods=["POST"])
+    @_endpoint
+    async def expire_node(self, request: IRequest, node_id: str) -> dict:
+        plane = self._control()
+        nid = _uint(node_id, "node_id", required=True)
+        body = _body(request)
+        expiry = _time(_query(request, "expiry") or _field(body, "expiry"), "expiry")
+        disable = _query(request, "disable_expiry")
+        if disable is not None:
+            if disable.lower() not in ("true", "false", "1", "0"):
+                raise ApiError(INVALID_ARGUMENT, "disableExpiry: expected true or false")
+            disable_expiry = disable.lower() in ("true", "1")
+        else:
+            disable_expiry = _bool(_field(body, "disable_expiry"), "disableExpiry")
+        if disable_expiry and expiry is not None:
+            raise ApiError(INVALID_ARGUMENT, "cannot set both disableExpiry and expiry")
+        if disable_expiry:
+            node = await plane.nodes.disable_expiry(nid)
+        else:
+            node = await plane.nodes.expire(nid, expiry)
+        return await self._node_reply(node)
+
+    @app.route("/v1/node/<node_id>/rename/<new_name>", methods=["POST"])
+    @_endpoint
+    async def rename_node(self, request: IRequest, node_id: str, new_name: str) -> dict:
+        plane = self._control()
+        node = await plane.nodes.rename(_uint(node_id, "node_id", required=True), new_name)
+        return await self._node_reply(node)
+
+    @app.route("/v1/node/<node_id>/tags", methods=["POST"])
+    @_endpoint
+    async def set_node_tags(self, request: IRequest, node_id: str) -> dict:
+        plane = self._control()
+        nid = _uint(node_id, "node_id", required=True)
+        tags = [validate_tag(t) for t in _strings(_field(_body(request), "tags"), "tags")]
+        return await self._node_reply(await plane.nodes.set_tags(nid, tags))
+
+    @app.route("/v1/node/<node_id>/approve_routes", methods=["POST"])
+    @_endpoint
+    async def approve_node_routes(self, request: IRequest, node_id: str) -> dict:
+        plane = self._control()
+        nid = _uint(node_id, "node_id", required=True)
+        routes = [r.strip() for r in _strings(_field(_body(request), "routes"), "routes") if r.strip()]
+        return await self._node_reply(await plane.nodes.approve_routes(nid, routes))
+
+    @app.route("/v1/node/<node_id>/user", methods=["POST"])
+    @_endpoint
+    async def move_node(self, request: IRequest, node_id: str) -> dict:
+        plane = self._control()
+        nid = _uint(node_id, "node_id", required=True)
+        body = _body(request)
+        ident = _field(body, "user")
+        if ident is None:
+            ident = _query(request, "user")
+        plane.nodes.get(nid)
+        user = await self._find_user(ident, "user")
+        return await self._node_reply(await plane.nodes.move(nid, user.id))
+
+    # -- policy
+
+    async def _policy_reply(self) -> dict:
+        plane = self._control()
+        text = plane.policy.get_policy()
+        updated = None
+        if plane.policy.mode == "database":
+            record = await self.db.policies.get_latest()
+            if record is not None:
+                updated = record.updated_at or record.created_at
+        return {"policy": text, "updatedAt": _ts(updated)}
+
+    @app.route("/v1/policy", methods=["GET"])
+    @_endpoint
+    async def get_policy(self, request: IRequest) -> dict:
+        plane = self._control()
+        if not plane.policy.get_policy():
+            if plane.policy.mode == "database":
+                where = "no policy is stored in the database"
+            elif plane.policy.path:
+                where = f"the policy file {plane.policy.path} is empty"
+            else:
+                where = "policy.path is not set"
+            raise ApiError(NOT_FOUND, f"no policy in force ({where}): all traffic is allowed")
+        return await self._policy_reply()
+
+    def _policy_text(self, request: IRequest) -> str:
+        text = _field(_body(request), "policy")
+        if not isinstance(text, str):
+            raise ApiError(INVALID_ARGUMENT, "policy: the policy text (HuJSON) is required as a string")
+        return text
+
+    @app.route("/v1/policy", methods=["PUT"])
+    @_endpoint
+    async def set_policy(self, request: IRequest) -> dict:
+        plane = self._control()
+        text = self._policy_text(request)
+        await plane.policy.set_policy(text)
+        self.log.info("policy updated through the API")
+        return await self._policy_reply()
+
+    @app.route("/v1/policy/check", methods=["POST"])
+    @_endpoint
+    async def check_policy(self, request: IRequest) -> dict:
+        plane = self._control()
+        plane.policy.check_policy(self._policy_text(request))
         return {}
 
     # -- health

@@ -1,0 +1,1 @@
+"""Tests for the node, route, policy and auth admin API and CLI over a real control plane."""
