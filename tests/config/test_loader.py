@@ -389,8 +389,12 @@ class ValidationTests(unittest.TestCase):
         parse_config({"server_url": "https://hs.example.com", "dns": {"base_domain": "ts.example.com"}})
 
     def test_ephemeral_minimum(self):
-        """The ephemeral inactivity timeout must exceed 65s."""
-        self.assertProblem({"node": {"ephemeral": {"inactivity_timeout": "60s"}}}, "node.ephemeral.inactivity_timeout", "too low")
+        """An inactivity timeout below Headscale's 65s minimum is accepted with a warning; zero is refused."""
+        config, warnings = parse_config_with_warnings({"node": {"ephemeral": {"inactivity_timeout": "2s"}}})
+        self.assertEqual(config.node.ephemeral_inactivity_timeout, 2.0)
+        self.assertTrue(any("below Headscale's minimum" in w for w in warnings), warnings)
+        self.assertProblem({"node": {"ephemeral": {"inactivity_timeout": "0"}}}, "node.ephemeral.inactivity_timeout",
+                           "must be positive")
 
     def test_tls_pairs(self):
         """TLS cert and key go together, and exclude Let's Encrypt."""

@@ -24,3 +24,21 @@ class ControlPlaneTests(unittest.TestCase):
         self.assertIsNotNone(plane.register_page())
         plane.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_ephemeral_sweep_follows_timeout(self):
+        """The ephemeral sweep runs at half the inactivity timeout, between 1 and 30 seconds."""
+        import dataclasses
+
+        from headscale_tw.config.model import NodeConfig
+
+        def interval(timeout):
+            config = dataclasses.replace(Config(), node=NodeConfig(ephemeral_inactivity_timeout=timeout))
+            plane = ControlPlane(config, open_test_database(self), Clock())
+            resolve(plane.start())
+            intervals = [i for i, _ in plane.periodic_jobs()]
+            self.assertIn(plane._ephemeral_sweep_interval(), intervals)
+            return plane._ephemeral_sweep_interval()
+
+        self.assertEqual(interval(4.0), 2.0)
+        self.assertEqual(interval(1.0), 1.0)
+        self.assertEqual(interval(3600.0), 30.0)

@@ -669,10 +669,15 @@ def _validate(c: Config, out: _Collector) -> Config:
 
     # node
     n = c.node
-    if n.ephemeral_inactivity_timeout <= MIN_EPHEMERAL_INACTIVITY:
-        p("node.ephemeral.inactivity_timeout",
-          f"{format_duration(n.ephemeral_inactivity_timeout)} is too low, must be more than "
-          f"{format_duration(MIN_EPHEMERAL_INACTIVITY)} (the client keep-alive plus slack)")
+    # Headscale refuses timeouts up to 65s because it infers inactivity from
+    # keep-alives. headscale-tw counts from the moment the node's last map stream
+    # closed, so a short timeout is meaningful: accept it, but say it differs.
+    if n.ephemeral_inactivity_timeout <= 0:
+        p("node.ephemeral.inactivity_timeout", "must be positive")
+    elif n.ephemeral_inactivity_timeout <= MIN_EPHEMERAL_INACTIVITY:
+        w(f"node.ephemeral.inactivity_timeout: {format_duration(n.ephemeral_inactivity_timeout)} is below "
+          f"Headscale's minimum of {format_duration(MIN_EPHEMERAL_INACTIVITY)}; headscale-tw accepts it "
+          "(it counts from the moment the node's map stream closed)")
     if n.routes_ha_probe_interval > 0:
         if n.routes_ha_probe_interval < 2:
             p("node.routes.ha.probe_interval", "must be at least 2s (or 0 to disable probing)")

@@ -138,11 +138,17 @@ class ControlPlane:
 
         return run
 
+    def _ephemeral_sweep_interval(self) -> float:
+        timeout = self.config.node.ephemeral_inactivity_timeout
+        return min(30.0, max(1.0, timeout / 2)) if timeout > 0 else 30.0
+
     def periodic_jobs(self) -> list[tuple[float, Callable[[], Deferred]]]:
         """``(interval_seconds, callable)`` pairs for ``TimerService`` (errors are logged, never raised)."""
         assert self.lifecycle is not None, "call start() first"
         return [
             (5.0, self._guarded("expire_due", self.lifecycle.expire_due)),
-            (30.0, self._guarded("collect_ephemeral", self.lifecycle.collect_ephemeral)),
+            # Sweep often enough that an ephemeral node outlives its inactivity
+            # timeout by at most half of it (and never sweep more than once a second).
+            (self._ephemeral_sweep_interval(), self._guarded("collect_ephemeral", self.lifecycle.collect_ephemeral)),
             (60.0, self._guarded("forget_stale_registrations", self.lifecycle.forget_stale_registrations)),
         ]
