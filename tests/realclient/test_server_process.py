@@ -111,3 +111,20 @@ class SecretsTests(_ServerMixin, RealClientTestCase):
         for secret in (preauth, apikey):
             self.assertNotIn(secret.rsplit("-", 1)[-1], log)
         self.assertIn("alpha", log)  # the log did record the registration
+
+
+class NoiseKeyTests(_ServerMixin, RealClientTestCase):
+    """The Noise key is generated once, kept private, and survives restarts."""
+
+    def test_key_stable_across_restart(self):
+        """GET /key?v=133 answers the zero legacy key and the same Noise key after a restart;
+        the key file has mode 0600."""
+        server = self.start_tls_server()
+        first = json.loads(server.http_get("/key?v=133").body)
+        self.assertEqual(first["legacyPublicKey"], "mkey:" + "0" * 64)
+        self.assertRegex(first["publicKey"], r"^mkey:[0-9a-f]{64}$")
+        key_file = os.path.join(server.directory, "var", "noise_private.key")
+        self.assertEqual(os.stat(key_file).st_mode & 0o777, 0o600)
+        server.stop()
+        server = self.start_server(self.config_yaml)
+        self.assertEqual(json.loads(server.http_get("/key?v=133").body), first)

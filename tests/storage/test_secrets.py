@@ -126,3 +126,15 @@ class HashTests(unittest.TestCase):
         with mock.patch.dict(sys.modules, {"bcrypt": fake}):
             self.assertTrue(verify_secret("x", b"$2b$10$abc", PEPPER))
         fake.checkpw.assert_called_once_with(b"x", b"$2b$10$abc")
+
+
+class RealBcryptTests(unittest.TestCase):
+    """Headscale's bcrypt hashes are checked with the real bcrypt package."""
+
+    def test_headscale_hash_accepted(self):
+        """A secret verifies against a bcrypt hash as Headscale stores it; a wrong one does not."""
+        import bcrypt
+
+        stored = bcrypt.hashpw(b"headscale-secret", bcrypt.gensalt(rounds=4))
+        self.assertTrue(verify_secret("headscale-secret", stored, PEPPER))
+        self.assertFalse(verify_secret("other-secret", stored, PEPPER))
