@@ -1,9 +1,7 @@
 """Tests for headscale_tw.tap and the twistd plugin."""
 
 from twisted.application.service import IServiceMaker
-from twisted.internet.testing import MemoryReactor
 from twisted.plugin import getPlugins
-from twisted.python import usage
 from twisted.trial import unittest
 
 from headscale_tw import tap

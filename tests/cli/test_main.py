@@ -327,10 +327,10 @@ class ServeTests(unittest.TestCase):
         """The service built from the config is started when the reactor runs."""
         reactor = MemoryReactorClock()
         built = []
-        import headscale_tw.service as service_module
-
         from twisted.application import strports
         from twisted.web import resource, server
+
+        import headscale_tw.service as service_module
 
         async def components(config, r):
             # No database here: only the listener, so the test needs no threads.

@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace as attrs_evolve
 from datetime import datetime, timezone
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from dataclasses import replace as attrs_evolve
-
+from headscale_tw import secrets as keysecrets
 from headscale_tw.config.model import Config, DNSConfig, PolicyConfig
-from headscale_tw.control.policy import PolicyManager
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.nodes import NodeAdmin
 from headscale_tw.control.notifier import MapNotifier
+from headscale_tw.control.policy import PolicyManager
 from headscale_tw.control.poll import PollService
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.state import ControlState
-from headscale_tw.testing.netmap import NetmapApplier
-from headscale_tw import secrets as keysecrets
 from headscale_tw.testing.db import open_test_database
+from headscale_tw.testing.netmap import NetmapApplier
 
 START = 1_800_000_000
 

@@ -4,8 +4,8 @@ import io
 import json
 import os
 
-from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.resource import getChildForRequest
 from twisted.web.server import NOT_DONE_YET

@@ -5,9 +5,9 @@ import os
 
 from twisted.trial import unittest
 
+from headscale_tw.config.model import Config
 from headscale_tw.control.framing import FrameDecoder
 from headscale_tw.control.mapper import ALLOW_ALL_FILTER, embedded_derp_map
-from headscale_tw.config.model import Config
 from tests.control._harness import Harness
 
 DATA = os.path.join(os.path.dirname(__file__), "data")

@@ -4,8 +4,8 @@ import json
 
 from twisted.trial import unittest
 
-from headscale_tw.control.policy import PolicyRejected, PolicyUpdateRefused
 from headscale_tw.config.model import Config, DNSConfig, PolicyConfig
+from headscale_tw.control.policy import PolicyRejected, PolicyUpdateRefused
 from headscale_tw.policy.model import PolicyError
 from tests.control._harness import Harness
 
@@ -191,7 +191,7 @@ class RejectionTests(_Tailnet, unittest.TestCase):
         """A policy whose ``tests`` fail is refused and the failing test is described."""
         bad = policy(
             [{"action": "accept", "src": ["tag:a"], "dst": ["tag:b:*"]}],
-            tests=[{"src": "tag:b", "accept": [f"tag:a:22"]}],
+            tests=[{"src": "tag:b", "accept": ["tag:a:22"]}],
         )
         e = self.failureResultOf(self._set(bad), PolicyRejected).value
         self.assertIn("tag:a:22", str(e))

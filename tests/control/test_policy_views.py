@@ -6,8 +6,8 @@ import os
 from twisted.trial import unittest
 
 from headscale_tw.control.policy import all_peer_views
-from headscale_tw.policy.conformance import build_topology, load_scenarios, with_auto_approvals
 from headscale_tw.policy.compile import PolicyEngine
+from headscale_tw.policy.conformance import build_topology, load_scenarios, with_auto_approvals
 from headscale_tw.policy.model import PolicyError
 
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "data", "policy-conformance.json.xz")

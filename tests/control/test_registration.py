@@ -236,3 +236,16 @@ class InteractiveTests(unittest.TestCase):
         self.h.clock.advance(self.h.registrar.pending_ttl + 1)
         self.assertEqual(self.h.run(self.h.lifecycle.forget_stale_registrations()), 1)
         self.assertIsNone(self.h.registrar.get_pending(auth_id))
+
+
+class AuthIdTests(unittest.TestCase):
+    """Interactive login ids are safe to pass on a command line."""
+
+    def test_alphanumeric(self):
+        """Ids are 24 letters or digits, so none can be mistaken for a CLI option."""
+        from headscale_tw.control.registration import new_auth_id
+
+        ids = {new_auth_id() for _ in range(2000)}
+        self.assertEqual(len(ids), 2000)
+        for auth_id in ids:
+            self.assertRegex(auth_id, r"^[A-Za-z0-9]{24}$")

@@ -8,7 +8,7 @@ import ipaddress
 from twisted.trial import unittest
 
 from headscale_tw.policy.compile import PolicyEngine
-from headscale_tw.policy.ipset import IPSet, TAILSCALE_ALL
+from headscale_tw.policy.ipset import TAILSCALE_ALL, IPSet
 from headscale_tw.policy.model import Node, PolicyError, Topology, User
 
 net = ipaddress.ip_network

@@ -26,9 +26,8 @@ from twisted.logger import Logger
 
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
-from headscale_tw.control.mapper import Mapper
+from headscale_tw.control.mapper import Mapper, dns_config, parse_extra_records
 from headscale_tw.control.nodes import NodeAdmin
-from headscale_tw.control.mapper import dns_config, parse_extra_records
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.policy import PolicyManager
 from headscale_tw.control.poll import PollService

@@ -44,6 +44,18 @@ __all__ = [
 ]
 
 
+
+_AUTH_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def new_auth_id() -> str:
+    """A 24-character random id for an interactive login (about 143 bits).
+
+    Letters and digits only: an id starting with ``-`` would be read as an
+    option by ``headscale auth register --auth-id <id>``.
+    """
+    return "".join(secrets.choice(_AUTH_ID_ALPHABET) for _ in range(24))
+
 class MachineKeyMismatch(Exception):
     """The node key in the request is registered to a different machine key."""
 
@@ -332,7 +344,7 @@ class Registrar:
                 and pending.response is None
             ):
                 return {"AuthURL": self.auth_url(pending.auth_id)}
-        auth_id = secrets.token_urlsafe(18)
+        auth_id = new_auth_id()
         self.pending[auth_id] = PendingRegistration(auth_id, machine_key, request, now)
         return {"AuthURL": self.auth_url(auth_id)}
 

@@ -28,7 +28,8 @@ the connection is closed, so a slow reader never holds memory for long.
 from __future__ import annotations
 
 import collections
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from automat import TypeMachineBuilder
 from twisted.internet import defer

@@ -17,7 +17,8 @@ from __future__ import annotations
 import hmac
 import os
 import random as _random
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Protocol as TypingProtocol
 
 from nacl.public import PrivateKey
 from twisted.internet.interfaces import IReactorTime
@@ -242,7 +243,7 @@ class DERPServer:
     def close_peer(self, key: bytes) -> None:
         """Disconnect every local connection of ``key`` (mesh ClosePeer)."""
         for conn in list(self._clients.get(key, ())):
-            conn.close(f"closed by mesh peer request")
+            conn.close("closed by mesh peer request")
 
     # -- packets ------------------------------------------------------------
 

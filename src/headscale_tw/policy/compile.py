@@ -35,17 +35,15 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
-from .ipset import THE_INTERNET, TAILSCALE_ALL, IPSet, parse_ip_string
+from .ipset import TAILSCALE_ALL, THE_INTERNET, IPSet, parse_ip_string
 from .model import (
     ACL,
     ANY_PORTS,
-    Destination,
     Alias,
+    Destination,
     Grant,
     Node,
     Policy,
-    PolicyError,
-    PortRange,
     ProtoPorts,
     Topology,
     User,

@@ -74,9 +74,9 @@ from twisted.web.resource import IResource, Resource
 
 from headscale_tw import secrets
 from headscale_tw.cli._messages import format_timestamp, parse_timestamp
-from headscale_tw.errors import AlreadyExists, Expired, HeadscaleError, InvalidInput, NotFound, UserHasNodes
 from headscale_tw.control.routes import announced_routes, served_routes
 from headscale_tw.control.state import TAGGED_DEVICES_USER_ID
+from headscale_tw.errors import AlreadyExists, Expired, HeadscaleError, InvalidInput, NotFound, UserHasNodes
 from headscale_tw.storage.models import ApiKey, Node, PreAuthKey, User
 
 __all__ = ["AdminAPI", "ApiError", "mount", "validate_user_name", "validate_tag", "node_json", "user_json",
