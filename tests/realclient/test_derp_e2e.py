@@ -188,6 +188,29 @@ class _DERPTestCase(RealClientTestCase):
         return wait_for(pong, timeout, f"{node.name} to get a pong from {peer_ip} via DERP({region})",
                         interval=0.2, details=node.describe)
 
+    def assert_download(self, a, b, socks_port, http_port, size=384 * 1024, region=REGION_CODE):
+        """Serve ``size`` random bytes on the namespace's loopback, fetch them via ``b``'s tailnet IP."""
+        served = os.path.join(self.namespace.runtime_dir, "www")
+        os.makedirs(served)
+        self.blob = os.urandom(size)
+        with open(os.path.join(served, "blob"), "wb") as f:
+            f.write(self.blob)
+        web = self.namespace.spawn("http-b", [sys.executable, "-m", "http.server", str(http_port),
+                                              "--bind", "127.0.0.1", "--directory", served])
+        wait_for(lambda: self.namespace.http_get(f"http://127.0.0.1:{http_port}/blob").status == 200, 10,
+                 "the HTTP server on 127.0.0.1", details=web.describe)
+        # Prime the path (disco over DERP) before timing the transfer.
+        self.ping_via_derp(a, b.ip(), region=region)
+        out = os.path.join(self.namespace.runtime_dir, "fetched")
+        proc = self.namespace.run([sys.executable, "-I", "-c", _SOCKS5_FETCH, str(socks_port), b.ip(),
+                                   str(http_port), "/blob", out], timeout=40)
+        self.assertEqual(proc.returncode, 0, f"{proc.stdout}\n{proc.stderr}\n{a.describe()}")
+        self.assertIn(" 200 ", proc.stdout)
+        with open(out, "rb") as f:
+            fetched = f.read()
+        self.assertEqual(len(fetched), len(self.blob))
+        self.assertTrue(fetched == self.blob, "the downloaded bytes differ from the served ones")
+
 
 class DERPHomeTests(_DERPTestCase):
     """Three official clients come up on the embedded DERP and STUN server."""
@@ -240,30 +263,6 @@ class DERPRelayTests(_DERPTestCase):
         self.assertEqual(peer["CurAddr"], "")
         self.assertGreater(peer["RxBytes"], len(self.blob))
 
-    def assert_download(self, a, b, socks_port, http_port, size=384 * 1024):
-        """Serve ``size`` random bytes on the namespace's loopback, fetch them via ``b``'s tailnet IP."""
-        served = os.path.join(self.namespace.runtime_dir, "www")
-        os.makedirs(served)
-        self.blob = os.urandom(size)
-        with open(os.path.join(served, "blob"), "wb") as f:
-            f.write(self.blob)
-        web = self.namespace.spawn("http-b", [sys.executable, "-m", "http.server", str(http_port),
-                                              "--bind", "127.0.0.1", "--directory", served])
-        wait_for(lambda: self.namespace.http_get(f"http://127.0.0.1:{http_port}/blob").status == 200, 10,
-                 "the HTTP server on 127.0.0.1", details=web.describe)
-        # Prime the path (disco over DERP) before timing the transfer.
-        self.ping_via_derp(a, b.ip())
-        out = os.path.join(self.namespace.runtime_dir, "fetched")
-        proc = self.namespace.run([sys.executable, "-I", "-c", _SOCKS5_FETCH, str(socks_port), b.ip(),
-                                   str(http_port), "/blob", out], timeout=40)
-        self.assertEqual(proc.returncode, 0, f"{proc.stdout}\n{proc.stderr}\n{a.describe()}")
-        self.assertIn(" 200 ", proc.stdout)
-        with open(out, "rb") as f:
-            fetched = f.read()
-        self.assertEqual(len(fetched), len(self.blob))
-        self.assertTrue(fetched == self.blob, "the downloaded bytes differ from the served ones")
-
-
 class DERPAdmissionTests(_DERPTestCase):
     """verify_clients: only node keys the control plane knows may use the relay."""
 
@@ -292,3 +291,37 @@ class DERPAdmissionTests(_DERPTestCase):
         self.assertEqual(end, "open")
         self.assertEqual([e["event"] for e in events][-1], "ServerInfoReceived")
         self.assertIn("DERP refused nodekey:", server.process.log_tail(400))
+
+
+class DERPMeshTests(_DERPTestCase):
+    """Two server instances meshed with derp.server.mesh_key_path / mesh_peers relay for each other."""
+
+    def test_mesh_relays_between_instances(self):
+        """A homed on instance 1 and B homed on instance 2 ping and download via the mesh link."""
+        mesh_key = os.path.join(self.namespace.runtime_dir, "mesh.key")
+        with open(mesh_key, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+        # Instance 1: control plane and DERP on 127.0.0.1:443. Instance 2: DERP on
+        # 192.0.2.1:443 (its control plane is unused; it cannot know the nodes, so
+        # it does not verify clients). Each lists the other as its mesh peer.
+        one = self.start_derp_server(listen="127.0.0.1:443", derp={
+            "mesh_key_path": mesh_key, "mesh_peers": ["https://192.0.2.1/derp"]})
+        two = self.start_derp_server(name="server2", listen="192.0.2.1:443", metrics="192.0.2.1:9090",
+                                     stun="192.0.2.1:3478", derp={
+            "verify_clients": False, "mesh_key_path": mesh_key, "mesh_peers": ["https://127.0.0.1/derp"]})
+        # TS_DEBUG_USE_DERP_ADDR replaces the client's DERP map with one node
+        # (region 999, port 443) at the given address: A can only reach
+        # instance 1, B only instance 2, so every packet between them crosses the mesh.
+        socks_port, http_port = 1080, 8000
+        key = self.auth_key(one)
+        (a,) = self.join(one, key, ["a"], always_use_derp=True,
+                         extra_env={"TS_DEBUG_USE_DERP_ADDR": "127.0.0.1"},
+                         extra_args=[f"--socks5-server=127.0.0.1:{socks_port}"])
+        (b,) = self.join(one, key, ["b"], always_use_derp=True,
+                         extra_env={"TS_DEBUG_USE_DERP_ADDR": "192.0.2.1"})
+        # The instance started first reaches its peer on its first retry (5 s).
+        for server in (one, two):
+            wait_for(lambda: "DERP mesh: connected to peer" in server.process.log_tail(400), 20,
+                     f"{server.name} to connect to its mesh peer", details=server.describe)
+        self.ping_via_derp(b, a.ip(), region="")
+        self.assert_download(a, b, socks_port, http_port, region="")
