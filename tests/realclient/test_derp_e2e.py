@@ -159,13 +159,13 @@ class _DERPTestCase(RealClientTestCase):
         return json.loads(out)["key"]
 
     def join(self, server, key, names, **node_options):
-        """Start a node per name and bring each up (exit 0 means Running) against ``server``."""
-        nodes = []
-        for name in names:
-            node = self.start_node(name, ssl_cert_file=self.ca.ca_pem, **node_options)
-            proc = node.up(server.url, authkey=key, hostname=name)
-            self.assertEqual(proc.returncode, 0)
-            nodes.append(node)
+        """Start a node per name, then bring them up together (exit 0 means Running) against ``server``."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        nodes = [self.start_node(name, ssl_cert_file=self.ca.ca_pem, **node_options) for name in names]
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            procs = list(pool.map(lambda n: n.up(server.url, authkey=key, hostname=n.name), nodes))
+        self.assertEqual([p.returncode for p in procs], [0] * len(nodes))
         return nodes
 
     def wait_peers_relay(self, node, count, relay=REGION_CODE, timeout=20):
