@@ -267,6 +267,7 @@ class DERPAdmissionTests(_DERPTestCase):
     """verify_clients: only node keys the control plane knows may use the relay."""
 
     def handshake(self, server, key_hex):
+        """Run one DERP handshake with ``key_hex`` inside the namespace; return (events, "open"|"closed")."""
         proc = self.namespace.run([sys.executable, "-c", _DERP_HANDSHAKE, self.ca.ca_pem, "8443", key_hex],
                                   env=server.env, timeout=30)
         self.assertEqual(proc.returncode, 0, f"{proc.stdout}\n{proc.stderr}")
