@@ -274,9 +274,12 @@ class _DERPParts:
         server_config = config.derp.server
         self.server = None
         if server_config.enabled:
+            from headscale_tw.derp.mesh import load_mesh_key
+
             key = load_or_generate_private_key(server_config.private_key_path)
             verify = self._verify if server_config.verify_clients else None
-            self.server = DERPServer(key, reactor, verify_client=verify)
+            mesh_key = load_mesh_key(server_config.mesh_key_path) if server_config.mesh_key_path else None
+            self.server = DERPServer(key, reactor, verify_client=verify, mesh_key=mesh_key)
         import treq
 
         self.provider = DERPMapProvider(config, reactor, http=treq, on_change=self._changed)
@@ -297,9 +300,10 @@ class _DERPParts:
         return self.plane is not None and self.plane.state.by_node_key(node_key) is not None
 
     def mount(self, root) -> list:
-        """Mount /derp etc. on ``root``; return the services to start (map refresh, STUN)."""
+        """Mount /derp etc. on ``root``; return the services to start (map refresh, STUN, mesh links)."""
         from twisted.application.internet import UDPServer
 
+        from headscale_tw.derp.mesh import mesh_peer_endpoint, mesh_peer_service
         from headscale_tw.derp.resource import mount_derp_resources
         from headscale_tw.derp.stun import STUNServerProtocol, parse_listen_addr
 
@@ -311,6 +315,9 @@ class _DERPParts:
                 host, port = parse_listen_addr(stun_addr)
                 self.stun = STUNServerProtocol()
                 services.append(UDPServer(port, self.stun, interface=host, reactor=self.reactor))
+            for url in self.config.derp.server.mesh_peers:
+                endpoint, host_header, path = mesh_peer_endpoint(self.reactor, url)
+                services.append(mesh_peer_service(self.server, endpoint, host_header, self.reactor, path=path))
         return services
 
 

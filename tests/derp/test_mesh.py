@@ -7,7 +7,7 @@ from twisted.test import iosim
 from twisted.trial import unittest
 
 from headscale_tw.derp import _frames as f
-from headscale_tw.derp.mesh import MeshPeerProtocol, mesh_peer_service
+from headscale_tw.derp.mesh import MeshPeerProtocol, load_mesh_key, mesh_peer_endpoint, mesh_peer_service
 from headscale_tw.derp.server import DERPServer
 from headscale_tw.testing.derp_client import RecordingDERPClient
 
@@ -127,3 +127,80 @@ class MeshTests(unittest.TestCase):
         self.assertEqual(len(attempts), 2)
         self.successResultOf(service.stopService())
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class MeshConfigTests(unittest.TestCase):
+    """derp.server.mesh_key_path / mesh_peers: key file, peer URLs and the service wiring."""
+
+    def key_file(self, text):
+        path = self.mktemp()
+        with open(path, "w") as fp:
+            fp.write(text)
+        return path
+
+    def test_load_mesh_key(self):
+        """64 hex digits with surrounding white space load as 32 bytes."""
+        self.assertEqual(load_mesh_key(self.key_file("\n" + MESH_KEY.hex() + "\n")), MESH_KEY)
+
+    def test_bad_mesh_key_files(self):
+        """A missing file, non-hex text or the wrong length is refused, naming the file."""
+        for path, fragment in [
+            (self.mktemp(), "does not exist"),
+            (self.key_file("not hex"), "must hold 64 hex digits"),
+            (self.key_file("abcd"), "holds 2 bytes, expected 32"),
+        ]:
+            e = self.assertRaises(ValueError, load_mesh_key, path)
+            self.assertIn(fragment, str(e))
+            self.assertIn(repr(path), str(e))
+
+    def test_peer_endpoint_https(self):
+        """An https URL gives a TLS endpoint to host:443, its Host header and the /derp default path."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        reactor = MemoryReactorClock()
+        endpoint, host, path = mesh_peer_endpoint(reactor, "https://derp2.example.com")
+        self.assertEqual((host, path), ("derp2.example.com", "/derp"))
+        self.assertEqual(type(endpoint).__name__, "_WrapperEndpoint")
+        _, host, path = mesh_peer_endpoint(reactor, "http://10.0.0.2:8080/custom/derp")
+        self.assertEqual((host, path), ("10.0.0.2:8080", "/custom/derp"))
+
+    def test_peer_endpoint_bad_url(self):
+        """A URL that is not http(s) with a host is refused."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        self.assertRaises(ValueError, mesh_peer_endpoint, MemoryReactorClock(), "derp2.example.com")
+
+    def test_config_keys(self):
+        """The loader reads both keys; peers without a key file, or a bad peer URL, are named problems."""
+        from headscale_tw.config.loader import ConfigError, parse_config
+
+        c = parse_config({"derp": {"server": {"mesh_key_path": "/etc/mesh.key",
+                                              "mesh_peers": ["https://derp2.example.com/derp"]}}}, environ={})
+        self.assertEqual(c.derp.server.mesh_key_path, "/etc/mesh.key")
+        self.assertEqual(c.derp.server.mesh_peers, ("https://derp2.example.com/derp",))
+        self.assertIsNone(parse_config({}, environ={}).derp.server.mesh_key_path)
+        e = self.assertRaises(ConfigError, parse_config,
+                              {"derp": {"server": {"mesh_peers": ["https://derp2.example.com"]}}}, environ={})
+        self.assertIn("derp.server.mesh_peers: needs derp.server.mesh_key_path", str(e))
+        e = self.assertRaises(ConfigError, parse_config,
+                              {"derp": {"server": {"mesh_key_path": "k", "mesh_peers": ["derp2:443"]}}}, environ={})
+        self.assertIn("derp.server.mesh_peers[0]", str(e))
+
+    def test_service_wiring(self):
+        """With both keys set, the service's DERP server has the mesh key and one link service per peer."""
+        from twisted.application.internet import ClientService
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.web.resource import Resource
+
+        from headscale_tw.config.loader import parse_config
+        from headscale_tw.service import _DERPParts
+
+        config = parse_config({"derp": {"server": {
+            "private_key_path": self.mktemp(),
+            "mesh_key_path": self.key_file(MESH_KEY.hex()),
+            "mesh_peers": ["https://derp2.example.com/derp", "http://10.0.0.3:8080/derp"],
+        }}}, environ={})
+        parts = _DERPParts(config, MemoryReactorClock())
+        self.assertEqual(parts.server.mesh_key, MESH_KEY)
+        links = [s for s in parts.mount(Resource()) if isinstance(s, ClientService)]
+        self.assertEqual(len(links), 2)

@@ -3,6 +3,7 @@
 from nacl.public import PrivateKey
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
@@ -319,3 +320,59 @@ class RelayOverIOSimTests(unittest.TestCase):
                 clients[b].packets, [(clients[a].public_key, b"%d->%d #%d" % (a, b, i)) for i in range(3)]
             )
         self.assertEqual(server.client_count, 4)
+
+
+class TLSCloseTests(unittest.TestCase):
+    """Server-side closes over TLS complete at once (the real server's listener is TLS)."""
+
+    def _connect_tls(self, server, clock, client):
+        from twisted.internet import ssl
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+        from twisted.python.filepath import FilePath
+        import twisted.test
+
+        pem = FilePath(twisted.test.__file__).sibling("server.pem").getContent()
+        server_options = ssl.PrivateCertificate.loadPEM(pem).options()
+        client_options = ssl.CertificateOptions()  # no verification: only the close matters here
+
+        class _One(Factory):
+            def __init__(self, proto):
+                self.proto = proto
+
+            def buildProtocol(self, addr):
+                return self.proto
+
+        server_factory = TLSMemoryBIOFactory(server_options, False, _One(server.build_protocol()), clock)
+        client_factory = TLSMemoryBIOFactory(client_options, True, _One(client), clock)
+        return iosim.connectedServerAndClient(
+            lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None),
+            greet=False, clock=clock)
+
+    def test_refusal_closes_without_waiting_for_abort(self):
+        """A refused client over TLS is disconnected right away, not by the 5 s abort timer.
+
+        TLS only starts its shutdown once no producer is registered, so the
+        server protocol must unregister itself before losing the connection.
+        """
+        server, clock = make_server(verify_client=lambda key: False)
+        client = RecordingDERPClient()
+        _s, _c, pump = self._connect_tls(server, clock, client)
+        pump.flush()
+        self.assertIsInstance(client.events[-1], ev.HealthReceived)
+        self.assertTrue(client.lost.called)
+        self.assertEqual(server.clients_refused, 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_protocol_error_closes_at_once(self):
+        """An admitted client that sends a mesh-only frame is disconnected right away over TLS."""
+        server, clock = make_server()
+        client = RecordingDERPClient()
+        _s, _c, pump = self._connect_tls(server, clock, client)
+        pump.flush()
+        self.successResultOf(client.ready)
+        client.conn.watch_conns()
+        client.flush()
+        pump.flush()
+        self.assertTrue(client.lost.called)
+        self.assertEqual(server.client_count, 0)
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -77,6 +77,8 @@ KEYS: tuple[Key, ...] = (
     _k("derp.server.automatically_add_embedded_derp_region", "bool"),
     _k("derp.server.ipv4", "opt_str"),
     _k("derp.server.ipv6", "opt_str"),
+    _k("derp.server.mesh_key_path", "opt_str"),
+    _k("derp.server.mesh_peers", "list"),
     _k("derp.urls", "list"),
     _k("derp.paths", "list"),
     _k("derp.auto_update_enabled", "bool"),

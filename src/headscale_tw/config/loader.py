@@ -598,6 +598,14 @@ def _validate(c: Config, out: _Collector) -> Config:
         problem = _check_url(u)
         if problem:
             p(f"derp.urls[{i}]", problem)
+    for i, u in enumerate(d.server.mesh_peers):
+        problem = _check_url(u)
+        if problem:
+            p(f"derp.server.mesh_peers[{i}]", problem)
+    if d.server.mesh_peers and not d.server.mesh_key_path:
+        p("derp.server.mesh_peers", "needs derp.server.mesh_key_path (the key every instance of the mesh shares)")
+    if d.server.mesh_key_path and not d.server.enabled:
+        p("derp.server.mesh_key_path", "is only used when derp.server.enabled is true")
     if d.auto_update_enabled and d.update_frequency <= 0 and (d.urls or d.paths):
         p("derp.update_frequency", "must be positive when derp.auto_update_enabled is true")
 

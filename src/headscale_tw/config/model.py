@@ -107,6 +107,10 @@ class DerpServerConfig:
     automatically_add_embedded_derp_region: bool = True
     ipv4: str | None = None
     ipv6: str | None = None
+    #: File holding the mesh pre-shared key (64 hex digits, derper's ``--mesh-psk-file`` format).
+    mesh_key_path: str | None = None
+    #: DERP URLs of the other instances to mesh with (``https://host[:port]/derp``).
+    mesh_peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

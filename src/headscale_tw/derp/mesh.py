@@ -13,15 +13,21 @@ and the peer delivers it as RecvPacket(src, data). Forwarding is one hop.
 
 When the mesh connection breaks, every route learnt from it is forgotten and
 :func:`mesh_peer_service` reconnects every 5 seconds.
+
+Configuration (``derp.server.mesh_key_path`` / ``mesh_peers``) goes through
+:func:`load_mesh_key` and :func:`mesh_peer_endpoint`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from nacl.public import PrivateKey
 from twisted.application.internet import ClientService
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
@@ -29,7 +35,55 @@ from . import _client as c
 from . import _frames as f
 from .server import DERPServer
 
-__all__ = ["DERPClientProtocol", "MeshPeerProtocol", "mesh_peer_factory", "mesh_peer_service"]
+__all__ = [
+    "DERPClientProtocol",
+    "MeshPeerProtocol",
+    "load_mesh_key",
+    "mesh_peer_endpoint",
+    "mesh_peer_factory",
+    "mesh_peer_service",
+]
+
+
+def load_mesh_key(path: str) -> bytes:
+    """Read the mesh pre-shared key: 64 hex digits (surrounding white space ignored), as derper's.
+
+    Raises ``ValueError`` naming the file when it is missing or malformed.
+    """
+    try:
+        with open(path, encoding="ascii") as fp:
+            text = fp.read().strip()
+    except FileNotFoundError:
+        raise ValueError(f"DERP mesh key file {path!r} does not exist (create it with `openssl rand -hex 32`)") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"DERP mesh key file {path!r} is not text") from None
+    except OSError as e:
+        raise ValueError(f"DERP mesh key file {path!r} cannot be read: {e.strerror}") from None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"DERP mesh key file {path!r} must hold 64 hex digits") from None
+    if len(key) != 32:
+        raise ValueError(f"DERP mesh key file {path!r} holds {len(key)} bytes, expected 32 (64 hex digits)")
+    return key
+
+
+def mesh_peer_endpoint(reactor: Any, url: str) -> tuple[IStreamClientEndpoint, str, str]:
+    """``(endpoint, host header, path)`` for a mesh peer's DERP URL.
+
+    ``https://`` verifies the peer's certificate against the platform's trust
+    store (OpenSSL's default paths: ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` apply).
+    The path defaults to ``/derp``.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"mesh peer {url!r} must be an http(s) URL with a host")
+    host = parts.hostname
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port)
+    if parts.scheme == "https":
+        endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+    return endpoint, parts.netloc.rpartition("@")[2], parts.path or "/derp"
 
 
 class DERPClientProtocol(Protocol):
@@ -122,10 +176,10 @@ class DERPClientProtocol(Protocol):
 class MeshPeerProtocol(DERPClientProtocol):
     """Our connection to a mesh peer: learns its clients and forwards packets to them."""
 
-    def __init__(self, server: DERPServer, upgrade_host: str | None = None):
+    def __init__(self, server: DERPServer, upgrade_host: str | None = None, path: str = "/derp"):
         if server.mesh_key is None:
             raise ValueError("mesh forwarding needs the server to have a mesh key")
-        super().__init__(server.private_key, mesh_key=server.mesh_key, upgrade_host=upgrade_host)
+        super().__init__(server.private_key, mesh_key=server.mesh_key, upgrade_host=upgrade_host, path=path)
         self.server = server
         self.routes_learnt = 0
 
@@ -134,6 +188,8 @@ class MeshPeerProtocol(DERPClientProtocol):
             if event.server_public == self.server.public_key:
                 self._fail("mesh peer is ourselves")
         elif isinstance(event, c.ServerInfoReceived):
+            self.log.info("DERP mesh: connected to peer {peer}, watching its clients",
+                          peer=self._upgrade_host or self.transport.getPeer())
             self.conn.watch_conns()
             self.flush()
         elif isinstance(event, c.PeerPresent):
@@ -154,9 +210,9 @@ class MeshPeerProtocol(DERPClientProtocol):
         self.server.forget_mesh_routes(self)
 
 
-def mesh_peer_factory(server: DERPServer, upgrade_host: str | None = None) -> Factory:
+def mesh_peer_factory(server: DERPServer, upgrade_host: str | None = None, path: str = "/derp") -> Factory:
     """A client factory building :class:`MeshPeerProtocol` for ``server``."""
-    return Factory.forProtocol(lambda: MeshPeerProtocol(server, upgrade_host))
+    return Factory.forProtocol(lambda: MeshPeerProtocol(server, upgrade_host, path))
 
 
 def mesh_peer_service(
@@ -166,6 +222,7 @@ def mesh_peer_service(
     clock: IReactorTime,
     retry_delay: float = 5.0,
     prepare: Callable[[Protocol], Any] | None = None,
+    path: str = "/derp",
 ) -> ClientService:
     """A service that keeps a mesh connection to the peer at ``endpoint`` (retry every 5 s).
 
@@ -174,7 +231,7 @@ def mesh_peer_service(
     """
     return ClientService(
         endpoint,
-        mesh_peer_factory(server, upgrade_host),
+        mesh_peer_factory(server, upgrade_host, path),
         retryPolicy=lambda attempts: retry_delay,
         clock=clock,
         prepareConnection=prepare,

@@ -353,6 +353,10 @@ class DERPServerProtocol(Protocol):
         self._queue.clear()
         self._disco_queue.clear()
         if self.transport is not None:
+            # TLS (TLSMemoryBIOProtocol) starts its shutdown only once no
+            # producer is registered; without this a server-side close over
+            # TLS waited for the abort timer below.
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
             abort = getattr(self.transport, "abortConnection", None)
             if abort is not None:
