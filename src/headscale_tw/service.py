@@ -212,7 +212,11 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
         services.append(_unix_listener(config, server.Site(unix_root), reactor))
     if config.metrics_listen_addr:
         metrics_root = resource.Resource()
-        metrics_root.putChild(b"metrics", MetricsResource())
+        from headscale_tw.metrics import make_registry
+
+        registry = make_registry(plane, derp_parts.server if derp_parts else None,
+                                 getattr(derp_parts, "stun", None))
+        metrics_root.putChild(b"metrics", MetricsResource(registry))
         services.append(strports.service(listen_endpoint(config.metrics_listen_addr), server.Site(metrics_root), reactor=reactor))
 
     async def close():
