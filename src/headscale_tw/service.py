@@ -303,17 +303,30 @@ class _DERPParts:
         # Only node keys the control plane knows may connect.
         return self.plane is not None and self.plane.state.by_node_key(node_key) is not None
 
+    def _resolve(self, name: str):
+        """Every address of ``name`` (IPv4 and IPv6), looked up off the reactor thread."""
+        import socket
+
+        from twisted.internet import threads
+
+        def lookup():
+            infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+            return list(dict.fromkeys(info[4][0] for info in infos))
+
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), lookup)
+
     def mount(self, root) -> list:
         """Mount /derp etc. on ``root``; return the services to start (map refresh, STUN, mesh links)."""
         from twisted.application.internet import UDPServer
 
         from headscale_tw.derp.mesh import mesh_peer_endpoint, mesh_peer_service
-        from headscale_tw.derp.resource import mount_derp_resources
+        from headscale_tw.derp.resource import BootstrapDNSResource, derp_map_hostnames, mount_derp_resources
         from headscale_tw.derp.stun import STUNServerProtocol, parse_listen_addr
 
         services = [self.provider]
         if self.server is not None:
-            mount_derp_resources(root, self.server)
+            bootstrap = BootstrapDNSResource(lambda: derp_map_hostnames(self.provider.derp_map), self._resolve)
+            mount_derp_resources(root, self.server, bootstrap)
             stun_addr = self.config.derp.server.stun_listen_addr
             if stun_addr:
                 host, port = parse_listen_addr(stun_addr)
