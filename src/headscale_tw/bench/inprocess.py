@@ -15,7 +15,7 @@ import time
 from twisted.internet.defer import Deferred
 
 from headscale_tw import secrets as keysecrets
-from headscale_tw.config.model import Config, DNSConfig
+from headscale_tw.config.model import Config, DNSConfig, PolicyConfig
 from headscale_tw.control.plane import ControlPlane
 from headscale_tw.storage.database import open_database
 from headscale_tw.testing.db import NonThreadPool, ThreadlessReactor, resolve, sqlite_config
@@ -32,7 +32,8 @@ def build_plane(n: int, policy_text: str | None = None):
     clock = ThreadlessReactor()
     clock.advance(1_800_000_000)
     db = resolve(open_database(sqlite_config(), clock, threadpool=NonThreadPool()))
-    config = Config(server_url="http://127.0.0.1:8080", dns=DNSConfig(base_domain="bench.internal"))
+    config = Config(server_url="http://127.0.0.1:8080", dns=DNSConfig(base_domain="bench.internal"),
+                    policy=PolicyConfig(mode="file", path="policy.json" if policy_text else ""))
     plane = ControlPlane(config, db, clock, read_file=lambda path: policy_text or "")
     _run(plane.start())
     user = _run(db.users.create("bench"))

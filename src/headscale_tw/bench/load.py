@@ -75,10 +75,10 @@ class Worker:
         return errors
 
     async def cmd_connect(self, indices: list[int], auth_key: str, concurrency: int = 64,
-                          group_size: int = 0) -> dict:
+                          group_size: int = 0, tag_as: int | None = None) -> dict:
         """Bring ``indices`` up (the whole login sequence), ``concurrency`` at a time."""
         for i in indices:
-            tags = [group_tag(i, group_size)] if group_size else None
+            tags = [group_tag(i if tag_as is None else tag_as, group_size)] if group_size else None
             self.nodes[i] = SimNode(i, self.connector, self.host, auth_key, request_tags=tags,
                                     verify=i < self.verify)
         errors = await self._bounded(indices, concurrency, lambda i: self.nodes[i].up())
@@ -277,10 +277,11 @@ class Cluster:
                     merged[k] = merged.get(k, 0) + v
         return merged
 
-    async def connect(self, indices, auth_key: str, concurrency: int = 64, group_size: int = 0) -> dict:
+    async def connect(self, indices, auth_key: str, concurrency: int = 64, group_size: int = 0,
+                      tag_as: int | None = None) -> dict:
         parts = self._split(indices)
         per = [{"indices": p, "concurrency": max(1, concurrency // len(self.workers))} for p in parts]
-        return self._merge(await self._all("connect", per, auth_key=auth_key, group_size=group_size))
+        return self._merge(await self._all("connect", per, auth_key=auth_key, group_size=group_size, tag_as=tag_as))
 
     async def mark(self) -> float:
         return min(await self._all("mark"))

@@ -103,10 +103,11 @@ async def _run_size(reactor, server, n, policy, procs, group_size, concurrency, 
     group = group_size if policy == "groups" else 0
     out: dict = {"nodes": n, "policy": policy, "procs": procs, "server_before": server.stats()}
 
-    def affected(index: int, among) -> list[int]:
+    def affected(index: int, among, tag_as: int | None = None) -> list[int]:
         if not group:
             return [i for i in among if i != index]
-        return [i for i in among if i != index and group_tag(i, group) == group_tag(index, group)]
+        tag = group_tag(index if tag_as is None else tag_as, group)
+        return [i for i in among if i != index and group_tag(i, group) == tag]
 
     try:
         log(f"[{n} {policy}] connecting")
@@ -126,10 +127,10 @@ async def _run_size(reactor, server, n, policy, procs, group_size, concurrency, 
         await cluster.quiet(0.5, timeout=timeout)
 
         # A node joins (ephemeral key, so its logout deletes it).
-        joiner = n
-        targets = affected(joiner, everyone)
+        joiner = n  # joins group 0 under the group policy
+        targets = affected(joiner, everyone, tag_as=0)
         await cluster.mark()
-        joined = await cluster.connect([joiner], keys["ephemeral"], 1, group)
+        joined = await cluster.connect([joiner], keys["ephemeral"], 1, group, tag_as=0)
         start = joined["noise"][0] or joined["start"][0]  # from the moment the RegisterRequest is sent
         out["node_join"] = _latency(start, await cluster.wait(targets, timeout), len(targets))
         out["node_join"]["errors"] = joined["errors"]

@@ -69,7 +69,12 @@ class KeyFetch(Protocol):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
-        if not self.result.called:
+        if self.result.called:
+            return
+        end = self._buffer.find(b"\r\n\r\n")
+        if end >= 0:  # no Content-Length (chunked or close-delimited): the body is what came
+            self.result.callback((int(self._buffer.split(b" ", 2)[1]), self._buffer[end + 4 :]))
+        else:
             self.result.errback(reason)
 
 
@@ -89,7 +94,7 @@ class TCPConnector:
 
 async def http_get(connector, host: bytes, path: bytes) -> tuple[int, bytes]:
     """A one-off plain ``GET`` (``/health`` during the reconnect storm)."""
-    fetch = KeyFetch(b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: Go-http-client/1.1\r\n\r\n" % (path, host))
+    fetch = KeyFetch(b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host))
     await connector.connect(fetch)
     return await fetch.result
 
