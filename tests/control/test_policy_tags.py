@@ -38,6 +38,17 @@ class RegistrationTagTests(unittest.TestCase):
         self.assertEqual(peer["Tags"], ["tag:web"])
         self.assertEqual(peer["User"], 2147455555)
 
+    def test_owner_created_after_start(self):
+        """A key of a user the control plane has not cached yet (created via the API) may request that user's tags."""
+        carol = self.h.run(self.h.db.users.create("carol"))  # in the store only, as the admin API does
+        policy = json.loads(POLICY)
+        policy["tagOwners"]["tag:carol"] = ["carol@"]
+        self.h.run(self.h.policy.set_policy(json.dumps(policy)))
+        self.h.make_key("carol", user_id=carol.id, reusable=True)
+        node, response = self.h.register("c", auth="carol", Hostinfo=hostinfo("c", ["tag:carol"]))
+        self.assertNotIn("Error", response)
+        self.assertEqual(node.tags, ("tag:carol",))
+
     def test_refused_tags(self):
         """A tag owned by someone else refuses the registration with a message naming it."""
         node, response = self.h.register("db", Hostinfo=hostinfo("db", ["tag:web", "tag:db"]))

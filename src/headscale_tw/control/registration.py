@@ -288,6 +288,8 @@ class Registrar:
                 return {"Error": "authkey already used"}
         tags = tuple(key.tags)
         if not tags:
+            if key.user_id is not None:
+                await self.state.user(key.user_id)  # a user created after start: the policy must know it
             try:
                 tags = self._requested_tags(request, key.user_id)
             except TagsRefused as e:

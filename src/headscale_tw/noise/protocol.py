@@ -39,7 +39,9 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
 from twisted.web import resource
-from twisted.web._http2 import H2Connection
+from collections import deque
+
+from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 from twisted.web.server import Site
 from zope.interface import implementer
 
@@ -203,7 +205,7 @@ class NoiseFactory:
         global reactor, whose send loop would then escape our clock; so we
         build it here with the same attributes ``Site.buildProtocol`` sets.
         """
-        h2 = H2Connection(self.reactor)
+        h2 = _CountingH2Connection(self.reactor)
         h2.site = site
         h2.factory = site
         h2.requestFactory = site.requestFactory
@@ -219,6 +221,57 @@ class NoiseFactory:
 
     def unregisterProtocol(self, protocol: NoiseProtocol) -> None:
         self.connections.discard(protocol)
+
+
+class _CountingQueue(deque):
+    """A stream's outbound queue that knows how many bytes it holds (O(1) instead of a sum)."""
+
+    def __init__(self, items=()) -> None:
+        super().__init__()
+        self.nbytes = 0
+        for item in items:
+            self.append(item)
+
+    def append(self, item) -> None:
+        if item is not _END_STREAM_SENTINEL:
+            self.nbytes += len(item)
+        super().append(item)
+
+    def appendleft(self, item) -> None:
+        if item is not _END_STREAM_SENTINEL:
+            self.nbytes += len(item)
+        super().appendleft(item)
+
+    def popleft(self):
+        item = super().popleft()
+        if item is not _END_STREAM_SENTINEL:
+            self.nbytes -= len(item)
+        return item
+
+
+class _Queues(dict):
+    """``H2Connection._outboundStreamQueues`` whose queues are :class:`_CountingQueue`."""
+
+    def __setitem__(self, stream_id, queue) -> None:
+        super().__setitem__(stream_id, queue if isinstance(queue, _CountingQueue) else _CountingQueue(queue))
+
+
+class _CountingH2Connection(H2Connection):
+    """
+    ``H2Connection`` whose ``remainingOutboundWindow`` is O(1).
+
+    Twisted sums the lengths of every chunk queued on the stream at each
+    ``write``; a map stream that receives deltas faster than the send loop
+    (one DATA frame per reactor turn) drains them makes that quadratic. The
+    profile of 300 connecting nodes showed 62 % of server CPU there.
+    """
+
+    def __init__(self, reactor=None) -> None:
+        super().__init__(reactor)
+        self._outboundStreamQueues = _Queues()
+
+    def remainingOutboundWindow(self, streamID):
+        return self.conn.local_flow_control_window(streamID) - self._outboundStreamQueues[streamID].nbytes
 
 
 class NoiseProtocol(ProtocolWrapper, TimeoutMixin):

@@ -1,0 +1,270 @@
+# -*- test-case-name: tests.bench.test_load -*-
+"""
+The control-plane benchmarks (not tests): ``python -m headscale_tw.bench.scenarios``.
+
+For each size N and policy (``all`` = one allow-all rule, everyone sees
+everyone; ``groups`` = nodes tagged into groups of 10 that see only their
+group) against a freshly spawned server:
+
+1. connect N nodes (the official client's login sequence, 64 in flight):
+   registrations/s, time until every node holds its full map, server RSS/CPU;
+2. with all N streaming, one change at a time, latency from the change until
+   every affected stream received its delta (p50/p99/max) and bytes per change:
+   an endpoint update (lite map request), a node joining, that node deleted
+   (an ephemeral node logging out), a policy change (policy file + SIGHUP);
+3. reconnect storm: every connection dropped at once, every node dials again:
+   time until every node holds a full map again, ``/health`` latency meanwhile.
+
+Plus the in-process full-map build time for a node with N peers (Mapper
+directly, cold = entries serialized, warm = cached). Prints a table and writes
+``bench/results/control-<timestamp>.json`` with the machine description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import ensureDeferred
+
+from headscale_tw.bench.load import Cluster, _sleep, connect_summary, group_tag, percentile
+from headscale_tw.bench.server import SpawnedServer, proc_stats, raise_nofile
+from headscale_tw.bench.simnode import TCPConnector, http_get
+
+__all__ = ["policy_text", "run_size", "fullmap_times", "machine", "main"]
+
+
+def policy_text(kind: str, nodes: int, group_size: int = 10, ports: str = "*") -> str | None:
+    """The benchmark policies: ``none`` (no file), ``all`` (allow-all ACL), ``groups`` (tag groups)."""
+    if kind == "none":
+        return None
+    if kind == "all":
+        return json.dumps({"acls": [{"action": "accept", "src": ["*"], "dst": [f"*:{ports}"]}]})
+    groups = range(nodes // group_size + 2)
+    return json.dumps({
+        "tagOwners": {f"tag:g{g}": ["bench@"] for g in groups},
+        "acls": [{"action": "accept", "src": [f"tag:g{g}"], "dst": [f"tag:g{g}:{ports}"]} for g in groups],
+    })
+
+
+def machine() -> dict:
+    """Where the numbers come from."""
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        with open("/proc/meminfo") as f:
+            info["mem_gib"] = round(int(f.readline().split()[1]) / 1024 / 1024, 1)
+    except (OSError, StopIteration):
+        pass
+    import twisted
+
+    info["twisted"] = twisted.__version__
+    return info
+
+
+def _latency(sent: float, result: dict, expected: int) -> dict:
+    lat = [a - sent for a in result["arrivals"]]
+    return {
+        "streams": expected,
+        "received": len(lat),
+        "missing": result["missing"],
+        "p50_ms": _ms(percentile(lat, 50)),
+        "p99_ms": _ms(percentile(lat, 99)),
+        "max_ms": _ms(max(lat) if lat else None),
+        "bytes_per_stream": percentile(result["bytes"], 50),
+        "bytes_total": sum(result["bytes"]),
+    }
+
+
+def _ms(seconds):
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+async def run_size(reactor, n: int, policy: str, *, procs: int = 1, group_size: int = 10,
+                   concurrency: int = 64, timeout: float = 600.0, log=print) -> dict:
+    """Every scenario for one size and policy against a fresh server; returns the results dict."""
+    server = SpawnedServer(policy=policy_text(policy, n + 1, group_size)).start()
+    try:
+        return await _run_size(reactor, server, n, policy, procs, group_size, concurrency, timeout, log)
+    finally:
+        server.stop()
+
+
+async def _run_size(reactor, server, n, policy, procs, group_size, concurrency, timeout, log) -> dict:
+    keys = server.make_keys()
+    parts = urlsplit(server.url)
+    cluster = Cluster(reactor, parts.hostname, parts.port, procs=procs, verify=min(n, 3))
+    group = group_size if policy == "groups" else 0
+    out: dict = {"nodes": n, "policy": policy, "procs": procs, "server_before": server.stats()}
+
+    def affected(index: int, among, tag_as: int | None = None) -> list[int]:
+        if not group:
+            return [i for i in among if i != index]
+        tag = group_tag(index if tag_as is None else tag_as, group)
+        return [i for i in among if i != index and group_tag(i, group) == tag]
+
+    try:
+        log(f"[{n} {policy}] connecting")
+        connected = await cluster.connect(range(n), keys["reusable"], concurrency, group)
+        out["connect"] = connect_summary(connected, n)
+        out["connect"]["quiet_after_s"] = round(await cluster.quiet(1.0, timeout=timeout), 2)
+        out["server_after_connect"] = server.stats()
+        out["clients_after_connect"] = await cluster.stats()
+        log(f"[{n} {policy}] connected: {out['connect']}")
+        everyone = list(range(n))
+
+        # An endpoint change (lite map request from node 0).
+        await cluster.mark()
+        sent = await cluster.lite(0, ["198.51.100.7:41641", "192.0.2.1:41641"])
+        targets = affected(0, everyone)
+        out["endpoint_change"] = _latency(sent, await cluster.wait(targets, timeout), len(targets))
+        await cluster.quiet(0.5, timeout=timeout)
+
+        # A node joins (ephemeral key, so its logout deletes it).
+        joiner = n  # joins group 0 under the group policy
+        targets = affected(joiner, everyone, tag_as=0)
+        await cluster.mark()
+        joined = await cluster.connect([joiner], keys["ephemeral"], 1, group, tag_as=0)
+        start = joined["noise"][0] or joined["start"][0]  # from the moment the RegisterRequest is sent
+        out["node_join"] = _latency(start, await cluster.wait(targets, timeout), len(targets))
+        out["node_join"]["errors"] = joined["errors"]
+        await cluster.quiet(0.5, timeout=timeout)
+
+        # That node is deleted (ephemeral logout).
+        await cluster.mark()
+        sent = await cluster.logout(joiner)
+        out["node_delete"] = _latency(sent, await cluster.wait(targets, timeout), len(targets))
+        await cluster.quiet(0.5, timeout=timeout)
+
+        # A policy change every node's filter depends on.
+        if policy != "none":
+            await cluster.mark()
+            server.write_policy(policy_text(policy, n + 1, group_size, ports="22,443,1000-2000"))
+            sent = time.monotonic()
+            server.reload()
+            out["policy_change"] = _latency(sent, await cluster.wait(everyone, timeout), n)
+            await cluster.quiet(0.5, timeout=timeout)
+
+        out["server_streaming"] = server.stats()
+
+        # Reconnect storm.
+        connector = TCPConnector(reactor, parts.hostname, parts.port)
+        health: list[float] = []
+        storm_done = []
+
+        async def probe():
+            while not storm_done:
+                t = time.monotonic()
+                try:
+                    status, _ = await http_get(connector, f"{parts.hostname}:{parts.port}".encode(), b"/health")
+                    if status == 200:
+                        health.append(time.monotonic() - t)
+                except Exception:
+                    pass
+                await _sleep(reactor, 0.1)
+
+        cpu_before = server.stats()["cpu_s"]
+        dropped = await cluster.drop()
+        await _sleep(reactor, 0.2)
+        prober = ensureDeferred(probe())
+        back = await cluster.reconnect(concurrency=256)
+        storm_done.append(True)
+        await prober
+        maps = [t for t in back["map"] if t is not None]
+        out["reconnect_storm"] = {
+            "nodes": n,
+            "reconnected": len(maps),
+            "errors": len(back["errors"]),
+            "converge_s": round(max(maps) - dropped, 3) if maps else None,
+            "health_probes": len(health),
+            "health_p50_ms": _ms(percentile(health, 50)),
+            "health_p99_ms": _ms(percentile(health, 99)),
+            "health_max_ms": _ms(max(health) if health else None),
+            "server_cpu_s": round(server.stats()["cpu_s"] - cpu_before, 2),
+        }
+        await cluster.quiet(1.0, timeout=timeout)
+        out["verified"] = await cluster.verify()
+        out["server_end"] = server.stats()
+        out["clients_end"] = await cluster.stats()
+        return out
+    finally:
+        await cluster.stop()
+
+
+def fullmap_times(sizes: list[int], repeat: int = 20) -> list[dict]:
+    """In-process: build the full map of one node with N peers (Mapper directly), cold and warm."""
+    from headscale_tw.bench.inprocess import fullmap_times as measure
+
+    return measure(sizes, repeat)
+
+
+def _table(rows: list[dict]) -> str:
+    lines = ["| N | policy | reg/s | all maps (s) | RSS MiB | CPU s | endpoint p50/p99/max ms | join p99 | delete p99 | policy p99 | storm converge s | /health p99 ms | full map B |",
+             "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        c = r["connect"]
+        e = r["endpoint_change"]
+        lines.append("| {} | {} | {} | {} | {} | {} | {}/{}/{} | {} | {} | {} | {} | {} | {} |".format(
+            r["nodes"], r["policy"], c["registrations_per_s"], c["all_maps_s"],
+            r["server_streaming"]["rss_mib"], r["server_streaming"]["cpu_s"],
+            e["p50_ms"], e["p99_ms"], e["max_ms"], r["node_join"]["p99_ms"], r["node_delete"]["p99_ms"],
+            r.get("policy_change", {}).get("p99_ms"), r["reconnect_storm"]["converge_s"],
+            r["reconnect_storm"]["health_p99_ms"], c["full_map_bytes_median"]))
+    return "\n".join(lines)
+
+
+async def _main(reactor, options) -> None:
+    results = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": [], "fullmap": []}
+    os.makedirs(options.out, exist_ok=True)
+    path = os.path.join(options.out, f"control-{time.strftime('%Y%m%d-%H%M%S')}.json")
+
+    def save():
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+
+    if options.fullmap:
+        results["fullmap"] = fullmap_times(options.fullmap)
+        save()
+    for n in options.sizes:
+        for policy in options.policies:
+            started = time.monotonic()
+            run = await run_size(reactor, n, policy, procs=options.procs, concurrency=options.concurrency,
+                                 timeout=options.timeout)
+            run["wall_s"] = round(time.monotonic() - started, 1)
+            results["runs"].append(run)
+            save()
+    print(json.dumps(results["machine"]))
+    if results["fullmap"]:
+        print("| peers | cold ms | warm ms | bytes |\n|---:|---:|---:|---:|")
+        for row in results["fullmap"]:
+            print(f"| {row['peers']} | {row['cold_ms']} | {row['warm_ms']} | {row['bytes']} |")
+    if results["runs"]:
+        print(_table(results["runs"]))
+    print(f"results: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m headscale_tw.bench.scenarios")
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=[100, 1000])
+    parser.add_argument("--policies", type=lambda s: s.split(","), default=["all", "groups"])
+    parser.add_argument("--fullmap", type=lambda s: [int(x) for x in s.split(",") if x], default=[100, 1000])
+    parser.add_argument("--procs", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--timeout", type=float, default=600.0, help="bound on every wait")
+    parser.add_argument("--out", default=os.path.join("bench", "results"))
+    options = parser.parse_args(argv)
+    raise_nofile()
+    from twisted.internet.task import react
+
+    react(lambda r: ensureDeferred(_main(r, options)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

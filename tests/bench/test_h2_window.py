@@ -1,0 +1,42 @@
+"""The Noise layer's HTTP/2 connection computes a stream's remaining window in O(1), with Twisted's result."""
+
+from collections import deque
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
+
+from headscale_tw.noise.protocol import _CountingH2Connection, _CountingQueue
+
+
+class CountingQueueTests(unittest.TestCase):
+    """The queue tracks its byte count through every operation Twisted uses."""
+
+    def test_counts(self):
+        """append, appendleft and popleft keep nbytes equal to the bytes held; the sentinel counts zero."""
+        q = _CountingQueue([b"abc"])
+        q.append(b"de")
+        q.appendleft(b"f")
+        q.append(_END_STREAM_SENTINEL)
+        self.assertEqual(q.nbytes, 6)
+        self.assertEqual(q.popleft(), b"f")
+        self.assertEqual(q.nbytes, 5)
+        q.popleft(), q.popleft()
+        self.assertEqual((q.nbytes, q.popleft()), (0, _END_STREAM_SENTINEL))
+        self.assertEqual(q.nbytes, 0)
+
+    def test_same_as_twisted(self):
+        """remainingOutboundWindow equals Twisted's summing implementation for the same queue."""
+        conn = _CountingH2Connection(Clock())
+
+        class FakeH2:
+            def local_flow_control_window(self, stream_id):
+                return 65535
+
+        conn.conn = FakeH2()
+        conn._outboundStreamQueues[1] = deque()
+        for chunk in (b"x" * 100, b"y" * 7, _END_STREAM_SENTINEL):
+            conn._outboundStreamQueues[1].append(chunk)
+        self.assertIsInstance(conn._outboundStreamQueues[1], _CountingQueue)
+        self.assertEqual(conn.remainingOutboundWindow(1), H2Connection.remainingOutboundWindow(conn, 1))
+        self.assertEqual(conn.remainingOutboundWindow(1), 65535 - 107)

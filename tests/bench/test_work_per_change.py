@@ -1,0 +1,162 @@
+"""
+Work done per change grows with the nodes it affects, not with N².
+
+The control plane is driven in-process (threadless SQLite, a Clock) at two
+sizes; for each change we count peer entries serialized
+(``Mapper.serializations``), frames built (``MapNotifier.frames_built``),
+policy views recomputed (``PolicyManager.views_built``) and frames written to
+streams. Extends ``tests/control/test_notifier.py`` ``WorkTests`` (one size,
+no policy) with the size comparison and a policy with small visibility.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.trial import unittest
+
+from tests.control._harness import Harness
+
+GROUP = 5
+
+
+def group_policy(groups: int) -> str:
+    return json.dumps({
+        "tagOwners": {f"tag:g{g}": ["alice@"] for g in range(groups)},
+        "acls": [{"action": "accept", "src": [f"tag:g{g}"], "dst": [f"tag:g{g}:*"]} for g in range(groups)],
+    })
+
+
+class _Sized:
+    """A harness with ``n`` streaming nodes and counters reset."""
+
+    def __init__(self, testcase, n: int, grouped: bool = False):
+        self.h = Harness(testcase, policy=group_policy(n // GROUP + 1) if grouped else None)
+        self.grouped = grouped
+        self.nodes = [self.register(i) for i in range(n)]
+        self.streams = [self.h.stream(node) for node in self.nodes]
+        for node in self.nodes:
+            self.h.mapper.peer_entry(node.id)
+        self.reset()
+
+    def register(self, i: int, group: int | None = None):
+        extra = {}
+        if self.grouped:
+            tag = f"tag:g{i // GROUP if group is None else group}"
+            extra["Hostinfo"] = {"Hostname": f"n{i}", "OS": "linux", "RequestTags": [tag]}
+        node, response = self.h.register(f"n{i}", **extra)
+        assert "Error" not in response, response
+        return node
+
+    def reset(self):
+        self.h.mapper.serializations.clear()
+        self.h.notifier.frames_built = 0
+        self.h.policy.views_built = 0
+        self.counts = [len(s.writes) for s in self.streams]
+
+    def work(self) -> dict:
+        writes = [len(s.writes) - c for s, c in zip(self.streams, self.counts)]
+        return {
+            "serialized": sum(self.h.mapper.serializations.values()),
+            "frames": self.h.notifier.frames_built,
+            "views": self.h.policy.views_built,
+            "streams_written": sum(1 for w in writes if w),
+        }
+
+
+class UniformWorkTests(unittest.TestCase):
+    """No policy (everyone sees everyone): per-change work at N=50 and N=200."""
+
+    SIZES = (50, 200)
+
+    def measure(self, change) -> list[dict]:
+        out = []
+        for n in self.SIZES:
+            sized = _Sized(self, n)
+            change(sized)
+            out.append(sized.work())
+        return out
+
+    def test_endpoint_change(self):
+        """An endpoint change builds one frame and serializes nothing at either size; writes = N-1."""
+        small, big = self.measure(lambda s: s.h.lite(s.h.state.get(s.nodes[0].id), Endpoints=["192.0.2.9:41641"]))
+        for work, n in ((small, 50), (big, 200)):
+            self.assertEqual((work["serialized"], work["frames"], work["streams_written"]), (0, 1, n - 1))
+
+    def test_hostinfo_change(self):
+        """A Hostinfo change serializes the node's entry once and builds one frame, independent of N."""
+        def change(s):
+            node = s.h.state.get(s.nodes[0].id)
+            s.h.lite(node, Hostinfo=dict(node.hostinfo, OSVersion="7.0"))
+        small, big = self.measure(change)
+        self.assertEqual((small["serialized"], small["frames"]), (1, 1))
+        self.assertEqual((big["serialized"], big["frames"]), (1, 1))
+
+    def test_join(self):
+        """A joining node costs its own entry, one frame for its peers and its own full map from the cache."""
+        def change(s):
+            new = s.register(10_000)
+            s.streams.append(s.h.stream(new))
+            s.counts.append(0)
+        small, big = self.measure(change)
+        self.assertEqual(small["serialized"], big["serialized"])
+        self.assertLessEqual(big["serialized"], 2)
+        self.assertEqual(small["frames"], big["frames"])
+        self.assertEqual(big["streams_written"], 201)
+
+    def test_delete(self):
+        """A deletion builds one frame regardless of N and serializes nothing."""
+        small, big = self.measure(lambda s: s.h.run(s.h.admin.delete(s.nodes[-1].id)))
+        self.assertEqual((small["serialized"], small["frames"]), (0, 1))
+        self.assertEqual((big["serialized"], big["frames"]), (0, 1))
+
+
+class GroupWorkTests(unittest.TestCase):
+    """A policy where each node sees only its group of 5: work should follow the group, not N."""
+
+    SIZES = (15, 60)
+
+    def measure(self, change) -> list[dict]:
+        out = []
+        for n in self.SIZES:
+            sized = _Sized(self, n, grouped=True)
+            change(sized)
+            out.append(sized.work())
+        return out
+
+    def test_endpoint_change(self):
+        """An endpoint change recomputes no view and reaches only the group, at both sizes."""
+        small, big = self.measure(lambda s: s.h.lite(s.h.state.get(s.nodes[0].id), Endpoints=["192.0.2.9:41641"]))
+        self.assertEqual(small, big)
+        self.assertEqual((big["views"], big["frames"], big["streams_written"]), (0, 1, GROUP - 1))
+
+    def test_join_frames_and_entries(self):
+        """A node joining group 0 builds frames and entries for that group only, at both sizes."""
+        def change(s):
+            new = s.register(10_000, group=0)
+            s.streams.append(s.h.stream(new))
+            s.counts.append(0)
+        small, big = self.measure(change)
+        self.assertEqual((small["serialized"], small["frames"], small["streams_written"]),
+                         (big["serialized"], big["frames"], big["streams_written"]))
+        self.assertEqual(big["streams_written"], GROUP + 1)
+
+    def test_join_views_linear(self):
+        """Views recomputed for a join are at most one per node (linear in N, never N²)."""
+        def change(s):
+            s.register(10_000, group=0)
+        small, big = self.measure(change)
+        self.assertLessEqual(small["views"], self.SIZES[0] + 1)
+        self.assertLessEqual(big["views"], self.SIZES[1] + 1)
+
+    def test_join_views_follow_group(self):
+        """Views recomputed for a join stay the same at both sizes (only the affected group)."""
+        def change(s):
+            s.register(10_000, group=0)
+        small, big = self.measure(change)
+        self.assertEqual(small["views"], big["views"])
+
+    test_join_views_follow_group.todo = (
+        "a change of policy inputs rebuilds every node's view (PolicyManager.update → _compute_views); "
+        "see docs/benchmarks.md, next step: incremental views"
+    )
