@@ -21,6 +21,7 @@ __all__ = [
     "is_zero_key",
     "parse_time",
     "format_time",
+    "check_hostinfo",
 ]
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -79,3 +80,50 @@ def format_time(value: datetime | None) -> str:
     if value.microsecond:
         return value.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0") + "Z"
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+#: Hostinfo fields the server reads, with the JSON type each must have when present.
+#: Everything else is stored and echoed to peers as the client sent it.
+_HOSTINFO_TYPES: dict[str, tuple[type, ...]] = {
+    "Hostname": (str,),
+    "OS": (str,),
+    "OSVersion": (str,),
+    "IPNVersion": (str,),
+    "RoutableIPs": (list,),
+    "RequestTags": (list,),
+    "Services": (list,),
+    "NetInfo": (dict,),
+    "ShieldsUp": (bool,),
+}
+_NETINFO_TYPES: dict[str, tuple[type, ...]] = {
+    "PreferredDERP": (int,),
+    "DERPLatency": (dict,),
+}
+
+
+def check_hostinfo(hostinfo: object, where: str) -> dict:
+    """Check the Hostinfo fields the server relies on; return it, or raise ``InvalidInput``.
+
+    ``null`` for any field is accepted (Go's decoder treats it as unset).
+    """
+    if not isinstance(hostinfo, dict):
+        raise InvalidInput(f"{where}: Hostinfo must be an object")
+    for name, types in _HOSTINFO_TYPES.items():
+        value = hostinfo.get(name)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
+            raise InvalidInput(f"{where}: Hostinfo.{name} must be a {_json_type(types)}")
+    for name in ("RoutableIPs", "RequestTags"):
+        value = hostinfo.get(name)
+        if value is not None and not all(isinstance(v, str) for v in value):
+            raise InvalidInput(f"{where}: Hostinfo.{name} must be a list of strings")
+    netinfo = hostinfo.get("NetInfo")
+    if netinfo is not None:
+        for name, types in _NETINFO_TYPES.items():
+            value = netinfo.get(name)
+            if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+                raise InvalidInput(f"{where}: Hostinfo.NetInfo.{name} must be a {_json_type(types)}")
+    return hostinfo
+
+
+def _json_type(types: tuple[type, ...]) -> str:
+    return {str: "string", int: "number", list: "list", dict: "object", bool: "boolean"}[types[0]]

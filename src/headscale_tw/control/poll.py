@@ -15,7 +15,7 @@ from __future__ import annotations
 import attrs
 from twisted.logger import Logger
 
-from headscale_tw.control._wire import parse_key
+from headscale_tw.control._wire import check_hostinfo, parse_key
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput, NotFound
@@ -54,8 +54,8 @@ def parse_map_request(body: object) -> MapRequest:
     if disco:
         disco = parse_key(disco, "discokey", "map request: DiscoKey")
     hostinfo = body.get("Hostinfo")
-    if hostinfo is not None and not isinstance(hostinfo, dict):
-        raise InvalidInput("map request: Hostinfo must be an object")
+    if hostinfo is not None:
+        check_hostinfo(hostinfo, "map request")
     endpoints = body.get("Endpoints")
     if endpoints is not None:
         if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):

@@ -27,7 +27,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.logger import Logger
 
-from headscale_tw.control._wire import is_zero_key, parse_key, parse_time
+from headscale_tw.control._wire import check_hostinfo, is_zero_key, parse_key, parse_time
 from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.state import ControlState
@@ -98,9 +98,7 @@ def parse_register_request(body: object) -> RegisterRequest:
     followup = body.get("Followup") or ""
     if not isinstance(followup, str):
         raise InvalidInput("register request: Followup must be a string")
-    hostinfo = body.get("Hostinfo") or {}
-    if not isinstance(hostinfo, dict):
-        raise InvalidInput("register request: Hostinfo must be an object")
+    hostinfo = check_hostinfo(body.get("Hostinfo") or {}, "register request")
     return RegisterRequest(
         version=version,
         node_key=node_key,
