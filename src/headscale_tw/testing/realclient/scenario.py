@@ -160,20 +160,23 @@ class ScenarioMixin:
         args += [f"--tags={','.join(tags)}"] if tags else []
         return json.loads(server.cli(*args).stdout)["key"]
 
-    def up_nodes(self, server: HeadscaleServer, key: str, names: Sequence[str], version: str | None = None,
+    def up_nodes(self, server: HeadscaleServer, key: str | Mapping[str, str], names: Sequence[str],
+                 version: str | None = None,
                  concurrent: bool = False, timeout: float = 45, up_args: Sequence[str] = (),
                  **node_options: Any) -> list[TailscaleNode]:
         """Start a node per name (trusting the CA) and ``tailscale up`` each; ``up`` exiting 0 means Running.
 
-        ``concurrent`` runs the ``up`` commands together (each one waits about
-        3 s for the client's HTTPS netcheck when UDP is off).
+        ``key`` is one pre-auth key for all, or a key per name. ``concurrent`` runs
+        the ``up`` commands together (each one waits about 3 s for the client's
+        HTTPS netcheck when UDP is off).
         """
+        keys = {name: key for name in names} if isinstance(key, str) else dict(key)
         node_options.setdefault("ssl_cert_file", self.ca.ca_pem if self.ca is not None else None)
         nodes = [self.start_node(name, version=version, **node_options)  # type: ignore[attr-defined]
                  for name in names]
 
         def up(node: TailscaleNode) -> None:
-            node.up(server.url, authkey=key, hostname=node.name, timeout=timeout, extra_args=up_args)
+            node.up(server.url, authkey=keys[node.name], hostname=node.name, timeout=timeout, extra_args=up_args)
 
         if concurrent and len(nodes) > 1:
             with ThreadPoolExecutor(len(nodes)) as pool:
@@ -258,14 +261,14 @@ def fetch_via_socks(namespace: Namespace, socks_port: int, host: str, port: int,
 
 
 def start_http_server(namespace: Namespace, name: str, port: int, directory: str,
-                      probe: str = "/", timeout: float = 10.0) -> ManagedProcess:
-    """Serve ``directory`` on ``127.0.0.1:port`` in ``namespace`` (``python -m http.server``).
+                      probe: str = "/", timeout: float = 10.0, bind: str = "127.0.0.1") -> ManagedProcess:
+    """Serve ``directory`` on ``bind:port`` in ``namespace`` (``python -m http.server``).
 
     Waits until ``probe`` answers 200 from inside the namespace.
     """
-    web = namespace.spawn(name, [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+    web = namespace.spawn(name, [sys.executable, "-m", "http.server", str(port), "--bind", bind,
                                  "--directory", directory])
-    url = f"http://127.0.0.1:{port}{probe}"
+    url = f"http://{bind}:{port}{probe}"
 
     def answers() -> bool:
         web.check_running()
@@ -275,7 +278,8 @@ def start_http_server(namespace: Namespace, name: str, port: int, directory: str
     return web
 
 
-def serve_files(namespace: Namespace, name: str, port: int, files: Mapping[str, bytes]) -> ManagedProcess:
+def serve_files(namespace: Namespace, name: str, port: int, files: Mapping[str, bytes],
+                bind: str = "127.0.0.1") -> ManagedProcess:
     """Write ``files`` (name -> bytes) to a fresh folder and :func:`start_http_server` on it."""
     if namespace.runtime_dir is None:
         raise HarnessError("start the namespace before serving files in it")
@@ -284,4 +288,4 @@ def serve_files(namespace: Namespace, name: str, port: int, files: Mapping[str, 
     for filename, data in files.items():
         with open(os.path.join(directory, filename), "wb") as f:
             f.write(data)
-    return start_http_server(namespace, name, port, directory, probe="/" + next(iter(files)))
+    return start_http_server(namespace, name, port, directory, probe="/" + next(iter(files)), bind=bind)
