@@ -9,78 +9,14 @@ listener with a throwaway CA, as in production, so clients reach ``Running``.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 
 from headscale_tw.testing.realclient._process import wait_for
+from headscale_tw.testing.realclient.scenario import BASE_DOMAIN, ScenarioMixin, peers_by_name
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
 
-BASE_DOMAIN = "tail.example"
 
-
-SQLITE_YAML = """\
-database:
-  type: sqlite
-  sqlite:
-    path: ./var/db.sqlite
-"""
-
-
-def tls_config(ca, database_yaml: str = SQLITE_YAML, **noise) -> str:
-    """A server config: control + DERP on https://127.0.0.1:8443, STUN on 3478, SQLite by default."""
-    extra = "".join(f"  {k}: {v}\n" for k, v in noise.items())
-    return f"""\
-server_url: https://127.0.0.1:8443
-listen_addr: 127.0.0.1:8443
-metrics_listen_addr: 127.0.0.1:9090
-tls_cert_path: {ca.cert_pem}
-tls_key_path: {ca.key_pem}
-unix_socket: ./var/headscale.sock
-noise:
-  private_key_path: ./var/noise_private.key
-{extra}{database_yaml}derp:
-  server:
-    enabled: true
-    region_id: 999
-    region_code: test
-    stun_listen_addr: 127.0.0.1:3478
-    private_key_path: ./var/derp_server_private.key
-dns:
-  base_domain: {BASE_DOMAIN}
-"""
-
-
-class _ServerMixin:
-    """Starts the TLS server and hands out pre-auth keys and nodes."""
-
-    database_yaml = SQLITE_YAML
-
-    def start_tls_server(self, **noise):
-        self.ca = self.make_ca()
-        self.config_yaml = tls_config(self.ca, self.database_yaml(), **noise) if callable(self.database_yaml) \
-            else tls_config(self.ca, self.database_yaml, **noise)
-        return self.start_server(self.config_yaml)
-
-    def auth_key(self, server, user="alice", reusable=True) -> str:
-        if user not in server.cli("users", "list", "-o", "json").stdout:
-            server.cli("users", "create", user)
-        args = ["preauthkeys", "create", "--user", user, "-o", "json"] + (["--reusable"] if reusable else [])
-        return json.loads(server.cli(*args).stdout)["key"]
-
-    def up_nodes(self, server, key, names, version=None):
-        nodes = []
-        for name in names:
-            node = self.start_node(name, version=version, ssl_cert_file=self.ca.ca_pem)
-            node.up(server.url, authkey=key, hostname=name, timeout=45)
-            nodes.append(node)
-        return nodes
-
-
-def _peers_by_name(status) -> dict[str, dict]:
-    return {p["HostName"]: p for p in (status.get("Peer") or {}).values()}
-
-
-class MeshTests(_ServerMixin, RealClientTestCase):
+class MeshTests(ScenarioMixin, RealClientTestCase):
     """Several official clients form a tailnet through our control plane."""
 
     def test_three_nodes_one_reusable_key(self):
@@ -98,7 +34,7 @@ class MeshTests(_ServerMixin, RealClientTestCase):
 
         for node in nodes:
             def all_peers_online(node=node):
-                peers = _peers_by_name(node.status_json())
+                peers = peers_by_name(node.status_json())
                 others = names - {node.name}
                 if set(peers) == others and all(peers[o]["Online"] for o in others):
                     return peers
@@ -122,12 +58,11 @@ class MeshTests(_ServerMixin, RealClientTestCase):
         nodes = self.up_nodes(server, key, ["alpha", "bravo"])
         before = {n.name: (n.ip(4), n.ip(6)) for n in nodes}
 
-        server.stop()
-        server = self.start_server(self.config_yaml)
+        server = self.restart_server(server)
 
         for node, other in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
             def peer_back_online(node=node, other=other):
-                peer = _peers_by_name(node.status_json()).get(other.name)
+                peer = peers_by_name(node.status_json()).get(other.name)
                 return peer if peer and peer["Online"] else None
 
             peer = wait_for(peer_back_online, 60, f"{node.name} to see {other.name} online after restart",
@@ -147,18 +82,16 @@ class PostgresMeshTests(MeshTests):
     by the test.
     """
 
-    def database_yaml(self) -> str:
+    def database_config(self) -> dict:
         from headscale_tw.testing.db import create_postgres_database
 
         db = create_postgres_database(self)
         socket_dir = os.environ.get("HEADSCALE_TEST_PG_SOCKET_DIR", "/var/run/postgresql")
-        return (
-            "database:\n  type: postgres\n  postgres:\n"
-            f"    host: {socket_dir}\n    name: {db.postgres.name}\n    user: {db.postgres.user}\n"
-        )
+        return {"type": "postgres",
+                "postgres": {"host": socket_dir, "name": db.postgres.name, "user": db.postgres.user}}
 
 
-class ClientVersionTests(_ServerMixin, RealClientTestCase):
+class ClientVersionTests(ScenarioMixin, RealClientTestCase):
     """Which client versions we serve, and how an old one is turned away."""
 
     def test_1_78_and_1_96_together(self):
@@ -173,7 +106,7 @@ class ClientVersionTests(_ServerMixin, RealClientTestCase):
 
     def test_too_old_client_told_why(self):
         """A client below noise.min_capability_version gets our message from `tailscale up`, not a hang."""
-        server = self.start_tls_server(min_capability_version=113)
+        server = self.start_tls_server(noise={"min_capability_version": 113})
         key = self.auth_key(server)
         node = self.start_node("old", version="1.78.1", ssl_cert_file=self.ca.ca_pem)
         proc = node.up(server.url, authkey=key, timeout=30, check=False)

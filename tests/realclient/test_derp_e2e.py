@@ -11,77 +11,15 @@ import json
 import os
 import sys
 
-import yaml
-
 from headscale_tw.testing.realclient._process import HarnessError, wait_for
+from headscale_tw.testing.realclient.scenario import (
+    REGION_CODE,
+    REGION_ID,
+    ScenarioMixin,
+    fetch_via_socks,
+    serve_files,
+)
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
-
-REGION_ID = 999
-REGION_CODE = "test"
-
-
-def derp_config(ca, *, listen="127.0.0.1:8443", server_url=None, metrics="127.0.0.1:9090",
-                stun="127.0.0.1:3478", derp=None) -> str:
-    """The server's YAML: control and DERP on one TLS listener, STUN on UDP, everything under ./var."""
-    derp_server = {
-        "enabled": True,
-        "region_id": REGION_ID,
-        "region_code": REGION_CODE,
-        "stun_listen_addr": stun,
-        "private_key_path": "./var/derp.key",
-    }
-    derp_server.update(derp or {})
-    config = {
-        "server_url": server_url or f"https://{listen}",
-        "listen_addr": listen,
-        "metrics_listen_addr": metrics,
-        "tls_cert_path": ca.cert_pem,
-        "tls_key_path": ca.key_pem,
-        "unix_socket": "./var/headscale.sock",
-        "noise": {"private_key_path": "./var/noise_private.key"},
-        "database": {"type": "sqlite", "sqlite": {"path": "./var/db.sqlite"}},
-        "derp": {"server": derp_server},
-        "dns": {"base_domain": "tail.example"},
-    }
-    return yaml.safe_dump(config, sort_keys=False)
-
-
-# Fetch http://HOST:PORT/PATH through a SOCKS5 proxy (RFC 1928, no authentication),
-# stdlib only; the body is written to OUT. Run inside the namespace.
-_SOCKS5_FETCH = r"""
-import socket, struct, sys
-proxy_port, host, port, path, out = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
-s = socket.create_connection(("127.0.0.1", proxy_port), timeout=20)
-def recv_exactly(n):
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            sys.exit("proxy closed the connection during the SOCKS5 handshake")
-        data += chunk
-    return data
-s.sendall(b"\x05\x01\x00")
-if recv_exactly(2) != b"\x05\x00":
-    sys.exit("proxy refused the no-authentication method")
-s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack("!H", port))
-reply = recv_exactly(4)
-if reply[1] != 0:
-    sys.exit("SOCKS5 CONNECT failed with reply code %d" % reply[1])
-recv_exactly({1: 4, 4: 16}[reply[3]] + 2)
-s.sendall(("GET %s HTTP/1.0\r\nHost: %s:%d\r\n\r\n" % (path, host, port)).encode())
-data = b""
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    data += chunk
-head, sep, body = data.partition(b"\r\n\r\n")
-if not sep:
-    sys.exit("no HTTP response head: %r" % data[:200])
-print(head.split(b"\r\n")[0].decode())
-with open(out, "wb") as f:
-    f.write(body)
-"""
 
 # One DERP handshake over TLS against the server, with the given private key
 # ("random" for a fresh one). Prints one JSON line per event, then "closed"
@@ -140,33 +78,16 @@ def node_private_key(node) -> str:
     return text[len("privkey:"):]
 
 
-class _DERPTestCase(RealClientTestCase):
+class _DERPTestCase(ScenarioMixin, RealClientTestCase):
     """Helpers: a TLS server with the embedded DERP, a user and a reusable pre-auth key, joined nodes."""
 
-    def setUp(self):
-        super().setUp()
-        self.ca = self.make_ca()
-
     def start_derp_server(self, name="server", extra_env=None, **config):
-        """Start a server with :func:`derp_config`; it trusts the test CA for outgoing TLS."""
-        env = {"SSL_CERT_FILE": self.ca.ca_pem, **(extra_env or {})}
-        return self.start_server(derp_config(self.ca, **config), name=name, extra_env=env)
-
-    def auth_key(self, server, user="alice"):
-        """A reusable pre-auth key for a new user on ``server``."""
-        server.cli("users", "create", user)
-        out = server.cli("preauthkeys", "create", "--user", user, "--reusable", "-o", "json").stdout
-        return json.loads(out)["key"]
+        """Start a server with :func:`~headscale_tw.testing.realclient.scenario.server_config`."""
+        return self.start_tls_server(name=name, extra_env=extra_env, **config)
 
     def join(self, server, key, names, **node_options):
         """Start a node per name, then bring them up together (exit 0 means Running) against ``server``."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        nodes = [self.start_node(name, ssl_cert_file=self.ca.ca_pem, **node_options) for name in names]
-        with ThreadPoolExecutor(len(nodes)) as pool:
-            procs = list(pool.map(lambda n: n.up(server.url, authkey=key, hostname=n.name), nodes))
-        self.assertEqual([p.returncode for p in procs], [0] * len(nodes))
-        return nodes
+        return self.up_nodes(server, key, names, concurrent=True, timeout=30, **node_options)
 
     def wait_peers_relay(self, node, count, relay=REGION_CODE, timeout=20):
         """Wait until ``node`` sees ``count`` online peers whose home DERP is ``relay``; return its status."""
@@ -190,24 +111,12 @@ class _DERPTestCase(RealClientTestCase):
 
     def assert_download(self, a, b, socks_port, http_port, size=384 * 1024, region=REGION_CODE):
         """Serve ``size`` random bytes on the namespace's loopback, fetch them via ``b``'s tailnet IP."""
-        served = os.path.join(self.namespace.runtime_dir, "www")
-        os.makedirs(served)
         self.blob = os.urandom(size)
-        with open(os.path.join(served, "blob"), "wb") as f:
-            f.write(self.blob)
-        web = self.namespace.spawn("http-b", [sys.executable, "-m", "http.server", str(http_port),
-                                              "--bind", "127.0.0.1", "--directory", served])
-        wait_for(lambda: self.namespace.http_get(f"http://127.0.0.1:{http_port}/blob").status == 200, 10,
-                 "the HTTP server on 127.0.0.1", details=web.describe)
+        serve_files(self.namespace, "http-b", http_port, {"blob": self.blob})
         # Prime the path (disco over DERP) before timing the transfer.
         self.ping_via_derp(a, b.ip(), region=region)
-        out = os.path.join(self.namespace.runtime_dir, "fetched")
-        proc = self.namespace.run([sys.executable, "-I", "-c", _SOCKS5_FETCH, str(socks_port), b.ip(),
-                                   str(http_port), "/blob", out], timeout=40)
-        self.assertEqual(proc.returncode, 0, f"{proc.stdout}\n{proc.stderr}\n{a.describe()}")
-        self.assertIn(" 200 ", proc.stdout)
-        with open(out, "rb") as f:
-            fetched = f.read()
+        status, fetched = fetch_via_socks(self.namespace, socks_port, b.ip(), http_port, "/blob")
+        self.assertIn(" 200 ", status)
         self.assertEqual(len(fetched), len(self.blob))
         self.assertTrue(fetched == self.blob, "the downloaded bytes differ from the served ones")
 
@@ -386,9 +295,8 @@ class DERPTsnetTests(_DERPTestCase):
                         interval=0.2, details=lambda: web.describe() + "\n" + a.describe())
         web_ip = next(ip for ip in peer["TailscaleIPs"] if ":" not in ip)
         self.ping_via_derp(a, web_ip)
-        out = os.path.join(self.namespace.runtime_dir, "fetched")
-        proc = self.namespace.run([sys.executable, "-I", "-c", _SOCKS5_FETCH, str(socks_port), web_ip, "80", "/",
-                                   out], timeout=40)
-        self.assertEqual(proc.returncode, 0, f"{proc.stdout}\n{proc.stderr}\n{web.describe()}")
-        with open(out, "rb") as f:
-            self.assertEqual(f.read(), b"hello from tsnet web")
+        try:
+            _, body = fetch_via_socks(self.namespace, socks_port, web_ip, 80, "/")
+        except HarnessError as e:
+            raise HarnessError(f"{e}\n{web.describe()}")
+        self.assertEqual(body, b"hello from tsnet web")

@@ -10,8 +10,8 @@ import os
 import re
 
 from headscale_tw.testing.realclient._process import wait_for
+from headscale_tw.testing.realclient.scenario import BASE_DOMAIN, ScenarioMixin, peers_by_name
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
-from tests.realclient.test_control_e2e import BASE_DOMAIN, _peers_by_name, _ServerMixin
 
 
 def _nodes(server) -> dict[str, dict]:
@@ -20,7 +20,7 @@ def _nodes(server) -> dict[str, dict]:
     return {n["given_name"]: n for n in listing}
 
 
-class InteractiveLoginTests(_ServerMixin, RealClientTestCase):
+class InteractiveLoginTests(ScenarioMixin, RealClientTestCase):
     """`tailscale up` without a key waits for `headscale auth register`."""
 
     def test_node_appears_only_after_auth_register(self):
@@ -57,7 +57,7 @@ class InteractiveLoginTests(_ServerMixin, RealClientTestCase):
         self.assertEqual(_nodes(server)["walker"]["user"]["name"], "alice")
 
 
-class AdminChangesTests(_ServerMixin, RealClientTestCase):
+class AdminChangesTests(ScenarioMixin, RealClientTestCase):
     """What an admin does to a node reaches its peers."""
 
     def setUp(self):
@@ -68,7 +68,7 @@ class AdminChangesTests(_ServerMixin, RealClientTestCase):
         self.subject_id = str(_nodes(self.server)["subject"]["id"])
 
     def _subject_as_seen(self):
-        return _peers_by_name(self.watcher.status_json()).get("subject")
+        return peers_by_name(self.watcher.status_json()).get("subject")
 
     def test_rename_seen_by_peer(self):
         """After `nodes rename` the peer lists the node under its new MagicDNS name."""
@@ -98,28 +98,22 @@ class AdminChangesTests(_ServerMixin, RealClientTestCase):
         self.assertNotIn("subject", _nodes(self.server))
 
 
-class EphemeralTests(_ServerMixin, RealClientTestCase):
+class EphemeralTests(ScenarioMixin, RealClientTestCase):
     """Ephemeral nodes are removed once idle past node.ephemeral.inactivity_timeout."""
 
     def test_ephemeral_node_removed_after_inactivity(self):
         """An ephemeral node's record is gone after its client stops and the timeout passes."""
-        self.ca = self.make_ca()
-        from tests.realclient.test_control_e2e import tls_config
-
-        self.config_yaml = tls_config(self.ca) + "node:\n  ephemeral:\n    inactivity_timeout: 2s\n"
-        server = self.start_server(self.config_yaml)
-        server.cli("users", "create", "alice")
-        key = json.loads(server.cli("preauthkeys", "create", "--user", "alice", "--ephemeral",
-                                    "-o", "json").stdout)["key"]
+        server = self.start_tls_server(node={"ephemeral": {"inactivity_timeout": "2s"}})
+        key = self.auth_key(server, reusable=False, ephemeral=True)
         keeper, = self.up_nodes(server, self.auth_key(server), ["keeper"])
         brief, = self.up_nodes(server, key, ["brief"])
         self.assertIn("brief", _nodes(server))
-        wait_for(lambda: "brief" in _peers_by_name(keeper.status_json()), 10, "keeper to see brief",
+        wait_for(lambda: "brief" in peers_by_name(keeper.status_json()), 10, "keeper to see brief",
                  interval=0.2, details=keeper.describe)
 
         brief.stop()
         wait_for(lambda: "brief" not in _nodes(server), 20, "the ephemeral node to be removed", interval=0.5,
                  details=server.describe)
-        wait_for(lambda: "brief" not in _peers_by_name(keeper.status_json()), 5,
+        wait_for(lambda: "brief" not in peers_by_name(keeper.status_json()), 5,
                  "keeper to drop the removed node", interval=0.2, details=keeper.describe)
         self.assertIn("keeper", _nodes(server))

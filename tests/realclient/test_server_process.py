@@ -15,8 +15,8 @@ import signal
 import socket
 import threading
 
+from headscale_tw.testing.realclient.scenario import ScenarioMixin
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
-from tests.realclient.test_control_e2e import _ServerMixin
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -42,7 +42,7 @@ def api(server, method: str, path: str, body: dict | None = None) -> tuple[int, 
         conn.close()
 
 
-class DurabilityTests(_ServerMixin, RealClientTestCase):
+class DurabilityTests(ScenarioMixin, RealClientTestCase):
     """Committed writes survive the server being killed with SIGKILL."""
 
     def test_kill_9_mid_burst_loses_no_committed_row(self):
@@ -88,7 +88,7 @@ class DurabilityTests(_ServerMixin, RealClientTestCase):
         self.assertEqual(missing, [])
 
 
-class SecretsTests(_ServerMixin, RealClientTestCase):
+class SecretsTests(ScenarioMixin, RealClientTestCase):
     """Key secrets are shown once and never written to the server's log."""
 
     def test_secrets_not_in_server_log(self):
@@ -113,7 +113,7 @@ class SecretsTests(_ServerMixin, RealClientTestCase):
         self.assertIn("alpha", log)  # the log did record the registration
 
 
-class NoiseKeyTests(_ServerMixin, RealClientTestCase):
+class NoiseKeyTests(ScenarioMixin, RealClientTestCase):
     """The Noise key is generated once, kept private, and survives restarts."""
 
     def test_key_stable_across_restart(self):
@@ -125,6 +125,5 @@ class NoiseKeyTests(_ServerMixin, RealClientTestCase):
         self.assertRegex(first["publicKey"], r"^mkey:[0-9a-f]{64}$")
         key_file = os.path.join(server.directory, "var", "noise_private.key")
         self.assertEqual(os.stat(key_file).st_mode & 0o777, 0o600)
-        server.stop()
-        server = self.start_server(self.config_yaml)
+        server = self.restart_server(server)
         self.assertEqual(json.loads(server.http_get("/key?v=133").body), first)
