@@ -21,9 +21,54 @@ class PluginTests(unittest.TestCase):
 class OptionsTests(unittest.TestCase):
     """Command-line options of `twistd headscale`."""
 
+    def test_missing_explicit_config(self):
+        """An explicit config path that does not exist is a usage error naming it."""
+        options = tap.Options()
+        path = self.mktemp()
+        with self.assertRaises(usage.UsageError) as e:
+            options.parseOptions(["--config", path])
+        self.assertIn(path, str(e.exception))
+
+    def test_invalid_config_names_key(self):
+        """A config with a bad value is a usage error naming the key, before anything is written."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('prefixes:\n  v4: "100.64.0.0/33"\n')
+        options = tap.Options()
+        with self.assertRaises(usage.UsageError) as e:
+            options.parseOptions(["--config", path])
+        self.assertIn("prefixes.v4", str(e.exception))
+
     def test_make_service(self):
         """makeService builds a HeadscaleService from the parsed options."""
         options = tap.Options()
         options.parseOptions([])
         svc = tap.makeService(options)
         self.assertIsInstance(svc, HeadscaleService)
+
+
+class TacTests(unittest.TestCase):
+    """etc/headscale.tac builds the same service as `twistd headscale`."""
+
+    def test_tac_builds_same_service(self):
+        """Loading the .tac with HEADSCALE_CONFIG set gives a HeadscaleService with that config."""
+        import os
+
+        from twisted.application import service
+
+        import headscale_tw
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("listen_addr: 127.0.0.1:18123\nserver_url: http://127.0.0.1:18123\n")
+        self.patch(os, "environ", {**os.environ, "HEADSCALE_CONFIG": path})
+        top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(headscale_tw.__file__))))
+        application = service.loadApplication(os.path.join(top, "etc", "headscale.tac"), "python")
+        children = list(service.IServiceCollection(application))
+        self.assertEqual(len(children), 1)
+        self.assertIsInstance(children[0], HeadscaleService)
+        self.assertEqual(children[0].config.listen_addr, "127.0.0.1:18123")
+
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        self.assertEqual(tap.makeService(options).config, children[0].config)
