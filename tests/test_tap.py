@@ -2,6 +2,7 @@
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
+from twisted.python import usage
 from twisted.trial import unittest
 
 from headscale_tw import tap
