@@ -62,33 +62,15 @@ def _server_host_port(server_url: str) -> tuple[str, int]:
 
 
 def embedded_derp_map(config) -> dict:
-    """The default DERP map: one region for the embedded DERP server at ``server_url``."""
-    derp = config.derp.server
-    host, port = _server_host_port(config.server_url)
-    stun_port = 3478
-    if derp.stun_listen_addr:
-        try:
-            stun_port = int(derp.stun_listen_addr.rpartition(":")[2])
-        except ValueError:
-            pass
-    node = {
-        "Name": str(derp.region_id),
-        "RegionID": derp.region_id,
-        "HostName": host,
-        "STUNPort": stun_port,
-        "DERPPort": port,
-    }
-    if derp.ipv4:
-        node["IPv4"] = derp.ipv4
-    if derp.ipv6:
-        node["IPv6"] = derp.ipv6
-    region = {
-        "RegionID": derp.region_id,
-        "RegionCode": derp.region_code,
-        "RegionName": derp.region_name,
-        "Nodes": [node],
-    }
-    return {"Regions": {str(derp.region_id): region}}
+    """The default DERP map: the embedded server's region (see :mod:`headscale_tw.derp.derpmap`).
+
+    The service passes the live map from ``DERPMapProvider``; this default serves
+    tests and callers that build a ``Mapper`` on its own.
+    """
+    from headscale_tw.derp.derpmap import embedded_region
+
+    region = embedded_region(config)
+    return {"Regions": {str(region["RegionID"]): region}}
 
 
 def parse_extra_records(text: str, where: str = "dns.extra_records_path") -> list[dict]:
