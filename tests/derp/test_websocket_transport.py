@@ -284,3 +284,35 @@ class RelayOverIOSimTests(unittest.TestCase):
             p.flush()
         self.assertEqual(derp.client_count, 0)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class TLSTests(unittest.TestCase):
+    """DERP over WebSocket over TLS, as behind the real listener."""
+
+    def test_refusal_over_tls_completes_closing_handshake(self):
+        """A refused WebSocket client over TLS gets Health and Close and both sides close, no timer left."""
+        from twisted.internet import ssl
+        from twisted.internet.protocol import Factory
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+        from twisted.python.filepath import FilePath
+        import twisted.test
+
+        derp, root, clock = make_site(verify_client=lambda key: False)
+        site = web_server.Site(root, reactor=clock)
+        pem = FilePath(twisted.test.__file__).sibling("server.pem").getContent()
+        server_factory = TLSMemoryBIOFactory(ssl.PrivateCertificate.loadPEM(pem).options(), False, site, clock)
+        wsc = WebSocketDERPClient(clock, mask_source=random.Random(9).randbytes)
+        client_factory = TLSMemoryBIOFactory(
+            ssl.CertificateOptions(), True, Factory.forProtocol(lambda: wsc), clock
+        )
+        _s, _c, pump = iosim.connectedServerAndClient(
+            lambda: server_factory.buildProtocol(None), lambda: client_factory.buildProtocol(None),
+            greet=False, clock=clock,
+        )
+        pump.flush()
+        self.successResultOf(wsc.upgraded)
+        self.assertIsInstance(wsc.derp.events[-1], ev.HealthReceived)
+        self.successResultOf(wsc.derp.lost)
+        self.assertEqual(wsc.stream.close_code, 1000)
+        self.assertEqual(derp.clients_refused, 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
