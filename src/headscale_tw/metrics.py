@@ -18,6 +18,9 @@ __all__ = ["ServerCollector", "make_registry"]
 #: (attribute on DERPServer, metric name, help) for the relay's counters.
 _DERP_COUNTERS = (
     ("accepts", "headscale_derp_accepts", "DERP connections accepted"),
+    ("websocket_accepts", "headscale_derp_websocket_accepts", "DERP connections accepted over WebSocket"),
+    ("websocket_protocol_errors", "headscale_derp_websocket_protocol_errors",
+     "DERP WebSocket connections closed for a WebSocket protocol error"),
     ("clients_refused", "headscale_derp_clients_refused", "DERP clients refused (unknown node key)"),
     ("protocol_errors", "headscale_derp_protocol_errors", "DERP connections closed for a protocol error"),
     ("packets_received", "headscale_derp_packets_received", "Packets received from DERP clients"),

@@ -6,7 +6,11 @@
   subprotocol, as very old clients sent) hands the connection to a
   :class:`~headscale_tw.derp.protocol.DERPServerProtocol` through
   :func:`headscale_tw.web.upgrade.switch_protocols`. With
-  ``Derp-Fast-Start: 1`` no 101 head is written. Anything else: 426.
+  ``Derp-Fast-Start: 1`` no 101 head is written. ``Upgrade: websocket`` with
+  ``Sec-WebSocket-Protocol: derp`` is a WebSocket handshake (RFC 6455): 101
+  with ``Sec-WebSocket-Accept`` and subprotocol ``derp``, then the same
+  protocol inside binary messages (:mod:`headscale_tw.derp.websocket`); a bad
+  handshake gets 400 (426 for a version other than 13). Anything else: 426.
 * ``/derp/probe``, ``/derp/latency-check``: GET/HEAD → 200, empty,
   ``Access-Control-Allow-Origin: *``; other methods 405.
 * ``/generate_204``: captive-portal check, 204 with the challenge echoed.
@@ -29,7 +33,9 @@ from twisted.web.server import NOT_DONE_YET
 from headscale_tw.web.upgrade import UpgradeError, switch_protocols
 
 from . import _frames as f
+from . import _websocket as ws
 from .server import DERPServer
+from .websocket import DERP_SUBPROTOCOL, WebSocketStream
 
 __all__ = [
     "DERPResource",
@@ -76,10 +82,9 @@ class DERPResource(Resource):
         upgrade = (request.getHeader(b"upgrade") or b"").strip().lower()
         if upgrade == b"websocket":
             protocols = b",".join(request.requestHeaders.getRawHeaders(b"sec-websocket-protocol", []))
-            if b"derp" in [p.strip() for p in protocols.lower().split(b",")]:
-                request.setResponseCode(501)
-                request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-                return b"DERP over WebSocket is not supported by this server; use Upgrade: DERP\n"
+            if DERP_SUBPROTOCOL in [p.strip().lower() for p in protocols.split(b",")]:
+                return self._upgrade_websocket(request)
+            # Very old clients sent "Upgrade: WebSocket" but spoke plain DERP (derper's rule).
         elif upgrade != b"derp":
             request.setResponseCode(426)
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
@@ -94,10 +99,41 @@ class DERPResource(Resource):
         try:
             switch_protocols(request, protocol, b"DERP", headers, send_head=not fast_start)
         except UpgradeError as e:
-            request.setResponseCode(400)
-            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            return f"cannot upgrade to DERP: {e}\n".encode()
+            return _plain(request, 400, f"cannot upgrade to DERP: {e}")
         return NOT_DONE_YET
+
+    def _upgrade_websocket(self, request):
+        """``Upgrade: websocket`` offering the ``derp`` subprotocol: DERP inside binary messages."""
+        headers = {name.lower(): values for name, values in request.requestHeaders.getAllRawHeaders()}
+        try:
+            handshake = ws.validate_handshake(request.method, headers, [DERP_SUBPROTOCOL])
+        except ws.HandshakeError as e:
+            for name, value in e.headers:
+                request.setHeader(name, value)
+            return _plain(request, e.status, f"bad WebSocket handshake: {e.reason}")
+        server = self.derp_server
+        protocol = server.build_protocol(ideal_node=bool(request.getHeader(b"ideal-node")))
+
+        def failed(reason: str) -> None:
+            server.websocket_protocol_errors += 1
+
+        stream = WebSocketStream(protocol, server.clock, on_failure=failed)
+        headers_out = [
+            (b"Sec-WebSocket-Accept", handshake.accept),
+            (b"Sec-WebSocket-Protocol", DERP_SUBPROTOCOL),
+        ]
+        try:
+            switch_protocols(request, stream, b"websocket", extra_headers=headers_out)
+        except UpgradeError as e:
+            return _plain(request, 400, f"cannot upgrade to WebSocket: {e}")
+        server.websocket_accepts += 1
+        return NOT_DONE_YET
+
+
+def _plain(request, code: int, text: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    return (text + "\n").encode("utf-8")
 
 
 class NoContentResource(Resource):

@@ -136,6 +136,8 @@ class DERPServer:
 
         # Counters (plain attributes, read by metrics).
         self.accepts = 0
+        self.websocket_accepts = 0
+        self.websocket_protocol_errors = 0
         self.clients_refused = 0
         self.protocol_errors = 0
         self.packets_received = 0
