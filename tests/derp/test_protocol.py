@@ -326,10 +326,10 @@ class TLSCloseTests(unittest.TestCase):
     """Server-side closes over TLS complete at once (the real server's listener is TLS)."""
 
     def _connect_tls(self, server, clock, client):
+        import twisted.test
         from twisted.internet import ssl
         from twisted.protocols.tls import TLSMemoryBIOFactory
         from twisted.python.filepath import FilePath
-        import twisted.test
 
         pem = FilePath(twisted.test.__file__).sibling("server.pem").getContent()
         server_options = ssl.PrivateCertificate.loadPEM(pem).options()

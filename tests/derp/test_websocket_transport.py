@@ -291,11 +291,11 @@ class TLSTests(unittest.TestCase):
 
     def test_refusal_over_tls_completes_closing_handshake(self):
         """A refused WebSocket client over TLS gets Health and Close and both sides close, no timer left."""
+        import twisted.test
         from twisted.internet import ssl
         from twisted.internet.protocol import Factory
         from twisted.protocols.tls import TLSMemoryBIOFactory
         from twisted.python.filepath import FilePath
-        import twisted.test
 
         derp, root, clock = make_site(verify_client=lambda key: False)
         site = web_server.Site(root, reactor=clock)

@@ -27,8 +27,8 @@ from nacl.public import PrivateKey
 from twisted.application.internet import ClientService
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 
 from . import _client as c
