@@ -155,8 +155,3 @@ class GroupWorkTests(unittest.TestCase):
             s.register(10_000, group=0)
         small, big = self.measure(change)
         self.assertEqual(small["views"], big["views"])
-
-    test_join_views_follow_group.todo = (
-        "a change of policy inputs rebuilds every node's view (PolicyManager.update → _compute_views); "
-        "see docs/benchmarks.md, next step: incremental views"
-    )

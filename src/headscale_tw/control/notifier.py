@@ -18,6 +18,13 @@ Rules:
 * Online: a node is online while it has a stream. When its last stream ends
   it stays online for ``offline_grace`` seconds, so a quick reconnect is not
   announced to peers at all; then peers get ``OnlineChange``/``PeerSeenChange``.
+* Batching (``batch_delay`` > 0): deltas from :meth:`MapNotifier.push` are
+  kept per viewer for up to ``batch_delay`` seconds and merged (peers changed
+  and removed: the last word per peer wins, entries are built at flush time
+  from the current state; latest filter/SSH policy; self node if any asked),
+  then sent as one message per viewer. Any other write (patches, online
+  changes, full maps, broadcasts) flushes first, so each stream still gets
+  every change in order. ``0`` sends at once.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ class MapNotifier:
         clock,
         offline_grace: float = 10.0,
         interval: Callable[[], float] = keepalive_interval,
+        batch_delay: float = 0.0,
     ) -> None:
         self.state = state
         self.mapper = mapper
@@ -61,6 +69,9 @@ class MapNotifier:
         self._offline_timers: dict = {}
         self._stopping = False
         self.frames_built = 0
+        self.batch_delay = batch_delay
+        self._pending: dict[int, list] = {}
+        self._flush_timer = None
         self.policy = mapper.policy
         self.policy.attach(self)
 
@@ -69,6 +80,7 @@ class MapNotifier:
     def open_stream(self, node_id: int, write, finish) -> MapSession:
         """Start a streaming session for ``node_id``: full map first, then deltas."""
         node = self.state.get(node_id)
+        self.flush()
         older = list(self.sessions.get(node_id, ()))
         session = MapSession(node_id, write, finish, self.clock, self._session_closed, self.interval)
         self.sessions.setdefault(node_id, []).append(session)
@@ -151,6 +163,8 @@ class MapNotifier:
         return frame(message)
 
     def _write_to(self, node_ids: Iterable[int], framed: bytes) -> int:
+        if self._pending:
+            self.flush()
         count = 0
         for node_id in node_ids:
             for session in list(self.sessions.get(node_id, ())):
@@ -175,6 +189,7 @@ class MapNotifier:
         touched = set(touched) | changes.touched
         policy = self.policy
         groups: dict[tuple, list[int]] = {}
+        batching = self.batch_delay > 0
         for viewer in self.sessions:
             if viewer == exclude or viewer not in self.state.nodes:
                 continue
@@ -190,6 +205,9 @@ class MapNotifier:
             removed.discard(viewer)
             if not (changed or removed or packet_filter is not None or ssh is not None or self_node):
                 continue
+            if batching:
+                self._hold(viewer, changed, removed, packet_filter, ssh, self_node)
+                continue
             key = (
                 tuple((pid, policy.variant(viewer, pid)) for pid in sorted(changed)),
                 tuple(sorted(removed)),
@@ -202,6 +220,62 @@ class MapNotifier:
             viewer = viewers[0]
             message = self.mapper.delta(
                 viewer,
+                changed=[pid for pid, _ in key[0]],
+                removed=key[1],
+                packet_filter=key[2],
+                ssh=key[3],
+                self_node=key[4] is not None,
+            )
+            self._write_to(viewers, self._frame(message))
+        return len(groups)
+
+    # -- batching ----------------------------------------------------------
+
+    def _hold(self, viewer: int, changed, removed, packet_filter, ssh, self_node) -> None:
+        pending = self._pending.get(viewer)
+        if pending is None:
+            # [last word per peer: True = changed, False = removed], filter, ssh, self
+            pending = self._pending[viewer] = [{}, None, None, False]
+        last = pending[0]
+        for pid in removed:
+            last[pid] = False
+        for pid in changed:
+            last[pid] = True
+        if packet_filter is not None:
+            pending[1] = packet_filter
+        if ssh is not None:
+            pending[2] = ssh
+        pending[3] = pending[3] or self_node
+        if self._flush_timer is None:
+            self._flush_timer = self.clock.callLater(self.batch_delay, self.flush)
+
+    def flush(self) -> int:
+        """Send every held delta now, one merged message per viewer; return frames built."""
+        timer, self._flush_timer = self._flush_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return 0
+        policy = self.policy
+        groups: dict[tuple, list[int]] = {}
+        for viewer, (last, packet_filter, ssh, self_node) in pending.items():
+            if viewer not in self.state.nodes or not self.sessions.get(viewer):
+                continue
+            changed = sorted(pid for pid, up in last.items()
+                             if up and pid in self.state.nodes and policy.sees(viewer, pid))
+            removed = sorted(pid for pid in last if pid not in changed)
+            key = (
+                tuple((pid, policy.variant(viewer, pid)) for pid in changed),
+                tuple(removed),
+                packet_filter,
+                ssh,
+                viewer if self_node else None,
+            )
+            groups.setdefault(key, []).append(viewer)
+        for key, viewers in groups.items():
+            message = self.mapper.delta(
+                viewers[0],
                 changed=[pid for pid, _ in key[0]],
                 removed=key[1],
                 packet_filter=key[2],
@@ -259,6 +333,10 @@ class MapNotifier:
     def stop(self) -> None:
         """Close every session and cancel every timer (service shutdown)."""
         self._stopping = True
+        self._pending.clear()
+        if self._flush_timer is not None and self._flush_timer.active():
+            self._flush_timer.cancel()
+        self._flush_timer = None
         for timer in self._offline_timers.values():
             if timer.active():
                 timer.cancel()

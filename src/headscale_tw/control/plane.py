@@ -18,6 +18,7 @@ Admin operations for the API/CLI: ``plane.policy.get_policy()``,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -43,6 +44,20 @@ def _read_text(path: str) -> str:
         return f.read()
 
 
+def _batch_delay_from_env() -> float:
+    """``HEADSCALE_TW_BATCH_DELAY_MS`` (until the config has a field for it); 0 = no batching."""
+    text = os.environ.get("HEADSCALE_TW_BATCH_DELAY_MS", "").strip()
+    if not text:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidInput(f"HEADSCALE_TW_BATCH_DELAY_MS: {text!r} is not a number of milliseconds") from None
+    if value < 0:
+        raise InvalidInput(f"HEADSCALE_TW_BATCH_DELAY_MS: {text!r} is negative")
+    return value / 1000.0
+
+
 class ControlPlane:
     """Builds and owns state, mapper, notifier, registrar, poll service, admin ops and lifecycle."""
 
@@ -56,6 +71,7 @@ class ControlPlane:
         derp_map: Callable[[], dict] | None = None,
         offline_grace: float = 10.0,
         read_file: Callable[[str], str] | None = None,
+        batch_delay: float | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -65,7 +81,10 @@ class ControlPlane:
         self.state = ControlState(db, self.allocator, self.now)
         self.policy = PolicyManager(self.state, config, store=db.policies, read_file=self.read_file)
         self.mapper = Mapper(self.state, config, derp_map=derp_map, policy=self.policy)
-        self.notifier = MapNotifier(self.state, self.mapper, clock, offline_grace=offline_grace)
+        if batch_delay is None:
+            batch_delay = _batch_delay_from_env()
+        self.notifier = MapNotifier(self.state, self.mapper, clock, offline_grace=offline_grace,
+                                    batch_delay=batch_delay)
         self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock)
         self.poll = PollService(self.state, self.notifier)
         self.nodes = NodeAdmin(self.state, self.notifier, self.registrar)

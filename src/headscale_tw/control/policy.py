@@ -43,6 +43,7 @@ from typing import Any, Optional
 from twisted.logger import Logger
 
 from headscale_tw.control.framing import encode_json
+from headscale_tw.control.viewindex import RuleIndex, bits
 from headscale_tw.control.routes import (
     RouteElection,
     announced_routes,
@@ -51,7 +52,7 @@ from headscale_tw.control.routes import (
     served_routes,
 )
 from headscale_tw.errors import InvalidInput
-from headscale_tw.policy.compile import CompiledPolicy, PolicyEngine, _overlaps_any
+from headscale_tw.policy.compile import CompiledPolicy, PolicyEngine, _overlaps_any, reduce_rules
 from headscale_tw.policy.model import Node as PNode
 from headscale_tw.policy.model import PolicyError, Topology
 from headscale_tw.policy.model import User as PUser
@@ -238,6 +239,11 @@ class PolicyManager:
         self._uniform: dict[int, tuple[Variant, Variant]] = {}
         self._interned: dict[Any, Any] = {}
         self._loaded = False
+        self._index: Optional[RuleIndex] = None
+        self._ssh_sigs: Optional[list] = None
+        self._previous: dict[int, Optional[PNode]] = {}
+        self.incremental = True
+        self.incremental_updates = 0
         self.recompiles = 0
         self.views_built = 0
 
@@ -390,6 +396,7 @@ class PolicyManager:
         node = self.state.nodes.get(node_id)
         if node is None:
             if node_id in self._pnodes:
+                self._previous.setdefault(node_id, self._pnodes[node_id])
                 del self._pnodes[node_id]
                 self._serving.pop(node_id, None)
                 self.election.forget(node_id)
@@ -400,6 +407,7 @@ class PolicyManager:
         self._serving[node_id] = tuple(r for r in served_routes(node) if r.prefixlen != 0)
         pnode = self._pnode(node)
         if self._pnodes.get(node_id) != pnode:
+            self._previous.setdefault(node_id, self._pnodes.get(node_id))
             self._pnodes[node_id] = pnode
             self._dirty.add(node_id)
             self._compiled = None
@@ -481,8 +489,11 @@ class PolicyManager:
         self._uniform = {}
         if self.uniform:
             return {node_id: self._build_view(node_id) for node_id in self._pnodes}
-        everyone = all_peer_views(self.compiled())
-        return {node_id: self._build_view(node_id, everyone.get(node_id, {})) for node_id in self._pnodes}
+        cp = self.compiled()
+        everyone = all_peer_views(cp)
+        views = {node_id: self._build_view(node_id, everyone.get(node_id, {})) for node_id in self._pnodes}
+        self._reindex(cp)
+        return views
 
     def _materialized_views(self) -> dict[int, NodeView]:
         if self.uniform:
@@ -514,6 +525,158 @@ class PolicyManager:
                 changes.viewers[node_id] = change
         return changes
 
+    # -- incremental views (policies whose rules are the same for every node) ----
+
+    def _reindex(self, cp: CompiledPolicy) -> None:
+        """Index the rules of ``cp`` after a full rebuild (None when not indexable)."""
+        self._previous.clear()
+        if cp.per_node or cp.allow_all or not self._pnodes:
+            self._index = None
+            self._ssh_sigs = None
+            return
+        first = next(iter(self._pnodes.values()))
+        index = RuleIndex()
+        index.build(cp.unreduced_rules(first), cp.matches_for(first), self._pnodes)
+        self._index = index
+        self._ssh_sigs = self._ssh_signatures(cp)
+
+    @staticmethod
+    def _ssh_signatures(cp: CompiledPolicy) -> Optional[list]:
+        policy = cp.policy
+        if policy is None or not policy.ssh:
+            return None
+        r = cp.resolver
+        return [
+            (r.resolve_all(rule.src), r.resolve_all([d for d in rule.dst if not d.is_autogroup("self")]))
+            for rule in policy.ssh
+        ]
+
+    def _ssh_affected(self, cp: CompiledPolicy, dirty: set[int]) -> Optional[set[int]]:
+        """Nodes whose SSH policy may differ after ``dirty`` changed; None = every node."""
+        old, new = self._ssh_sigs, self._ssh_signatures(cp)
+        self._ssh_sigs = new
+        if new is None and old is None:
+            return set()
+        if new is None or old is None or len(new) != len(old):
+            return None
+        versions = [p for nid in dirty for p in (self._previous.get(nid), self._pnodes.get(nid)) if p is not None]
+        index = self._index
+        out = set(dirty)
+        for rule, (old_src, old_dst), (new_src, new_dst) in zip(cp.policy.ssh, old, new):
+            if (old_src, old_dst) == (new_src, new_dst) and not any(
+                old_src.contains_any(p.addresses) or new_src.contains_any(p.addresses) for p in versions
+            ):
+                continue
+            wide = old_src | old_dst | new_src | new_dst
+            out.update(nid for nid, node_set in index.sets.items() if wide.overlaps(node_set))
+            if any(d.is_autogroup("self") for d in rule.dst):
+                users = {p.user_id for p in versions if not p.is_tagged and p.user_id is not None}
+                out.update(nid for nid, p in self._pnodes.items() if not p.is_tagged and p.user_id in users)
+        return out
+
+    def _peer_variant(self, cp, viewer: PNode, peer: PNode, matches, viewer_set, v6_only: bool) -> Variant:
+        """``peer`` as ``viewer`` sees it; the same computation as :func:`all_peer_views`."""
+        prefixes = [str(p) for p in peer.address_prefixes if not v6_only or p.version == 6]
+        if peer.primary_routes or peer.subnet_routes or peer.exit_routes:
+            routes = cp.routes_for_peer(viewer, peer, matches, viewer_set)
+        else:
+            routes = []
+        return self._intern((
+            tuple(prefixes) + tuple(str(r) for r in routes),
+            tuple(str(r) for r in routes if r.prefixlen != 0),
+        ))
+
+    def _update_incremental(self, cp: CompiledPolicy, dirty: set[int]) -> Optional[Changes]:
+        """
+        Rebuild only what ``dirty`` can affect (see :mod:`~headscale_tw.control.viewindex`);
+        None when this change needs the full rebuild (no index, per-node rules,
+        many changed nodes, reordered rules).
+        """
+        index, pnodes, views = self._index, self._pnodes, self._views
+        if index is None or cp.per_node or cp.allow_all or not pnodes or 4 * len(dirty) > len(pnodes) + 8:
+            return None
+        if any(nid not in views for nid in pnodes if nid not in dirty):
+            return None
+        first = next(iter(pnodes.values()))
+        matches = cp.matches_for(first)
+        ssh_nodes = self._ssh_affected(cp, dirty)
+        if ssh_nodes is None:
+            return None
+        rules = cp.unreduced_rules(first)
+        up = index.update(rules, matches, pnodes, dirty)
+        if up is None:
+            return None
+        for nid in dirty:
+            if nid not in pnodes:
+                views.pop(nid, None)
+        own = {}
+        for nid in dirty:
+            if nid in pnodes:
+                node = pnodes[nid]
+                own[nid] = (
+                    tuple(sorted(cp.cap_map_for(node))),
+                    tuple(cp.self_allowed_ips(node)),
+                    tuple(str(r) for r in node.primary_routes),
+                )
+
+        def v6(nid: int) -> bool:
+            if nid in own:
+                return "disable-ipv4" in own[nid][0]
+            return "disable-ipv4" in views[nid].caps
+
+        holders = index.routed | index.exits | {nid for nid in dirty if nid in pnodes}
+        changes = Changes()
+        for nid in set(up.reach) | up.filters | (ssh_nodes & set(pnodes)) | set(own):
+            self.views_built += 1
+            node = pnodes[nid]
+            old = views.get(nid)
+            old_reach, new_reach = up.reach.get(nid, (index.reach[nid], index.reach[nid]))
+            peers = {} if old is None else old.peers
+            if old is None or nid in dirty:
+                recompute = set(bits(new_reach))
+            else:
+                recompute = set(bits(new_reach & ~old_reach))
+                candidates = holders if up.rules_changed else {d for d in dirty if d in pnodes}
+                recompute.update(b for b in candidates if new_reach >> b & 1)
+            change = ViewChange()
+            viewer_set, mine = index.sets[nid], v6(nid)
+            for b in recompute:
+                variant = self._peer_variant(cp, node, pnodes[b], matches, viewer_set, mine or v6(b))
+                if peers.get(b) != variant:
+                    peers[b] = variant
+                    change.peers_changed.add(b)
+            for b in bits(old_reach & ~new_reach):
+                if peers.pop(b, None) is not None:
+                    change.peers_removed.add(b)
+            if old is None or nid in up.filters:
+                if nid in index.exits:
+                    wire = cp.filter_wire_for(node)
+                else:  # only rules naming it as a destination can concern it
+                    mine_dst = index.dst_of.get(nid, ())
+                    wire = [r.to_wire() for r in reduce_rules(node, [r for r in rules if r in mine_dst], viewer_set)]
+                packet_filter = self._intern(encode_json(wire))
+            else:
+                packet_filter = old.filter
+            if old is None or nid in ssh_nodes:
+                ssh = cp.ssh_policy_for(node)
+                ssh = None if ssh is None else self._intern(encode_json(ssh))
+            else:
+                ssh = old.ssh
+            caps, self_allowed, self_primary = own.get(nid) or (old.caps, old.self_allowed, old.self_primary)
+            views[nid] = NodeView(packet_filter, peers, ssh, caps, self_allowed, self_primary)
+            if old is None:
+                continue  # a new node gets a full map when it connects
+            if packet_filter != old.filter:
+                change.filter = packet_filter
+            if ssh != old.ssh:
+                change.ssh = ssh if ssh is not None else _NO_SSH_RULES
+            if (caps, self_allowed, self_primary) != (old.caps, old.self_allowed, old.self_primary):
+                change.self_changed = True
+            if change.filter or change.ssh or change.self_changed or change.peers_removed or change.peers_changed:
+                changes.viewers[nid] = change
+        self.incremental_updates += 1
+        return changes
+
     def update(self, node_ids: Iterable[int] = ()) -> Changes:
         """
         Take in changes of ``node_ids`` (created, updated or deleted in the
@@ -525,15 +688,21 @@ class PolicyManager:
         if self._users_key() != self._users:
             self.compiled()
         if not self._dirty:
+            self._previous.clear()
             return Changes()
         dirty, self._dirty = self._dirty, set()
-        if self.uniform:
-            return self._update_uniform(dirty)
-        self.compiled()
-        after = self._compute_views()
-        changes = self._diff(self._views, after)
-        self._views = after
-        return changes
+        try:
+            if self.uniform:
+                return self._update_uniform(dirty)
+            cp = self.compiled()
+            changes = self._update_incremental(cp, dirty) if self.incremental else None
+            if changes is None:
+                after = self._compute_views()
+                changes = self._diff(self._views, after)
+                self._views = after
+            return changes
+        finally:
+            self._previous.clear()
 
     def _update_uniform(self, dirty: set[int]) -> Changes:
         changes = Changes()

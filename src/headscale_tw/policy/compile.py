@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 import ipaddress
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
@@ -148,7 +149,7 @@ def _strings_to_set(texts: Iterable[str]) -> IPSet:
     out = IPSet()
     for t in texts:
         try:
-            out = out | parse_ip_string(t)
+            out = out | _parse_cached(t)
         except ValueError:
             continue
     return out
@@ -169,10 +170,27 @@ class Resolver:
     def __init__(self, policy: Policy, topology: Topology) -> None:
         self.policy = policy
         self.topology = topology
-        self._node_sets = {n.id: IPSet.from_addresses(n.addresses) for n in topology.nodes}
+        self._ids = {n.id for n in topology.nodes}
+        self._node_sets: dict[int, IPSet] = {}
+        self._by_tag: Optional[dict[str, list[Node]]] = None
+        self._by_user: Optional[dict[int, list[Node]]] = None
 
     def node_set(self, node: Node) -> IPSet:
-        return self._node_sets.get(node.id) or IPSet.from_addresses(node.addresses)
+        s = self._node_sets.get(node.id)
+        if s is None:
+            s = IPSet.from_addresses(node.addresses)
+            if node.id in self._ids:
+                self._node_sets[node.id] = s
+        return s
+
+    def _index(self) -> None:
+        # One pass over the nodes per compilation, instead of one per alias.
+        self._by_tag, self._by_user = {}, {}
+        for n in self.topology.nodes:
+            for t in n.tags:
+                self._by_tag.setdefault(t, []).append(n)
+            if not n.is_tagged and n.user_id is not None:
+                self._by_user.setdefault(n.user_id, []).append(n)
 
     def user_for(self, token: str) -> Optional[User]:
         """The single user a ``user@`` token names (email or name), else None."""
@@ -191,7 +209,9 @@ class Resolver:
     def nodes_of_user(self, user: Optional[User]) -> list[Node]:
         if user is None:
             return []
-        return [n for n in self.topology.nodes if not n.is_tagged and n.user_id == user.id]
+        if self._by_user is None:
+            self._index()
+        return list(self._by_user.get(user.id, ()))
 
     def nodes_of_token(self, token: str) -> list[Node]:
         return [n for u in self.users_for(token) for n in self.nodes_of_user(u)]
@@ -217,7 +237,9 @@ class Resolver:
                 nodes.extend(self.nodes_of_token(member))
             return self._union(nodes)
         if k == "tag":
-            return self._union(n for n in self.topology.nodes if alias.name in n.tags)
+            if self._by_tag is None:
+                self._index()
+            return self._union(self._by_tag.get(alias.name, ()))
         if k == "autogroup":
             ag = alias.name[len("autogroup:"):]
             if ag == "member":
@@ -482,6 +504,16 @@ def _overlaps_any(s: IPSet, nets: Iterable[Network]) -> bool:
     return any(s.overlaps_network(n) for n in nets)
 
 
+#: Rule address strings recur across nodes and compilations; IPSets are immutable.
+_parse_cached = lru_cache(maxsize=1 << 16)(parse_ip_string)
+
+
+@lru_cache(maxsize=1 << 14)
+def _match_of(rule: FilterRule) -> Match:
+    # Most rules survive a recompilation unchanged (only those naming a changed node differ).
+    return Match.from_rule(rule)
+
+
 def reduce_rules(node: Node, rules: Iterable[FilterRule], node_set: IPSet) -> list[FilterRule]:
     """Keep only the rules and destinations that concern C{node}."""
     out = []
@@ -496,7 +528,7 @@ def reduce_rules(node: Node, rules: Iterable[FilterRule], node_set: IPSet) -> li
         kept = []
         for d in rule.dst_ports:
             try:
-                s = parse_ip_string(d.ip)
+                s = _parse_cached(d.ip)
             except ValueError:
                 continue
             if s.overlaps(node_set) or _overlaps_any(s, routes) or (is_exit and s.issubset(THE_INTERNET)):
@@ -695,7 +727,7 @@ class CompiledPolicy:
         else:
             key = node.id
         if key not in self._matches:
-            self._matches[key] = [Match.from_rule(r) for r in self.unreduced_rules(node)]
+            self._matches[key] = [_match_of(r) for r in self.unreduced_rules(node)]
         return self._matches[key]
 
     def filter_for(self, node: Node) -> list[FilterRule]:

@@ -1,0 +1,152 @@
+"""
+Incremental policy views equal a full rebuild after random changes.
+
+Policies and starting tailnets come from the conformance corpus; each run
+applies a seeded random sequence of node changes (join, delete, retag,
+re-address, route announcements/approvals, online flips for the HA election)
+through :meth:`PolicyManager.update`, and after each one compares every view
+and the reported differences with a full recomputation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+from types import SimpleNamespace
+
+from twisted.trial import unittest
+
+from headscale_tw.control.policy import NodeView, PolicyManager, all_peer_views
+from headscale_tw.policy.compile import PolicyEngine
+from headscale_tw.policy.conformance import build_topology, load_scenarios
+from headscale_tw.policy.model import PolicyError
+
+CORPUS = os.path.join(os.path.dirname(__file__), "..", "data", "policy-conformance.json.xz")
+
+ROUTES = ["10.0.0.0/24", "10.0.1.0/24", "192.168.0.0/16", "10.33.0.0/16", "0.0.0.0/0", "::/0"]
+
+
+class _State:
+    """The parts of ControlState a PolicyManager reads."""
+
+    def __init__(self):
+        self.users = {}
+        self.nodes = {}
+        self.runtime = {}
+
+    def now(self):
+        return 0
+
+
+def _row(node_id, hostname, user_id, tags, ipv4, ipv6, routable=(), approved=()):
+    return SimpleNamespace(
+        id=node_id, hostname=hostname, given_name=hostname, user_id=user_id, tags=tuple(tags),
+        ipv4=ipv4, ipv6=ipv6, hostinfo={"RoutableIPs": list(routable)}, approved_routes=tuple(approved),
+    )
+
+
+class _Run:
+    """One scenario's tailnet driven through random changes."""
+
+    def __init__(self, testcase, scenario, seed):
+        self.t = testcase
+        self.rng = random.Random(seed)
+        policy = scenario.get("policy")
+        text = policy if isinstance(policy, str) or policy is None else json.dumps(policy)
+        engine = PolicyEngine(text)
+        topology = build_topology(scenario)
+        self.state = state = _State()
+        for u in topology.users:
+            state.users[u.id] = SimpleNamespace(id=u.id, name=u.name, email=u.email)
+        for n in topology.nodes:
+            state.nodes[n.id] = _row(n.id, n.hostname, n.user_id, n.tags,
+                                     n.ipv4 and str(n.ipv4), n.ipv6 and str(n.ipv6),
+                                     [str(r) for r in n.advertised_routes], [str(r) for r in n.approved_routes])
+            state.runtime[n.id] = SimpleNamespace(online=True)
+        self.tags = sorted(set(engine.policy.tag_owners) | {t for n in topology.nodes for t in n.tags})
+        self.pm = PolicyManager(state)
+        self.pm.engine, self.pm.text = engine, text or ""
+        self.pm._sync_all()
+        self.pm._rebuild_views()
+        self.next_id = max(state.nodes, default=0) + 1
+        self.used = {r.ipv4 for r in state.nodes.values()}
+
+    def _address(self):
+        while True:
+            v4 = f"100.{self.rng.randrange(64, 128)}.{self.rng.randrange(256)}.{self.rng.randrange(1, 255)}"
+            if v4 not in self.used:
+                self.used.add(v4)
+                v6 = str(ipaddress.IPv6Address("fd7a:115c:a1e0::") + int(ipaddress.IPv4Address(v4)))
+                return v4, v6
+
+    def _owner(self):
+        if self.tags and self.rng.random() < 0.5:
+            return None, tuple(self.rng.sample(self.tags, self.rng.randint(1, min(2, len(self.tags)))))
+        users = sorted(self.state.users)
+        return (self.rng.choice(users) if users else None), ()
+
+    def step(self):
+        rng, nodes = self.rng, self.state.nodes
+        ops = ["add", "remove", "retag", "readdress", "routes", "online"] if nodes else ["add"]
+        op = rng.choice(ops)
+        if op == "add":
+            node_id, self.next_id = self.next_id, self.next_id + 1
+            user_id, tags = self._owner()
+            v4, v6 = self._address()
+            nodes[node_id] = _row(node_id, f"new{node_id}", user_id, tags, v4, v6)
+            self.state.runtime[node_id] = SimpleNamespace(online=True)
+        else:
+            node_id = rng.choice(sorted(nodes))
+            row = nodes[node_id]
+            if op == "remove":
+                del nodes[node_id]
+                del self.state.runtime[node_id]
+            elif op == "retag":
+                row.user_id, row.tags = self._owner()
+            elif op == "readdress":
+                row.ipv4, row.ipv6 = self._address()
+            elif op == "routes":
+                routable = rng.sample(ROUTES, rng.randint(0, 3))
+                row.hostinfo = {"RoutableIPs": routable}
+                row.approved_routes = tuple(r for r in routable if rng.random() < 0.7)
+            else:
+                self.state.runtime[node_id].online = not self.state.runtime[node_id].online
+        before = {k: NodeView(v.filter, dict(v.peers), v.ssh, v.caps, v.self_allowed, v.self_primary)
+                  for k, v in self.pm._views.items()}
+        changes = self.pm.update([node_id])
+        cp = self.pm.compiled()
+        everyone = all_peer_views(cp)
+        full = {k: self.pm._build_view(k, everyone.get(k, {})) for k in self.pm._pnodes}
+        self.t.assertEqual(self.pm._views, full, f"views after {op} of node {node_id}")
+        want = PolicyManager._diff(before, full)
+        got = {k: (v.filter, v.ssh, v.self_changed, v.peers_changed, v.peers_removed)
+               for k, v in changes.viewers.items()}
+        self.t.assertEqual(got, {k: (v.filter, v.ssh, v.self_changed, v.peers_changed, v.peers_removed)
+                                 for k, v in want.viewers.items()}, f"changes after {op} of node {node_id}")
+
+
+class IncrementalViewTests(unittest.TestCase):
+    """PolicyManager.update's incremental path agrees with the full rebuild."""
+
+    def test_random_changes_on_corpus_policies(self):
+        """Random change sequences on 60 corpus policies give the views and deltas of a full rebuild."""
+        scenarios = []
+        for scenario in load_scenarios(CORPUS):
+            policy = scenario.get("policy")
+            if not policy:
+                continue
+            try:
+                PolicyEngine(policy if isinstance(policy, str) else json.dumps(policy))
+            except PolicyError:
+                continue
+            scenarios.append(scenario)
+        rng = random.Random(20261122)
+        incremental = 0
+        for i, scenario in enumerate(rng.sample(scenarios, 60)):
+            run = _Run(self, scenario, seed=i)
+            for _ in range(25):
+                run.step()
+            incremental += run.pm.incremental_updates
+        self.assertGreater(incremental, 500)
