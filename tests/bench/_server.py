@@ -97,7 +97,8 @@ class InProcessServer:
                 break
             for pump in list(self.pumps):
                 pump.flush()
-            self.clock.advance(0)
+            # Let batched deltas (tuning.batch_change_delay) go out, as time would.
+            self.clock.advance(self.plane.notifier.batch_delay)
         if not result:
             raise AssertionError(f"not finished after {rounds} rounds")
         if hasattr(result[0], "raiseException"):
@@ -108,4 +109,5 @@ class InProcessServer:
         for _ in range(rounds):
             for pump in list(self.pumps):
                 pump.flush()
-            self.clock.advance(0)
+            # Let batched deltas (tuning.batch_change_delay) go out, as time would.
+            self.clock.advance(self.plane.notifier.batch_delay)

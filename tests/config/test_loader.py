@@ -531,3 +531,17 @@ class ExampleConfigTests(unittest.TestCase):
         for name in BY_NAME:
             leaf = name.rsplit(".", 1)[-1]
             self.assertIn(leaf + ":", text, name)
+
+
+class TuningTests(unittest.TestCase):
+    """Headscale's tuning section: batch_change_delay applies, the rest is ignored with a notice."""
+
+    def test_batch_change_delay(self):
+        """tuning.batch_change_delay is a duration; other tuning keys only warn."""
+        config, warnings = parse_config_with_warnings(
+            {"tuning": {"batch_change_delay": "800ms", "node_mapsession_buffered_chan_size": 30}})
+        self.assertEqual(config.tuning.batch_change_delay, 0.8)
+        self.assertTrue(any("node_mapsession_buffered_chan_size is accepted but ignored" in w for w in warnings))
+        self.assertEqual(parse_config({}).tuning.batch_change_delay, 0.005)
+        self.assertEqual(parse_config({}, environ={"HEADSCALE_TUNING_BATCH_CHANGE_DELAY": "0"}).tuning.batch_change_delay,
+                         0.0)

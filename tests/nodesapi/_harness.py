@@ -150,6 +150,10 @@ class PlaneHarness:
         out.session = self.plane.notifier.open_stream(current.id, out.write, out.finish)
         return out
 
+    def let_deltas_out(self):
+        """Advance the clock past ``tuning.batch_change_delay`` so batched deltas reach the streams."""
+        self.clock.advance(self.plane.notifier.batch_delay)
+
     def request(self, method, path, body=None, query=None, raw=None):
         """Send a request to the API; return ``(status, decoded JSON or None)``."""
         url = "http://headscale.test" + path + ("?" + urlencode(query) if query else "")
@@ -157,6 +161,7 @@ class PlaneHarness:
         headers = {b"Content-Type": [b"application/json"]} if data is not None else {}
         response = self.testcase.successResultOf(self.treq.request(method, url, data=data, headers=headers))
         content = self.testcase.successResultOf(self.treq.content(response))
+        self.let_deltas_out()
         try:
             return response.code, json.loads(content) if content else None
         except ValueError:
@@ -177,4 +182,6 @@ class StubTransport:
         data = json.dumps(body).encode() if body is not None else None
         tc = self.harness.testcase
         response = tc.successResultOf(self.harness.treq.request(method, url, data=data, headers={}))
-        return response.code, tc.successResultOf(self.harness.treq.content(response))
+        content = tc.successResultOf(self.harness.treq.content(response))
+        self.harness.let_deltas_out()
+        return response.code, content

@@ -84,6 +84,7 @@ KEYS: tuple[Key, ...] = (
     _k("derp.auto_update_enabled", "bool"),
     _k("derp.update_frequency", "duration"),
     _k("node.expiry", "duration"),
+    _k("tuning.batch_change_delay", "duration"),
     _k("node.ephemeral.inactivity_timeout", "duration", "node.ephemeral_inactivity_timeout"),
     _k("node.routes.ha.probe_interval", "duration", "node.routes_ha_probe_interval"),
     _k("node.routes.ha.probe_timeout", "duration", "node.routes_ha_probe_timeout"),
@@ -172,7 +173,6 @@ REMOVED: dict[str, str] = {
 
 # Accepted for compatibility, with no effect here (a notice is logged when set).
 IGNORED: dict[str, str] = {
-    "tuning": "Headscale's Go runtime tuning knobs do not apply to headscale-tw",
     "database.gorm": "GORM settings do not apply to headscale-tw",
     "derp.server.stun": "the embedded STUN server follows derp.server.enabled",
     "node_update_check_interval": "was removed from Headscale and has no effect",

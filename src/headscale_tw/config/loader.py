@@ -171,6 +171,8 @@ def _flatten(data: Mapping, prefix: str, out: _Collector) -> None:
             _alias_ip_prefixes(value, out)
         elif key in IGNORED:
             out.warnings.append(f"{key} is accepted but ignored: {IGNORED[key]}")
+        elif key.startswith("tuning."):
+            out.warnings.append(f"{key} is accepted but ignored: only tuning.batch_change_delay applies to headscale-tw")
         elif key in ("dns.nameservers", "dns_config.nameservers") and isinstance(value, list):
             # Old shape: a plain list of global resolvers.
             out.aliased["dns.nameservers.global"] = (key, value)

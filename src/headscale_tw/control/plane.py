@@ -18,7 +18,6 @@ Admin operations for the API/CLI: ``plane.policy.get_policy()``,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -42,20 +41,6 @@ __all__ = ["ControlPlane"]
 def _read_text(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
-
-
-def _batch_delay_from_env() -> float:
-    """``HEADSCALE_TW_BATCH_DELAY_MS`` (until the config has a field for it); 0 = no batching."""
-    text = os.environ.get("HEADSCALE_TW_BATCH_DELAY_MS", "").strip()
-    if not text:
-        return 0.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise InvalidInput(f"HEADSCALE_TW_BATCH_DELAY_MS: {text!r} is not a number of milliseconds") from None
-    if value < 0:
-        raise InvalidInput(f"HEADSCALE_TW_BATCH_DELAY_MS: {text!r} is negative")
-    return value / 1000.0
 
 
 class ControlPlane:
@@ -82,7 +67,7 @@ class ControlPlane:
         self.policy = PolicyManager(self.state, config, store=db.policies, read_file=self.read_file)
         self.mapper = Mapper(self.state, config, derp_map=derp_map, policy=self.policy)
         if batch_delay is None:
-            batch_delay = _batch_delay_from_env()
+            batch_delay = config.tuning.batch_change_delay
         self.notifier = MapNotifier(self.state, self.mapper, clock, offline_grace=offline_grace,
                                     batch_delay=batch_delay)
         self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock)
