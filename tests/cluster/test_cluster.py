@@ -154,3 +154,22 @@ class ClusterSyncTests(TestCase):
                                            hostname="dup", user_id=x.user_id)),
             AlreadyExists)
         self.assertIn("machine key", str(failure.value))
+
+    @inlineCallbacks
+    def test_backend_killed_reconnects_at_once(self):
+        """When PostgreSQL ends the listening session, the feed notices without waiting for its probe,
+        reconnects and resyncs."""
+        import psycopg2
+
+        from headscale_tw.testing.db import postgres_dsn
+
+        pid = self.b.feed._conn.get_backend_pid()
+        admin = psycopg2.connect(**postgres_dsn())
+        try:
+            admin.autocommit = True
+            with admin.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        finally:
+            admin.close()
+        x, _ = self.a.h.register("xray")
+        yield wait_until(self.b.sync, lambda: self.b.feed.listens == 2 and x.id in self.b.h.state.nodes, timeout=10)

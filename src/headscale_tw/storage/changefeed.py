@@ -98,6 +98,8 @@ def parse_change(payload: str) -> Change:
 
 def postgres_listener(pg_config, reactor) -> Callable[[], Deferred]:
     """A factory opening one asynchronous (txpostgres) connection described by ``database.postgres``."""
+    import psycopg2
+    from twisted.internet import main
     from txpostgres import txpostgres
 
     kwargs: dict[str, Any] = {
@@ -110,8 +112,26 @@ def postgres_listener(pg_config, reactor) -> Callable[[], Deferred]:
     if pg_config.password:
         kwargs["password"] = pg_config.password
 
+    class ListenConnection(txpostgres.Connection):
+        """Reports a dropped socket at once (``notify_lost``) instead of an unhandled error."""
+
+        notify_lost: Callable[[], None] | None = None
+
+        def doRead(self):
+            try:
+                return super().doRead()
+            except psycopg2.OperationalError as e:
+                ChangeFeed.log.warn("change feed connection failed: {reason}", reason=str(e).strip())
+                return main.CONNECTION_LOST
+
+        def connectionLost(self, reason):
+            super().connectionLost(reason)
+            callback, self.notify_lost = self.notify_lost, None
+            if callback is not None:
+                callback()
+
     def connect() -> Deferred:
-        conn = txpostgres.Connection(reactor=reactor)
+        conn = ListenConnection(reactor=reactor)
         return conn.connect(**kwargs).addCallback(lambda _: conn)
 
     return connect
@@ -208,6 +228,8 @@ class ChangeFeed:
             raise
         self._pending = None
         self._conn = conn
+        if hasattr(conn, "notify_lost"):
+            conn.notify_lost = lambda: self._lost(conn, Failure(ConnectionError("connection closed")))
         self._backoff = self.initial_backoff
         self.listens += 1
         self.log.info("change feed listening on {channel} as instance {instance}",
@@ -253,6 +275,8 @@ class ChangeFeed:
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            if hasattr(conn, "notify_lost"):
+                conn.notify_lost = None
             conn.removeNotifyObserver(self._notified)
             _close(conn)
 
