@@ -181,8 +181,19 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
     from headscale_tw.control.plane import ControlPlane
 
     derp_parts = _build_derp(config, reactor)
+    feed = None
+    if db.engine == "postgres":
+        # Several instances may share this database: publish our writes, apply theirs.
+        from headscale_tw.storage.changefeed import ChangeFeed, PublishingDatabase, postgres_listener
+
+        feed = ChangeFeed(postgres_listener(config.database.postgres, reactor), db.pool, reactor)
+        db = PublishingDatabase(db, feed.publish)
     plane = ControlPlane(config, db, reactor, derp_map=derp_parts.current_map if derp_parts else None)
     await plane.start()
+    if feed is not None:
+        sync = plane.join_cluster(feed.publish, derp=derp_parts.server if derp_parts else None)
+        feed.subscribe(sync.changed, sync.resync)
+        feed.start()
     if derp_parts is not None:
         derp_parts.bind(plane, lambda new_map: plane.notifier.broadcast(encode_json({"DERPMap": new_map})))
 
@@ -220,6 +231,8 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
         services.append(strports.service(listen_endpoint(config.metrics_listen_addr), server.Site(metrics_root), reactor=reactor))
 
     async def close():
+        if feed is not None:
+            feed.stop()
         plane.stop()
         await db.close()
 

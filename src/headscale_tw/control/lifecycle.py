@@ -67,6 +67,8 @@ class NodeLifecycle:
             if not node.ephemeral or self.notifier.is_connected(node.id):
                 continue
             runtime = self.state.runtime.get(node.id)
+            if runtime is not None and runtime.elsewhere:
+                continue  # it streams on another instance of the cluster
             since = (runtime.disconnected_at if runtime else None) or self._started
             if since <= cutoff:
                 doomed.append(node.id)

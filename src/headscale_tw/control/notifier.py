@@ -74,6 +74,8 @@ class MapNotifier:
         self._flush_timer = None
         self.policy = mapper.policy
         self.policy.attach(self)
+        #: Called with ``(node_id, online)`` when a node comes online here or goes offline (cluster feed).
+        self.presence: Callable[[int, bool], object] | None = None
 
     # -- sessions ----------------------------------------------------------
 
@@ -91,6 +93,8 @@ class MapNotifier:
             old.close()
         if came_online:
             self._to_peers(node_id, self.mapper.online_changed(node_id, True))
+            if self.presence is not None:
+                self.presence(node_id, True)
         changes.viewers.pop(node_id, None)  # its full map is already current
         self.push(changes, exclude=node_id)
         return session
@@ -144,6 +148,8 @@ class MapNotifier:
         self._to_peers(node_id, self.mapper.online_changed(node_id, False))
         self.push(self.policy.update([node_id]))  # fail its primary routes over
         self._persist_last_seen(node_id)
+        if self.presence is not None:
+            self.presence(node_id, False)
 
     def _persist_last_seen(self, node_id: int) -> Deferred:
         async def save():

@@ -74,6 +74,7 @@ class ControlPlane:
         self.poll = PollService(self.state, self.notifier)
         self.nodes = NodeAdmin(self.state, self.notifier, self.registrar)
         self.lifecycle: NodeLifecycle | None = None
+        self.cluster = None
 
     def now(self) -> datetime:
         """The injected clock's time as an aware UTC datetime."""
@@ -115,6 +116,16 @@ class ControlPlane:
             return False
         self.notifier.broadcast(message)
         return True
+
+    def join_cluster(self, publish, derp=None):
+        """Apply other instances' changes from a change feed; return the ``ClusterSync``.
+
+        ``publish`` is ``ChangeFeed.publish``; ``derp`` the local DERP server (or ``None``).
+        """
+        from headscale_tw.control.cluster import ClusterSync
+
+        self.cluster = ClusterSync(self.state, self.notifier, self.policy, publish, derp=derp)
+        return self.cluster
 
     def stop(self) -> None:
         """End every map stream and held register request; cancel every timer."""

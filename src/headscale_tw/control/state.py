@@ -21,13 +21,19 @@ from twisted.logger import Logger
 
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.names import sanitize_hostname, unique_given_name
-from headscale_tw.errors import NotFound
+from headscale_tw.errors import AlreadyExists, NotFound
 from headscale_tw.storage.models import Node, User
 
 __all__ = ["ControlState", "NodeRuntime", "TAGGED_DEVICES_USER_ID"]
 
 # The pseudo-user that owns tagged nodes on the wire (Headscale uses the same number).
 TAGGED_DEVICES_USER_ID = 2147455555
+
+# Another instance on the same database may take an address or name at the same
+# moment; the store's unique constraints catch it and create_node tries again.
+_CREATE_ATTEMPTS = 16
+_ADDRESS_TAKEN = ("a node with IPv4 address ", "a node with IPv6 address ")
+_NAME_TAKEN = "a node with given name "
 
 
 @attrs.define
@@ -37,6 +43,8 @@ class NodeRuntime:
     cap: int = 0
     online: bool | None = None
     disconnected_at: datetime | None = None
+    #: The node streams on another instance sharing the database (cluster mode).
+    elsewhere: bool = False
 
 
 class ControlState:
@@ -133,20 +141,69 @@ class ControlState:
     # -- writes ------------------------------------------------------------
 
     async def create_node(self, **fields) -> Node:
-        """Allocate addresses and a unique name, insert, cache and return the new ``Node``."""
+        """Allocate addresses and a unique name, insert, cache and return the new ``Node``.
+
+        When the store reports that the chosen address or name was taken meanwhile
+        (another instance on the same database), the next free one is tried.
+        """
         hostname = fields.get("hostname", "")
-        fields.setdefault("given_name", self.free_name(hostname))
-        ipv4, ipv6 = self.allocator.allocate()
-        fields.setdefault("ipv4", ipv4)
-        fields.setdefault("ipv6", ipv6)
-        fields.setdefault("created_at", self.now())
-        candidate = Node(id=0, **fields)
-        try:
-            node = await self.db.nodes.create(candidate)
-        except BaseException:
-            self.allocator.release(ipv4, ipv6)
-            raise
-        self._index(node)
+        given = dict(fields)
+        given.setdefault("created_at", self.now())
+        taken_names: set[str] = set()
+        for _ in range(_CREATE_ATTEMPTS):
+            attempt = dict(given)
+            attempt.setdefault("given_name", unique_given_name(sanitize_hostname(hostname), set(self._names) | taken_names))
+            ipv4, ipv6 = self.allocator.allocate()
+            attempt.setdefault("ipv4", ipv4)
+            attempt.setdefault("ipv6", ipv6)
+            try:
+                node = await self.db.nodes.create(Node(id=0, **attempt))
+            except AlreadyExists as e:
+                reason = str(e)
+                if reason.startswith(_ADDRESS_TAKEN) and "ipv4" not in given and "ipv6" not in given:
+                    # Someone else holds one of them: mark what the store holds as used.
+                    self.log.info("address taken concurrently, trying the next: {reason}", reason=reason)
+                    used = await self.db.nodes.allocated_ips()
+                    self.allocator.release(*(a for a in (ipv4, ipv6) if a and a not in used))
+                    self.allocator.load(used)
+                    continue
+                self.allocator.release(ipv4, ipv6)
+                if reason.startswith(_NAME_TAKEN) and "given_name" not in given:
+                    taken_names.add(attempt["given_name"])
+                    continue
+                raise
+            except BaseException:
+                self.allocator.release(ipv4, ipv6)
+                raise
+            self._index(node)
+            return node
+        raise AlreadyExists(f"no free address or name for {hostname!r} after {_CREATE_ATTEMPTS} attempts")
+
+    # -- cluster: rows changed by another instance ---------------------------
+
+    def cache_node(self, node: Node) -> Node | None:
+        """Put a row read from the store into the cache (no store write); return the previous row."""
+        previous = self.nodes.get(node.id)
+        if previous is not None:
+            self.allocator.release(previous.ipv4, previous.ipv6)
+        self._index(node, previous)
+        self.allocator.load([node.ipv4 or "", node.ipv6 or ""])
+        return previous
+
+    def uncache_node(self, node_id: int) -> Node | None:
+        """Drop a node deleted elsewhere from the cache and free its addresses; return the old row."""
+        node = self.nodes.pop(node_id, None)
+        if node is None:
+            return None
+        self.runtime.pop(node_id, None)
+        self._generation.pop(node_id, None)
+        if self._by_node_key.get(node.node_key) == node_id:
+            del self._by_node_key[node.node_key]
+        if self._by_machine_key.get(node.machine_key) == node_id:
+            del self._by_machine_key[node.machine_key]
+        if self._names.get(node.given_name) == node_id:
+            del self._names[node.given_name]
+        self.allocator.release(node.ipv4, node.ipv6)
         return node
 
     async def update_node(self, node_id: int, **fields) -> Node:
