@@ -411,7 +411,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--server needs --auth-key")
     options.spawn = not options.server
     raise_nofile()
-    from twisted.internet import reactor
     from twisted.internet.task import react
 
     return react(lambda r: ensureDeferred(_cli(r, options)))

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import ensureDeferred
 
 from headscale_tw.bench.load import Cluster, _sleep, connect_summary, group_tag, percentile
-from headscale_tw.bench.server import SpawnedServer, proc_stats, raise_nofile
+from headscale_tw.bench.server import SpawnedServer, raise_nofile
 from headscale_tw.bench.simnode import TCPConnector, http_get
 
 __all__ = ["policy_text", "run_size", "fullmap_times", "machine", "main"]

@@ -153,9 +153,7 @@ class ClusterSync:
         runtime.elsewhere = online
         if online:
             # A grace timer from a stream that used to be here must not announce it offline.
-            timer = self.notifier._offline_timers.pop(node_id, None)
-            if timer is not None and timer.active():
-                timer.cancel()
+            self.notifier.cancel_offline_grace(node_id)
             runtime.disconnected_at = None
         else:
             runtime.disconnected_at = state.now()
@@ -163,7 +161,7 @@ class ClusterSync:
             return
         runtime.online = online
         state.touch(node_id)
-        self.notifier._to_peers(node_id, self.notifier.mapper.online_changed(node_id, online))
+        self.notifier.announce_online(node_id, online)
         self.notifier.push(self.policy.update([node_id]))
 
     async def _resync(self) -> None:

@@ -178,6 +178,16 @@ class MapNotifier:
                 count += 1
         return count
 
+    def cancel_offline_grace(self, node_id: int) -> None:
+        """Forget a pending "went offline" for ``node_id`` (it is streaming again, maybe elsewhere)."""
+        timer = self._offline_timers.pop(node_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def announce_online(self, node_id: int, online: bool) -> None:
+        """Tell every stream that sees ``node_id`` that it came online or went offline."""
+        self._to_peers(node_id, self.mapper.online_changed(node_id, online))
+
     def _to_peers(self, node_id: int, message: bytes) -> None:
         """Frame ``message`` once and write it to every streaming node that sees ``node_id``."""
         targets = [viewer for viewer in self.sessions if self.policy.sees(viewer, node_id)]

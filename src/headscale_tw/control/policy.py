@@ -43,7 +43,6 @@ from typing import Any, Optional
 from twisted.logger import Logger
 
 from headscale_tw.control.framing import encode_json
-from headscale_tw.control.viewindex import RuleIndex, bits
 from headscale_tw.control.routes import (
     RouteElection,
     announced_routes,
@@ -51,6 +50,7 @@ from headscale_tw.control.routes import (
     normalize_approval,
     served_routes,
 )
+from headscale_tw.control.viewindex import RuleIndex, bits
 from headscale_tw.errors import InvalidInput
 from headscale_tw.policy.compile import CompiledPolicy, PolicyEngine, _overlaps_any, reduce_rules
 from headscale_tw.policy.model import Node as PNode

@@ -33,14 +33,13 @@ retrying silently). See docs/noise.md.
 from __future__ import annotations
 
 import json
+from collections import deque
 
 import attrs
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
 from twisted.web import resource
-from collections import deque
-
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 from twisted.web.server import Site
 from zope.interface import implementer

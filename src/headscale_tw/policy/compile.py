@@ -32,8 +32,8 @@ __all__ = [
 ]
 
 import ipaddress
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from .ipset import TAILSCALE_ALL, THE_INTERNET, IPSet, parse_ip_string
