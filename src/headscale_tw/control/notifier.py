@@ -232,18 +232,7 @@ class MapNotifier:
                 viewer if self_node else None,
             )
             groups.setdefault(key, []).append(viewer)
-        for key, viewers in groups.items():
-            viewer = viewers[0]
-            message = self.mapper.delta(
-                viewer,
-                changed=[pid for pid, _ in key[0]],
-                removed=key[1],
-                packet_filter=key[2],
-                ssh=key[3],
-                self_node=key[4] is not None,
-            )
-            self._write_to(viewers, self._frame(message))
-        return len(groups)
+        return self._send_groups(groups)
 
     # -- batching ----------------------------------------------------------
 
@@ -289,6 +278,10 @@ class MapNotifier:
                 viewer if self_node else None,
             )
             groups.setdefault(key, []).append(viewer)
+        return self._send_groups(groups)
+
+    def _send_groups(self, groups: dict[tuple, list[int]]) -> int:
+        """Build one delta per group of viewers with identical views, frame it once, write it to all."""
         for key, viewers in groups.items():
             message = self.mapper.delta(
                 viewers[0],

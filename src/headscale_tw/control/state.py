@@ -191,7 +191,7 @@ class ControlState:
         return previous
 
     def uncache_node(self, node_id: int) -> Node | None:
-        """Drop a node deleted elsewhere from the cache and free its addresses; return the old row."""
+        """Drop a node from the cache (deleted here or elsewhere) and free its addresses; return the old row."""
         node = self.nodes.pop(node_id, None)
         if node is None:
             return None
@@ -220,14 +220,5 @@ class ControlState:
             await self.db.nodes.delete(node_id)
         except NotFound:
             pass
-        self.nodes.pop(node_id, None)
-        self.runtime.pop(node_id, None)
-        self._generation.pop(node_id, None)
-        if self._by_node_key.get(node.node_key) == node_id:
-            del self._by_node_key[node.node_key]
-        if self._by_machine_key.get(node.machine_key) == node_id:
-            del self._by_machine_key[node.machine_key]
-        if self._names.get(node.given_name) == node_id:
-            del self._names[node.given_name]
-        self.allocator.release(node.ipv4, node.ipv6)
+        self.uncache_node(node_id)
         return node
