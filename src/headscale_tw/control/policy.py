@@ -458,7 +458,8 @@ class PolicyManager:
             self._uniform[node_id] = entry
         return entry
 
-    def _build_view(self, node_id: int, peers: dict[int, Variant] | None = None) -> NodeView:
+    def _build_view(self, node_id: int, peers: dict[int, Variant] | None = None,
+                    filter_wire: list | None = None) -> NodeView:
         self.views_built += 1
         if self.uniform:
             peer_ids = [k for k in self._pnodes if k != node_id]
@@ -477,7 +478,7 @@ class PolicyManager:
         if peers is None:
             peers = {pv.node.id: (pv.allowed_ips, pv.primary_routes) for pv in cp.peers_for(node)}
         return NodeView(
-            filter=self._intern(encode_json(cp.filter_wire_for(node))),
+            filter=self._intern(encode_json(cp.filter_wire_for(node) if filter_wire is None else filter_wire)),
             peers={k: self._intern(v) for k, v in peers.items()},
             ssh=None if ssh is None else self._intern(encode_json(ssh)),
             caps=tuple(sorted(cp.cap_map_for(node))),
@@ -491,9 +492,36 @@ class PolicyManager:
             return {node_id: self._build_view(node_id) for node_id in self._pnodes}
         cp = self.compiled()
         everyone = all_peer_views(cp)
-        views = {node_id: self._build_view(node_id, everyone.get(node_id, {})) for node_id in self._pnodes}
         self._reindex(cp)
-        return views
+        filters = self._indexed_filters(cp)
+        return {
+            node_id: self._build_view(node_id, everyone.get(node_id, {}), filters.get(node_id))
+            for node_id in self._pnodes
+        }
+
+    def _indexed_filters(self, cp: CompiledPolicy) -> dict[int, list]:
+        """
+        Every node's filter (wire form) reduced from only the rules that name it
+        as a destination, as :meth:`_update_incremental` does for one node; empty
+        when the policy is not indexable (then each node reduces every rule).
+
+        Reducing every rule for every node is O(rules x nodes) set tests: 82 %
+        of a policy reload's time with 5,000 nodes in 500 tag groups.
+        """
+        index = self._index
+        if index is None:
+            return {}
+        rules = cp.unreduced_rules(next(iter(self._pnodes.values())))
+        positions: dict = {}
+        for i, rule in enumerate(rules):
+            positions.setdefault(rule, []).append(i)
+        out = {}
+        for nid, node in self._pnodes.items():
+            if nid in index.exits:
+                continue  # an exit node takes internet rules too: the full reduction
+            mine = sorted(i for rule in index.dst_of.get(nid, ()) for i in positions.get(rule, ()))
+            out[nid] = [r.to_wire() for r in reduce_rules(node, [rules[i] for i in mine], index.sets[nid])]
+        return out
 
     def _materialized_views(self) -> dict[int, NodeView]:
         if self.uniform:
