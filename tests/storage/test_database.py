@@ -151,3 +151,23 @@ class ThreadlessFixtureTests(unittest.TestCase):
         from twisted.internet.defer import Deferred
 
         self.assertRaises(AssertionError, resolve, Deferred())
+
+    def test_postgres_unreachable_fails(self):
+        """Without a reachable PostgreSQL the helper fails the test (never skips), saying what to run."""
+        from unittest import mock
+
+        from headscale_tw.testing.db import create_postgres_database
+
+        class _Recorder:
+            def fail(self, message):
+                raise self.failureException(message)
+
+            failureException = AssertionError
+
+            def addCleanup(self, f):
+                raise AssertionError("nothing to clean up")
+
+        with mock.patch.dict("os.environ", {"HEADSCALE_TEST_PG_DSN": "host=127.0.0.1 port=1 user=postgres"}):
+            error = self.assertRaises(AssertionError, create_postgres_database, _Recorder())
+        self.assertIn("HEADSCALE_TEST_PG_DSN", str(error))
+        self.assertIn("ensure-test-services", str(error))

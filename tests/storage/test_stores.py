@@ -4,6 +4,8 @@ Tests for headscale_tw.storage.stores: one suite, run on SQLite and on PostgreSQ
 
 from datetime import datetime, timedelta, timezone
 
+import attrs
+
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -152,8 +154,6 @@ class StoreTestsMixin:
         )
         stored = resolve(self.db.nodes.create(node))
         self.assertNotEqual(stored.id, 0)
-        import attrs
-
         self.assertEqual(attrs.evolve(stored, id=0), node)
         self.assertEqual(stored.hostinfo, node.hostinfo)
         self.assertEqual(resolve(self.db.nodes.get(stored.id)), stored)

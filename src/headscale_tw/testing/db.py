@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.storage.test_testing_db -*-
+# -*- test-case-name: tests.storage.test_database -*-
 """
 Test fixtures for the storage layer: real SQL, no threads.
 
