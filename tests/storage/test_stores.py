@@ -5,7 +5,6 @@ Tests for headscale_tw.storage.stores: one suite, run on SQLite and on PostgreSQ
 from datetime import datetime, timedelta, timezone
 
 import attrs
-
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
