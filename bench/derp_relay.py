@@ -85,7 +85,6 @@ def _start_server(kind: str):
 
 
 def _run_clients(kind: str, port: int, pairs: int, seconds: float, idle: int) -> dict:
-    from nacl.public import PrivateKey
     from twisted.internet import defer, reactor, task
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
     from twisted.internet.protocol import Protocol
