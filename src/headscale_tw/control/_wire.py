@@ -22,6 +22,7 @@ __all__ = [
     "parse_time",
     "format_time",
     "check_hostinfo",
+    "parse_request_head",
 ]
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -127,3 +128,17 @@ def check_hostinfo(hostinfo: object, where: str) -> dict:
 
 def _json_type(types: tuple[type, ...]) -> str:
     return {str: "string", int: "number", list: "list", dict: "object", bool: "boolean"}[types[0]]
+
+
+def parse_request_head(body: object, where: str) -> tuple[int, str]:
+    """The fields every control request starts with: ``(Version, NodeKey)``.
+
+    ``body`` must be a decoded JSON object; ``where`` names the request in errors
+    (``"map request: Version must be an integer"``).
+    """
+    if not isinstance(body, dict):
+        raise InvalidInput(f"{where}: body must be a JSON object")
+    version = body.get("Version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InvalidInput(f"{where}: Version must be an integer")
+    return version, parse_key(body.get("NodeKey"), "nodekey", f"{where}: NodeKey")

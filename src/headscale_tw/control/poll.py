@@ -15,7 +15,7 @@ from __future__ import annotations
 import attrs
 from twisted.logger import Logger
 
-from headscale_tw.control._wire import check_hostinfo, parse_key
+from headscale_tw.control._wire import check_hostinfo, parse_key, parse_request_head
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput, NotFound
@@ -44,12 +44,7 @@ class MapRequest:
 
 def parse_map_request(body: object) -> MapRequest:
     """Validate a decoded JSON MapRequest; ``InvalidInput`` names the bad field."""
-    if not isinstance(body, dict):
-        raise InvalidInput("map request: body must be a JSON object")
-    version = body.get("Version", 0)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise InvalidInput("map request: Version must be an integer")
-    node_key = parse_key(body.get("NodeKey"), "nodekey", "map request: NodeKey")
+    version, node_key = parse_request_head(body, "map request")
     disco = body.get("DiscoKey") or ""
     if disco:
         disco = parse_key(disco, "discokey", "map request: DiscoKey")

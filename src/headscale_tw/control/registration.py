@@ -27,7 +27,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.logger import Logger
 
-from headscale_tw.control._wire import check_hostinfo, is_zero_key, parse_key, parse_time
+from headscale_tw.control._wire import check_hostinfo, is_zero_key, parse_key, parse_request_head, parse_time
 from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.state import ControlState
@@ -80,12 +80,7 @@ class RegisterRequest:
 
 def parse_register_request(body: object) -> RegisterRequest:
     """Validate a decoded JSON RegisterRequest; ``InvalidInput`` names the bad field."""
-    if not isinstance(body, dict):
-        raise InvalidInput("register request: body must be a JSON object")
-    version = body.get("Version", 0)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise InvalidInput("register request: Version must be an integer")
-    node_key = parse_key(body.get("NodeKey"), "nodekey", "register request: NodeKey")
+    version, node_key = parse_request_head(body, "register request")
     old = body.get("OldNodeKey") or ""
     if old:
         old = parse_key(old, "nodekey", "register request: OldNodeKey")
