@@ -53,6 +53,7 @@ from headscale_tw.control.routes import (
 from headscale_tw.control.viewindex import RuleIndex, bits
 from headscale_tw.errors import InvalidInput
 from headscale_tw.policy.compile import CompiledPolicy, PolicyEngine, _overlaps_any, reduce_rules
+from headscale_tw.policy.incremental import IncrementalCompiler
 from headscale_tw.policy.model import Node as PNode
 from headscale_tw.policy.model import PolicyError, Topology
 from headscale_tw.policy.model import User as PUser
@@ -234,6 +235,8 @@ class PolicyManager:
         self._serving: dict[int, tuple] = {}
         self._users: tuple = ()
         self._compiled: Optional[CompiledPolicy] = None
+        self._compiler: Optional[IncrementalCompiler] = None
+        self._compiler_stale: set[int] = set()
         self._dirty: set[int] = set()
         self._views: dict[int, NodeView] = {}
         self._uniform: dict[int, tuple[Variant, Variant]] = {}
@@ -398,6 +401,7 @@ class PolicyManager:
             if node_id in self._pnodes:
                 self._previous.setdefault(node_id, self._pnodes[node_id])
                 del self._pnodes[node_id]
+                self._compiler_stale.add(node_id)
                 self._serving.pop(node_id, None)
                 self.election.forget(node_id)
                 self._dirty.add(node_id)
@@ -409,6 +413,7 @@ class PolicyManager:
         if self._pnodes.get(node_id) != pnode:
             self._previous.setdefault(node_id, self._pnodes.get(node_id))
             self._pnodes[node_id] = pnode
+            self._compiler_stale.add(node_id)
             self._dirty.add(node_id)
             self._compiled = None
             return True
@@ -434,8 +439,20 @@ class PolicyManager:
                 self._dirty.update(self._pnodes)
         if self._compiled is None:
             users_t = tuple(PUser(id=u[0], name=u[1], email=u[2] or "") for u in users)
-            topology = Topology(users=users_t, nodes=tuple(self._pnodes[k] for k in sorted(self._pnodes)))
-            self._compiled = self.engine.compile(topology)
+            compiler = self._compiler
+            if compiler is None or compiler.engine is not self.engine:
+                compiler = self._compiler = IncrementalCompiler(self.engine, users_t, self._pnodes.values())
+            else:
+                # Only the aliases and grants that can select a changed node are resolved again.
+                compiler.set_users(users_t)
+                for node_id in self._compiler_stale:
+                    pnode = self._pnodes.get(node_id)
+                    if pnode is None:
+                        compiler.remove(node_id)
+                    else:
+                        compiler.put(pnode)
+            self._compiler_stale.clear()
+            self._compiled = compiler.compile()
             self.recompiles += 1
         return self._compiled
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
+from .incremental import DependencyMemo, TopologyIndex, grant_keys
 from .ipset import TAILSCALE_ALL, THE_INTERNET, IPSet, parse_ip_string
 from .model import (
     ACL,
@@ -105,6 +106,15 @@ class FilterRule:
     ip_proto: Optional[tuple[int, ...]] = None
     cap_grant: tuple[CapGrant, ...] = ()
 
+    def __hash__(self) -> int:
+        # Rules are dict keys and set members on every policy update (rule index, per-node
+        # reduction); hashing the nested tuples each time was ~half of a join's cost.
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.src_ips, self.dst_ports, self.ip_proto, self.cap_grant))
+            object.__setattr__(self, "_hash", h)
+        return h
+
     def to_wire(self) -> dict:
         out: dict[str, Any] = {"SrcIPs": list(self.src_ips)}
         if self.dst_ports:
@@ -165,32 +175,33 @@ def _ip_string(net: Network) -> str:
 
 
 class Resolver:
-    """Resolves aliases to address sets for one (policy, topology) pair."""
+    """
+    Resolves aliases to address sets for one (policy, topology) pair.
 
-    def __init__(self, policy: Policy, topology: Topology) -> None:
+    ``index`` (a :class:`~headscale_tw.policy.incremental.TopologyIndex` of the
+    topology's nodes) and ``memo`` (a
+    :class:`~headscale_tw.policy.incremental.DependencyMemo`) may be carried
+    over from an earlier compilation by an
+    :class:`~headscale_tw.policy.incremental.IncrementalCompiler`; alone, the
+    resolver indexes the topology and memoises for itself.
+    """
+
+    def __init__(self, policy: Policy, topology: Topology, index: Optional[TopologyIndex] = None,
+                 memo: Optional[DependencyMemo] = None) -> None:
         self.policy = policy
         self.topology = topology
-        self._ids = {n.id for n in topology.nodes}
+        self.index = index if index is not None else TopologyIndex(topology.nodes)
+        self.memo = memo if memo is not None else DependencyMemo()
         self._node_sets: dict[int, IPSet] = {}
-        self._by_tag: Optional[dict[str, list[Node]]] = None
-        self._by_user: Optional[dict[int, list[Node]]] = None
+        self._users_by_token: dict[str, list[User]] = {}
 
     def node_set(self, node: Node) -> IPSet:
         s = self._node_sets.get(node.id)
         if s is None:
             s = IPSet.from_addresses(node.addresses)
-            if node.id in self._ids:
+            if self.index.nodes.get(node.id) is node:
                 self._node_sets[node.id] = s
         return s
-
-    def _index(self) -> None:
-        # One pass over the nodes per compilation, instead of one per alias.
-        self._by_tag, self._by_user = {}, {}
-        for n in self.topology.nodes:
-            for t in n.tags:
-                self._by_tag.setdefault(t, []).append(n)
-            if not n.is_tagged and n.user_id is not None:
-                self._by_user.setdefault(n.user_id, []).append(n)
 
     def user_for(self, token: str) -> Optional[User]:
         """The single user a ``user@`` token names (email or name), else None."""
@@ -200,18 +211,21 @@ class Resolver:
 
     def users_for(self, token: str) -> list[User]:
         """Users a token names; ``user:*@<domain>`` names every user of that domain."""
-        if token.startswith("user:*@"):
-            domain = token[len("user:*@"):].lower()
-            return [u for u in self.topology.users if u.email.rpartition("@")[2].lower() == domain]
-        u = self.user_for(token)
-        return [u] if u is not None else []
+        found = self._users_by_token.get(token)
+        if found is None:
+            if token.startswith("user:*@"):
+                domain = token[len("user:*@"):].lower()
+                found = [u for u in self.topology.users if u.email.rpartition("@")[2].lower() == domain]
+            else:
+                u = self.user_for(token)
+                found = [u] if u is not None else []
+            self._users_by_token[token] = found
+        return found
 
     def nodes_of_user(self, user: Optional[User]) -> list[Node]:
         if user is None:
             return []
-        if self._by_user is None:
-            self._index()
-        return list(self._by_user.get(user.id, ()))
+        return list(self.index.by_user.get(user.id, {}).values())
 
     def nodes_of_token(self, token: str) -> list[Node]:
         return [n for u in self.users_for(token) for n in self.nodes_of_user(u)]
@@ -219,11 +233,34 @@ class Resolver:
     def _union(self, nodes: Iterable[Node]) -> IPSet:
         return IPSet.from_addresses(a for n in nodes for a in n.addresses)
 
+    def alias_keys(self, alias: Alias) -> list[tuple]:
+        """The dependency keys (see :mod:`~headscale_tw.policy.incremental`) an alias's set follows."""
+        k = alias.kind
+        if k == "user":
+            return [("user", u.id) for u in self.users_for(alias.name)]
+        if k == "group":
+            return [("user", u.id) for m in self.policy.groups.get(alias.name, ()) for u in self.users_for(m)]
+        if k == "tag":
+            return [("tag", alias.name)]
+        if k == "autogroup":
+            ag = alias.name[len("autogroup:"):]
+            if ag == "member":
+                return [("member",)]
+            if ag == "tagged":
+                return [("tagged",)]
+            if ag in ("owner", "admin"):
+                return [("user", u.id) for u in self.topology.users]
+        return []
+
     def resolve(self, alias: Alias) -> Optional[IPSet]:
         """The addresses an alias stands for; None for ``autogroup:self``."""
         k = alias.kind
         if k == "*":
             return TAILSCALE_ALL
+        return self.memo.get(("alias", alias), lambda: (self.alias_keys(alias), self._resolve(alias)))
+
+    def _resolve(self, alias: Alias) -> Optional[IPSet]:
+        k = alias.kind
         if k == "prefix":
             return IPSet.from_networks([alias.network])
         if k == "host":
@@ -237,15 +274,13 @@ class Resolver:
                 nodes.extend(self.nodes_of_token(member))
             return self._union(nodes)
         if k == "tag":
-            if self._by_tag is None:
-                self._index()
-            return self._union(self._by_tag.get(alias.name, ()))
+            return self._union(self.index.by_tag.get(alias.name, {}).values())
         if k == "autogroup":
             ag = alias.name[len("autogroup:"):]
             if ag == "member":
-                return self._union(n for n in self.topology.nodes if not n.is_tagged)
+                return self._union(self.index.untagged.values())
             if ag == "tagged":
-                return self._union(n for n in self.topology.nodes if n.is_tagged)
+                return self._union(self.index.tagged.values())
             if ag == "internet":
                 return THE_INTERNET
             if ag == "danger-all":
@@ -270,8 +305,9 @@ class Resolver:
 
     def approved_subnet_routes(self) -> list[str]:
         seen: list[str] = []
-        for n in self.topology.nodes:
-            for r in n.subnet_routes:
+        routed = self.index.routed
+        for nid in sorted(routed):
+            for r in routed[nid].subnet_routes:
                 s = str(r)
                 if s not in seen:
                     seen.append(s)
@@ -618,6 +654,7 @@ class PolicyEngine:
         self.policy: Optional[Policy] = policy if isinstance(policy, Policy) else parse_policy(policy)
         self.server_url = server_url
         self._domains = None if domains is None else frozenset(d.lower() for d in domains)
+        self._grants: Optional[tuple[Grant, ...]] = None
 
     def tailnet_domains(self, topology: Topology) -> frozenset[str]:
         """
@@ -632,6 +669,21 @@ class PolicyEngine:
     def compile(self, topology: Topology) -> "CompiledPolicy":
         """Resolve the policy against C{topology} (do this once per change)."""
         return CompiledPolicy(self, topology)
+
+    def grant_list(self) -> tuple[Grant, ...]:
+        """The policy's grants followed by its ACLs turned into grants (computed once)."""
+        if self._grants is None:
+            grants: list[Grant] = []
+            if self.policy is not None:
+                grants = list(self.policy.grants or ())
+                acls = self.policy.acls
+                if acls is None and self.policy.grants is None:
+                    # Neither section: Tailscale applies its default "* -> *:*" ACL.
+                    acls = (DEFAULT_ACL,)
+                for acl in acls or ():
+                    grants.extend(acl_to_grants(acl))
+            self._grants = tuple(grants)
+        return self._grants
 
     def check(self, topology: Topology) -> None:
         """
@@ -662,33 +714,35 @@ class PolicyEngine:
 class CompiledPolicy:
     """A policy resolved against one topology; per-node views are memoised."""
 
-    def __init__(self, engine: PolicyEngine, topology: Topology) -> None:
+    def __init__(self, engine: PolicyEngine, topology: Topology, index: Optional[TopologyIndex] = None,
+                 memo: Optional[DependencyMemo] = None) -> None:
         self.engine = engine
         self.policy = engine.policy
         self.topology = topology
-        self.resolver = Resolver(self.policy or Policy(), topology)
+        self.resolver = Resolver(self.policy or Policy(), topology, index=index, memo=memo)
         self._unreduced: dict[int, list[FilterRule]] = {}
         self._matches: dict[int, list[Match]] = {}
         self._filters: dict[int, list[FilterRule]] = {}
         self.allow_all = self.policy is None
         self.grants: list[_CompiledGrant] = []
-        if self.policy is not None:
-            grants = list(self.policy.grants or ())
-            acls = self.policy.acls
-            if acls is None and self.policy.grants is None:
-                # Neither section: Tailscale applies its default "* -> *:*" ACL.
-                acls = (DEFAULT_ACL,)
-            for acl in acls or ():
-                grants.extend(acl_to_grants(acl))
+        grants = engine.grant_list()
+        if grants:
             gc = _GrantCompiler(self.resolver)
-            self.grants = [cg for cg in (gc.compile(g) for g in grants) if cg is not None]
+            memo = self.resolver.memo
+            resolver = self.resolver
+
+            def compiled(i: int, grant: Grant):
+                # A grant's rules follow only the aliases it names (and, with "*", the routes).
+                return memo.get(("grant", i), lambda: (grant_keys(grant, resolver.alias_keys), gc.compile(grant)))
+
+            self.grants = [cg for cg in (compiled(i, g) for i, g in enumerate(grants)) if cg is not None]
         self.per_node = any(cg.is_self or cg.is_via for cg in self.grants)
         # (grant, resolved sources, destination prefixes, has autogroup:internet)
         # for via steering of peer routes; None when no grant uses via.
         self._via_grants: Optional[list[tuple[Grant, IPSet, list[Network], bool]]] = None
         if self.policy is not None and any(g.via for g in self.policy.grants or ()):
             self._via_grants = []
-            for g in grants:
+            for g in engine.grant_list():
                 dst_nets: list[Network] = []
                 for d in g.dst:
                     if d.is_autogroup("internet") or d.is_autogroup("self"):

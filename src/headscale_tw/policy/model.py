@@ -34,6 +34,7 @@ __all__ = [
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping, Optional, Union
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -237,19 +238,23 @@ class Node:
     primary_routes: tuple[Network, ...] = ()
     online: bool = True
 
+    # Derived values are cached on the (immutable) instance: the policy engine asks for them
+    # once per rule and node. cached_property writes the instance __dict__ directly, which a
+    # frozen dataclass allows; equality and hashing still use the fields only.
+
     @property
     def is_tagged(self) -> bool:
         return bool(self.tags)
 
-    @property
+    @cached_property
     def addresses(self) -> tuple[Address, ...]:
         return tuple(a for a in (self.ipv4, self.ipv6) if a is not None)
 
-    @property
+    @cached_property
     def address_prefixes(self) -> tuple[Network, ...]:
         return tuple(ipaddress.ip_network(a) for a in self.addresses)
 
-    @property
+    @cached_property
     def subnet_routes(self) -> tuple[Network, ...]:
         """Advertised and approved routes, excluding exit routes."""
         return tuple(
@@ -258,7 +263,7 @@ class Node:
             if r.prefixlen != 0 and r in self.approved_routes
         )
 
-    @property
+    @cached_property
     def exit_routes(self) -> tuple[Network, ...]:
         """Advertised and approved exit routes (0.0.0.0/0, ::/0)."""
         return tuple(
@@ -267,7 +272,7 @@ class Node:
             if r.prefixlen == 0 and r in self.approved_routes
         )
 
-    @property
+    @cached_property
     def is_exit_node(self) -> bool:
         return bool(self.exit_routes)
 
