@@ -211,3 +211,39 @@ class FullRebuildTests(unittest.TestCase):
         self.assertEqual(set(reduced), {1})
         self.assertEqual(len(pm._views[1].peers), 2)
         self.assertIn(b"100.64.0.31", pm._views[1].filter)
+
+
+class JoinWorkTests(unittest.TestCase):
+    """A join tests the joining node against the rules naming its address, not every rule."""
+
+    def _member_tests_per_join(self, groups: int) -> tuple[int, int]:
+        text = json.dumps({
+            "tagOwners": {f"tag:g{g}": ["alice@"] for g in range(groups)},
+            "acls": [{"action": "accept", "src": [f"tag:g{g}"], "dst": [f"tag:g{g}:*"]} for g in range(groups)]
+            + [{"action": "accept", "src": ["alice@"], "dst": ["100.64.0.0/10:22"]}],
+        })
+        state = _State()
+        state.users[1] = SimpleNamespace(id=1, name="alice", email="alice@example.com")
+        for i in range(1, 3 * groups + 1):
+            state.nodes[i] = _row(i, f"n{i}", None, (f"tag:g{i % groups}",), f"100.64.{i // 250}.{i % 250 + 1}",
+                                  f"fd7a:115c:a1e0::{i:x}")
+            state.runtime[i] = SimpleNamespace(online=True)
+        laptop = 3 * groups + 1  # alice's, reaching every tailnet address on port 22 (a wide rule)
+        state.nodes[laptop] = _row(laptop, "laptop", 1, (), "100.89.0.1", "fd7a:115c:a1e0::fffe")
+        state.runtime[laptop] = SimpleNamespace(online=True)
+        pm = PolicyManager(state)
+        pm.engine, pm.text = PolicyEngine(text), text
+        pm._sync_all()
+        pm._rebuild_views()
+        new = laptop + 1
+        state.nodes[new] = _row(new, "new", None, ("tag:g1",), "100.90.0.1", "fd7a:115c:a1e0::ffff")
+        state.runtime[new] = SimpleNamespace(online=True)
+        before = pm._index.member_tests
+        changes = pm.update([new])
+        self.assertEqual(set(changes.viewers), {g * groups + 1 for g in range(3)} | {laptop})
+        self.assertEqual(len(pm._views[new].peers), 4)
+        return pm._index.member_tests - before
+
+    def test_member_tests_do_not_grow_with_rules(self):
+        """10 or 100 tag groups: the same number of rule-membership tests for one join."""
+        self.assertEqual(self._member_tests_per_join(10), self._member_tests_per_join(100))

@@ -237,6 +237,7 @@ class PolicyManager:
         self._compiled: Optional[CompiledPolicy] = None
         self._compiler: Optional[IncrementalCompiler] = None
         self._compiler_stale: set[int] = set()
+        self._positions: Optional[tuple[list, dict]] = None
         self._dirty: set[int] = set()
         self._views: dict[int, NodeView] = {}
         self._uniform: dict[int, tuple[Variant, Variant]] = {}
@@ -408,7 +409,11 @@ class PolicyManager:
                 self._compiled = None
                 return True
             return False
-        self._serving[node_id] = tuple(r for r in served_routes(node) if r.prefixlen != 0)
+        serving = tuple(r for r in served_routes(node) if r.prefixlen != 0)
+        if serving:
+            self._serving[node_id] = serving
+        else:
+            self._serving.pop(node_id, None)
         pnode = self._pnode(node)
         if self._pnodes.get(node_id) != pnode:
             self._previous.setdefault(node_id, self._pnodes.get(node_id))
@@ -619,6 +624,16 @@ class PolicyManager:
                 out.update(nid for nid, p in self._pnodes.items() if not p.is_tagged and p.user_id in users)
         return out
 
+    def _rule_positions(self, rules: list) -> dict:
+        """Each rule's positions in ``rules`` (cached per rule list) to keep filters in policy order."""
+        cached = self._positions
+        if cached is None or cached[0] is not rules:
+            positions: dict = {}
+            for i, rule in enumerate(rules):
+                positions.setdefault(rule, []).append(i)
+            cached = self._positions = (rules, positions)
+        return cached[1]
+
     def _peer_variant(self, cp, viewer: PNode, peer: PNode, matches, viewer_set, v6_only: bool) -> Variant:
         """``peer`` as ``viewer`` sees it; the same computation as :func:`all_peer_views`."""
         prefixes = [str(p) for p in peer.address_prefixes if not v6_only or p.version == 6]
@@ -669,6 +684,7 @@ class PolicyManager:
                 return "disable-ipv4" in own[nid][0]
             return "disable-ipv4" in views[nid].caps
 
+        positions = self._rule_positions(rules)
         holders = index.routed | index.exits | {nid for nid in dirty if nid in pnodes}
         changes = Changes()
         for nid in set(up.reach) | up.filters | (ssh_nodes & set(pnodes)) | set(own):
@@ -697,8 +713,9 @@ class PolicyManager:
                 if nid in index.exits:
                     wire = cp.filter_wire_for(node)
                 else:  # only rules naming it as a destination can concern it
-                    mine_dst = index.dst_of.get(nid, ())
-                    wire = [r.to_wire() for r in reduce_rules(node, [r for r in rules if r in mine_dst], viewer_set)]
+                    # in policy order, repeated rules included (as the full rebuild does)
+                    mine = sorted(i for r in index.dst_of.get(nid, ()) for i in positions.get(r, ()))
+                    wire = [r.to_wire() for r in reduce_rules(node, [rules[i] for i in mine], viewer_set)]
                 packet_filter = self._intern(encode_json(wire))
             else:
                 packet_filter = old.filter

@@ -18,6 +18,8 @@ change, :meth:`RuleIndex.update` takes the new compilation's rules and:
 Finding a new rule's members looks the rule's addresses up in an
 address → node table when the rule covers few addresses, and tests only
 nodes with routes besides; wide rules (``*``, big prefixes) test every node.
+The reverse table (address → narrow rules naming it) gives a changed node the
+rules it can belong to without testing every rule.
 """
 
 from __future__ import annotations
@@ -76,10 +78,15 @@ class RuleIndex:
         self.routed: set[int] = set()
         self.exits: set[int] = set()
         self.nodes: dict[int, Node] = {}
+        #: address -> narrow rules naming it; rules too wide to list are in ``wide``.
+        self.rules_at: dict[tuple[int, int], set] = {}
+        self.wide: set = set()
+        self.member_tests = 0
 
     # -- membership --------------------------------------------------------
 
     def _member(self, match: Match, internet: bool, node_id: int) -> tuple[bool, bool]:
+        self.member_tests += 1
         node, node_set = self.nodes[node_id], self.sets[node_id]
         routes = node.subnet_routes
         src = match.srcs.overlaps(node_set) or (bool(routes) and _overlaps_any(match.srcs, routes))
@@ -87,9 +94,17 @@ class RuleIndex:
                or (internet and node.is_exit_node))
         return src, dst
 
-    def _candidates(self, match: Match) -> Iterable[int]:
+    @staticmethod
+    def _narrow(match: Match) -> Optional[list]:
+        """The address ranges of a rule, or None when it covers too many addresses to list."""
         ranges = match.srcs.ranges() + match.dsts.ranges()
         if sum(hi - lo + 1 for _, lo, hi in ranges) > _LOOKUP_LIMIT:
+            return None
+        return ranges
+
+    def _candidates(self, match: Match) -> Iterable[int]:
+        ranges = self._narrow(match)
+        if ranges is None:
             return list(self.nodes)
         found = set(self.routed) | self.exits
         owner = self.owner
@@ -98,6 +113,42 @@ class RuleIndex:
                 ids = owner.get((fam, v))
                 if ids:
                     found |= ids
+        return found
+
+    def _file_rule(self, rule, match: Match) -> None:
+        """Record which addresses a rule names, so a changed node finds its rules by lookup."""
+        ranges = self._narrow(match)
+        if ranges is None:
+            self.wide.add(rule)
+            return
+        rules_at = self.rules_at
+        for fam, lo, hi in ranges:
+            for v in range(lo, hi + 1):
+                rules_at.setdefault((fam, v), set()).add(rule)
+
+    def _unfile_rule(self, rule, match: Match) -> None:
+        if rule in self.wide:
+            self.wide.discard(rule)
+            return
+        rules_at = self.rules_at
+        for fam, lo, hi in match.srcs.ranges() + match.dsts.ranges():
+            for v in range(lo, hi + 1):
+                at = rules_at.get((fam, v))
+                if at is not None:
+                    at.discard(rule)
+                    if not at:
+                        del rules_at[(fam, v)]
+
+    def _rules_for(self, node: Node, kept: Sequence) -> Iterable:
+        """The kept rules ``node`` may belong to: those naming its addresses, wide ones, or all if it routes."""
+        if node.subnet_routes or node.is_exit_node:
+            return kept
+        found = set(self.wide)
+        rules_at = self.rules_at
+        for k in self.addrs[node.id]:
+            at = rules_at.get(k)
+            if at:
+                found |= at
         return found
 
     def _add_node(self, node: Node) -> None:
@@ -130,6 +181,7 @@ class RuleIndex:
     def _add_rule(self, rule, match: Match) -> int:
         """Compute a new rule's masks; return them OR-ed (its members)."""
         internet = self.internet[rule] = match.dsts_is_internet()
+        self._file_rule(rule, match)
         src = dst = 0
         for nid in self._candidates(match):
             s, d = self._member(match, internet, nid)
@@ -186,6 +238,7 @@ class RuleIndex:
         for rule in [r for r in old if r not in new]:
             src, dst = masks.pop(rule)
             self.internet.pop(rule, None)
+            self._unfile_rule(rule, old[rule])
             touched |= src | dst
             out.filters.update(bits(dst))
             for nid in bits(src):
@@ -194,6 +247,7 @@ class RuleIndex:
                 self.dst_of[nid].discard(rule)
             out.rules_changed = True
         kept = [r for r in new if r in old]
+        kept_set = set(kept)
         dirty = set(dirty)
         previous = {}
         for nid in dirty:
@@ -211,7 +265,9 @@ class RuleIndex:
                 continue
             self._add_node(node)
             out.filters.add(nid)
-            for rule in kept:
+            for rule in self._rules_for(node, kept):
+                if rule not in kept_set:
+                    continue
                 s, d = self._member(new[rule], self.internet[rule], nid)
                 if s:
                     masks[rule][0] |= bit
