@@ -655,7 +655,8 @@ class PolicyManager:
         index, pnodes, views = self._index, self._pnodes, self._views
         if index is None or cp.per_node or cp.allow_all or not pnodes or 4 * len(dirty) > len(pnodes) + 8:
             return None
-        if any(nid not in views for nid in pnodes if nid not in dirty):
+        # every unchanged node must have a view (views hold only known or just-removed nodes)
+        if len(views) - sum(1 for nid in dirty if nid in views) != len(pnodes) - sum(1 for nid in dirty if nid in pnodes):
             return None
         first = next(iter(pnodes.values()))
         matches = cp.matches_for(first)

@@ -152,7 +152,9 @@ class ControlState:
         taken_names: set[str] = set()
         for _ in range(_CREATE_ATTEMPTS):
             attempt = dict(given)
-            attempt.setdefault("given_name", unique_given_name(sanitize_hostname(hostname), set(self._names) | taken_names))
+            # no copy of every name per registration: the names dict answers "in" itself
+            taken = self._names if not taken_names else set(self._names) | taken_names
+            attempt.setdefault("given_name", unique_given_name(sanitize_hostname(hostname), taken))
             ipv4, ipv6 = self.allocator.allocate()
             attempt.setdefault("ipv4", ipv4)
             attempt.setdefault("ipv6", ipv6)
