@@ -75,11 +75,18 @@ class Worker:
         return errors
 
     async def cmd_connect(self, indices: list[int], auth_key: str, concurrency: int = 64,
-                          group_size: int = 0, tag_as: int | None = None) -> dict:
-        """Bring ``indices`` up (the whole login sequence), ``concurrency`` at a time."""
+                          group_size: int = 0, tag_as: int | None = None, tags: list[str] | None = None) -> dict:
+        """Bring ``indices`` up (the whole login sequence), ``concurrency`` at a time.
+
+        Each node requests its group's tag (``group_size``; ``tag_as`` names the
+        index whose group to join), or ``tags`` when given.
+        """
         for i in indices:
-            tags = [group_tag(i if tag_as is None else tag_as, group_size)] if group_size else None
-            self.nodes[i] = SimNode(i, self.connector, self.host, auth_key, request_tags=tags,
+            if tags is not None:
+                wanted = list(tags)
+            else:
+                wanted = [group_tag(i if tag_as is None else tag_as, group_size)] if group_size else None
+            self.nodes[i] = SimNode(i, self.connector, self.host, auth_key, request_tags=wanted,
                                     verify=i < self.verify)
         errors = await self._bounded(indices, concurrency, lambda i: self.nodes[i].up())
         return self._timings(indices, errors)
@@ -278,10 +285,11 @@ class Cluster:
         return merged
 
     async def connect(self, indices, auth_key: str, concurrency: int = 64, group_size: int = 0,
-                      tag_as: int | None = None) -> dict:
+                      tag_as: int | None = None, tags: list[str] | None = None) -> dict:
         parts = self._split(indices)
         per = [{"indices": p, "concurrency": max(1, concurrency // len(self.workers))} for p in parts]
-        return self._merge(await self._all("connect", per, auth_key=auth_key, group_size=group_size, tag_as=tag_as))
+        return self._merge(await self._all("connect", per, auth_key=auth_key, group_size=group_size,
+                                           tag_as=tag_as, tags=tags))
 
     async def mark(self) -> float:
         return min(await self._all("mark"))

@@ -36,7 +36,10 @@ from headscale_tw.bench.load import Cluster, _sleep, connect_summary, group_tag,
 from headscale_tw.bench.server import SpawnedServer, raise_nofile
 from headscale_tw.bench.simnode import TCPConnector, http_get
 
-__all__ = ["policy_text", "run_size", "fullmap_times", "machine", "main"]
+__all__ = ["policy_text", "run_size", "fullmap_times", "machine", "main", "HUB_TAG"]
+
+#: Under the groups policy, the tag of the hub node every node sees (see :func:`policy_text`).
+HUB_TAG = "tag:hub"
 
 
 def policy_text(kind: str, nodes: int, group_size: int = 10, ports: str = "*") -> str | None:
@@ -46,9 +49,13 @@ def policy_text(kind: str, nodes: int, group_size: int = 10, ports: str = "*") -
     if kind == "all":
         return json.dumps({"acls": [{"action": "accept", "src": ["*"], "dst": [f"*:{ports}"]}]})
     groups = range(nodes // group_size + 2)
+    owners = {f"tag:g{g}": ["bench@"] for g in groups}
+    owners[HUB_TAG] = ["bench@"]
     return json.dumps({
-        "tagOwners": {f"tag:g{g}": ["bench@"] for g in groups},
-        "acls": [{"action": "accept", "src": [f"tag:g{g}"], "dst": [f"tag:g{g}:{ports}"]} for g in groups],
+        "tagOwners": owners,
+        "acls": [{"action": "accept", "src": [f"tag:g{g}"], "dst": [f"tag:g{g}:{ports}"]} for g in groups]
+        # a hub (think DNS server or monitoring) reaches every node: every node has it as a peer
+        + [{"action": "accept", "src": [HUB_TAG], "dst": [f"*:{ports}"]}],
     })
 
 
@@ -151,6 +158,26 @@ async def _run_size(reactor, server, n, policy, procs, group_size, concurrency, 
             out["policy_change"] = _latency(sent, await cluster.wait(everyone, timeout), n)
             await cluster.quiet(0.5, timeout=timeout)
 
+        if policy == "groups":
+            # Changes that reach every stream without a full mesh: a hub every node sees
+            # joins, updates its endpoints and is deleted.
+            hub = n + 1
+            await cluster.mark()
+            joined = await cluster.connect([hub], keys["ephemeral"], 1, tags=[HUB_TAG])
+            start = joined["noise"][0] or joined["start"][0]
+            out["hub_join"] = _latency(start, await cluster.wait(everyone, timeout), n)
+            out["hub_join"]["errors"] = joined["errors"]
+            out["hub_join"]["hub_full_map_bytes"] = joined["full_map_bytes"][0]
+            await cluster.quiet(0.5, timeout=timeout)
+            await cluster.mark()
+            sent = await cluster.lite(hub, ["198.51.100.9:41641", "192.0.2.9:41641"])
+            out["hub_endpoint"] = _latency(sent, await cluster.wait(everyone, timeout), n)
+            await cluster.quiet(0.5, timeout=timeout)
+            await cluster.mark()
+            sent = await cluster.logout(hub)
+            out["hub_delete"] = _latency(sent, await cluster.wait(everyone, timeout), n)
+            await cluster.quiet(0.5, timeout=timeout)
+
         out["server_streaming"] = server.stats()
 
         # Reconnect storm.
@@ -205,18 +232,31 @@ def fullmap_times(sizes: list[int], repeat: int = 20) -> list[dict]:
 
 
 def _table(rows: list[dict]) -> str:
-    lines = ["| N | policy | reg/s | all maps (s) | RSS MiB | CPU s | endpoint p50/p99/max ms | join p99 | delete p99 | policy p99 | storm converge s | /health p99 ms | full map B |",
-             "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| N | policy | reg/s | all maps (s) | RSS MiB | CPU s | endpoint p50/p99/max ms | join p99 | delete p99 "
+             "| policy p99 | hub join/endpoint/delete p99 (all N) | storm converge s | /health p99 ms | full map B |",
+             "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         c = r["connect"]
         e = r["endpoint_change"]
-        lines.append("| {} | {} | {} | {} | {} | {} | {}/{}/{} | {} | {} | {} | {} | {} | {} |".format(
+        hub = "/".join(str(r[k]["p99_ms"]) for k in ("hub_join", "hub_endpoint", "hub_delete")) if "hub_join" in r else "–"
+        lines.append("| {} | {} | {} | {} | {} | {} | {}/{}/{} | {} | {} | {} | {} | {} | {} | {} |".format(
             r["nodes"], r["policy"], c["registrations_per_s"], c["all_maps_s"],
             r["server_streaming"]["rss_mib"], r["server_streaming"]["cpu_s"],
             e["p50_ms"], e["p99_ms"], e["max_ms"], r["node_join"]["p99_ms"], r["node_delete"]["p99_ms"],
-            r.get("policy_change", {}).get("p99_ms"), r["reconnect_storm"]["converge_s"],
+            r.get("policy_change", {}).get("p99_ms"), hub, r["reconnect_storm"]["converge_s"],
             r["reconnect_storm"]["health_p99_ms"], c["full_map_bytes_median"]))
     return "\n".join(lines)
+
+
+def _runs(text: str) -> list[tuple[int, str]]:
+    """``--runs 1000:none,10000:groups`` -> [(1000, "none"), (10000, "groups")]."""
+    out = []
+    for part in text.split(","):
+        size, _, policy = part.strip().partition(":")
+        if policy not in ("none", "all", "groups"):
+            raise argparse.ArgumentTypeError(f"{part!r}: expected SIZE:none|all|groups")
+        out.append((int(size), policy))
+    return out
 
 
 async def _main(reactor, options) -> None:
@@ -231,14 +271,14 @@ async def _main(reactor, options) -> None:
     if options.fullmap:
         results["fullmap"] = fullmap_times(options.fullmap)
         save()
-    for n in options.sizes:
-        for policy in options.policies:
-            started = time.monotonic()
-            run = await run_size(reactor, n, policy, procs=options.procs, concurrency=options.concurrency,
-                                 timeout=options.timeout)
-            run["wall_s"] = round(time.monotonic() - started, 1)
-            results["runs"].append(run)
-            save()
+    runs = options.runs or [(n, policy) for n in options.sizes for policy in options.policies]
+    for n, policy in runs:
+        started = time.monotonic()
+        run = await run_size(reactor, n, policy, procs=options.procs, concurrency=options.concurrency,
+                             timeout=options.timeout)
+        run["wall_s"] = round(time.monotonic() - started, 1)
+        results["runs"].append(run)
+        save()
     print(json.dumps(results["machine"]))
     if results["fullmap"]:
         print("| peers | cold ms | warm ms | bytes |\n|---:|---:|---:|---:|")
@@ -254,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=[100, 1000])
     parser.add_argument("--policies", type=lambda s: s.split(","), default=["all", "groups"])
     parser.add_argument("--fullmap", type=lambda s: [int(x) for x in s.split(",") if x], default=[100, 1000])
+    parser.add_argument("--runs", type=_runs, default=None,
+                        help="SIZE:POLICY pairs, e.g. 1000:none,1000:groups,10000:groups (instead of sizes x policies)")
     parser.add_argument("--procs", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on every wait")

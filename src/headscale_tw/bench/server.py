@@ -88,6 +88,8 @@ class SpawnedServer:
         with open(self.config_path, "w") as f:
             f.write(
                 f"server_url: {self.url}\nlisten_addr: 127.0.0.1:{self.port}\n"
+                # its own metrics port, so that two benchmark servers can run side by side
+                f"metrics_listen_addr: 127.0.0.1:{free_port()}\n"
                 f"unix_socket: {self.dir}/headscale.sock\n"
                 f"noise:\n  private_key_path: {self.dir}/noise_private.key\n"
                 f"database:\n  type: sqlite\n  sqlite:\n    path: {self.dir}/db.sqlite\n"
