@@ -119,11 +119,12 @@ class DependencyWorkTests(unittest.TestCase):
                       ipv4=ipaddress.IPv4Address(f"100.64.{i // 200}.{i % 200 + 1}")) for i in range(200)]
         compiler = IncrementalCompiler(engine, (User(1, "alice"),), nodes)
         compiler.compile()
-        misses = compiler.memo.misses
+        misses, grants = compiler.memo.misses, compiler.grants_compiled
         compiler.put(Node(id=500, hostname="new", tags=("tag:g7",), ipv4=ipaddress.IPv4Address("100.65.0.1")))
         compiler.compile()
-        # the alias tag:g7 (shared by src and dst) and the one grant naming it
+        # the alias tag:g7 (shared by src and dst) and the one grant naming it; the other 49 not even visited
         self.assertEqual(compiler.memo.misses - misses, 2)
+        self.assertEqual(compiler.grants_compiled - grants, 1)
 
 
 class TopologyIndexTests(unittest.TestCase):

@@ -715,7 +715,7 @@ class CompiledPolicy:
     """A policy resolved against one topology; per-node views are memoised."""
 
     def __init__(self, engine: PolicyEngine, topology: Topology, index: Optional[TopologyIndex] = None,
-                 memo: Optional[DependencyMemo] = None) -> None:
+                 memo: Optional[DependencyMemo] = None, grant_compiler=None) -> None:
         self.engine = engine
         self.policy = engine.policy
         self.topology = topology
@@ -735,7 +735,11 @@ class CompiledPolicy:
                 # A grant's rules follow only the aliases it names (and, with "*", the routes).
                 return memo.get(("grant", i), lambda: (grant_keys(grant, resolver.alias_keys), gc.compile(grant)))
 
-            self.grants = [cg for cg in (compiled(i, g) for i, g in enumerate(grants)) if cg is not None]
+            if grant_compiler is not None:  # an IncrementalCompiler recompiling only stale grants
+                every = grant_compiler(grants, resolver, compiled)
+            else:
+                every = [compiled(i, g) for i, g in enumerate(grants)]
+            self.grants = [cg for cg in every if cg is not None]
         self.per_node = any(cg.is_self or cg.is_via for cg in self.grants)
         # (grant, resolved sources, destination prefixes, has autogroup:internet)
         # for via steering of peer routes; None when no grant uses via.

@@ -28,7 +28,7 @@ compilations: use the newest one only.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from .model import Node, Topology, User
 
@@ -183,6 +183,11 @@ class IncrementalCompiler:
         self._order: tuple[Node, ...] = ()
         self._fresh = True
         self.compiles = 0
+        #: per grant position: its compiled form from the last compilation (None = compiles to nothing)
+        self._grants: Optional[list] = None
+        self._grants_by_key: dict[Key, set[int]] = {}
+        self._changed_keys: set[Key] = set()
+        self.grants_compiled = 0
 
     def set_users(self, users: Iterable[User]) -> None:
         """Replace the users; a change of users invalidates every cached resolution."""
@@ -190,6 +195,7 @@ class IncrementalCompiler:
         if users != self.users:
             self.users = users
             self.memo = DependencyMemo()
+            self._grants = None
 
     def put(self, node: Node) -> None:
         """Add or replace a node."""
@@ -197,6 +203,7 @@ class IncrementalCompiler:
         keys = self.index.put(node)
         if keys:
             self.memo.changed(keys)
+            self._changed_keys |= keys
             self._fresh = True
             if not known:
                 if node.id < self._max_id:
@@ -208,6 +215,7 @@ class IncrementalCompiler:
         keys = self.index.remove(node_id)
         if keys:
             self.memo.changed(keys)
+            self._changed_keys |= keys
             self._fresh = True
 
     def topology(self) -> Topology:
@@ -229,7 +237,37 @@ class IncrementalCompiler:
         from .compile import CompiledPolicy
 
         self.compiles += 1
-        return CompiledPolicy(self.engine, self.topology(), index=self.index, memo=self.memo)
+        cp = CompiledPolicy(self.engine, self.topology(), index=self.index, memo=self.memo,
+                            grant_compiler=self._compile_grants)
+        self._changed_keys = set()
+        return cp
+
+    def _compile_grants(self, grants, resolver, compile_one) -> list:
+        """
+        Every grant's compiled form, recompiling only those naming a changed key.
+
+        The first call (and the first after a change of users) compiles all and
+        files each grant under its dependency keys.
+        """
+        if self._grants is None or len(self._grants) != len(grants):
+            self._grants_by_key = {}
+            out = []
+            for i, grant in enumerate(grants):
+                keys = grant_keys(grant, resolver.alias_keys)
+                for k in keys:
+                    self._grants_by_key.setdefault(k, set()).add(i)
+                out.append(compile_one(i, grant))
+            self.grants_compiled += len(grants)
+            self._grants = out
+            return out
+        out = self._grants
+        stale: set[int] = set()
+        for k in self._changed_keys:
+            stale |= self._grants_by_key.get(k, set())
+        for i in stale:
+            out[i] = compile_one(i, grants[i])
+        self.grants_compiled += len(stale)
+        return out
 
 
 def grant_keys(grant, alias_keys: Callable[[Any], Iterable[Key]]) -> set[Key]:
