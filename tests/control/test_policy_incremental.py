@@ -5,7 +5,8 @@ Policies and starting tailnets come from the conformance corpus; each run
 applies a seeded random sequence of node changes (join, delete, retag,
 re-address, route announcements/approvals, online flips for the HA election)
 through :meth:`PolicyManager.update`, and after each one compares every view
-and the reported differences with a full recomputation.
+and the reported differences with a full recomputation, and checks that
+visibility is symmetric (:meth:`PolicyManager.watchers` names every viewer).
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ class _Run:
         users = sorted(self.state.users)
         return (self.rng.choice(users) if users else None), ()
 
+    def check_symmetric(self, when: str):
+        """Every viewer of a node is among the node's watchers (the fan-out visits only those)."""
+        pm = self.pm
+        for viewer, view in pm._views.items():
+            for peer in view.peers:
+                self.t.assertIn(viewer, pm.watchers(peer), f"{viewer} sees {peer} {when}")
+
     def step(self):
         rng, nodes = self.rng, self.state.nodes
         ops = ["add", "remove", "retag", "readdress", "routes", "online"] if nodes else ["add"]
@@ -120,6 +128,7 @@ class _Run:
         everyone = all_peer_views(cp)
         full = {k: self.pm._build_view(k, everyone.get(k, {})) for k in self.pm._pnodes}
         self.t.assertEqual(self.pm._views, full, f"views after {op} of node {node_id}")
+        self.check_symmetric(f"after {op} of node {node_id}")
         want = PolicyManager._diff(before, full)
         got = {k: (v.filter, v.ssh, v.self_changed, v.peers_changed, v.peers_removed)
                for k, v in changes.viewers.items()}
@@ -175,6 +184,7 @@ class FullRebuildTests(unittest.TestCase):
             everyone = all_peer_views(cp)
             reference = {k: pm._build_view(k, everyone.get(k, {})) for k in pm._pnodes}
             self.assertEqual(pm._views, reference, f"views of scenario {scenario.get('name')!r}")
+            run.check_symmetric(f"after a rebuild of scenario {scenario.get('name')!r}")
             checked += 1
         self.assertGreater(checked, 100)
 

@@ -774,6 +774,22 @@ class PolicyManager:
         view = self._views.get(viewer_id)
         return view is not None and node_id in view.peers
 
+    def watchers(self, node_id: int) -> Optional[Iterable[int]]:
+        """
+        The nodes that may have ``node_id`` among their peers (every node for
+        which :meth:`sees` can be true, possibly more), or None when that is
+        every node (no policy) or not known (``node_id`` has no view).
+
+        Visibility is symmetric (``CompiledPolicy.sees``; the rule masks of
+        :func:`all_peer_views` and :class:`RuleIndex` give ``a`` reach ``b``
+        exactly when ``b`` reaches ``a``), so these are ``node_id``'s own
+        peers: the fan-out visits them instead of every session.
+        """
+        if self.uniform:
+            return None
+        view = self._views.get(node_id)
+        return None if view is None else view.peers.keys()
+
     def variant(self, viewer_id: int, node_id: int) -> Variant:
         """``(AllowedIPs, PrimaryRoutes)`` of ``node_id`` as ``viewer_id`` sees it."""
         if not self.uniform:
