@@ -221,3 +221,34 @@ class FullRebuildTests(unittest.TestCase):
         self.assertEqual(set(reduced), {1})
         self.assertEqual(len(pm._views[1].peers), 2)
         self.assertIn(b"100.64.0.31", pm._views[1].filter)
+
+    def test_rebuild_finds_peers_without_testing_every_rule_on_every_node(self):
+        """With 30 tag groups of 3, a rebuild tests each node against its group's rule only (90 tests, not 2,700)."""
+        from headscale_tw.control import policy as policy_module
+        from headscale_tw.control.viewindex import RuleIndex
+
+        groups = 30
+        text = json.dumps({
+            "tagOwners": {f"tag:g{g}": ["alice@"] for g in range(groups)},
+            "acls": [{"action": "accept", "src": [f"tag:g{g}"], "dst": [f"tag:g{g}:*"]} for g in range(groups)],
+        })
+        state = _State()
+        state.users[1] = SimpleNamespace(id=1, name="alice", email="alice@example.com")
+        for i in range(1, 3 * groups + 1):
+            state.nodes[i] = _row(i, f"n{i}", None, (f"tag:g{i % groups}",), f"100.64.0.{i}", f"fd7a:115c:a1e0::{i:x}")
+            state.runtime[i] = SimpleNamespace(online=True)
+        pm = PolicyManager(state)
+        pm.engine, pm.text = PolicyEngine(text), text
+        pm._sync_all()
+        tests, full_scans = [], []
+        original_member = RuleIndex._member
+
+        def member(index, match, internet, node_id):
+            tests.append(node_id)
+            return original_member(index, match, internet, node_id)
+
+        self.patch(RuleIndex, "_member", member)
+        self.patch(policy_module, "all_peer_views", lambda cp: full_scans.append(cp) or {})
+        pm._rebuild_views()
+        self.assertEqual((len(tests), full_scans), (3 * groups, []))
+        self.assertEqual(sorted(pm._views[1].peers), [31, 61])
