@@ -34,6 +34,7 @@ __all__ = [
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping, Optional, Union
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -224,6 +225,9 @@ class Node:
     ``advertised_routes`` ∩ ``approved_routes``. ``primary_routes`` are the
     subnet prefixes this node is currently primary for (HA election happens in
     the control plane, not here).
+
+    The derived address and route tuples are computed once per instance
+    (the node is frozen): views read them for every peer pair.
     """
 
     id: int
@@ -241,15 +245,15 @@ class Node:
     def is_tagged(self) -> bool:
         return bool(self.tags)
 
-    @property
+    @cached_property
     def addresses(self) -> tuple[Address, ...]:
         return tuple(a for a in (self.ipv4, self.ipv6) if a is not None)
 
-    @property
+    @cached_property
     def address_prefixes(self) -> tuple[Network, ...]:
         return tuple(ipaddress.ip_network(a) for a in self.addresses)
 
-    @property
+    @cached_property
     def subnet_routes(self) -> tuple[Network, ...]:
         """Advertised and approved routes, excluding exit routes."""
         return tuple(
@@ -258,7 +262,7 @@ class Node:
             if r.prefixlen != 0 and r in self.approved_routes
         )
 
-    @property
+    @cached_property
     def exit_routes(self) -> tuple[Network, ...]:
         """Advertised and approved exit routes (0.0.0.0/0, ::/0)."""
         return tuple(
