@@ -9,7 +9,9 @@ Rules:
   a leftover of a dead connection.
 * A change is built, serialized, compressed and framed **once**, and the
   same bytes are written to every session that should see it; work grows
-  with the number of receiving sessions, never with N² node pairs.
+  with the number of receiving sessions, never with N² node pairs. Finding
+  them is proportional too: with a policy only the changed node's watchers
+  (its peers, visibility being symmetric) are visited, not every session.
 * Policy: before announcing a node change the notifier lets the
   :class:`~headscale_tw.control.policy.PolicyManager` take it in; the
   resulting per-viewer differences (filter, peers gained/lost, routes, SSH
