@@ -4,8 +4,9 @@ Work done per change grows with the nodes it affects, not with N².
 The control plane is driven in-process (threadless SQLite, a Clock) at two
 sizes; for each change we count peer entries serialized
 (``Mapper.serializations``), frames built (``MapNotifier.frames_built``),
-policy views recomputed (``PolicyManager.views_built``) and frames written to
-streams. Extends ``tests/control/test_notifier.py`` ``WorkTests`` (one size,
+policy views recomputed (``PolicyManager.views_built``), sessions the
+notifier examined to find who a change concerns
+(``MapNotifier.viewers_visited``) and frames written to streams. Extends ``tests/control/test_notifier.py`` ``WorkTests`` (one size,
 no policy) with the size comparison and a policy with small visibility.
 """
 
@@ -52,6 +53,7 @@ class _Sized:
         self.h.mapper.serializations.clear()
         self.h.notifier.frames_built = 0
         self.h.policy.views_built = 0
+        self.h.notifier.viewers_visited = 0
         self.counts = [len(s.writes) for s in self.streams]
 
     def work(self) -> dict:
@@ -60,6 +62,7 @@ class _Sized:
             "serialized": sum(self.h.mapper.serializations.values()),
             "frames": self.h.notifier.frames_built,
             "views": self.h.policy.views_built,
+            "visited": self.h.notifier.viewers_visited,
             "streams_written": sum(1 for w in writes if w),
         }
 
@@ -129,6 +132,27 @@ class GroupWorkTests(unittest.TestCase):
         small, big = self.measure(lambda s: s.h.lite(s.h.state.get(s.nodes[0].id), Endpoints=["192.0.2.9:41641"]))
         self.assertEqual(small, big)
         self.assertEqual((big["views"], big["frames"], big["streams_written"]), (0, 1, GROUP - 1))
+        self.assertEqual(big["visited"], GROUP - 1)
+
+    def test_hostinfo_change_visits_group(self):
+        """A Hostinfo change (a full entry pushed to its peers) examines only the group's sessions."""
+        def change(s):
+            node = s.h.state.get(s.nodes[0].id)
+            s.h.lite(node, Hostinfo=dict(node.hostinfo, OSVersion="7.0"))
+        small, big = self.measure(change)
+        self.assertEqual(small, big)
+        self.assertEqual((big["frames"], big["streams_written"], big["visited"]), (1, GROUP - 1, GROUP - 1))
+
+    def test_join_and_delete_visit_group(self):
+        """A join and a deletion examine as many sessions at both sizes (the group, not every stream)."""
+        def change(s):
+            new = s.register(10_000, group=0)
+            s.streams.append(s.h.stream(new))
+            s.counts.append(0)
+            s.h.run(s.h.admin.delete(s.nodes[1].id))
+        small, big = self.measure(change)
+        self.assertEqual(small["visited"], big["visited"])
+        self.assertLessEqual(big["visited"], 4 * GROUP)
 
     def test_join_frames_and_entries(self):
         """A node joining group 0 builds frames and entries for that group only, at both sizes."""

@@ -5,7 +5,8 @@ Policies and starting tailnets come from the conformance corpus; each run
 applies a seeded random sequence of node changes (join, delete, retag,
 re-address, route announcements/approvals, online flips for the HA election)
 through :meth:`PolicyManager.update`, and after each one compares every view
-and the reported differences with a full recomputation.
+and the reported differences with a full recomputation, and checks that
+visibility is symmetric (:meth:`PolicyManager.watchers` names every viewer).
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ class _Run:
         users = sorted(self.state.users)
         return (self.rng.choice(users) if users else None), ()
 
+    def check_symmetric(self, when: str):
+        """Every viewer of a node is among the node's watchers (the fan-out visits only those)."""
+        pm = self.pm
+        for viewer, view in pm._views.items():
+            for peer in view.peers:
+                self.t.assertIn(viewer, pm.watchers(peer), f"{viewer} sees {peer} {when}")
+
     def step(self):
         rng, nodes = self.rng, self.state.nodes
         ops = ["add", "remove", "retag", "readdress", "routes", "online"] if nodes else ["add"]
@@ -120,6 +128,7 @@ class _Run:
         everyone = all_peer_views(cp)
         full = {k: self.pm._build_view(k, everyone.get(k, {})) for k in self.pm._pnodes}
         self.t.assertEqual(self.pm._views, full, f"views after {op} of node {node_id}")
+        self.check_symmetric(f"after {op} of node {node_id}")
         want = PolicyManager._diff(before, full)
         got = {k: (v.filter, v.ssh, v.self_changed, v.peers_changed, v.peers_removed)
                for k, v in changes.viewers.items()}
@@ -175,6 +184,7 @@ class FullRebuildTests(unittest.TestCase):
             everyone = all_peer_views(cp)
             reference = {k: pm._build_view(k, everyone.get(k, {})) for k in pm._pnodes}
             self.assertEqual(pm._views, reference, f"views of scenario {scenario.get('name')!r}")
+            run.check_symmetric(f"after a rebuild of scenario {scenario.get('name')!r}")
             checked += 1
         self.assertGreater(checked, 100)
 
@@ -211,6 +221,37 @@ class FullRebuildTests(unittest.TestCase):
         self.assertEqual(set(reduced), {1})
         self.assertEqual(len(pm._views[1].peers), 2)
         self.assertIn(b"100.64.0.31", pm._views[1].filter)
+
+    def test_rebuild_finds_peers_without_testing_every_rule_on_every_node(self):
+        """With 30 tag groups of 3, a rebuild tests each node against its group's rule only (90 tests, not 2,700)."""
+        from headscale_tw.control import policy as policy_module
+        from headscale_tw.control.viewindex import RuleIndex
+
+        groups = 30
+        text = json.dumps({
+            "tagOwners": {f"tag:g{g}": ["alice@"] for g in range(groups)},
+            "acls": [{"action": "accept", "src": [f"tag:g{g}"], "dst": [f"tag:g{g}:*"]} for g in range(groups)],
+        })
+        state = _State()
+        state.users[1] = SimpleNamespace(id=1, name="alice", email="alice@example.com")
+        for i in range(1, 3 * groups + 1):
+            state.nodes[i] = _row(i, f"n{i}", None, (f"tag:g{i % groups}",), f"100.64.0.{i}", f"fd7a:115c:a1e0::{i:x}")
+            state.runtime[i] = SimpleNamespace(online=True)
+        pm = PolicyManager(state)
+        pm.engine, pm.text = PolicyEngine(text), text
+        pm._sync_all()
+        tests, full_scans = [], []
+        original_member = RuleIndex._member
+
+        def member(index, match, internet, node_id):
+            tests.append(node_id)
+            return original_member(index, match, internet, node_id)
+
+        self.patch(RuleIndex, "_member", member)
+        self.patch(policy_module, "all_peer_views", lambda cp: full_scans.append(cp) or {})
+        pm._rebuild_views()
+        self.assertEqual((len(tests), full_scans), (3 * groups, []))
+        self.assertEqual(sorted(pm._views[1].peers), [31, 61])
 
 
 class JoinWorkTests(unittest.TestCase):

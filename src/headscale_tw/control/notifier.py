@@ -9,7 +9,9 @@ Rules:
   a leftover of a dead connection.
 * A change is built, serialized, compressed and framed **once**, and the
   same bytes are written to every session that should see it; work grows
-  with the number of receiving sessions, never with N² node pairs.
+  with the number of receiving sessions, never with N² node pairs. Finding
+  them is proportional too: with a policy only the changed node's watchers
+  (its peers, visibility being symmetric) are visited, not every session.
 * Policy: before announcing a node change the notifier lets the
   :class:`~headscale_tw.control.policy.PolicyManager` take it in; the
   resulting per-viewer differences (filter, peers gained/lost, routes, SSH
@@ -69,6 +71,8 @@ class MapNotifier:
         self._offline_timers: dict = {}
         self._stopping = False
         self.frames_built = 0
+        #: Sessions examined to find who a change concerns (push, peers of a node); a work counter.
+        self.viewers_visited = 0
         self.batch_delay = batch_delay
         self._pending: dict[int, list] = {}
         self._flush_timer = None
@@ -188,9 +192,34 @@ class MapNotifier:
         """Tell every stream that sees ``node_id`` that it came online or went offline."""
         self._to_peers(node_id, self.mapper.online_changed(node_id, online))
 
+    def _viewers_of(self, node_id: int) -> list[int]:
+        """
+        The streaming nodes that have ``node_id`` among their peers.
+
+        With a policy only the node's watchers (its peers, as visibility is
+        symmetric) are visited, not every session; with no policy every other
+        session sees it.
+        """
+        policy, sessions = self.policy, self.sessions
+        if policy.uniform:
+            if node_id not in self.state.nodes:
+                return []
+            self.viewers_visited += len(sessions)
+            return [viewer for viewer in sessions if viewer != node_id]
+        watchers = policy.watchers(node_id)
+        if watchers is None:  # no view of it yet: ask every session
+            watchers = sessions
+        out = []
+        for viewer in watchers:
+            if viewer in sessions:
+                self.viewers_visited += 1
+                if policy.sees(viewer, node_id):
+                    out.append(viewer)
+        return out
+
     def _to_peers(self, node_id: int, message: bytes) -> None:
         """Frame ``message`` once and write it to every streaming node that sees ``node_id``."""
-        targets = [viewer for viewer in self.sessions if self.policy.sees(viewer, node_id)]
+        targets = self._viewers_of(node_id)
         if targets:
             self._write_to(targets, self._frame(message))
 
@@ -200,17 +229,40 @@ class MapNotifier:
         plus full entries of ``touched`` nodes to every streaming viewer they concern.
 
         One message per viewer; identical messages are built and framed once.
+        Only viewers the change concerns are visited (those with per-viewer
+        differences and those that see a touched node), except when nodes are
+        removed for all or, with no policy, a touched node is seen by everyone.
         Returns the number of frames built.
         """
         touched = set(touched) | changes.touched
-        policy = self.policy
+        policy, nodes, sessions = self.policy, self.state.nodes, self.sessions
+        uniform = policy.uniform
+        seen: dict[int, set[int]] = {}  # viewer -> touched nodes it sees (with a policy)
+        present: set[int] = set()  # touched nodes everyone sees (no policy)
+        if uniform:
+            present = {t for t in touched if t in nodes}
+            everyone = bool(present or changes.removed)
+        else:
+            for t in touched:
+                for viewer in self._viewers_of(t):
+                    seen.setdefault(viewer, set()).add(t)
+            everyone = bool(changes.removed)
+        if everyone:
+            viewers = list(sessions)
+            self.viewers_visited += len(viewers)
+        else:  # those that see a touched node (visited above) and those with their own differences
+            viewers = list(seen)
+            for viewer in changes.viewers:
+                if viewer in sessions and viewer not in seen:
+                    viewers.append(viewer)
+                    self.viewers_visited += 1
         groups: dict[tuple, list[int]] = {}
         batching = self.batch_delay > 0
-        for viewer in self.sessions:
-            if viewer == exclude or viewer not in self.state.nodes:
+        for viewer in viewers:
+            if viewer == exclude or viewer not in nodes:
                 continue
             vc = changes.viewers.get(viewer)
-            changed = {t for t in touched if t != viewer and policy.sees(viewer, t)}
+            changed = present - {viewer} if uniform else seen.get(viewer) or set()
             removed = set(changes.removed)
             packet_filter = ssh = None
             self_node = False

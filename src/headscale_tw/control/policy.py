@@ -513,13 +513,46 @@ class PolicyManager:
         if self.uniform:
             return {node_id: self._build_view(node_id) for node_id in self._pnodes}
         cp = self.compiled()
-        everyone = all_peer_views(cp)
         self._reindex(cp)
+        everyone = all_peer_views(cp) if self._index is None else self._indexed_peers(cp)
         filters = self._indexed_filters(cp)
         return {
             node_id: self._build_view(node_id, everyone.get(node_id, {}), filters.get(node_id))
             for node_id in self._pnodes
         }
+
+    def _indexed_peers(self, cp: CompiledPolicy) -> dict[int, dict[int, Variant]]:
+        """
+        Every node's peers read from the index's reach bits, each peer's
+        variant computed as :meth:`_peer_variant` does: the same result as
+        :func:`all_peer_views`, whose membership pass tests every rule against
+        every node (63 % of a reload with 1,000 nodes in 100 tag groups) where
+        the index finds a narrow rule's members by address lookup.
+        """
+        index, pnodes = self._index, self._pnodes
+        matches = cp.matches_for(next(iter(pnodes.values())))
+        v6_only = {nid for nid, node in pnodes.items() if "disable-ipv4" in cp.cap_map_for(node)}
+        plain: dict[int, tuple[Variant, Variant]] = {}  # peers without routes: (both families, IPv6 only)
+        for nid, node in pnodes.items():
+            if not (node.primary_routes or node.subnet_routes or node.exit_routes):
+                prefixes = node.address_prefixes
+                plain[nid] = (
+                    self._intern((tuple(str(p) for p in prefixes), ())),
+                    self._intern((tuple(str(p) for p in prefixes if p.version == 6), ())),
+                )
+        out: dict[int, dict[int, Variant]] = {}
+        for nid, node in pnodes.items():
+            viewer_set, mine = index.sets[nid], nid in v6_only
+            peers: dict[int, Variant] = {}
+            for b in bits(index.reach[nid]):
+                six = mine or b in v6_only
+                entry = plain.get(b)
+                if entry is not None:
+                    peers[b] = entry[1] if six else entry[0]
+                else:
+                    peers[b] = self._peer_variant(cp, node, pnodes[b], matches, viewer_set, six)
+            out[nid] = peers
+        return out
 
     def _indexed_filters(self, cp: CompiledPolicy) -> dict[int, list]:
         """
@@ -808,6 +841,22 @@ class PolicyManager:
             return node_id in self.state.nodes
         view = self._views.get(viewer_id)
         return view is not None and node_id in view.peers
+
+    def watchers(self, node_id: int) -> Optional[Iterable[int]]:
+        """
+        The nodes that may have ``node_id`` among their peers (every node for
+        which :meth:`sees` can be true, possibly more), or None when that is
+        every node (no policy) or not known (``node_id`` has no view).
+
+        Visibility is symmetric (``CompiledPolicy.sees``; the rule masks of
+        :func:`all_peer_views` and :class:`RuleIndex` give ``a`` reach ``b``
+        exactly when ``b`` reaches ``a``), so these are ``node_id``'s own
+        peers: the fan-out visits them instead of every session.
+        """
+        if self.uniform:
+            return None
+        view = self._views.get(node_id)
+        return None if view is None else view.peers.keys()
 
     def variant(self, viewer_id: int, node_id: int) -> Variant:
         """``(AllowedIPs, PrimaryRoutes)`` of ``node_id`` as ``viewer_id`` sees it."""

@@ -225,6 +225,9 @@ class Node:
     ``advertised_routes`` ∩ ``approved_routes``. ``primary_routes`` are the
     subnet prefixes this node is currently primary for (HA election happens in
     the control plane, not here).
+
+    The derived address and route tuples are computed once per instance
+    (the node is frozen): views read them for every peer pair.
     """
 
     id: int
