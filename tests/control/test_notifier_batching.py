@@ -116,7 +116,7 @@ class BatchingTests(unittest.TestCase):
         h.notifier.stop()
 
     def test_added_then_removed(self):
-        """A node added and deleted within one window reaches streams as PeersRemoved only."""
+        """A node added and deleted within one window is never announced: streams get nothing."""
         h = Harness(self)
         h.notifier.batch_delay = 0.005
         first, _ = h.register("first")
@@ -126,6 +126,29 @@ class BatchingTests(unittest.TestCase):
         h.run(h.admin.delete(node.id))
         h.clock.advance(0.005)
         new = stream.applier.messages[before:]
-        self.assertEqual(new, [{"PeersRemoved": [node.id]}])
+        self.assertEqual(new, [])
         self.assertEqual(stream.applier.peers.keys(), set())
+        h.notifier.stop()
+
+    def test_burst_of_joins_is_one_policy_update(self):
+        """Ten registrations within one window under a group policy: one policy update, one delta."""
+        policy = json.dumps({
+            "tagOwners": {"tag:g": ["alice@"]},
+            "acls": [{"action": "accept", "src": ["tag:g"], "dst": ["tag:g:*"]}],
+        })
+        h = Harness(self, policy=policy)
+        h.notifier.batch_delay = 0.005
+        tagged = {"Hostinfo": {"Hostname": "first", "OS": "linux", "RequestTags": ["tag:g"]}}
+        first, _ = h.register("first", **tagged)
+        stream = h.stream(first)
+        before, updates = len(stream.writes), h.notifier.policy_updates
+        joined = []
+        for i in range(10):
+            tagged["Hostinfo"]["Hostname"] = f"n{i}"
+            joined.append(h.register(f"n{i}", **tagged)[0].id)
+        self.assertEqual(len(stream.writes), before)
+        h.clock.advance(0.005)
+        self.assertEqual(h.notifier.policy_updates - updates, 1)
+        self.assertEqual(len(stream.writes), before + 1)
+        self.assertEqual(sorted(stream.applier.peers), joined)
         h.notifier.stop()

@@ -75,6 +75,9 @@ class MapNotifier:
         self.viewers_visited = 0
         self.batch_delay = batch_delay
         self._pending: dict[int, list] = {}
+        #: nodes joined since the last flush (batching): node id -> whether its own sessions need ``Node``
+        self._changed_nodes: dict[int, bool] = {}
+        self.policy_updates = 0
         self._flush_timer = None
         self.policy = mapper.policy
         self.policy.attach(self)
@@ -173,7 +176,7 @@ class MapNotifier:
         return frame(message)
 
     def _write_to(self, node_ids: Iterable[int], framed: bytes) -> int:
-        if self._pending:
+        if self._pending or self._changed_nodes:
             self.flush()
         count = 0
         for node_id in node_ids:
@@ -303,11 +306,20 @@ class MapNotifier:
         if ssh is not None:
             pending[2] = ssh
         pending[3] = pending[3] or self_node
+        self._arm()
+
+    def _arm(self) -> None:
         if self._flush_timer is None:
             self._flush_timer = self.clock.callLater(self.batch_delay, self.flush)
 
     def flush(self) -> int:
-        """Send every held delta now, one merged message per viewer; return frames built."""
+        """
+        Take in the nodes changed meanwhile (one policy update for all of them),
+        then send every held delta, one merged message per viewer; return frames built.
+        """
+        if self._changed_nodes:
+            changed, self._changed_nodes = self._changed_nodes, {}
+            self._apply_node_changes(changed)
         timer, self._flush_timer = self._flush_timer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -350,10 +362,18 @@ class MapNotifier:
         """Peers get the node's full entry in ``PeersChanged``; its own sessions get ``Node``."""
         if node_id not in self.state.nodes:
             return
-        changes = self.policy.update([node_id])
-        if self_too:
-            changes.viewer(node_id).self_changed = True
-        self.push(changes, touched=[node_id])
+        self._apply_node_changes({node_id: self_too})
+
+    def _apply_node_changes(self, nodes: dict[int, bool]) -> None:
+        ids = [node_id for node_id in nodes if node_id in self.state.nodes]
+        if not ids:
+            return
+        self.policy_updates += 1
+        changes = self.policy.update(ids)
+        for node_id in ids:
+            if nodes[node_id]:
+                changes.viewer(node_id).self_changed = True
+        self.push(changes, touched=ids)
 
     def user_changed(self, user_id: int) -> None:
         """A user was renamed or changed (after ``state.refresh_user``): its nodes' entries and policy views."""
@@ -361,8 +381,22 @@ class MapNotifier:
         self.push(self.policy.update(nodes), touched=nodes)
 
     def node_added(self, node_id: int) -> None:
-        """A new node: peers learn about it through ``PeersChanged``."""
-        self.node_changed(node_id, self_too=False)
+        """
+        A new node: peers learn about it through ``PeersChanged``.
+
+        With batching the join is only noted: at the flush, every node that
+        joined meanwhile goes through *one* policy update, so a burst of
+        registrations costs one recompilation per batch, not one per node.
+        Anything that publishes state (a full map, any other write) flushes
+        first; the new node's own requests catch its view up on demand.
+        """
+        if node_id not in self.state.nodes:
+            return
+        if self.batch_delay > 0 and not self._stopping:
+            self._changed_nodes.setdefault(node_id, False)
+            self._arm()
+            return
+        self._apply_node_changes({node_id: False})
 
     def node_patched(self, node_id: int, fields: Iterable[str]) -> None:
         """Only patchable fields changed (endpoints, DERP home, disco key, key, key expiry)."""
@@ -395,6 +429,7 @@ class MapNotifier:
         """Close every session and cancel every timer (service shutdown)."""
         self._stopping = True
         self._pending.clear()
+        self._changed_nodes.clear()
         if self._flush_timer is not None and self._flush_timer.active():
             self._flush_timer.cancel()
         self._flush_timer = None
