@@ -38,6 +38,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Optional
 
 from twisted.logger import Logger
@@ -197,7 +198,9 @@ def _read_text(path: str) -> str:
         return f.read()
 
 
+@lru_cache(maxsize=1 << 16)
 def _address(text: Optional[str]):
+    # every policy sync rebuilds each node's policy view from its address strings
     if not text:
         return None
     try:
