@@ -31,6 +31,19 @@ class ListenEndpointTests(unittest.TestCase):
         )
 
 
+    def test_backlog(self):
+        """A backlog reaches the listening port (Twisted's default of 50 is too short for reconnect storms)."""
+        from twisted.internet import endpoints
+        from twisted.internet.protocol import Factory
+        from twisted.internet.testing import MemoryReactor
+
+        description = listen_endpoint("127.0.0.1:8080", backlog=4096)
+        self.assertEqual(description, "tcp:8080:interface=127.0.0.1:backlog=4096")
+        reactor = MemoryReactor()
+        endpoints.serverFromString(reactor, description).listen(Factory())
+        self.assertEqual(reactor.tcpServers[0][2], 4096)
+
+
 class _Recorder:
     def __init__(self, order, name):
         self.order, self.name, self.running, self.parent = order, name, False, None

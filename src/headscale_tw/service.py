@@ -26,11 +26,16 @@ from headscale_tw.config.model import Config
 __all__ = ["build_service", "listen_endpoint", "HeadscaleService", "HealthResource", "MetricsResource"]
 
 
-def listen_endpoint(hostport: str, tls: tuple[str, str] | None = None) -> str:
+#: Accept backlog of the control listener: thousands of clients reconnect at once after a
+#: restart or a network blip (Twisted's default is 50; the kernel caps it at somaxconn).
+LISTEN_BACKLOG = 4096
+
+
+def listen_endpoint(hostport: str, tls: tuple[str, str] | None = None, backlog: int | None = None) -> str:
     """Turn Headscale's ``host:port`` (IPv6 in brackets) into a Twisted endpoint string.
 
     With ``tls=(cert_path, key_path)`` the endpoint is ``ssl:`` (TLS 1.2 or newer,
-    Twisted's default minimum).
+    Twisted's default minimum); ``backlog`` sets the accept queue length.
     """
     host, _, port = hostport.rpartition(":")
     host = host.strip("[]")
@@ -40,6 +45,8 @@ def listen_endpoint(hostport: str, tls: tuple[str, str] | None = None) -> str:
         kind = "ssl"
         cert, key = (p.replace(":", "\\:") for p in tls)
         extra = f":certKey={cert}:privateKey={key}"
+    if backlog is not None:
+        extra += f":backlog={int(backlog)}"
     if not host or host == "0.0.0.0":
         return f"{kind}:{port}{extra}"
     return "{}:{}:interface={}{}".format(kind, port, host.replace(":", "\\:"), extra)
@@ -216,7 +223,8 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
     # locally (its file mode is the access control), as Headscale's CLI socket is.
     mount(root, AdminAPI(db, reactor, trust_all=False, notifier=plane.notifier, plane=plane))
     tls = (config.tls.cert_path, config.tls.key_path) if config.tls.enabled else None
-    services.append(strports.service(listen_endpoint(config.listen_addr, tls), site, reactor=reactor))
+    services.append(strports.service(listen_endpoint(config.listen_addr, tls, backlog=LISTEN_BACKLOG), site,
+                                     reactor=reactor))
     if config.unix_socket:
         unix_root = resource.Resource()
         mount(unix_root, AdminAPI(db, reactor, trust_all=True, notifier=plane.notifier, plane=plane))
