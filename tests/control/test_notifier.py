@@ -5,7 +5,7 @@ from datetime import timedelta
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from headscale_tw.control.framing import KEEPALIVE_FRAME
+from headscale_tw.control.framing import KEEPALIVE_FRAME, frame
 from headscale_tw.interfaces import INodeNotifier
 from tests.control._harness import Harness
 
@@ -127,6 +127,20 @@ class StreamTests(unittest.TestCase):
         self.h.register("c")
         self.h.clock.advance(10)
         self.assertEqual(self.sb.applier.keepalives, 0)
+
+    def test_writes_leave_timers_alone(self):
+        """Deltas do not reschedule the keep-alive timer (a reset is a linear search of the timer heap)."""
+        session = self.sb.session
+        self.h.clock.advance(30)
+        timer, due = session._timer, session._timer.getTime()
+        for _ in range(20):
+            session.send(frame(b"{}"))
+        self.assertIs(session._timer, timer)
+        self.assertEqual(timer.getTime(), due)
+        self.h.clock.advance(due - self.h.clock.seconds())  # the old deadline: too early now
+        self.assertEqual(self.sb.applier.keepalives, 0)
+        self.h.clock.advance(session._gap)
+        self.assertEqual(self.sb.writes[-1], KEEPALIVE_FRAME)
 
     def test_lite_does_not_disturb(self):
         """A lite update of the streaming node writes nothing to its stream and keeps it open."""
