@@ -161,8 +161,8 @@ def all_peer_views(cp: CompiledPolicy) -> dict[int, dict[int, Variant]]:
     for n in nodes:
         if "disable-ipv4" in cp.cap_map_for(n):
             v6_only.add(n.id)
-        both = [str(p) for p in n.address_prefixes]
-        six = [str(p) for p in n.address_prefixes if p.version == 6]
+        both = n.prefix_strings
+        six = n.prefix_strings_v6
         prefixes.append((both, six))
     out: dict[int, dict[int, Variant]] = {}
     for i, a in enumerate(nodes):
@@ -672,11 +672,10 @@ class PolicyManager:
 
     def _peer_variant(self, cp, viewer: PNode, peer: PNode, matches, viewer_set, v6_only: bool) -> Variant:
         """``peer`` as ``viewer`` sees it; the same computation as :func:`all_peer_views`."""
-        prefixes = [str(p) for p in peer.address_prefixes if not v6_only or p.version == 6]
-        if peer.primary_routes or peer.subnet_routes or peer.exit_routes:
-            routes = cp.routes_for_peer(viewer, peer, matches, viewer_set)
-        else:
-            routes = []
+        prefixes = peer.prefix_strings_v6 if v6_only else peer.prefix_strings
+        if not (peer.primary_routes or peer.subnet_routes or peer.exit_routes):
+            return self._intern((prefixes, ()))
+        routes = cp.routes_for_peer(viewer, peer, matches, viewer_set)
         return self._intern((
             tuple(prefixes) + tuple(str(r) for r in routes),
             tuple(str(r) for r in routes if r.prefixlen != 0),

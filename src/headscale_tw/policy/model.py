@@ -258,6 +258,16 @@ class Node:
         return tuple(ipaddress.ip_network(a) for a in self.addresses)
 
     @cached_property
+    def prefix_strings(self) -> tuple[str, ...]:
+        """``address_prefixes`` as strings (``100.64.0.1/32``), as sent in ``AllowedIPs``."""
+        return tuple(str(p) for p in self.address_prefixes)
+
+    @cached_property
+    def prefix_strings_v6(self) -> tuple[str, ...]:
+        """The IPv6 ones of :attr:`prefix_strings` (peers of a ``disable-ipv4`` node)."""
+        return tuple(str(p) for p in self.address_prefixes if p.version == 6)
+
+    @cached_property
     def subnet_routes(self) -> tuple[Network, ...]:
         """Advertised and approved routes, excluding exit routes."""
         return tuple(
