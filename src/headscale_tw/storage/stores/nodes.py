@@ -47,7 +47,10 @@ _FIELDS: dict[str, tuple[str, Any, Any]] = {
     "updated_at": ("updated_at", lambda v: v, to_datetime),
 }
 _NAMES = tuple(_FIELDS)
-_SELECT = "SELECT id, " + ", ".join(_FIELDS[n][0] for n in _NAMES) + " FROM nodes"
+_COLUMNS = "id, " + ", ".join(_FIELDS[n][0] for n in _NAMES)
+_SELECT = f"SELECT {_COLUMNS} FROM nodes"
+# INSERT and UPDATE hand back the stored row in the same statement (SQLite >= 3.35, PostgreSQL).
+_RETURNING = f" RETURNING {_COLUMNS}"
 
 _UNIQUE_LABEL = {
     "machine_key": "machine key",
@@ -103,12 +106,12 @@ class NodeStore(StoreBase):
 
         def create_node_txn(txn: Txn) -> Node:
             try:
-                node_id = txn.insert(f"INSERT INTO nodes ({columns}) VALUES ({marks})", args)
+                row = txn.query_one(f"INSERT INTO nodes ({columns}) VALUES ({marks})" + _RETURNING, args)
             except UniqueViolation as e:
                 raise _collision(e, values) from None
             except ForeignKeyViolation:
                 raise _bad_reference(values) from None
-            return get_node_txn(txn, node_id)
+            return _row(row)
 
         return await self._pool.run_interaction("create_node", create_node_txn)
 
@@ -158,14 +161,15 @@ class NodeStore(StoreBase):
         args = tuple(_FIELDS[n][1](values[n]) for n in names)
 
         def update_node_txn(txn: Txn) -> Node:
-            get_node_txn(txn, node_id)
             try:
-                txn.execute(f"UPDATE nodes SET {sets} WHERE id = ?", args + (node_id,))
+                row = txn.query_one(f"UPDATE nodes SET {sets} WHERE id = ?" + _RETURNING, args + (node_id,))
             except UniqueViolation as e:
                 raise _collision(e, values) from None
             except ForeignKeyViolation:
                 raise _bad_reference(values) from None
-            return get_node_txn(txn, node_id)
+            if row is None:
+                raise NotFound(f"node {node_id} does not exist")
+            return _row(row)
 
         return await self._pool.run_interaction("update_node", update_node_txn)
 
