@@ -43,7 +43,7 @@ class LoginDatabaseWorkTests(unittest.TestCase):
         self.login(0)
         self.assertEqual(
             dict(self.transactions),
-            {"get_preauthkey_by_prefix": 1, "get_server_state": 1, "create_node": 1, "update_node": 2},
+            {"get_preauthkey_by_prefix": 1, "get_server_state": 1, "create_node": 1, "update_nodes": 2},
         )
         self.assertEqual(sorted(self.statements), ["INSERT", "SELECT", "SELECT", "UPDATE", "UPDATE"])
 
@@ -53,5 +53,5 @@ class LoginDatabaseWorkTests(unittest.TestCase):
         self.transactions.clear()
         self.statements.clear()
         self.login(1)
-        self.assertEqual(dict(self.transactions), {"get_preauthkey_by_prefix": 1, "create_node": 1, "update_node": 2})
+        self.assertEqual(dict(self.transactions), {"get_preauthkey_by_prefix": 1, "create_node": 1, "update_nodes": 2})
         self.assertEqual(len(self.statements), 4)
