@@ -33,6 +33,7 @@ retrying silently). See docs/noise.md.
 from __future__ import annotations
 
 import json
+import weakref
 from collections import deque
 
 import attrs
@@ -257,6 +258,37 @@ class _Queues(dict):
         super().__setitem__(stream_id, queue if isinstance(queue, _CountingQueue) else _CountingQueue(queue))
 
 
+class _TurnMarker:
+    """Which connections sent a frame directly in this reactor turn (one ``callLater(0)`` per turn, shared)."""
+
+    def __init__(self, reactor) -> None:
+        self._reactor = reactor
+        self._marked: list[_CountingH2Connection] = []
+        self.turns = 0
+
+    def mark(self, connection: _CountingH2Connection) -> None:
+        connection._sent_directly = True
+        self._marked.append(connection)
+        if len(self._marked) == 1:
+            self.turns += 1
+            self._reactor.callLater(0, self._clear)
+
+    def _clear(self) -> None:
+        marked, self._marked = self._marked, []
+        for connection in marked:
+            connection._sent_directly = False
+
+
+_MARKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _turn_marker(reactor) -> _TurnMarker:
+    marker = _MARKERS.get(reactor)
+    if marker is None:
+        marker = _MARKERS[reactor] = _TurnMarker(reactor)
+    return marker
+
+
 #: At most this many frames (or stream picks) per turn of the send loop ...
 SEND_BATCH_FRAMES = 16
 #: ... and at most about this many bytes, before one transport write and a yield to the reactor.
@@ -281,6 +313,54 @@ class _CountingH2Connection(H2Connection):
     def __init__(self, reactor=None) -> None:
         super().__init__(reactor)
         self._outboundStreamQueues = _Queues()
+        self._turn = _turn_marker(self._reactor)
+        self._sent_directly = False
+        #: Frames that skipped the send loop (see writeDataToStream).
+        self.direct_frames = 0
+
+    def writeDataToStream(self, streamID, data):
+        """
+        Queue ``data`` for the send loop, or, when the loop is idle, send it at once.
+
+        An idle loop (waiting for data) would do just that when woken: send
+        this one frame now and come back next turn for whatever else was
+        written meanwhile. Doing it here skips waking it (priority tree,
+        Deferred) and, above all, its extra turn: one delta written to many
+        map streams costs one ``callLater`` in all, shared by every connection
+        (:class:`_TurnMarker`), instead of one per connection. Later writes to
+        a connection in the same turn go through the loop, batched next turn,
+        exactly as before.
+        """
+        conn = self.conn
+        if self._sendingDeferred is not None:
+            queue = self._outboundStreamQueues.get(streamID)
+            if (
+                not self._sent_directly
+                and queue is not None
+                and not queue
+                and self._consumerBlocked is None
+                and 0 < len(data) <= min(conn.max_outbound_frame_size, conn.local_flow_control_window(streamID))
+            ):
+                self.resetTimeout()
+                conn.send_data(streamID, data)
+                self.transport.write(conn.data_to_send())
+                self.direct_frames += 1
+                self._turn.mark(self)
+                if self.remainingOutboundWindow(streamID) <= 0:
+                    self.streams[streamID].flowControlBlocked()
+                return
+            if self._sent_directly:
+                # Sent directly this turn already: batch the rest next turn, as the loop would.
+                self._sendingDeferred = None
+                self._reactor.callLater(0, self._sendPrioritisedData)
+        super().writeDataToStream(streamID, data)
+
+    def endRequest(self, streamID):
+        if self._sendingDeferred is not None and self._sent_directly:
+            # The stream's last frame went out directly this turn: end it next turn, with the batch.
+            self._sendingDeferred = None
+            self._reactor.callLater(0, self._sendPrioritisedData)
+        super().endRequest(streamID)
 
     def remainingOutboundWindow(self, streamID):
         return self.conn.local_flow_control_window(streamID) - self._outboundStreamQueues[streamID].nbytes
