@@ -38,6 +38,7 @@ from collections import deque
 
 import attrs
 import priority
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
@@ -58,6 +59,7 @@ from headscale_tw.noise._codec import (
 )
 
 __all__ = [
+    "write_through",
     "NoisePeer",
     "NoiseAddress",
     "NoiseProtocol",
@@ -256,6 +258,35 @@ class _Queues(dict):
 
     def __setitem__(self, stream_id, queue) -> None:
         super().__setitem__(stream_id, queue if isinstance(queue, _CountingQueue) else _CountingQueue(queue))
+
+
+def write_through(transport, data: bytes) -> None:
+    """``transport.write(data)``, but sent with one ``send()`` now when a plain TCP transport holds nothing.
+
+    Twisted's TCP ``write`` always buffers, registers the socket for writing
+    (an ``epoll_ctl``), sends on the next reactor iteration and unregisters
+    it (another ``epoll_ctl``). A map delta fanned out to N streams paid
+    those two extra system calls per stream: 13 % of server CPU in the
+    profile of 200 streams receiving endpoint updates. When nothing is
+    buffered (so order is kept) the data goes out at once; whatever the
+    socket does not take, and every other case (TLS, a buffer already
+    filling, a closing or broken connection), takes Twisted's normal path.
+    """
+    if (
+        isinstance(transport, tcp.Connection)
+        and transport.TLS is False
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataLen
+        and len(transport.dataBuffer) == transport.offset
+    ):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int) and sent > 0:
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
 
 
 class _TurnMarker:
@@ -554,7 +585,7 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
         if self._established:
             # Our own writes must not extend the wait for the client's first record.
             self.resetTimeout()
-        self.transport.write(self._encoder.encode(data))
+        write_through(self.transport, self._encoder.encode(data))
 
     def writeSequence(self, data) -> None:
         self.write(b"".join(data))
