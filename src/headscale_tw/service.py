@@ -53,30 +53,25 @@ def listen_endpoint(hostport: str, tls: tuple[str, str] | None = None, backlog: 
 
 
 class HealthResource(resource.Resource):
-    """``GET /health``: ``{"status":"pass"}`` while the database answers."""
+    """``GET /health``: ``{"status":"pass"}`` while the database answers, else 503 ``fail``.
+
+    ``healthy`` is a cheap synchronous check (normally
+    :meth:`~headscale_tw.storage.health.DatabaseHealth.healthy`): the answer comes
+    from memory, so it never waits behind queued database work.
+    """
 
     isLeaf = True
 
-    def __init__(self, check: Callable[[], defer.Deferred] | None = None):
+    def __init__(self, healthy: Callable[[], bool] | None = None):
         super().__init__()
-        self._check = check
+        self._healthy = healthy
 
     def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json")
-        if self._check is None:
+        if self._healthy is None or self._healthy():
             return b'{"status":"pass"}'
-
-        def ok(_):
-            request.write(b'{"status":"pass"}')
-            request.finish()
-
-        def fail(f):
-            request.setResponseCode(503)
-            request.write(b'{"status":"fail"}')
-            request.finish()
-
-        self._check().addCallbacks(ok, fail)
-        return server.NOT_DONE_YET
+        request.setResponseCode(503)
+        return b'{"status":"fail"}'
 
 
 class MetricsResource(resource.Resource):
@@ -204,8 +199,11 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
     if derp_parts is not None:
         derp_parts.bind(plane, lambda new_map: plane.notifier.broadcast(encode_json({"DERPMap": new_map})))
 
+    from headscale_tw.storage.health import DatabaseHealth
+
+    health = DatabaseHealth(db.pool, reactor)
     root = resource.Resource()
-    root.putChild(b"health", HealthResource(lambda: defer.Deferred.fromCoroutine(db.users.list())))
+    root.putChild(b"health", HealthResource(health.healthy))
     root.putChild(b"register", plane.register_page())
     site = server.Site(root)
     _mount_control(config, reactor, root, plane)
@@ -213,7 +211,7 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
     services: list = []
     if derp_parts is not None:
         services.extend(derp_parts.mount(root))
-    for interval, job in plane.periodic_jobs():
+    for interval, job in [*plane.periodic_jobs(), (health.interval, health.tick)]:
         timer = TimerService(interval, job)
         timer.clock = reactor
         services.append(timer)
@@ -248,7 +246,7 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
         # SIGHUP: policy (file mode) and DNS settings; connections stay up.
         return defer.Deferred.fromCoroutine(plane.reload())
 
-    return Components(services, close=close, reload=reload, site=site, root=root, db=db, plane=plane,
+    return Components(services, close=close, reload=reload, site=site, root=root, db=db, plane=plane, health=health,
                       derp=derp_parts.server if derp_parts else None)
 
 

@@ -95,3 +95,38 @@ class AllocationWithStoreTests(unittest.TestCase):
         h2 = Harness(self, db=h.db)
         c, _ = h2.register("c")
         self.assertEqual(c.ipv4, a.ipv4)
+
+
+class _CountingNames(dict):
+    """A name index that counts full scans (iteration, ``items``, copies)."""
+
+    scans = 0
+
+    def __iter__(self):
+        type(self).scans += 1
+        return super().__iter__()
+
+    def items(self):
+        type(self).scans += 1
+        return super().items()
+
+    def keys(self):
+        type(self).scans += 1
+        return super().keys()
+
+
+class GivenNameLookupTests(unittest.TestCase):
+    """Choosing a free given name probes the name index; it never scans every name."""
+
+    def test_no_scan_per_registration(self):
+        """create_node and free_name find ``box-2`` without iterating the names of all nodes."""
+        h = Harness(self)
+        h.register("box")
+        h.register("box")
+        h.state._names = _CountingNames(h.state._names)
+        _CountingNames.scans = 0
+        node, _ = h.register("box")
+        self.assertEqual(node.given_name, "box-2")
+        self.assertEqual(h.state.free_name("box", exclude=node.id), "box-2")
+        self.assertEqual(h.state.free_name("box"), "box-3")
+        self.assertEqual(_CountingNames.scans, 0)

@@ -97,6 +97,26 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(response[:3], b"\x02\x00\x30")
         self.assertEqual(len(response), 51)
 
+    def test_responder_loads_each_private_key_once(self):
+        """Answering a handshake loads one private key (the fresh ephemeral); the static key is kept loaded."""
+        from headscale_tw.noise import _codec
+
+        responder = NoiseResponder(SERVER_PRIVATE)
+        loads = []
+        real = _codec.X25519PrivateKey
+
+        class Counting:
+            @staticmethod
+            def from_private_bytes(data):
+                loads.append(data)
+                return real.from_private_bytes(data)
+
+        self.patch(_codec, "X25519PrivateKey", Counting)
+        initiation = NoiseInitiator(MACHINE_PRIVATE, responder.public, 133, CLIENT_EPHEMERAL).initiation()
+        loads.clear()
+        responder.respond(initiation)
+        self.assertEqual(len(loads), 1)
+
     def test_initiation_layout(self):
         """The initiation is BE16 version, type 1, BE16 96, then the cleartext ephemeral key."""
         initiator = NoiseInitiator(MACHINE_PRIVATE, x25519_public(SERVER_PRIVATE), 0x1234, CLIENT_EPHEMERAL)

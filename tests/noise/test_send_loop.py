@@ -77,8 +77,8 @@ class _WritesTransport(StringTransport):
 class _Harness:
     """A ``_CountingH2Connection`` on a counting Clock, and an h2 client talking to it."""
 
-    def __init__(self, client_settings=None, connection_window=0, twisted_loop=False):
-        self.clock = _CountingClock()
+    def __init__(self, client_settings=None, connection_window=0, twisted_loop=False, clock=None):
+        self.clock = clock or _CountingClock()
         self.hold = _Hold()
         site = Site(self.hold, reactor=self.clock)
         self.server = _CountingH2Connection(self.clock)
@@ -223,6 +223,56 @@ class BatchingTests(unittest.TestCase):
         self.assertEqual({h.data[sid] for sid in ids}, {b"body"})
         self.assertEqual(h.server.streams, {})
         self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class DirectSendTests(unittest.TestCase):
+    """A write to an idle connection goes out at once, skipping the loop; one shared turn per reactor turn."""
+
+    def test_fan_out_costs_one_call_later(self):
+        """One frame written to each of three idle connections: three immediate writes, one callLater in all."""
+        clock = _CountingClock()
+        harnesses = [_Harness(clock=clock) for _ in range(3)]
+        streams = [h.open_streams(1) for h in harnesses]
+        clock.turn()  # whatever opening the streams scheduled
+        before = clock.scheduled
+        for h, (_, (request,)) in zip(harnesses, streams):
+            request.write(b"delta")
+        self.assertEqual([len(h.transport.writes) for h in harnesses], [1, 1, 1])
+        self.assertEqual([h.server.direct_frames for h in harnesses], [1, 1, 1])
+        self.assertEqual(clock.scheduled - before, 1)
+        for h, ((sid,), _) in zip(harnesses, streams):
+            h.to_client()
+            self.assertEqual(h.data[sid], b"delta")
+        clock.turn()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_later_writes_batched_next_turn(self):
+        """After a direct frame, further writes and the end of the stream go out together in the next turn."""
+        h = _Harness()
+        (sid,), (request,) = h.open_streams(1)
+        request.write(b"first")
+        request.write(b"second")
+        request.write(b"third")
+        request.finish()
+        self.assertEqual(len(h.transport.writes), 1)
+        writes = h.turn()
+        self.assertEqual(len(writes), 1)
+        h.to_client()
+        self.assertEqual(h.data[sid], b"firstsecondthird")
+        self.assertIn(sid, h.ended)
+        self.assertEqual(h.server.direct_frames, 1)
+        h.drain()
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_busy_connection_keeps_the_loop(self):
+        """A frame too large for one DATA frame (or the window) still goes through the loop."""
+        h = _Harness()
+        (sid,), (request,) = h.open_streams(1)
+        request.write(b"x" * (h.server.conn.max_outbound_frame_size + 1))
+        self.assertEqual(h.server.direct_frames, 0)
+        h.drain()
+        h.to_client()
+        self.assertEqual(len(h.data[sid]), h.server.conn.max_outbound_frame_size + 1)
 
 
 class FlowControlTests(unittest.TestCase):

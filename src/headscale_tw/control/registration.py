@@ -119,7 +119,13 @@ class PendingRegistration:
 
 
 def default_preauth_lookup(db) -> Callable[[str], Awaitable]:
-    """Find a ``PreAuthKey`` row by its full text (``hskey-auth-...``), checking its secret."""
+    """Find a ``PreAuthKey`` row by its full text (``hskey-auth-...``), checking its secret.
+
+    The row is read on every call (a revoked, expired or used key is seen at
+    once); only the server's pepper is kept after the first read, since it never
+    changes once stored.
+    """
+    peppers: list[bytes] = []
 
     async def lookup(text: str):
         from headscale_tw import secrets as keysecrets
@@ -133,9 +139,10 @@ def default_preauth_lookup(db) -> Callable[[str], Awaitable]:
         row = await db.preauthkeys.get_by_prefix(prefix)
         if row is None:
             return None
-        pepper = await keysecrets.get_pepper(db.server_state)
+        if not peppers:
+            peppers.append(await keysecrets.get_pepper(db.server_state))
         try:
-            matches = keysecrets.verify_secret(secret, row.key_hash, pepper)
+            matches = keysecrets.verify_secret(secret, row.key_hash, peppers[0])
         except keysecrets.BcryptUnavailable:
             return None
         return row if matches else None

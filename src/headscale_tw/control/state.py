@@ -13,7 +13,7 @@ last request, when the last session ended) live here too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 import attrs
@@ -34,6 +34,19 @@ TAGGED_DEVICES_USER_ID = 2147455555
 _CREATE_ATTEMPTS = 16
 _ADDRESS_TAKEN = ("a node with IPv4 address ", "a node with IPv6 address ")
 _NAME_TAKEN = "a node with given name "
+
+
+class _TakenNames:
+    """The given names in use, as a container view: no copy of every name per registration."""
+
+    def __init__(self, owners: dict[str, int], also: Collection[str] = (), exclude: int | None = None) -> None:
+        self._owners = owners
+        self._also = also
+        self._exclude = exclude
+
+    def __contains__(self, name: object) -> bool:
+        owner = self._owners.get(name)
+        return (owner is not None and owner != self._exclude) or name in self._also
 
 
 @attrs.define
@@ -117,8 +130,7 @@ class ControlState:
 
     def free_name(self, hostname: str, exclude: int | None = None) -> str:
         """A unique given name derived from ``hostname``."""
-        taken = {name for name, owner in self._names.items() if owner != exclude}
-        return unique_given_name(sanitize_hostname(hostname), taken)
+        return unique_given_name(sanitize_hostname(hostname), _TakenNames(self._names, exclude=exclude))
 
     def name_owner(self, given_name: str) -> int | None:
         return self._names.get(given_name)
@@ -152,9 +164,9 @@ class ControlState:
         taken_names: set[str] = set()
         for _ in range(_CREATE_ATTEMPTS):
             attempt = dict(given)
-            # no copy of every name per registration: the names dict answers "in" itself
-            taken = self._names if not taken_names else set(self._names) | taken_names
-            attempt.setdefault("given_name", unique_given_name(sanitize_hostname(hostname), taken))
+            attempt.setdefault(
+                "given_name", unique_given_name(sanitize_hostname(hostname), _TakenNames(self._names, taken_names))
+            )
             ipv4, ipv6 = self.allocator.allocate()
             attempt.setdefault("ipv4", ipv4)
             attempt.setdefault("ipv6", ipv6)

@@ -157,10 +157,17 @@ def _hkdf(chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
     return out1, out2
 
 
-def _dh(private: bytes, public: bytes) -> bytes:
-    """X25519; an all-zero result (low-order point) fails the handshake, as in Go."""
+def _dh(private: bytes | X25519PrivateKey, public: bytes) -> bytes:
+    """X25519; an all-zero result (low-order point) fails the handshake, as in Go.
+
+    ``private`` may be a loaded key: loading one from bytes costs as much as the
+    exchange itself (OpenSSL derives the public key), so the responder loads its
+    static key once and each ephemeral key once.
+    """
+    if isinstance(private, bytes):
+        private = X25519PrivateKey.from_private_bytes(private)
     try:
-        return X25519PrivateKey.from_private_bytes(private).exchange(
+        return private.exchange(
             X25519PublicKey.from_public_bytes(public)
         )
     except ValueError as e:
@@ -206,7 +213,7 @@ class _SymmetricState:
     def mix_hash(self, data: bytes) -> None:
         self.h = _blake2s(self.h + data)
 
-    def mix_dh(self, private: bytes, public: bytes) -> bytes:
+    def mix_dh(self, private: bytes | X25519PrivateKey, public: bytes) -> bytes:
         """MixKey(DH(private, public)); returns the new cipher key."""
         self.ck, key = _hkdf(self.ck, _dh(private, public))
         return key
@@ -301,8 +308,8 @@ class NoiseResponder:
     def __init__(self, static_private: bytes) -> None:
         if len(static_private) != KEY_LEN:
             raise ValueError("server static private key must be 32 bytes")
-        self._private = static_private
-        self.public = x25519_public(static_private)
+        self._private = X25519PrivateKey.from_private_bytes(static_private)
+        self.public = self._private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
     def respond(self, initiation: bytes, ephemeral_private: bytes | None = None) -> ResponderResult:
         """
@@ -329,8 +336,10 @@ class NoiseResponder:
         key = s.mix_dh(self._private, machine_key)  # ss
         s.decrypt_and_hash(key, initiation[85:101])
 
-        eph_private = ephemeral_private if ephemeral_private is not None else generate_private()
-        eph_public = x25519_public(eph_private)
+        eph_private = X25519PrivateKey.from_private_bytes(
+            ephemeral_private if ephemeral_private is not None else generate_private()
+        )
+        eph_public = eph_private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         s.mix_hash(eph_public)  # <- e
         s.mix_dh(eph_private, client_ephemeral)  # ee (cipher key unused)
         key = s.mix_dh(eph_private, machine_key)  # se

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from headscale_tw.interfaces import IDatabase
@@ -313,6 +314,8 @@ class DatabasePool:
     ``await pool.run_interaction(desc, fn, *args)`` runs ``fn(txn, *args)`` in a
     transaction (committed when it returns, rolled back when it raises) and gives
     its result. ``await pool.close()`` waits for in-flight work, then closes.
+    ``last_success`` is the reactor time at which an interaction last returned
+    (:mod:`headscale_tw.storage.health` reads it instead of querying).
     """
 
     log = Logger()
@@ -324,6 +327,7 @@ class DatabasePool:
         self._reactor = reactor
         self._in_flight: set[Deferred] = set()
         self._closing = False
+        self.last_success: float | None = None
         self._pool = _ConnectionPool(
             engine.module.__name__,
             *connargs,
@@ -360,6 +364,8 @@ class DatabasePool:
 
     def _done(self, result: Any, d: Deferred) -> Any:
         self._in_flight.discard(d)
+        if not isinstance(result, Failure):
+            self.last_success = self._reactor.seconds()
         return result
 
     async def close(self) -> None:

@@ -1,10 +1,24 @@
 # -*- test-case-name: tests.storage.test_stores -*-
-"""The ``nodes`` table: :class:`NodeStore`."""
+"""The ``nodes`` table: :class:`NodeStore`.
+
+Updates that touch only *soft* columns (endpoints, disco key, Hostinfo,
+last seen: no unique or foreign-key column, so they cannot fail on a
+constraint) are coalesced: while one such update waits for the database, the
+ones submitted after it join the same transaction (:class:`_UpdateBatch`).
+Any other node write closes the open batch first, so writes still reach the
+database in the order they were submitted.
+Every caller still gets its row back only after the commit. Nothing waits on
+purpose: with an idle database each update runs at once, alone; under load
+(a login storm reporting endpoints) one transaction carries many.
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from headscale_tw.errors import AlreadyExists, InvalidInput, NotFound
@@ -47,7 +61,10 @@ _FIELDS: dict[str, tuple[str, Any, Any]] = {
     "updated_at": ("updated_at", lambda v: v, to_datetime),
 }
 _NAMES = tuple(_FIELDS)
-_SELECT = "SELECT id, " + ", ".join(_FIELDS[n][0] for n in _NAMES) + " FROM nodes"
+_COLUMNS = "id, " + ", ".join(_FIELDS[n][0] for n in _NAMES)
+_SELECT = f"SELECT {_COLUMNS} FROM nodes"
+# INSERT and UPDATE hand back the stored row in the same statement (SQLite >= 3.35, PostgreSQL).
+_RETURNING = f" RETURNING {_COLUMNS}"
 
 _UNIQUE_LABEL = {
     "machine_key": "machine key",
@@ -56,6 +73,72 @@ _UNIQUE_LABEL = {
     "ipv4": "IPv4 address",
     "ipv6": "IPv6 address",
 }
+
+
+#: Columns an update may set and still be coalesced with others (see the module docstring).
+_COALESCED = frozenset({"endpoints", "disco_key", "hostinfo", "last_seen", "updated_at"})
+
+
+def _pass_to(result, waiter: Deferred) -> None:
+    if not waiter.called:  # a cancelled waiter has been called already
+        if isinstance(result, Failure):
+            waiter.errback(result)
+        else:
+            waiter.callback(result)
+
+
+class _UpdateBatch:
+    """Soft updates that share one transaction; open until that transaction starts.
+
+    Items are added on the reactor thread; the transaction, on a pool thread,
+    closes the batch and takes its items, under :attr:`lock`.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: list[tuple[int, str, tuple]] = []
+        self.open = True
+        self.outcome: list | Failure | None = None
+        self._waiters: list[Deferred] = []
+
+    def add(self, node_id: int, sets: str, args: tuple) -> int | None:
+        """Add one update; its index in the batch, or ``None`` if the transaction already took the items."""
+        with self.lock:
+            if not self.open:
+                return None
+            self.items.append((node_id, sets, args))
+            return len(self.items) - 1
+
+    def take(self) -> list[tuple[int, str, tuple]]:
+        """Close the batch and return its items (the transaction calls this first)."""
+        with self.lock:
+            self.open = False
+            return self.items
+
+    def wait(self) -> Deferred:
+        """A Deferred of its own for one caller (cancelling it leaves the batch alone)."""
+        waiter: Deferred = Deferred()
+        if self.outcome is None:
+            self._waiters.append(waiter)
+        else:
+            _pass_to(self.outcome, waiter)
+        return waiter
+
+    def deliver(self, outcome) -> None:
+        """The transaction ended (rows, or a Failure for all): tell every caller; close the batch."""
+        self.take()  # a transaction that failed before taking its items must not gather more
+        self.outcome = outcome
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            _pass_to(outcome, waiter)
+
+
+def _update_batch_txn(txn: Txn, batch: _UpdateBatch) -> list[Node | None]:
+    rows = []
+    for node_id, sets, args in batch.take():
+        row = txn.query_one(f"UPDATE nodes SET {sets} WHERE id = ?" + _RETURNING, args + (node_id,))
+        rows.append(None if row is None else _row(row))
+    return rows
 
 
 def _row(row: tuple) -> Node:
@@ -91,6 +174,13 @@ def get_node_txn(txn: Txn, node_id: int) -> Node:
 class NodeStore(StoreBase):
     """Nodes; machine key, node key, given name and addresses are each unique."""
 
+    def __init__(self, pool, clock) -> None:
+        super().__init__(pool, clock)
+        self._batch: _UpdateBatch | None = None
+        #: Transactions run for coalesced updates, and the updates they carried.
+        self.batches = 0
+        self.batched_updates = 0
+
     async def create(self, node: Node) -> Node:
         """Insert ``node`` (its ``id`` is ignored) and return the stored row."""
         when = self._now()
@@ -103,12 +193,12 @@ class NodeStore(StoreBase):
 
         def create_node_txn(txn: Txn) -> Node:
             try:
-                node_id = txn.insert(f"INSERT INTO nodes ({columns}) VALUES ({marks})", args)
+                row = txn.query_one(f"INSERT INTO nodes ({columns}) VALUES ({marks})" + _RETURNING, args)
             except UniqueViolation as e:
                 raise _collision(e, values) from None
             except ForeignKeyViolation:
                 raise _bad_reference(values) from None
-            return get_node_txn(txn, node_id)
+            return _row(row)
 
         return await self._pool.run_interaction("create_node", create_node_txn)
 
@@ -156,21 +246,47 @@ class NodeStore(StoreBase):
         names = [n for n in _NAMES if n in values]
         sets = ", ".join(f"{_FIELDS[n][0]} = ?" for n in names)
         args = tuple(_FIELDS[n][1](values[n]) for n in names)
+        if _COALESCED.issuperset(names):
+            return await self._update_coalesced(node_id, sets, args)
+        self._seal()
 
         def update_node_txn(txn: Txn) -> Node:
-            get_node_txn(txn, node_id)
             try:
-                txn.execute(f"UPDATE nodes SET {sets} WHERE id = ?", args + (node_id,))
+                row = txn.query_one(f"UPDATE nodes SET {sets} WHERE id = ?" + _RETURNING, args + (node_id,))
             except UniqueViolation as e:
                 raise _collision(e, values) from None
             except ForeignKeyViolation:
                 raise _bad_reference(values) from None
-            return get_node_txn(txn, node_id)
+            if row is None:
+                raise NotFound(f"node {node_id} does not exist")
+            return _row(row)
 
         return await self._pool.run_interaction("update_node", update_node_txn)
 
+    def _seal(self) -> None:
+        """No later soft update may join the open batch: it would reach the database before this write."""
+        if self._batch is not None:
+            self._batch.take()
+
+    async def _update_coalesced(self, node_id: int, sets: str, args: tuple) -> Node:
+        """Join the open batch (its transaction is queued, not yet started) or start a new one."""
+        batch = self._batch
+        index = None if batch is None else batch.add(node_id, sets, args)
+        if index is None:
+            batch = self._batch = _UpdateBatch()
+            index = batch.add(node_id, sets, args)
+            self.batches += 1
+            d = Deferred.fromCoroutine(self._pool.run_interaction("update_nodes", _update_batch_txn, batch))
+            d.addBoth(batch.deliver)
+        self.batched_updates += 1
+        rows = await batch.wait()
+        if rows[index] is None:
+            raise NotFound(f"node {node_id} does not exist")
+        return rows[index]
+
     async def delete(self, node_id) -> None:
         """Delete the node; ``NotFound`` if absent."""
+        self._seal()
 
         def delete_node_txn(txn: Txn) -> None:
             txn.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
