@@ -115,6 +115,48 @@ class BatchingTests(unittest.TestCase):
         self.assertEqual(len(stream.applier.messages[-1]["PeersChanged"]), 5)
         h.notifier.stop()
 
+    def test_login_reaches_peers_in_one_frame(self):
+        """A node registering, streaming and sending endpoints within a window: one frame per peer stream."""
+        h = Harness(self)
+        h.notifier.batch_delay = 0.005
+        first, _ = h.register("first")
+        stream = h.stream(first)
+        h.clock.advance(0.005)
+        before = len(stream.writes)
+        node, _ = h.register("new")
+        new_stream = h.stream(node)  # comes online: OnlineChange
+        h.lite(h.state.get(node.id), Endpoints=["192.0.2.7:41641"])  # PeersChangedPatch
+        h.clock.advance(0.005)
+        self.assertEqual(len(stream.writes), before + 1)
+        peer = stream.applier.peers[node.id]
+        self.assertEqual((peer["Endpoints"], peer["Online"]), (["192.0.2.7:41641"], True))
+        new_stream.session.connection_lost()
+        h.clock.advance(h.notifier.offline_grace)
+        h.lite(h.state.get(first.id), Endpoints=["192.0.2.8:41641"])  # a patch for nobody streaming
+        h.clock.advance(0.005)
+        self.assertEqual(len(stream.writes), before + 2)
+        self.assertEqual(stream.applier.messages[-1]["OnlineChange"], {str(node.id): False})
+        self.assertEqual(stream.applier.messages[-1]["PeerSeenChange"], {str(node.id): True})
+        self.assertFalse(stream.applier.peers[node.id]["Online"])
+        h.notifier.stop()
+
+    def test_patches_follow_the_last_state(self):
+        """Two endpoint updates within a window reach a peer as one patch carrying the latest endpoints."""
+        h = Harness(self)
+        h.notifier.batch_delay = 0.005
+        a, _ = h.register("a")
+        b, _ = h.register("b")
+        sa, _ = h.stream(a), h.stream(b)
+        h.clock.advance(0.005)
+        before = len(sa.writes)
+        h.lite(h.state.get(b.id), Endpoints=["192.0.2.1:1"])
+        h.lite(h.state.get(b.id), Endpoints=["192.0.2.2:2"])
+        h.clock.advance(0.005)
+        self.assertEqual(len(sa.writes), before + 1)
+        self.assertEqual(sa.applier.messages[-1]["PeersChangedPatch"],
+                         [{"NodeID": b.id, "Endpoints": ["192.0.2.2:2"]}])
+        h.notifier.stop()
+
     def test_added_then_removed(self):
         """A node added and deleted within one window is never announced: streams get nothing."""
         h = Harness(self)

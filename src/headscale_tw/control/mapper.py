@@ -322,8 +322,14 @@ class Mapper:
         packet_filter: bytes | None = None,
         ssh: bytes | None = None,
         self_node: bool = False,
+        patches: Iterable[dict] = (),
+        online: Iterable[tuple[int, bool]] = (),
     ) -> bytes:
-        """One message combining what changed for ``viewer_id`` (absent parts = unchanged)."""
+        """
+        One message combining what changed for ``viewer_id`` (absent parts = unchanged):
+        also ``PeersChangedPatch`` entries and ``OnlineChange`` (with ``PeerSeenChange``
+        for peers gone offline) as :meth:`peers_patched` / :meth:`online_changed` write them.
+        """
         parts = []
         profile_nodes = []
         if self_node:
@@ -340,6 +346,15 @@ class Mapper:
             parts.append(b'"PacketFilter":' + packet_filter)
         if ssh is not None:
             parts.append(b'"SSHPolicy":' + ssh)
+        patches = sorted(patches, key=lambda p: p["NodeID"])
+        if patches:
+            parts.append(b'"PeersChangedPatch":' + encode_json(patches))
+        online = sorted(online)
+        if online:
+            parts.append(b'"OnlineChange":' + encode_json({str(k): up for k, up in online}))
+            seen = {str(k): True for k, up in online if not up}
+            if seen:
+                parts.append(b'"PeerSeenChange":' + encode_json(seen))
         if profile_nodes:
             parts.append(b'"UserProfiles":' + self._profiles(profile_nodes))
         return b"{" + b",".join(parts) + b"}"

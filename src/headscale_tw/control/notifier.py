@@ -24,9 +24,12 @@ Rules:
   kept per viewer for up to ``batch_delay`` seconds and merged (peers changed
   and removed: the last word per peer wins, entries are built at flush time
   from the current state; latest filter/SSH policy; self node if any asked),
-  then sent as one message per viewer. Any other write (patches, online
-  changes, full maps, broadcasts) flushes first, so each stream still gets
-  every change in order. ``0`` sends at once.
+  then sent as one message per viewer. Patches (endpoints, DERP home, keys)
+  and online changes are held the same way (built at flush time from the
+  node's state; a full entry or a removal of the same peer supersedes them),
+  and joins share one policy update per window. A stream's full map drops
+  what was held for it; any other write (broadcasts, unbatched paths) flushes
+  first, so each stream still gets every change in order. ``0`` sends at once.
 """
 
 from __future__ import annotations
@@ -89,7 +92,9 @@ class MapNotifier:
     def open_stream(self, node_id: int, write, finish) -> MapSession:
         """Start a streaming session for ``node_id``: full map first, then deltas."""
         node = self.state.get(node_id)
-        self.flush()
+        # Its full map supersedes whatever was held for it; other streams keep their batch
+        # (flushing here made every reconnect in a storm a flush of everyone's deltas).
+        self._pending.pop(node_id, None)
         older = list(self.sessions.get(node_id, ()))
         session = MapSession(node_id, write, finish, self.clock, self._session_closed, self.interval)
         self.sessions.setdefault(node_id, []).append(session)
@@ -99,7 +104,7 @@ class MapNotifier:
         for old in older:
             old.close()
         if came_online:
-            self._to_peers(node_id, self.mapper.online_changed(node_id, True))
+            self._online_to_peers(node_id, True)
             if self.presence is not None:
                 self.presence(node_id, True)
         changes.viewers.pop(node_id, None)  # its full map is already current
@@ -152,7 +157,7 @@ class MapNotifier:
         runtime = self.state.runtime[node_id]
         runtime.online = False
         self.state.touch(node_id)
-        self._to_peers(node_id, self.mapper.online_changed(node_id, False))
+        self._online_to_peers(node_id, False)
         self.push(self.policy.update([node_id]))  # fail its primary routes over
         self._persist_last_seen(node_id)
         if self.presence is not None:
@@ -193,6 +198,14 @@ class MapNotifier:
 
     def announce_online(self, node_id: int, online: bool) -> None:
         """Tell every stream that sees ``node_id`` that it came online or went offline."""
+        self._online_to_peers(node_id, online)
+
+    def _online_to_peers(self, node_id: int, online: bool) -> None:
+        if self.batch_delay > 0 and not self._stopping:
+            for viewer in self._viewers_of(node_id):
+                self._held(viewer)[5][node_id] = online
+            self._arm()
+            return
         self._to_peers(node_id, self.mapper.online_changed(node_id, online))
 
     def _viewers_of(self, node_id: int) -> list[int]:
@@ -291,11 +304,16 @@ class MapNotifier:
 
     # -- batching ----------------------------------------------------------
 
-    def _hold(self, viewer: int, changed, removed, packet_filter, ssh, self_node) -> None:
+    def _held(self, viewer: int) -> list:
         pending = self._pending.get(viewer)
         if pending is None:
-            # [last word per peer: True = changed, False = removed], filter, ssh, self
-            pending = self._pending[viewer] = [{}, None, None, False]
+            # [last word per peer: True = changed, False = removed], filter, ssh, self,
+            # {peer: patched field names}, {peer: online}
+            pending = self._pending[viewer] = [{}, None, None, False, {}, {}]
+        return pending
+
+    def _hold(self, viewer: int, changed, removed, packet_filter, ssh, self_node) -> None:
+        pending = self._held(viewer)
         last = pending[0]
         for pid in removed:
             last[pid] = False
@@ -328,25 +346,36 @@ class MapNotifier:
             return 0
         policy = self.policy
         groups: dict[tuple, list[int]] = {}
-        for viewer, (last, packet_filter, ssh, self_node) in pending.items():
-            if viewer not in self.state.nodes or not self.sessions.get(viewer):
+        nodes = self.state.nodes
+        for viewer, (last, packet_filter, ssh, self_node, patched, online) in pending.items():
+            if viewer not in nodes or not self.sessions.get(viewer):
                 continue
             changed = sorted(pid for pid, up in last.items()
-                             if up and pid in self.state.nodes and policy.sees(viewer, pid))
+                             if up and pid in nodes and policy.sees(viewer, pid))
             removed = sorted(pid for pid in last if pid not in changed)
+            # a full entry or a removal supersedes patches and online flags of that peer
+            gone = last.keys()
+            patches = tuple(sorted((pid, tuple(sorted(fields))) for pid, fields in patched.items()
+                                   if pid not in gone and pid in nodes and policy.sees(viewer, pid)))
+            flags = tuple(sorted((pid, up) for pid, up in online.items()
+                                 if pid not in gone and pid in nodes and policy.sees(viewer, pid)))
             key = (
                 tuple((pid, policy.variant(viewer, pid)) for pid in changed),
                 tuple(removed),
                 packet_filter,
                 ssh,
                 viewer if self_node else None,
+                patches,
+                flags,
             )
             groups.setdefault(key, []).append(viewer)
         return self._send_groups(groups)
 
     def _send_groups(self, groups: dict[tuple, list[int]]) -> int:
         """Build one delta per group of viewers with identical views, frame it once, write it to all."""
+        nodes = self.state.nodes
         for key, viewers in groups.items():
+            patches, flags = key[5:7] if len(key) > 5 else ((), ())
             message = self.mapper.delta(
                 viewers[0],
                 changed=[pid for pid, _ in key[0]],
@@ -354,6 +383,8 @@ class MapNotifier:
                 packet_filter=key[2],
                 ssh=key[3],
                 self_node=key[4] is not None,
+                patches=[self.mapper.patch_for(nodes[pid], fields) for pid, fields in patches],
+                online=flags,
             )
             self._write_to(viewers, self._frame(message))
         return len(groups)
@@ -401,6 +432,13 @@ class MapNotifier:
     def node_patched(self, node_id: int, fields: Iterable[str]) -> None:
         """Only patchable fields changed (endpoints, DERP home, disco key, key, key expiry)."""
         if node_id not in self.state.nodes:
+            return
+        if self.batch_delay > 0 and not self._stopping:
+            # held like any delta; the patch is built at the flush from the node's state then
+            fields = set(fields)
+            for viewer in self._viewers_of(node_id):
+                self._held(viewer)[4].setdefault(node_id, set()).update(fields)
+            self._arm()
             return
         patch = self.mapper.patch_for(self.state.nodes[node_id], fields)
         self._to_peers(node_id, self.mapper.peers_patched([patch]))
