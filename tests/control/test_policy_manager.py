@@ -117,6 +117,24 @@ class PolicyChangeTests(_Tailnet, unittest.TestCase):
         self.assertEqual(list(self.sb.applier.messages[-1]), ["PacketFilter"])
         self.assertEqual(self.sb.applier.packet_filter[0]["DstPorts"][0]["Ports"], {"First": 22, "Last": 22})
 
+    def test_set_policy_compiles_each_grant_once(self):
+        """The compilation that checked a new policy is the one applied: each grant compiles once."""
+        from headscale_tw.policy import compile as compile_module
+
+        compiled = []
+        original = compile_module._GrantCompiler.compile
+
+        def counting(gc, grant):
+            compiled.append(grant)
+            return original(gc, grant)
+
+        self.patch(compile_module._GrantCompiler, "compile", counting)
+        rules = [{"action": "accept", "src": ["tag:a", "tag:c"], "dst": ["tag:b:*"]},
+                 {"action": "accept", "src": ["tag:b"], "dst": ["tag:c:22"]}]
+        self.h.run(self.h.policy.set_policy(policy(rules)))
+        self.assertEqual(len(compiled), 2)
+        self.assertIn(self.c.id, self.sb.applier.peers)
+
     def test_same_policy_is_quiet(self):
         """Setting an equivalent policy sends nothing."""
         before = self.writes()

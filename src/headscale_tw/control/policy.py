@@ -240,6 +240,7 @@ class PolicyManager:
         self._compiled: Optional[CompiledPolicy] = None
         self._compiler: Optional[IncrementalCompiler] = None
         self._compiler_stale: set[int] = set()
+        self._prepared: Optional[IncrementalCompiler] = None
         self._positions: Optional[tuple[list, dict]] = None
         self._dirty: set[int] = set()
         self._views: dict[int, NodeView] = {}
@@ -347,7 +348,11 @@ class PolicyManager:
             raise PolicyRejected("policy must be text")
         try:
             engine = PolicyEngine(text or None, server_url=self.server_url)
-            engine.check(self.topology())
+            topology = self.topology()
+            compiler = IncrementalCompiler(engine, topology.users, topology.nodes)
+            engine.check_compiled(compiler.compile())
+            # applying this engine next starts from this compilation instead of compiling again
+            self._prepared = compiler
         except PolicyRejected:
             raise
         except PolicyError as e:
@@ -448,8 +453,19 @@ class PolicyManager:
         if self._compiled is None:
             users_t = tuple(PUser(id=u[0], name=u[1], email=u[2] or "") for u in users)
             compiler = self._compiler
+            prepared = self._prepared
             if compiler is None or compiler.engine is not self.engine:
-                compiler = self._compiler = IncrementalCompiler(self.engine, users_t, self._pnodes.values())
+                if prepared is not None and prepared.engine is self.engine:
+                    # the compilation the policy was checked with: bring it up to date
+                    self._prepared = None
+                    compiler = self._compiler = prepared
+                    compiler.set_users(users_t)
+                    for node_id in [k for k in compiler.index.nodes if k not in self._pnodes]:
+                        compiler.remove(node_id)
+                    for pnode in self._pnodes.values():
+                        compiler.put(pnode)
+                else:
+                    compiler = self._compiler = IncrementalCompiler(self.engine, users_t, self._pnodes.values())
             else:
                 # Only the aliases and grants that can select a changed node are resolved again.
                 compiler.set_users(users_t)

@@ -165,7 +165,9 @@ def _strings_to_set(texts: Iterable[str]) -> IPSet:
     return out
 
 
+@lru_cache(maxsize=1 << 16)
 def _ip_string(net: Network) -> str:
+    # formatting IPv6 addresses is slow in ipaddress; every compilation formats every member
     if net.prefixlen == net.max_prefixlen:
         return str(net.network_address)
     return str(net)
@@ -692,10 +694,15 @@ class PolicyEngine:
 
         @raises PolicyError: if one fails (the policy must then be rejected).
         """
+        if self.policy is not None:
+            self.check_compiled(self.compile(topology))
+
+    def check_compiled(self, cp: "CompiledPolicy") -> None:
+        """:meth:`check` on a compilation already made (e.g. by an IncrementalCompiler)."""
         from .checks import check_policy
 
         if self.policy is not None:
-            check_policy(self.compile(topology))
+            check_policy(cp)
 
     # conveniences mirroring CompiledPolicy, for one-off callers
     def filter_for(self, node: Node, topology: Topology) -> list[FilterRule]:

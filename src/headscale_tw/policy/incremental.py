@@ -108,7 +108,7 @@ class TopologyIndex:
     def put(self, node: Node) -> set[Key]:
         """Add ``node`` or replace the node with its id; return the keys whose selection changed."""
         old = self.nodes.get(node.id)
-        if old is node:
+        if old is node or old == node:
             return set()
         keys = node_keys(node)
         if old is not None:
