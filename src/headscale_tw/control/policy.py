@@ -241,7 +241,7 @@ class PolicyManager:
         self._compiler: Optional[IncrementalCompiler] = None
         self._compiler_stale: set[int] = set()
         self._prepared: Optional[IncrementalCompiler] = None
-        self._positions: Optional[tuple[list, dict]] = None
+        self._positions: Optional[tuple] = None
         self._dirty: set[int] = set()
         self._views: dict[int, NodeView] = {}
         self._uniform: dict[int, tuple[Variant, Variant]] = {}
@@ -586,15 +586,12 @@ class PolicyManager:
         if index is None:
             return {}
         rules = cp.unreduced_rules(next(iter(self._pnodes.values())))
-        positions: dict = {}
-        for i, rule in enumerate(rules):
-            positions.setdefault(rule, []).append(i)
         out = {}
         for nid, node in self._pnodes.items():
             if nid in index.exits:
                 continue  # an exit node takes internet rules too: the full reduction
-            mine = sorted(i for rule in index.dst_of.get(nid, ()) for i in positions.get(rule, ()))
-            out[nid] = [r.to_wire() for r in reduce_rules(node, [rules[i] for i in mine], index.sets[nid])]
+            mine = self._in_policy_order(rules, index.dst_of.get(nid, ()))
+            out[nid] = [r.to_wire() for r in reduce_rules(node, mine, index.sets[nid])]
         return out
 
     def _materialized_views(self) -> dict[int, NodeView]:
@@ -676,15 +673,26 @@ class PolicyManager:
                 out.update(nid for nid, p in self._pnodes.items() if not p.is_tagged and p.user_id in users)
         return out
 
-    def _rule_positions(self, rules: list) -> dict:
-        """Each rule's positions in ``rules`` (cached per rule list) to keep filters in policy order."""
+    def _in_policy_order(self, rules: list, wanted) -> list:
+        """
+        The rules of ``wanted`` in their ``rules`` order, repeated ones repeated
+        (as reducing every rule would give them). Positions are computed once
+        per rule list: a C-level ``dict(zip(...))``, and a slow path only when a
+        rule occurs twice (7 % of a 5,000-node connect went to this per update).
+        """
         cached = self._positions
         if cached is None or cached[0] is not rules:
-            positions: dict = {}
-            for i, rule in enumerate(rules):
-                positions.setdefault(rule, []).append(i)
-            cached = self._positions = (rules, positions)
-        return cached[1]
+            single = dict(zip(rules, range(len(rules))))
+            multi = None
+            if len(single) != len(rules):
+                multi = {}
+                for i, rule in enumerate(rules):
+                    multi.setdefault(rule, []).append(i)
+            cached = self._positions = (rules, single, multi)
+        _, single, multi = cached
+        if multi is None:
+            return [rules[i] for i in sorted(single[r] for r in wanted if r in single)]
+        return [rules[i] for i in sorted(i for r in wanted for i in multi.get(r, ()))]
 
     def _peer_variant(self, cp, viewer: PNode, peer: PNode, matches, viewer_set, v6_only: bool) -> Variant:
         """``peer`` as ``viewer`` sees it; the same computation as :func:`all_peer_views`."""
@@ -736,7 +744,6 @@ class PolicyManager:
                 return "disable-ipv4" in own[nid][0]
             return "disable-ipv4" in views[nid].caps
 
-        positions = self._rule_positions(rules)
         holders = index.routed | index.exits | {nid for nid in dirty if nid in pnodes}
         changes = Changes()
         for nid in set(up.reach) | up.filters | (ssh_nodes & set(pnodes)) | set(own):
@@ -765,9 +772,8 @@ class PolicyManager:
                 if nid in index.exits:
                     wire = cp.filter_wire_for(node)
                 else:  # only rules naming it as a destination can concern it
-                    # in policy order, repeated rules included (as the full rebuild does)
-                    mine = sorted(i for r in index.dst_of.get(nid, ()) for i in positions.get(r, ()))
-                    wire = [r.to_wire() for r in reduce_rules(node, [rules[i] for i in mine], viewer_set)]
+                    mine = self._in_policy_order(rules, index.dst_of.get(nid, ()))
+                    wire = [r.to_wire() for r in reduce_rules(node, mine, viewer_set)]
                 packet_filter = self._intern(encode_json(wire))
             else:
                 packet_filter = old.filter

@@ -792,7 +792,7 @@ class CompiledPolicy:
         else:
             key = node.id
         if key not in self._matches:
-            self._matches[key] = [_match_of(r) for r in self.unreduced_rules(node)]
+            self._matches[key] = list(map(_match_of, self.unreduced_rules(node)))
         return self._matches[key]
 
     def filter_for(self, node: Node) -> list[FilterRule]:
