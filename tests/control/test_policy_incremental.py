@@ -48,6 +48,31 @@ def _row(node_id, hostname, user_id, tags, ipv4, ipv6, routable=(), approved=())
     )
 
 
+def _group_tailnet(groups: int, extra_rules=(), extra_nodes=()):
+    """
+    A policy of ``groups`` tags each reaching itself (plus ``extra_rules``) and
+    three tagged nodes per tag (plus ``extra_nodes``), synced into a PolicyManager.
+    """
+    text = json.dumps({
+        "tagOwners": {f"tag:g{g}": ["alice@"] for g in range(groups)},
+        "acls": [{"action": "accept", "src": [f"tag:g{g}"], "dst": [f"tag:g{g}:*"]} for g in range(groups)]
+        + list(extra_rules),
+    })
+    state = _State()
+    state.users[1] = SimpleNamespace(id=1, name="alice", email="alice@example.com")
+    for i in range(1, 3 * groups + 1):
+        state.nodes[i] = _row(i, f"n{i}", None, (f"tag:g{i % groups}",), f"100.64.{i // 250}.{i % 250 + 1}",
+                              f"fd7a:115c:a1e0::{i:x}")
+        state.runtime[i] = SimpleNamespace(online=True)
+    for row in extra_nodes:
+        state.nodes[row.id] = row
+        state.runtime[row.id] = SimpleNamespace(online=True)
+    pm = PolicyManager(state)
+    pm.engine, pm.text = PolicyEngine(text), text
+    pm._sync_all()
+    return state, pm
+
+
 class _Run:
     """One scenario's tailnet driven through random changes."""
 
@@ -194,18 +219,7 @@ class FullRebuildTests(unittest.TestCase):
         from headscale_tw.policy import compile as compile_module
 
         groups = 30
-        text = json.dumps({
-            "tagOwners": {f"tag:g{g}": ["alice@"] for g in range(groups)},
-            "acls": [{"action": "accept", "src": [f"tag:g{g}"], "dst": [f"tag:g{g}:*"]} for g in range(groups)],
-        })
-        state = _State()
-        state.users[1] = SimpleNamespace(id=1, name="alice", email="alice@example.com")
-        for i in range(1, 3 * groups + 1):
-            state.nodes[i] = _row(i, f"n{i}", None, (f"tag:g{i % groups}",), f"100.64.0.{i}", f"fd7a:115c:a1e0::{i:x}")
-            state.runtime[i] = SimpleNamespace(online=True)
-        pm = PolicyManager(state)
-        pm.engine, pm.text = PolicyEngine(text), text
-        pm._sync_all()
+        state, pm = _group_tailnet(groups)
         reduced = []
         for module in (policy_module, compile_module):
             original = module.reduce_rules
@@ -220,7 +234,7 @@ class FullRebuildTests(unittest.TestCase):
         self.assertEqual(len(reduced), 3 * groups)
         self.assertEqual(set(reduced), {1})
         self.assertEqual(len(pm._views[1].peers), 2)
-        self.assertIn(b"100.64.0.31", pm._views[1].filter)
+        self.assertIn(b"100.64.0.32", pm._views[1].filter)  # node 31, in node 1's group
 
     def test_rebuild_finds_peers_without_testing_every_rule_on_every_node(self):
         """With 30 tag groups of 3, a rebuild tests each node against its group's rule only (90 tests, not 2,700)."""
@@ -228,18 +242,7 @@ class FullRebuildTests(unittest.TestCase):
         from headscale_tw.control.viewindex import RuleIndex
 
         groups = 30
-        text = json.dumps({
-            "tagOwners": {f"tag:g{g}": ["alice@"] for g in range(groups)},
-            "acls": [{"action": "accept", "src": [f"tag:g{g}"], "dst": [f"tag:g{g}:*"]} for g in range(groups)],
-        })
-        state = _State()
-        state.users[1] = SimpleNamespace(id=1, name="alice", email="alice@example.com")
-        for i in range(1, 3 * groups + 1):
-            state.nodes[i] = _row(i, f"n{i}", None, (f"tag:g{i % groups}",), f"100.64.0.{i}", f"fd7a:115c:a1e0::{i:x}")
-            state.runtime[i] = SimpleNamespace(online=True)
-        pm = PolicyManager(state)
-        pm.engine, pm.text = PolicyEngine(text), text
-        pm._sync_all()
+        state, pm = _group_tailnet(groups)
         tests, full_scans = [], []
         original_member = RuleIndex._member
 
@@ -258,23 +261,10 @@ class JoinWorkTests(unittest.TestCase):
     """A join tests the joining node against the rules naming its address, not every rule."""
 
     def _member_tests_per_join(self, groups: int) -> tuple[int, int]:
-        text = json.dumps({
-            "tagOwners": {f"tag:g{g}": ["alice@"] for g in range(groups)},
-            "acls": [{"action": "accept", "src": [f"tag:g{g}"], "dst": [f"tag:g{g}:*"]} for g in range(groups)]
-            + [{"action": "accept", "src": ["alice@"], "dst": ["100.64.0.0/10:22"]}],
-        })
-        state = _State()
-        state.users[1] = SimpleNamespace(id=1, name="alice", email="alice@example.com")
-        for i in range(1, 3 * groups + 1):
-            state.nodes[i] = _row(i, f"n{i}", None, (f"tag:g{i % groups}",), f"100.64.{i // 250}.{i % 250 + 1}",
-                                  f"fd7a:115c:a1e0::{i:x}")
-            state.runtime[i] = SimpleNamespace(online=True)
         laptop = 3 * groups + 1  # alice's, reaching every tailnet address on port 22 (a wide rule)
-        state.nodes[laptop] = _row(laptop, "laptop", 1, (), "100.89.0.1", "fd7a:115c:a1e0::fffe")
-        state.runtime[laptop] = SimpleNamespace(online=True)
-        pm = PolicyManager(state)
-        pm.engine, pm.text = PolicyEngine(text), text
-        pm._sync_all()
+        state, pm = _group_tailnet(groups, extra_rules=[{"action": "accept", "src": ["alice@"],
+                                                         "dst": ["100.64.0.0/10:22"]}],
+                                   extra_nodes=[_row(laptop, "laptop", 1, (), "100.89.0.1", "fd7a:115c:a1e0::fffe")])
         pm._rebuild_views()
         new = laptop + 1
         state.nodes[new] = _row(new, "new", None, ("tag:g1",), "100.90.0.1", "fd7a:115c:a1e0::ffff")

@@ -1,14 +1,11 @@
 """The control plane's fast peer computation agrees with the policy engine on the whole conformance corpus."""
 
-import json
 import os
 
 from twisted.trial import unittest
 
 from headscale_tw.control.policy import all_peer_views
-from headscale_tw.policy.compile import PolicyEngine
-from headscale_tw.policy.conformance import build_topology, load_scenarios, with_auto_approvals
-from headscale_tw.policy.model import PolicyError
+from headscale_tw.policy.conformance import compiled_scenarios
 
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "data", "policy-conformance.json.xz")
 
@@ -19,14 +16,7 @@ class AllPeerViewsTests(unittest.TestCase):
     def test_corpus(self):
         """Every accepted scenario of the corpus gives identical peers, AllowedIPs and PrimaryRoutes."""
         checked = 0
-        for scenario in load_scenarios(CORPUS):
-            policy = scenario.get("policy")
-            text = policy if isinstance(policy, str) or policy is None else json.dumps(policy)
-            try:
-                engine = PolicyEngine(text)
-                topology = with_auto_approvals(engine, build_topology(scenario))
-            except PolicyError:
-                continue
+        for scenario, engine, topology in compiled_scenarios(CORPUS):
             cp = engine.compile(topology)
             fast = all_peer_views(cp)
             for node in topology.nodes:

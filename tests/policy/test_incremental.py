@@ -19,9 +19,9 @@ import os
 from twisted.trial import unittest
 
 from headscale_tw.policy.compile import PolicyEngine
-from headscale_tw.policy.conformance import build_topology, load_scenarios, with_auto_approvals
+from headscale_tw.policy.conformance import compiled_scenarios
 from headscale_tw.policy.incremental import DependencyMemo, IncrementalCompiler, TopologyIndex
-from headscale_tw.policy.model import Node, PolicyError, Topology, User
+from headscale_tw.policy.model import Node, Topology, User
 
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "data", "policy-conformance.json.xz")
 
@@ -42,17 +42,9 @@ def _snapshot(cp) -> dict:
 
 
 def _scenarios():
-    for scenario in load_scenarios(CORPUS):
-        if scenario.get("api_response_code") != 200:
-            continue
-        policy = scenario.get("policy")
-        text = policy if isinstance(policy, str) or policy is None else json.dumps(policy)
-        try:
-            engine = PolicyEngine(text)
-            topology = with_auto_approvals(engine, build_topology(scenario))
-        except PolicyError:
-            continue
-        yield scenario["id"], engine, topology
+    for scenario, engine, topology in compiled_scenarios(CORPUS):
+        if scenario.get("api_response_code") == 200:
+            yield scenario["id"], engine, topology
 
 
 class IncrementalEqualsFreshTests(unittest.TestCase):

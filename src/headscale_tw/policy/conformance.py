@@ -123,6 +123,23 @@ def build_topology(scenario: dict) -> Topology:
     return Topology(users, tuple(nodes))
 
 
+def compiled_scenarios(path: str) -> Iterator[tuple[dict, PolicyEngine, Topology]]:
+    """
+    ``(scenario, engine, topology)`` for each scenario whose policy parses, with
+    the topology after auto-approval (what the server would compile against);
+    for tests that compare two ways of computing the same thing on the corpus.
+    """
+    for scenario in load_scenarios(path):
+        policy = scenario.get("policy")
+        text = policy if isinstance(policy, str) or policy is None else json.dumps(policy)
+        try:
+            engine = PolicyEngine(text)
+            topology = with_auto_approvals(engine, build_topology(scenario))
+        except PolicyError:
+            continue
+        yield scenario, engine, topology
+
+
 def with_auto_approvals(engine: PolicyEngine, topology: Topology) -> Topology:
     """Apply the policy's ``autoApprovers`` to the topology, as the server does."""
     cp = engine.compile(topology)
