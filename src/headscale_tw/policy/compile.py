@@ -547,9 +547,18 @@ _parse_cached = lru_cache(maxsize=1 << 16)(parse_ip_string)
 
 
 @lru_cache(maxsize=1 << 14)
-def _match_of(rule: FilterRule) -> Match:
-    # Most rules survive a recompilation unchanged (only those naming a changed node differ).
+def _match_by_value(rule: FilterRule) -> Match:
     return Match.from_rule(rule)
+
+
+def _match_of(rule: FilterRule) -> Match:
+    # Most rules survive a recompilation as the same object (compiled grants are reused):
+    # their Match is kept on the rule; an equal new object (a merged rule) finds it by value.
+    match = rule.__dict__.get("_match")
+    if match is None:
+        match = _match_by_value(rule)
+        object.__setattr__(rule, "_match", match)
+    return match
 
 
 def reduce_rules(node: Node, rules: Iterable[FilterRule], node_set: IPSet) -> list[FilterRule]:
