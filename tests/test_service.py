@@ -44,6 +44,37 @@ class ListenEndpointTests(unittest.TestCase):
         self.assertEqual(reactor.tcpServers[0][2], 4096)
 
 
+class ControlSiteTests(unittest.TestCase):
+    """The control listener access-logs requests only at debug level."""
+
+    def _log_lines(self, access_log: bool) -> list:
+        from io import BytesIO
+
+        from twisted.web import resource as web_resource
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from headscale_tw.service import ControlSite
+
+        site = ControlSite(web_resource.Resource(), access_log=access_log, logPath=None)
+        sink = BytesIO()
+        site.logFile = sink  # Twisted's access log writes here when set
+        request = DummyRequest([b"key"])
+        request.method, request.uri, request.clientproto, request.code = b"GET", b"/key?v=133", b"HTTP/1.1", 200
+        request.sentLength = 0
+        site.log(request)
+        return sink.getvalue().splitlines()
+
+    def test_info_level_is_quiet(self):
+        """At info (the default) a request writes no access-log line."""
+        self.assertEqual(self._log_lines(False), [])
+
+    def test_debug_level_logs_requests(self):
+        """At debug every request gets its access-log line."""
+        lines = self._log_lines(True)
+        self.assertEqual(len(lines), 1)
+        self.assertIn(b"GET /key?v=133", lines[0])
+
+
 class _Recorder:
     def __init__(self, order, name):
         self.order, self.name, self.running, self.parent = order, name, False, None

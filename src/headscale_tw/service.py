@@ -52,6 +52,23 @@ def listen_endpoint(hostport: str, tls: tuple[str, str] | None = None, backlog: 
     return "{}:{}:interface={}{}".format(kind, port, host.replace(":", "\\:"), extra)
 
 
+class ControlSite(server.Site):
+    """
+    The control listener's site: an access-log line per request only with
+    ``log.level`` debug or trace (as Headscale logs requests). At info, a line
+    per ``/key`` and ``/ts2021`` of every login was the busiest log output of a
+    registration storm.
+    """
+
+    def __init__(self, root, access_log: bool = False, **kwargs) -> None:
+        super().__init__(root, **kwargs)
+        self.access_log = access_log
+
+    def log(self, request) -> None:
+        if self.access_log:
+            super().log(request)
+
+
 class HealthResource(resource.Resource):
     """``GET /health``: ``{"status":"pass"}`` while the database answers, else 503 ``fail``.
 
@@ -205,7 +222,7 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
     root = resource.Resource()
     root.putChild(b"health", HealthResource(health.healthy))
     root.putChild(b"register", plane.register_page())
-    site = server.Site(root)
+    site = ControlSite(root, access_log=getattr(getattr(config, "log", None), "level", "info") in ("debug", "trace"))
     _mount_control(config, reactor, root, plane)
 
     services: list = []
