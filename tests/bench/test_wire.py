@@ -128,6 +128,16 @@ class StreamTests(unittest.TestCase):
         self.assertEqual(len(nodes[1].frames), before + 1)
         self.assertEqual(nodes[1].applier.peers[nodes[0].applier.node["ID"]]["Endpoints"], ["198.51.100.1:41641"])
 
+    def test_stream_watches_its_unsent_bytes(self):
+        """A map stream over Noise + HTTP/2 is wired to its stream's unsent-byte count and abort."""
+        server = InProcessServer(self)
+        node = SimNode(0, server, HOST, server.auth_key, verify=True, now=server.clock.seconds)
+        server.run(node.up())
+        server.settle()
+        (session,) = server.plane.notifier.sessions[node.applier.node["ID"]]
+        self.assertEqual(session._unsent(), 0)  # the client read everything
+        self.assertIsNotNone(session._abort)
+
     def test_hostinfo_request_tags(self):
         """A node asking for a tag adds only RequestTags, after GoVersion as Go orders it."""
         info = wire.hostinfo("h", "0" * 64, ["tag:g0"])

@@ -102,6 +102,48 @@ class DeltaTests(unittest.TestCase):
         self.assertEqual(self.h.run(self.h.lifecycle.expire_due()), [])
 
 
+class SlowReaderTests(unittest.TestCase):
+    """A client that stops reading its map stream is aborted, not buffered for without bound."""
+
+    def setUp(self):
+        self.h = Harness(self, grace=10.0)
+        self.a, _ = self.h.register("a")
+        self.b, _ = self.h.register("b")
+        self.sa = self.h.stream(self.a)
+        self.unsent = 0
+        self.aborted = []
+        self.writes = []
+        self.session = self.h.notifier.open_stream(
+            self.b.id, self.writes.append, lambda: self.fail("finished instead of aborted"),
+            unsent=lambda: self.unsent, abort=lambda: self.aborted.append(True),
+        )
+
+    def test_reading_client_is_kept(self):
+        """Below the limit every delta is written and the stream stays open."""
+        self.unsent = 1 << 20
+        before = len(self.writes)
+        self.h.lite(self.h.state.get(self.a.id), Endpoints=["192.0.2.1:1"])
+        self.h.notifier.flush()
+        self.assertEqual(len(self.writes), before + 1)
+        self.assertEqual((self.aborted, self.session.state), ([], "streaming"))
+        self.assertIn(self.b.id, self.h.notifier.sessions)
+
+    def test_stalled_client_is_aborted(self):
+        """Over the limit the stream is aborted and forgotten; other streams carry on."""
+        from headscale_tw.control.sessions import MAX_UNSENT_BYTES
+
+        self.unsent = MAX_UNSENT_BYTES + 1
+        before_a = len(self.sa.writes)
+        self.h.lite(self.h.state.get(self.a.id), Endpoints=["192.0.2.1:1"])
+        self.h.notifier.flush()
+        self.h.register("c")
+        self.h.notifier.flush()
+        self.assertEqual((self.aborted, self.session.state), ([True], "closed"))
+        self.assertNotIn(self.b.id, self.h.notifier.sessions)
+        self.assertGreater(len(self.sa.writes), before_a)  # a still gets c's join
+        self.assertIsNone(self.session._timer)  # its keep-alive timer is cancelled
+
+
 class StreamTests(unittest.TestCase):
     """Keep-alives, lite updates, concurrent streams, online state."""
 

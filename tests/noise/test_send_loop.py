@@ -307,6 +307,31 @@ class FlowControlTests(unittest.TestCase):
         self.assertEqual(h.data[s1], b"a" * 100000)
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
+    def test_unsent_bytes_and_abort(self):
+        """stream_backlog counts what waits for the client's window; aborting drops it and resets the stream."""
+        from headscale_tw.noise.protocol import stream_backlog
+
+        h = _Harness(connection_window=1 << 24)
+        h.to_server()
+        (s1, s3), (r1, r3) = h.open_streams(2)
+        unsent = stream_backlog(r1)
+        self.assertEqual(unsent(), 0)
+        r1.write(b"a" * 100000)  # the stream window takes 65535
+        h.drain()
+        h.to_client()
+        self.assertEqual(unsent(), 100000 - 65535)
+        self.assertEqual(stream_backlog(r3)(), 0)
+        r1.channel.abortConnection()
+        h.drain()
+        events = h.client.receive_data(h.transport.value())
+        self.assertEqual([type(e) for e in events], [h2.events.StreamReset])
+        self.assertEqual(unsent(), 0)
+        self.assertNotIn(s1, h.server._outboundStreamQueues)
+        r3.write(b"still served")
+        h.drain()
+        h.transport.clear()
+        self.assertIsNone(stream_backlog(object()))
+
     def test_settings_raising_window_unblocks(self):
         """A SETTINGS frame raising INITIAL_WINDOW_SIZE also resumes a stream blocked on its window."""
         h = _Harness(client_settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}, connection_window=1 << 24)

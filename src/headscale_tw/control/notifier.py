@@ -89,14 +89,20 @@ class MapNotifier:
 
     # -- sessions ----------------------------------------------------------
 
-    def open_stream(self, node_id: int, write, finish) -> MapSession:
-        """Start a streaming session for ``node_id``: full map first, then deltas."""
+    def open_stream(self, node_id: int, write, finish, unsent=None, abort=None) -> MapSession:
+        """
+        Start a streaming session for ``node_id``: full map first, then deltas.
+
+        ``unsent()`` (bytes written but not taken by the client) and ``abort()``
+        let the session drop a client that stopped reading (see :class:`MapSession`).
+        """
         node = self.state.get(node_id)
         # Its full map supersedes whatever was held for it; other streams keep their batch
         # (flushing here made every reconnect in a storm a flush of everyone's deltas).
         self._pending.pop(node_id, None)
         older = list(self.sessions.get(node_id, ()))
-        session = MapSession(node_id, write, finish, self.clock, self._session_closed, self.interval)
+        session = MapSession(node_id, write, finish, self.clock, self._session_closed, self.interval,
+                             unsent=unsent, abort=abort)
         self.sessions.setdefault(node_id, []).append(session)
         came_online = self._mark_online(node.id)
         changes = self.policy.update([node_id])  # HA election may pick this router

@@ -9,6 +9,8 @@ layer) and an ``IReactorTime``. Lifecycle::
     new --start(first)--> streaming --close()/connection_lost()--> closed
 
 Deltas are only accepted while streaming, i.e. after the full first message.
+A client that stops reading (more than ``max_unsent`` bytes held for it) is
+aborted rather than buffered for without bound.
 While idle, a bare keep-alive is written every 50–59 s (the client aborts a
 poll after 120 s of silence); any write pushes the next keep-alive back.
 """
@@ -22,7 +24,12 @@ from twisted.logger import Logger
 
 from headscale_tw.control.framing import KEEPALIVE_FRAME
 
-__all__ = ["MapSession", "keepalive_interval"]
+__all__ = ["MapSession", "keepalive_interval", "MAX_UNSENT_BYTES"]
+
+#: A stream holding more than this many bytes its client has not taken (its HTTP/2
+#: window is used up) is aborted: the client reconnects and gets a fresh full map,
+#: and the server does not buffer without bound for a client that stopped reading.
+MAX_UNSENT_BYTES = 8 << 20
 
 
 def keepalive_interval(rng: random.Random = random.Random()) -> float:
@@ -45,6 +52,9 @@ class MapSession:
         clock,
         on_closed: Callable[["MapSession"], None] = lambda session: None,
         interval: Callable[[], float] = keepalive_interval,
+        unsent: Callable[[], int] | None = None,
+        abort: Callable[[], None] | None = None,
+        max_unsent: int = MAX_UNSENT_BYTES,
     ) -> None:
         self.node_id = node_id
         self._write = write
@@ -52,6 +62,9 @@ class MapSession:
         self._clock = clock
         self._on_closed = on_closed
         self._interval = interval
+        self._unsent = unsent
+        self._abort = abort
+        self._max_unsent = max_unsent
         self._timer = None
         self._gap = 0.0
         self._last_sent = 0.0
@@ -78,7 +91,27 @@ class MapSession:
             self.connection_lost()
             return
         self.messages_sent += 1
+        if self._unsent is not None:
+            unsent = self._unsent()
+            if unsent > self._max_unsent:
+                self._too_slow(unsent)
+                return
         self._schedule()
+
+    def _too_slow(self, unsent: int) -> None:
+        self.log.warn(
+            "map stream of node {node_id} holds {unsent} bytes its client has not read (limit {limit}): "
+            "aborting it; the client reconnects and gets a full map",
+            node_id=self.node_id, unsent=unsent, limit=self._max_unsent,
+        )
+        self._closed()
+        try:
+            if self._abort is not None:
+                self._abort()  # drops what is queued for the stream
+            else:
+                self._finish()
+        except Exception:
+            self.log.failure("aborting map session of node {node_id} failed", node_id=self.node_id)
 
     def _schedule(self) -> None:
         # A write only records its time; the pending timer checks it when it fires. Resetting

@@ -66,6 +66,7 @@ __all__ = [
     "NoiseFactory",
     "noise_peer",
     "refusal_message",
+    "stream_backlog",
     "DEFAULT_MIN_VERSION",
     "EARLY_NOISE_MIN_VERSION",
 ]
@@ -116,6 +117,25 @@ def noise_peer(request) -> NoisePeer | None:
     if isinstance(address, NoiseAddress):
         return address.peer
     return None
+
+
+def stream_backlog(request):
+    """
+    For a request on the Noise layer's HTTP/2 connection: a callable giving the
+    bytes written to its response and not sent yet (held because the client's
+    flow-control window is used up, i.e. it does not read); None otherwise.
+    """
+    stream = getattr(request, "channel", None)
+    conn = getattr(stream, "_conn", None)
+    if not isinstance(conn, _CountingH2Connection):
+        return None
+    queues, stream_id = conn._outboundStreamQueues, stream.streamID
+
+    def backlog() -> int:
+        queue = queues.get(stream_id)
+        return 0 if queue is None else queue.nbytes
+
+    return backlog
 
 
 def refusal_message(version: int, min_version: int) -> str:

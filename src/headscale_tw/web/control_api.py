@@ -30,6 +30,7 @@ from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.poll import PollService, Unauthorized, parse_map_request
 from headscale_tw.control.registration import MachineKeyMismatch, Registrar
 from headscale_tw.errors import InvalidInput, NotFound
+from headscale_tw.noise.protocol import stream_backlog
 
 __all__ = ["peer_identity", "MachineResource", "RegisterResource", "MapResource", "MAX_BODY"]
 
@@ -184,7 +185,11 @@ class MapResource(_NoiseResource):
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         if map_request.stream:
-            session = self.notifier.open_stream(node.id, request.write, request.finish)
+            session = self.notifier.open_stream(
+                node.id, request.write, request.finish,
+                unsent=stream_backlog(request),
+                abort=getattr(getattr(request, "channel", None), "abortConnection", None),
+            )
             alive.on_lost.append(session.connection_lost)
         elif map_request.omit_peers:
             request.finish()
