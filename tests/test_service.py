@@ -75,6 +75,25 @@ class ControlSiteTests(unittest.TestCase):
         self.assertIn(b"GET /key?v=133", lines[0])
 
 
+class GarbageCollectorTests(unittest.TestCase):
+    """tune_gc freezes what start-up loaded and raises the young-generation threshold."""
+
+    def test_tune_gc(self):
+        """After tune_gc the start-up objects are frozen and the thresholds are GC_THRESHOLDS."""
+        import gc
+
+        from headscale_tw.service import GC_THRESHOLDS, tune_gc
+
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        self.addCleanup(gc.unfreeze)
+        loaded = [[i] for i in range(1000)]  # tracked containers, like the loaded node state
+        frozen = gc.get_freeze_count()
+        tune_gc()
+        self.assertEqual(gc.get_threshold(), GC_THRESHOLDS)
+        self.assertGreaterEqual(gc.get_freeze_count() - frozen, len(loaded))
+
+
 class _Recorder:
     def __init__(self, order, name):
         self.order, self.name, self.running, self.parent = order, name, False, None

@@ -13,6 +13,7 @@ and stops the reactor.
 
 from __future__ import annotations
 
+import gc
 import signal
 from collections.abc import Callable
 
@@ -50,6 +51,26 @@ def listen_endpoint(hostport: str, tls: tuple[str, str] | None = None, backlog: 
     if not host or host == "0.0.0.0":
         return f"{kind}:{port}{extra}"
     return "{}:{}:interface={}{}".format(kind, port, host.replace(":", "\\:"), extra)
+
+
+#: Collect the youngest generation every this many net container allocations (Python's
+#: default is 700). A change fanned out to thousands of streams allocates tens of thousands
+#: of short-lived containers; with the default, collections ran over and over during it
+#: (in-process, 5,000 streams, 12 hub joins/deletes: 871 ms of 3.5 s in the collector,
+#: pauses of up to 250 ms on single changes; with this threshold none ran).
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """
+    After start-up: move everything loaded so far (modules, the cached state of every
+    node) to the permanent generation, so full collections no longer walk it, and
+    collect the young generation less often (see :data:`GC_THRESHOLDS`). Unreachable
+    cycles are still collected; refcounting frees everything else at once.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class ControlSite(server.Site):
@@ -132,6 +153,8 @@ class HeadscaleService(service.MultiService):
         for child in self.context.services:
             child.setServiceParent(self)
         self._install_sighup()
+        if getattr(self.reactor, "running", False):  # the daemon, not a test driving the service
+            tune_gc()
         self.log.info("headscale-tw serving on {listen} ({url})", listen=self.config.listen_addr, url=self.config.server_url)
         return self
 
