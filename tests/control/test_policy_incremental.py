@@ -21,7 +21,7 @@ from twisted.trial import unittest
 
 from headscale_tw.control.policy import NodeView, PolicyManager, all_peer_views
 from headscale_tw.policy.compile import PolicyEngine
-from headscale_tw.policy.conformance import build_topology, load_scenarios
+from headscale_tw.policy.conformance import build_topology, load_scenarios, scenario_policy_text
 from headscale_tw.policy.model import PolicyError
 
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "data", "policy-conformance.json.xz")
@@ -79,8 +79,7 @@ class _Run:
     def __init__(self, testcase, scenario, seed):
         self.t = testcase
         self.rng = random.Random(seed)
-        policy = scenario.get("policy")
-        text = policy if isinstance(policy, str) or policy is None else json.dumps(policy)
+        text = scenario_policy_text(scenario)
         engine = PolicyEngine(text)
         topology = build_topology(scenario)
         self.state = state = _State()

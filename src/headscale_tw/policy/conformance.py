@@ -123,6 +123,12 @@ def build_topology(scenario: dict) -> Topology:
     return Topology(users, tuple(nodes))
 
 
+def scenario_policy_text(scenario: dict) -> Optional[str]:
+    """A scenario's policy as text (the corpus stores it as a string or as parsed JSON)."""
+    policy = scenario.get("policy")
+    return policy if isinstance(policy, str) or policy is None else json.dumps(policy)
+
+
 def compiled_scenarios(path: str) -> Iterator[tuple[dict, PolicyEngine, Topology]]:
     """
     ``(scenario, engine, topology)`` for each scenario whose policy parses, with
@@ -130,10 +136,8 @@ def compiled_scenarios(path: str) -> Iterator[tuple[dict, PolicyEngine, Topology
     for tests that compare two ways of computing the same thing on the corpus.
     """
     for scenario in load_scenarios(path):
-        policy = scenario.get("policy")
-        text = policy if isinstance(policy, str) or policy is None else json.dumps(policy)
         try:
-            engine = PolicyEngine(text)
+            engine = PolicyEngine(scenario_policy_text(scenario))
             topology = with_auto_approvals(engine, build_topology(scenario))
         except PolicyError:
             continue
@@ -205,8 +209,7 @@ def _short(v: Any, n: int = 300) -> str:
 
 def run_scenario(scenario: dict) -> ScenarioResult:
     sid, cat = scenario["id"], scenario["category"]
-    policy = scenario.get("policy")
-    text = policy if isinstance(policy, str) or policy is None else json.dumps(policy)
+    text = scenario_policy_text(scenario)
     want_reject = scenario.get("api_response_code") != 200
     topology = build_topology(scenario)
     try:
