@@ -104,14 +104,8 @@ class MapSession:
             "aborting it; the client reconnects and gets a full map",
             node_id=self.node_id, unsent=unsent, limit=self._max_unsent,
         )
-        self._closed()
-        try:
-            if self._abort is not None:
-                self._abort()  # drops what is queued for the stream
-            else:
-                self._finish()
-        except Exception:
-            self.log.failure("aborting map session of node {node_id} failed", node_id=self.node_id)
+        # aborting drops what is queued for the stream; finishing would wait to send it
+        self._end(self._abort or self._finish, "aborting")
 
     def _schedule(self) -> None:
         # A write only records its time; the pending timer checks it when it fires. Resetting
@@ -136,11 +130,14 @@ class MapSession:
         """End the response (e.g. replaced by a newer stream, node deleted, shutdown)."""
         if self.state == self.CLOSED:
             return
+        self._end(self._finish, "finishing")
+
+    def _end(self, how: Callable[[], None], doing: str) -> None:
         self._closed()
         try:
-            self._finish()
+            how()
         except Exception:
-            self.log.failure("finishing map session of node {node_id} failed", node_id=self.node_id)
+            self.log.failure("{doing} map session of node {node_id} failed", doing=doing, node_id=self.node_id)
 
     def connection_lost(self) -> None:
         """The client went away (``request.notifyFinish`` fired); stop without writing."""
