@@ -33,6 +33,7 @@ from twisted.logger import Logger
 
 from . import _client as c
 from . import _frames as f
+from ._upgrade import HeadTooLong, ResponseHead
 from .server import DERPServer
 
 __all__ = [
@@ -110,7 +111,7 @@ class DERPClientProtocol(Protocol):
         self._upgrade_host = upgrade_host
         self._path = path
         self._fast_start = fast_start
-        self._head: bytearray | None = None
+        self._head: ResponseHead | None = None
         self.failure_reason: str | None = None
 
     def connectionMade(self) -> None:
@@ -124,21 +125,21 @@ class DERPClientProtocol(Protocol):
             if self._fast_start:
                 lines.append("Derp-Fast-Start: 1")
             else:
-                self._head = bytearray()
+                self._head = ResponseHead(self._MAX_HEAD)
             self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
 
     def dataReceived(self, data: bytes) -> None:
         if self._head is not None:
-            self._head += data
-            end = self._head.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._head) > self._MAX_HEAD:
-                    self._fail("HTTP response head too long")
+            try:
+                head = self._head.feed(data)
+            except HeadTooLong as e:
+                self._fail(str(e))
                 return
-            status = bytes(self._head[: self._head.find(b"\r\n")])
-            rest = bytes(self._head[end + 4 :])
+            if head is None:
+                return
+            status, _, rest = head
             self._head = None
-            if status.split(b" ")[1:2] != [b"101"]:
+            if not ResponseHead.is_switching(status):
                 self._fail(f"DERP upgrade refused: {status.decode('latin-1')}")
                 return
             data = rest

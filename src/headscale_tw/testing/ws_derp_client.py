@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 
 from headscale_tw.derp import _websocket as ws
+from headscale_tw.derp._upgrade import HeadTooLong, ResponseHead
 from headscale_tw.derp.websocket import WebSocketStream
 
 from .derp_client import RecordingDERPClient
@@ -72,7 +73,7 @@ class WebSocketDERPClient(Protocol):
         self.upgraded: Deferred = Deferred()
         self.failure_reason: str | None = None
         self.stream: WebSocketStream | None = None
-        self._head: bytearray | None = bytearray()
+        self._head: ResponseHead | None = ResponseHead(self._MAX_HEAD)
 
     def connectionMade(self) -> None:
         self.transport.write(websocket_request(self.host, self.path, self.key))
@@ -83,21 +84,17 @@ class WebSocketDERPClient(Protocol):
             return
         if self._head is None:
             return
-        self._head += data
-        end = self._head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._head) > self._MAX_HEAD:
-                self._fail("HTTP response head too long")
+        try:
+            head = self._head.feed(data)
+        except HeadTooLong as e:
+            self._fail(str(e))
             return
-        lines = bytes(self._head[:end]).split(b"\r\n")
-        rest = bytes(self._head[end + 4 :])
+        if head is None:
+            return
+        status, headers, rest = head
         self._head = None
-        headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        if lines[0].split(b" ")[1:2] != [b"101"]:
-            self._fail("upgrade refused: " + lines[0].decode("latin-1"))
+        if not ResponseHead.is_switching(status):
+            self._fail("upgrade refused: " + status.decode("latin-1"))
             return
         if headers.get(b"sec-websocket-accept") != ws.accept_key(self.key):
             self._fail("wrong Sec-WebSocket-Accept")
