@@ -19,11 +19,12 @@ Admin operations for the API/CLI: ``plane.policy.get_policy()``,
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from headscale_tw.clock import utc_now
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper, dns_config, parse_extra_records
@@ -78,7 +79,7 @@ class ControlPlane:
 
     def now(self) -> datetime:
         """The injected clock's time as an aware UTC datetime."""
-        return datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+        return utc_now(self.clock)
 
     async def start(self) -> None:
         """Load the store and the policy into memory; call once before serving.

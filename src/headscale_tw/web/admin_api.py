@@ -74,6 +74,7 @@ from twisted.web.resource import IResource, Resource
 
 from headscale_tw import secrets
 from headscale_tw.cli._messages import format_timestamp, parse_timestamp
+from headscale_tw.clock import utc_now
 from headscale_tw.control.routes import announced_routes, served_routes
 from headscale_tw.control.state import TAGGED_DEVICES_USER_ID
 from headscale_tw.errors import AlreadyExists, Expired, HeadscaleError, InvalidInput, NotFound, UserHasNodes
@@ -374,7 +375,7 @@ class AdminAPI:
 
     def now(self) -> datetime:
         """The clock's time as an aware UTC ``datetime``."""
-        return datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+        return utc_now(self.clock)
 
     async def pepper(self) -> bytes:
         """The server's key-hashing pepper (created on first use, then cached)."""

@@ -7,9 +7,10 @@ between row values and model fields.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
+from headscale_tw.clock import utc_now
 from headscale_tw.storage.database import DatabasePool, to_bytes, to_datetime
 
 __all__ = ["StoreBase", "to_datetime", "to_bytes", "to_bool", "json_list", "json_dict", "dump_json"]
@@ -52,4 +53,4 @@ class StoreBase:
     def _now(self, now: datetime | None = None) -> datetime:
         if now is not None:
             return now
-        return datetime.fromtimestamp(self._clock.seconds(), timezone.utc)
+        return utc_now(self._clock)
