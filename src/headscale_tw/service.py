@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from headscale_tw.config.model import Config
+from headscale_tw.hostport import parse_hostport
 
 __all__ = ["build_service", "listen_endpoint", "HeadscaleService", "HealthResource", "MetricsResource"]
 
@@ -38,8 +39,7 @@ def listen_endpoint(hostport: str, tls: tuple[str, str] | None = None, backlog: 
     With ``tls=(cert_path, key_path)`` the endpoint is ``ssl:`` (TLS 1.2 or newer,
     Twisted's default minimum); ``backlog`` sets the accept queue length.
     """
-    host, _, port = hostport.rpartition(":")
-    host = host.strip("[]")
+    host, port = parse_hostport(hostport)
     kind = "tcp"
     extra = ""
     if tls is not None:

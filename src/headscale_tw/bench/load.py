@@ -32,6 +32,7 @@ from twisted.logger import Logger
 
 from headscale_tw.bench.server import proc_stats, raise_nofile
 from headscale_tw.bench.simnode import SimNode, TCPConnector
+from headscale_tw.hostport import parse_hostport
 
 __all__ = ["Worker", "RemoteWorker", "Cluster", "group_tag", "main"]
 
@@ -227,7 +228,7 @@ def _serve_worker(address: str, verify: int) -> None:
     from twisted.protocols.basic import LineOnlyReceiver
 
     raise_nofile()
-    host, _, port = address.rpartition(":")
+    host, port = parse_hostport(address)
     worker = Worker(reactor, host, int(port), verify=verify)
 
     class Commands(LineOnlyReceiver):

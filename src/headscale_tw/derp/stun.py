@@ -13,6 +13,8 @@ from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from headscale_tw.hostport import parse_hostport
+
 from ._stun import STUNError, build_binding_response, parse_binding_request
 
 __all__ = ["STUNServerProtocol", "parse_listen_addr", "listen_stun"]
@@ -48,11 +50,10 @@ class STUNServerProtocol(DatagramProtocol):
 
 def parse_listen_addr(text: str) -> tuple[str, int]:
     """Split ``"0.0.0.0:3478"`` or ``"[::]:3478"`` into ``(interface, port)``."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"derp.server.stun_listen_addr {text!r} must be host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    try:
+        host, port = parse_hostport(text)
+    except ValueError as e:
+        raise ValueError(f"derp.server.stun_listen_addr: {e}") from None
     return host or "0.0.0.0", int(port)
 
 

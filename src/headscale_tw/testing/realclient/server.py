@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import headscale_tw
 from headscale_tw.config.loader import parse_config
 from headscale_tw.config.model import Config
+from headscale_tw.hostport import parse_hostport
 from headscale_tw.testing.realclient._process import HarnessError, ManagedProcess, wait_for
 from headscale_tw.testing.realclient.namespace import HttpResult, Namespace
 
@@ -41,8 +42,7 @@ def source_pythonpath() -> list[str]:
 
 def health_url(listen_addr: str, tls: bool = False) -> str:
     """``http(s)://HOST:PORT/health`` for a ``host:port`` listen address (wildcards become loopback)."""
-    host, _, port = listen_addr.rpartition(":")
-    host = host.strip("[]")
+    host, port = parse_hostport(listen_addr)
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
     elif host == "::":
