@@ -14,7 +14,6 @@ from headscale_tw.config.loader import (
     load_config,
     parse_config,
     parse_config_with_warnings,
-    parse_hostport,
 )
 from headscale_tw.config.model import Config, ExtraRecord
 
@@ -25,7 +24,6 @@ __all__ = [
     "EnvironmentTests",
     "ValidationTests",
     "FileSearchTests",
-    "HostPortTests",
     "ExampleConfigTests",
 ]
 
@@ -495,23 +493,6 @@ class FileSearchTests(unittest.TestCase):
         load_config(path, {})
         warned = [e for e in events if e.get("log_level") == LogLevel.warn and "bogus_key" in e.get("note", "")]
         self.assertEqual(len(warned), 1)
-
-
-class HostPortTests(unittest.TestCase):
-    """Go host:port strings are split and checked."""
-
-    def test_forms(self):
-        """IPv4, bracketed IPv6, empty host and names are accepted."""
-        self.assertEqual(parse_hostport("127.0.0.1:80"), ("127.0.0.1", "80"))
-        self.assertEqual(parse_hostport("[::]:443"), ("::", "443"))
-        self.assertEqual(parse_hostport(":8080"), ("", "8080"))
-        self.assertEqual(parse_hostport("localhost:1"), ("localhost", "1"))
-        self.assertEqual(parse_hostport(":http", named_port=True), ("", "http"))
-
-    def test_rejects(self):
-        """Malformed addresses raise ValueError."""
-        for bad in ("80", "[::1]80", "host:99999", "a b:80", "[zz]:1"):
-            self.assertRaises(ValueError, parse_hostport, bad)
 
 
 class ExampleConfigTests(unittest.TestCase):

@@ -10,7 +10,8 @@ embedded defaults) and applies ``HEADSCALE_*`` environment overrides.
 
 Pipeline: YAML → flat ``{dotted key: raw value}`` (aliases resolved, unknown
 keys warned about) → environment overrides → values converted by the key's
-kind (:mod:`._schema`) → frozen ``Config`` → cross-field validation. Every
+kind (:mod:`._schema`) → frozen ``Config`` → cross-field checks, one module
+per section (:mod:`.checks`). Every
 problem found is collected; :class:`ConfigError` lists them all, each line
 naming the key.
 """
@@ -24,13 +25,13 @@ import re
 from collections.abc import Mapping, MutableSequence, Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 from twisted.logger import Logger
 
-from headscale_tw.config._durations import DurationError, _q, format_duration, parse_duration
+from headscale_tw.config._durations import DurationError, _q, parse_duration
 from headscale_tw.config._schema import ALIASES, BY_NAME, ENV_NAMES, IGNORED, REMOVED, SECTIONS, Key
+from headscale_tw.config.checks import check_config
 from headscale_tw.config.model import Config, ExtraRecord
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "parse_config_with_warnings",
     "load_config",
     "find_config_file",
-    "parse_hostport",
     "DEFAULT_SEARCH_PATHS",
 ]
 
@@ -53,12 +53,6 @@ DEFAULT_SEARCH_PATHS: tuple[str, ...] = (
     "/etc/headscale/config.yaml",
 )
 
-CGNAT_V4 = ipaddress.IPv4Network("100.64.0.0/10")
-TAILSCALE_ULA_V6 = ipaddress.IPv6Network("fd7a:115c:a1e0::/48")
-# Headscale: the inactivity timeout must exceed the 60 s keep-alive plus slack.
-MIN_EPHEMERAL_INACTIVITY = 65.0
-
-_LOG_LEVELS = ("panic", "fatal", "error", "warn", "info", "debug", "trace")
 _PG_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _TRUE = ("1", "true", "yes", "on", "t", "y")
 _FALSE = ("0", "false", "no", "off", "f", "n", "")
@@ -153,6 +147,12 @@ class _Collector:
 
     def problem(self, key: str, text: str) -> None:
         self.problems.append(f"{self.label(key)}: {text}")
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+
+    def given(self, key: str) -> bool:
+        return key in self.values
 
 
 def _flatten(data: Mapping, prefix: str, out: _Collector) -> None:
@@ -443,305 +443,6 @@ def _build(typed: Mapping[str, Any]) -> Config:
     return make(Config(), tree)
 
 
-# ---------------------------------------------------------------- validation
-
-
-def parse_hostport(value: str, *, named_port: bool = False) -> tuple[str, str]:
-    """
-    Split Go's ``host:port`` (``":8080"``, ``"[::1]:8080"``) into ``(host, port)``.
-
-    Raises ``ValueError`` with a readable reason. ``named_port`` allows service
-    names such as ``":http"``.
-    """
-    if ":" not in value:
-        raise ValueError(f"{_q(value)} is not host:port (missing \":port\")")
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0 or value[end + 1:end + 2] != ":":
-            raise ValueError(f"{_q(value)} is not [ipv6]:port")
-        host, port = value[1:end], value[end + 2:]
-        try:
-            ipaddress.IPv6Address(host.split("%")[0])
-        except ValueError:
-            raise ValueError(f"{_q(value)}: {_q(host)} is not an IPv6 address") from None
-    else:
-        host, _, port = value.rpartition(":")
-        if ":" in host:
-            raise ValueError(f"{_q(value)}: an IPv6 host must be in brackets, as in \"[::]:8080\"")
-        if host and not re.fullmatch(r"[A-Za-z0-9._-]+", host):
-            raise ValueError(f"{_q(value)}: {_q(host)} is not a host name or address")
-    if port.isdigit():
-        if not 0 <= int(port) <= 65535:
-            raise ValueError(f"{_q(value)}: port {port} is out of range 0-65535")
-    elif not (named_port and re.fullmatch(r"[a-z][a-z0-9-]*", port)):
-        raise ValueError(f"{_q(value)}: {_q(port)} is not a port number")
-    return host, port
-
-
-def _check_url(value: str) -> str | None:
-    """Return a problem with an http(s) URL, or ``None``."""
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as e:
-        return f"{_q(value)} is not a valid URL ({e})"
-    if parts.scheme not in ("http", "https"):
-        return f"{_q(value)} must start with http:// or https://"
-    if not parts.hostname:
-        return f"{_q(value)} has no host name"
-    return None
-
-
-def _validate(c: Config, out: _Collector) -> Config:
-    p = out.problem
-    w = out.warnings.append
-
-    problem = _check_url(c.server_url)
-    if problem:
-        p("server_url", problem)
-
-    for key, value, optional in (
-        ("listen_addr", c.listen_addr, False),
-        ("metrics_listen_addr", c.metrics_listen_addr, True),
-    ):
-        if not value and optional:
-            continue
-        try:
-            parse_hostport(value)
-        except ValueError as e:
-            p(key, str(e))
-    if c.grpc_listen_addr:
-        w("grpc_listen_addr is accepted but ignored: headscale-tw has no gRPC API; "
-          "the CLI uses the REST API (/api/v1) over unix_socket or HEADSCALE_CLI_ADDRESS")
-    if not 0 <= c.unix_socket_permission <= 0o7777:
-        p("unix_socket_permission", f"{oct(c.unix_socket_permission)} is not a file mode")
-    if not c.noise.private_key_path:
-        p("noise.private_key_path", "must be set (the server's Noise key is stored there)")
-
-    # prefixes
-    prefixes = {}
-    for family, cls, standard in (("v4", ipaddress.IPv4Network, CGNAT_V4), ("v6", ipaddress.IPv6Network, TAILSCALE_ULA_V6)):
-        text = getattr(c.prefixes, family)
-        key = f"prefixes.{family}"
-        if text is None:
-            prefixes[family] = None
-            continue
-        try:
-            net = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            p(key, f"{_q(text)} is not a valid prefix")
-            prefixes[family] = text
-            continue
-        if not isinstance(net, cls):
-            p(key, f"{_q(text)} is not an IP{family} prefix")
-            prefixes[family] = text
-            continue
-        if str(net) != text:
-            w(f"{key}: {_q(text)} has host bits set; using {_q(str(net))}")
-        if not net.subnet_of(standard):
-            w(f"{key}: {_q(str(net))} is outside the Tailscale range {standard}; Tailscale clients "
-              f"assume addresses from that range, so this is unsupported and will misbehave")
-        prefixes[family] = str(net)
-    if prefixes["v4"] is None and prefixes["v6"] is None:
-        p("prefixes", "no IPv4 or IPv6 prefix configured; at least one of prefixes.v4 and prefixes.v6 is required")
-    if c.prefixes.allocation not in ("sequential", "random"):
-        p("prefixes.allocation", f"{_q(c.prefixes.allocation)} is not one of sequential, random")
-    c = replace(c, prefixes=replace(c.prefixes, v4=prefixes["v4"], v6=prefixes["v6"]))
-
-    # database
-    db = c.database
-    db_type = {"sqlite": "sqlite", "sqlite3": "sqlite", "postgres": "postgres", "postgresql": "postgres"}.get(db.type)
-    if db_type is None:
-        p("database.type", f"{_q(db.type)} is not one of sqlite, sqlite3, postgres")
-    else:
-        c = replace(c, database=replace(db, type=db_type))
-    if db_type == "sqlite" and not db.sqlite.path:
-        p("database.sqlite.path", "must be set when database.type is sqlite")
-    if db.sqlite.wal_autocheckpoint < 0:
-        p("database.sqlite.wal_autocheckpoint", "must not be negative")
-    if db_type == "postgres":
-        if not db.postgres.host:
-            p("database.postgres.host", "must be set when database.type is postgres")
-        if not db.postgres.name:
-            p("database.postgres.name", "must be set when database.type is postgres")
-    if not 0 < db.postgres.port <= 65535:
-        p("database.postgres.port", f"{db.postgres.port} is not a port number")
-    for name in ("max_open_conns", "max_idle_conns", "conn_max_idle_time_secs"):
-        if getattr(db.postgres, name) < 0:
-            p(f"database.postgres.{name}", "must not be negative")
-
-    # derp
-    d = c.derp
-    if d.server.enabled:
-        if not d.server.stun_listen_addr:
-            p("derp.server.stun_listen_addr", "must be set when derp.server.enabled is true")
-        else:
-            try:
-                parse_hostport(d.server.stun_listen_addr)
-            except ValueError as e:
-                p("derp.server.stun_listen_addr", str(e))
-        if not d.server.automatically_add_embedded_derp_region and not d.paths:
-            p("derp.server.automatically_add_embedded_derp_region",
-              "false requires the embedded server's region in a file listed in derp.paths")
-        if not d.server.private_key_path:
-            p("derp.server.private_key_path", "must be set when derp.server.enabled is true")
-    if not 0 < d.server.region_id:
-        p("derp.server.region_id", f"{d.server.region_id} must be a positive number")
-    for family, text in (("ipv4", d.server.ipv4), ("ipv6", d.server.ipv6)):
-        if text is not None:
-            try:
-                addr = ipaddress.ip_address(text)
-            except ValueError:
-                p(f"derp.server.{family}", f"{_q(text)} is not an IP address")
-            else:
-                if addr.version != int(family[-1]):
-                    p(f"derp.server.{family}", f"{_q(text)} is not an IP{family[2:]} address")
-    for i, u in enumerate(d.urls):
-        problem = _check_url(u)
-        if problem:
-            p(f"derp.urls[{i}]", problem)
-    for i, u in enumerate(d.server.mesh_peers):
-        problem = _check_url(u)
-        if problem:
-            p(f"derp.server.mesh_peers[{i}]", problem)
-    if d.server.mesh_peers and not d.server.mesh_key_path:
-        p("derp.server.mesh_peers", "needs derp.server.mesh_key_path (the key every instance of the mesh shares)")
-    if d.server.mesh_key_path and not d.server.enabled:
-        p("derp.server.mesh_key_path", "is only used when derp.server.enabled is true")
-    if d.auto_update_enabled and d.update_frequency <= 0 and (d.urls or d.paths):
-        p("derp.update_frequency", "must be positive when derp.auto_update_enabled is true")
-
-    # dns
-    dns = c.dns
-    if dns.magic_dns and not dns.base_domain:
-        p("dns.base_domain", "must be set when dns.magic_dns is true")
-    if dns.base_domain:
-        if dns.base_domain.endswith(".") or not re.fullmatch(
-            r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*", dns.base_domain
-        ):
-            p("dns.base_domain", f"{_q(dns.base_domain)} is not a domain name (no trailing dot)")
-        host = (urlsplit(c.server_url).hostname or "") if not _check_url(c.server_url) else ""
-        base = dns.base_domain.lower()
-        if host == base:
-            p("dns.base_domain", f"{_q(dns.base_domain)} is the server_url host; clients would resolve "
-              "the server through MagicDNS and lose it, so they must differ")
-        elif host.endswith("." + base):
-            p("dns.base_domain", f"server_url host {_q(host)} is inside base_domain {_q(dns.base_domain)}; "
-              "clients would lose the server and DERP, so server_url must be outside it")
-    # Headscale refuses override_local_dns without global resolvers; the embedded
-    # defaults rely on it meaning "MagicDNS only, clients keep their resolvers".
-    for where, servers in [("dns.nameservers.global", dns.nameservers.global_)] + [
-        (f"dns.nameservers.split.{dom}", srv) for dom, srv in dns.nameservers.split
-    ]:
-        for s in servers:
-            if not _is_resolver(s):
-                w(f"{where}: {_q(s)} is neither an IP address nor a DoH URL, ignored")
-    if "dns.extra_records" in out.values and dns.extra_records_path:
-        p("dns.extra_records", "and dns.extra_records_path are mutually exclusive; keep one")
-    for r in dns.extra_records:
-        if r.type not in ("A", "AAAA"):
-            w(f"dns.extra_records: {r.name} has type {_q(r.type)}; Tailscale clients only use A and AAAA")
-
-    # policy
-    if c.policy.mode not in ("file", "database"):
-        p("policy.mode", f"{_q(c.policy.mode)} is not one of file, database")
-
-    # tls
-    t = c.tls
-    if t.letsencrypt_hostname and (t.cert_path or t.key_path):
-        p("tls_letsencrypt_hostname", "set either tls_letsencrypt_hostname or tls_cert_path/tls_key_path, not both")
-    if bool(t.cert_path) != bool(t.key_path):
-        missing = "tls_key_path" if t.cert_path else "tls_cert_path"
-        p(missing, "must be set together with " + ("tls_cert_path" if t.cert_path else "tls_key_path"))
-    if t.letsencrypt_challenge_type not in ("HTTP-01", "TLS-ALPN-01"):
-        p("tls_letsencrypt_challenge_type", f"{_q(t.letsencrypt_challenge_type)} is not one of HTTP-01, TLS-ALPN-01")
-    elif t.letsencrypt_hostname and t.letsencrypt_challenge_type == "TLS-ALPN-01" and not c.listen_addr.endswith(":443"):
-        w("tls_letsencrypt_challenge_type TLS-ALPN-01 needs the server reachable on port 443; "
-          "listen_addr should end in :443")
-    if t.letsencrypt_hostname:
-        try:
-            parse_hostport(t.letsencrypt_listen, named_port=True)
-        except ValueError as e:
-            p("tls_letsencrypt_listen", str(e))
-        problem = _check_url(t.acme_url)
-        if problem:
-            p("acme_url", problem)
-
-    # log
-    if c.log.level.lower() not in _LOG_LEVELS:
-        p("log.level", f"{_q(c.log.level)} is not one of {', '.join(_LOG_LEVELS)}")
-    else:
-        c = replace(c, log=replace(c.log, level=c.log.level.lower()))
-    if c.log.format == "":
-        c = replace(c, log=replace(c.log, format="text"))
-    elif c.log.format not in ("text", "json"):
-        p("log.format", f"{_q(c.log.format)} is not one of text, json")
-
-    # node
-    n = c.node
-    # Headscale refuses timeouts up to 65s because it infers inactivity from
-    # keep-alives. headscale-tw counts from the moment the node's last map stream
-    # closed, so a short timeout is meaningful: accept it, but say it differs.
-    if n.ephemeral_inactivity_timeout <= 0:
-        p("node.ephemeral.inactivity_timeout", "must be positive")
-    elif n.ephemeral_inactivity_timeout <= MIN_EPHEMERAL_INACTIVITY:
-        w(f"node.ephemeral.inactivity_timeout: {format_duration(n.ephemeral_inactivity_timeout)} is below "
-          f"Headscale's minimum of {format_duration(MIN_EPHEMERAL_INACTIVITY)}; headscale-tw accepts it "
-          "(it counts from the moment the node's map stream closed)")
-    if n.routes_ha_probe_interval > 0:
-        if n.routes_ha_probe_interval < 2:
-            p("node.routes.ha.probe_interval", "must be at least 2s (or 0 to disable probing)")
-        if n.routes_ha_probe_timeout < 1:
-            p("node.routes.ha.probe_timeout", "must be at least 1s")
-        if n.routes_ha_probe_timeout >= n.routes_ha_probe_interval:
-            p("node.routes.ha.probe_timeout", "must be less than node.routes.ha.probe_interval")
-
-    # trusted proxies
-    proxies = []
-    for i, text in enumerate(c.trusted_proxies):
-        try:
-            net = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            p(f"trusted_proxies[{i}]", f"{_q(text)} is not a CIDR prefix such as 10.0.0.1/32")
-            continue
-        if net.prefixlen == 0:
-            p(f"trusted_proxies[{i}]", f"{_q(text)}: 0.0.0.0/0 and ::/0 are not allowed")
-            continue
-        proxies.append(str(net))
-    c = replace(c, trusted_proxies=tuple(proxies))
-
-    # oidc
-    o = c.oidc
-    if o.pkce_method not in ("plain", "S256"):
-        p("oidc.pkce.method", f"{_q(o.pkce_method)} is not one of plain, S256")
-    if o.issuer:
-        problem = _check_url(o.issuer)
-        if problem:
-            p("oidc.issuer", problem)
-        if not o.client_id:
-            p("oidc.client_id", "is required when oidc.issuer is set")
-        if o.client_secret and o.client_secret_path:
-            p("oidc.client_secret", "and oidc.client_secret_path are mutually exclusive")
-        elif not (o.client_secret or o.client_secret_path):
-            p("oidc.client_secret", "or oidc.client_secret_path is required when oidc.issuer is set")
-
-    # cli
-    if c.cli.address and "://" in c.cli.address:
-        problem = _check_url(c.cli.address)
-        if problem:
-            p("cli.address", problem)
-    return c
-
-
-def _is_resolver(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        pass
-    return _check_url(text) is None
-
-
 # ---------------------------------------------------------------- public API
 
 
@@ -772,7 +473,7 @@ def parse_config_with_warnings(
     typed = _convert(out)
     if out.problems:
         raise ConfigError(out.problems)
-    config = _validate(_build(typed), out)
+    config = check_config(_build(typed), out)
     if out.problems:
         raise ConfigError(out.problems)
     return config, out.warnings

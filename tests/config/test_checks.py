@@ -1,0 +1,67 @@
+# -*- test-case-name: tests.config.test_checks -*-
+"""Tests for :mod:`headscale_tw.config.checks`: one check per section, run through one report."""
+
+from dataclasses import replace
+
+from twisted.trial import unittest
+
+from headscale_tw.config.checks import SECTIONS, check_config, database, dns
+from headscale_tw.config.model import Config, ExtraRecord
+
+__all__ = ["SectionCheckTests"]
+
+
+class _Recorder:
+    """A report that keeps what it is told, and says which keys count as given."""
+
+    def __init__(self, given: tuple[str, ...] = ()) -> None:
+        self.problems: list[tuple[str, str]] = []
+        self.warnings: list[str] = []
+        self._given = given
+
+    def problem(self, key: str, text: str) -> None:
+        self.problems.append((key, text))
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+
+    def given(self, key: str) -> bool:
+        return key in self._given
+
+
+class SectionCheckTests(unittest.TestCase):
+    """Each section's rules live in one module and report through the same interface."""
+
+    def test_defaults_pass_every_section(self) -> None:
+        """The embedded defaults raise no problem in any section."""
+        report = _Recorder()
+        check_config(Config(), report)
+        self.assertEqual(report.problems, [])
+        self.assertEqual(len(SECTIONS), 10)
+
+    def test_section_reports_only_its_keys(self) -> None:
+        """A bad database type is reported by the database check alone, under its key."""
+        config = Config()
+        config = replace(config, database=replace(config.database, type="mysql"))
+        report = _Recorder()
+        check_config(config, report)
+        self.assertEqual([key for key, _ in report.problems], ["database.type"])
+        self.assertIn("mysql", report.problems[0][1])
+
+    def test_normalises(self) -> None:
+        """A section check returns its section in canonical form (sqlite3 becomes sqlite)."""
+        config = Config()
+        config = replace(config, database=replace(config.database, type="sqlite3"))
+        self.assertEqual(database.check(config, _Recorder()).database.type, "sqlite")
+
+    def test_given_decides_exclusivity(self) -> None:
+        """Inline extra records clash with a records file only when they were set explicitly."""
+        config = Config()
+        config = replace(config, dns=replace(config.dns, extra_records_path="/x.json",
+                                             extra_records=(ExtraRecord("a.example", "A", "100.64.0.9"),)))
+        quiet = _Recorder()
+        dns.check(config, quiet)
+        self.assertEqual(quiet.problems, [])
+        told = _Recorder(given=("dns.extra_records",))
+        dns.check(config, told)
+        self.assertEqual([key for key, _ in told.problems], ["dns.extra_records"])
