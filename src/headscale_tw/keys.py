@@ -16,13 +16,13 @@ key file keeps working and clients keep their trust in the server.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import ClassVar, TypeVar
 
 import attrs
 
 from headscale_tw.errors import InvalidInput
+from headscale_tw.keyfile import KeyFileError, read_key_file
 from headscale_tw.noise._codec import generate_private, x25519_public
 
 __all__ = [
@@ -45,10 +45,6 @@ _K = TypeVar("_K", bound="_Key")
 
 class KeyParseError(InvalidInput):
     """A key's text form is wrong; the message says which key type and why."""
-
-
-class KeyFileError(Exception):
-    """The Noise private key file cannot be read, parsed or created."""
 
 
 def _check_raw(instance: object, attribute: object, value: bytes) -> None:
@@ -191,20 +187,7 @@ def load_or_generate_private_key(path: str) -> MachinePrivate:
     written by old Headscale versions is accepted too); anything else raises
     :class:`KeyFileError` naming the file, and the file is left untouched.
     """
-    try:
-        with open(path, "rb") as f:
-            content = f.read(4096)
-    except FileNotFoundError:
-        return _create_key_file(path)
-    except OSError as e:
-        raise KeyFileError(f"cannot read Noise private key file {path!r}: {e.strerror}") from None
-
-    try:
-        text = content.decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise KeyFileError(
-            f"Noise private key file {path!r} is not text; expected 'privkey:<64 hex digits>'"
-        ) from None
+    text = read_key_file(path, "Noise private key file", create=lambda: MachinePrivate.generate().text)
     if _HEX64.fullmatch(text):
         text = MachinePrivate.PREFIX + text
     try:
@@ -215,16 +198,3 @@ def load_or_generate_private_key(path: str) -> MachinePrivate:
             " expected one line 'privkey:<64 hex digits>'"
             " (move the file away to have a new key generated; clients will then re-fetch /key)"
         ) from None
-
-
-def _create_key_file(path: str) -> MachinePrivate:
-    key = MachinePrivate.generate()
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as e:
-        raise KeyFileError(f"cannot create Noise private key file {path!r}: {e.strerror}") from None
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(key.text)
-    return key

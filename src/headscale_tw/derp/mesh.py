@@ -31,6 +31,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 
+from headscale_tw.keyfile import read_key_file
+
 from . import _client as c
 from . import _frames as f
 from ._upgrade import HeadTooLong, ResponseHead
@@ -51,15 +53,7 @@ def load_mesh_key(path: str) -> bytes:
 
     Raises ``ValueError`` naming the file when it is missing or malformed.
     """
-    try:
-        with open(path, encoding="ascii") as fp:
-            text = fp.read().strip()
-    except FileNotFoundError:
-        raise ValueError(f"DERP mesh key file {path!r} does not exist (create it with `openssl rand -hex 32`)") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"DERP mesh key file {path!r} is not text") from None
-    except OSError as e:
-        raise ValueError(f"DERP mesh key file {path!r} cannot be read: {e.strerror}") from None
+    text = read_key_file(path, "DERP mesh key file", missing_hint="create it with `openssl rand -hex 32`")
     try:
         key = bytes.fromhex(text)
     except ValueError:

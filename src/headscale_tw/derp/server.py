@@ -15,7 +15,6 @@ Counters are plain integer attributes so a metrics exporter can read them.
 from __future__ import annotations
 
 import hmac
-import os
 import random as _random
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from typing import Protocol as TypingProtocol
@@ -24,6 +23,8 @@ from nacl.public import PrivateKey
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+
+from headscale_tw.keyfile import read_key_file
 
 from . import _frames as f
 
@@ -59,20 +60,8 @@ def load_or_generate_private_key(path: str) -> PrivateKey:
 
     Raises ``ValueError`` naming the file if it exists but does not hold a key.
     """
-    try:
-        with open(path, encoding="ascii") as fp:
-            text = fp.read().strip()
-    except FileNotFoundError:
-        key = PrivateKey.generate()
-        directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as fp:
-            fp.write("privkey:" + bytes(key).hex() + "\n")
-        return key
-    except UnicodeDecodeError:
-        raise ValueError(f"DERP private key file {path!r} is not text") from None
+    text = read_key_file(path, "DERP private key file",
+                         create=lambda: "privkey:" + bytes(PrivateKey.generate()).hex() + "\n")
     prefix = "privkey:"
     if not text.startswith(prefix):
         raise ValueError(f"DERP private key file {path!r} must contain 'privkey:<64 hex digits>'")
