@@ -372,11 +372,6 @@ class Mapper:
             message["PeerSeenChange"] = {str(node_id): True}
         return encode_json(message)
 
-    def self_update(self, node_id: int) -> bytes:
-        """A delta carrying only the (changed) self ``Node``."""
-        node = self.state.get(node_id)
-        return b'{"Node":' + self.self_entry(node_id) + b',"UserProfiles":' + self._profiles([node]) + b"}"
-
     def patch_for(self, node, fields: Iterable[str]) -> dict:
         """A ``PeersChangedPatch`` entry for the named fields of ``node``."""
         patch: dict = {"NodeID": node.id}

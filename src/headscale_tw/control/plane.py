@@ -84,7 +84,7 @@ class ControlPlane:
     async def start(self) -> None:
         """Load the store and the policy into memory; call once before serving.
 
-        @raises PolicyRejected: if the configured policy is invalid (do not serve).
+        :raises PolicyRejected: if the configured policy is invalid (do not serve).
         """
         await self.state.load()
         await self.policy.load()

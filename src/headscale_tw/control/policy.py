@@ -269,7 +269,7 @@ class PolicyManager:
     async def load(self) -> None:
         """Read the policy (file or database) and index every node; call once at start.
 
-        @raises PolicyRejected: if the stored/file policy is invalid (the server should not start).
+        :raises PolicyRejected: if the stored/file policy is invalid (the server should not start).
         """
         text = await self._source_text()
         self._sync_all()
@@ -302,15 +302,15 @@ class PolicyManager:
     def check_policy(self, text: str) -> None:
         """Validate ``text`` against the current nodes without applying it.
 
-        @raises PolicyRejected: naming the problem (parse error, failed test).
+        :raises PolicyRejected: naming the problem (parse error, failed test).
         """
         self._prepare(text)
 
     async def set_policy(self, text: str) -> None:
         """Validate, store (database mode) and apply ``text``; push the resulting deltas.
 
-        @raises PolicyUpdateRefused: in file mode.
-        @raises PolicyRejected: if invalid; the old policy stays in force.
+        :raises PolicyUpdateRefused: in file mode.
+        :raises PolicyRejected: if invalid; the old policy stays in force.
         """
         if self.mode != "database":
             raise PolicyUpdateRefused(

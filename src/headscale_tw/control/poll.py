@@ -4,7 +4,8 @@
 peer, and apply what it reports (endpoints, disco key, Hostinfo, capability
 version) to the node, telling peers only what changed.
 
-Three kinds (control.md §7.2): ``Stream`` (long poll, handled by
+Three kinds, as ``sendMapRequest`` in Tailscale's control/controlclient/direct.go
+sends them: ``Stream`` (long poll, handled by
 :class:`~headscale_tw.control.notifier.MapNotifier`), lite updates
 (``OmitPeers`` without ``Stream``: answered 200 with no body, never touching
 the stream) and one-shot maps (neither flag: one full message).

@@ -2,8 +2,9 @@
 """
 ``/machine/register``: pre-auth keys, interactive login, logout, key rotation.
 
-Order of checks (control.md §6.3): machine-key binding, logout (``Expiry`` in
-the past, even when ``Auth`` is present), ``Followup`` long-poll, known node
+Order of checks (the flows the client's ``doLogin`` in Tailscale's
+control/controlclient/direct.go can take): machine-key binding, logout
+(``Expiry`` in the past, even when ``Auth`` is present), ``Followup`` long-poll, known node
 key (restart), auth key, ``OldNodeKey`` rotation, else a new interactive
 registration answered with ``AuthURL = <server_url>/register/<auth_id>``.
 
@@ -197,7 +198,7 @@ class Registrar:
     def _requested_tags(self, request: RegisterRequest, user_id: int | None) -> tuple[str, ...]:
         """``Hostinfo.RequestTags`` (``--advertise-tags``) checked against ``tagOwners``.
 
-        @raises TagsRefused: naming the tags ``user_id`` may not own.
+        :raises TagsRefused: naming the tags ``user_id`` may not own.
         """
         requested = request.hostinfo.get("RequestTags") or []
         if not isinstance(requested, list):

@@ -28,7 +28,7 @@ class ResponseHead:
     def feed(self, data: bytes) -> tuple[bytes, dict[bytes, bytes], bytes] | None:
         """Add ``data``; the parsed head once complete.
 
-        @raises HeadTooLong: when more than ``max_size`` bytes came without the end of the head.
+        :raises HeadTooLong: when more than ``max_size`` bytes came without the end of the head.
         """
         self._buffer += data
         end = self._buffer.find(b"\r\n\r\n")

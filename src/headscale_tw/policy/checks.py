@@ -8,7 +8,7 @@ Policy checks that need the tailnet's users and nodes.
 * ``sshTests``: from ``src`` to each ``dst``, the listed login users must be
   accepted / checked / denied by the compiled SSH policy.
 
-A failure raises L{PolicyError}; the service must then refuse the policy.
+A failure raises :obj:`PolicyError`; the service must then refuse the policy.
 """
 
 from __future__ import annotations

@@ -5,16 +5,16 @@ SSH policies and node capabilities.
 
 The work is split in two stages so the control plane can recompute cheaply:
 
-1. L{CompiledPolicy} (built by L{PolicyEngine.compile}) resolves every alias
+1. :obj:`CompiledPolicy` (built by :obj:`PolicyEngine.compile`) resolves every alias
    of every grant (ACLs are turned into grants first) to address sets once
    per (policy, topology) pair. Grants that do not depend on the viewing node
    become ready-made, unreduced filter rules.
-2. Per-node views (L{CompiledPolicy.filter_for}, L{CompiledPolicy.peers_for},
-   L{CompiledPolicy.ssh_policy_for}, L{CompiledPolicy.cap_map_for}) only add
+2. Per-node views (:obj:`CompiledPolicy.filter_for`, :obj:`CompiledPolicy.peers_for`,
+   :obj:`CompiledPolicy.ssh_policy_for`, :obj:`CompiledPolicy.cap_map_for`) only add
    the node-specific parts (``autogroup:self``, ``via``) and reduce the rules
    to what concerns that node. Results are memoised per node id.
 
-When a node changes, build a new L{CompiledPolicy} from the same engine
+When a node changes, build a new :obj:`CompiledPolicy` from the same engine
 (alias resolution is linear in the number of nodes) and ask only the affected
 nodes again.
 """
@@ -562,7 +562,7 @@ def _match_of(rule: FilterRule) -> Match:
 
 
 def reduce_rules(node: Node, rules: Iterable[FilterRule], node_set: IPSet) -> list[FilterRule]:
-    """Keep only the rules and destinations that concern C{node}."""
+    """Keep only the rules and destinations that concern ``node``."""
     out = []
     routes = node.subnet_routes
     is_exit = node.is_exit_node
@@ -610,7 +610,7 @@ def _reduce_cap_rule(node: Node, rule: FilterRule) -> Optional[FilterRule]:
 
 
 def can_access(src: Node, dst: Node, matches: Sequence[Match], src_set: IPSet, dst_set: IPSet) -> bool:
-    """May C{src} open a connection to C{dst} (its IPs, subnets, or internet if exit)?"""
+    """May ``src`` open a connection to ``dst`` (its IPs, subnets, or internet if exit)?"""
     src_routes, dst_routes, dst_exit = src.subnet_routes, dst.subnet_routes, dst.is_exit_node
     for m in matches:
         if not (m.srcs.overlaps(src_set) or _overlaps_any(m.srcs, src_routes)):
@@ -623,7 +623,7 @@ def can_access(src: Node, dst: Node, matches: Sequence[Match], src_set: IPSet, d
 
 
 def can_access_route(node: Node, matches: Sequence[Match], route: Network, node_set: IPSet) -> bool:
-    """Should C{node} be given C{route} in a peer's AllowedIPs?"""
+    """Should ``node`` be given ``route`` in a peer's AllowedIPs?"""
     routes = node.subnet_routes
     for m in matches:
         if m.srcs.overlaps(node_set) and m.dsts.overlaps_network(route):
@@ -654,10 +654,10 @@ class PolicyEngine:
     """
     A parsed policy, ready to be compiled against topologies.
 
-    C{PolicyEngine(None)} (or empty text) is "no policy": every node may
+    ``PolicyEngine(None)`` (or empty text) is "no policy": every node may
     reach every node.
 
-    @raises PolicyError: if the policy text is invalid.
+    :raises PolicyError: if the policy text is invalid.
     """
 
     def __init__(self, policy: Union[str, bytes, dict, Policy, None], server_url: str = "https://unused",
@@ -678,7 +678,7 @@ class PolicyEngine:
         return frozenset(users[:1] and [users[0].email.rpartition("@")[2].lower()])
 
     def compile(self, topology: Topology) -> "CompiledPolicy":
-        """Resolve the policy against C{topology} (do this once per change)."""
+        """Resolve the policy against ``topology`` (do this once per change)."""
         return CompiledPolicy(self, topology)
 
     def grant_list(self) -> tuple[Grant, ...]:
@@ -701,7 +701,7 @@ class PolicyEngine:
         Run the checks that need users and nodes: ``localpart:`` domains,
         ``tests`` and ``sshTests``.
 
-        @raises PolicyError: if one fails (the policy must then be rejected).
+        :raises PolicyError: if one fails (the policy must then be rejected).
         """
         if self.policy is not None:
             self.check_compiled(self.compile(topology))
@@ -805,7 +805,7 @@ class CompiledPolicy:
         return self._matches[key]
 
     def filter_for(self, node: Node) -> list[FilterRule]:
-        """The packet filter rules to send to C{node} (``PacketFilters.base``)."""
+        """The packet filter rules to send to ``node`` (``PacketFilters.base``)."""
         if node.id not in self._filters:
             self._filters[node.id] = reduce_rules(node, self.unreduced_rules(node), self.resolver.node_set(node))
         return self._filters[node.id]
@@ -816,7 +816,7 @@ class CompiledPolicy:
     # peers -----------------------------------------------------------------
 
     def sees(self, a: Node, b: Node) -> bool:
-        """Do C{a} and C{b} get each other as peers (symmetric)?"""
+        """Do ``a`` and ``b`` get each other as peers (symmetric)?"""
         sa, sb = self.resolver.node_set(a), self.resolver.node_set(b)
         ma = self.matches_for(a)
         mb = self.matches_for(b)
@@ -827,7 +827,7 @@ class CompiledPolicy:
         )
 
     def peers_for(self, node: Node) -> list[PeerView]:
-        """The peers C{node} may see, sorted by node id, with their routes."""
+        """The peers ``node`` may see, sorted by node id, with their routes."""
         out = []
         matches = self.matches_for(node)
         own = self.resolver.node_set(node)
@@ -842,7 +842,7 @@ class CompiledPolicy:
 
     def routes_for_peer(self, viewer: Node, peer: Node, matches: Sequence[Match],
                         viewer_set: IPSet) -> list[Network]:
-        """The routes of C{peer} that C{viewer} gets in the peer's AllowedIPs."""
+        """The routes of ``peer`` that ``viewer`` gets in the peer's AllowedIPs."""
         include, exclude, use_primary = self.via_routes_for_peer(viewer, peer, viewer_set)
         candidates = [r for r in tuple(peer.primary_routes) + peer.exit_routes if r not in exclude]
         reduced = [r for r in candidates if can_access_route(viewer, matches, r, viewer_set)]
@@ -859,7 +859,7 @@ class CompiledPolicy:
 
     def via_routes_for_peer(self, viewer: Node, peer: Node, viewer_set: IPSet
                             ) -> tuple[list[Network], list[Network], list[Network]]:
-        """Routes a ``via`` grant steers to (include) or away from (exclude) C{peer}."""
+        """Routes a ``via`` grant steers to (include) or away from (exclude) ``peer``."""
         include: list[Network] = []
         exclude: list[Network] = []
         use_primary: list[Network] = []
@@ -915,7 +915,7 @@ class CompiledPolicy:
     # route approval ----------------------------------------------------------
 
     def can_auto_approve(self, node: Node, route: Network) -> bool:
-        """May C{node} have C{route} approved by ``autoApprovers``?"""
+        """May ``node`` have ``route`` approved by ``autoApprovers``?"""
         if self.policy is None:
             return False
         aa = self.policy.auto_approvers
@@ -930,7 +930,7 @@ class CompiledPolicy:
         return False
 
     def auto_approved_routes(self, node: Node) -> tuple[Network, ...]:
-        """C{node}'s approved routes plus the advertised ones the policy approves."""
+        """``node``'s approved routes plus the advertised ones the policy approves."""
         out = list(node.approved_routes)
         for r in node.advertised_routes:
             if r not in out and self.can_auto_approve(node, r):
@@ -940,7 +940,7 @@ class CompiledPolicy:
     # ssh / caps ------------------------------------------------------------
 
     def ssh_policy_for(self, node: Node) -> Optional[dict]:
-        """The ``SSHPolicy`` for C{node}, or None when the policy has no ``ssh``."""
+        """The ``SSHPolicy`` for ``node``, or None when the policy has no ``ssh``."""
         from .ssh import compile_ssh_policy
 
         return compile_ssh_policy(self, node)

@@ -9,7 +9,7 @@ Usage::
 PATH is a folder of scenario ``*.json`` files (searched recursively) or the
 vendored ``policy-conformance.json.xz`` archive. For each scenario the
 topology is built from the scenario's own users, nodes and addresses, the
-policy is compiled with the same L{PolicyEngine} the server uses, and for
+policy is compiled with the same :obj:`PolicyEngine` the server uses, and for
 every captured node we compare:
 
 * packet filter rules (after a canonical sort; order is not meaningful),
@@ -296,7 +296,7 @@ def summarise(results: list[ScenarioResult]) -> dict[str, tuple[int, int]]:
 
 def vendor(src: str, dst: str) -> None:
     """
-    Write the scenarios under C{src} to C{dst} as one xz-compressed JSON list,
+    Write the scenarios under ``src`` to ``dst`` as one xz-compressed JSON list,
     dropping only what the runner never reads (whois results, DNS settings,
     peer Addresses/CapMap, self Addresses).
     """

@@ -186,7 +186,7 @@ def loads(text: str | bytes) -> Any:
     """
     Parse HuJSON text into a Python value.
 
-    @raises HuJSONError: for any syntax error, with ``line:column``.
+    :raises HuJSONError: for any syntax error, with ``line:column``.
     """
     if isinstance(text, (bytes, bytearray)):
         try:

@@ -42,7 +42,7 @@ def parse_prefix(text: str) -> Network:
     A bare address becomes a /32 or /128. Host bits are masked off (as Go's
     ``netip.ParsePrefix`` accepts them and policies use the masked form).
 
-    @raises ValueError: if C{text} is not an address or prefix.
+    :raises ValueError: if ``text`` is not an address or prefix.
     """
     if "/" not in text:
         a = ipaddress.ip_address(text)
@@ -211,7 +211,7 @@ def parse_ip_string(text: str) -> IPSet:
     Parse a filter-rule address string: ``*``, an address, a prefix (no
     host bits) or an inclusive range ``a-b``.
 
-    @raises ValueError: if the string is none of those.
+    :raises ValueError: if the string is none of those.
     """
     if text == "*":
         return IPSet([(4, 0, _MAX[4]), (6, 0, _MAX[6])])

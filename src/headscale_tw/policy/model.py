@@ -3,9 +3,9 @@
 Data model of a parsed policy and of the tailnet it is applied to.
 
 Everything here is a frozen dataclass so compiled results can be cached and
-shared. The policy side (L{Policy} and its parts) is produced by
-L{headscale_tw.policy.parse.parse_policy}; the topology side (L{User},
-L{Node}, L{Topology}) is built by the control plane from its database rows or
+shared. The policy side (:obj:`Policy` and its parts) is produced by
+:obj:`headscale_tw.policy.parse.parse_policy`; the topology side (:obj:`User`,
+:obj:`Node`, :obj:`Topology`) is built by the control plane from its database rows or
 by the conformance runner from a scenario file.
 """
 

@@ -1,15 +1,15 @@
 # -*- test-case-name: tests.policy.test_parse -*-
 """
 Parse and validate a policy document (HuJSON text or an already-decoded dict)
-into a L{headscale_tw.policy.model.Policy}.
+into a :obj:`headscale_tw.policy.model.Policy`.
 
 Checks that need no topology happen here: shape, unknown fields, alias syntax,
 references to undefined groups/tags/hosts, autogroup placement, ports and
 protocols, SSH users and check periods. Every problem raises
-L{PolicyError} whose message starts with the place, e.g.
+:obj:`PolicyError` whose message starts with the place, e.g.
 ``acls[2].dst[0]: group "group:eng" is not defined``. Checks that need the
 users and nodes (``tests``, ``sshTests``, ``localpart:`` domains) are done by
-L{headscale_tw.policy.compile.PolicyEngine}.
+:obj:`headscale_tw.policy.compile.PolicyEngine`.
 """
 
 from __future__ import annotations
@@ -649,7 +649,7 @@ def parse_policy(source: Any) -> Optional[Policy]:
 
     Empty text or None means "no policy" and returns None (allow all).
 
-    @raises PolicyError: for any syntax or validation problem.
+    :raises PolicyError: for any syntax or validation problem.
     """
     if source is None:
         return None

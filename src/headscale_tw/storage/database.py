@@ -247,10 +247,6 @@ class Txn:
         """Rows changed by the last statement."""
         return self._cursor.rowcount
 
-    @property
-    def raw_connection(self) -> Any:
-        """The driver connection (for the SQLite backup API)."""
-        return self._cursor._connection._connection
 
 
 def split_sql(script: str) -> list[str]:

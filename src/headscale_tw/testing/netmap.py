@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.control.test_netmap -*-
 """
-A client-side network-map applier, following control.md §7.4 like tailscaled.
+A client-side network-map applier, applying deltas as tailscaled's control/controlclient/map.go does.
 
 Feed it the raw bytes of a streaming ``/machine/map`` response (LE32 length +
 zstd JSON frames); it decodes each message and applies it: the first
