@@ -1,0 +1,156 @@
+# -*- test-case-name: tests.certs.test_pebble -*-
+"""
+A real ACME server for tests: Debian's ``pebble`` with ``pebble-challtestsrv`` as its DNS.
+
+:class:`PebbleACME` starts both on loopback ports in a scratch folder and stops
+them by PID. Pebble needs a listener certificate (Debian ships none): the
+project's throwaway CA mints one, and :attr:`PebbleACME.ca_pem` is the file an
+ACME client verifies pebble's directory with. Every name resolves to
+127.0.0.1 through challtestsrv, so pebble's validation reaches the server under
+test on :attr:`PebbleACME.http_port` (HTTP-01) or :attr:`PebbleACME.tls_port`
+(TLS-ALPN-01). ``PEBBLE_VA_NOSLEEP`` and ``PEBBLE_WFE_NONCEREJECT=0`` make
+validation immediate and nonces always accepted. :meth:`PebbleACME.issuer_pem`
+is the root that pebble's certificates chain to (it changes at each start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+
+from headscale_tw.testing.realclient.tlsca import make_test_ca
+
+__all__ = ["PebbleACME", "PebbleMissing", "free_tcp_port"]
+
+PEBBLE = "/usr/bin/pebble"
+CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
+
+
+class PebbleMissing(RuntimeError):
+    """pebble is not installed (the test bootstrap installs Debian's ``pebble``)."""
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PebbleACME:
+    """
+    pebble and its DNS in ``directory``; :meth:`start`, then :meth:`stop` (always).
+
+    :param http_port: where pebble sends HTTP-01 validations (the server's ACME listener).
+    :param tls_port: where pebble sends TLS-ALPN-01 validations (the server's TLS listener).
+    """
+
+    def __init__(self, directory: str, http_port: int, tls_port: int) -> None:
+        for binary in (PEBBLE, CHALLTESTSRV):
+            if not os.access(binary, os.X_OK):
+                raise PebbleMissing(f"{binary} is missing; install Debian's pebble package "
+                                    "(tools/ensure-test-services.sh does)")
+        self.directory = directory
+        self.http_port = http_port
+        self.tls_port = tls_port
+        self.acme_port = free_tcp_port()
+        self.management_port = free_tcp_port()
+        self.dns_port = _free_udp_port()
+        self.dns_management_port = free_tcp_port()
+        self.processes: list[subprocess.Popen] = []
+        ca = make_test_ca(os.path.join(directory, "listener"), ips=("127.0.0.1",), dns_names=("localhost",))
+        self.ca_pem = ca.ca_pem
+        self._listener = ca
+
+    @property
+    def directory_url(self) -> str:
+        """The ACME directory URL (``acme_url``)."""
+        return f"https://127.0.0.1:{self.acme_port}/dir"
+
+    def start(self, timeout: float = 30.0) -> PebbleACME:
+        """Start challtestsrv and pebble; return once the directory answers."""
+        config = {"pebble": {
+            "listenAddress": f"127.0.0.1:{self.acme_port}",
+            "managementListenAddress": f"127.0.0.1:{self.management_port}",
+            "certificate": self._listener.cert_pem,
+            "privateKey": self._listener.key_pem,
+            "httpPort": self.http_port,
+            "tlsPort": self.tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }}
+        config_path = os.path.join(self.directory, "pebble-config.json")
+        with open(config_path, "w") as f:
+            json.dump(config, f)
+        log = open(os.path.join(self.directory, "pebble.log"), "ab")
+        env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0")
+        self.processes.append(subprocess.Popen(
+            [CHALLTESTSRV, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+             "-dns01", f"127.0.0.1:{self.dns_port}", "-http01", "", "-https01", "", "-tlsalpn01", "",
+             "-management", f"127.0.0.1:{self.dns_management_port}"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env))
+        self.processes.append(subprocess.Popen(
+            [PEBBLE, "-config", config_path, "-dnsserver", f"127.0.0.1:{self.dns_port}"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.directory))
+        log.close()
+        context = ssl.create_default_context(cafile=self.ca_pem)
+        deadline = time.monotonic() + timeout
+        while True:
+            for process in self.processes:
+                if process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"pebble exited with {process.returncode}: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.directory_url, timeout=2, context=context) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"pebble did not answer within {timeout} s: {self.log_tail()}")
+            time.sleep(0.1)
+
+    def issuer_pem(self) -> bytes:
+        """The root certificate pebble's issued certificates chain to."""
+        context = ssl.create_default_context(cafile=self.ca_pem)
+        url = f"https://127.0.0.1:{self.management_port}/roots/0"
+        with urllib.request.urlopen(url, timeout=10, context=context) as r:
+            return r.read()
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines pebble and challtestsrv printed."""
+        try:
+            with open(os.path.join(self.directory, "pebble.log"), errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Stop the processes this object started, by PID."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        self.processes.clear()
+
+    def remove(self) -> None:
+        """Stop, then delete the scratch folder."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
