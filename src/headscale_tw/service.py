@@ -154,6 +154,9 @@ class HeadscaleService(service.MultiService):
         self.context = await self._components(self.config, self.reactor)
         for child in self.context.services:
             child.setServiceParent(self)
+        ready = getattr(self.context, "ready", None)
+        if ready is not None:  # e.g. the first ACME certificate: serving without it is a failed start
+            await ready
         self._install_sighup()
         if getattr(self.reactor, "running", False):  # the daemon, not a test driving the service
             tune_gc()
@@ -262,9 +265,17 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
     # /api/v1 on the main listener needs an API key; the unix socket is trusted
     # locally (its file mode is the access control), as Headscale's CLI socket is.
     mount(root, AdminAPI(db, reactor, trust_all=False, notifier=plane.notifier, plane=plane))
-    tls = (config.tls.cert_path, config.tls.key_path) if config.tls.enabled else None
-    services.append(strports.service(listen_endpoint(config.listen_addr, tls, backlog=LISTEN_BACKLOG), site,
-                                     reactor=reactor))
+    ready = None
+    if config.tls.letsencrypt_hostname:
+        from headscale_tw.certs.listeners import acme_listeners
+
+        acme = acme_listeners(config, reactor, site, LISTEN_BACKLOG)
+        services.extend(acme.services)
+        ready = acme.ready
+    else:
+        tls = (config.tls.cert_path, config.tls.key_path) if config.tls.enabled else None
+        services.append(strports.service(listen_endpoint(config.listen_addr, tls, backlog=LISTEN_BACKLOG), site,
+                                         reactor=reactor))
     if config.unix_socket:
         unix_root = resource.Resource()
         mount(unix_root, AdminAPI(db, reactor, trust_all=True, notifier=plane.notifier, plane=plane))
@@ -289,7 +300,7 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
         return defer.Deferred.fromCoroutine(plane.reload())
 
     return Components(services, close=close, reload=reload, site=site, root=root, db=db, plane=plane, health=health,
-                      derp=derp_parts.server if derp_parts else None)
+                      derp=derp_parts.server if derp_parts else None, ready=ready)
 
 
 def _noise_identity(request):

@@ -178,7 +178,7 @@ class TLSConfig:
     @property
     def enabled(self) -> bool:
         """True when the server terminates TLS itself."""
-        return bool(self.cert_path and self.key_path)
+        return bool(self.cert_path and self.key_path) or bool(self.letsencrypt_hostname)
 
 
 @dataclass(frozen=True)

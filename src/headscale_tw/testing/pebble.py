@@ -21,10 +21,20 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
+from typing import Any
 
 from headscale_tw.testing.realclient.tlsca import make_test_ca
+
+#: Run inside a namespace: fetch a URL trusting one CA file; exit 0 on HTTP 200.
+_PROBE = (
+    "import ssl,sys,urllib.request\n"
+    "ctx=ssl.create_default_context(cafile=sys.argv[2])\n"
+    "r=urllib.request.urlopen(sys.argv[1],timeout=5,context=ctx)\n"
+    "sys.stdout.buffer.write(r.read())\n"
+)
 
 __all__ = ["PebbleACME", "PebbleMissing", "free_tcp_port"]
 
@@ -55,9 +65,13 @@ class PebbleACME:
 
     :param http_port: where pebble sends HTTP-01 validations (the server's ACME listener).
     :param tls_port: where pebble sends TLS-ALPN-01 validations (the server's TLS listener).
+    :param namespace: a real-client harness
+        :class:`~headscale_tw.testing.realclient.namespace.Namespace` to run in
+        (everything an official client talks to runs in its namespace); ``None``
+        runs on this machine's loopback.
     """
 
-    def __init__(self, directory: str, http_port: int, tls_port: int) -> None:
+    def __init__(self, directory: str, http_port: int, tls_port: int, namespace: Any = None) -> None:
         for binary in (PEBBLE, CHALLTESTSRV):
             if not os.access(binary, os.X_OK):
                 raise PebbleMissing(f"{binary} is missing; install Debian's pebble package "
@@ -69,7 +83,8 @@ class PebbleACME:
         self.management_port = free_tcp_port()
         self.dns_port = _free_udp_port()
         self.dns_management_port = free_tcp_port()
-        self.processes: list[subprocess.Popen] = []
+        self.namespace = namespace
+        self.processes: list[Any] = []  # Popen, or the namespace's ManagedProcess
         ca = make_test_ca(os.path.join(directory, "listener"), ips=("127.0.0.1",), dns_names=("localhost",))
         self.ca_pem = ca.ca_pem
         self._listener = ca
@@ -94,49 +109,67 @@ class PebbleACME:
         config_path = os.path.join(self.directory, "pebble-config.json")
         with open(config_path, "w") as f:
             json.dump(config, f)
-        log = open(os.path.join(self.directory, "pebble.log"), "ab")
-        env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0")
-        self.processes.append(subprocess.Popen(
-            [CHALLTESTSRV, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-             "-dns01", f"127.0.0.1:{self.dns_port}", "-http01", "", "-https01", "", "-tlsalpn01", "",
-             "-management", f"127.0.0.1:{self.dns_management_port}"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env))
-        self.processes.append(subprocess.Popen(
-            [PEBBLE, "-config", config_path, "-dnsserver", f"127.0.0.1:{self.dns_port}"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.directory))
-        log.close()
-        context = ssl.create_default_context(cafile=self.ca_pem)
+        challtestsrv = [CHALLTESTSRV, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+                        "-dns01", f"127.0.0.1:{self.dns_port}", "-http01", "", "-https01", "", "-tlsalpn01", "",
+                        "-management", f"127.0.0.1:{self.dns_management_port}"]
+        pebble = [PEBBLE, "-config", config_path, "-dnsserver", f"127.0.0.1:{self.dns_port}"]
+        self._spawn("pebble-challtestsrv", challtestsrv)
+        self._spawn("pebble", pebble)
         deadline = time.monotonic() + timeout
         while True:
             for process in self.processes:
                 if process.poll() is not None:
                     self.stop()
                     raise RuntimeError(f"pebble exited with {process.returncode}: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.directory_url, timeout=2, context=context) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                pass
+            if self._fetch(self.directory_url) is not None:
+                return self
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"pebble did not answer within {timeout} s: {self.log_tail()}")
             time.sleep(0.1)
 
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        extra = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+        log_path = os.path.join(self.directory, f"{name}.log")
+        if self.namespace is not None:
+            process = self.namespace.spawn(name, argv, env=self.namespace.env(extra), log_path=log_path,
+                                           cwd=self.directory)
+            self.processes.append(process.popen)
+            return
+        with open(log_path, "ab") as log:
+            self.processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                                   stdin=subprocess.DEVNULL, env=dict(os.environ, **extra),
+                                                   cwd=self.directory))
+
+    def _fetch(self, url: str) -> bytes | None:
+        """The body of ``url`` fetched trusting pebble's listener CA, or ``None`` when that fails."""
+        if self.namespace is not None:
+            done = self.namespace.run([sys.executable, "-I", "-c", _PROBE, url, self.ca_pem], timeout=20)
+            return done.stdout.encode("latin-1") if done.returncode == 0 else None
+        context = ssl.create_default_context(cafile=self.ca_pem)
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as r:
+                return r.read()
+        except OSError:
+            return None
+
     def issuer_pem(self) -> bytes:
         """The root certificate pebble's issued certificates chain to."""
-        context = ssl.create_default_context(cafile=self.ca_pem)
-        url = f"https://127.0.0.1:{self.management_port}/roots/0"
-        with urllib.request.urlopen(url, timeout=10, context=context) as r:
-            return r.read()
+        body = self._fetch(f"https://127.0.0.1:{self.management_port}/roots/0")
+        if body is None:
+            raise RuntimeError(f"pebble's root could not be fetched: {self.log_tail()}")
+        return body
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines pebble and challtestsrv printed."""
-        try:
-            with open(os.path.join(self.directory, "pebble.log"), errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
+        tails = []
+        for name in ("pebble-challtestsrv", "pebble"):
+            try:
+                with open(os.path.join(self.directory, f"{name}.log"), errors="replace") as f:
+                    tails.append("".join(f.readlines()[-lines:]))
+            except OSError:
+                pass
+        return "".join(tails)
 
     def stop(self) -> None:
         """Stop the processes this object started, by PID."""
