@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SourceKeyTests", "FailureThrottleTests", "SummaryTests", "GuardedTests"]
+__all__ = ["SourceKeyTests", "FailureThrottleTests", "AttemptTests", "SummaryTests", "GuardedTests"]
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -258,3 +258,43 @@ class GuardedTests(unittest.TestCase):
             return "ran"
 
         self.assertEqual(self.successResultOf(Deferred.fromCoroutine(guarded(None, "a", attempt(), KeyError))), "ran")
+
+
+class AttemptTests(unittest.TestCase):
+    """Attempts in flight hold tokens, so concurrent wrong secrets cannot overrun the bucket."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.throttle = FailureThrottle(SMALL, self.clock)
+
+    def test_in_flight_hold_tokens(self):
+        """With burst attempts being checked, the next one is refused before any has failed."""
+        blocks = [self.throttle.attempt("192.0.2.1") for _ in range(3)]
+        outcomes = [block.__enter__() for block in blocks]
+        self.assertRaises(Throttled, self.throttle.attempt("192.0.2.1").__enter__)
+        self.throttle.attempt("192.0.2.2").__enter__()  # other sources are free
+        for block, outcome in zip(blocks, outcomes):
+            outcome.failed()
+            block.__exit__(None, None, None)
+        self.assertEqual((self.throttle.failures, self.throttle.refused), (3, 1))
+        self.assertRaises(Throttled, self.throttle.check, "192.0.2.1")
+
+    def test_success_gives_token_back(self):
+        """An attempt that did not fail returns its token, even when the block raised."""
+        for _ in range(10):
+            with self.throttle.attempt("192.0.2.1"):
+                pass
+        with self.assertRaises(RuntimeError):
+            with self.throttle.attempt("192.0.2.1"):
+                raise RuntimeError("database down")
+        self.assertEqual((self.throttle.failures, self.throttle.tracked), (0, 0))
+        self.assertEqual(self.throttle.retry_after("192.0.2.1"), 0)
+
+    def test_failed_attempts_spend(self):
+        """Failed attempts spend their tokens one by one, then the source is throttled."""
+        for _ in range(3):
+            with self.throttle.attempt("192.0.2.1") as outcome:
+                outcome.failed()
+        with self.assertRaises(Throttled):
+            with self.throttle.attempt("192.0.2.1"):
+                self.fail("a throttled attempt must not run")

@@ -10,7 +10,9 @@ token bucket of ``burst`` tokens refilled at ``per_second``; every failure
 takes one token. While a source has less than one token it is *throttled*:
 :meth:`FailureThrottle.check` raises :class:`Throttled` and the caller refuses
 the attempt before looking at the secret. Successes cost nothing. Other
-sources are unaffected.
+sources are unaffected. A check that waits (a database lookup) runs inside
+:meth:`FailureThrottle.attempt`, which holds one token until the outcome is
+known, so fifty wrong keys sent at once cannot all pass on the last token.
 
 Bounded work and memory: only sources that failed are tracked, at most
 ``max_sources`` per kind (the least recently failing one is forgotten to make
@@ -29,7 +31,8 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import attrs
@@ -111,6 +114,17 @@ def source_key(address: str) -> str:
 
 
 @attrs.define
+class _Attempt:
+    """One secret being checked (see :meth:`FailureThrottle.attempt`)."""
+
+    wrong: bool = False
+
+    def failed(self) -> None:
+        """The secret was wrong: the attempt spends its token."""
+        self.wrong = True
+
+
+@attrs.define
 class _Source:
     """One source's bucket and its counts since the last summary."""
 
@@ -134,6 +148,8 @@ class FailureThrottle:
         self.interval = interval
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._pending: list[str] = []
+        #: Attempts being checked now, per source (each holds one token; see :meth:`attempt`).
+        self._in_flight: dict[str, int] = {}
         #: Totals since start, for the metrics.
         self.failures = 0
         self.refused = 0
@@ -149,27 +165,70 @@ class FailureThrottle:
         elapsed = max(0.0, now - entry.updated)
         return min(float(self.settings.burst), entry.tokens + elapsed * self.settings.per_second)
 
+    def _available(self, key: str, now: float) -> float:
+        """Tokens of ``key`` not spoken for by attempts still being checked."""
+        entry = self._sources.get(key)
+        tokens = float(self.settings.burst) if entry is None else self._tokens(entry, now)
+        return tokens - self._in_flight.get(key, 0)
+
     def retry_after(self, address: str) -> float:
         """Seconds until ``address`` may try again (0 when it is not throttled)."""
-        entry = self._sources.get(source_key(address))
-        if entry is None:
-            return 0.0
-        missing = 1.0 - self._tokens(entry, self.clock.seconds())
+        missing = 1.0 - self._available(source_key(address), self.clock.seconds())
         return max(0.0, missing / self.settings.per_second)
 
     def check(self, address: str) -> None:
         """Before checking a secret from ``address``: refuse it if the source is throttled.
 
+        For a secret checked at once (no waiting in between), followed by
+        :meth:`record_failure` if it was wrong. A check that waits (a database
+        lookup) uses :meth:`attempt`, so that attempts in flight at the same
+        time cannot all pass on the same token.
+
         @raises Throttled: (and counts the refusal) while the source has no token left.
         """
         key = source_key(address)
-        entry = self._sources.get(key)
-        if entry is None or self._tokens(entry, self.clock.seconds()) >= 1.0:
+        now = self.clock.seconds()
+        if self._available(key, now) >= 1.0:
             return
+        entry = self._sources.get(key)
+        if entry is None:  # throttled by attempts in flight before its first failure
+            entry = self._track(key, now)
         entry.refused += 1
         self.refused += 1
         self._mark(key, entry)
         raise Throttled(self.settings.kind, self.settings.noun, key, self.retry_after(address))
+
+    @contextmanager
+    def attempt(self, address: str) -> Iterator[_Attempt]:
+        """Check one secret from ``address`` inside a ``with`` block; call ``.failed()`` if it was wrong.
+
+        The attempt holds one of the source's tokens while the block runs (so
+        at most the bucket's tokens are being checked at once); a failed one
+        spends it, anything else gives it back.
+
+        @raises Throttled: on entry, while the source has no token left.
+        """
+        self.check(address)
+        key = source_key(address)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        outcome = _Attempt()
+        try:
+            yield outcome
+        finally:
+            left = self._in_flight[key] - 1
+            if left:
+                self._in_flight[key] = left
+            else:
+                del self._in_flight[key]
+            if outcome.wrong:
+                self.record_failure(address)
+
+    def _track(self, key: str, now: float) -> _Source:
+        if len(self._sources) >= self.settings.max_sources:
+            self._sources.popitem(last=False)
+            self.evicted += 1
+        entry = self._sources[key] = _Source(tokens=float(self.settings.burst), updated=now)
+        return entry
 
     def record_failure(self, address: str) -> None:
         """A secret from ``address`` was wrong: take one token from its bucket."""
@@ -177,10 +236,7 @@ class FailureThrottle:
         now = self.clock.seconds()
         entry = self._sources.get(key)
         if entry is None:
-            if len(self._sources) >= self.settings.max_sources:
-                self._sources.popitem(last=False)
-                self.evicted += 1
-            entry = self._sources[key] = _Source(tokens=float(self.settings.burst), updated=now)
+            entry = self._track(key, now)
         else:
             self._sources.move_to_end(key)
         # Never below zero: failures already in flight when the source ran dry
@@ -301,14 +357,14 @@ async def guarded(
     if throttle is None:
         return await attempt
     try:
-        throttle.check(address)
+        with throttle.attempt(address) as outcome:
+            try:
+                return await attempt
+            except failure:
+                outcome.failed()
+                raise
     except Throttled:
         close = getattr(attempt, "close", None)
         if close is not None:
             close()
-        raise
-    try:
-        return await attempt
-    except failure:
-        throttle.record_failure(address)
         raise

@@ -13,7 +13,6 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 
-from headscale_tw import secrets
 from headscale_tw.testing.db import open_test_database, resolve
 from headscale_tw.throttle import API_KEYS, FailureThrottle
 from headscale_tw.web.admin_api import AdminAPI, mount

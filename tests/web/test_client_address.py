@@ -11,8 +11,8 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
-from headscale_tw.noise.protocol import NoiseAddress, NoisePeer
 from headscale_tw.keys import MachinePrivate
+from headscale_tw.noise.protocol import NoiseAddress, NoisePeer
 from headscale_tw.web.client_address import LOCAL, TrustedProxies, client_address, parse_address
 
 PROXIES = TrustedProxies.from_config(["10.0.0.0/24", "fd00::/64"])

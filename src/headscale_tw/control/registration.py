@@ -294,12 +294,13 @@ class Registrar:
 
     async def _with_auth_key(self, machine_key: str, request: RegisterRequest, now: datetime, source: str) -> dict:
         try:
-            self.preauth_throttle.check(source)
+            with self.preauth_throttle.attempt(source) as attempt:
+                key = await self.preauth_lookup(request.auth_key)
+                if key is None:
+                    attempt.failed()
         except Throttled as e:
             return {"Error": str(e)}
-        key = await self.preauth_lookup(request.auth_key)
         if key is None:
-            self.preauth_throttle.record_failure(source)
             return {"Error": "invalid auth key"}
         if key.expiration is not None and key.expiration <= now:
             return {"Error": "authkey expired"}
