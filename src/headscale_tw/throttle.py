@@ -333,6 +333,11 @@ class AuthThrottles:
             FailureThrottle(NOISE_HANDSHAKES, clock, interval),
         )
 
+    @property
+    def interval(self) -> float:
+        """Seconds between two calls of :meth:`summarize` (the timer's interval)."""
+        return self.preauth_key.interval
+
     def all(self) -> tuple[FailureThrottle, ...]:
         """Every throttle, for metrics and the summary timer."""
         return (self.preauth_key, self.api_key, self.noise_handshake)

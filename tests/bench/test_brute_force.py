@@ -167,7 +167,7 @@ class BruteForceTests(unittest.TestCase):
     def _summary_lines(self, kind: str) -> list[str]:
         """Summarize once an interval has passed (the plane's timer job); the lines logged for ``kind``."""
         del self.events[:]
-        self.server.clock.advance(self.throttles.preauth_key.interval)
+        self.server.clock.advance(self.throttles.interval)
         self.throttles.summarize()
         return [formatEvent(e) for e in self.events if e.get("kind") == kind]
 

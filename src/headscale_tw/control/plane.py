@@ -174,7 +174,7 @@ class ControlPlane:
             # timeout by at most half of it (and never sweep more than once a second).
             (self._ephemeral_sweep_interval(), self._guarded("collect_ephemeral", self.lifecycle.collect_ephemeral)),
             (60.0, self._guarded("forget_stale_registrations", self.lifecycle.forget_stale_registrations)),
-            (self.throttles.preauth_key.interval, self._guarded("summarize_throttles", self._summarize_throttles)),
+            (self.throttles.interval, self._guarded("summarize_throttles", self._summarize_throttles)),
         ]
 
     async def _summarize_throttles(self) -> None:
