@@ -184,7 +184,7 @@ class FailureThrottle:
         lookup) uses :meth:`attempt`, so that attempts in flight at the same
         time cannot all pass on the same token.
 
-        @raises Throttled: (and counts the refusal) while the source has no token left.
+        :raises Throttled: (and counts the refusal) while the source has no token left.
         """
         key = source_key(address)
         now = self.clock.seconds()
@@ -206,7 +206,7 @@ class FailureThrottle:
         at most the bucket's tokens are being checked at once); a failed one
         spends it, anything else gives it back.
 
-        @raises Throttled: on entry, while the source has no token left.
+        :raises Throttled: on entry, while the source has no token left.
         """
         self.check(address)
         key = source_key(address)
@@ -357,7 +357,7 @@ async def guarded(
 
     ``throttle=None`` only awaits ``attempt`` (a listener that is not throttled).
 
-    @raises Throttled: without awaiting ``attempt`` (it is closed).
+    :raises Throttled: without awaiting ``attempt`` (it is closed).
     """
     if throttle is None:
         return await attempt
