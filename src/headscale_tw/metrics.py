@@ -60,6 +60,7 @@ class ServerCollector:
             yield _gauge(
                 "headscale_map_sessions", "Open map streams", sum(len(s) for s in notifier.sessions.values())
             )
+            yield from _throttle_families(plane.throttles.all())
         if self.derp is not None:
             yield _gauge("headscale_derp_clients", "Connected DERP clients", self.derp.client_count)
             yield _gauge("headscale_derp_connections", "Open DERP connections", self.derp.connection_count)
@@ -68,6 +69,25 @@ class ServerCollector:
         if self.stun is not None:
             for attr, name, text in _STUN_COUNTERS:
                 yield _counter(name, text, getattr(self.stun, attr))
+
+
+def _throttle_families(throttles):
+    """Brute-force counters by ``kind`` (preauth_key, api_key, noise_handshake)."""
+    failures = CounterMetricFamily(
+        "headscale_auth_failures", "Failed secrets (pre-auth keys, API keys, Noise handshakes) by kind",
+        labels=["kind"])
+    refused = CounterMetricFamily(
+        "headscale_auth_throttled", "Attempts refused because their source address was throttled, by kind",
+        labels=["kind"])
+    tracked = GaugeMetricFamily(
+        "headscale_auth_throttle_sources", "Source addresses with recent failures being tracked, by kind",
+        labels=["kind"])
+    for throttle in throttles:
+        kind = [throttle.settings.kind]
+        failures.add_metric(kind, throttle.failures)
+        refused.add_metric(kind, throttle.refused)
+        tracked.add_metric(kind, throttle.tracked)
+    return failures, refused, tracked
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:

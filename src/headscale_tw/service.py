@@ -264,7 +264,8 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
 
     # /api/v1 on the main listener needs an API key; the unix socket is trusted
     # locally (its file mode is the access control), as Headscale's CLI socket is.
-    mount(root, AdminAPI(db, reactor, trust_all=False, notifier=plane.notifier, plane=plane))
+    mount(root, AdminAPI(db, reactor, trust_all=False, notifier=plane.notifier, plane=plane,
+                         throttle=plane.throttles.api_key, proxies=_trusted_proxies(config)))
     ready = None
     if config.tls.letsencrypt_hostname:
         from headscale_tw.certs.listeners import acme_listeners
@@ -311,6 +312,12 @@ def _noise_identity(request):
     return None if peer is None else (peer.machine_key.text, peer.version)
 
 
+def _trusted_proxies(config: Config):
+    from headscale_tw.web.client_address import TrustedProxies
+
+    return TrustedProxies.from_config(config.trusted_proxies)
+
+
 def _mount_control(config: Config, reactor, root, plane) -> None:
     """``/key`` and ``/ts2021`` on the public root; ``/machine/*`` only inside Noise."""
     from headscale_tw.keys import load_or_generate_private_key
@@ -323,7 +330,9 @@ def _mount_control(config: Config, reactor, root, plane) -> None:
     inner_site = server.Site(inner_root)
     root.putChild(b"key", KeyResource(noise_key.public()))
     root.putChild(b"ts2021", Ts2021Resource(noise_key, inner_site, reactor,
-                                            min_version=config.noise.min_capability_version))
+                                            min_version=config.noise.min_capability_version,
+                                            throttle=plane.throttles.noise_handshake,
+                                            proxies=_trusted_proxies(config)))
 
 
 def _unix_listener(config: Config, site, reactor):

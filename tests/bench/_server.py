@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.test.iosim import connectedServerAndClient
+from twisted.test.iosim import FakeTransport, connectedServerAndClient
 from twisted.web import resource, server
 
 from headscale_tw import secrets as keysecrets
@@ -63,7 +63,8 @@ class InProcessServer:
         self.inner_site = server.Site(inner_root, reactor=self.clock)
         root = resource.Resource()
         root.putChild(b"key", KeyResource(key.public()))
-        root.putChild(b"ts2021", Ts2021Resource(key, self.inner_site, self.clock))
+        root.putChild(b"ts2021", Ts2021Resource(key, self.inner_site, self.clock,
+                                                throttle=self.plane.throttles.noise_handshake))
         self.site = server.Site(root, reactor=self.clock)
         recording = type("Recording", (RecordingRequest,), {"seen": self.seen})
         for site in (self.site, self.inner_site):
@@ -78,11 +79,12 @@ class InProcessServer:
             reusable=True, ephemeral=False, tags=(), expiration=None)))
         self.auth_key = text
 
-    def connect(self, protocol) -> Deferred:
-        """The connector interface of :class:`~headscale_tw.bench.simnode.SimNode`, over iosim."""
-        address = IPv4Address("TCP", "127.0.0.1", 40000 + len(self.pumps))
+    def connect(self, protocol, host: str = "127.0.0.1") -> Deferred:
+        """The connector interface of :class:`~headscale_tw.bench.simnode.SimNode`, over iosim, from ``host``."""
+        address = IPv4Address("TCP", host, 40000 + len(self.pumps))
         _, _, pump = connectedServerAndClient(
-            lambda: self.site.buildProtocol(address), lambda: protocol, clock=self.clock
+            lambda: self.site.buildProtocol(address), lambda: protocol, clock=self.clock,
+            serverTransportFactory=lambda server: FakeTransport(server, isServer=True, peerAddress=address),
         )
         self.pumps.append(pump)
         return succeed(protocol)

@@ -10,6 +10,11 @@ One object holding the whole control plane, for ``service.py`` to build.
     await plane.reload()                      # SIGHUP: policy file (or DB row) and DNS extra records
     plane.stop()                              # on stopService: ends streams, cancels timers
 
+Brute-force throttles (:class:`~headscale_tw.throttle.AuthThrottles`) are
+``plane.throttles``: the registrar uses ``preauth_key``; ``service.py`` hands
+``api_key`` to the admin API and ``noise_handshake`` to ``/ts2021``; one of
+the periodic jobs logs their per-source summaries.
+
 Admin operations for the API/CLI: ``plane.policy.get_policy()``,
 ``await plane.policy.set_policy(text)``, ``plane.policy.check_policy(text)``,
 ``await plane.nodes.approve_routes(node_id, routes)``, ``plane.nodes.routes()``,
@@ -35,6 +40,7 @@ from headscale_tw.control.poll import PollService
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput
+from headscale_tw.throttle import AuthThrottles
 
 __all__ = ["ControlPlane"]
 
@@ -71,7 +77,9 @@ class ControlPlane:
             batch_delay = config.tuning.batch_change_delay
         self.notifier = MapNotifier(self.state, self.mapper, clock, offline_grace=offline_grace,
                                     batch_delay=batch_delay)
-        self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock)
+        self.throttles = AuthThrottles.build(clock)
+        self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock,
+                                   preauth_throttle=self.throttles.preauth_key)
         self.poll = PollService(self.state, self.notifier)
         self.nodes = NodeAdmin(self.state, self.notifier, self.registrar)
         self.lifecycle: NodeLifecycle | None = None
@@ -166,4 +174,8 @@ class ControlPlane:
             # timeout by at most half of it (and never sweep more than once a second).
             (self._ephemeral_sweep_interval(), self._guarded("collect_ephemeral", self.lifecycle.collect_ephemeral)),
             (60.0, self._guarded("forget_stale_registrations", self.lifecycle.forget_stale_registrations)),
+            (self.throttles.interval, self._guarded("summarize_throttles", self._summarize_throttles)),
         ]
+
+    async def _summarize_throttles(self) -> None:
+        self.throttles.summarize()

@@ -12,6 +12,13 @@ Hard failures are answered 200 with ``{"Error": "..."}`` so the CLI prints
 them and stops; only protocol-level problems (malformed body, node key of
 another machine) are raised for the web layer to turn into 4xx.
 
+Wrong pre-auth keys are counted per source address (``source``, given by the
+web layer) in a :class:`~headscale_tw.throttle.FailureThrottle`; a throttled
+source gets ``{"Error": "too many failed pre-auth keys from ...; try again in
+N s"}`` without its key being looked up. The official client shows that text
+(``backend error: ...``) and retries with its exponential back-off (up to
+30 s), which the throttle's refill outpaces.
+
 An interactive registration is held in memory (:class:`PendingRegistration`)
 until ``headscale auth register --auth-id <id> --user <name>`` calls
 :meth:`Registrar.complete`, which releases any held ``Followup`` request.
@@ -33,6 +40,7 @@ from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput, NotFound
+from headscale_tw.throttle import PREAUTH_KEYS, FailureThrottle, Throttled
 
 __all__ = [
     "RegisterRequest",
@@ -156,6 +164,8 @@ class Registrar:
 
     ``preauth_lookup(text)`` is a coroutine returning the matching
     ``PreAuthKey`` or ``None`` (default: :func:`default_preauth_lookup`).
+    ``preauth_throttle`` counts wrong pre-auth keys per source (default: one
+    with the documented settings on ``clock``).
     """
 
     log = Logger()
@@ -170,6 +180,7 @@ class Registrar:
         preauth_lookup: Callable[[str], Awaitable] | None = None,
         followup_timeout: float = 60.0,
         pending_ttl: float = 15 * 60.0,
+        preauth_throttle: FailureThrottle | None = None,
     ) -> None:
         self.state = state
         self.notifier = notifier
@@ -179,6 +190,7 @@ class Registrar:
         self.preauth_lookup = preauth_lookup or default_preauth_lookup(state.db)
         self.followup_timeout = followup_timeout
         self.pending_ttl = pending_ttl
+        self.preauth_throttle = preauth_throttle or FailureThrottle(PREAUTH_KEYS, clock)
         self.pending: dict[str, PendingRegistration] = {}
         self.policy = notifier.policy
 
@@ -234,8 +246,12 @@ class Registrar:
 
     # -- entry point -------------------------------------------------------
 
-    async def register(self, machine_key: str, body: object) -> dict:
-        """Handle one RegisterRequest from the Noise peer ``machine_key``; return the response dict."""
+    async def register(self, machine_key: str, body: object, source: str = "") -> dict:
+        """Handle one RegisterRequest from the Noise peer ``machine_key``; return the response dict.
+
+        ``source`` is the client's address (the web layer's ``client_address``;
+        empty when unknown): wrong pre-auth keys are throttled per source.
+        """
         request = parse_register_request(body)
         now = self.state.now()
         node = self.state.by_node_key(request.node_key)
@@ -249,7 +265,7 @@ class Registrar:
         if node is not None and not self._expired(node, now):
             return await self._success(node)
         if request.auth_key:
-            return await self._with_auth_key(machine_key, request, now)
+            return await self._with_auth_key(machine_key, request, now, source)
         if request.old_node_key:
             old = self.state.by_node_key(request.old_node_key)
             if old is not None and old.machine_key == machine_key and not self._expired(old, now):
@@ -277,8 +293,14 @@ class Registrar:
         self.notifier.node_changed(node.id)
         return await self._success(node)
 
-    async def _with_auth_key(self, machine_key: str, request: RegisterRequest, now: datetime) -> dict:
-        key = await self.preauth_lookup(request.auth_key)
+    async def _with_auth_key(self, machine_key: str, request: RegisterRequest, now: datetime, source: str) -> dict:
+        try:
+            with self.preauth_throttle.attempt(source) as attempt:
+                key = await self.preauth_lookup(request.auth_key)
+                if key is None:
+                    attempt.failed()
+        except Throttled as e:
+            return {"Error": str(e)}
         if key is None:
             return {"Error": "invalid auth key"}
         if key.expiration is not None and key.expiration <= now:

@@ -88,6 +88,10 @@ class NoisePeer:
     address: IAddress
     #: Early-noise challenge key sent to this client, if any.
     challenge: ChallengePrivate | None = None
+    #: The client's address as resolved when ``/ts2021`` upgraded (honouring
+    #: ``trusted_proxies``; see :mod:`headscale_tw.web.client_address`); empty
+    #: when unknown, and then the transport's peer is the client.
+    client_address: str = ""
 
 
 @implementer(IAddress)
@@ -198,15 +202,17 @@ class NoiseFactory:
         self.connections: set[NoiseProtocol] = set()
         self._refusal_sites: dict[int, Site] = {}
 
-    def accept(self, initiation: bytes) -> tuple[bytes, NoiseProtocol]:
+    def accept(self, initiation: bytes, client_address: str = "") -> tuple[bytes, NoiseProtocol]:
         """
         Answer a 101-byte initiation: the 51-byte response and the protocol to switch to.
+
+        ``client_address`` is recorded on the peer (:attr:`NoisePeer.client_address`).
 
         Raises :class:`~headscale_tw.noise._codec.HandshakeRefused` or
         :class:`~headscale_tw.noise._codec.HandshakeFailed`.
         """
         result = self.responder.respond(initiation)
-        return result.response, NoiseProtocol(self, result)
+        return result.response, NoiseProtocol(self, result, client_address)
 
     def site_for(self, version: int) -> Site:
         """The inner site for a client of ``version``: the real one, or a refusal."""
@@ -550,8 +556,9 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
     negotiatedProtocol = b"h2"
     _log = Logger()
 
-    def __init__(self, factory: NoiseFactory, result: ResponderResult) -> None:
+    def __init__(self, factory: NoiseFactory, result: ResponderResult, client_address: str = "") -> None:
         ProtocolWrapper.__init__(self, factory, None)
+        self._client_address = client_address
         self.callLater = factory.reactor.callLater
         self._result = result
         self._decoder = RecordDecoder(result.ciphers.receive)
@@ -571,6 +578,7 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
             self._result.version,
             transport.getPeer(),
             challenge,
+            self._client_address,
         )
         self.wrappedProtocol = factory.build_inner(factory.site_for(self._result.version))
         # connectionMade (early payload) runs before the inner protocol starts.

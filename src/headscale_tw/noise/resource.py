@@ -21,6 +21,13 @@ Answers:
 
 The same resource tree may be served inside Noise (the inner site); an
 upgrade attempted over HTTP/2 gets ``400``.
+
+Brute force: a malformed handshake header or a handshake the codec refuses is
+a failure counted against the client's address (``throttle``, see
+:mod:`headscale_tw.throttle`); a throttled address gets ``429`` with
+``Retry-After`` before its handshake is looked at. The client's address,
+resolved through ``proxies`` (``trusted_proxies``), is recorded on the Noise
+peer for the inner handlers.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from twisted.web.server import Site
 from headscale_tw.keys import MachinePrivate
 from headscale_tw.noise._codec import INITIATION_LEN, NoiseError, error_frame
 from headscale_tw.noise.protocol import DEFAULT_MIN_VERSION, NoiseFactory
+from headscale_tw.throttle import FailureThrottle, Throttled
+from headscale_tw.web.client_address import NO_PROXIES, TrustedProxies, client_address
 from headscale_tw.web.upgrade import NOT_DONE_YET, UpgradeError, switch_protocols
 
 __all__ = ["Ts2021Resource", "UPGRADE_TOKEN", "HANDSHAKE_HEADER"]
@@ -75,7 +84,9 @@ class Ts2021Resource(resource.Resource):
 
     ``inner_site`` serves the HTTP/2 API inside Noise; it may be the very
     site this resource is mounted in (build the ``Site`` first, then
-    ``putChild`` this resource). Keyword options go to :class:`NoiseFactory`.
+    ``putChild`` this resource). ``throttle`` counts failed handshakes per
+    client address (``None``: not throttled); ``proxies`` are the trusted
+    proxies. Other keyword options go to :class:`NoiseFactory`.
     """
 
     isLeaf = True
@@ -88,9 +99,13 @@ class Ts2021Resource(resource.Resource):
         reactor,
         *,
         min_version: int = DEFAULT_MIN_VERSION,
+        throttle: FailureThrottle | None = None,
+        proxies: TrustedProxies = NO_PROXIES,
         **options,
     ) -> None:
         super().__init__()
+        self.throttle = throttle
+        self.proxies = proxies
         self.factory = NoiseFactory(
             server_key, inner_site, reactor, min_version=min_version, **options
         )
@@ -102,14 +117,32 @@ class Ts2021Resource(resource.Resource):
         return self._upgrade(request)
 
     def _bad_request(self, request, text: str) -> bytes:
-        self._log.info(
+        # Per attempt, so debug only: failures are summarized per source by the throttle.
+        self._log.debug(
             "ts2021: refusing upgrade from {peer}: {text}", peer=request.getClientAddress(), text=text
         )
         request.setResponseCode(400)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return text.encode("utf-8") + b"\n"
 
+    def _handshake_failed(self, request, source: str, text: str) -> bytes:
+        if self.throttle is not None:
+            self.throttle.record_failure(source)
+        return self._bad_request(request, text)
+
+    def _throttled(self, request, refusal: Throttled) -> bytes:
+        request.setResponseCode(429)
+        request.setHeader(b"retry-after", b"%d" % refusal.retry_after)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return str(refusal).encode("utf-8") + b"\n"
+
     def _upgrade(self, request):
+        source = client_address(request, self.proxies)
+        if self.throttle is not None:
+            try:
+                self.throttle.check(source)
+            except Throttled as refusal:
+                return self._throttled(request, refusal)
         upgrade = (request.getHeader(b"upgrade") or b"").strip().lower()
         if not upgrade:
             return self._bad_request(request, "missing next protocol (Upgrade header)")
@@ -119,25 +152,28 @@ class Ts2021Resource(resource.Resource):
             return self._bad_request(request, "unknown next protocol in Upgrade header")
         encoded = request.getHeader(HANDSHAKE_HEADER)
         if not encoded:
-            return self._bad_request(request, "missing Tailscale handshake header")
+            return self._handshake_failed(request, source, "missing Tailscale handshake header")
         try:
             initiation = b64decode(encoded.strip(), validate=True)
         except (binascii.Error, ValueError):
-            return self._bad_request(request, "invalid Tailscale handshake header: not base64")
+            return self._handshake_failed(request, source, "invalid Tailscale handshake header: not base64")
         if len(initiation) != INITIATION_LEN:
-            return self._bad_request(
+            return self._handshake_failed(
                 request,
+                source,
                 f"invalid Tailscale handshake header: {len(initiation)} bytes, want {INITIATION_LEN}",
             )
 
         try:
-            response, protocol = self.factory.accept(initiation)
+            response, protocol = self.factory.accept(initiation, client_address=source)
         except NoiseError as e:
-            self._log.info(
+            self._log.debug(
                 "ts2021: handshake from {peer} failed: {error}",
-                peer=request.getClientAddress(),
+                peer=source,
                 error=str(e),
             )
+            if self.throttle is not None:
+                self.throttle.record_failure(source)
             return self._switch(request, _SendAndClose(self.factory.reactor), error_frame(str(e)))
         return self._switch(request, protocol, response)
 

@@ -79,6 +79,8 @@ from headscale_tw.control.routes import announced_routes, served_routes
 from headscale_tw.control.state import TAGGED_DEVICES_USER_ID
 from headscale_tw.errors import AlreadyExists, Expired, HeadscaleError, InvalidInput, NotFound, UserHasNodes
 from headscale_tw.storage.models import ApiKey, Node, PreAuthKey, User
+from headscale_tw.throttle import FailureThrottle, Throttled, guarded
+from headscale_tw.web.client_address import NO_PROXIES, TrustedProxies, client_address
 
 __all__ = ["AdminAPI", "ApiError", "mount", "validate_user_name", "validate_tag", "node_json", "user_json",
            "preauthkey_json", "apikey_json"]
@@ -86,10 +88,11 @@ __all__ = ["AdminAPI", "ApiError", "mount", "validate_user_name", "validate_tag"
 # gRPC status codes used by grpc-gateway, and the HTTP status it maps each to.
 OK, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION = 0, 3, 5, 6, 9
 UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED = 12, 13, 14, 16
+RESOURCE_EXHAUSTED = 8
 _HTTP_STATUS = {INVALID_ARGUMENT: 400, NOT_FOUND: 404, ALREADY_EXISTS: 409, FAILED_PRECONDITION: 400,
-                UNIMPLEMENTED: 501, INTERNAL: 500, UNAVAILABLE: 503, UNAUTHENTICATED: 401}
+                UNIMPLEMENTED: 501, INTERNAL: 500, UNAVAILABLE: 503, UNAUTHENTICATED: 401, RESOURCE_EXHAUSTED: 429}
 _DOMAIN_CODES = ((NotFound, NOT_FOUND), (AlreadyExists, ALREADY_EXISTS), (UserHasNodes, FAILED_PRECONDITION),
-                 (InvalidInput, INVALID_ARGUMENT), (Expired, FAILED_PRECONDITION))
+                 (InvalidInput, INVALID_ARGUMENT), (Expired, FAILED_PRECONDITION), (Throttled, RESOURCE_EXHAUSTED))
 _MAX_BODY = 1 << 20
 
 
@@ -353,14 +356,20 @@ class AdminAPI:
     :param plane: the :class:`~headscale_tw.control.plane.ControlPlane`; the node,
         policy and auth endpoints need it (501 without). Its notifier is used
         when ``notifier`` is not given.
+    :param throttle: counts refused API keys per client address and refuses a
+        throttled address with 429 (``None``: not throttled).
+    :param proxies: the trusted proxies, for the client address.
     """
 
     app = Klein()
     log = Logger()
 
     def __init__(self, db: Any, clock: IReactorTime, *, trust_all: bool = False, notifier: Any = None,
-                 plane: Any = None):
+                 plane: Any = None, throttle: FailureThrottle | None = None,
+                 proxies: TrustedProxies = NO_PROXIES):
         self.db = db
+        self.throttle = throttle
+        self.proxies = proxies
         self.clock = clock
         self.trust_all = trust_all
         self.plane = plane
@@ -390,9 +399,16 @@ class AdminAPI:
         return json.dumps({"code": code, "message": message, "details": []}).encode("utf-8")
 
     async def authenticate(self, request: IRequest) -> None:
-        """Accept the request or raise ``ApiError(UNAUTHENTICATED)``; never logs the key."""
+        """Accept the request or raise ``ApiError(UNAUTHENTICATED)``; never logs the key.
+
+        Each refusal counts against the client's address; a throttled address
+        gets ``Throttled`` (429) without its key being checked.
+        """
         if self.trust_all:
             return
+        await guarded(self.throttle, client_address(request, self.proxies), self._check_api_key(request), ApiError)
+
+    async def _check_api_key(self, request: IRequest) -> None:
         header = request.getHeader(b"authorization")
         if not header:
             raise ApiError(UNAUTHENTICATED, "missing \"Authorization: Bearer <API key>\" header")

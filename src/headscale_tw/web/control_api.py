@@ -31,6 +31,7 @@ from headscale_tw.control.poll import PollService, Unauthorized, parse_map_reque
 from headscale_tw.control.registration import MachineKeyMismatch, Registrar
 from headscale_tw.errors import InvalidInput, NotFound
 from headscale_tw.noise.protocol import stream_backlog
+from headscale_tw.web.client_address import client_address
 
 __all__ = ["peer_identity", "MachineResource", "RegisterResource", "MapResource", "MAX_BODY"]
 
@@ -143,7 +144,9 @@ class RegisterResource(_NoiseResource):
             return error
         (machine_key, _version), body = begun
         alive = _Alive(request)
-        d = Deferred.fromCoroutine(self.registrar.register(machine_key, body))
+        # Inside Noise, the address the outer /ts2021 connection came from.
+        source = client_address(request)
+        d = Deferred.fromCoroutine(self.registrar.register(machine_key, body, source=source))
         alive.on_lost.append(d.cancel)
 
         def done(response):
