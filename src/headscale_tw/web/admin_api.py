@@ -73,7 +73,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from headscale_tw import secrets
-from headscale_tw.cli._messages import format_timestamp, parse_timestamp
+from headscale_tw.timestamps import format_timestamp, parse_timestamp
 from headscale_tw.clock import utc_now
 from headscale_tw.control.routes import announced_routes, served_routes
 from headscale_tw.control.state import TAGGED_DEVICES_USER_ID
