@@ -15,6 +15,7 @@ from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.nodes import NodeAdmin
+from headscale_tw.control.users import UserAdmin
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.policy import PolicyManager
 from headscale_tw.control.poll import PollService
@@ -75,7 +76,9 @@ class Harness:
             self.state, self.notifier, self.mapper, self.config, self.clock
         )
         self.poll = PollService(self.state, self.notifier)
-        self.admin = NodeAdmin(self.state, self.notifier, self.registrar)
+        self.admin = NodeAdmin(self.state, self.notifier, self.registrar,
+                               UserAdmin(self.db.users, self.state.now, self.state, self.notifier),
+                               self.db.preauthkeys)
         self.lifecycle = NodeLifecycle(self.state, self.notifier, self.registrar, self.config)
         self.run(self.state.load())
         if self.state.users:

@@ -18,6 +18,7 @@ from twisted.web.resource import Resource
 
 from headscale_tw import secrets as keysecrets
 from headscale_tw.config.model import Config, DNSConfig, PolicyConfig
+from headscale_tw.control.admin import build_admin_services
 from headscale_tw.control.plane import ControlPlane
 from headscale_tw.control.poll import parse_map_request
 from headscale_tw.testing.db import open_test_database
@@ -55,7 +56,7 @@ class Stream:
 
 
 class PlaneHarness:
-    """``ControlPlane`` + ``AdminAPI(plane=...)`` mounted at ``/api`` + helpers to make nodes."""
+    """``ControlPlane`` + ``AdminAPI(plane.admin)`` mounted at ``/api`` + helpers to make nodes."""
 
     def __init__(self, testcase, policy_mode: str = "database", policy_path: str = "", files: dict | None = None,
                  with_plane: bool = True):
@@ -71,7 +72,8 @@ class PlaneHarness:
         testcase.addCleanup(self.stop)
         self.user = self.run(self.db.users.create("alice", display_name="Alice", email="alice@example.com",
                                                   now=NOW))
-        self.api = AdminAPI(self.db, self.clock, trust_all=True, plane=self.plane if with_plane else None)
+        services = self.plane.admin if with_plane else build_admin_services(self.db, self.plane.now)
+        self.api = AdminAPI(services, trust_all=True)
         root = Resource()
         mount(root, self.api)
         self.treq = StubTreq(root)
