@@ -15,12 +15,12 @@ from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.nodes import NodeAdmin
-from headscale_tw.control.users import UserAdmin
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.policy import PolicyManager
 from headscale_tw.control.poll import PollService
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.state import ControlState
+from headscale_tw.control.users import UserAdmin
 from headscale_tw.testing.db import open_test_database
 from headscale_tw.testing.netmap import NetmapApplier
 
