@@ -9,8 +9,8 @@ import yaml
 from twisted.trial import unittest
 
 from headscale_tw.cli._messages import PREAUTHKEY, USER, to_go_json, to_go_yaml
-from headscale_tw.timestamps import format_timestamp, parse_timestamp
 from headscale_tw.cli._output import Output, render_table, table_time
+from headscale_tw.timestamps import format_timestamp, parse_timestamp
 
 __all__ = ["TimestampTests", "GoShapeTests", "OutputTests", "TableTests"]
 

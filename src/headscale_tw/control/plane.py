@@ -25,10 +25,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from headscale_tw.clock import utc_now
+from headscale_tw.control.admin import AdminServices, build_admin_services
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper, dns_config, parse_extra_records
-from headscale_tw.control.admin import AdminServices, build_admin_services
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.policy import PolicyManager
 from headscale_tw.control.poll import PollService
