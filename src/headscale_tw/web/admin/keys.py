@@ -49,13 +49,13 @@ class PreAuthKeyHandlers(Handlers):
     @app.route("/v1/preauthkey/expire", methods=["POST"])
     @endpoint
     async def expire_preauthkey(self, request: IRequest) -> dict:
-        await self.services.preauthkeys.expire(v.parse_id(v.field(v.json_body(request), "id"), "id", required=True))
+        await self.services.preauthkeys.expire(v.required_id(v.field(v.json_body(request), "id"), "id"))
         return {}
 
     @app.route("/v1/preauthkey", methods=["DELETE"])
     @endpoint
     async def delete_preauthkey(self, request: IRequest) -> dict:
-        await self.services.preauthkeys.delete(v.parse_id(v.query(request, "id", 20), "id", required=True))
+        await self.services.preauthkeys.delete(v.required_id(v.query(request, "id", 20), "id"))
         return {}
 
 
@@ -91,5 +91,5 @@ class ApiKeyHandlers(Handlers):
     @app.route("/v1/apikey", methods=["DELETE"])
     @endpoint
     async def delete_apikey_by_id(self, request: IRequest) -> dict:
-        await self.services.apikeys.delete(v.parse_id(v.query(request, "id", 20), "id", required=True))
+        await self.services.apikeys.delete(v.required_id(v.query(request, "id", 20), "id"))
         return {}

@@ -55,7 +55,7 @@ class NodeHandlers(Handlers):
 
     def _node_id(self, node_id: str) -> int:
         self._nodes()
-        return v.parse_id(node_id, "node_id", required=True)  # type: ignore[return-value]
+        return v.required_id(node_id, "node_id")
 
     @app.route("/v1/node", methods=["GET"])
     @endpoint

@@ -46,12 +46,12 @@ class UserHandlers(Handlers):
     @app.route("/v1/user/<old_id>/rename/<new_name>", methods=["POST"])
     @endpoint
     async def rename_user(self, request: IRequest, old_id: str, new_name: str) -> dict:
-        user_id = v.parse_id(old_id, "old_id", required=True)
+        user_id = v.required_id(old_id, "old_id")
         user = await self.services.users.rename(user_id, v.user_name(new_name, "new_name"))
         return {"user": user_json(user)}
 
     @app.route("/v1/user/<user_id>", methods=["DELETE"])
     @endpoint
     async def delete_user(self, request: IRequest, user_id: str) -> dict:
-        await self.services.users.delete(v.parse_id(user_id, "id", required=True))
+        await self.services.users.delete(v.required_id(user_id, "id"))
         return {}

@@ -25,7 +25,7 @@ from headscale_tw.web.admin.errors import INVALID_ARGUMENT, ApiError
 __all__ = [
     "MAX_BODY_BYTES", "MAX_JSON_DEPTH", "MAX_ID", "MAX_USER_NAME", "MAX_DISPLAY_NAME", "MAX_EMAIL", "MAX_TAG",
     "MAX_TAGS", "MAX_ROUTE", "MAX_ROUTES", "MAX_NODE_NAME", "MAX_AUTH_ID", "MAX_KEY_TEXT",
-    "field", "query", "json_body", "parse_id", "flag", "text", "timestamp", "user_name", "tag", "tags",
+    "field", "query", "json_body", "parse_id", "required_id", "flag", "text", "timestamp", "user_name", "tag", "tags",
     "routes", "user_ident",
 ]
 
@@ -104,7 +104,7 @@ def _depth_within(data: Any, limit: int) -> bool:
     """Whether ``data`` nests at most ``limit`` containers deep (walks each container once)."""
     level = [data]
     for _ in range(limit):
-        deeper = []
+        deeper: list[Any] = []
         for item in level:
             if isinstance(item, dict):
                 deeper.extend(v for v in item.values() if isinstance(v, (dict, list)))
@@ -136,12 +136,11 @@ def json_body(request: IRequest) -> dict:
     return data
 
 
-def parse_id(value: Any, name: str, required: bool = False) -> int | None:
-    """An id (``uint64``: a JSON number or ASCII digits, 1 to :data:`MAX_ID`); ``None`` for absent or 0."""
-    if value in (None, "", 0, "0") and not isinstance(value, bool):
-        if required:
-            raise ApiError(INVALID_ARGUMENT, f"{name}: a positive id is required")
-        return None
+def _absent(value: Any) -> bool:
+    return not isinstance(value, bool) and value in (None, "", 0, "0")
+
+
+def _id(value: Any, name: str) -> int:
     if isinstance(value, bool):
         raise ApiError(INVALID_ARGUMENT, f"{name}: expected an id, got a boolean")
     if isinstance(value, int):
@@ -149,10 +148,22 @@ def parse_id(value: Any, name: str, required: bool = False) -> int | None:
     elif isinstance(value, str) and _DIGITS.fullmatch(value):
         number = int(value)
     else:
-        raise ApiError(INVALID_ARGUMENT, f"{name}: {quoted(value)} is not a valid id (ASCII digits, 1 to {MAX_ID})")
+        number = -1
     if not 0 < number <= MAX_ID:
         raise ApiError(INVALID_ARGUMENT, f"{name}: {quoted(value)} is not a valid id (ASCII digits, 1 to {MAX_ID})")
     return number
+
+
+def parse_id(value: Any, name: str) -> int | None:
+    """An id (``uint64``: a JSON number or ASCII digits, 1 to :data:`MAX_ID`); ``None`` for absent or 0."""
+    return None if _absent(value) else _id(value, name)
+
+
+def required_id(value: Any, name: str) -> int:
+    """:func:`parse_id` of an id that must be given."""
+    if _absent(value):
+        raise ApiError(INVALID_ARGUMENT, f"{name}: a positive id is required")
+    return _id(value, name)
 
 
 def flag(value: Any, name: str) -> bool:
@@ -217,7 +228,7 @@ def user_ident(value: Any, name: str) -> str:
     if isinstance(value, bool) or value in (None, ""):
         raise ApiError(INVALID_ARGUMENT, f"{name}: a user name or id is required")
     if isinstance(value, int):
-        return str(parse_id(value, name, required=True))
+        return str(required_id(value, name))
     return text(value, name, MAX_USER_NAME)
 
 
