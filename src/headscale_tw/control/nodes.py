@@ -96,6 +96,10 @@ class NodeAdmin:
         """Every node (of one user if given), ordered by id."""
         return [n for _, n in sorted(self.state.nodes.items()) if user_id is None or n.user_id == user_id]
 
+    async def list_of(self, user: str | int | None = None) -> list[Node]:
+        """:meth:`list` for a user named by name or id (``NotFound`` naming it), or every node."""
+        return self.list((await self.users.find(user)).id if user else None)
+
     def get(self, node_id: int) -> Node:
         """The node; ``NotFound`` if absent."""
         return self.state.get(node_id)

@@ -66,7 +66,7 @@ class UserAdmin:
         elif email:
             users = [u for u in await self.users.list() if u.email == email]
         elif user_id:
-            found = await self.get(user_id) if user_id <= MAX_STORED_ID else None
+            found = await self.get(user_id)
             users = [found] if found is not None else []
         else:
             users = await self.users.list()

@@ -60,10 +60,8 @@ class NodeHandlers(Handlers):
     @app.route("/v1/node", methods=["GET"])
     @endpoint
     async def list_nodes(self, request: IRequest) -> dict:
-        nodes = self._nodes()
-        user = v.query(request, "user", v.MAX_USER_NAME)
-        user_id = (await self.services.users.find(user)).id if user else None
-        return await self._reply(nodes.list(user_id), one=False)
+        nodes = await self._nodes().list_of(v.query(request, "user", v.MAX_USER_NAME))
+        return await self._reply(nodes, one=False)
 
     @app.route("/v1/node/register", methods=["POST"])
     @endpoint
