@@ -16,6 +16,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyChannel
 
 from headscale_tw.service import ControlSite
 from headscale_tw.web.admin.early import GuardedRequest
@@ -24,7 +25,7 @@ from headscale_tw.web.admin_api import mount
 from tests.cli._harness import AdminHarness
 from tests.web.test_admin_api import make_api_key
 
-__all__ = ["EarlyRefusalTests"]
+__all__ = ["EarlyRefusalTests", "StreamRefusalTests"]
 
 
 class _RecordingRequest(GuardedRequest):
@@ -151,3 +152,34 @@ class EarlyRefusalTests(unittest.TestCase):
         status, body = self.response()
         self.assertEqual((status, body["code"]), (401, 16))
         self.assertFalse(self.transport.disconnecting)
+
+
+class StreamRefusalTests(unittest.TestCase):
+    """On a channel that is not HTTP/1.1 (an HTTP/2 stream) a refused body is dropped and the stream answered."""
+
+    def request(self, headers):
+        """A ``GuardedRequest`` on a non-HTTP/1.1 channel with these request headers."""
+        request = GuardedRequest(DummyChannel())
+        for name, value in headers.items():
+            request.requestHeaders.addRawHeader(name, value)
+        return request
+
+    def test_unauthenticated_body_dropped(self):
+        """Without an API key the first chunk refuses the body: nothing is kept and the answer is a 401."""
+        request = self.request({})
+        request.gotLength(10)
+        for _ in range(100):
+            request.handleContentChunk(b"x" * 10)
+        self.assertEqual((request.body_bytes, request.content.tell()), (0, 0))
+        request.requestReceived(b"POST", b"/api/v1/user", b"HTTP/2")
+        self.assertEqual(request.code, 401)
+        self.assertTrue(request.finished)
+
+    def test_oversized_body_dropped(self):
+        """A Content-Length over the limit is refused at once: no chunk is kept and the answer is a 413."""
+        request = self.request({b"authorization": b"Bearer hskey-api-abcdefghijkl-" + b"A" * 43})
+        request.gotLength(MAX_BODY_BYTES + 1)
+        request.handleContentChunk(b"x" * 1000)
+        self.assertEqual(request.body_bytes, 0)
+        request.requestReceived(b"POST", b"/api/v1/user", b"HTTP/2")
+        self.assertEqual(request.code, 413)
