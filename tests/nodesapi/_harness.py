@@ -59,14 +59,14 @@ class PlaneHarness:
     """``ControlPlane`` + ``AdminAPI(plane.admin)`` mounted at ``/api`` + helpers to make nodes."""
 
     def __init__(self, testcase, policy_mode: str = "database", policy_path: str = "", files: dict | None = None,
-                 with_plane: bool = True):
+                 with_plane: bool = True, db_config=None):
         self.testcase = testcase
         self.files = dict(files or {})
         self.config = Config(server_url="https://hs.example.com", dns=DNSConfig(base_domain="tail.example"),
                              policy=PolicyConfig(mode=policy_mode, path=policy_path))
         self.clock = Clock()
         self.clock.advance(START)
-        self.db = open_test_database(testcase)
+        self.db = open_test_database(testcase, db_config)
         self.plane = ControlPlane(self.config, self.db, self.clock, read_file=self.read_file)
         self.run(self.plane.start())
         testcase.addCleanup(self.stop)

@@ -10,7 +10,7 @@ import json
 
 from twisted.trial import unittest
 
-from headscale_tw.testing.db import resolve
+from headscale_tw.testing.db import create_postgres_database, resolve
 from headscale_tw.web.admin.validate import (
     MAX_BODY_BYTES,
     MAX_DISPLAY_NAME,
@@ -24,7 +24,7 @@ from headscale_tw.web.admin.validate import (
 )
 from tests.nodesapi._harness import PlaneHarness
 
-__all__ = ["HostileInputTests", "HOSTILE"]
+__all__ = ["HostileInputTests", "HostileInputPostgresTests", "HOSTILE"]
 
 #: Ids that are not uint64 values, or that no row can have (SQLite and PostgreSQL ids are int64).
 BAD_IDS = ["9223372036854775808", "18446744073709551615", "18446744073709551616", "9" * 30, "\u00b2",
@@ -148,8 +148,12 @@ HOSTILE = _hostile()
 class HostileInputTests(unittest.TestCase):
     """No hostile request gets a 5xx, and none changes what is stored."""
 
+    def db_config(self):
+        """The database to run against (SQLite in memory)."""
+        return None
+
     def setUp(self):
-        self.h = PlaneHarness(self)
+        self.h = PlaneHarness(self, db_config=self.db_config())
         self.node = self.h.register("web")
         self.h.add_user("bob")
         self.h.request("POST", "/api/v1/preauthkey", {"user": "1", "aclTags": []})
@@ -179,3 +183,11 @@ class HostileInputTests(unittest.TestCase):
         self.assertEqual(failures, [])
         self.assertEqual(self.snapshot(), before)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class HostileInputPostgresTests(HostileInputTests):
+    """The same table against PostgreSQL, which refuses NUL and out-of-range integers on its own."""
+
+    def db_config(self):
+        """A fresh PostgreSQL database (the test fails if the server is unreachable)."""
+        return create_postgres_database(self)
