@@ -8,6 +8,7 @@ and is announced to peers through the notifier.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -22,13 +23,30 @@ from headscale_tw.control.users import UserAdmin, quoted
 from headscale_tw.errors import AlreadyExists, InvalidInput, NotFound
 from headscale_tw.storage.models import Node, PreAuthKey, User
 
-__all__ = ["NodeAdmin", "NodeDetails", "RouteInfo", "validate_tag"]
+__all__ = ["NodeAdmin", "NodeDetails", "RouteInfo", "validate_tag", "MAX_TAG"]
 
 
-def validate_tag(tag: object) -> str:
-    """``tag:<name>`` or ``InvalidInput`` naming the bad value."""
-    if not isinstance(tag, str) or not tag.startswith("tag:") or len(tag) <= 4 or any(c.isspace() for c in tag):
-        raise InvalidInput(f"invalid tag {tag!r}: tags look like tag:<name>")
+#: A tag is ``tag:`` plus a name of at most one DNS label.
+MAX_TAG = len("tag:") + 63
+_TAG_NAME = re.compile(r"[a-z][a-z0-9-]*", re.ASCII)
+
+
+def validate_tag(tag: object, field: str = "tags") -> str:
+    """Tailscale's tag rules (``tailcfg.CheckTag``) with Headscale's lower case, at most :data:`MAX_TAG`
+    characters: ``tag:``, a letter, then letters, digits and ``-``; ``InvalidInput`` naming the rule."""
+    shown = tag if isinstance(tag, str) and len(tag) <= 64 else (tag[:64] + "..." if isinstance(tag, str) else
+                                                                  f"<{type(tag).__name__}>")
+    if not isinstance(tag, str) or not tag.startswith("tag:") or len(tag) == 4:
+        raise InvalidInput(f"invalid tag {shown!r}: tags must start with 'tag:' and have a name")
+    if len(tag) > MAX_TAG:
+        raise InvalidInput(f"{field}: at most {MAX_TAG} characters are allowed, got {len(tag)}")
+    if tag.lower() != tag:
+        raise InvalidInput(f"invalid tag {shown!r}: tags must be lowercase")
+    if any(c.isspace() for c in tag):
+        raise InvalidInput(f"invalid tag {shown!r}: tags must not contain spaces")
+    if not _TAG_NAME.fullmatch(tag[4:]):
+        raise InvalidInput(f"invalid tag {shown!r}: a tag name starts with a letter and has only letters, "
+                           "digits and '-'")
     return tag
 
 

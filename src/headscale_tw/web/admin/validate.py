@@ -18,7 +18,9 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from headscale_tw.control.nodes import MAX_TAG, validate_tag
 from headscale_tw.control.users import quoted
+from headscale_tw.errors import InvalidInput
 from headscale_tw.timestamps import parse_timestamp
 from headscale_tw.web.admin.errors import INVALID_ARGUMENT, ApiError
 
@@ -42,8 +44,6 @@ MAX_USER_NAME = 63
 MAX_DISPLAY_NAME = 255
 #: E-mail addresses: RFC 5321's 254 characters.
 MAX_EMAIL = 254
-#: Tags: ``tag:`` plus a name of at most one DNS label.
-MAX_TAG = len("tag:") + 63
 #: Tags in one request (node tags, a pre-auth key's ACL tags).
 MAX_TAGS = 64
 #: A route: the longest IPv6 prefix text, ``ffff:...:ffff/128``.
@@ -58,7 +58,6 @@ MAX_AUTH_ID = 2048
 MAX_KEY_TEXT = 128
 
 _DIGITS = re.compile(r"[0-9]{1,20}", re.ASCII)
-_TAG_NAME = re.compile(r"[a-z][a-z0-9-]*", re.ASCII)
 
 
 def _limit(name: str, value: str, limit: int) -> str:
@@ -233,18 +232,11 @@ def user_ident(value: Any, name: str) -> str:
 
 
 def tag(value: Any, name: str = "tags") -> str:
-    """Tailscale's tag rules with Headscale's lower case: ``tag:`` then a letter, then letters, digits, ``-``."""
-    if not isinstance(value, str) or not value.startswith("tag:") or len(value) == 4:
-        raise ApiError(INVALID_ARGUMENT, f"invalid tag {quoted(value)}: tags must start with 'tag:' and have a name")
-    _limit(name, value, MAX_TAG)
-    if value.lower() != value:
-        raise ApiError(INVALID_ARGUMENT, f"invalid tag {quoted(value)}: tags must be lowercase")
-    if any(c.isspace() for c in value):
-        raise ApiError(INVALID_ARGUMENT, f"invalid tag {quoted(value)}: tags must not contain spaces")
-    if not _TAG_NAME.fullmatch(value[4:]):
-        raise ApiError(INVALID_ARGUMENT, f"invalid tag {quoted(value)}: a tag name starts with a letter and has "
-                                         "only letters, digits and '-'")
-    return value
+    """A tag by :func:`~headscale_tw.control.nodes.validate_tag` (the one set of tag rules)."""
+    try:
+        return validate_tag(value, name)
+    except InvalidInput as e:
+        raise ApiError(INVALID_ARGUMENT, str(e)) from None
 
 
 def _strings(value: Any, name: str, count: int) -> list[str]:
