@@ -5,7 +5,7 @@ Each carries a message meant for a person; the admin API maps them to HTTP
 status codes and the CLI prints them on one line.
 """
 
-__all__ = ["HeadscaleError", "NotFound", "AlreadyExists", "UserHasNodes", "InvalidInput", "Expired"]
+__all__ = ["HeadscaleError", "NotFound", "AlreadyExists", "UserHasNodes", "InvalidInput", "Expired", "Unauthenticated"]
 
 
 class HeadscaleError(Exception):
@@ -30,3 +30,7 @@ class InvalidInput(HeadscaleError):
 
 class Expired(HeadscaleError):
     """A key or node has expired."""
+
+
+class Unauthenticated(HeadscaleError):
+    """A credential (API key) is missing, malformed, unknown or expired."""

@@ -250,7 +250,12 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
     root = resource.Resource()
     root.putChild(b"health", HealthResource(health.healthy))
     root.putChild(b"register", plane.register_page())
-    site = ControlSite(root, access_log=getattr(getattr(config, "log", None), "level", "info") in ("debug", "trace"))
+    from headscale_tw.web.admin_api import AdminAPI, GuardedRequest, mount
+
+    # Request bodies on the public listener are the admin API's only: refused from the head when too
+    # large or without an API key (see web/admin/early.py).
+    site = ControlSite(root, access_log=getattr(getattr(config, "log", None), "level", "info") in ("debug", "trace"),
+                       requestFactory=GuardedRequest)
     _mount_control(config, reactor, root, plane)
 
     services: list = []
@@ -260,12 +265,10 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
         timer = TimerService(interval, job)
         timer.clock = reactor
         services.append(timer)
-    from headscale_tw.web.admin_api import AdminAPI, mount
-
     # /api/v1 on the main listener needs an API key; the unix socket is trusted
     # locally (its file mode is the access control), as Headscale's CLI socket is.
-    mount(root, AdminAPI(db, reactor, trust_all=False, notifier=plane.notifier, plane=plane,
-                         throttle=plane.throttles.api_key, proxies=_trusted_proxies(config)))
+    mount(root, AdminAPI(plane.admin, trust_all=False, throttle=plane.throttles.api_key,
+                         proxies=_trusted_proxies(config)))
     ready = None
     if config.tls.letsencrypt_hostname:
         from headscale_tw.certs.listeners import acme_listeners
@@ -279,7 +282,7 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
                                          reactor=reactor))
     if config.unix_socket:
         unix_root = resource.Resource()
-        mount(unix_root, AdminAPI(db, reactor, trust_all=True, notifier=plane.notifier, plane=plane))
+        mount(unix_root, AdminAPI(plane.admin, trust_all=True))
         services.append(_unix_listener(config, server.Site(unix_root), reactor))
     if config.metrics_listen_addr:
         metrics_root = resource.Resource()

@@ -11,6 +11,8 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
+from headscale_tw.clock import utc_now
+from headscale_tw.control.admin import build_admin_services
 from headscale_tw.testing.db import open_test_database
 from headscale_tw.web.admin_api import AdminAPI, mount
 
@@ -27,7 +29,7 @@ class AdminHarness:
         self.db = open_test_database(testcase)
         self.clock = Clock()
         self.clock.advance(START)
-        self.api = AdminAPI(self.db, self.clock, trust_all=trust_all)
+        self.api = AdminAPI(build_admin_services(self.db, lambda: utc_now(self.clock)), trust_all=trust_all)
         root = Resource()
         mount(root, self.api)
         self.treq = StubTreq(root)

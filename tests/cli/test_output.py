@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.cli.test_output -*-
-"""Tests for headscale_tw.cli._messages and headscale_tw.cli._output."""
+"""Tests for headscale_tw.timestamps, headscale_tw.cli._messages and headscale_tw.cli._output."""
 
 import io
 import json
@@ -8,8 +8,9 @@ from datetime import datetime, timezone
 import yaml
 from twisted.trial import unittest
 
-from headscale_tw.cli._messages import PREAUTHKEY, USER, format_timestamp, parse_timestamp, to_go_json, to_go_yaml
+from headscale_tw.cli._messages import PREAUTHKEY, USER, to_go_json, to_go_yaml
 from headscale_tw.cli._output import Output, render_table, table_time
+from headscale_tw.timestamps import format_timestamp, parse_timestamp
 
 __all__ = ["TimestampTests", "GoShapeTests", "OutputTests", "TableTests"]
 

@@ -20,6 +20,7 @@ from headscale_tw.control.policy import PolicyManager
 from headscale_tw.control.poll import PollService
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.state import ControlState
+from headscale_tw.control.users import UserAdmin
 from headscale_tw.testing.db import open_test_database
 from headscale_tw.testing.netmap import NetmapApplier
 
@@ -75,7 +76,9 @@ class Harness:
             self.state, self.notifier, self.mapper, self.config, self.clock
         )
         self.poll = PollService(self.state, self.notifier)
-        self.admin = NodeAdmin(self.state, self.notifier, self.registrar)
+        self.admin = NodeAdmin(self.state, self.notifier, self.registrar,
+                               UserAdmin(self.db.users, self.state.now, self.state, self.notifier),
+                               self.db.preauthkeys)
         self.lifecycle = NodeLifecycle(self.state, self.notifier, self.registrar, self.config)
         self.run(self.state.load())
         if self.state.users:

@@ -18,6 +18,7 @@ from twisted.web.resource import Resource
 
 from headscale_tw import secrets as keysecrets
 from headscale_tw.config.model import Config, DNSConfig, PolicyConfig
+from headscale_tw.control.admin import build_admin_services
 from headscale_tw.control.plane import ControlPlane
 from headscale_tw.control.poll import parse_map_request
 from headscale_tw.testing.db import open_test_database
@@ -55,23 +56,24 @@ class Stream:
 
 
 class PlaneHarness:
-    """``ControlPlane`` + ``AdminAPI(plane=...)`` mounted at ``/api`` + helpers to make nodes."""
+    """``ControlPlane`` + ``AdminAPI(plane.admin)`` mounted at ``/api`` + helpers to make nodes."""
 
     def __init__(self, testcase, policy_mode: str = "database", policy_path: str = "", files: dict | None = None,
-                 with_plane: bool = True):
+                 with_plane: bool = True, db_config=None):
         self.testcase = testcase
         self.files = dict(files or {})
         self.config = Config(server_url="https://hs.example.com", dns=DNSConfig(base_domain="tail.example"),
                              policy=PolicyConfig(mode=policy_mode, path=policy_path))
         self.clock = Clock()
         self.clock.advance(START)
-        self.db = open_test_database(testcase)
+        self.db = open_test_database(testcase, db_config)
         self.plane = ControlPlane(self.config, self.db, self.clock, read_file=self.read_file)
         self.run(self.plane.start())
         testcase.addCleanup(self.stop)
         self.user = self.run(self.db.users.create("alice", display_name="Alice", email="alice@example.com",
                                                   now=NOW))
-        self.api = AdminAPI(self.db, self.clock, trust_all=True, plane=self.plane if with_plane else None)
+        services = self.plane.admin if with_plane else build_admin_services(self.db, self.plane.now)
+        self.api = AdminAPI(services, trust_all=True)
         root = Resource()
         mount(root, self.api)
         self.treq = StubTreq(root)

@@ -215,6 +215,23 @@ class NodeChangeTests(unittest.TestCase):
         self.assertEqual(self.h.plane.state.get(self.a.id).tags, ())
         self.assertEqual(self.peer_messages(), [])
 
+    def test_user_delete_tells_nobody(self):
+        """Deleting a user that owns no node sends no session anything (no full maps); the plane forgets it."""
+        carol = self.h.add_user("carol")
+        self.h.run(self.h.plane.state.user(carol.id))  # cached, as after a registration attempt
+        mark_a = len(self.sa.applier.messages)
+        status, body = self.h.request("DELETE", f"/api/v1/user/{carol.id}")
+        self.assertEqual((status, body), (200, {}))
+        self.assertEqual((self.sa.since(mark_a), self.peer_messages()), ([], []))
+        self.assertNotIn(carol.id, self.h.plane.state.users)
+
+    def test_user_rename_without_nodes_tells_nobody(self):
+        """Renaming a user that owns no node sends no session anything."""
+        carol = self.h.add_user("carol")
+        status, body = self.h.request("POST", f"/api/v1/user/{carol.id}/rename/caroline")
+        self.assertEqual((status, body["user"]["name"]), (200, "caroline"))
+        self.assertEqual(self.peer_messages(), [])
+
     def test_user_rename_reaches_peers(self):
         """Renaming a user through the API refreshes the plane's copy, so maps show the new login name."""
         self.h.request("POST", f"/api/v1/user/{self.h.user.id}/rename/alicia")
@@ -355,10 +372,11 @@ class PolicyTests(unittest.TestCase):
         self.sb = self.h.stream(self.b)
 
     def test_get_none(self):
-        """With no policy, GET is a 404 saying everything is allowed."""
+        """With no policy, GET is a 404 saying everything is allowed, in the words Headplane reads as no policy."""
         status, body = self.h.request("GET", "/api/v1/policy")
         self.assertEqual(status, 404)
         self.assertIn("all traffic is allowed", body["message"])
+        self.assertIn("acl policy not found", body["message"])
 
     def test_set_and_get(self):
         """PUT stores and applies the policy; GET returns it with its time; peers get new filters."""
@@ -420,6 +438,7 @@ class FilePolicyTests(unittest.TestCase):
         status, body = self.h.request("PUT", "/api/v1/policy", {"policy": "{}"})
         self.assertEqual(status, 400)
         self.assertIn("policy.mode 'file'", body["message"])
+        self.assertIn("update is disabled", body["message"])
         self.assertEqual(self.h.plane.policy.get_policy(), POLICY)
         self.assertIsNone(resolve(self.h.db.policies.get_latest()))
 

@@ -13,6 +13,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 
+from headscale_tw.clock import utc_now
+from headscale_tw.control.admin import build_admin_services
 from headscale_tw.testing.db import open_test_database, resolve
 from headscale_tw.throttle import API_KEYS, FailureThrottle
 from headscale_tw.web.admin_api import AdminAPI, mount
@@ -33,7 +35,8 @@ class ApiKeyThrottleTests(unittest.TestCase):
         self.clock.advance(START)
         self.throttle = FailureThrottle(API_KEYS, self.clock)
         root = Resource()
-        mount(root, AdminAPI(self.db, self.clock, trust_all=False, throttle=self.throttle, proxies=PROXY))
+        mount(root, AdminAPI(build_admin_services(self.db, lambda: utc_now(self.clock)), trust_all=False,
+                             throttle=self.throttle, proxies=PROXY))
         self.treq = StubTreq(root)
         self.key = make_api_key(SimpleNamespace(db=self.db))
 
@@ -82,7 +85,8 @@ class ApiKeyThrottleTests(unittest.TestCase):
         """Without trusted proxies, X-Forwarded-For cannot spread one client over many buckets."""
         root = Resource()
         throttle = FailureThrottle(API_KEYS, self.clock)
-        mount(root, AdminAPI(self.db, self.clock, trust_all=False, throttle=throttle))
+        mount(root, AdminAPI(build_admin_services(self.db, lambda: utc_now(self.clock)), trust_all=False,
+                             throttle=throttle))
         self.treq = StubTreq(root)
         for i in range(API_KEYS.burst):
             self.assertEqual(self.request(f"192.0.2.{i}", self.wrong_key())[0], 401)

@@ -22,9 +22,9 @@ the number in both machine formats).
 from __future__ import annotations
 
 import calendar
-import re
-from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from headscale_tw.timestamps import parse_timestamp
 
 __all__ = [
     "USER",
@@ -34,8 +34,6 @@ __all__ = [
     "NODE",
     "REGISTER_METHOD",
     "camel",
-    "parse_timestamp",
-    "format_timestamp",
     "to_go_json",
     "to_go_yaml",
 ]
@@ -96,50 +94,10 @@ NODE = (
     ("tags", "strings"),
 )
 
-_TS = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$"
-)
-
-
 def camel(snake: str) -> str:
     """``created_at`` → ``createdAt`` (protobuf's JSON name)."""
     head, *rest = snake.split("_")
     return head + "".join(p.capitalize() for p in rest)
-
-
-def parse_timestamp(text: str) -> tuple[datetime, int]:
-    """Parse an RFC 3339 timestamp; return the UTC ``datetime`` and its nanoseconds part.
-
-    Raises ``ValueError`` naming the text when it is not RFC 3339.
-    """
-    m = _TS.match(text) if isinstance(text, str) else None
-    if m is None:
-        raise ValueError(f"{text!r} is not an RFC 3339 timestamp such as 2030-01-02T03:04:05Z")
-    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
-    frac = (m.group(7) or "").ljust(9, "0")
-    nanos = int(frac)
-    tz = m.group(8)
-    if tz in ("Z", "z"):
-        offset = timezone.utc
-    else:
-        sign = 1 if tz[0] == "+" else -1
-        offset = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
-    dt = datetime(year, month, day, hour, minute, second, nanos // 1000, tzinfo=offset)
-    return dt.astimezone(timezone.utc), nanos
-
-
-def format_timestamp(dt: datetime) -> str:
-    """A ``datetime`` as protobuf JSON does it: UTC, ``Z``, 0/3/6 fractional digits."""
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    dt = dt.astimezone(timezone.utc)
-    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
-    us = dt.microsecond
-    if us == 0:
-        return base + "Z"
-    if us % 1000 == 0:
-        return f"{base}.{us // 1000:03d}Z"
-    return f"{base}.{us:06d}Z"
 
 
 def _ts_parts(value: Any) -> dict[str, int] | None:

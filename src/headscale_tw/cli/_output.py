@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from headscale_tw.cli._messages import parse_timestamp
+from headscale_tw.timestamps import parse_timestamp
 
 __all__ = ["FORMATS", "Output", "render_table", "table_time"]
 

@@ -39,13 +39,12 @@ from headscale_tw.cli._messages import (
     NODE,
     PREAUTHKEY,
     USER,
-    format_timestamp,
-    parse_timestamp,
     to_go_json,
     to_go_yaml,
 )
 from headscale_tw.cli._output import FORMATS, Output, render_table, table_time
 from headscale_tw.config._durations import DurationError, parse_duration
+from headscale_tw.timestamps import format_timestamp, parse_timestamp
 
 __all__ = ["main", "build_parser", "Context"]
 

@@ -8,6 +8,7 @@ and is announced to peers through the notifier.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -18,16 +19,34 @@ from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.routes import announced_routes, normalize_approval, parse_prefix, served_routes
 from headscale_tw.control.state import ControlState
-from headscale_tw.errors import AlreadyExists, InvalidInput
-from headscale_tw.storage.models import Node
+from headscale_tw.control.users import UserAdmin, quoted
+from headscale_tw.errors import AlreadyExists, InvalidInput, NotFound
+from headscale_tw.storage.models import Node, PreAuthKey, User
 
-__all__ = ["NodeAdmin", "RouteInfo", "validate_tag"]
+__all__ = ["NodeAdmin", "NodeDetails", "RouteInfo", "validate_tag", "MAX_TAG"]
 
 
-def validate_tag(tag: object) -> str:
-    """``tag:<name>`` or ``InvalidInput`` naming the bad value."""
-    if not isinstance(tag, str) or not tag.startswith("tag:") or len(tag) <= 4 or any(c.isspace() for c in tag):
-        raise InvalidInput(f"invalid tag {tag!r}: tags look like tag:<name>")
+#: A tag is ``tag:`` plus a name of at most one DNS label.
+MAX_TAG = len("tag:") + 63
+_TAG_NAME = re.compile(r"[a-z][a-z0-9-]*", re.ASCII)
+
+
+def validate_tag(tag: object, field: str = "tags") -> str:
+    """Tailscale's tag rules (``tailcfg.CheckTag``) with Headscale's lower case, at most :data:`MAX_TAG`
+    characters: ``tag:``, a letter, then letters, digits and ``-``; ``InvalidInput`` naming the rule."""
+    shown = tag if isinstance(tag, str) and len(tag) <= 64 else (tag[:64] + "..." if isinstance(tag, str) else
+                                                                  f"<{type(tag).__name__}>")
+    if not isinstance(tag, str) or not tag.startswith("tag:") or len(tag) == 4:
+        raise InvalidInput(f"invalid tag {shown!r}: tags must start with 'tag:' and have a name")
+    if len(tag) > MAX_TAG:
+        raise InvalidInput(f"{field}: at most {MAX_TAG} characters are allowed, got {len(tag)}")
+    if tag.lower() != tag:
+        raise InvalidInput(f"invalid tag {shown!r}: tags must be lowercase")
+    if any(c.isspace() for c in tag):
+        raise InvalidInput(f"invalid tag {shown!r}: tags must not contain spaces")
+    if not _TAG_NAME.fullmatch(tag[4:]):
+        raise InvalidInput(f"invalid tag {shown!r}: a tag name starts with a letter and has only letters, "
+                           "digits and '-'")
     return tag
 
 
@@ -43,17 +62,61 @@ class RouteInfo:
     primary: tuple[str, ...]  # subnet prefixes this node currently routes (HA primary)
 
 
-class NodeAdmin:
-    """List, expire, rename, delete, tag, move and register nodes."""
+@attrs.frozen
+class NodeDetails:
+    """What the admin API shows of a node: the row, its owner and key, and runtime facts."""
 
-    def __init__(self, state: ControlState, notifier: MapNotifier, registrar: Registrar) -> None:
+    node: Node
+    user: User | None
+    key: PreAuthKey | None
+    key_user: User | None
+    online: bool
+    subnet_routes: tuple[str, ...]  # HA primary subnets plus approved exit routes
+
+
+class NodeAdmin:
+    """List, describe, expire, rename, delete, tag, move and register nodes.
+
+    ``users`` (a :class:`~headscale_tw.control.users.UserAdmin`) resolves the
+    user named in ``move_to`` and ``register`` and the owners in ``describe``;
+    ``preauthkeys`` is the pre-auth key store (``describe`` shows each node's key).
+    """
+
+    def __init__(self, state: ControlState, notifier: MapNotifier, registrar: Registrar, users: UserAdmin,
+                 preauthkeys) -> None:
         self.state = state
         self.notifier = notifier
         self.registrar = registrar
+        self.users = users
+        self.preauthkeys = preauthkeys
+
+    async def describe(self, nodes: Iterable[Node]) -> list[NodeDetails]:
+        """Each node with its owner, pre-auth key (and the key's owner), online state and served routes."""
+        nodes = list(nodes)
+        users = {u.id: u for u in await self.users.list()}
+        keys = {k.id: k for k in await self.preauthkeys.list()} if any(n.auth_key_id for n in nodes) else {}
+        policy = self.notifier.policy
+        out = []
+        for node in nodes:
+            key = keys.get(node.auth_key_id) if node.auth_key_id is not None else None
+            exits = tuple(str(r) for r in served_routes(node) if r.prefixlen == 0)
+            out.append(NodeDetails(
+                node=node,
+                user=users.get(node.user_id) if node.user_id is not None else None,
+                key=key,
+                key_user=users.get(key.user_id) if key is not None and key.user_id is not None else None,
+                online=self.is_online(node.id),
+                subnet_routes=tuple(policy.primary_routes(node.id)) + exits,
+            ))
+        return out
 
     def list(self, user_id: int | None = None) -> list[Node]:
         """Every node (of one user if given), ordered by id."""
         return [n for _, n in sorted(self.state.nodes.items()) if user_id is None or n.user_id == user_id]
+
+    async def list_of(self, user: str | int | None = None) -> list[Node]:
+        """:meth:`list` for a user named by name or id (``NotFound`` naming it), or every node."""
+        return self.list((await self.users.find(user)).id if user else None)
 
     def get(self, node_id: int) -> Node:
         """The node; ``NotFound`` if absent."""
@@ -173,6 +236,20 @@ class NodeAdmin:
             )
         return out
 
-    async def register(self, auth_id: str, user_name: str) -> Node:
-        """``headscale auth register --auth-id <id> --user <name>``."""
-        return await self.registrar.complete(auth_id, user_name)
+    async def move_to(self, node_id: int, user: str | int) -> Node:
+        """:meth:`move` to a user named by name or id; ``NotFound`` for the node first, then the user."""
+        self.state.get(node_id)
+        found = await self.users.find(user)
+        return await self.move(node_id, found.id)
+
+    async def register(self, auth_id: str, user: str | int) -> Node:
+        """``headscale auth register --auth-id <id> --user <name or id>``.
+
+        ``auth_id`` may be the whole URL the client printed (``.../register/<id>``).
+        """
+        auth_id = auth_id.strip().rstrip("/").rpartition("/")[2]
+        if self.registrar.get_pending(auth_id) is None:
+            raise NotFound(f"no pending registration with auth id {quoted(auth_id)} "
+                           "(it may have expired; run tailscale up again)")
+        found = await self.users.find(user)
+        return await self.registrar.complete(auth_id, found.name)

@@ -30,10 +30,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from headscale_tw.clock import utc_now
+from headscale_tw.control.admin import AdminServices, build_admin_services
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper, dns_config, parse_extra_records
-from headscale_tw.control.nodes import NodeAdmin
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.policy import PolicyManager
 from headscale_tw.control.poll import PollService
@@ -51,7 +51,7 @@ def _read_text(path: str) -> str:
 
 
 class ControlPlane:
-    """Builds and owns state, mapper, notifier, registrar, poll service, admin ops and lifecycle."""
+    """Builds and owns state, mapper, notifier, registrar, poll service, admin services and lifecycle."""
 
     log = Logger()
 
@@ -81,7 +81,10 @@ class ControlPlane:
         self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock,
                                    preauth_throttle=self.throttles.preauth_key)
         self.poll = PollService(self.state, self.notifier)
-        self.nodes = NodeAdmin(self.state, self.notifier, self.registrar)
+        #: The services behind ``/api/v1``: users, keys, nodes and policy.
+        self.admin: AdminServices = build_admin_services(db, self.now, state=self.state, notifier=self.notifier,
+                                                         registrar=self.registrar, policy=self.policy)
+        self.nodes = self.admin.nodes
         self.lifecycle: NodeLifecycle | None = None
         self.cluster = None
 

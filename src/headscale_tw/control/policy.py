@@ -314,8 +314,9 @@ class PolicyManager:
         """
         if self.mode != "database":
             raise PolicyUpdateRefused(
-                "updating the policy is disabled in policy.mode 'file': edit the policy file and "
-                "reload the server (SIGHUP), or set policy.mode to 'database'"
+                "update is disabled for modes other than 'database': the policy comes from a file "
+                "(policy.mode 'file'); edit the policy file and reload the server (SIGHUP), or set "
+                "policy.mode to 'database'"
             )
         engine = self._prepare(text)
         await self.store.set(text, now=self.state.now())

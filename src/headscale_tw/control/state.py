@@ -150,6 +150,10 @@ class ControlState:
             if node.user_id == user_id:
                 self.touch(node.id)
 
+    def forget_user(self, user_id: int) -> None:
+        """Drop a deleted user from the cache (it owns no node, so no node changes)."""
+        self.users.pop(user_id, None)
+
     # -- writes ------------------------------------------------------------
 
     async def create_node(self, **fields) -> Node:

@@ -1,0 +1,54 @@
+# -*- test-case-name: tests.control.test_admin_services,tests.web.test_admin_api -*-
+"""
+The admin services that ``/api/v1`` (and so the CLI) calls, built in one place.
+
+:func:`build_admin_services` is the one builder: the control plane calls it
+with its state, notifier, registrar and policy; a database-only API (no
+plane: users and keys only) calls it with the database alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import attrs
+
+from headscale_tw.control.authkeys import ApiKeyAdmin, Pepper, PreAuthKeyAdmin
+from headscale_tw.control.nodes import NodeAdmin
+from headscale_tw.control.policy_admin import PolicyAdmin
+from headscale_tw.control.users import UserAdmin
+
+__all__ = ["AdminServices", "build_admin_services"]
+
+
+@attrs.frozen
+class AdminServices:
+    """Everything the admin API calls; ``nodes`` and ``policy`` are ``None`` without a control plane."""
+
+    users: UserAdmin
+    preauthkeys: PreAuthKeyAdmin
+    apikeys: ApiKeyAdmin
+    #: Resolves when the database answers (``GET /api/v1/health``); raises otherwise.
+    ping: Callable[[], Awaitable[object]]
+    nodes: NodeAdmin | None = None
+    policy: PolicyAdmin | None = None
+
+
+def build_admin_services(db, now: Callable[[], datetime], *, state=None, notifier=None, registrar=None,
+                         policy=None) -> AdminServices:
+    """The admin services over ``db``; with ``state``, ``notifier``, ``registrar`` and ``policy`` (the
+    control plane's) also nodes and policy, and user changes reach the plane."""
+    users = UserAdmin(db.users, now, state, notifier)
+    pepper = Pepper(db.server_state)
+    nodes = None
+    if state is not None and notifier is not None and registrar is not None:
+        nodes = NodeAdmin(state, notifier, registrar, users, db.preauthkeys)
+    return AdminServices(
+        users=users,
+        preauthkeys=PreAuthKeyAdmin(db.preauthkeys, users, pepper, now),
+        apikeys=ApiKeyAdmin(db.apikeys, pepper, now),
+        ping=lambda: db.server_state.get("health"),
+        nodes=nodes,
+        policy=PolicyAdmin(policy, db.policies) if policy is not None else None,
+    )

@@ -1,0 +1,71 @@
+# -*- test-case-name: tests.nodesapi.test_api -*-
+"""
+The policy operations of the admin API and CLI: read, check and set the policy text.
+
+:class:`PolicyAdmin` wraps the plane's :class:`~headscale_tw.control.policy.PolicyManager`
+and the policy store, so that the API never reads a store itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import attrs
+
+from headscale_tw.control.policy import PolicyManager
+from headscale_tw.errors import NotFound
+
+__all__ = ["PolicyAdmin", "PolicyText", "POLICY_NOT_FOUND"]
+
+#: The words Headscale answers when no policy is stored; Headplane reads a
+#: refusal containing them as "no policy yet" and offers an empty one.
+POLICY_NOT_FOUND = "acl policy not found"
+
+
+@attrs.frozen
+class PolicyText:
+    """The policy in force: its text and when it was stored (``None`` in file mode)."""
+
+    text: str
+    updated_at: datetime | None
+
+
+class PolicyAdmin:
+    """Get, check and set the policy; the store is read only for the update time.
+
+    :param policy: the plane's ``PolicyManager``.
+    :param store: the policy store (``get_latest()``).
+    """
+
+    def __init__(self, policy: PolicyManager, store) -> None:
+        self.policy = policy
+        self.store = store
+
+    async def current(self) -> PolicyText:
+        """The policy in force; ``NotFound`` (saying :data:`POLICY_NOT_FOUND`) when there is none."""
+        if not self.policy.get_policy():
+            if self.policy.mode == "database":
+                where = "no policy is stored in the database"
+            elif self.policy.path:
+                where = f"the policy file {self.policy.path} is empty"
+            else:
+                where = "policy.path is not set"
+            raise NotFound(f"{POLICY_NOT_FOUND}: no policy in force ({where}): all traffic is allowed")
+        return await self._text()
+
+    async def _text(self) -> PolicyText:
+        updated = None
+        if self.policy.mode == "database":
+            record = await self.store.get_latest()
+            if record is not None:
+                updated = record.updated_at or record.created_at
+        return PolicyText(self.policy.get_policy(), updated)
+
+    def check(self, text: str) -> None:
+        """Validate ``text`` without storing or applying it; ``PolicyRejected`` naming the problem."""
+        self.policy.check_policy(text)
+
+    async def set(self, text: str) -> PolicyText:
+        """Validate, store and apply ``text`` (database mode only; file mode refuses)."""
+        await self.policy.set_policy(text)
+        return await self._text()
