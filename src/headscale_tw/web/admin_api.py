@@ -91,6 +91,7 @@ _HTTP_STATUS = {INVALID_ARGUMENT: 400, NOT_FOUND: 404, ALREADY_EXISTS: 409, FAIL
 _DOMAIN_CODES = ((NotFound, NOT_FOUND), (AlreadyExists, ALREADY_EXISTS), (UserHasNodes, FAILED_PRECONDITION),
                  (InvalidInput, INVALID_ARGUMENT), (Expired, FAILED_PRECONDITION))
 _MAX_BODY = 1 << 20
+_MAX_ID = (1 << 63) - 1  # ids are stored as signed 64-bit integers (SQLite, PostgreSQL)
 
 
 class ApiError(Exception):
@@ -149,10 +150,12 @@ def _uint(value: Any, name: str, required: bool = False) -> int | None:
         return None
     if isinstance(value, bool):
         raise ApiError(INVALID_ARGUMENT, f"{name}: expected an id, got a boolean")
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # not "²": str.isdigit takes it
+        value = int(value)
     if isinstance(value, int) and value > 0:
+        if value > _MAX_ID:
+            raise ApiError(INVALID_ARGUMENT, f"{name}: {value} is out of range (ids are at most {_MAX_ID})")
         return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
     raise ApiError(INVALID_ARGUMENT, f"{name}: {_q(value)} is not a valid id")
 
 
@@ -213,6 +216,8 @@ def _body(request: IRequest) -> dict:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as e:
         raise ApiError(INVALID_ARGUMENT, f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(INVALID_ARGUMENT, "request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(INVALID_ARGUMENT, "request body must be a JSON object")
     return data
@@ -638,8 +643,8 @@ class AdminAPI:
             raise ApiError(INVALID_ARGUMENT, f"{name}: a user name or id is required")
         text = str(ident)
         try:
-            if text.isdigit():
-                return await self.db.users.get(int(text))
+            if text.isascii() and text.isdigit():
+                return await self.db.users.get(_uint(text, name, required=True))
             return await self.db.users.get_by_name(text)
         except NotFound:
             raise ApiError(NOT_FOUND, f"user {_q(text)} not found") from None
