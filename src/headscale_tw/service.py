@@ -248,7 +248,6 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
     root.putChild(b"health", HealthResource(health.healthy))
     root.putChild(b"register", plane.register_page())
     from headscale_tw.web.swagger import swagger_resource
-
     root.putChild(b"swagger", swagger_resource())  # Headscale's /swagger and /swagger/v1/openapiv2.json
     site = ControlSite(root, access_log=getattr(getattr(config, "log", None), "level", "info") in ("debug", "trace"))
     _mount_control(config, reactor, root, plane)
