@@ -20,9 +20,9 @@ does (see :mod:`headscale_tw.web.admin_api`):
 - operations this server answers with 501 on purpose (``auth/approve``,
   ``auth/reject``, ``node/backfillips``) declare a ``501`` response, and the
   health check declares its ``503``;
-- routes beyond Headscale 0.29's are marked ``x-headscale-tw`` (the pre-0.23
-  ``MoveNode``, ``DELETE /api/v1/apikey?id=`` and the ``user`` filter of the
-  pre-auth key list).
+- operations beyond Headscale 0.29's are marked ``x-headscale-tw`` (the
+  pre-0.23 ``MoveNode`` and ``DELETE /api/v1/apikey?id=``); the ``user`` filter
+  of the pre-auth key list says so in its description.
 
 Requests authenticate with ``Authorization: Bearer <API key>``; Swagger 2.0
 can only say this as an ``apiKey`` in the ``Authorization`` header.
