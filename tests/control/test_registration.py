@@ -233,9 +233,10 @@ class InteractiveTests(unittest.TestCase):
     def test_pending_forgotten(self):
         """Stale pending registrations are dropped by the sweep."""
         _, auth_id = self._start()
-        self.h.clock.advance(self.h.registrar.pending_ttl + 1)
+        self.h.clock.advance(self.h.registrar.auth_requests.lifetime + 1)
         self.assertEqual(self.h.run(self.h.lifecycle.forget_stale_registrations()), 1)
-        self.assertIsNone(self.h.registrar.get_pending(auth_id))
+        self.assertIsNone(self.h.run(self.h.registrar.get_pending(auth_id)))
+        self.assertIsNone(self.h.run(self.h.db.auth_requests.get(auth_id)))
 
 
 class AuthIdTests(unittest.TestCase):
@@ -243,7 +244,7 @@ class AuthIdTests(unittest.TestCase):
 
     def test_alphanumeric(self):
         """Ids are 24 letters or digits, so none can be mistaken for a CLI option."""
-        from headscale_tw.control.registration import new_auth_id
+        from headscale_tw.control.authrequests import new_auth_id
 
         ids = {new_auth_id() for _ in range(2000)}
         self.assertEqual(len(ids), 2000)

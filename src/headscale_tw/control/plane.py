@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from headscale_tw.clock import utc_now
+from headscale_tw.control.authrequests import AuthRequests
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper, dns_config, parse_extra_records
@@ -71,7 +72,9 @@ class ControlPlane:
             batch_delay = config.tuning.batch_change_delay
         self.notifier = MapNotifier(self.state, self.mapper, clock, offline_grace=offline_grace,
                                     batch_delay=batch_delay)
-        self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock)
+        self.auth_requests = AuthRequests(db.auth_requests, clock, self.now)
+        self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock,
+                                   auth_requests=self.auth_requests)
         self.poll = PollService(self.state, self.notifier)
         self.nodes = NodeAdmin(self.state, self.notifier, self.registrar)
         self.lifecycle: NodeLifecycle | None = None
@@ -125,7 +128,8 @@ class ControlPlane:
         """
         from headscale_tw.control.cluster import ClusterSync
 
-        self.cluster = ClusterSync(self.state, self.notifier, self.policy, publish, derp=derp)
+        self.cluster = ClusterSync(self.state, self.notifier, self.policy, publish, derp=derp,
+                                   auth_requests=self.auth_requests)
         return self.cluster
 
     def stop(self) -> None:
@@ -143,7 +147,10 @@ class ControlPlane:
         """The ``/register`` resource for the plain HTTP root."""
         from headscale_tw.web.register_page import RegisterPage
 
-        return RegisterPage(exists=lambda auth_id: self.registrar.get_pending(auth_id) is not None)
+        async def exists(auth_id: str) -> bool:
+            return await self.registrar.get_pending(auth_id) is not None
+
+        return RegisterPage(exists=exists)
 
     def _guarded(self, name: str, job) -> Callable[[], Deferred]:
         def run() -> Deferred:
@@ -165,5 +172,6 @@ class ControlPlane:
             # Sweep often enough that an ephemeral node outlives its inactivity
             # timeout by at most half of it (and never sweep more than once a second).
             (self._ephemeral_sweep_interval(), self._guarded("collect_ephemeral", self.lifecycle.collect_ephemeral)),
+            # Expired auth requests already count against no cap; the sweep only frees their rows.
             (60.0, self._guarded("forget_stale_registrations", self.lifecycle.forget_stale_registrations)),
         ]

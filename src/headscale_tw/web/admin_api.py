@@ -38,7 +38,8 @@ are told::
     POST   /api/v1/node/{id}/user {user}            -> {"node": Node}   (pre-0.23 MoveNode)
     POST   /api/v1/node/register?user=&key=         -> {"node": Node}   (deprecated form)
     POST   /api/v1/auth/register {user, authId}     -> {"node": Node}
-    POST   /api/v1/auth/approve | reject {authId}   -> 501 (no SSH check mode)
+    POST   /api/v1/auth/approve {authId}            -> {}  (SSH check requests; 400 for a registration)
+    POST   /api/v1/auth/reject {authId}             -> {}  (the waiting client is told)
     POST   /api/v1/node/backfillips?confirmed=true  -> {"changes": [...]}
     GET    /api/v1/policy                           -> {"policy": text, "updatedAt": ts|null}
     PUT    /api/v1/policy {policy}                  -> {"policy": text, "updatedAt": ts}
@@ -77,7 +78,16 @@ from headscale_tw.cli._messages import format_timestamp, parse_timestamp
 from headscale_tw.clock import utc_now
 from headscale_tw.control.routes import announced_routes, served_routes
 from headscale_tw.control.state import TAGGED_DEVICES_USER_ID
-from headscale_tw.errors import AlreadyExists, Expired, HeadscaleError, InvalidInput, NotFound, UserHasNodes
+from headscale_tw.errors import (
+    AlreadyExists,
+    Conflict,
+    Expired,
+    HeadscaleError,
+    InvalidInput,
+    LimitReached,
+    NotFound,
+    UserHasNodes,
+)
 from headscale_tw.storage.models import ApiKey, Node, PreAuthKey, User
 
 __all__ = ["AdminAPI", "ApiError", "mount", "validate_user_name", "validate_tag", "node_json", "user_json",
@@ -89,7 +99,8 @@ UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED = 12, 13, 14, 16
 _HTTP_STATUS = {INVALID_ARGUMENT: 400, NOT_FOUND: 404, ALREADY_EXISTS: 409, FAILED_PRECONDITION: 400,
                 UNIMPLEMENTED: 501, INTERNAL: 500, UNAVAILABLE: 503, UNAUTHENTICATED: 401}
 _DOMAIN_CODES = ((NotFound, NOT_FOUND), (AlreadyExists, ALREADY_EXISTS), (UserHasNodes, FAILED_PRECONDITION),
-                 (InvalidInput, INVALID_ARGUMENT), (Expired, FAILED_PRECONDITION))
+                 (InvalidInput, INVALID_ARGUMENT), (Expired, FAILED_PRECONDITION),
+                 (Conflict, FAILED_PRECONDITION), (LimitReached, FAILED_PRECONDITION))
 _MAX_BODY = 1 << 20
 
 
@@ -216,6 +227,16 @@ def _body(request: IRequest) -> dict:
     if not isinstance(data, dict):
         raise ApiError(INVALID_ARGUMENT, "request body must be a JSON object")
     return data
+
+
+def _auth_id(text: str, name: str = "authId") -> str:
+    """The auth id of an interactive login; the whole ``.../register/<id>`` URL is accepted too."""
+    text = text.strip().rstrip("/").rpartition("/")[2]
+    if not text:
+        raise ApiError(INVALID_ARGUMENT, f"{name}: the auth id from the client's login URL is required")
+    if len(text) > 128:
+        raise ApiError(INVALID_ARGUMENT, f"{name}: an auth id has at most 128 characters")
+    return text
 
 
 def _strip_api_prefix(prefix: str) -> str:
@@ -670,14 +691,10 @@ class AdminAPI:
 
     async def _register(self, auth_id: str, user: str, id_name: str) -> dict:
         plane = self._control()
-        auth_id = auth_id.strip()
-        if not auth_id:
-            raise ApiError(INVALID_ARGUMENT, f"{id_name}: the auth id from the client's login URL is required")
+        auth_id = _auth_id(auth_id, id_name)
         if not user:
             raise ApiError(INVALID_ARGUMENT, "user: a user name is required")
-        # The client's URL ends in /register/<auth id>; accept the whole URL too.
-        auth_id = auth_id.rstrip("/").rpartition("/")[2]
-        if plane.registrar.get_pending(auth_id) is None:
+        if await plane.registrar.get_pending(auth_id) is None:
             raise ApiError(NOT_FOUND, f"no pending registration with auth id {_q(auth_id)} "
                                       "(it may have expired; run tailscale up again)")
         found = await self._find_user(user, "user")
@@ -687,11 +704,22 @@ class AdminAPI:
         return await self._node_reply(node)
 
     @app.route("/v1/auth/approve", methods=["POST"])
-    @app.route("/v1/auth/reject", methods=["POST"])
     @_endpoint
     async def auth_approve(self, request: IRequest) -> dict:
-        raise ApiError(UNIMPLEMENTED, "approving or rejecting auth requests (SSH check mode) is not supported by "
-                                      "headscale-tw; register nodes with auth register")
+        plane = self._control()
+        auth_id = _auth_id(_str(_field(_body(request), "auth_id"), "authId") or (_query(request, "auth_id") or ""))
+        await plane.registrar.approve(auth_id)
+        self.log.info("approved auth request {auth_id}", auth_id=auth_id)
+        return {}
+
+    @app.route("/v1/auth/reject", methods=["POST"])
+    @_endpoint
+    async def auth_reject(self, request: IRequest) -> dict:
+        plane = self._control()
+        auth_id = _auth_id(_str(_field(_body(request), "auth_id"), "authId") or (_query(request, "auth_id") or ""))
+        await plane.registrar.reject(auth_id)
+        self.log.info("rejected auth request {auth_id}", auth_id=auth_id)
+        return {}
 
     @app.route("/v1/node/backfillips", methods=["POST"])
     @_endpoint

@@ -32,7 +32,7 @@ from headscale_tw.control.registration import MachineKeyMismatch, Registrar
 from headscale_tw.errors import InvalidInput, NotFound
 from headscale_tw.noise.protocol import stream_backlog
 
-__all__ = ["peer_identity", "MachineResource", "RegisterResource", "MapResource", "MAX_BODY"]
+__all__ = ["peer_identity", "client_host", "MachineResource", "RegisterResource", "MapResource", "MAX_BODY"]
 
 MAX_BODY = 1024 * 1024
 
@@ -130,8 +130,19 @@ class _NoiseResource(Resource):
         request.finish()
 
 
+def client_host(request) -> str:
+    """The address the request came from, as text (``""`` when unknown).
+
+    This is the TCP peer of the Noise connection; behind a reverse proxy it is
+    the proxy's address (the shared client-address helper that honours
+    ``trusted_proxies`` replaces this).
+    """
+    address = request.getClientAddress()
+    return str(getattr(address, "host", "") or "")
+
+
 class RegisterResource(_NoiseResource):
-    """``POST /machine/register``."""
+    """``POST /machine/register``; the client's address is the source of an interactive registration."""
 
     def __init__(self, registrar: Registrar, identify: Callable = peer_identity) -> None:
         super().__init__(identify)
@@ -143,7 +154,7 @@ class RegisterResource(_NoiseResource):
             return error
         (machine_key, _version), body = begun
         alive = _Alive(request)
-        d = Deferred.fromCoroutine(self.registrar.register(machine_key, body))
+        d = Deferred.fromCoroutine(self.registrar.register(machine_key, body, source=client_host(request)))
         alive.on_lost.append(d.cancel)
 
         def done(response):
