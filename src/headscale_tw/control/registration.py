@@ -446,7 +446,7 @@ class Registrar:
         if state == "expired":
             return await self._start_interactive(machine_key, request, source)
         if state == "approved" and row.node_id is not None:
-            node = self.state.get(row.node_id)
+            node = self.state.nodes.get(row.node_id)
             if node is None:
                 # Registered by another instance whose change has not arrived here yet.
                 try:
