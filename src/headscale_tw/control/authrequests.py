@@ -129,10 +129,10 @@ class AuthRequests:
         row = await self.store.get(auth_id)
         state = None if row is None else row.state_at(self.now())
         if row is None or state == "expired" or (kind is not None and row.kind != kind):
-            raise NotFound(f"no pending auth request with auth id {auth_id!r} "
+            raise NotFound(f"no pending auth request with auth id \"{auth_id}\" "
                            "(it may have expired; start the login again)")
         if state != "pending":
-            raise Conflict(f"the auth request {auth_id!r} is already {state}")
+            raise Conflict(f"the auth request \"{auth_id}\" is already {state}")
         return row
 
     def settled(self, row: AuthRequest) -> bool:
@@ -168,7 +168,7 @@ class AuthRequests:
         """
         row = await self.pending(auth_id)
         if row.kind != "ssh_check":
-            raise Conflict(f"the auth request {auth_id!r} is a node registration: finish it with "
+            raise Conflict(f"the auth request \"{auth_id}\" is a node registration: finish it with "
                            f"'headscale auth register --auth-id {auth_id} --user <user>' "
                            "(auth approve is for SSH check requests)")
         row = await self.store.finish(auth_id, "approved", now=self.now())

@@ -116,7 +116,7 @@ class AuthRequestStore(StoreBase):
                     args,
                 )
             except UniqueViolation:
-                raise AlreadyExists(f"auth id {auth_id!r} is already in use") from None
+                raise AlreadyExists(f"auth id \"{auth_id}\" is already in use") from None
             return _by_auth_id_txn(txn, auth_id)
 
         return await self._pool.run_interaction("create_auth_request", create_auth_request_txn)
@@ -189,7 +189,7 @@ class AuthRequestStore(StoreBase):
             txn.execute("UPDATE auth_requests SET node_id = ? WHERE auth_id = ?", (node_id, auth_id))
             current = _by_auth_id_txn(txn, auth_id)
             if current is None:
-                raise NotFound(f"no auth request with auth id {auth_id!r}")
+                raise NotFound(f"no auth request with auth id \"{auth_id}\"")
             return current
 
         return await self._pool.run_interaction("set_auth_request_node", set_auth_request_node_txn)
@@ -207,8 +207,8 @@ class AuthRequestStore(StoreBase):
 
 def _refuse(current: AuthRequest | None, auth_id: str, now: datetime) -> None:
     if current is None:
-        raise NotFound(f"no pending auth request with auth id {auth_id!r}")
+        raise NotFound(f"no pending auth request with auth id \"{auth_id}\"")
     state = current.state_at(now)
     if state == "expired":
-        raise NotFound(f"the auth request {auth_id!r} has expired; start the login again")
-    raise Conflict(f"the auth request {auth_id!r} is already {state}")
+        raise NotFound(f"the auth request \"{auth_id}\" has expired; start the login again")
+    raise Conflict(f"the auth request \"{auth_id}\" is already {state}")
