@@ -74,7 +74,7 @@ def _count_pending_txn(txn: Txn, now: datetime, source: str | None) -> int:
             "SELECT COUNT(*) FROM auth_requests WHERE state = 'pending' AND source = ? AND expires_at > ?",
             (source, now),
         )
-    return int(row[0])
+    return 0 if row is None else int(row[0])
 
 
 @implementer(IAuthRequestStore)
@@ -117,7 +117,9 @@ class AuthRequestStore(StoreBase):
                 )
             except UniqueViolation:
                 raise AlreadyExists(f"auth id \"{auth_id}\" is already in use") from None
-            return _by_auth_id_txn(txn, auth_id)
+            created = _by_auth_id_txn(txn, auth_id)
+            assert created is not None  # inserted just above, in this transaction
+            return created
 
         return await self._pool.run_interaction("create_auth_request", create_auth_request_txn)
 
@@ -173,8 +175,8 @@ class AuthRequestStore(StoreBase):
             )
             changed = txn.rowcount
             current = _by_auth_id_txn(txn, auth_id)
-            if changed == 0:
-                _refuse(current, auth_id, when)
+            if changed == 0 or current is None:
+                raise _refusal(current, auth_id, when)
             return current
 
         return await self._pool.run_interaction("finish_auth_request", finish_auth_request_txn)
@@ -205,10 +207,11 @@ class AuthRequestStore(StoreBase):
         return await self._pool.run_interaction("delete_expired_auth_requests", delete_expired_auth_requests_txn)
 
 
-def _refuse(current: AuthRequest | None, auth_id: str, now: datetime) -> None:
+def _refusal(current: AuthRequest | None, auth_id: str, now: datetime) -> Exception:
+    """Why a request could not be finished: unknown or expired (``NotFound``), or finished (``Conflict``)."""
     if current is None:
-        raise NotFound(f"no pending auth request with auth id \"{auth_id}\"")
+        return NotFound(f"no pending auth request with auth id \"{auth_id}\"")
     state = current.state_at(now)
     if state == "expired":
-        raise NotFound(f"the auth request \"{auth_id}\" has expired; start the login again")
-    raise Conflict(f"the auth request \"{auth_id}\" is already {state}")
+        return NotFound(f"the auth request \"{auth_id}\" has expired; start the login again")
+    return Conflict(f"the auth request \"{auth_id}\" is already {state}")
