@@ -103,7 +103,7 @@ class AuthRequests:
         Asking again while a request is open returns the same one (the client
         keeps its login URL) and counts against no cap.
 
-        @raises LimitReached: ``source`` or the server holds the maximum of open requests.
+        :raises LimitReached: ``source`` or the server holds the maximum of open requests.
         """
         now = self.now()
         if machine_key:
@@ -123,8 +123,8 @@ class AuthRequests:
     async def pending(self, auth_id: str, kind: str | None = None) -> AuthRequest:
         """The open request with this auth id (of ``kind`` if given).
 
-        @raises NotFound: no such request (or of another kind), or it has expired.
-        @raises Conflict: it was already approved or rejected.
+        :raises NotFound: no such request (or of another kind), or it has expired.
+        :raises Conflict: it was already approved or rejected.
         """
         row = await self.store.get(auth_id)
         state = None if row is None else row.state_at(self.now())
@@ -163,7 +163,7 @@ class AuthRequests:
     async def approve(self, auth_id: str) -> AuthRequest:
         """``headscale auth approve``: approve an open SSH check.
 
-        @raises Conflict: the request is a node registration (finish those with
+        :raises Conflict: the request is a node registration (finish those with
             ``auth register``, which names the user).
         """
         row = await self.pending(auth_id)

@@ -133,7 +133,7 @@ def registration_details(request: RegisterRequest) -> dict:
     strings in :data:`KEPT_HOSTINFO` and ``RequestTags``: at most
     :data:`MAX_DETAILS_BYTES` whatever the client sent.
 
-    @raises InvalidInput: a kept field is longer than its limit (named in the message).
+    :raises InvalidInput: a kept field is longer than its limit (named in the message).
     """
     kept: dict = {}
     for name in KEPT_HOSTINFO:
@@ -264,7 +264,7 @@ class Registrar:
     def _requested_tags(self, request: RegisterRequest, user_id: int | None) -> tuple[str, ...]:
         """``Hostinfo.RequestTags`` (``--advertise-tags``) checked against ``tagOwners``.
 
-        @raises TagsRefused: naming the tags ``user_id`` may not own.
+        :raises TagsRefused: naming the tags ``user_id`` may not own.
         """
         requested = request.hostinfo.get("RequestTags") or []
         if not isinstance(requested, list):
@@ -472,9 +472,9 @@ class Registrar:
 
         Works for a registration opened on any instance sharing the database.
 
-        @raises NotFound: no open registration with this id, or no such user.
-        @raises Conflict: it was already finished.
-        @raises TagsRefused: the user may not own the requested tags (the
+        :raises NotFound: no open registration with this id, or no such user.
+        :raises Conflict: it was already finished.
+        :raises TagsRefused: the user may not own the requested tags (the
             registration is rejected and its client told why).
         """
         row = await self.auth_requests.pending(auth_id, kind="register")

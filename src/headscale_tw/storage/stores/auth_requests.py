@@ -86,9 +86,9 @@ class AuthRequestStore(StoreBase):
                      max_per_source: int, max_total: int, now: datetime | None = None) -> AuthRequest:
         """Insert a pending request and return it.
 
-        @raises LimitReached: ``source`` already has ``max_per_source`` unexpired
+        :raises LimitReached: ``source`` already has ``max_per_source`` unexpired
             pending requests, or the table ``max_total``.
-        @raises AlreadyExists: the ``auth_id`` is taken (ids are random: a bug).
+        :raises AlreadyExists: the ``auth_id`` is taken (ids are random: a bug).
         """
         if kind not in AUTH_KINDS:
             raise ValueError(f"unknown auth request kind {kind!r}")
@@ -160,8 +160,8 @@ class AuthRequestStore(StoreBase):
                      now: datetime | None = None) -> AuthRequest:
         """Move a pending, unexpired request to ``approved`` or ``rejected``; return the updated row.
 
-        @raises NotFound: no such request, or it has expired.
-        @raises Conflict: it was already approved or rejected.
+        :raises NotFound: no such request, or it has expired.
+        :raises Conflict: it was already approved or rejected.
         """
         if state not in ("approved", "rejected"):
             raise ValueError(f"an auth request is finished as approved or rejected, not {state!r}")
@@ -184,7 +184,7 @@ class AuthRequestStore(StoreBase):
     async def set_node(self, auth_id: str, node_id: int) -> AuthRequest:
         """Record the node an approved registration created or updated; return the updated row.
 
-        @raises NotFound: no such request.
+        :raises NotFound: no such request.
         """
 
         def set_auth_request_node_txn(txn: Txn) -> AuthRequest:
