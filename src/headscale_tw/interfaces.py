@@ -169,6 +169,9 @@ class IAuthRequestStore(Interface):
     async def set_node(auth_id, node_id):
         """Record the node a finished registration created or updated."""
 
+    async def reopen(auth_id):
+        """Put an approved registration without a node back to pending; return whether it was."""
+
     async def delete_expired(now=None):
         """Delete requests past their expiry; return how many."""
 

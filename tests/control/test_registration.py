@@ -323,6 +323,25 @@ class PendingRegistrationTests(unittest.TestCase):
         self.assertIn("auth register", str(error.value))
         self.assertEqual(self.h.run(self.h.registrar.get_pending(auth_id)).state, "pending")
 
+    def test_failed_node_write_leaves_it_pending(self):
+        """When the node cannot be written (e.g. no free address) the login stays open and a retry finishes it."""
+        mkey, nkey = key("mkey"), key("nodekey")
+        url = self.start(machine_key=mkey, node_key=nkey)["AuthURL"]
+        auth_id = url.rpartition("/")[2]
+        held = self.held(self.h.registrar, mkey, nkey, url)
+
+        async def no_address(**fields):
+            raise RuntimeError("no free address")
+
+        original = self.h.state.create_node
+        self.patch(self.h.state, "create_node", no_address)
+        self.failureResultOf(Deferred.fromCoroutine(self.h.admin.register(auth_id, "alice")), RuntimeError)
+        self.assertEqual(self.h.run(self.h.registrar.get_pending(auth_id)).user_id, None)
+        self.assertNoResult(held)
+        self.patch(self.h.state, "create_node", original)
+        self.h.run(self.h.admin.register(auth_id, "alice"))
+        self.assertTrue(self.successResultOf(held)["MachineAuthorized"])
+
     def test_timeout_rereads_the_row(self):
         """A change whose wake-up never arrived is seen when the held Followup's timeout re-reads the row."""
         mkey, nkey = key("mkey"), key("nodekey")

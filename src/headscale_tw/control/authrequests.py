@@ -154,6 +154,10 @@ class AuthRequests:
         """
         return await self.store.finish(auth_id, "approved", user_id=user_id, now=self.now())
 
+    async def unclaim(self, auth_id: str) -> bool:
+        """Undo :meth:`claim` when the node could not be written, so the admin can try again."""
+        return await self.store.reopen(auth_id)
+
     async def attach_node(self, auth_id: str, node_id: int) -> AuthRequest:
         """Record the node of a claimed registration; its waiting clients are answered."""
         row = await self.store.set_node(auth_id, node_id)

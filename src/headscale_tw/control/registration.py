@@ -487,16 +487,21 @@ class Registrar:
             await self.auth_requests.reject(auth_id, reason=str(e))
             raise
         await self.auth_requests.claim(auth_id, user.id)
-        node = await self._upsert(
-            row.machine_key,
-            request,
-            self.state.now(),
-            user_id=user.id,
-            tags=tags,
-            auth_key_id=None,
-            ephemeral=request.ephemeral,
-            register_method="cli",
-        )
+        try:
+            node = await self._upsert(
+                row.machine_key,
+                request,
+                self.state.now(),
+                user_id=user.id,
+                tags=tags,
+                auth_key_id=None,
+                ephemeral=request.ephemeral,
+                register_method="cli",
+            )
+        except BaseException:
+            # E.g. no free address: the login stays open for another attempt.
+            await self.auth_requests.unclaim(auth_id)
+            raise
         await self.auth_requests.attach_node(auth_id, node.id)
         return node
 

@@ -196,6 +196,23 @@ class AuthRequestStore(StoreBase):
 
         return await self._pool.run_interaction("set_auth_request_node", set_auth_request_node_txn)
 
+    async def reopen(self, auth_id: str) -> bool:
+        """Put an approved registration whose node was never written back to pending; return whether it was.
+
+        For a finisher whose node write failed after it approved the request, so
+        that the admin can try again.
+        """
+
+        def reopen_auth_request_txn(txn: Txn) -> bool:
+            txn.execute(
+                "UPDATE auth_requests SET state = 'pending', user_id = NULL, finished_at = NULL"
+                " WHERE auth_id = ? AND state = 'approved' AND node_id IS NULL",
+                (auth_id,),
+            )
+            return txn.rowcount == 1
+
+        return await self._pool.run_interaction("reopen_auth_request", reopen_auth_request_txn)
+
     async def delete_expired(self, now: datetime | None = None) -> int:
         """Delete every request whose expiry has passed (finished ones too); return how many."""
         when = self._now(now)
