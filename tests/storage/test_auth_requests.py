@@ -133,6 +133,19 @@ class AuthRequestStoreTestsMixin:
         self.assertEqual(resolve(self.store.set_node(row.auth_id, node.id)).node_id, node.id)
         self.assertRaises(NotFound, resolve, self.store.set_node("missing", node.id))
 
+    def test_reopen(self):
+        """An approved registration without a node goes back to pending once; one with a node does not."""
+        user = resolve(self.db.users.create("alice"))
+        row = self.create()
+        resolve(self.store.finish(row.auth_id, "approved", user_id=user.id, now=T0))
+        self.assertTrue(resolve(self.store.reopen(row.auth_id)))
+        reopened = resolve(self.store.get(row.auth_id))
+        self.assertEqual((reopened.state, reopened.user_id, reopened.finished_at), ("pending", None, None))
+        self.assertFalse(resolve(self.store.reopen(row.auth_id)))
+        rejected = self.create()
+        resolve(self.store.finish(rejected.auth_id, "rejected", now=T0))
+        self.assertFalse(resolve(self.store.reopen(rejected.auth_id)))
+
     def test_delete_expired(self):
         """The sweep deletes every request past its expiry, pending or finished, and keeps the rest."""
         old = self.create()
