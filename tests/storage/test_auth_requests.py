@@ -93,6 +93,15 @@ class AuthRequestStoreTestsMixin:
         self.create(now=later)  # every earlier one has expired by now
         self.assertEqual(resolve(self.store.count_pending("192.0.2.1", now=later)), 1)
 
+    def test_new_request_supersedes_the_machines_old_one(self):
+        """A machine's new request of a kind expires its open one, so one machine holds one place."""
+        first = self.create(machine_key="mkey:" + "a" * 64)
+        second = self.create(machine_key="mkey:" + "a" * 64)
+        self.assertEqual(resolve(self.store.get(first.auth_id)).state, "expired")
+        self.assertEqual(resolve(self.store.get(second.auth_id)).state, "pending")
+        self.assertEqual(resolve(self.store.count_pending(now=T0)), 1)
+        self.assertRaises(NotFound, resolve, self.store.finish(first.auth_id, "rejected", now=T0))
+
     def test_find_pending(self):
         """The open request for a machine and node key is found; a finished or expired one is not."""
         row = self.create()

@@ -86,6 +86,9 @@ class AuthRequestStore(StoreBase):
                      max_per_source: int, max_total: int, now: datetime | None = None) -> AuthRequest:
         """Insert a pending request and return it.
 
+        An open request of the same kind for the same machine key is superseded
+        (stored as ``expired``): a machine holds at most one of each kind.
+
         :raises LimitReached: ``source`` already has ``max_per_source`` unexpired
             pending requests, or the table ``max_total``.
         :raises AlreadyExists: the ``auth_id`` is taken (ids are random: a bug).
@@ -98,6 +101,13 @@ class AuthRequestStore(StoreBase):
         def create_auth_request_txn(txn: Txn) -> AuthRequest:
             if txn.engine.name == "postgres":
                 txn.execute("SELECT pg_advisory_xact_lock(?)", (_PG_CREATE_LOCK,))
+            if machine_key:
+                # A machine has one open request of a kind: a new one supersedes the old.
+                txn.execute(
+                    "UPDATE auth_requests SET state = 'expired', finished_at = ?"
+                    " WHERE machine_key = ? AND kind = ? AND state = 'pending'",
+                    (when, machine_key, kind),
+                )
             if _count_pending_txn(txn, when, source) >= max_per_source:
                 raise LimitReached(
                     f"too many pending registrations from {source or 'this address'} "
