@@ -5,7 +5,8 @@ Each carries a message meant for a person; the admin API maps them to HTTP
 status codes and the CLI prints them on one line.
 """
 
-__all__ = ["HeadscaleError", "NotFound", "AlreadyExists", "UserHasNodes", "InvalidInput", "Expired", "Unauthenticated"]
+__all__ = ["HeadscaleError", "NotFound", "AlreadyExists", "UserHasNodes", "InvalidInput", "Expired",
+           "Unauthenticated", "LimitReached", "Conflict"]
 
 
 class HeadscaleError(Exception):
@@ -34,3 +35,15 @@ class Expired(HeadscaleError):
 
 class Unauthenticated(HeadscaleError):
     """A credential (API key) is missing, malformed, unknown or expired."""
+
+
+class LimitReached(HeadscaleError):
+    """A bounded resource is full; the message names the limit. ``limit`` is its value."""
+
+    def __init__(self, message: str, limit: int):
+        super().__init__(message)
+        self.limit = limit
+
+
+class Conflict(HeadscaleError):
+    """The object exists but is not in a state that allows the operation."""

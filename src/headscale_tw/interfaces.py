@@ -17,6 +17,7 @@ __all__ = [
     "IApiKeyStore",
     "IPolicyStore",
     "IServerStateStore",
+    "IAuthRequestStore",
     "IDatabase",
     "INodeNotifier",
 ]
@@ -143,6 +144,38 @@ class IServerStateStore(Interface):
         """Return the stored value, storing ``factory()`` first if absent (race-safe)."""
 
 
+class IAuthRequestStore(Interface):
+    """Pending auth requests (interactive registrations, SSH checks), capped and expiring."""
+
+    async def create(*, auth_id, kind, source, machine_key="", node_key="", hostname="", details=None,
+                     expires_at, max_per_source, max_total, now=None):
+        """Insert a pending request; ``LimitReached`` past either cap."""
+
+    async def get(auth_id):
+        """Return the ``AuthRequest`` with this auth id, or ``None``."""
+
+    async def get_by_id(request_id):
+        """Return the ``AuthRequest`` with this row id, or ``None``."""
+
+    async def find_pending(kind, machine_key, node_key, now=None):
+        """Return the newest unexpired pending request for this machine and node key, or ``None``."""
+
+    async def count_pending(source=None, now=None):
+        """Count unexpired pending requests (of one source if given)."""
+
+    async def finish(auth_id, state, *, user_id=None, reason="", now=None):
+        """Move a pending request to approved/rejected; ``NotFound`` or ``Conflict`` otherwise."""
+
+    async def set_node(auth_id, node_id):
+        """Record the node a finished registration created or updated."""
+
+    async def reopen(auth_id):
+        """Put an approved registration without a node back to pending; return whether it was."""
+
+    async def delete_expired(now=None):
+        """Delete requests past their expiry; return how many."""
+
+
 class IDatabase(Interface):
     """An open, migrated database: one attribute per table area."""
 
@@ -152,6 +185,7 @@ class IDatabase(Interface):
     apikeys = Attribute("IApiKeyStore")
     policies = Attribute("IPolicyStore")
     server_state = Attribute("IServerStateStore")
+    auth_requests = Attribute("IAuthRequestStore")
 
     async def close():
         """Finish in-flight work and close every connection."""

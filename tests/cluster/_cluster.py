@@ -38,7 +38,9 @@ class Member:
         testcase.addCleanup(self.feed.stop)
         self.h = Harness(testcase, db=PublishingDatabase(raw, self.feed.publish), **harness_kw)
         testcase.addCleanup(self.h.notifier.stop)
-        self.sync = ClusterSync(self.h.state, self.h.notifier, self.h.policy, self.feed.publish)
+        testcase.addCleanup(self.h.registrar.stop)
+        self.sync = ClusterSync(self.h.state, self.h.notifier, self.h.policy, self.feed.publish,
+                                auth_requests=self.h.registrar.auth_requests)
         self.feed.subscribe(self.sync.changed, self.sync.resync)
         self.resyncs = 0
         self.sync.observers.append(self._count)

@@ -4,6 +4,7 @@ import io
 import json
 import os
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -132,6 +133,15 @@ class MachineResourceTests(unittest.TestCase):
         self.assertEqual(self.h.clock.getDelayedCalls(), [])
         self.assertEqual(held.written, [])
 
+    def test_interactive_source_is_the_client_address(self):
+        """An interactive registration is counted against the address the request came from."""
+        base = {"Version": 133, "NodeKey": key("nodekey"), "Hostinfo": {"Hostname": "i"}}
+        request = _Request(b"/machine/register", json.dumps(base).encode(), (self.mkey, 133))
+        request.client = IPv4Address("TCP", "203.0.113.8", 41641)
+        url = json.loads(_render(self.root, request).body())["AuthURL"]
+        row = self.h.run(self.h.db.auth_requests.get(url.rpartition("/")[2]))
+        self.assertEqual(row.source, "203.0.113.8")
+
     def test_peer_identity_lookup(self):
         """peer_identity finds noise_peer_identity on the HTTP/2 connection's transport."""
 
@@ -168,4 +178,38 @@ class RegisterPageTests(unittest.TestCase):
         self.assertNotIn(b"<script>", body)
         request = DummyRequest([b"abc"])
         RegisterPage(exists=lambda auth_id: False).render_GET(request)
+        self.assertEqual(request.responseCode, 404)
+
+    def test_looked_up_later(self):
+        """A lookup that answers later (the database) completes the page then."""
+        from twisted.internet.defer import Deferred
+
+        found = Deferred()
+        request = DummyRequest([b"abc"])
+        self.assertEqual(RegisterPage(exists=lambda auth_id: found).render_GET(request), NOT_DONE_YET)
+        found.callback(True)
+        self.assertIn(b"--auth-id abc", b"".join(request.written))
+        self.assertEqual(request.finished, 1)
+
+    def test_lookup_failure(self):
+        """A failed lookup is a 503 asking to try again, and is logged."""
+        from twisted.internet.defer import fail
+
+        request = DummyRequest([b"abc"])
+        body = RegisterPage(exists=lambda auth_id: fail(RuntimeError("database down"))).render_GET(request)
+        self.assertEqual((request.responseCode, body), (503, b"the registration could not be looked up; try again\n"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_plane_page_reads_the_database(self):
+        """The control plane's page finds a pending registration in the database, and 404s it once rejected."""
+        from tests.nodesapi._harness import PlaneHarness
+
+        h = PlaneHarness(self)
+        _, auth_id = h.start_interactive("laptop")
+        page = h.plane.register_page()
+        request = DummyRequest([auth_id.encode()])
+        self.assertIn(b"headscale auth register", page.render_GET(request))
+        h.run(h.plane.registrar.reject(auth_id))
+        request = DummyRequest([auth_id.encode()])
+        page.render_GET(request)
         self.assertEqual(request.responseCode, 404)

@@ -78,7 +78,8 @@ class RegistrationTagTests(unittest.TestCase):
         auth_id = response["AuthURL"].rpartition("/")[2]
         self.failureResultOf(Deferred.fromCoroutine(self.h.registrar.complete(auth_id, "alice")), InvalidInput)
         self.assertIsNone(self.h.state.by_machine_key(machine))
-        self.assertIn("tag:db", self.h.registrar.get_pending(auth_id).response["Error"])
+        followup = self.h.run(self.h.registrar.register(machine, dict(body, Followup=response["AuthURL"])))
+        self.assertIn("tag:db", followup["Error"])
 
 
 class NoPolicyTagTests(unittest.TestCase):

@@ -6,9 +6,10 @@ from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from headscale_tw.config.model import Config, DNSConfig, NodeConfig
-from headscale_tw.control.registration import MachineKeyMismatch
+from headscale_tw.control.authrequests import REJECTED, AuthRequests
+from headscale_tw.control.registration import MAX_DETAILS_BYTES, MachineKeyMismatch, Registrar
 from headscale_tw.control.state import TAGGED_DEVICES_USER_ID
-from headscale_tw.errors import InvalidInput, NotFound
+from headscale_tw.errors import Conflict, InvalidInput, NotFound
 from tests.control._harness import Harness, key
 
 
@@ -233,9 +234,165 @@ class InteractiveTests(unittest.TestCase):
     def test_pending_forgotten(self):
         """Stale pending registrations are dropped by the sweep."""
         _, auth_id = self._start()
-        self.h.clock.advance(self.h.registrar.pending_ttl + 1)
+        self.h.clock.advance(self.h.registrar.auth_requests.lifetime + 1)
         self.assertEqual(self.h.run(self.h.lifecycle.forget_stale_registrations()), 1)
-        self.assertIsNone(self.h.registrar.get_pending(auth_id))
+        self.assertIsNone(self.h.run(self.h.registrar.get_pending(auth_id)))
+        self.assertIsNone(self.h.run(self.h.db.auth_requests.get(auth_id)))
+
+
+def _registrar(h, **limits):
+    """A Registrar over ``h``'s state whose auth requests have the given caps."""
+    requests = AuthRequests(h.db.auth_requests, h.clock, h.state.now, **limits)
+    return Registrar(h.state, h.notifier, h.mapper, h.config, h.clock, auth_requests=requests)
+
+
+class PendingRegistrationTests(unittest.TestCase):
+    """Interactive registrations are database rows: capped, expiring, small, rejectable, restart-safe."""
+
+    def setUp(self):
+        self.h = Harness(self)
+
+    def start(self, registrar=None, source="192.0.2.10", machine_key=None, node_key=None, **hostinfo):
+        registrar = registrar or self.h.registrar
+        info = {"Hostname": "laptop", "OS": "linux"}
+        info.update(hostinfo)
+        return self.h.run(registrar.register(machine_key or key("mkey"), _body(node_key or key("nodekey"),
+                                                                              Hostinfo=info), source=source))
+
+    def held(self, registrar, machine_key, node_key, url, source="192.0.2.10"):
+        return Deferred.fromCoroutine(registrar.register(machine_key, _body(node_key, Followup=url), source=source))
+
+    def test_per_source_cap(self):
+        """A source's N+1th registration is refused with an error naming the limit; other sources still register."""
+        registrar = _registrar(self.h, max_per_source=3, max_total=100)
+        for _ in range(3):
+            self.assertIn("AuthURL", self.start(registrar))
+        refused = self.start(registrar)
+        self.assertEqual(list(refused), ["Error"])
+        self.assertIn("limit 3", refused["Error"])
+        self.assertIn("AuthURL", self.start(registrar, source="198.51.100.20"))
+        self.assertEqual(self.h.run(self.h.db.auth_requests.count_pending("192.0.2.10")), 3)
+
+    def test_total_cap(self):
+        """Past the total cap every source is refused, naming the server-wide limit."""
+        registrar = _registrar(self.h, max_per_source=100, max_total=4)
+        for n in range(4):
+            self.assertIn("AuthURL", self.start(registrar, source=f"192.0.2.{n}"))
+        self.assertIn("on this server (limit 4)", self.start(registrar, source="203.0.113.1")["Error"])
+
+    def test_asking_again_is_not_counted(self):
+        """A client asking again gets its own URL back even when its source is at the cap."""
+        registrar = _registrar(self.h, max_per_source=1, max_total=100)
+        mkey, nkey = key("mkey"), key("nodekey")
+        first = self.start(registrar, machine_key=mkey, node_key=nkey)
+        self.assertEqual(self.start(registrar, machine_key=mkey, node_key=nkey), first)
+        self.assertIn("Error", self.start(registrar))
+
+    def test_expiry(self):
+        """After its lifetime a registration can no longer be finished and the client gets a new URL."""
+        mkey, nkey = key("mkey"), key("nodekey")
+        url = self.start(machine_key=mkey, node_key=nkey)["AuthURL"]
+        auth_id = url.rpartition("/")[2]
+        self.h.clock.advance(self.h.registrar.auth_requests.lifetime)
+        self.assertIsNone(self.h.run(self.h.registrar.get_pending(auth_id)))
+        error = self.failureResultOf(Deferred.fromCoroutine(self.h.admin.register(auth_id, "alice")), NotFound)
+        self.assertIn("expired", str(error.value))
+        again = self.successResultOf(self.held(self.h.registrar, mkey, nkey, url))
+        self.assertNotEqual(again["AuthURL"], url)
+        self.assertEqual(self.h.run(self.h.lifecycle.forget_stale_registrations()), 1)
+
+    def test_reject_tells_the_waiting_client(self):
+        """auth reject answers the held Followup with the rejection, and later Followups too."""
+        mkey, nkey = key("mkey"), key("nodekey")
+        url = self.start(machine_key=mkey, node_key=nkey)["AuthURL"]
+        auth_id = url.rpartition("/")[2]
+        held = self.held(self.h.registrar, mkey, nkey, url)
+        self.assertNoResult(held)
+        row = self.h.run(self.h.registrar.reject(auth_id))
+        self.assertEqual((row.state, row.reason), ("rejected", REJECTED))
+        self.assertEqual(self.successResultOf(held), {"Error": REJECTED})
+        self.assertEqual(self.successResultOf(self.held(self.h.registrar, mkey, nkey, url)), {"Error": REJECTED})
+        self.failureResultOf(Deferred.fromCoroutine(self.h.admin.register(auth_id, "alice")), NotFound)
+        self.assertIsNone(self.h.state.by_machine_key(mkey))
+        self.assertEqual(self.h.clock.getDelayedCalls(), [])
+
+    def test_approve_registration_refused(self):
+        """auth approve does not finish a node registration (that needs a user): Conflict, still pending."""
+        auth_id = self.start()["AuthURL"].rpartition("/")[2]
+        error = self.failureResultOf(Deferred.fromCoroutine(self.h.registrar.approve(auth_id)), Conflict)
+        self.assertIn("auth register", str(error.value))
+        self.assertEqual(self.h.run(self.h.registrar.get_pending(auth_id)).state, "pending")
+
+    def test_failed_node_write_leaves_it_pending(self):
+        """When the node cannot be written (e.g. no free address) the login stays open and a retry finishes it."""
+        mkey, nkey = key("mkey"), key("nodekey")
+        url = self.start(machine_key=mkey, node_key=nkey)["AuthURL"]
+        auth_id = url.rpartition("/")[2]
+        held = self.held(self.h.registrar, mkey, nkey, url)
+
+        async def no_address(**fields):
+            raise RuntimeError("no free address")
+
+        original = self.h.state.create_node
+        self.patch(self.h.state, "create_node", no_address)
+        self.failureResultOf(Deferred.fromCoroutine(self.h.admin.register(auth_id, "alice")), RuntimeError)
+        self.assertEqual(self.h.run(self.h.registrar.get_pending(auth_id)).user_id, None)
+        self.assertNoResult(held)
+        self.patch(self.h.state, "create_node", original)
+        self.h.run(self.h.admin.register(auth_id, "alice"))
+        self.assertTrue(self.successResultOf(held)["MachineAuthorized"])
+
+    def test_timeout_rereads_the_row(self):
+        """A change whose wake-up never arrived is seen when the held Followup's timeout re-reads the row."""
+        mkey, nkey = key("mkey"), key("nodekey")
+        url = self.start(machine_key=mkey, node_key=nkey)["AuthURL"]
+        held = self.held(self.h.registrar, mkey, nkey, url)
+        # Written straight to the store, as another instance would, without a notification here.
+        self.h.run(self.h.db.auth_requests.finish(url.rpartition("/")[2], "rejected", reason="refused elsewhere"))
+        self.assertNoResult(held)
+        self.h.clock.advance(self.h.registrar.followup_timeout)
+        self.assertEqual(self.successResultOf(held), {"Error": "refused elsewhere"})
+
+    def test_survives_restart(self):
+        """A registration opened before a restart is finished after it, and the client's Followup succeeds."""
+        mkey, nkey = key("mkey"), key("nodekey")
+        url = self.start(machine_key=mkey, node_key=nkey)["AuthURL"]
+        self.h.registrar.stop()
+        restarted = Harness(self, db=self.h.db)
+        restarted.clock.advance(60)
+        node = restarted.run(restarted.admin.register(url.rpartition("/")[2], "alice"))
+        self.assertEqual((node.machine_key, node.node_key, node.hostname), (mkey, nkey, "laptop"))
+        response = self.successResultOf(self.held(restarted.registrar, mkey, nkey, url))
+        self.assertTrue(response["MachineAuthorized"])
+
+    def test_stored_size_is_bounded(self):
+        """A 0.9 MB Hostinfo leaves a row of a few hundred bytes: only the kept fields are stored."""
+        junk = "x" * 900_000
+        url = self.start(Services=[{"Proto": "tcp", "Port": 1, "Description": junk}], Userspace=True,
+                         RoutableIPs=["10.0.0.0/8"] * 1000, RequestTags=["tag:a"])["AuthURL"]
+        row = self.h.run(self.h.db.auth_requests.get(url.rpartition("/")[2]))
+        self.assertEqual(row.details["Hostinfo"], {"Hostname": "laptop", "OS": "linux", "RequestTags": ["tag:a"]})
+        stored = self.h.run(self.h.db.pool.run_interaction(
+            "size", lambda txn: txn.query_one(
+                "SELECT length(details) + length(machine_key) + length(node_key) + length(hostname)"
+                " + length(source) FROM auth_requests WHERE id = ?", (row.id,))[0]))
+        self.assertLess(stored, 512)
+        self.assertLess(stored, MAX_DETAILS_BYTES)
+
+    def test_kept_fields_have_limits(self):
+        """An over-long kept Hostinfo field or too many requested tags is refused naming the field and limit."""
+        long_name = self.h.run(self._refused(Hostname="h" * 256))
+        self.assertIn("Hostinfo.Hostname is longer than 255 characters", long_name)
+        many_tags = self.h.run(self._refused(RequestTags=[f"tag:t{n}" for n in range(33)]))
+        self.assertIn("Hostinfo.RequestTags has more than 32 tags", many_tags)
+        self.assertEqual(self.h.run(self.h.db.auth_requests.count_pending()), 0)
+
+    async def _refused(self, **hostinfo):
+        try:
+            await self.h.registrar.register(key("mkey"), _body(key("nodekey"), Hostinfo=hostinfo), source="x")
+        except InvalidInput as e:
+            return str(e)
+        self.fail("the registration was accepted")
 
 
 class AuthIdTests(unittest.TestCase):
@@ -243,7 +400,7 @@ class AuthIdTests(unittest.TestCase):
 
     def test_alphanumeric(self):
         """Ids are 24 letters or digits, so none can be mistaken for a CLI option."""
-        from headscale_tw.control.registration import new_auth_id
+        from headscale_tw.control.authrequests import new_auth_id
 
         ids = {new_auth_id() for _ in range(2000)}
         self.assertEqual(len(ids), 2000)

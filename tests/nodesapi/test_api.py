@@ -352,14 +352,36 @@ class RegisterTests(unittest.TestCase):
         _, auth_id = self.h.start_interactive("laptop")
         status, body = self.h.request("POST", "/api/v1/auth/register", {"user": "carol", "authId": auth_id})
         self.assertEqual((status, body["message"]), (404, 'user "carol" not found'))
-        self.assertIsNone(self.h.plane.registrar.get_pending(auth_id).response)
+        self.assertEqual(self.h.run(self.h.plane.registrar.get_pending(auth_id)).state, "pending")
 
-    def test_approve_reject_unsupported(self):
-        """SSH-check approvals are not supported: 501 with the reason."""
+    def test_reject(self):
+        """POST /auth/reject answers {} and the registration can no longer be registered."""
+        _, auth_id = self.h.start_interactive("laptop")
+        status, body = self.h.request("POST", "/api/v1/auth/reject", {"authId": auth_id})
+        self.assertEqual((status, body), (200, {}))
+        self.assertEqual(self.h.run(self.h.db.auth_requests.get(auth_id)).state, "rejected")
+        status, body = self.h.request("POST", "/api/v1/auth/register", {"user": "alice", "authId": auth_id})
+        self.assertEqual(status, 404)
+        status, body = self.h.request("POST", "/api/v1/auth/reject", {"authId": auth_id})
+        self.assertEqual((status, body["code"]), (400, 9))
+        self.assertIn("already rejected", body["message"])
+
+    def test_approve_registration_refused(self):
+        """POST /auth/approve on a node registration is a 400 pointing at auth register; it stays pending."""
+        _, auth_id = self.h.start_interactive("laptop")
+        status, body = self.h.request("POST", "/api/v1/auth/approve", {"authId": auth_id})
+        self.assertEqual((status, body["code"]), (400, 9))
+        self.assertIn("auth register", body["message"])
+        self.assertEqual(self.h.run(self.h.plane.registrar.get_pending(auth_id)).state, "pending")
+
+    def test_approve_reject_unknown(self):
+        """approve and reject of an unknown id are 404; a missing id is a 400 naming authId."""
         for path in ("/api/v1/auth/approve", "/api/v1/auth/reject"):
-            status, body = self.h.request("POST", path, {"authId": "x"})
-            self.assertEqual((status, body["code"]), (501, 12))
-            self.assertIn("not supported", body["message"])
+            status, body = self.h.request("POST", path, {"authId": "nope"})
+            self.assertEqual((status, body["code"]), (404, 5))
+            status, body = self.h.request("POST", path, {})
+            self.assertEqual(status, 400)
+            self.assertIn("authId", body["message"])
 
 
 class PolicyTests(unittest.TestCase):

@@ -205,6 +205,20 @@ class RegisterCommandTests(_CLITestCase):
         self.assertEqual((code, out), (1, ""))
         self.assertTrue(err.startswith('Error: no pending registration with auth id "nope"'))
 
+    def test_auth_reject(self):
+        """auth reject --auth-id refuses the pending login."""
+        _, auth_id = self.h.start_interactive("laptop")
+        code, out, _ = self.cli("auth", "reject", "--auth-id", auth_id)
+        self.assertEqual((code, out), (0, "Auth request rejected\n"))
+        self.assertEqual(self.h.run(self.h.db.auth_requests.get(auth_id)).state, "rejected")
+
+    def test_auth_approve_registration(self):
+        """auth approve of a node registration is a one-line error pointing at auth register."""
+        _, auth_id = self.h.start_interactive("laptop")
+        code, out, err = self.cli("auth", "approve", "--auth-id", auth_id)
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn("auth register", err)
+
 
 class PolicyCommandTests(_CLITestCase):
     """policy get / set / check."""

@@ -97,3 +97,14 @@ class ClusterTests(ScenarioMixin, RealClientTestCase):
         one.cli("nodes", "delete", "-i", str(y_id), "--force")
         wait_for(lambda: "yankee" not in peers_by_name(x.status_json()), 30, "xray to lose yankee",
                  interval=0.3, details=x.describe)
+
+    def test_login_started_on_one_finished_through_two(self):
+        """`tailscale up` against instance one is completed by `headscale auth register` run on instance two."""
+        from tests.realclient.test_lifecycle_e2e import interactive_up, wait_registered
+
+        one = self.start_instance("one")
+        two = self.start_instance("two")
+        two.cli("users", "create", "alice")
+        node, up, auth_id, _ = interactive_up(self, one, "roamer")
+        two.cli("auth", "register", "--auth-id", auth_id, "--user", "alice")
+        wait_registered(node, up, "roamer", one)

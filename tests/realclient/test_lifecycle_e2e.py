@@ -20,6 +20,39 @@ def _nodes(server) -> dict[str, dict]:
     return {n["given_name"]: n for n in listing}
 
 
+def interactive_up(testcase, server, name: str):
+    """Run ``tailscale up`` without a key on a new node ``name`` against ``server``.
+
+    Returns ``(node, up_process, auth_id, up_log_path)`` once the client has printed its login URL.
+    """
+    node = testcase.start_node(name, ssl_cert_file=testcase.ca.ca_pem)
+    up_log = os.path.join(testcase.log_dir, f"up-{name}.log")
+    up = testcase.namespace.spawn(
+        f"up-{name}",
+        [node.binaries.tailscale, f"--socket={node.socket}", "up", f"--login-server={server.url}",
+         f"--hostname={name}", "--timeout=60s"],
+        env=node.env, log_path=up_log,
+    )
+
+    def auth_url():
+        with open(up_log) as f:
+            return re.search(r"(https://127\.0\.0\.1:\d+/register/(\S+))", f.read())
+
+    m = wait_for(auth_url, 30, "tailscale up to print the login URL", interval=0.2, details=node.describe)
+    return node, up, m.group(2), up_log
+
+
+def wait_registered(node, up, name: str, server, user: str = "alice") -> None:
+    """Wait for ``tailscale up`` to finish after ``auth register``; check it is Running as ``user``."""
+    wait_for(lambda: up.returncode is not None, 45, "tailscale up to finish", interval=0.2, details=node.describe)
+    if up.returncode != 0:
+        raise AssertionError(f"tailscale up exited {up.returncode}\n{up.describe()}")
+    if node.backend_state() != "Running":
+        raise AssertionError(f"{name} is {node.backend_state()}, not Running")
+    if _nodes(server)[name]["user"]["name"] != user:
+        raise AssertionError(f"{name} does not belong to {user}")
+
+
 class InteractiveLoginTests(ScenarioMixin, RealClientTestCase):
     """`tailscale up` without a key waits for `headscale auth register`."""
 
@@ -28,33 +61,38 @@ class InteractiveLoginTests(ScenarioMixin, RealClientTestCase):
         registers it, and then `tailscale up` finishes and the node is listed."""
         server = self.start_tls_server()
         server.cli("users", "create", "alice")
-        node = self.start_node("walker", ssl_cert_file=self.ca.ca_pem)
-        up_log = os.path.join(self.log_dir, "up-walker.log")
-        up = self.namespace.spawn(
-            "up-walker",
-            [node.binaries.tailscale, f"--socket={node.socket}", "up", f"--login-server={server.url}",
-             "--hostname=walker", "--timeout=60s"],
-            env=node.env, log_path=up_log,
-        )
-
-        def auth_url():
-            with open(up_log) as f:
-                m = re.search(r"(https://127\.0\.0\.1:8443/register/(\S+))", f.read())
-            return m
-
-        m = wait_for(auth_url, 30, "tailscale up to print the login URL", interval=0.2, details=node.describe)
-        auth_id = m.group(2)
+        node, up, auth_id, _ = interactive_up(self, server, "walker")
         page = server.http_get(f"/register/{auth_id}")
         self.assertEqual(page.status, 200)
         self.assertIn(f"headscale auth register --auth-id {auth_id} --user", page.body.decode())
         self.assertNotIn("walker", _nodes(server))
 
         server.cli("auth", "register", "--auth-id", auth_id, "--user", "alice")
-        wait_for(lambda: up.returncode is not None, 45, "tailscale up to finish", interval=0.2,
+        wait_registered(node, up, "walker", server)
+
+    def test_auth_reject_refuses_the_client(self):
+        """After `headscale auth reject` the waiting `tailscale up` fails with the rejection; no node exists."""
+        server = self.start_tls_server()
+        server.cli("users", "create", "alice")
+        node, up, auth_id, up_log = interactive_up(self, server, "refused")
+        self.assertEqual(server.cli("auth", "reject", "--auth-id", auth_id).stdout, "Auth request rejected\n")
+        wait_for(lambda: up.returncode is not None, 45, "tailscale up to give up", interval=0.2,
                  details=node.describe)
-        self.assertEqual(up.returncode, 0, up.describe())
-        self.assertEqual(node.backend_state(), "Running")
-        self.assertEqual(_nodes(server)["walker"]["user"]["name"], "alice")
+        self.assertNotEqual(up.returncode, 0)
+        with open(up_log) as f:
+            self.assertIn("rejected", f.read())
+        self.assertNotIn("refused", _nodes(server))
+        self.assertEqual(server.http_get(f"/register/{auth_id}").status, 404)
+
+    def test_pending_login_survives_a_restart(self):
+        """A login started before the server restarts is finished by `auth register` after it."""
+        server = self.start_tls_server()
+        server.cli("users", "create", "alice")
+        node, up, auth_id, _ = interactive_up(self, server, "patient")
+        server = self.restart_server(server)
+        self.assertEqual(server.http_get(f"/register/{auth_id}").status, 200)
+        server.cli("auth", "register", "--auth-id", auth_id, "--user", "alice")
+        wait_registered(node, up, "patient", server)
 
 
 class AdminChangesTests(ScenarioMixin, RealClientTestCase):

@@ -297,6 +297,14 @@ class ApiClient:
         """``POST /auth/register``."""
         return self.call("POST", "/auth/register", body={"user": user, "authId": auth_id})["node"]
 
+    def auth_approve(self, auth_id: str) -> dict:
+        """``POST /auth/approve`` (an SSH check request)."""
+        return self.call("POST", "/auth/approve", body={"authId": auth_id})
+
+    def auth_reject(self, auth_id: str) -> dict:
+        """``POST /auth/reject``: refuse a pending auth request."""
+        return self.call("POST", "/auth/reject", body={"authId": auth_id})
+
     # policy
     def get_policy(self) -> dict:
         """``GET /policy``: ``{"policy": text, "updatedAt": ...}``."""

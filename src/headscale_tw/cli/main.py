@@ -10,7 +10,7 @@
       preauthkeys create | list | expire | delete
       apikeys create | list | expire | delete
       nodes list | list-routes | expire | rename | delete | tag | approve-routes | move | register
-      auth register --auth-id ID --user NAME
+      auth register --auth-id ID --user NAME | approve --auth-id ID | reject --auth-id ID
       policy get | set -f FILE | check -f FILE
       health | version | configtest | generate private-key
 
@@ -397,6 +397,16 @@ def cmd_auth_register(ctx: Context) -> None:
     _print_node(ctx, node, f"Node {node.get('givenName', '')} registered")
 
 
+def cmd_auth_approve(ctx: Context) -> None:
+    response = ctx.client.auth_approve(ctx.args.auth_id)
+    ctx.out.result(response, response, "Auth request approved")
+
+
+def cmd_auth_reject(ctx: Context) -> None:
+    response = ctx.client.auth_reject(ctx.args.auth_id)
+    ctx.out.result(response, response, "Auth request rejected")
+
+
 # ---------------------------------------------------------------- policy
 
 
@@ -625,10 +635,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-u", "--user", required=True, help="user name")
     p.add_argument("-k", "--key", required=True, help="the auth id from the node's login URL")
 
-    auth = group("auth", "manage node authentication", [])
+    auth = group("auth", "manage node authentication and approval", [])
     p = cmd(auth, "register", cmd_auth_register, "register a node waiting at its login URL to a user")
     p.add_argument("--auth-id", required=True, help="the id at the end of the node's login URL")
     p.add_argument("-u", "--user", required=True, help="user name")
+    p = cmd(auth, "approve", cmd_auth_approve, "approve a pending authentication request (SSH check)")
+    p.add_argument("--auth-id", required=True, help="the id of the pending request")
+    p = cmd(auth, "reject", cmd_auth_reject, "reject a pending authentication request")
+    p.add_argument("--auth-id", required=True, help="the id of the pending request")
 
     policy = group("policy", "manage the ACL policy", [])
     cmd(policy, "get", cmd_policy_get, "print the policy in force", ["show", "view", "fetch"])

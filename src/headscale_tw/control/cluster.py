@@ -13,11 +13,14 @@ time, in arrival order, and fanned out exactly like a local change:
   (``node_removed``; its DERP connections here are closed).
 * ``user``: re-read and ``user_changed``; a missing one is dropped.
 * ``policy``: the policy manager re-reads the newest stored policy.
+* ``auth``: an auth request was approved or rejected elsewhere; if a client's
+  ``Followup`` long-poll waits on it here, it is re-read and answered
+  (:meth:`~headscale_tw.control.authrequests.AuthRequests.changed`).
 * ``online``/``offline``: the node's map stream started/ended on another
   instance; peers here get ``OnlineChange`` and the HA route election reruns.
   ``NodeRuntime.elsewhere`` marks such nodes (ephemeral collection skips them).
 * resync (after the feed (re)connects): every user and node is re-read and the
-  differences are applied as above.
+  differences are applied as above; auth requests waited on here are re-read.
 
 This instance's own stream starts/ends are published through ``MapNotifier.presence``.
 """
@@ -39,13 +42,15 @@ class ClusterSync:
     """The consumer of a change feed for one control plane.
 
     ``publish(kind, ident)`` is the feed's coroutine function (``ChangeFeed.publish``);
-    ``derp`` is the local ``DERPServer`` (or ``None``).
+    ``derp`` is the local ``DERPServer`` (or ``None``); ``auth_requests`` the
+    control plane's :class:`~headscale_tw.control.authrequests.AuthRequests` (or ``None``).
     """
 
     log = Logger()
 
-    def __init__(self, state, notifier, policy, publish, derp=None) -> None:
+    def __init__(self, state, notifier, policy, publish, derp=None, auth_requests=None) -> None:
         self.state = state
+        self.auth_requests = auth_requests
         self.notifier = notifier
         self.policy = policy
         self.publish = publish
@@ -97,6 +102,9 @@ class ClusterSync:
             await self._user(change.ident)
         elif change.kind == "policy":
             await self.policy.reload()
+        elif change.kind == "auth":
+            if self.auth_requests is not None:
+                await self.auth_requests.changed(change.ident)
         elif change.kind in ("online", "offline"):
             self._presence(change.ident, change.kind == "online")
 
@@ -180,4 +188,6 @@ class ClusterSync:
             if self.state.nodes.get(node_id) != row:
                 await self._node(node_id)
         await self.policy.reload()
+        if self.auth_requests is not None:
+            await self.auth_requests.recheck()
         self.log.info("cluster resync: {users} users, {nodes} nodes", users=len(users), nodes=len(stored))

@@ -6,8 +6,8 @@ Periodic node lifecycle jobs, meant to be driven by ``TimerService``s.
   passed to their peers (``Expired:true``) and to themselves.
 * :meth:`NodeLifecycle.collect_ephemeral` deletes ephemeral nodes whose last
   map session ended more than ``node.ephemeral_inactivity_timeout`` ago.
-* :meth:`NodeLifecycle.forget_stale_registrations` drops abandoned
-  interactive registrations.
+* :meth:`NodeLifecycle.forget_stale_registrations` deletes auth requests
+  (interactive registrations) whose lifetime has passed.
 
 Each returns what it did, so tests (and logs) can check it; errors are for
 the caller's wrapper to log.
@@ -80,5 +80,5 @@ class NodeLifecycle:
         return doomed
 
     async def forget_stale_registrations(self) -> int:
-        """Drop interactive registrations nobody completed."""
-        return self.registrar.expire_pending()
+        """Delete auth requests past their lifetime, finished or not; return how many."""
+        return await self.registrar.expire_pending()

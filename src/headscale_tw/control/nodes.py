@@ -74,6 +74,11 @@ class NodeDetails:
     subnet_routes: tuple[str, ...]  # HA primary subnets plus approved exit routes
 
 
+def auth_id_of(text: str) -> str:
+    """The auth id in ``text``: the id itself, or the whole ``.../register/<id>`` URL the client printed."""
+    return text.strip().rstrip("/").rpartition("/")[2]
+
+
 class NodeAdmin:
     """List, describe, expire, rename, delete, tag, move and register nodes.
 
@@ -247,9 +252,17 @@ class NodeAdmin:
 
         ``auth_id`` may be the whole URL the client printed (``.../register/<id>``).
         """
-        auth_id = auth_id.strip().rstrip("/").rpartition("/")[2]
-        if self.registrar.get_pending(auth_id) is None:
+        auth_id = auth_id_of(auth_id)
+        if await self.registrar.get_pending(auth_id) is None:  # missing, expired, rejected or finished
             raise NotFound(f"no pending registration with auth id {quoted(auth_id)} "
                            "(it may have expired; run tailscale up again)")
         found = await self.users.find(user)
         return await self.registrar.complete(auth_id, found.name)
+
+    async def approve(self, auth_id: str) -> None:
+        """``headscale auth approve --auth-id <id>``: for SSH check requests (a registration is refused)."""
+        await self.registrar.approve(auth_id_of(auth_id))
+
+    async def reject(self, auth_id: str) -> None:
+        """``headscale auth reject --auth-id <id>``: the waiting client is told its login was refused."""
+        await self.registrar.reject(auth_id_of(auth_id))

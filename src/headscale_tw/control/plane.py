@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from headscale_tw.clock import utc_now
 from headscale_tw.control.admin import AdminServices, build_admin_services
+from headscale_tw.control.authrequests import AuthRequests
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper, dns_config, parse_extra_records
@@ -78,8 +79,9 @@ class ControlPlane:
         self.notifier = MapNotifier(self.state, self.mapper, clock, offline_grace=offline_grace,
                                     batch_delay=batch_delay)
         self.throttles = AuthThrottles.build(clock)
+        self.auth_requests = AuthRequests(db.auth_requests, clock, self.now)
         self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock,
-                                   preauth_throttle=self.throttles.preauth_key)
+                                   preauth_throttle=self.throttles.preauth_key, auth_requests=self.auth_requests)
         self.poll = PollService(self.state, self.notifier)
         #: The services behind ``/api/v1``: users, keys, nodes and policy.
         self.admin: AdminServices = build_admin_services(db, self.now, state=self.state, notifier=self.notifier,
@@ -136,7 +138,8 @@ class ControlPlane:
         """
         from headscale_tw.control.cluster import ClusterSync
 
-        self.cluster = ClusterSync(self.state, self.notifier, self.policy, publish, derp=derp)
+        self.cluster = ClusterSync(self.state, self.notifier, self.policy, publish, derp=derp,
+                                   auth_requests=self.auth_requests)
         return self.cluster
 
     def stop(self) -> None:
@@ -154,7 +157,10 @@ class ControlPlane:
         """The ``/register`` resource for the plain HTTP root."""
         from headscale_tw.web.register_page import RegisterPage
 
-        return RegisterPage(exists=lambda auth_id: self.registrar.get_pending(auth_id) is not None)
+        async def exists(auth_id: str) -> bool:
+            return await self.registrar.get_pending(auth_id) is not None
+
+        return RegisterPage(exists=exists)
 
     def _guarded(self, name: str, job) -> Callable[[], Deferred]:
         def run() -> Deferred:
@@ -176,6 +182,7 @@ class ControlPlane:
             # Sweep often enough that an ephemeral node outlives its inactivity
             # timeout by at most half of it (and never sweep more than once a second).
             (self._ephemeral_sweep_interval(), self._guarded("collect_ephemeral", self.lifecycle.collect_ephemeral)),
+            # Expired auth requests already count against no cap; the sweep only frees their rows.
             (60.0, self._guarded("forget_stale_registrations", self.lifecycle.forget_stale_registrations)),
             (self.throttles.interval, self._guarded("summarize_throttles", self._summarize_throttles)),
         ]

@@ -19,51 +19,72 @@ N s"}`` without its key being looked up. The official client shows that text
 (``backend error: ...``) and retries with its exponential back-off (up to
 30 s), which the throttle's refill outpaces.
 
-An interactive registration is held in memory (:class:`PendingRegistration`)
-until ``headscale auth register --auth-id <id> --user <name>`` calls
-:meth:`Registrar.complete`, which releases any held ``Followup`` request.
-Held requests time out (the client then simply asks again).
+
+An interactive registration is an auth request of kind ``register`` stored in
+the database (:mod:`headscale_tw.control.authrequests`), capped per client
+address and in total and expiring after 15 minutes, until ``headscale auth
+register --auth-id <id> --user <name>`` calls :meth:`Registrar.complete` (on
+this instance or any other on the same database), which releases any held
+``Followup`` request; ``headscale auth reject`` refuses it and the client is
+told. Only what finishing needs is stored (:func:`registration_details`), never
+the client's whole Hostinfo. Held requests time out (the client then simply
+asks again).
 """
 
 from __future__ import annotations
 
-import secrets
+import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
-from headscale_tw.control._wire import check_hostinfo, is_zero_key, parse_key, parse_request_head, parse_time
+from headscale_tw.control._wire import (
+    check_hostinfo,
+    format_time,
+    is_zero_key,
+    parse_key,
+    parse_request_head,
+    parse_time,
+)
+from headscale_tw.control.authrequests import AuthRequests, new_auth_id
 from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.state import ControlState
-from headscale_tw.errors import InvalidInput, NotFound
+from headscale_tw.errors import InvalidInput, LimitReached, NotFound
+from headscale_tw.storage.models import AuthRequest
 from headscale_tw.throttle import PREAUTH_KEYS, FailureThrottle, Throttled
 
 __all__ = [
     "RegisterRequest",
     "parse_register_request",
-    "PendingRegistration",
+    "registration_details",
+    "stored_register_request",
     "Registrar",
     "MachineKeyMismatch",
     "TagsRefused",
     "default_preauth_lookup",
+    "new_auth_id",
+    "KEPT_HOSTINFO",
+    "MAX_KEPT_FIELD",
+    "MAX_KEPT_TAGS",
+    "MAX_DETAILS_BYTES",
 ]
 
+KEPT_HOSTINFO = ("Hostname", "OS", "OSVersion", "IPNVersion", "GoArch", "DeviceModel")
+"""The Hostinfo strings a pending registration keeps (besides ``RequestTags``); the rest
+arrives again with the node's first map request."""
 
+MAX_KEPT_FIELD = 255
+"""Characters each kept Hostinfo string (and each requested tag) may have."""
 
-_AUTH_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+MAX_KEPT_TAGS = 32
+"""Tags a pending registration may request (``Hostinfo.RequestTags``)."""
 
-
-def new_auth_id() -> str:
-    """A 24-character random id for an interactive login (about 143 bits).
-
-    Letters and digits only: an id starting with ``-`` would be read as an
-    option by ``headscale auth register --auth-id <id>``.
-    """
-    return "".join(secrets.choice(_AUTH_ID_ALPHABET) for _ in range(24))
+MAX_DETAILS_BYTES = 8192
+"""Bytes the stored details of one pending registration take at most (JSON)."""
 
 class MachineKeyMismatch(Exception):
     """The node key in the request is registered to a different machine key."""
@@ -115,16 +136,58 @@ def parse_register_request(body: object) -> RegisterRequest:
     )
 
 
-@attrs.define(eq=False)
-class PendingRegistration:
-    """An interactive registration waiting for an admin to pick the user."""
+def registration_details(request: RegisterRequest) -> dict:
+    """What an interactive registration keeps until it is finished (the ``details`` column).
 
-    auth_id: str
-    machine_key: str
-    request: RegisterRequest
-    created: datetime
-    response: dict | None = None
-    waiters: list = attrs.field(factory=list)
+    The capability version, the requested expiry, the ephemeral flag, the Hostinfo
+    strings in :data:`KEPT_HOSTINFO` and ``RequestTags``: at most
+    :data:`MAX_DETAILS_BYTES` whatever the client sent.
+
+    :raises InvalidInput: a kept field is longer than its limit (named in the message).
+    """
+    kept: dict = {}
+    for name in KEPT_HOSTINFO:
+        value = request.hostinfo.get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        if len(value) > MAX_KEPT_FIELD:
+            raise InvalidInput(f"register request: Hostinfo.{name} is longer than {MAX_KEPT_FIELD} characters")
+        kept[name] = value
+    tags = request.hostinfo.get("RequestTags") or []
+    if not isinstance(tags, list):
+        raise InvalidInput("register request: Hostinfo.RequestTags must be a list")
+    tags = sorted({t for t in tags if isinstance(t, str)})
+    if len(tags) > MAX_KEPT_TAGS:
+        raise InvalidInput(f"register request: Hostinfo.RequestTags has more than {MAX_KEPT_TAGS} tags")
+    for tag in tags:
+        if len(tag) > MAX_KEPT_FIELD:
+            raise InvalidInput(f"register request: a tag in Hostinfo.RequestTags is longer than "
+                               f"{MAX_KEPT_FIELD} characters")
+    if tags:
+        kept["RequestTags"] = tags
+    details = {
+        "Version": request.version,
+        "Ephemeral": request.ephemeral,
+        "Expiry": format_time(request.expiry) if request.expiry is not None else "",
+        "Hostinfo": kept,
+    }
+    size = len(json.dumps(details, separators=(",", ":")).encode("utf-8"))
+    if size > MAX_DETAILS_BYTES:  # unreachable with the limits above; kept as the stated bound
+        raise InvalidInput(f"register request: the registration details exceed {MAX_DETAILS_BYTES} bytes")
+    return details
+
+
+def stored_register_request(row: AuthRequest) -> RegisterRequest:
+    """The :class:`RegisterRequest` a stored registration stands for (its kept fields only)."""
+    details = row.details
+    expiry = details.get("Expiry") or None
+    return RegisterRequest(
+        version=int(details.get("Version") or 0),
+        node_key=row.node_key,
+        expiry=parse_time(expiry, "stored registration: Expiry") if expiry else None,
+        hostinfo=dict(details.get("Hostinfo") or {}),
+        ephemeral=bool(details.get("Ephemeral")),
+    )
 
 
 def default_preauth_lookup(db) -> Callable[[str], Awaitable]:
@@ -166,6 +229,9 @@ class Registrar:
     ``PreAuthKey`` or ``None`` (default: :func:`default_preauth_lookup`).
     ``preauth_throttle`` counts wrong pre-auth keys per source (default: one
     with the documented settings on ``clock``).
+    ``auth_requests`` keeps interactive registrations (default: an
+    :class:`~headscale_tw.control.authrequests.AuthRequests` over
+    ``state.db.auth_requests`` living ``pending_ttl`` seconds).
     """
 
     log = Logger()
@@ -181,6 +247,7 @@ class Registrar:
         followup_timeout: float = 60.0,
         pending_ttl: float = 15 * 60.0,
         preauth_throttle: FailureThrottle | None = None,
+        auth_requests: AuthRequests | None = None,
     ) -> None:
         self.state = state
         self.notifier = notifier
@@ -189,9 +256,10 @@ class Registrar:
         self.clock = clock
         self.preauth_lookup = preauth_lookup or default_preauth_lookup(state.db)
         self.followup_timeout = followup_timeout
-        self.pending_ttl = pending_ttl
         self.preauth_throttle = preauth_throttle or FailureThrottle(PREAUTH_KEYS, clock)
-        self.pending: dict[str, PendingRegistration] = {}
+        if auth_requests is None:
+            auth_requests = AuthRequests(state.db.auth_requests, clock, state.now, lifetime=pending_ttl)
+        self.auth_requests = auth_requests
         self.policy = notifier.policy
 
     # -- helpers -----------------------------------------------------------
@@ -250,7 +318,8 @@ class Registrar:
         """Handle one RegisterRequest from the Noise peer ``machine_key``; return the response dict.
 
         ``source`` is the client's address (the web layer's ``client_address``;
-        empty when unknown): wrong pre-auth keys are throttled per source.
+        empty when unknown): wrong pre-auth keys are throttled per source, and an
+        interactive registration counts against its per-source cap.
         """
         request = parse_register_request(body)
         now = self.state.now()
@@ -261,7 +330,7 @@ class Registrar:
         if request.expiry is not None and request.expiry <= now:
             return await self._logout(node, now)
         if request.followup:
-            return await self._followup(machine_key, request)
+            return await self._followup(machine_key, request, source)
         if node is not None and not self._expired(node, now):
             return await self._success(node)
         if request.auth_key:
@@ -270,7 +339,7 @@ class Registrar:
             old = self.state.by_node_key(request.old_node_key)
             if old is not None and old.machine_key == machine_key and not self._expired(old, now):
                 return await self._rotate(old, request)
-        return self._start_interactive(machine_key, request, now)
+        return await self._start_interactive(machine_key, request, source)
 
     # -- flows -------------------------------------------------------------
 
@@ -361,83 +430,114 @@ class Registrar:
         self.notifier.node_added(node.id)
         return node
 
-    def _start_interactive(self, machine_key: str, request: RegisterRequest, now: datetime) -> dict:
-        for pending in self.pending.values():
-            if (
-                pending.machine_key == machine_key
-                and pending.request.node_key == request.node_key
-                and pending.response is None
-            ):
-                return {"AuthURL": self.auth_url(pending.auth_id)}
-        auth_id = new_auth_id()
-        self.pending[auth_id] = PendingRegistration(auth_id, machine_key, request, now)
-        return {"AuthURL": self.auth_url(auth_id)}
-
-    async def _followup(self, machine_key: str, request: RegisterRequest) -> dict:
-        auth_id = request.followup.rstrip("/").rpartition("/")[2]
-        pending = self.pending.get(auth_id)
-        if pending is None or pending.machine_key != machine_key:
-            return self._start_interactive(machine_key, request, self.state.now())
-        if pending.response is not None:
-            return pending.response
-        waiter: Deferred = Deferred()
-        pending.waiters.append(waiter)
-        waiter.addTimeout(self.followup_timeout, self.clock)
+    async def _start_interactive(self, machine_key: str, request: RegisterRequest, source: str) -> dict:
+        details = registration_details(request)
         try:
-            return await waiter
-        except (CancelledError, TimeoutError):
-            # Timed out (or the client went away): the client asks again.
+            row = await self.auth_requests.open(
+                "register", source, machine_key=machine_key, node_key=request.node_key,
+                hostname=details["Hostinfo"].get("Hostname", ""), details=details,
+            )
+        except LimitReached as e:
+            self.log.debug("interactive registration from {source} refused: {reason}", source=source, reason=str(e))
+            return {"Error": str(e)}
+        return {"AuthURL": self.auth_url(row.auth_id)}
+
+    async def _followup(self, machine_key: str, request: RegisterRequest, source: str) -> dict:
+        auth_id = request.followup.rstrip("/").rpartition("/")[2]
+        row = await self.auth_requests.get(auth_id)
+        if (
+            row is None
+            or row.kind != "register"
+            or row.machine_key != machine_key
+            or row.state_at(self.state.now()) == "expired"
+        ):
+            return await self._start_interactive(machine_key, request, source)
+        try:
+            row = await self.auth_requests.wait(row, self.followup_timeout)
+        except CancelledError:
+            # The client went away: nobody reads this answer.
             return {"AuthURL": self.auth_url(auth_id)}
-        finally:
-            if waiter in pending.waiters:
-                pending.waiters.remove(waiter)
+        return await self._answer(row, machine_key, request, source)
+
+    async def _answer(self, row: AuthRequest, machine_key: str, request: RegisterRequest, source: str) -> dict:
+        """The response for a Followup on ``row`` as it stands now."""
+        state = row.state_at(self.state.now())
+        if state == "rejected":
+            return {"Error": row.reason or "auth request rejected"}
+        if state == "expired":
+            return await self._start_interactive(machine_key, request, source)
+        if state == "approved" and row.node_id is not None:
+            node = self.state.nodes.get(row.node_id)
+            if node is None:
+                # Registered by another instance whose change has not arrived here yet.
+                try:
+                    node = await self.state.db.nodes.get(row.node_id)
+                except NotFound:
+                    return await self._start_interactive(machine_key, request, source)
+            if node.user_id is not None:
+                await self.state.user(node.user_id)
+            return await self._success(node)
+        return {"AuthURL": self.auth_url(row.auth_id)}  # still pending: the client asks again
 
     # -- admin side --------------------------------------------------------
 
-    def get_pending(self, auth_id: str) -> PendingRegistration | None:
-        return self.pending.get(auth_id)
+    async def get_pending(self, auth_id: str) -> AuthRequest | None:
+        """The open interactive registration with this auth id, or ``None``."""
+        row = await self.auth_requests.get(auth_id)
+        if row is None or row.kind != "register" or row.state_at(self.state.now()) != "pending":
+            return None
+        return row
 
     async def complete(self, auth_id: str, user_name: str):
-        """``headscale auth register``: register the pending machine to ``user_name``; return the ``Node``."""
-        pending = self.pending.get(auth_id)
-        if pending is None or pending.response is not None:
-            raise NotFound(f"no pending registration with auth id {auth_id!r}")
+        """``headscale auth register``: register the pending machine to ``user_name``; return the ``Node``.
+
+        Works for a registration opened on any instance sharing the database.
+
+        :raises NotFound: no open registration with this id, or no such user.
+        :raises Conflict: it was already finished.
+        :raises TagsRefused: the user may not own the requested tags (the
+            registration is rejected and its client told why).
+        """
+        row = await self.auth_requests.pending(auth_id, kind="register")
         user = await self.state.db.users.get_by_name(user_name)
         self.state.users[user.id] = user
+        request = stored_register_request(row)
         try:
-            tags = self._requested_tags(pending.request, user.id)
+            tags = self._requested_tags(request, user.id)
         except TagsRefused as e:
-            pending.response = {"Error": str(e)}
-            for waiter in list(pending.waiters):
-                if not waiter.called:
-                    waiter.callback(pending.response)
+            await self.auth_requests.reject(auth_id, reason=str(e))
             raise
-        node = await self._upsert(
-            pending.machine_key,
-            pending.request,
-            self.state.now(),
-            user_id=user.id,
-            tags=tags,
-            auth_key_id=None,
-            ephemeral=pending.request.ephemeral,
-            register_method="cli",
-        )
-        pending.response = await self._success(node)
-        for waiter in list(pending.waiters):
-            if not waiter.called:
-                waiter.callback(pending.response)
+        await self.auth_requests.claim(auth_id, user.id)
+        try:
+            node = await self._upsert(
+                row.machine_key,
+                request,
+                self.state.now(),
+                user_id=user.id,
+                tags=tags,
+                auth_key_id=None,
+                ephemeral=request.ephemeral,
+                register_method="cli",
+            )
+        except BaseException:
+            # E.g. no free address: the login stays open for another attempt.
+            await self.auth_requests.unclaim(auth_id)
+            raise
+        await self.auth_requests.attach_node(auth_id, node.id)
         return node
 
-    def expire_pending(self) -> int:
-        """Forget pending registrations older than ``pending_ttl``; return how many."""
-        cutoff = self.state.now() - timedelta(seconds=self.pending_ttl)
-        stale = [k for k, p in self.pending.items() if p.created <= cutoff and not p.waiters]
-        for auth_id in stale:
-            del self.pending[auth_id]
-        return len(stale)
+    async def reject(self, auth_id: str) -> AuthRequest:
+        """``headscale auth reject``: refuse an open request; its waiting client is told."""
+        return await self.auth_requests.reject(auth_id)
+
+    async def approve(self, auth_id: str) -> AuthRequest:
+        """``headscale auth approve``: approve an open SSH check (``Conflict`` for a registration)."""
+        return await self.auth_requests.approve(auth_id)
+
+    async def expire_pending(self) -> int:
+        """Delete auth requests past their lifetime; return how many."""
+        return await self.auth_requests.expire()
 
     def stop(self) -> None:
         """Cancel every held Followup request (service shutdown)."""
-        for pending in self.pending.values():
-            for waiter in list(pending.waiters):
-                waiter.cancel()
+        self.auth_requests.stop()

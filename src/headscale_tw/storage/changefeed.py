@@ -7,8 +7,9 @@ instances care about, the writer sends::
 
     NOTIFY headscale_changes, '<instance-id> <kind> <id>'
 
-with ``kind`` one of :data:`KINDS` (``node``, ``user``, ``policy`` are rows to
-re-read; ``online``/``offline`` say that a node's map stream started or ended on
+with ``kind`` one of :data:`KINDS` (``node``, ``user``, ``policy`` and ``auth``
+(an ``auth_requests`` row that was approved or rejected) are rows to re-read;
+``online``/``offline`` say that a node's map stream started or ended on
 the writer). Listeners ignore their own notifications and hand the rest to a
 subscriber (``control/cluster.py``).
 
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 CHANNEL = "headscale_changes"
-KINDS = frozenset({"node", "user", "policy", "online", "offline"})
+KINDS = frozenset({"node", "user", "policy", "auth", "online", "offline"})
 
 
 @attrs.frozen
@@ -359,7 +360,11 @@ def _first_arg(args: tuple, result: Any) -> int:
 
 
 class PublishingDatabase:
-    """A ``Database`` whose node, user and policy writes publish on a :class:`ChangeFeed`."""
+    """A ``Database`` whose node, user, policy and auth-request writes publish on a :class:`ChangeFeed`.
+
+    Of the auth requests only the state changes publish (``finish``, ``set_node``):
+    an instance holding that client's long-poll re-reads the row and answers it.
+    """
 
     def __init__(self, db, publish: Callable[[str, int], Awaitable[None]]) -> None:
         self._db = db
@@ -369,6 +374,8 @@ class PublishingDatabase:
         self.users = _PublishingStore(db.users, publish, "user",
                                       {"create": _row_id, "rename": _first_arg, "delete": _first_arg})
         self.policies = _PublishingStore(db.policies, publish, "policy", {"set": lambda args, result: 0})
+        self.auth_requests = _PublishingStore(db.auth_requests, publish, "auth",
+                                              {"finish": _row_id, "set_node": _row_id})
 
     def __getattr__(self, name: str):
         return getattr(self._db, name)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 import attrs
 
-__all__ = ["User", "Node", "PreAuthKey", "ApiKey", "PolicyRecord"]
+__all__ = ["User", "Node", "PreAuthKey", "ApiKey", "PolicyRecord", "AuthRequest", "AUTH_KINDS", "AUTH_STATES"]
 
 
 @attrs.frozen
@@ -101,3 +101,46 @@ class PolicyRecord:
     data: str
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+AUTH_KINDS = ("register", "ssh_check")
+"""What an auth request asks for: a node registration, or (issue #11) an SSH check."""
+
+AUTH_STATES = ("pending", "approved", "rejected", "expired")
+"""Where an auth request stands; ``expired`` is also what a pending row past ``expires_at`` reads as."""
+
+
+@attrs.frozen
+class AuthRequest:
+    """A request a person or an admin has to finish (the ``auth_requests`` table).
+
+    ``source`` is the client address that opened it (the unit of the per-source
+    cap). ``details`` holds the few kind-specific fields finishing needs (for a
+    registration: capability version, requested expiry, ephemeral flag and a
+    handful of small Hostinfo fields), never the client's whole Hostinfo.
+    ``user_id`` names the user an approved request was finished for, ``node_id``
+    the node a finished registration created or updated, ``reason`` why a
+    rejected one was refused.
+    """
+
+    id: int
+    auth_id: str
+    kind: str
+    state: str
+    source: str
+    machine_key: str
+    node_key: str
+    hostname: str
+    details: dict = attrs.field(factory=dict, hash=False)
+    user_id: int | None = None
+    node_id: int | None = None
+    reason: str = ""
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def state_at(self, now: datetime) -> str:
+        """The state as of ``now``: a pending request past its expiry is ``expired``."""
+        if self.state == "pending" and self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return self.state

@@ -48,7 +48,7 @@ __all__ = [
     "schema_files",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema version this code reads and writes."""
 
 _PG_LOCK_ID = 0x68735F74775F6462  # "hs_tw_db": advisory lock around migrations

@@ -132,7 +132,7 @@ class _NoiseResource(Resource):
 
 
 class RegisterResource(_NoiseResource):
-    """``POST /machine/register``."""
+    """``POST /machine/register``; the client's address is the source of an interactive registration."""
 
     def __init__(self, registrar: Registrar, identify: Callable = peer_identity) -> None:
         super().__init__(identify)

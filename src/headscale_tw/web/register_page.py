@@ -11,9 +11,14 @@ from __future__ import annotations
 import html
 import re
 
+from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 __all__ = ["RegisterPage"]
+
+_log = Logger()
 
 _AUTH_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -33,8 +38,9 @@ _PAGE = """<!DOCTYPE html>
 class RegisterPage(Resource):
     """Mount on the plain HTTP root: ``root.putChild(b"register", RegisterPage())``.
 
-    ``exists(auth_id)`` (optional) reports whether a registration is pending;
-    unknown ids get 404.
+    ``exists(auth_id)`` (optional) reports whether a registration is pending,
+    as a bool or a coroutine/Deferred (the pending registrations live in the
+    database); unknown ids get 404.
     """
 
     isLeaf = True
@@ -46,7 +52,41 @@ class RegisterPage(Resource):
     def render_GET(self, request):
         parts = [p for p in request.postpath if p]
         auth_id = parts[0].decode("ascii", "replace") if len(parts) == 1 else ""
-        if not _AUTH_ID.match(auth_id) or (self.exists is not None and not self.exists(auth_id)):
+        if not _AUTH_ID.match(auth_id):
+            return self._page(request, auth_id, False)
+        if self.exists is None:
+            return self._page(request, auth_id, True)
+        synchronous: list[bytes] = []
+        later: list[bool] = []
+        finished: list[bool] = []
+
+        def deliver(body: bytes) -> None:
+            if not later:
+                synchronous.append(body)
+            elif not finished:
+                request.write(body)
+                request.finish()
+
+        rendered = maybeDeferred(self.exists, auth_id)
+        rendered.addCallback(lambda exists: self._page(request, auth_id, bool(exists)))
+        rendered.addErrback(self._lookup_failed, request)
+        rendered.addCallback(deliver)
+        if synchronous:
+            return synchronous[0]
+        later.append(True)
+        request.notifyFinish().addBoth(lambda _: finished.append(True))
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _lookup_failed(failure, request) -> bytes:
+        _log.failure("looking up registration for /register", failure)
+        request.setResponseCode(503)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"the registration could not be looked up; try again\n"
+
+    @staticmethod
+    def _page(request, auth_id: str, exists: bool) -> bytes:
+        if not exists:
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"unknown or expired registration id\n"

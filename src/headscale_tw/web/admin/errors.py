@@ -13,9 +13,11 @@ import json
 
 from headscale_tw.errors import (
     AlreadyExists,
+    Conflict,
     Expired,
     HeadscaleError,
     InvalidInput,
+    LimitReached,
     NotFound,
     Unauthenticated,
     UserHasNodes,
@@ -35,7 +37,8 @@ _HTTP_STATUS = {INVALID_ARGUMENT: 400, NOT_FOUND: 404, ALREADY_EXISTS: 409, FAIL
                 RESOURCE_EXHAUSTED: 429}
 _DOMAIN_CODES = ((NotFound, NOT_FOUND), (AlreadyExists, ALREADY_EXISTS), (UserHasNodes, FAILED_PRECONDITION),
                  (InvalidInput, INVALID_ARGUMENT), (Expired, FAILED_PRECONDITION),
-                 (Unauthenticated, UNAUTHENTICATED), (Throttled, RESOURCE_EXHAUSTED))
+                 (Unauthenticated, UNAUTHENTICATED), (Throttled, RESOURCE_EXHAUSTED),
+                 (Conflict, FAILED_PRECONDITION), (LimitReached, FAILED_PRECONDITION))
 
 
 class ApiError(Exception):

@@ -15,7 +15,8 @@ They need the control plane (501 without). Changes go through
     POST   /api/v1/node/{id}/user {user}            -> {"node": Node}   (pre-0.23 MoveNode)
     POST   /api/v1/node/register?user=&key=         -> {"node": Node}   (deprecated form)
     POST   /api/v1/auth/register {user, authId}     -> {"node": Node}
-    POST   /api/v1/auth/approve | reject {authId}   -> 501 (no SSH check mode)
+    POST   /api/v1/auth/approve {authId}            -> {}  (SSH check requests; 400 for a registration)
+    POST   /api/v1/auth/reject {authId}             -> {}  (the waiting client is told)
     POST   /api/v1/node/backfillips?confirmed=true  -> 501
 
 Routes are part of ``Node``: ``availableRoutes`` (announced),
@@ -91,12 +92,29 @@ class NodeHandlers(Handlers):
         self.log.info("registered node {id} ({name})", id=node.id, name=node.given_name)
         return await self._reply([node])
 
+    def _auth_id(self, request: IRequest) -> str:
+        body = v.json_body(request)
+        auth_id = (v.text(v.field(body, "auth_id"), "authId", v.MAX_AUTH_ID)
+                   or (v.query(request, "auth_id", v.MAX_AUTH_ID) or ""))
+        if not auth_id.strip():
+            raise ApiError(INVALID_ARGUMENT, "authId: the auth id from the client's login URL is required")
+        return auth_id
+
     @app.route("/v1/auth/approve", methods=["POST"])
-    @app.route("/v1/auth/reject", methods=["POST"])
     @endpoint
     async def auth_approve(self, request: IRequest) -> dict:
-        raise ApiError(UNIMPLEMENTED, "approving or rejecting auth requests (SSH check mode) is not supported by "
-                                      "headscale-tw; register nodes with auth register")
+        auth_id = self._auth_id(request)
+        await self._nodes().approve(auth_id)
+        self.log.info("approved auth request {auth_id}", auth_id=auth_id)
+        return {}
+
+    @app.route("/v1/auth/reject", methods=["POST"])
+    @endpoint
+    async def auth_reject(self, request: IRequest) -> dict:
+        auth_id = self._auth_id(request)
+        await self._nodes().reject(auth_id)
+        self.log.info("rejected auth request {auth_id}", auth_id=auth_id)
+        return {}
 
     @app.route("/v1/node/backfillips", methods=["POST"])
     @endpoint
