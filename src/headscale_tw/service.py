@@ -247,6 +247,9 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
     root = resource.Resource()
     root.putChild(b"health", HealthResource(health.healthy))
     root.putChild(b"register", plane.register_page())
+    from headscale_tw.web.public_pages import mount_public_pages
+
+    mount_public_pages(root, config.server_url, lambda node_key: plane.state.by_node_key(node_key) is not None)
     site = ControlSite(root, access_log=getattr(getattr(config, "log", None), "level", "info") in ("debug", "trace"))
     _mount_control(config, reactor, root, plane)
 
