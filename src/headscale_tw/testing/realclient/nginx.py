@@ -13,16 +13,19 @@ foreground (``daemon off``) as a :class:`~.component.Component` in a namespace.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import headscale_tw
 from headscale_tw.testing.realclient._process import HarnessError
 from headscale_tw.testing.realclient.component import Component
 from headscale_tw.testing.realclient.namespace import Namespace
 
-__all__ = ["NGINX", "NginxSites", "deploy_dir", "require_nginx", "site_copy"]
+__all__ = ["NGINX", "NginxSites", "RawResponse", "deploy_dir", "fetch_raw", "require_nginx", "site_copy"]
 
 NGINX = "/usr/sbin/nginx"
 
@@ -121,3 +124,50 @@ class NginxSites:
                 return f.read()
         except FileNotFoundError:
             return ""
+
+
+# Runs inside the namespace: one request, redirects NOT followed, verified against CAFILE
+# when given. Prints {"status", "headers", "body"} or {"error"}.
+_FETCH_RAW = r"""
+import base64, http.client, json, ssl, sys, urllib.parse
+method, url, cafile, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+parts = urllib.parse.urlsplit(url)
+try:
+    if parts.scheme == "https":
+        context = ssl.create_default_context(cafile=cafile or None)
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    conn.request(method, parts.path + ("?" + parts.query if parts.query else ""))
+    r = conn.getresponse()
+    out = {"status": r.status, "headers": {k.lower(): v for k, v in r.getheaders()},
+           "body": base64.b64encode(r.read()).decode()}
+except Exception as e:
+    out = {"error": "%s: %s" % (type(e).__name__, e)}
+sys.stdout.write(json.dumps(out))
+"""
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """Status, lower-cased headers and body of one request made by :func:`fetch_raw`."""
+
+    status: int
+    headers: dict
+    body: bytes
+
+
+def fetch_raw(namespace: Namespace, url: str, cafile: str = "", method: str = "GET",
+              timeout: float = 5.0) -> RawResponse:
+    """One request from inside ``namespace``, redirects not followed; :class:`HarnessError` if it fails."""
+    import base64
+
+    proc = namespace.run([sys.executable, "-I", "-c", _FETCH_RAW, method, url, cafile, str(timeout)],
+                         timeout=timeout + 10)
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        raise HarnessError(f"fetch helper failed (exit {proc.returncode}): {proc.stderr[-500:]}") from None
+    if "error" in out:
+        raise HarnessError(f"{method} {url} failed: {out['error']}")
+    return RawResponse(out["status"], out["headers"], base64.b64decode(out["body"]))
