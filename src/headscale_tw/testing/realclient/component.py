@@ -68,12 +68,12 @@ class Component:
         """Spawn the program and wait until its readiness check passes (or it exits: then fail)."""
         if self.process is not None:
             raise HarnessError(f"{self.name} already started")
-        self.process = self.namespace.spawn(self.name, self.argv, env=self.env, log_path=self.log_path,
-                                            cwd=self.cwd)
+        process = self.process = self.namespace.spawn(self.name, self.argv, env=self.env,
+                                                      log_path=self.log_path, cwd=self.cwd)
         ready = self.ready
 
         def started() -> object:
-            self.process.check_running()
+            process.check_running()
             return True if ready is None else ready()
 
         wait_for(started, timeout, f"{self.name} to be ready", interval=0.1, details=self.describe)
