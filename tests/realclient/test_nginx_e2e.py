@@ -48,7 +48,8 @@ class NginxFrontTests(ScenarioMixin, RealClientTestCase):
         return server, sites, nginx
 
     def test_clients_through_nginx(self):
-        """Two official clients register through nginx, reach Running and ping each other via DERP through it."""
+        """Two official clients register through nginx, reach Running and ping each other via DERP through it;
+        /verify through nginx admits one of their node keys."""
         server, sites, nginx = self.start_front()
         key = self.auth_key(server)
         a, b = self.up_nodes(server, key, ["alpha", "bravo"], always_use_derp=True)
@@ -64,6 +65,12 @@ class NginxFrontTests(ScenarioMixin, RealClientTestCase):
             out = wait_for(pong, 45, f"{node.name} to get a pong from {peer.name} via DERP", interval=0.3,
                            details=lambda: node.describe() + "\n" + nginx.describe())
             self.assertIn(f"pong from {peer.name}", out)
+        # an external derper asking through nginx admits a registered node key, and no other
+        node_key = a.status_json()["Self"]["PublicKey"]
+        for key, allowed in ((node_key, True), ("nodekey:" + "7" * 64, False)):
+            verdict = fetch_raw(self.namespace, FRONT + "/verify", self.ca.ca_pem, method="POST",
+                                body=json.dumps({"NodePublic": key, "Source": "192.0.2.1"}).encode())
+            self.assertEqual((verdict.status, json.loads(verdict.body)), (200, {"Allow": allowed}))
         # nginx logs an upgraded request when its connection ends: stop the clients, then nginx
         for node in (a, b):
             node.stop()

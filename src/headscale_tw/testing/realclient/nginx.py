@@ -131,6 +131,7 @@ class NginxSites:
 _FETCH_RAW = r"""
 import base64, http.client, json, ssl, sys, urllib.parse
 method, url, cafile, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+body = base64.b64decode(sys.argv[5]) if sys.argv[5] else None
 parts = urllib.parse.urlsplit(url)
 try:
     if parts.scheme == "https":
@@ -138,7 +139,8 @@ try:
         conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=context)
     else:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-    conn.request(method, parts.path + ("?" + parts.query if parts.query else ""))
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    conn.request(method, parts.path + ("?" + parts.query if parts.query else ""), body=body, headers=headers)
     r = conn.getresponse()
     out = {"status": r.status, "headers": {k.lower(): v for k, v in r.getheaders()},
            "body": base64.b64encode(r.read()).decode()}
@@ -158,11 +160,15 @@ class RawResponse:
 
 
 def fetch_raw(namespace: Namespace, url: str, cafile: str = "", method: str = "GET",
-              timeout: float = 5.0) -> RawResponse:
-    """One request from inside ``namespace``, redirects not followed; :class:`HarnessError` if it fails."""
+              timeout: float = 5.0, body: bytes | None = None) -> RawResponse:
+    """One request from inside ``namespace``, redirects not followed; :class:`HarnessError` if it fails.
+
+    ``body`` (sent as JSON) goes with the request when given.
+    """
     import base64
 
-    proc = namespace.run([sys.executable, "-I", "-c", _FETCH_RAW, method, url, cafile, str(timeout)],
+    encoded = base64.b64encode(body).decode() if body is not None else ""
+    proc = namespace.run([sys.executable, "-I", "-c", _FETCH_RAW, method, url, cafile, str(timeout), encoded],
                          timeout=timeout + 10)
     try:
         out = json.loads(proc.stdout)
