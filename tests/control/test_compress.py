@@ -8,6 +8,7 @@ for the full map, deltas and keep-alives, through the notifier and through
 """
 
 import json
+import os
 
 from twisted.trial import unittest
 
@@ -52,6 +53,12 @@ class MapRequestCompressTests(unittest.TestCase):
         self.assertEqual(self._parse().compress, PLAIN)
         self.assertEqual(self._parse(Compress="").compress, PLAIN)
         self.assertEqual(self._parse(Compress="br").compress, PLAIN)
+
+    def test_official_client_request(self):
+        """The streaming MapRequest captured from the official client (1.96.4) asks for zstd."""
+        with open(os.path.join(os.path.dirname(__file__), "data", "map-request-stream.json")) as f:
+            body = json.load(f)["body"]
+        self.assertEqual(parse_map_request(body).compress, ZSTD)
 
     def test_not_a_string(self):
         """A non-string ``Compress`` is refused with an error naming the field."""
