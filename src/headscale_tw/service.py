@@ -251,11 +251,13 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
     root.putChild(b"health", HealthResource(health.healthy))
     root.putChild(b"register", plane.register_page())
     from headscale_tw.web.admin_api import AdminAPI, GuardedRequest, mount
+    from headscale_tw.web.public_pages import mount_public_pages
     from headscale_tw.web.swagger import swagger_resource
 
     root.putChild(b"swagger", swagger_resource())  # Headscale's /swagger and /swagger/v1/openapiv2.json
-    # Request bodies on the public listener are the admin API's only: refused from the head when too
-    # large or without an API key (see web/admin/early.py).
+    mount_public_pages(root, config.server_url, lambda node_key: plane.state.by_node_key(node_key) is not None)
+    # Request bodies on the public listener: the admin API's (refused from the head when too large or
+    # without an API key) and /verify's, under 4 KiB (see web/admin/early.py).
     site = ControlSite(root, access_log=getattr(getattr(config, "log", None), "level", "info") in ("debug", "trace"),
                        requestFactory=GuardedRequest)
     _mount_control(config, reactor, root, plane)

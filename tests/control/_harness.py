@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 
 from headscale_tw import secrets as keysecrets
 from headscale_tw.config.model import Config, DNSConfig, PolicyConfig
+from headscale_tw.control.framing import ZSTD
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper
@@ -39,8 +40,8 @@ def run(testcase, coroutine):
 class Stream:
     """A fake streaming response feeding a NetmapApplier."""
 
-    def __init__(self):
-        self.applier = NetmapApplier()
+    def __init__(self, encoding=ZSTD):
+        self.applier = NetmapApplier(encoding)
         self.writes = []
         self.finished = False
 
@@ -161,8 +162,8 @@ class Harness:
         request = parse_map_request(self.map_request(node, Stream=True, **extra))
         node = self.poll.authenticate(node.machine_key, request)
         self.run(self.poll.apply(node, request))
-        out = Stream()
-        out.session = self.notifier.open_stream(node.id, out.write, out.finish)
+        out = Stream(request.compress)
+        out.session = self.notifier.open_stream(node.id, out.write, out.finish, encoding=request.compress)
         return out
 
     def lite(self, node, **extra):

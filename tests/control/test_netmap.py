@@ -2,7 +2,15 @@
 
 from twisted.trial import unittest
 
-from headscale_tw.control.framing import KEEPALIVE_FRAME, FrameDecoder, FramingError, frame_json
+from headscale_tw.control.framing import (
+    KEEPALIVE_FRAME,
+    KEEPALIVE_FRAMES,
+    PLAIN,
+    FrameDecoder,
+    FramedMessage,
+    FramingError,
+    frame_json,
+)
 from headscale_tw.testing.netmap import NetmapApplier, ProtocolViolation
 
 _NODE = {"ID": 1, "StableID": "n1", "Name": "a.t.", "Key": "nodekey:" + "1" * 64,
@@ -36,6 +44,32 @@ class FramingTests(unittest.TestCase):
         """Zero length and non-zstd bodies raise FramingError."""
         self.assertRaises(FramingError, FrameDecoder().feed, b"\0\0\0\0")
         self.assertRaises(FramingError, FrameDecoder().feed, b"\3\0\0\0abc")
+
+    def test_plain_roundtrip(self):
+        """Uncompressed frames carry the JSON itself after the same LE32 length."""
+        data = frame_json({"A": 1}, PLAIN) + KEEPALIVE_FRAMES[PLAIN]
+        self.assertEqual(data[:11], b"\x07\0\0\0{\"A\":1}")
+        decoder = FrameDecoder(PLAIN)
+        out = []
+        for i in range(len(data)):
+            out.extend(decoder.feed(data[i : i + 1]))
+        self.assertEqual(out, [{"A": 1}, {"KeepAlive": True}])
+
+    def test_encoding_mismatch(self):
+        """A plain decoder rejects a zstd frame and a zstd decoder rejects plain JSON."""
+        self.assertRaises(FramingError, FrameDecoder(PLAIN).feed, frame_json({"A": 1}))
+        self.assertRaises(FramingError, FrameDecoder().feed, frame_json({"A": 1}, PLAIN))
+
+    def test_framed_message_builds_once(self):
+        """A FramedMessage builds each encoding once, on first use, and reports every build."""
+        built = []
+        message = FramedMessage(b'{"A":1}', built.append)
+        self.assertEqual(built, [])
+        first = message.framed(PLAIN)
+        self.assertIs(message.framed(PLAIN), first)
+        message.framed("zstd")
+        message.framed("zstd")
+        self.assertEqual(built, [PLAIN, "zstd"])
 
 
 class NetmapApplierTests(unittest.TestCase):

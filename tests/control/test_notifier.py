@@ -5,7 +5,7 @@ from datetime import timedelta
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from headscale_tw.control.framing import KEEPALIVE_FRAME, frame
+from headscale_tw.control.framing import KEEPALIVE_FRAME, FramedMessage
 from headscale_tw.interfaces import INodeNotifier
 from tests.control._harness import Harness
 
@@ -176,7 +176,7 @@ class StreamTests(unittest.TestCase):
         self.h.clock.advance(30)
         timer, due = session._timer, session._timer.getTime()
         for _ in range(20):
-            session.send(frame(b"{}"))
+            session.send(FramedMessage(b"{}"))
         self.assertIs(session._timer, timer)
         self.assertEqual(timer.getTime(), due)
         self.h.clock.advance(due - self.h.clock.seconds())  # the old deadline: too early now

@@ -86,3 +86,20 @@ class ServerTests(RealClientTestCase):
         server = HeadscaleServer(self.namespace, "{}\n", python="false")
         e = self.assertRaises(HarnessError, server.cli, "nodes", "list")
         self.assertIn("`headscale nodes list` exited 1", str(e))
+
+
+class ServeProcessTests(RealClientTestCase):
+    """``headscale serve`` (the installed console script) is found by Headplane's /proc scan."""
+
+    def test_comm_and_cmdline(self):
+        """The running server's comm is ``headscale`` and its cmdline ``headscale serve -c CONFIG``."""
+        from headscale_tw.testing.realclient.server import installed_headscale
+
+        server = self.start_server(launcher=[installed_headscale()])
+        pid = server.process.pid
+        with open(f"/proc/{pid}/comm") as f:
+            self.assertEqual(f.read().strip(), "headscale")
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = [a for a in f.read().split(b"\0") if a]
+        self.assertEqual(args, [b"headscale", b"serve", b"-c", server.config_path.encode()])
+        self.assertEqual(server.http_get("/health").status, 200)

@@ -83,8 +83,8 @@ class EarlyRefusalTests(unittest.TestCase):
         self.assertEqual((request.body_bytes, request.content.tell()), (0, 0))
 
     def test_no_authorization(self):
-        """A body without an Authorization header is a 401 before any body byte is kept."""
-        self.channel.dataReceived(self.head(headers=["Content-Length: 1000"]) + b"{" * 1000)
+        """A body over 4 KiB without an Authorization header is a 401 before any body byte is kept."""
+        self.channel.dataReceived(self.head(headers=["Content-Length: 5000"]) + b"{" * 5000)
         status, body = self.response()
         self.assertEqual((status, body["code"]), (401, 16))
         self.assertIn("Authorization", body["message"])
@@ -93,11 +93,18 @@ class EarlyRefusalTests(unittest.TestCase):
         self.assertEqual(_RecordingRequest.made[0].body_bytes, 0)
 
     def test_not_an_api_key(self):
-        """A body with a bearer token that is not an API key (a pre-auth key) is a 401 before it is read."""
+        """A body over 4 KiB with a bearer token that is not an API key (a pre-auth key) is a 401 before it is read."""
         token = "hskey-auth-abcdefghijkl-" + "A" * 43
-        self.channel.dataReceived(self.head(headers=["Content-Length: 10", f"Authorization: Bearer {token}"]))
+        self.channel.dataReceived(self.head(headers=["Content-Length: 5000", f"Authorization: Bearer {token}"]))
         self.assertEqual(self.response()[0], 401)
         self.assertEqual(_RecordingRequest.made[0].body_bytes, 0)
+
+    def test_small_body_without_key_reaches_the_resource(self):
+        """A body of at most 4 KiB without a key is read (``POST /verify`` needs none); the API itself says 401."""
+        self.channel.dataReceived(self.head(headers=["Content-Length: 100"]) + b"{" * 100)
+        status, body = self.response()
+        self.assertEqual((status, body["code"]), (401, 16))
+        self.assertEqual(_RecordingRequest.made[0].body_bytes, 100)
 
     def test_unauthenticated_chunked(self):
         """A chunked body without an API key is refused from the head too."""
@@ -167,7 +174,7 @@ class StreamRefusalTests(unittest.TestCase):
     def test_unauthenticated_body_dropped(self):
         """Without an API key the first chunk refuses the body: nothing is kept and the answer is a 401."""
         request = self.request({})
-        request.gotLength(10)
+        request.gotLength(5000)
         for _ in range(100):
             request.handleContentChunk(b"x" * 10)
         self.assertEqual((request.body_bytes, request.content.tell()), (0, 0))

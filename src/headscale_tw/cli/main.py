@@ -43,6 +43,7 @@ from headscale_tw.cli._messages import (
     to_go_yaml,
 )
 from headscale_tw.cli._output import FORMATS, Output, render_table, table_time
+from headscale_tw.cli._proctitle import presented_as_headscale_serve
 from headscale_tw.config._durations import DurationError, parse_duration
 from headscale_tw.timestamps import format_timestamp, parse_timestamp
 
@@ -550,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=None, group=p)
         return p.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=_Parser)
 
-    cmd(sub, "serve", cmd_serve, "run the server in the foreground")
+    cmd(sub, "serve", presented_as_headscale_serve(cmd_serve), "run the server in the foreground")
     cmd(sub, "version", cmd_version, "print the version")
     cmd(sub, "health", cmd_health, "check the server's health (exit 1 when unhealthy)")
     cmd(sub, "configtest", cmd_configtest, "load and validate the configuration")

@@ -7,8 +7,10 @@ Rules:
 * One live stream per node: a new stream **replaces** older ones (they are
   finished), as the client runs one map poll at a time and an older one is
   a leftover of a dead connection.
-* A change is built, serialized, compressed and framed **once**, and the
-  same bytes are written to every session that should see it; work grows
+* A change is built and serialized **once**, and framed at most once per
+  encoding (zstd or plain, as each stream's ``MapRequest.Compress`` asked, and
+  only encodings some receiving stream uses); the same bytes are written to
+  every session of that encoding that should see it; work grows
   with the number of receiving sessions, never with N² node pairs. Finding
   them is proportional too: with a policy only the changed node's watchers
   (its peers, visibility being symmetric) are visited, not every session.
@@ -40,7 +42,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from headscale_tw.control.framing import frame
+from headscale_tw.control.framing import ZSTD, FramedMessage
 from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.sessions import MapSession, keepalive_interval
 from headscale_tw.control.state import ControlState
@@ -73,6 +75,7 @@ class MapNotifier:
         self.sessions: dict[int, list[MapSession]] = {}
         self._offline_timers: dict = {}
         self._stopping = False
+        #: Frames built (one per message and encoding some stream needed); a work counter.
         self.frames_built = 0
         #: Sessions examined to find who a change concerns (push, peers of a node); a work counter.
         self.viewers_visited = 0
@@ -89,12 +92,14 @@ class MapNotifier:
 
     # -- sessions ----------------------------------------------------------
 
-    def open_stream(self, node_id: int, write, finish, unsent=None, abort=None) -> MapSession:
+    def open_stream(self, node_id: int, write, finish, unsent=None, abort=None,
+                    encoding: str = ZSTD) -> MapSession:
         """
         Start a streaming session for ``node_id``: full map first, then deltas.
 
         ``unsent()`` (bytes written but not taken by the client) and ``abort()``
-        let the session drop a client that stopped reading (see :class:`MapSession`).
+        let the session drop a client that stopped reading (see :class:`MapSession`);
+        ``encoding`` is the frame encoding the client asked for.
         """
         node = self.state.get(node_id)
         # Its full map supersedes whatever was held for it; other streams keep their batch
@@ -102,7 +107,7 @@ class MapNotifier:
         self._pending.pop(node_id, None)
         older = list(self.sessions.get(node_id, ()))
         session = MapSession(node_id, write, finish, self.clock, self._session_closed, self.interval,
-                             unsent=unsent, abort=abort)
+                             unsent=unsent, abort=abort, encoding=encoding)
         self.sessions.setdefault(node_id, []).append(session)
         came_online = self._mark_online(node.id)
         changes = self.policy.update([node_id])  # HA election may pick this router
@@ -117,9 +122,9 @@ class MapNotifier:
         self.push(changes, exclude=node_id)
         return session
 
-    def one_shot(self, node_id: int) -> bytes:
+    def one_shot(self, node_id: int, encoding: str = ZSTD) -> bytes:
         """The framed full map for a non-streaming, non-lite request."""
-        return self._frame(self.mapper.full_map(node_id))
+        return self._frame(self.mapper.full_map(node_id)).framed(encoding)
 
     def is_connected(self, node_id: int) -> bool:
         """True while the node has a live stream."""
@@ -182,11 +187,13 @@ class MapNotifier:
 
     # -- fan-out -----------------------------------------------------------
 
-    def _frame(self, message: bytes) -> bytes:
-        self.frames_built += 1
-        return frame(message)
+    def _frame(self, message: bytes) -> FramedMessage:
+        return FramedMessage(message, self._frame_built)
 
-    def _write_to(self, node_ids: Iterable[int], framed: bytes) -> int:
+    def _frame_built(self, encoding: str) -> None:
+        self.frames_built += 1
+
+    def _write_to(self, node_ids: Iterable[int], framed: FramedMessage) -> int:
         if self._pending or self._changed_nodes:
             self.flush()
         count = 0
@@ -254,7 +261,7 @@ class MapNotifier:
         Only viewers the change concerns are visited (those with per-viewer
         differences and those that see a touched node), except when nodes are
         removed for all or, with no policy, a touched node is seen by everyone.
-        Returns the number of frames built.
+        Returns the number of messages built.
         """
         touched = set(touched) | changes.touched
         policy, nodes, sessions = self.policy, self.state.nodes, self.sessions
@@ -339,7 +346,7 @@ class MapNotifier:
     def flush(self) -> int:
         """
         Take in the nodes changed meanwhile (one policy update for all of them),
-        then send every held delta, one merged message per viewer; return frames built.
+        then send every held delta, one merged message per viewer; return messages built.
         """
         if self._changed_nodes:
             changed, self._changed_nodes = self._changed_nodes, {}

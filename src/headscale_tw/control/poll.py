@@ -17,6 +17,7 @@ import attrs
 from twisted.logger import Logger
 
 from headscale_tw.control._wire import check_hostinfo, parse_key, parse_request_head
+from headscale_tw.control.framing import PLAIN, ZSTD
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput, NotFound
@@ -41,6 +42,8 @@ class MapRequest:
     omit_peers: bool = False
     hostinfo: dict | None = attrs.field(default=None, hash=False)
     endpoints: tuple[str, ...] | None = None
+    #: Frame encoding the client asked for: ``"zstd"`` or ``""`` (uncompressed JSON).
+    compress: str = ""
 
 
 def parse_map_request(body: object) -> MapRequest:
@@ -57,6 +60,11 @@ def parse_map_request(body: object) -> MapRequest:
         if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
             raise InvalidInput("map request: Endpoints must be a list of strings")
         endpoints = tuple(endpoints)
+    compress = body.get("Compress") or ""
+    if not isinstance(compress, str):
+        raise InvalidInput("map request: Compress must be a string")
+    # like Headscale: zstd when asked for, anything else gets uncompressed JSON
+    compress = ZSTD if compress == ZSTD else PLAIN
     return MapRequest(
         version=version,
         node_key=node_key,
@@ -65,6 +73,7 @@ def parse_map_request(body: object) -> MapRequest:
         omit_peers=bool(body.get("OmitPeers")),
         hostinfo=hostinfo,
         endpoints=endpoints,
+        compress=compress,
     )
 
 

@@ -9,6 +9,8 @@ layer) and an ``IReactorTime``. Lifecycle::
     new --start(first)--> streaming --close()/connection_lost()--> closed
 
 Deltas are only accepted while streaming, i.e. after the full first message.
+Messages arrive as :class:`~headscale_tw.control.framing.FramedMessage`; the
+session writes them in the encoding its client asked for (``MapRequest.Compress``).
 A client that stops reading (more than ``max_unsent`` bytes held for it) is
 aborted rather than buffered for without bound.
 While idle, a bare keep-alive is written every 50–59 s (the client aborts a
@@ -22,7 +24,7 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
-from headscale_tw.control.framing import KEEPALIVE_FRAME
+from headscale_tw.control.framing import KEEPALIVE_FRAMES, ZSTD, FramedMessage
 
 __all__ = ["MapSession", "keepalive_interval", "MAX_UNSENT_BYTES"]
 
@@ -55,8 +57,12 @@ class MapSession:
         unsent: Callable[[], int] | None = None,
         abort: Callable[[], None] | None = None,
         max_unsent: int = MAX_UNSENT_BYTES,
+        encoding: str = ZSTD,
     ) -> None:
         self.node_id = node_id
+        #: The frame encoding this session's client asked for (``ZSTD`` or ``PLAIN``).
+        self.encoding = encoding
+        self._keepalive_frame = KEEPALIVE_FRAMES[encoding]
         self._write = write
         self._finish = finish
         self._clock = clock
@@ -71,17 +77,17 @@ class MapSession:
         self.state = self.NEW
         self.messages_sent = 0
 
-    def start(self, first_frame: bytes) -> None:
-        """Send the framed full map; from now on deltas and keep-alives flow."""
+    def start(self, first: FramedMessage) -> None:
+        """Send the full map; from now on deltas and keep-alives flow."""
         if self.state != self.NEW:
             raise RuntimeError(f"session for node {self.node_id} already {self.state}")
         self.state = self.STREAMING
-        self._send(first_frame)
+        self._send(first.framed(self.encoding))
 
-    def send(self, framed: bytes) -> None:
-        """Send one framed delta (ignored unless streaming)."""
+    def send(self, message: FramedMessage) -> None:
+        """Send one delta in this session's encoding (ignored unless streaming)."""
         if self.state == self.STREAMING:
-            self._send(framed)
+            self._send(message.framed(self.encoding))
 
     def _send(self, framed: bytes) -> None:
         try:
@@ -124,7 +130,7 @@ class MapSession:
         if wait > 0:  # written to since: the keep-alive is due ``gap`` after that write
             self._timer = self._clock.callLater(wait, self._keepalive)
             return
-        self._send(KEEPALIVE_FRAME)
+        self._send(self._keepalive_frame)
 
     def close(self) -> None:
         """End the response (e.g. replaced by a newer stream, node deleted, shutdown)."""

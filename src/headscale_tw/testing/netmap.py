@@ -3,7 +3,7 @@
 A client-side network-map applier, applying deltas as tailscaled's control/controlclient/map.go does.
 
 Feed it the raw bytes of a streaming ``/machine/map`` response (LE32 length +
-zstd JSON frames); it decodes each message and applies it: the first
+JSON frames, zstd-compressed unless the applier was made for ``PLAIN``); it decodes each message and applies it: the first
 non-keep-alive message must carry ``Node``; later messages are deltas
 (``PeersRemoved``, ``PeersChanged``, ``PeerSeenChange``, ``OnlineChange``,
 ``PeersChangedPatch``, absent = unchanged). Used by the control tests and
@@ -12,7 +12,7 @@ the load generator to check that a server's stream is coherent.
 
 from __future__ import annotations
 
-from headscale_tw.control.framing import FrameDecoder
+from headscale_tw.control.framing import ZSTD, FrameDecoder
 
 __all__ = ["NetmapApplier", "ProtocolViolation"]
 
@@ -50,8 +50,8 @@ class ProtocolViolation(Exception):
 class NetmapApplier:
     """The client's view of one map session."""
 
-    def __init__(self) -> None:
-        self._decoder = FrameDecoder()
+    def __init__(self, encoding: str = ZSTD) -> None:
+        self._decoder = FrameDecoder(encoding)
         self.node: dict | None = None
         self.peers: dict[int, dict] = {}
         self.user_profiles: dict[int, dict] = {}

@@ -6,7 +6,8 @@ Noise channel.
 * ``POST /machine/register`` → :class:`RegisterResource` (JSON in, JSON out;
   a ``Followup`` request may be held until an admin completes the login).
 * ``POST /machine/map`` → :class:`MapResource`: ``Stream`` requests answer
-  200 and stay open (``NOT_DONE_YET``), writing LE32+zstd framed messages with
+  200 and stay open (``NOT_DONE_YET``), writing LE32-framed messages (zstd
+  when the request's ``Compress`` asked for it, else plain JSON) with
   ``request.write``; lite updates answer 200 with no body; the stream ends
   when ``request.notifyFinish()`` fires.
 * ``POST /machine/set-dns`` → ``{}``; any other ``/machine/*`` → 404.
@@ -192,12 +193,13 @@ class MapResource(_NoiseResource):
                 node.id, request.write, request.finish,
                 unsent=stream_backlog(request),
                 abort=getattr(getattr(request, "channel", None), "abortConnection", None),
+                encoding=map_request.compress,
             )
             alive.on_lost.append(session.connection_lost)
         elif map_request.omit_peers:
             request.finish()
         else:
-            request.write(self.notifier.one_shot(node.id))
+            request.write(self.notifier.one_shot(node.id, map_request.compress))
             request.finish()
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import headscale_tw
 from headscale_tw.config.loader import parse_config
@@ -25,7 +25,7 @@ from headscale_tw.hostport import parse_hostport
 from headscale_tw.testing.realclient._process import HarnessError, ManagedProcess, wait_for
 from headscale_tw.testing.realclient.namespace import HttpResult, Namespace
 
-__all__ = ["HeadscaleServer", "health_url", "source_pythonpath"]
+__all__ = ["HeadscaleServer", "health_url", "installed_headscale", "source_pythonpath"]
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"
 
@@ -38,6 +38,14 @@ def source_pythonpath() -> list[str]:
     if os.path.exists(os.path.join(top, "twisted", "plugins", "headscale_tw_plugin.py")):
         paths.append(top)
     return paths
+
+
+def installed_headscale() -> str:
+    """The ``headscale`` console script installed next to this interpreter (the venv's ``bin``)."""
+    path = os.path.join(os.path.dirname(sys.executable), "headscale")
+    if not os.access(path, os.X_OK):
+        raise HarnessError(f"{path} is not installed: pip install -e . in this virtualenv")
+    return path
 
 
 def health_url(listen_addr: str, tls: bool = False) -> str:
@@ -54,15 +62,22 @@ def health_url(listen_addr: str, tls: bool = False) -> str:
 
 
 class HeadscaleServer:
-    """``twistd -n headscale`` in a namespace; :meth:`start` waits for ``/health``."""
+    """``twistd -n headscale`` in a namespace; :meth:`start` waits for ``/health``.
+
+    With ``launcher`` (e.g. ``[".../bin/headscale"]``, the installed console
+    script) the server is started as ``LAUNCHER -c CONFIG serve`` instead, as an
+    operator's service manager runs it.
+    """
 
     def __init__(self, namespace: Namespace, config_yaml: str, name: str = "server",
-                 python: str | None = None, extra_env: Mapping[str, str] | None = None) -> None:
+                 python: str | None = None, extra_env: Mapping[str, str] | None = None,
+                 launcher: Sequence[str] | None = None) -> None:
         if namespace.runtime_dir is None:
             raise HarnessError("start the namespace before creating a server in it")
         self.namespace = namespace
         self.name = name
         self.python = python or sys.executable
+        self.launcher = list(launcher) if launcher is not None else None
         self.directory = os.path.join(namespace.runtime_dir, name)
         os.makedirs(os.path.join(self.directory, "var"), exist_ok=True)
         self.config_path = os.path.join(self.directory, "config.yaml")
@@ -93,7 +108,10 @@ class HeadscaleServer:
         """Start the server and poll ``/health`` from inside the namespace until it answers 200."""
         if self.process is not None:
             raise HarnessError(f"{self.name} already started")
-        argv = [self.python, "-c", _TWISTD, "--nodaemon", "--pidfile=", "headscale", "-c", self.config_path]
+        if self.launcher is not None:
+            argv = [*self.launcher, "-c", self.config_path, "serve"]
+        else:
+            argv = [self.python, "-c", _TWISTD, "--nodaemon", "--pidfile=", "headscale", "-c", self.config_path]
         self.process = self.namespace.spawn(self.name, argv, env=self.env, log_path=self.log_path,
                                             cwd=self.directory)
 

@@ -24,6 +24,7 @@ from typing import Any
 from twisted.trial import unittest
 
 from headscale_tw.testing.realclient._process import HarnessError
+from headscale_tw.testing.realclient.component import Component
 from headscale_tw.testing.realclient.fetch import LATEST, ClientBinaries, FetchError, ensure_client
 from headscale_tw.testing.realclient.namespace import Namespace, require_tools
 from headscale_tw.testing.realclient.node import TailscaleNode
@@ -91,3 +92,10 @@ class RealClientTestCase(unittest.TestCase):
         server = HeadscaleServer(self.namespace, DEFAULT_CONFIG_YAML if config_yaml is None else config_yaml,
                                  **kwargs)
         return server.start(timeout)
+
+    def start_component(self, name: str, argv: list[str], timeout: float = 30.0, **kwargs: Any) -> Component:
+        """Start another program in this test's namespace (see :class:`Component`) and wait until ready.
+
+        It is stopped by PID when the namespace closes, or earlier with ``stop()``.
+        """
+        return Component(self.namespace, name, argv, **kwargs).start(timeout)

@@ -2,16 +2,21 @@
 """
 Refusals made before a request body is read, for the public listener.
 
-The only resource of the public site that takes a request body is the admin
-API under ``/api/v1``; everything else there (``/key``, ``/ts2021``, ``/derp``,
+The resources of the public site that take a request body are the admin API
+under ``/api/v1`` and the small unauthenticated ``POST /verify`` of external
+DERP servers; everything else there (``/key``, ``/ts2021``, ``/derp``,
 ``/register``, ``/health``) is answered from the request head. So the public
 site uses :class:`GuardedRequest` as its request factory, and a request that
 announces a body is refused from its head alone:
 
 - with ``Content-Length`` above :data:`~.validate.MAX_BODY_BYTES`: 413;
 - without ``Authorization: Bearer <API key>`` (a key in the API key form;
-  whether it is a *stored* key is checked by the API itself): 401;
-- a chunked body is counted while it arrives: past the limit, 413.
+  whether it is a *stored* key is checked by the API itself) and a body larger
+  than :data:`ANONYMOUS_BODY_BYTES` or of unknown length: 401. A body that
+  declares a smaller ``Content-Length`` is read without a key, and the
+  resource decides (``/verify`` answers, the API refuses with 401);
+- a chunked body is counted while it arrives: past the limit, 413 (401 past
+  :data:`ANONYMOUS_BODY_BYTES` without a key).
 
 Over HTTP/1.1 the refusal is written as soon as the headers are in and the
 connection is closed, so the body is never read (``Expect: 100-continue`` is
@@ -34,7 +39,10 @@ from headscale_tw.errors import InvalidInput
 from headscale_tw.web.admin.errors import INVALID_ARGUMENT, UNAUTHENTICATED, ApiError, error_body, http_status
 from headscale_tw.web.admin.validate import MAX_BODY_BYTES
 
-__all__ = ["GuardedRequest", "bearer_token"]
+__all__ = ["ANONYMOUS_BODY_BYTES", "GuardedRequest", "bearer_token"]
+
+#: The largest body read without an API key (``POST /verify`` bodies are under it).
+ANONYMOUS_BODY_BYTES = 4096
 
 
 def bearer_token(header: bytes | None) -> str:
@@ -80,6 +88,9 @@ class GuardedRequest(server.Request):
         self.body_bytes = 0
         self.refusal: ApiError | None = None
         self._auth_checked = False
+        #: No API key came with this body: it is read only up to ANONYMOUS_BODY_BYTES.
+        self._anonymous_refusal: ApiError | None = None
+        self._declared: int | None = None
 
     def _http1(self) -> bool:
         return isinstance(self.channel, http.HTTPChannel)
@@ -87,6 +98,7 @@ class GuardedRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         """The head is in: refuse a body that is too large or comes without an API key."""
         refusal = None
+        self._declared = length
         if length != 0:
             if length is not None and length > self.max_body:
                 refusal = _too_large()
@@ -94,7 +106,9 @@ class GuardedRequest(server.Request):
                 # HTTP/1.1 calls this once every header is in; HTTP/2 may call it
                 # before the Authorization header, so there the first chunk checks.
                 self._auth_checked = True
-                refusal = _api_key_shaped(self)
+                self._anonymous_refusal = _api_key_shaped(self)
+                if length is None or length > ANONYMOUS_BODY_BYTES:
+                    refusal = self._anonymous_refusal
         if refusal is not None:
             super().gotLength(0)
             self._refuse(refusal)
@@ -107,10 +121,12 @@ class GuardedRequest(server.Request):
             return
         if not self._auth_checked:
             self._auth_checked = True
-            refusal = _api_key_shaped(self)
-            if refusal is not None:
-                self._refuse(refusal)
-                return
+            self._anonymous_refusal = _api_key_shaped(self)
+        if self._anonymous_refusal is not None and (
+                self._declared is None or self._declared > ANONYMOUS_BODY_BYTES
+                or self.body_bytes + len(data) > ANONYMOUS_BODY_BYTES):
+            self._refuse(self._anonymous_refusal)
+            return
         if self.body_bytes + len(data) > self.max_body:
             self._refuse(_too_large())
             return
