@@ -102,7 +102,7 @@ class Ts2021Resource(resource.Resource):
         return self._upgrade(request)
 
     def _bad_request(self, request, text: str) -> bytes:
-        self._log.info(
+        self._log.debug(
             "ts2021: refusing upgrade from {peer}: {text}", peer=request.getClientAddress(), text=text
         )
         request.setResponseCode(400)
@@ -133,7 +133,7 @@ class Ts2021Resource(resource.Resource):
         try:
             response, protocol = self.factory.accept(initiation)
         except NoiseError as e:
-            self._log.info(
+            self._log.debug(
                 "ts2021: handshake from {peer} failed: {error}",
                 peer=request.getClientAddress(),
                 error=str(e),
