@@ -293,6 +293,8 @@ def check_listeners(config: Any) -> list[str]:
 
     @raises StartupError: an address is in use or not available.
     """
+    from headscale_tw.storage.database import folder_accepts_entries
+
     holder = _lock_holder(config)
     if holder is not None:
         running = f"pid {holder}" if holder else "a live process"
@@ -308,7 +310,7 @@ def check_listeners(config: Any) -> list[str]:
         probe = parent
         while not os.path.exists(probe):
             probe = os.path.dirname(probe)
-        if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        if not folder_accepts_entries(probe):
             raise StartupError(f"unix_socket {config.unix_socket}: {probe} is not a writable folder")
         notes.append(f"unix_socket {config.unix_socket} can be created")
     return notes

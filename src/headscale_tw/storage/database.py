@@ -57,6 +57,7 @@ __all__ = [
     "DatabaseFileError",
     "SQLITE_FILE_MODE",
     "check_sqlite_file",
+    "folder_accepts_entries",
     "prepare_sqlite_file",
     "postgres_connect_kwargs",
     "split_sql",
@@ -439,9 +440,21 @@ def check_sqlite_file(path: str) -> bool:
     parent = os.path.dirname(real)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    if not folder_accepts_entries(parent):
         raise DatabaseFileError(f"database.sqlite.path {path}: cannot create it, {parent} is not a writable folder")
     return False
+
+
+def folder_accepts_entries(folder: str) -> bool:
+    """Whether a file or folder can be created in ``folder``: tried for real (a temporary folder,
+    removed at once), since permission bits say nothing for root or on special file systems."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".headscale-tw-probe-", dir=folder))
+    except OSError:
+        return False
+    return True
 
 
 def prepare_sqlite_file(path: str) -> None:
