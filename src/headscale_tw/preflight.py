@@ -143,11 +143,15 @@ def check_tls(config: Any) -> str:
         raise StartupError(f"tls_cert_path {tls.cert_path}: not a PEM certificate (chain)") from None
     try:
         context.use_privatekey_file(tls.key_path)
-    except SSL.Error:
-        raise StartupError(f"tls_key_path {tls.key_path}: not a PEM private key") from None
-    try:
         context.check_privatekey()
     except SSL.Error:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            with open(tls.key_path, "rb") as f:
+                load_pem_private_key(f.read(), None)
+        except (ValueError, TypeError, OSError):
+            raise StartupError(f"tls_key_path {tls.key_path}: not a PEM private key (without passphrase)") from None
         raise StartupError(f"tls_key_path {tls.key_path} does not belong to the certificate in "
                            f"tls_cert_path {tls.cert_path}") from None
     return f"TLS certificate {tls.cert_path}"
