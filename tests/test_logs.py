@@ -52,6 +52,17 @@ class LevelTests(unittest.TestCase):
         self.assertEqual(len(self._levels("debug")), 5)
         self.assertEqual(len(self._levels("trace")), 5)
 
+    def test_twisted_per_connection_lines_are_debug(self):
+        """Twisted's "Timing out client" lines pass only at debug."""
+        for level, expected in (("info", 0), ("debug", 2)):
+            events: list = []
+            log = Logger(namespace="twisted.web.http.HTTPChannel",
+                         observer=configured_observer(events.append, LogConfig(level=level)))
+            log.info("Timing out client: {peer}", peer="IPv4Address(TCP, '192.0.2.1', 4000)")
+            log.info("Timing out client {client}", client="x")
+            log.info("Site starting on 8080")
+            self.assertEqual(len(events), expected + 1)
+
     def test_mapping(self):
         """Headscale's level names map onto Twisted's; unknown names fall back to info."""
         self.assertEqual([twisted_level(n) for n in ("trace", "info", "warn", "fatal", "panic", "odd")],

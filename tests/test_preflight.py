@@ -15,7 +15,8 @@ from headscale_tw.preflight import StartupError
 from headscale_tw.socketlock import SocketLock
 from headscale_tw.testing.db import ThreadlessReactor, create_postgres_database, open_test_database, sqlite_config
 
-__all__ = ["OneLineTests", "PolicyCheckTests", "TLSCheckTests", "NoiseKeyCheckTests", "DatabaseCheckTests",
+__all__ = ["OneLineTests", "PolicyCheckTests", "TLSCheckTests", "NoiseKeyCheckTests", "DERPKeyCheckTests",
+           "DatabaseCheckTests",
            "ListenerCheckTests", "ConfigtestTests"]
 
 
@@ -137,6 +138,25 @@ class NoiseKeyCheckTests(_Folder):
             self.assertEqual(f.read(), "garbage\n")
 
 
+class DERPKeyCheckTests(_Folder):
+    """check_derp_keys loads the DERP server and mesh keys."""
+
+    def test_keys(self):
+        """A missing DERP key is only created by start-up; a corrupt one or a missing mesh key is named."""
+        derp = {"server": {"enabled": True, "private_key_path": self.path("derp.key")}}
+        self.assertIn("start-up creates it", preflight.check_derp_keys(self.config(derp=derp), create=False))
+        self.assertFalse(os.path.exists(self.path("derp.key")))
+        self.write("derp.key", "nonsense\n")
+        with self.assertRaises(StartupError) as e:
+            preflight.check_derp_keys(self.config(derp=derp), create=True)
+        self.assertIn("derp.server.private_key_path: DERP private key file", str(e.exception))
+        os.unlink(self.path("derp.key"))
+        mesh = {"server": {**derp["server"], "mesh_key_path": self.path("mesh.key")}}
+        with self.assertRaises(StartupError) as e:
+            preflight.check_derp_keys(self.config(derp=mesh), create=True)
+        self.assertIn("derp.server.mesh_key_path", str(e.exception))
+
+
 class DatabaseCheckTests(_Folder):
     """check_database reads the schema version and changes nothing."""
 
@@ -234,5 +254,5 @@ class ConfigtestTests(_Folder):
     def test_all_checks_nothing_created(self):
         """A fresh config passes with one note per check and leaves the folder empty."""
         notes = preflight.configtest(self.config())
-        self.assertEqual(len(notes), 6)
+        self.assertEqual(len(notes), 7)
         self.assertEqual(os.listdir(self.folder), [])

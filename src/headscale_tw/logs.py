@@ -31,10 +31,12 @@ from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LegacyLogObserverWrapper,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     eventAsText,
     jsonFileLogObserver,
     textFileLogObserver,
@@ -47,6 +49,8 @@ __all__ = [
     "LEVELS",
     "twisted_level",
     "RedactingObserver",
+    "PER_CONNECTION_FORMATS",
+    "PerConnectionNoise",
     "configured_observer",
     "stdout_observer",
     "twistd_observer",
@@ -98,10 +102,34 @@ class RedactingObserver:
         self._observer(event)
 
 
+#: Twisted's own per-connection lines, emitted at info once for every idle or slow
+#: client (a slowloris run writes one per connection): treated as debug here.
+PER_CONNECTION_FORMATS = frozenset({
+    "Timing out client: {peer}",  # twisted.web.http.HTTPChannel
+    "Forcibly timing out client: {peer}",
+    "Timing out client {client}",  # twisted.web._http2.H2Connection
+    "Forcibly timing out client: {client}",
+})
+
+
+@implementer(ILogFilterPredicate)
+class PerConnectionNoise:
+    """Drop the events of :data:`PER_CONNECTION_FORMATS` unless ``level`` lets debug events through."""
+
+    def __init__(self, level: LogLevel) -> None:
+        self._keep = level <= LogLevel.debug
+
+    def __call__(self, event: dict) -> PredicateResult:
+        if not self._keep and event.get("log_format") in PER_CONNECTION_FORMATS:
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
 def configured_observer(output: ILogObserver, log_config: Any) -> ILogObserver:
-    """``output`` behind the ``log.level`` filter and redaction."""
-    predicate = LogLevelFilterPredicate(defaultLogLevel=twisted_level(getattr(log_config, "level", "info")))
-    return FilteringLogObserver(RedactingObserver(output), [predicate])
+    """``output`` behind the ``log.level`` filter (per-connection noise counted as debug) and redaction."""
+    level = twisted_level(getattr(log_config, "level", "info"))
+    predicates = [PerConnectionNoise(level), LogLevelFilterPredicate(defaultLogLevel=level)]
+    return FilteringLogObserver(RedactingObserver(output), predicates)
 
 
 def _format_observer(stream: IO[str], log_config: Any) -> ILogObserver:

@@ -12,6 +12,7 @@ socket lock            :class:`~headscale_tw.socketlock.SocketLock`    asks whet
 policy (file mode)     :func:`check_policy` before the database opens  :func:`check_policy`
 TLS files              :func:`check_tls` before anything listens       :func:`check_tls`
 Noise key              :func:`noise_key` (created when missing)        :func:`noise_key` (read only if present)
+DERP keys              :func:`check_derp_keys` (created when missing)  :func:`check_derp_keys` (read only)
 database               opened and migrated; the version check is       :func:`check_database`: the same version
                        :func:`~headscale_tw.storage.prepare.            check, read-only, nothing created
                        judge_schema_state`
@@ -40,6 +41,7 @@ __all__ = [
     "check_policy",
     "check_tls",
     "noise_key",
+    "check_derp_keys",
     "socket_lock",
     "describe_database",
     "check_database",
@@ -58,7 +60,7 @@ def one_line(error: BaseException | Failure) -> str:
     if isinstance(error, Failure):
         error = error.value
     text = " ".join(str(error).split())
-    if isinstance(error, StartupError) or _known(error):
+    if isinstance(error, (StartupError, ValueError)) or _known(error):
         return text or type(error).__name__
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
@@ -175,6 +177,35 @@ def noise_key(config: Any, create: bool) -> Any:
         raise StartupError(f"noise.private_key_path: {one_line(e)}") from e
     except OSError as e:
         raise StartupError(f"noise.private_key_path {path}: {e.strerror or e}") from None
+
+
+def check_derp_keys(config: Any, create: bool) -> str:
+    """Load the embedded DERP server's key (created when missing and ``create``) and its mesh key.
+
+    @raises StartupError: naming the setting and the file.
+    """
+    from headscale_tw.derp.mesh import load_mesh_key
+    from headscale_tw.derp.server import load_or_generate_private_key
+
+    derp = config.derp.server
+    if not derp.enabled:
+        return "embedded DERP server disabled"
+    notes = []
+    if create or os.path.lexists(derp.private_key_path):
+        try:
+            load_or_generate_private_key(derp.private_key_path)
+        except (ValueError, OSError) as e:
+            raise StartupError(f"derp.server.private_key_path: {one_line(e)}") from e
+        notes.append(f"DERP key {derp.private_key_path}")
+    else:
+        notes.append(f"DERP key {derp.private_key_path}: missing; start-up creates it")
+    if derp.mesh_key_path:
+        try:
+            load_mesh_key(derp.mesh_key_path)
+        except ValueError as e:
+            raise StartupError(f"derp.server.mesh_key_path: {one_line(e)}") from e
+        notes.append(f"DERP mesh key {derp.mesh_key_path}")
+    return "; ".join(notes)
 
 
 # ---------------------------------------------------------------- socket lock
@@ -332,6 +363,7 @@ def configtest(config: Any) -> list[str]:
     key = noise_key(config, create=False)
     path = config.noise.private_key_path
     notes.append(f"Noise key {path}" if key is not None else f"Noise key {path}: missing; start-up creates it")
+    notes.append(check_derp_keys(config, create=False))
     notes.append(check_database(config))
     notes.extend(check_listeners(config))
     return notes

@@ -283,6 +283,7 @@ async def build_components(config: Config, reactor) -> Components:
         preflight.check_policy(config)
         preflight.check_tls(config)
         noise_key = preflight.noise_key(config, create=True)
+        preflight.check_derp_keys(config, create=True)
         try:
             db = await open_database(config.database, reactor)
         except Exception as e:
