@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from headscale_tw.config.model import Config, LogConfig
-from headscale_tw.logs import RedactingObserver, configured_observer, stdout_observer, twisted_level, twistd_observer
+from headscale_tw.logs import RedactingObserver, configured_observer, stdout_observer, twistd_observer, twisted_level
 from headscale_tw.service import HeadscaleService
 
 __all__ = ["LevelTests", "RedactingObserverTests", "DestinationTests", "ServiceObserverTests"]

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from twisted.application import service, strports
 from twisted.internet import defer
-from twisted.logger import ILogObserver, LogLevel, Logger
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.components import Componentized
 from twisted.web import http, resource, server
 
