@@ -15,7 +15,7 @@ from headscale_tw.preflight import StartupError
 from headscale_tw.socketlock import SocketLock
 from headscale_tw.testing.db import ThreadlessReactor, create_postgres_database, open_test_database, sqlite_config
 
-__all__ = ["OneLineTests", "PolicyCheckTests", "TLSCheckTests", "NoiseKeyCheckTests", "DERPKeyCheckTests",
+__all__ = ["OneLineTests", "StartFailureLineTests", "PolicyCheckTests", "TLSCheckTests", "NoiseKeyCheckTests", "DERPKeyCheckTests",
            "DatabaseCheckTests",
            "ListenerCheckTests", "ConfigtestTests"]
 
@@ -65,6 +65,23 @@ class OneLineTests(unittest.TestCase):
         """StartupError and OS errors are shown without a type name."""
         self.assertEqual(preflight.one_line(StartupError("policy.path x: bad")), "policy.path x: bad")
         self.assertEqual(preflight.one_line(FileNotFoundError(2, "No such file")), "[Errno 2] No such file")
+
+
+class StartFailureLineTests(_Folder):
+    """start_failure_line names the setting of a listener that could not bind."""
+
+    def test_listener_named(self):
+        """A CannotListenError on a configured address names its setting, as configtest does."""
+        import errno
+
+        from twisted.internet.error import CannotListenError
+
+        config = self.config(listen_addr="127.0.0.1:8080")
+        error = CannotListenError("127.0.0.1", 8080, OSError(errno.EADDRINUSE, "Address already in use"))
+        self.assertEqual(preflight.start_failure_line(config, Failure(error)),
+                         "listen_addr 127.0.0.1:8080: cannot listen: Address already in use")
+        other = CannotListenError("127.0.0.1", 1234, OSError(errno.EADDRINUSE, "Address already in use"))
+        self.assertIn("Couldn't listen on 127.0.0.1:1234", preflight.start_failure_line(config, other))
 
 
 class PolicyCheckTests(_Folder):

@@ -38,6 +38,7 @@ __all__ = [
     "StartupError",
     "Listener",
     "one_line",
+    "start_failure_line",
     "check_policy",
     "check_tls",
     "noise_key",
@@ -63,6 +64,23 @@ def one_line(error: BaseException | Failure) -> str:
     if isinstance(error, (StartupError, ValueError)) or _known(error):
         return text or type(error).__name__
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def start_failure_line(config: Any, error: BaseException | Failure) -> str:
+    """:func:`one_line`, naming the setting when a listener could not bind (as :func:`check_listeners` does)."""
+    from twisted.internet.error import CannotListenError
+
+    value = error.value if isinstance(error, Failure) else error
+    if isinstance(value, CannotListenError):
+        try:
+            candidates = listeners(config)
+        except StartupError:
+            candidates = []
+        for listener in candidates:
+            if listener.port == value.port and (listener.host or "") in ("", "0.0.0.0", "::", value.interface):
+                reason = getattr(value.socketError, "strerror", None) or value.socketError
+                return f"{listener.setting} {listener.host}:{listener.port}: cannot listen: {reason}"
+    return one_line(error)
 
 
 def _known(error: BaseException) -> bool:

@@ -204,7 +204,7 @@ class HeadscaleService(service.MultiService):
 
     def _start_failed(self, failure):
         self.exit_status = 1
-        self.log.critical("headscale-tw could not start: {error}", error=preflight.one_line(failure))
+        self.log.critical("headscale-tw could not start: {error}", error=preflight.start_failure_line(self.config, failure))
         self.log.failure("start-up failure in detail", failure, level=LogLevel.debug)
         if getattr(self.reactor, "running", False):
             self.reactor.stop()

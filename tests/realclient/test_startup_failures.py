@@ -105,7 +105,7 @@ class StartupFailureTests(RealClientTestCase):
         busy = config_yaml(metrics_listen_addr="127.0.0.1:9091",
                            derp={"server": {"stun_listen_addr": "127.0.0.1:3479"}})
         server = self.make(busy)
-        self.assert_fails(server, "127.0.0.1:8080", "Address already in use")
+        self.assert_fails(server, "listen_addr 127.0.0.1:8080: cannot listen: Address already in use")
 
     def test_corrupt_noise_key(self):
         """A Noise key file that holds no key names noise.private_key_path."""
