@@ -15,7 +15,7 @@ from headscale_tw.preflight import StartupError
 from headscale_tw.socketlock import SocketLock
 from headscale_tw.testing.db import ThreadlessReactor, create_postgres_database, open_test_database, sqlite_config
 
-__all__ = ["OneLineTests", "StartFailureLineTests", "PolicyCheckTests", "TLSCheckTests", "NoiseKeyCheckTests", "DERPKeyCheckTests",
+__all__ = ["OneLineTests", "StartFailureLineTests", "PolicyCheckTests", "TLSCheckTests", "NoiseKeyCheckTests", "StoredPolicyCheckTests", "DERPKeyCheckTests",
            "DatabaseCheckTests",
            "ListenerCheckTests", "ConfigtestTests"]
 
@@ -153,6 +153,26 @@ class NoiseKeyCheckTests(_Folder):
         self.assertIn("noise.private_key_path", str(e.exception))
         with open(self.path("noise.key")) as f:
             self.assertEqual(f.read(), "garbage\n")
+
+
+class StoredPolicyCheckTests(_Folder):
+    """check_stored_policy validates the policy in force with policy.mode database, read-only."""
+
+    def test_stored_policy(self):
+        """No policy, a valid one and an invalid one (named with its id) as start-up would see them."""
+        from headscale_tw.testing.db import resolve
+
+        config = self.config(policy={"mode": "database"})
+        self.assertIsNone(preflight.check_stored_policy(self.config()))
+        self.assertIn("new database", preflight.check_stored_policy(config))
+        db = open_test_database(self, sqlite_config(self.path("db.sqlite"), write_ahead_log=False))
+        self.assertIn("none", preflight.check_stored_policy(config))
+        resolve(db.policies.set('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}'))
+        self.assertIn("stored policy 1", preflight.check_stored_policy(config))
+        resolve(db.policies.set('{"acls": [{"action": "accept", "src": ["group:gone"], "dst": ["*:*"]}]}'))
+        with self.assertRaises(StartupError) as e:
+            preflight.check_stored_policy(config)
+        self.assertIn('stored policy 2 (policy.mode database): acls[0].src[0]: group "group:gone"', str(e.exception))
 
 
 class DERPKeyCheckTests(_Folder):

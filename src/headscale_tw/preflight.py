@@ -10,6 +10,7 @@ check                  start-up (:mod:`headscale_tw.service`)          ``headsca
 socket lock            :class:`~headscale_tw.socketlock.SocketLock`    asks whether a live server holds it
                        taken first (``flock``)
 policy (file mode)     :func:`check_policy` before the database opens  :func:`check_policy`
+policy (database)      validated when the control plane loads it       :func:`check_stored_policy` (read-only)
 TLS files              :func:`check_tls` before anything listens       :func:`check_tls`
 Noise key              :func:`noise_key` (created when missing)        :func:`noise_key` (read only if present)
 DERP keys              :func:`check_derp_keys` (created when missing)  :func:`check_derp_keys` (read only)
@@ -40,6 +41,7 @@ __all__ = [
     "one_line",
     "start_failure_line",
     "check_policy",
+    "check_stored_policy",
     "check_tls",
     "noise_key",
     "check_derp_keys",
@@ -110,13 +112,9 @@ def check_policy(config: Any) -> str:
 
     @raises StartupError: naming ``policy.path`` and the problem.
     """
-    from headscale_tw.policy.compile import PolicyEngine
-    from headscale_tw.policy.incremental import IncrementalCompiler
-    from headscale_tw.policy.model import PolicyError
-
     policy = config.policy
     if (policy.mode or "file") != "file":
-        return f"policy.mode {policy.mode}: the stored policy is checked at start-up"
+        return f"policy.mode {policy.mode}: the stored policy is checked with the database"
     if not policy.path:
         return "no policy file (every node may reach every node)"
     try:
@@ -126,12 +124,45 @@ def check_policy(config: Any) -> str:
         raise StartupError(f"policy.path {policy.path}: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise StartupError(f"policy.path {policy.path}: not valid UTF-8") from None
+    _validate_policy(config, text, f"policy.path {policy.path}")
+    return f"policy file {policy.path}"
+
+
+def _validate_policy(config: Any, text: str, where: str) -> None:
+    from headscale_tw.policy.compile import PolicyEngine
+    from headscale_tw.policy.incremental import IncrementalCompiler
+    from headscale_tw.policy.model import PolicyError
+
     try:
         engine = PolicyEngine(text or None, server_url=config.server_url)
         engine.check_compiled(IncrementalCompiler(engine, (), ()).compile())
     except PolicyError as e:
-        raise StartupError(f"policy.path {policy.path}: {one_line(e)}") from e
-    return f"policy file {policy.path}"
+        raise StartupError(f"{where}: {one_line(e)}") from e
+
+
+def check_stored_policy(config: Any) -> str | None:
+    """``policy.mode: database``: read the policy in force (read-only) and validate it as :func:`check_policy` does.
+
+    None when the policy lives in a file; call after :func:`check_database` passed.
+
+    @raises StartupError: the stored policy does not parse or validate, or cannot be read.
+    """
+    if (config.policy.mode or "file") != "database":
+        return None
+    from headscale_tw.storage.database import check_sqlite_file
+    from headscale_tw.storage.stores.policies import read_latest_policy
+
+    where = describe_database(config)
+    if config.database.type in ("sqlite", "sqlite3") and not check_sqlite_file(config.database.sqlite.path):
+        return "stored policy: none yet (new database)"
+    try:
+        record = read_latest_policy(config.database)
+    except Exception as e:
+        raise StartupError(f"database ({where}): reading the stored policy: {one_line(e)}") from e
+    if record is None or not record.data:
+        return "stored policy: none (every node may reach every node)"
+    _validate_policy(config, record.data, f"stored policy {record.id} (policy.mode database)")
+    return f"stored policy {record.id}"
 
 
 # ---------------------------------------------------------------- TLS and keys
@@ -383,5 +414,8 @@ def configtest(config: Any) -> list[str]:
     notes.append(f"Noise key {path}" if key is not None else f"Noise key {path}: missing; start-up creates it")
     notes.append(check_derp_keys(config, create=False))
     notes.append(check_database(config))
+    stored = check_stored_policy(config)
+    if stored is not None:
+        notes.append(stored)
     notes.extend(check_listeners(config))
     return notes

@@ -60,6 +60,7 @@ __all__ = [
     "folder_accepts_entries",
     "prepare_sqlite_file",
     "postgres_connect_kwargs",
+    "read_only_txn",
     "split_sql",
     "Database",
     "open_database",
@@ -493,6 +494,33 @@ def prepare_sqlite_file(path: str) -> None:
                 os.chmod(name, mode & 0o700)
         except FileNotFoundError:
             pass
+
+
+def read_only_txn(db_config: Any, fn: Callable[..., R], *args: Any) -> R:
+    """Run ``fn(txn, *args)`` synchronously on a read-only connection; nothing can be written.
+
+    For checks made without a reactor (``headscale configtest``): SQLite is
+    opened with ``mode=ro`` (the file must exist; nothing is created),
+    PostgreSQL in a read-only session whose transaction is rolled back.
+    """
+    from urllib.parse import quote
+
+    if db_config.type in ("sqlite", "sqlite3"):
+        path = db_config.sqlite.path
+        target = path if path.startswith("file:") else "file:{}?mode=ro".format(quote(os.path.abspath(path)))
+        conn = sqlite3.connect(target, uri=True)
+        try:
+            return fn(Txn(SqliteEngine(), conn.cursor()), *args)
+        finally:
+            conn.close()
+    engine = PostgresEngine()
+    conn = engine.module.connect(**postgres_connect_kwargs(db_config.postgres))
+    try:
+        conn.set_session(readonly=True)
+        return fn(Txn(engine, conn.cursor()), *args)
+    finally:
+        conn.rollback()
+        conn.close()
 
 
 def postgres_connect_kwargs(pg: Any) -> dict[str, Any]:

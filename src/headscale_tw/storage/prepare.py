@@ -166,35 +166,19 @@ def _judged_state_txn(txn: Txn, code_version: int = SCHEMA_VERSION) -> int | Non
 def read_schema_version(db_config: Any) -> int | None:
     """Read (never create, never migrate) the schema version of the configured database.
 
-    Synchronous, for ``headscale configtest``: SQLite is opened read-only (a
-    missing file gives None: start-up would create it), PostgreSQL in a
-    read-only transaction that is rolled back.
+    Synchronous, for ``headscale configtest``, through
+    :func:`~headscale_tw.storage.database.read_only_txn` (a missing SQLite file
+    gives None: start-up would create it).
 
     @raises DatabaseFileError: the SQLite path cannot hold a database.
     @raises PrepareError, DatabaseTooNew: as :func:`judge_schema_state`.
     @raises sqlite3.Error, psycopg2.Error: the database cannot be reached or read.
     """
-    from urllib.parse import quote
+    from headscale_tw.storage.database import check_sqlite_file, read_only_txn
 
-    from headscale_tw.storage.database import PostgresEngine, SqliteEngine, check_sqlite_file, postgres_connect_kwargs
-
-    if db_config.type in ("sqlite", "sqlite3"):
-        path = db_config.sqlite.path
-        if not check_sqlite_file(path):
-            return None
-        conn = sqlite3.connect("file:{}?mode=ro".format(quote(os.path.abspath(path))), uri=True)
-        try:
-            return _judged_state_txn(Txn(SqliteEngine(), conn.cursor()))
-        finally:
-            conn.close()
-    engine = PostgresEngine()
-    conn = engine.module.connect(**postgres_connect_kwargs(db_config.postgres))
-    try:
-        conn.set_session(readonly=True)
-        return _judged_state_txn(Txn(engine, conn.cursor()))
-    finally:
-        conn.rollback()
-        conn.close()
+    if db_config.type in ("sqlite", "sqlite3") and not check_sqlite_file(db_config.sqlite.path):
+        return None
+    return read_only_txn(db_config, _judged_state_txn)
 
 
 def _create_fresh_txn(txn: Txn, full_version: int, script: str) -> bool:
