@@ -134,6 +134,18 @@ class StartupFailureTests(RealClientTestCase):
         server = self.make(config_yaml(database={"type": "sqlite", "sqlite": {"path": path}}))
         self.assert_fails(server, f"database.sqlite.path {path}: cannot create")
 
+    def test_config_invalid(self):
+        """A config that does not load exits non-zero naming the key, without a traceback, under every entry point."""
+        server = self.make(config_yaml())
+        with open(server.config_path, "w") as f:
+            f.write(config_yaml(prefixes={"v4": "100.64.0.0/33"}))
+        for entry in ENTRY_POINTS:
+            proc = server.run_until_exit(entry)
+            output = proc.stdout + proc.stderr
+            self.assertNotEqual(proc.returncode, 0, f"{entry}: {output}")
+            self.assertIn('prefixes.v4: "100.64.0.0/33" is not a valid prefix', output, entry)
+            self.assertNotIn("Traceback", output, entry)
+
     def test_traceback_at_debug(self):
         """At log.level debug the same failure also logs its traceback."""
         server = self.make(config_yaml(policy={"path": "./missing.hujson"}, log={"level": "debug"}))
