@@ -176,6 +176,31 @@ class HeadscaleServiceTests(unittest.TestCase):
         self.assertEqual(len([e for e in mine if "log_failure" in e]), 1)
         self.flushLoggedErrors(StartupError)
 
+    def test_raise_early_failure(self):
+        """With raise_early_failure (a daemonising twistd) a failure found inside startService is raised from it;
+        one found later is only recorded."""
+        from headscale_tw.preflight import StartupError
+
+        async def early(config, reactor):
+            raise StartupError("tls_cert_path ./c.pem: No such file or directory")
+
+        svc = HeadscaleService(Config(), MemoryReactor(), components=early, raise_early_failure=True)
+        with self.assertRaises(StartupError) as e:
+            svc.startService()
+        self.assertEqual(str(e.exception), "tls_cert_path ./c.pem: No such file or directory")
+
+        later = defer.Deferred()
+
+        async def late(config, reactor):
+            await later
+            raise StartupError("database (sqlite x): is a directory")
+
+        svc = HeadscaleService(Config(), MemoryReactor(), components=late, raise_early_failure=True)
+        svc.startService()
+        later.callback(None)
+        self.assertEqual((svc.exit_status, svc.failure_line), (1, "database (sqlite x): is a directory"))
+        self.flushLoggedErrors(StartupError)
+
     def test_failure_before_reactor_runs_stops_it(self):
         """A failure while the reactor is not yet running (twistd starts services first) stops it once it runs."""
         from twisted.internet.testing import MemoryReactorClock

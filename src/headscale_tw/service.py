@@ -165,15 +165,17 @@ class HeadscaleService(service.MultiService):
     log = Logger()
 
     def __init__(self, config: Config, reactor, components: Callable | None = None,
-                 log_observer: ILogObserver | None = None):
+                 log_observer: ILogObserver | None = None, raise_early_failure: bool = False):
         super().__init__()
         self.config = config
         self.reactor = reactor
         self._components = components or build_components
         self._log_observer = log_observer
+        self._raise_early_failure = raise_early_failure
         self._ready: defer.Deferred | None = None
         self.context = None
         self.exit_status = 0
+        self.failure_line = ""
 
     def setServiceParent(self, parent) -> None:
         """Join ``parent``; a twistd ``Application`` without an ``ILogObserver`` gets ``log_observer``.
@@ -188,9 +190,18 @@ class HeadscaleService(service.MultiService):
         super().setServiceParent(parent)
 
     def startService(self) -> None:
+        """Start building; with ``raise_early_failure``, a failure found before this returns is raised.
+
+        The checks made before the database opens (lock, policy, TLS, keys) run
+        synchronously, inside this call. A daemonising twistd (without ``-n``)
+        reports an exception raised here to its waiting parent, which then exits
+        1; in the foreground the failure is only logged, as one line.
+        """
         super().startService()
         self._ready = defer.Deferred.fromCoroutine(self._start())
         self._ready.addErrback(self._start_failed)
+        if self._raise_early_failure and self.exit_status:
+            raise preflight.StartupError(self.failure_line)
 
     async def _start(self):
         self.context = await self._components(self.config, self.reactor)
@@ -204,7 +215,8 @@ class HeadscaleService(service.MultiService):
 
     def _start_failed(self, failure):
         self.exit_status = 1
-        self.log.critical("headscale-tw could not start: {error}", error=preflight.start_failure_line(self.config, failure))
+        self.failure_line = preflight.start_failure_line(self.config, failure)
+        self.log.critical("headscale-tw could not start: {error}", error=self.failure_line)
         self.log.failure("start-up failure in detail", failure, level=LogLevel.debug)
         if getattr(self.reactor, "running", False):
             self.reactor.stop()
@@ -254,7 +266,19 @@ def exit_with_status(top: HeadscaleService) -> None:
     handler, which runs after twistd has finished (services stopped, PID file
     removed, log closed): after a failed start it flushes the standard streams
     and ends the process with the status; after a clean run it does nothing.
+    It also keeps Python from printing a traceback for the ``StartupError`` a
+    daemonising twistd re-raises (see ``raise_early_failure``).
     """
+    previous_hook = sys.excepthook
+
+    def quiet_startup_error(kind, value, tb) -> None:
+        # A daemonising twistd re-raises what startService raised (raise_early_failure);
+        # the service already logged it as one line, so no traceback follows it.
+        if not (top.exit_status and isinstance(value, preflight.StartupError)):
+            previous_hook(kind, value, tb)
+
+    sys.excepthook = quiet_startup_error
+
     def leave() -> None:
         if top.exit_status:
             for stream in (sys.stdout, sys.stderr):
@@ -490,6 +514,7 @@ def _build_derp(config: Config, reactor) -> _DERPParts | None:
     return _DERPParts(config, reactor)
 
 
-def build_service(config: Config, reactor, log_observer: ILogObserver | None = None) -> HeadscaleService:
-    """Build the whole server as one service (``log_observer``: see :class:`HeadscaleService`)."""
-    return HeadscaleService(config, reactor, log_observer=log_observer)
+def build_service(config: Config, reactor, log_observer: ILogObserver | None = None,
+                  raise_early_failure: bool = False) -> HeadscaleService:
+    """Build the whole server as one service (the keywords: see :class:`HeadscaleService`)."""
+    return HeadscaleService(config, reactor, log_observer=log_observer, raise_early_failure=raise_early_failure)

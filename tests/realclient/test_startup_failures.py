@@ -146,6 +146,22 @@ class StartupFailureTests(RealClientTestCase):
             self.assertIn('prefixes.v4: "100.64.0.0/33" is not a valid prefix', output, entry)
             self.assertNotIn("Traceback", output, entry)
 
+    def test_daemonising_twistd_reports_failure(self):
+        """twistd without -n: the waiting parent exits 1 naming the problem; the log has the line, no traceback."""
+        server = self.make(config_yaml(policy={"path": "./missing.hujson"}))
+        log_file = os.path.join(server.directory, "twistd.log")
+        argv = [arg for arg in server.argv("twistd") if arg not in ("--nodaemon", "--pidfile=")]
+        argv[argv.index("headscale"):argv.index("headscale")] = [
+            "--pidfile", os.path.join(server.directory, "twistd.pid"), "--logfile", log_file]
+        proc = self.namespace.run(argv, env=server.env, timeout=60, cwd=server.directory)
+        self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
+        self.assertIn("policy.path ./missing.hujson", proc.stderr)
+        with open(log_file) as f:
+            log = f.read()
+        self.assertEqual(len([line for line in log.splitlines() if "could not start" in line]), 1, log)
+        self.assertNotIn("Traceback", log)
+        self.assertFalse(os.path.exists(os.path.join(server.directory, "twistd.pid")))
+
     def test_traceback_at_debug(self):
         """At log.level debug the same failure also logs its traceback."""
         server = self.make(config_yaml(policy={"path": "./missing.hujson"}, log={"level": "debug"}))
