@@ -151,3 +151,71 @@ class HeadscaleServiceTests(unittest.TestCase):
         svc.startService()
         self.assertEqual(list(svc), [])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_start_failure_one_line_exit_status(self):
+        """A failure is one critical line naming it, the traceback is a debug event, and exit_status is 1."""
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        from headscale_tw.preflight import StartupError
+
+        async def components(config, reactor):
+            raise StartupError("policy.path ./p.hujson: No such file or directory")
+
+        events: list = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        svc = HeadscaleService(Config(), MemoryReactor(), components=components)
+        self.assertEqual(svc.exit_status, 0)
+        svc.startService()
+        self.assertEqual(svc.exit_status, 1)
+        mine = [e for e in events if e.get("log_namespace", "").startswith("headscale_tw.service")]
+        critical = [e for e in mine if e["log_level"] == LogLevel.critical]
+        self.assertEqual(len(critical), 1)
+        self.assertEqual(critical[0]["error"], "policy.path ./p.hujson: No such file or directory")
+        self.assertTrue(all("log_failure" not in e for e in mine if e["log_level"] != LogLevel.debug))
+        self.assertEqual(len([e for e in mine if "log_failure" in e]), 1)
+        self.flushLoggedErrors(StartupError)
+
+    def test_raise_early_failure(self):
+        """With raise_early_failure (a daemonising twistd) a failure found inside startService is raised from it;
+        one found later is only recorded."""
+        from headscale_tw.preflight import StartupError
+
+        async def early(config, reactor):
+            raise StartupError("tls_cert_path ./c.pem: No such file or directory")
+
+        svc = HeadscaleService(Config(), MemoryReactor(), components=early, raise_early_failure=True)
+        with self.assertRaises(StartupError) as e:
+            svc.startService()
+        self.assertEqual(str(e.exception), "tls_cert_path ./c.pem: No such file or directory")
+
+        later = defer.Deferred()
+
+        async def late(config, reactor):
+            await later
+            raise StartupError("database (sqlite x): is a directory")
+
+        svc = HeadscaleService(Config(), MemoryReactor(), components=late, raise_early_failure=True)
+        svc.startService()
+        later.callback(None)
+        self.assertEqual((svc.exit_status, svc.failure_line), (1, "database (sqlite x): is a directory"))
+        self.flushLoggedErrors(StartupError)
+
+    def test_failure_before_reactor_runs_stops_it(self):
+        """A failure while the reactor is not yet running (twistd starts services first) stops it once it runs."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        async def components(config, reactor):
+            raise OSError(13, "Permission denied")
+
+        reactor = MemoryReactorClock()
+        stops: list = []
+        reactor.stop = lambda: stops.append(True)
+        svc = HeadscaleService(Config(), reactor, components=components)
+        svc.startService()
+        self.assertEqual(stops, [])
+        reactor.running = True
+        for hook, args, kwargs in reactor.whenRunningHooks:
+            hook(*args, **kwargs)
+        self.assertEqual(stops, [True])
+        self.flushLoggedErrors(OSError)

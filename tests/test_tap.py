@@ -63,6 +63,9 @@ class TacTests(unittest.TestCase):
         with open(path, "w") as f:
             f.write("listen_addr: 127.0.0.1:18123\nserver_url: http://127.0.0.1:18123\n")
         self.patch(os, "environ", {**os.environ, "HEADSCALE_CONFIG": path})
+        import sys
+
+        self.patch(sys, "excepthook", sys.excepthook)  # the .tac installs its exit-status hook
         top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(headscale_tw.__file__))))
         application = service.loadApplication(os.path.join(top, "etc", "headscale.tac"), "python")
         children = list(service.IServiceCollection(application))

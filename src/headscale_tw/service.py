@@ -7,25 +7,41 @@ Start order is explicit (house style 6): :class:`HeadscaleService` opens and
 migrates the database first, in ``startService``; only then does it build and
 start the listeners and timers as children. On stop, children stop first (in
 reverse order) and the database closes last, after in-flight writes finish.
-A startup failure (bad database, port in use) is logged as one readable line
-and stops the reactor.
+Start-up failures are honest (docs/security.md, "Start-up failures"): whatever
+keeps the server from starting (a bad policy, missing TLS files, a corrupt Noise
+key, an unreachable or too new database, a busy port, another server holding the
+socket lock) is logged as one critical line naming the setting and the problem,
+the traceback only at ``log.level: debug``; the reactor stops and
+:attr:`HeadscaleService.exit_status` becomes 1. ``headscale serve`` returns it;
+under ``twistd`` and the ``.tac``, :func:`exit_with_status` makes the process
+exit with it once twistd has finished its own shutdown.
+
+The checks made before the database opens are the ones ``headscale configtest``
+makes (:mod:`headscale_tw.preflight`).
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
+import os
 import signal
+import sys
 from collections.abc import Callable
 
 from twisted.application import service, strports
 from twisted.internet import defer
-from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.python.components import Componentized
+from twisted.web import http, resource, server
 
+from headscale_tw import preflight
 from headscale_tw.config.model import Config
 from headscale_tw.hostport import parse_hostport
+from headscale_tw.redact import redact
 
-__all__ = ["build_service", "listen_endpoint", "HeadscaleService", "HealthResource", "MetricsResource"]
+__all__ = ["build_service", "listen_endpoint", "exit_with_status", "HeadscaleService", "HealthResource",
+           "MetricsResource"]
 
 
 #: Accept backlog of the control listener: thousands of clients reconnect at once after a
@@ -75,6 +91,11 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def redacted_log_formatter(timestamp: str, request) -> str:
+    """Twisted's combined access-log line with secrets (``?key=``, ``hskey-...``) redacted."""
+    return redact(http.combinedLogFormatter(timestamp, request))
+
+
 class ControlSite(server.Site):
     """
     The control listener's site: an access-log line per request only with
@@ -84,6 +105,7 @@ class ControlSite(server.Site):
     """
 
     def __init__(self, root, access_log: bool = False, **kwargs) -> None:
+        kwargs.setdefault("logFormatter", redacted_log_formatter)
         super().__init__(root, **kwargs)
         self.access_log = access_log
 
@@ -133,22 +155,53 @@ class MetricsResource(resource.Resource):
 
 
 class HeadscaleService(service.MultiService):
-    """The whole server: opens the database, then starts listeners and timers."""
+    """The whole server: opens the database, then starts listeners and timers.
+
+    ``log_observer`` (optional) is the observer to install when the service
+    joins a twistd ``Application`` that has none (see :meth:`setServiceParent`).
+    ``exit_status`` is 0, or 1 once start-up failed.
+    """
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor, components: Callable | None = None):
+    def __init__(self, config: Config, reactor, components: Callable | None = None,
+                 log_observer: ILogObserver | None = None, raise_early_failure: bool = False):
         super().__init__()
         self.config = config
         self.reactor = reactor
         self._components = components or build_components
+        self._log_observer = log_observer
+        self._raise_early_failure = raise_early_failure
         self._ready: defer.Deferred | None = None
         self.context = None
+        self.exit_status = 0
+        self.failure_line = ""
+
+    def setServiceParent(self, parent) -> None:
+        """Join ``parent``; a twistd ``Application`` without an ``ILogObserver`` gets ``log_observer``.
+
+        twistd builds the application around the service that ``makeService``
+        returned and then installs the application's ``ILogObserver``; setting it
+        here is how ``log.level`` reaches the observer twistd installs.
+        """
+        if (self._log_observer is not None and isinstance(parent, Componentized)
+                and parent.getComponent(ILogObserver, None) is None):
+            parent.setComponent(ILogObserver, self._log_observer)
+        super().setServiceParent(parent)
 
     def startService(self) -> None:
+        """Start building; with ``raise_early_failure``, a failure found before this returns is raised.
+
+        The checks made before the database opens (lock, policy, TLS, keys) run
+        synchronously, inside this call. A daemonising twistd (without ``-n``)
+        reports an exception raised here to its waiting parent, which then exits
+        1; in the foreground the failure is only logged, as one line.
+        """
         super().startService()
         self._ready = defer.Deferred.fromCoroutine(self._start())
         self._ready.addErrback(self._start_failed)
+        if self._raise_early_failure and self.exit_status:
+            raise preflight.StartupError(self.failure_line)
 
     async def _start(self):
         self.context = await self._components(self.config, self.reactor)
@@ -164,10 +217,15 @@ class HeadscaleService(service.MultiService):
         return self
 
     def _start_failed(self, failure):
-        self.log.critical("headscale-tw could not start: {error}", error=failure.getErrorMessage())
-        self.log.failure("startup failure", failure)
-        if self.reactor.running:
+        self.exit_status = 1
+        self.failure_line = preflight.start_failure_line(self.config, failure)
+        self.log.critical("headscale-tw could not start: {error}", error=self.failure_line)
+        self.log.failure("start-up failure in detail", failure, level=LogLevel.debug)
+        if getattr(self.reactor, "running", False):
             self.reactor.stop()
+        elif hasattr(self.reactor, "callWhenRunning"):
+            # Failed before the reactor runs (twistd starts services first): stop it as soon as it runs.
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def _install_sighup(self):
         if not hasattr(self.reactor, "callFromThread") or not self.reactor.running:
@@ -204,24 +262,72 @@ class Components:
         self.__dict__.update(named)
 
 
-async def build_components(config: Config, reactor) -> Components:
-    """Open the database and build the listeners; called once the reactor runs.
+def exit_with_status(top: HeadscaleService) -> None:
+    """Make this process exit with ``top.exit_status`` when it is not 0 (twistd and the ``.tac``).
 
-    The database is opened and migrated first; everything else is built on it.
-    If anything after that fails, the database is closed again before the error
-    propagates.
+    twistd returns 0 whenever its reactor stops. This registers an ``atexit``
+    handler, which runs after twistd has finished (services stopped, PID file
+    removed, log closed): after a failed start it flushes the standard streams
+    and ends the process with the status; after a clean run it does nothing.
+    It also keeps Python from printing a traceback for the ``StartupError`` a
+    daemonising twistd re-raises (see ``raise_early_failure``).
+    """
+    previous_hook = sys.excepthook
+
+    def quiet_startup_error(kind, value, tb) -> None:
+        # A daemonising twistd re-raises what startService raised (raise_early_failure);
+        # the service already logged it as one line, so no traceback follows it.
+        if not (top.exit_status and isinstance(value, preflight.StartupError)):
+            previous_hook(kind, value, tb)
+
+    sys.excepthook = quiet_startup_error
+
+    def leave() -> None:
+        if top.exit_status:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(top.exit_status)
+
+    atexit.register(leave)
+
+
+async def build_components(config: Config, reactor) -> Components:
+    """Check what start-up depends on, open the database, and build the listeners.
+
+    In order: take the socket lock (so a second server stops here), check the
+    policy file and the TLS files and load (or create) the Noise key, as
+    ``headscale configtest`` does (:mod:`headscale_tw.preflight`); then open and
+    migrate the database; everything else is built on it. If anything fails,
+    what was opened is closed and the lock released before the error propagates.
     """
     from headscale_tw.storage.database import open_database
 
-    db = await open_database(config.database, reactor)
+    lock = preflight.socket_lock(config)
     try:
-        return await _build_on_database(config, reactor, db)
+        preflight.check_policy(config)
+        preflight.check_tls(config)
+        noise_key = preflight.noise_key(config, create=True)
+        preflight.check_derp_keys(config, create=True)
+        try:
+            db = await open_database(config.database, reactor)
+        except Exception as e:
+            raise preflight.StartupError(f"database ({preflight.describe_database(config)}): "
+                                         f"{preflight.one_line(e)}") from e
+        try:
+            return await _build_on_database(config, reactor, db, noise_key, lock)
+        except BaseException:
+            await db.close()
+            raise
     except BaseException:
-        await db.close()
+        if lock is not None:
+            lock.release()
         raise
 
 
-async def _build_on_database(config: Config, reactor, db) -> Components:
+async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Components:
     from twisted.application.internet import TimerService
 
     from headscale_tw.control.framing import encode_json
@@ -260,7 +366,7 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
     # without an API key) and /verify's, under 4 KiB (see web/admin/early.py).
     site = ControlSite(root, access_log=getattr(getattr(config, "log", None), "level", "info") in ("debug", "trace"),
                        requestFactory=GuardedRequest)
-    _mount_control(config, reactor, root, plane)
+    _mount_control(config, reactor, root, plane, noise_key)
 
     services: list = []
     if derp_parts is not None:
@@ -298,10 +404,14 @@ async def _build_on_database(config: Config, reactor, db) -> Components:
         services.append(strports.service(listen_endpoint(config.metrics_listen_addr), server.Site(metrics_root), reactor=reactor))
 
     async def close():
-        if feed is not None:
-            feed.stop()
-        plane.stop()
-        await db.close()
+        try:
+            if feed is not None:
+                feed.stop()
+            plane.stop()
+            await db.close()
+        finally:
+            if lock is not None:
+                lock.release()  # last: no second server may start while this one still writes
 
     def reload():
         # SIGHUP: policy (file mode) and DNS settings; connections stay up.
@@ -325,13 +435,11 @@ def _trusted_proxies(config: Config):
     return TrustedProxies.from_config(config.trusted_proxies)
 
 
-def _mount_control(config: Config, reactor, root, plane) -> None:
+def _mount_control(config: Config, reactor, root, plane, noise_key) -> None:
     """``/key`` and ``/ts2021`` on the public root; ``/machine/*`` only inside Noise."""
-    from headscale_tw.keys import load_or_generate_private_key
     from headscale_tw.noise.resource import Ts2021Resource
     from headscale_tw.web.key import KeyResource
 
-    noise_key = load_or_generate_private_key(config.noise.private_key_path)
     inner_root = resource.Resource()
     inner_root.putChild(b"machine", plane.machine_resource(identify=_noise_identity))
     inner_site = server.Site(inner_root)
@@ -343,12 +451,13 @@ def _mount_control(config: Config, reactor, root, plane) -> None:
 
 
 def _unix_listener(config: Config, site, reactor):
-    """The CLI's unix socket, with the configured file mode; its folder is created if missing."""
-    import os
+    """The CLI's unix socket, with the configured file mode.
 
+    No Twisted lock file: :func:`build_components` already holds the ``flock`` on
+    ``<socket>.lock`` (:mod:`headscale_tw.socketlock`) and removed a stale socket.
+    """
     path = os.path.abspath(config.unix_socket)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    endpoint = "unix:{}:mode={:o}:lockfile=1".format(path.replace(":", "\\:"), config.unix_socket_permission)
+    endpoint = "unix:{}:mode={:o}:lockfile=0".format(path.replace(":", "\\:"), config.unix_socket_permission)
     return strports.service(endpoint, site, reactor=reactor)
 
 
@@ -432,6 +541,7 @@ def _build_derp(config: Config, reactor) -> _DERPParts | None:
     return _DERPParts(config, reactor)
 
 
-def build_service(config: Config, reactor) -> HeadscaleService:
-    """Build the whole server as one service."""
-    return HeadscaleService(config, reactor)
+def build_service(config: Config, reactor, log_observer: ILogObserver | None = None,
+                  raise_early_failure: bool = False) -> HeadscaleService:
+    """Build the whole server as one service (the keywords: see :class:`HeadscaleService`)."""
+    return HeadscaleService(config, reactor, log_observer=log_observer, raise_early_failure=raise_early_failure)

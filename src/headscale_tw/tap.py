@@ -27,9 +27,21 @@ class Options(usage.Options):
 
 
 def makeService(options: Options):
-    """Build the service tree for ``twistd`` from parsed ``Options``."""
+    """Build the service tree for ``twistd`` from parsed ``Options``.
+
+    The log goes where twistd's own options send it, behind ``log.level``; a
+    failed start makes twistd exit non-zero (:func:`~headscale_tw.service.exit_with_status`).
+    """
     from twisted.internet import reactor
 
-    from headscale_tw.service import build_service
+    from headscale_tw.logs import twistd_observer
+    from headscale_tw.service import build_service, exit_with_status
 
-    return build_service(options["config_object"], reactor)
+    config = options["config_object"]
+    twistd_options = options.parent
+    observer = twistd_observer(twistd_options, config.log) if twistd_options is not None else None
+    daemon = twistd_options is not None and not twistd_options.get("nodaemon")
+    top = build_service(config, reactor, log_observer=observer, raise_early_failure=daemon)
+    if twistd_options is not None:
+        exit_with_status(top)
+    return top

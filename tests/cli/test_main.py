@@ -177,12 +177,24 @@ class LocalCommandTests(unittest.TestCase):
 
     def test_configtest(self):
         """configtest prints OK for a valid file and the problem with exit 1 otherwise."""
+        import socket
+
+        ports = []
+        for _ in range(3):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+        folder = os.path.abspath(self.mktemp())
         good = self.mktemp()
         with open(good, "w") as f:
-            f.write("listen_addr: 127.0.0.1:8081\n")
-        code, out, _ = run(["configtest", "-c", good])
-        self.assertEqual(code, 0)
+            f.write(f"listen_addr: 127.0.0.1:{ports[0]}\nmetrics_listen_addr: 127.0.0.1:{ports[1]}\n"
+                    f"derp:\n  server:\n    stun_listen_addr: 127.0.0.1:{ports[2]}\n"
+                    f"unix_socket: {folder}/hs.sock\nnoise:\n  private_key_path: {folder}/noise.key\n"
+                    f"database:\n  sqlite:\n    path: {folder}/db.sqlite\n")
+        code, out, err = run(["configtest", "-c", good])
+        self.assertEqual(code, 0, err)
         self.assertTrue(out.startswith("OK"))
+        self.assertFalse(os.path.exists(folder))  # configtest creates nothing
         bad = self.mktemp()
         with open(bad, "w") as f:
             f.write("prefixes:\n  v4: 100.64.0.0/33\n")
@@ -355,3 +367,22 @@ class ServeTests(unittest.TestCase):
         self.assertTrue(top.running)
         self.assertEqual(reactor.tcpServers[0][0], 18080)
         top.stopService()
+
+    def test_serve_failure_exits_1(self):
+        """serve exits 1 when the server could not start."""
+        reactor = MemoryReactorClock()
+        import headscale_tw.service as service_module
+        from headscale_tw.preflight import StartupError
+
+        async def components(config, r):
+            raise StartupError("tls_cert_path ./none.pem: No such file or directory")
+
+        self.patch(service_module, "build_service",
+                   lambda config, r: service_module.HeadscaleService(config, r, components=components))
+        cfg = self.mktemp()
+        with open(cfg, "w") as f:
+            f.write("listen_addr: 127.0.0.1:18080\n")
+        code = cli_main.main(["serve", "-c", cfg], environ={}, stdout=io.StringIO(), stderr=io.StringIO(),
+                             reactor=reactor)
+        self.assertEqual(code, 1)
+        self.flushLoggedErrors(StartupError)

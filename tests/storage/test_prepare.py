@@ -159,6 +159,7 @@ class SqliteMigrationTests(MigrationTestsMixin, unittest.TestCase):
             self.assertNotIn("colour", columns)
         finally:
             conn.close()
+        self.assertEqual(os.stat(backup).st_mode & 0o777, 0o600)
 
     def test_no_backup_for_fresh(self):
         """A fresh database is not backed up, even when deltas follow the full schema."""

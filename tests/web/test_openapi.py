@@ -16,6 +16,7 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 
 from headscale_tw.config.model import Config, DerpConfig, NoiseConfig
+from headscale_tw.keys import MachinePrivate
 from headscale_tw.service import _build_on_database
 from headscale_tw.testing.db import open_test_database
 from headscale_tw.web.admin_api import AdminAPI
@@ -158,7 +159,7 @@ class ServiceMountTests(unittest.TestCase):
                         derp=DerpConfig(urls=(), paths=()))
         clock = Clock()
         components = self.successResultOf(Deferred.fromCoroutine(
-            _build_on_database(config, clock, open_test_database(self))))
+            _build_on_database(config, clock, open_test_database(self), MachinePrivate.generate(), None)))
         self.addCleanup(components.plane.stop)
         treq = StubTreq(components.root)
         response = self.successResultOf(treq.get("http://headscale.test" + DOCUMENT_PATH))

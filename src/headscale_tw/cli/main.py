@@ -464,19 +464,10 @@ def cmd_version(ctx: Context) -> None:
 
 
 def cmd_configtest(ctx: Context) -> None:
-    from headscale_tw.config.loader import ConfigError, load_config
+    """Run the checks start-up runs, changing nothing (see ``cli/_server.py``)."""
+    from headscale_tw.cli._server import configtest
 
-    notes: list[str] = []
-    try:
-        config = load_config(ctx.args.config, ctx.environ, warnings=notes)
-    except ConfigError as e:
-        raise CLIError("configuration error: " + "; ".join(e.problems)) from None
-    if not ctx.out.machine:
-        for note in notes:
-            ctx.out.stderr.write(f"Warning: {note}\n")
-    source = config.source_path or "(embedded defaults)"
-    ctx.out.result({"ok": True, "source": source, "warnings": notes},
-                   {"ok": True, "source": source, "warnings": notes}, f"OK: {source}")
+    configtest(ctx)
 
 
 def cmd_generate_private_key(ctx: Context) -> None:
@@ -488,22 +479,12 @@ def cmd_generate_private_key(ctx: Context) -> None:
 
 
 def cmd_serve(ctx: Context) -> None:
-    """Run the server in the foreground, as ``twistd -n headscale`` does."""
-    config = ctx.load_config()
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    """Run the server in the foreground, as ``twistd -n headscale`` does; exit 1 if it could not start."""
+    from headscale_tw.cli._server import serve
 
-    from headscale_tw.service import build_service
-
-    reactor = ctx.reactor
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
-        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    top = build_service(config, reactor)
-    reactor.callWhenRunning(top.startService)
-    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    reactor.run()
+    status = serve(ctx)
+    if status:
+        raise _Exit(status)
 
 
 class _Exit(Exception):
@@ -554,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(sub, "serve", presented_as_headscale_serve(cmd_serve), "run the server in the foreground")
     cmd(sub, "version", cmd_version, "print the version")
     cmd(sub, "health", cmd_health, "check the server's health (exit 1 when unhealthy)")
-    cmd(sub, "configtest", cmd_configtest, "load and validate the configuration")
+    cmd(sub, "configtest", cmd_configtest, "check the configuration as start-up does (policy, TLS, keys, database, listeners)")
     gen = group("generate", "generate keys", ["gen"])
     cmd(gen, "private-key", cmd_generate_private_key, "print a new Curve25519 private key (privkey:<hex>)")
 

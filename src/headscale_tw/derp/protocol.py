@@ -244,7 +244,7 @@ class DERPServerProtocol(Protocol):
             self._machine.client_verified()
             return
         if "meshKey" in info:
-            self.log.info("DERP client {key} offered a wrong mesh key", key=node_key_text(key))
+            self.log.debug("DERP client {key} offered a wrong mesh key", key=node_key_text(key))
         check = self.server.verify_client
         if check is None:
             self._machine.client_verified()
@@ -279,7 +279,7 @@ class DERPServerProtocol(Protocol):
 
     def _refuse(self, reason: str) -> None:
         self.server.clients_refused += 1
-        self.log.info("DERP refused {key}: {reason}", key=node_key_text(self.key or b""), reason=reason)
+        self.log.debug("DERP refused {key}: {reason}", key=node_key_text(self.key or b""), reason=reason)
         self.close_reason = reason
         self.transport.write(f.health_frame(f"refused: {reason}"))
         self._lose()
@@ -339,7 +339,7 @@ class DERPServerProtocol(Protocol):
 
     def _log_close(self, reason: str) -> None:
         self.close_reason = reason
-        self.log.info("DERP closing {conn}: {reason}", conn=self, reason=reason)
+        self.log.debug("DERP closing {conn}: {reason}", conn=self, reason=reason)
 
     def _lose(self) -> None:
         self._cancel("_handshake_timer")

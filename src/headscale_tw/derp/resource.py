@@ -190,7 +190,7 @@ class BootstrapDNSResource(Resource):
             try:
                 result[name] = list(await defer.maybeDeferred(self.resolve, name))
             except Exception as e:
-                self.log.info("bootstrap-dns could not resolve {name}: {error}", name=name, error=str(e))
+                self.log.debug("bootstrap-dns could not resolve {name}: {error}", name=name, error=str(e))
         request.setHeader(b"Content-Type", b"application/json")
         request.write(json.dumps(result).encode())
         request.finish()

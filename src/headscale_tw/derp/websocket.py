@@ -116,7 +116,7 @@ class WebSocketStream(Protocol):
 
     def _fail(self, code: int, reason: str) -> None:
         self.failure_reason = reason
-        self.log.info("WebSocket peer {peer} broke the protocol: {reason}", peer=self.getPeer(), reason=reason)
+        self.log.debug("WebSocket peer {peer} broke the protocol: {reason}", peer=self.getPeer(), reason=reason)
         if self.on_failure is not None:
             self.on_failure(reason)
         if not self.ws.close_sent:

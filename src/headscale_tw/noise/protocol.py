@@ -593,7 +593,7 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
             refused=" and refused" if self.refused else "",
         )
         if self.refused:
-            self._log.info(
+            self._log.debug(
                 "noise: refusing client {machine_key}: version {version} < {minimum}",
                 machine_key=self.peer.machine_key,
                 version=self.peer.version,
@@ -641,7 +641,7 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
 
     def _fail(self, why: str) -> None:
         """Drop this one connection after a protocol error."""
-        self._log.info(
+        self._log.debug(
             "noise: closing connection from {machine_key}: {why}",
             machine_key=self.peer.machine_key if self.peer else None,
             why=why,

@@ -54,6 +54,13 @@ __all__ = [
     "to_datetime",
     "to_bytes",
     "make_pool",
+    "DatabaseFileError",
+    "SQLITE_FILE_MODE",
+    "check_sqlite_file",
+    "folder_accepts_entries",
+    "prepare_sqlite_file",
+    "postgres_connect_kwargs",
+    "read_only_txn",
     "split_sql",
     "Database",
     "open_database",
@@ -397,19 +404,150 @@ def _postgres_on_connect(conn: Any) -> None:
     conn.commit()
 
 
+class DatabaseFileError(Exception):
+    """The SQLite file cannot be used: its path is a folder, or its folder cannot be created."""
+
+
+#: Mode of every SQLite file this server creates (the database holds the key-hashing pepper).
+SQLITE_FILE_MODE = 0o600
+
+
+def _sqlite_file_path(path: str) -> str | None:
+    """The file behind ``database.sqlite.path`` (None for ``:memory:`` and ``file:`` URIs)."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    return os.path.abspath(path)
+
+
+def check_sqlite_file(path: str) -> bool:
+    """Read-only check of ``database.sqlite.path``; True when the file exists.
+
+    A missing file is fine when its folder exists (or could be created) and is
+    writable. Nothing is created.
+
+    @raises DatabaseFileError: the path is a folder, or the file could not be created.
+    """
+    real = _sqlite_file_path(path)
+    if real is None:
+        return False
+    if os.path.isdir(real):
+        raise DatabaseFileError(f"database.sqlite.path {path} is a directory, not a database file")
+    if os.path.exists(real):
+        return True
+    parent = os.path.dirname(real)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not folder_accepts_entries(parent):
+        raise DatabaseFileError(f"database.sqlite.path {path}: cannot create it, {parent} is not a writable folder")
+    return False
+
+
+def folder_accepts_entries(folder: str) -> bool:
+    """Whether a file or folder can be created in ``folder``: tried for real (a temporary folder,
+    removed at once), since permission bits say nothing for root or on special file systems."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".headscale-tw-probe-", dir=folder))
+    except OSError:
+        return False
+    return True
+
+
+def prepare_sqlite_file(path: str) -> None:
+    """Make ``database.sqlite.path`` ready for SQLite to open, mode 0600.
+
+    The folder is created when missing; a missing file is created empty with
+    mode 0600 before SQLite opens it (SQLite gives its ``-wal`` and ``-shm``
+    files the database file's mode); an existing file, ``-wal`` or ``-shm``
+    readable by others (as older versions created them) is narrowed to 0600.
+
+    @raises DatabaseFileError: the path is a folder, or the folder or file cannot be created.
+    """
+    real = _sqlite_file_path(path)
+    if real is None:
+        return
+    if os.path.isdir(real):
+        raise DatabaseFileError(f"database.sqlite.path {path} is a directory, not a database file")
+    parent = os.path.dirname(real)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise DatabaseFileError(f"database.sqlite.path {path}: cannot create its folder {parent}: "
+                                f"{e.strerror or e}") from None
+    try:
+        fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, SQLITE_FILE_MODE)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise DatabaseFileError(f"database.sqlite.path {path}: cannot create it: {e.strerror or e}") from None
+    else:
+        os.close(fd)
+    for name in (real, real + "-wal", real + "-shm"):
+        try:
+            mode = os.stat(name).st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(name, mode & 0o700)
+        except FileNotFoundError:
+            pass
+
+
+def read_only_txn(db_config: Any, fn: Callable[..., R], *args: Any) -> R:
+    """Run ``fn(txn, *args)`` synchronously on a read-only connection; nothing can be written.
+
+    For checks made without a reactor (``headscale configtest``): SQLite is
+    opened with ``mode=ro`` (the file must exist; nothing is created),
+    PostgreSQL in a read-only session whose transaction is rolled back.
+    """
+    from urllib.parse import quote
+
+    if db_config.type in ("sqlite", "sqlite3"):
+        path = db_config.sqlite.path
+        target = path if path.startswith("file:") else "file:{}?mode=ro".format(quote(os.path.abspath(path)))
+        conn = sqlite3.connect(target, uri=True)
+        try:
+            return fn(Txn(SqliteEngine(), conn.cursor()), *args)
+        finally:
+            conn.close()
+    engine = PostgresEngine()
+    conn = engine.module.connect(**postgres_connect_kwargs(db_config.postgres))
+    try:
+        conn.set_session(readonly=True)
+        return fn(Txn(engine, conn.cursor()), *args)
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def postgres_connect_kwargs(pg: Any) -> dict[str, Any]:
+    """The ``psycopg2.connect`` keywords for a ``PostgresConfig`` (used by the pool and by read-only checks)."""
+    connkw: dict[str, Any] = {
+        "host": pg.host,
+        "port": pg.port,
+        "dbname": pg.name,
+        "user": pg.user,
+        "sslmode": pg.ssl if pg.ssl not in ("false", "") else "disable",
+        "connect_timeout": 10,
+    }
+    if pg.ssl in ("true",):
+        connkw["sslmode"] = "require"
+    if pg.password:
+        connkw["password"] = pg.password
+    return connkw
+
+
 def make_pool(db_config: Any, reactor: Any, *, threadpool: Any = None,
               busy_timeout_ms: int = 5000) -> DatabasePool:
     """Build the :class:`DatabasePool` described by a ``DatabaseConfig``.
 
-    For SQLite the file's parent directory is created when missing.
+    For SQLite the file is made ready first (:func:`prepare_sqlite_file`: folder
+    created when missing, file mode 0600).
     """
     kind = db_config.type
     if kind in ("sqlite", "sqlite3"):
         sq = db_config.sqlite
         path = sq.path
-        if path != ":memory:" and not path.startswith("file:"):
-            parent = os.path.dirname(os.path.abspath(path))
-            os.makedirs(parent, exist_ok=True)
+        prepare_sqlite_file(path)
         return DatabasePool(
             SqliteEngine(),
             reactor,
@@ -422,19 +560,7 @@ def make_pool(db_config: Any, reactor: Any, *, threadpool: Any = None,
         )
     if kind in ("postgres", "postgresql"):
         pg = db_config.postgres
-        connkw: dict[str, Any] = {
-            "host": pg.host,
-            "port": pg.port,
-            "dbname": pg.name,
-            "user": pg.user,
-            "sslmode": pg.ssl if pg.ssl not in ("false", "") else "disable",
-            "cp_reconnect": True,
-            "cp_good_sql": "SELECT 1",
-        }
-        if pg.ssl in ("true",):
-            connkw["sslmode"] = "require"
-        if pg.password:
-            connkw["password"] = pg.password
+        connkw = {**postgres_connect_kwargs(pg), "cp_reconnect": True, "cp_good_sql": "SELECT 1"}
         max_conns = max(1, pg.max_open_conns)
         return DatabasePool(
             PostgresEngine(),

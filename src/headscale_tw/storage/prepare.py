@@ -46,6 +46,8 @@ __all__ = [
     "PrepareError",
     "prepare_database",
     "schema_files",
+    "judge_schema_state",
+    "read_schema_version",
 ]
 
 SCHEMA_VERSION = 2
@@ -136,6 +138,49 @@ def _read_state_txn(txn: Txn) -> tuple[int | None, set[str]]:
     return int(row[0]), tables
 
 
+def judge_schema_state(version: int | None, tables: set[str], code_version: int = SCHEMA_VERSION) -> int | None:
+    """Whether this code can use a database in this state: its version, or None for an empty one.
+
+    Shared by start-up (:func:`prepare_database`) and the read-only check of
+    ``headscale configtest`` (:func:`read_schema_version`).
+
+    @raises PrepareError: tables but no ``schema_version``: not a headscale-tw database.
+    @raises DatabaseTooNew: written by newer code.
+    """
+    if version is None:
+        if tables:
+            raise PrepareError(
+                "the database has tables ({}) but no schema_version table: it was not created "
+                "by headscale-tw; use an empty database".format(", ".join(sorted(tables)))
+            )
+        return None
+    if version > code_version:
+        raise DatabaseTooNew(version, code_version)
+    return version
+
+
+def _judged_state_txn(txn: Txn, code_version: int = SCHEMA_VERSION) -> int | None:
+    return judge_schema_state(*_read_state_txn(txn), code_version)
+
+
+def read_schema_version(db_config: Any) -> int | None:
+    """Read (never create, never migrate) the schema version of the configured database.
+
+    Synchronous, for ``headscale configtest``, through
+    :func:`~headscale_tw.storage.database.read_only_txn` (a missing SQLite file
+    gives None: start-up would create it).
+
+    @raises DatabaseFileError: the SQLite path cannot hold a database.
+    @raises PrepareError, DatabaseTooNew: as :func:`judge_schema_state`.
+    @raises sqlite3.Error, psycopg2.Error: the database cannot be reached or read.
+    """
+    from headscale_tw.storage.database import check_sqlite_file, read_only_txn
+
+    if db_config.type in ("sqlite", "sqlite3") and not check_sqlite_file(db_config.sqlite.path):
+        return None
+    return read_only_txn(db_config, _judged_state_txn)
+
+
 def _create_fresh_txn(txn: Txn, full_version: int, script: str) -> bool:
     _lock_txn(txn)
     if "schema_version" in _table_names_txn(txn):
@@ -161,6 +206,9 @@ def _set_version_txn(txn: Txn, version: int) -> None:
 
 
 def _backup_sqlite(conn: Any, target: str) -> None:
+    # Created 0600 before SQLite opens it, like the database it copies (it holds the pepper too).
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    os.close(fd)
     dest = sqlite3.connect(target)
     try:
         conn.backup(dest)
@@ -184,15 +232,10 @@ async def prepare_database(
     if schema_dir is None:
         schema_dir = resources.files("headscale_tw.storage").joinpath("schema")
     engine = pool.engine.name
-    version, tables = await pool.run_interaction("read_schema_state", _read_state_txn)
+    version = await pool.run_interaction("read_schema_state", _judged_state_txn, schema_version)
     fresh = version is None
 
     if version is None:
-        if tables:
-            raise PrepareError(
-                "the database has tables ({}) but no schema_version table: it was not created "
-                "by headscale-tw; use an empty database".format(", ".join(sorted(tables)))
-            )
         fulls = {}
         for name, entry in schema_files(schema_dir.joinpath("full"), engine):
             number = int(name.split(".")[0])

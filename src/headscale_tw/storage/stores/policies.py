@@ -16,7 +16,7 @@ from headscale_tw.storage.database import Txn
 from headscale_tw.storage.models import PolicyRecord
 from headscale_tw.storage.stores._common import StoreBase, to_datetime
 
-__all__ = ["PolicyStore"]
+__all__ = ["PolicyStore", "read_latest_policy"]
 
 _SELECT = "SELECT id, data, created_at, updated_at FROM policies"
 
@@ -50,3 +50,10 @@ class PolicyStore(StoreBase):
             return _row(row)
 
         return await self._pool.run_interaction("set_policy", set_policy_txn)
+
+
+def read_latest_policy(db_config) -> PolicyRecord | None:
+    """The newest stored policy, read synchronously on a read-only connection (``headscale configtest``)."""
+    from headscale_tw.storage.database import read_only_txn
+
+    return read_only_txn(db_config, _latest_txn)

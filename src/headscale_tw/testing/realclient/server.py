@@ -111,7 +111,7 @@ class HeadscaleServer:
         if self.launcher is not None:
             argv = [*self.launcher, "-c", self.config_path, "serve"]
         else:
-            argv = [self.python, "-c", _TWISTD, "--nodaemon", "--pidfile=", "headscale", "-c", self.config_path]
+            argv = self.argv("twistd")
         self.process = self.namespace.spawn(self.name, argv, env=self.env, log_path=self.log_path,
                                             cwd=self.directory)
 
@@ -123,6 +123,24 @@ class HeadscaleServer:
         wait_for(healthy, timeout, f"{self.name} to answer 200 on {self.health_url}", interval=0.1,
                  details=self.describe)
         return self
+
+    def argv(self, entry: str = "twistd") -> list[str]:
+        """The command line of one entry point: ``twistd`` (``twistd -n headscale``), ``serve``
+        (``headscale serve``) or ``tac`` (``twistd -ny etc/headscale.tac``, config from ``HEADSCALE_CONFIG``)."""
+        if entry == "twistd":
+            return [self.python, "-c", _TWISTD, "--nodaemon", "--pidfile=", "headscale", "-c", self.config_path]
+        if entry == "serve":
+            return [self.python, "-m", "headscale_tw.cli.main", "serve", "-c", self.config_path]
+        if entry == "tac":
+            tac = os.path.join(source_pythonpath()[-1], "etc", "headscale.tac")
+            return [self.python, "-c", _TWISTD, "--nodaemon", "--pidfile=", "--python", tac]
+        raise HarnessError(f"unknown entry point {entry!r}")
+
+    def run_until_exit(self, entry: str = "twistd", timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run one entry point in the server's folder until it exits by itself (a failed start);
+        a server still running after ``timeout`` fails the test."""
+        env = {**self.env, "HEADSCALE_CONFIG": self.config_path}
+        return self.namespace.run(self.argv(entry), env=env, timeout=timeout, cwd=self.directory)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """Stop the server (SIGTERM, SIGKILL after ``timeout``); return its exit status."""
