@@ -11,8 +11,8 @@ When Node or the provider's packages are missing the tests fail, never skip.
 
 from __future__ import annotations
 
-import hashlib
 import base64
+import hashlib
 from collections.abc import Callable
 from http.cookiejar import CookieJar
 from typing import Any

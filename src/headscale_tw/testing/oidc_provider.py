@@ -223,9 +223,10 @@ class OIDCProvider:
                 popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          cwd=launcher, preexec_fn=set_parent_death_signal, close_fds=True)
             self.process = ManagedProcess("oidc-provider", argv, popen, self.log_path)
+        process = self.process
 
         def ready() -> dict[str, Any] | None:
-            self.process.check_running()
+            process.check_running()
             try:
                 with open(self._ready_file) as f:
                     return json.load(f)
@@ -233,8 +234,8 @@ class OIDCProvider:
                 return None
 
         try:
-            info = wait_for(ready, timeout, "the OIDC provider to listen", details=self.describe)
-            self.issuer = info["issuer"]
+            info: dict[str, Any] = wait_for(ready, timeout, "the OIDC provider to listen", details=self.describe)
+            self.issuer = str(info["issuer"])
             wait_for(self._discovery_answers, timeout, f"{self.issuer}/.well-known/openid-configuration",
                      interval=0.1, details=self.describe)
         except BaseException:
@@ -243,6 +244,7 @@ class OIDCProvider:
         return self
 
     def _discovery_answers(self) -> bool:
+        assert self.process is not None
         self.process.check_running()
         url = f"{self.issuer}/.well-known/openid-configuration"
         if self.namespace is not None:
