@@ -108,8 +108,8 @@ class ReasonTests(unittest.TestCase):
     """What each refusal tells the person."""
 
     def test_every_reason_has_a_status_and_sentence(self) -> None:
-        """Policy refusals are 403, bad callbacks 400, provider trouble 502; each has its own sentence."""
-        self.assertEqual({r.status for r in Reason}, {400, 403, 502})
+        """Policy refusals are 403, bad callbacks 400 (404 for a gone registration), provider trouble 502."""
+        self.assertEqual({r.status for r in Reason}, {400, 403, 404, 502})
         self.assertEqual(len({r.message for r in Reason}), len(Reason))
         self.assertTrue(Reason.GROUP_NOT_ALLOWED.is_policy)
         self.assertFalse(Reason.NONCE_MISMATCH.is_policy)

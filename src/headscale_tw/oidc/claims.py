@@ -22,6 +22,8 @@ emails and groups compare exactly, as Headscale does. No Twisted, no HTTP.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,12 +38,15 @@ __all__ = [
     "check_policy",
     "identity_from_claims",
     "merge_userinfo",
+    "user_name_for",
 ]
 
 MAX_GROUPS = 1000
 """More groups than this in one token is refused rather than stored."""
 
 _MAX_TEXT = 1024
+
+_USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,16 @@ class Identity:
     preferred_username: str = ""
     picture: str = ""
     groups: tuple[str, ...] = ()
+
+    @property
+    def provider_identifier(self) -> str:
+        """``<issuer>/<subject>``: how Headscale stores who a user is at the provider."""
+        return f"{self.issuer.rstrip('/')}/{self.subject}"
+
+    @property
+    def trusted_email(self) -> str:
+        """The email when the provider verified it, else empty (an unverified email is never stored)."""
+        return self.email if self.email_verified else ""
 
     @property
     def email_domain(self) -> str:
@@ -165,3 +180,15 @@ def check_policy(identity: Identity, policy: LoginPolicy) -> None:
             raise LoginRefused(Reason.DOMAIN_NOT_ALLOWED, f"{identity.email!r} is not in an allowed domain")
     if policy.allowed_users and identity.email not in policy.allowed_users:
         raise LoginRefused(Reason.USER_NOT_ALLOWED, f"{identity.email!r} is not an allowed user")
+
+
+def user_name_for(identity: Identity) -> str:
+    """The name a new user gets: ``preferred_username``, else the verified email, else one made from the subject.
+
+    Only names of letters, digits and ``._@+-`` (up to 63 characters, starting
+    with a letter or digit) are taken as they are.
+    """
+    for candidate in (identity.preferred_username, identity.trusted_email):
+        if _USER_NAME.match(candidate):
+            return candidate
+    return "oidc-" + hashlib.sha256(identity.provider_identifier.encode()).hexdigest()[:12]

@@ -32,6 +32,8 @@ class Reason(enum.Enum):
     MISSING_PARAMETER = (400, "The sign-in response is missing a required parameter.")
     UNKNOWN_STATE = (400, "This sign-in link is unknown, already used or expired. Start again.")
     LOGIN_EXPIRED = (400, "This sign-in took too long. Start again.")
+    REGISTRATION_UNKNOWN = (404, "This machine's registration request is unknown or has expired. "
+                                 "Run `tailscale up` again.")
     PROVIDER_DENIED = (400, "Your identity provider did not complete the sign-in.")
     CODE_REJECTED = (400, "Your identity provider did not accept the sign-in code. Start again.")
     # The ID token is not one we may trust.
