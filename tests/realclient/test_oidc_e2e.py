@@ -68,18 +68,21 @@ class OIDCLoginTests(ScenarioMixin, RealClientTestCase):
 
         return up, wait_for(auth_url, 30, "tailscale up to print the login URL", interval=0.2, details=node.describe)
 
-    def browse(self, server: Any, url: str, login: str) -> dict[str, Any]:
-        """Run the urllib browser inside the namespace as ``login``; its JSON outcome."""
+    def browse(self, server: Any, url: str, login: str, cafiles: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Run the urllib browser inside the namespace as ``login`` (trusting both CAs); its JSON outcome."""
+        if cafiles is None:
+            cafiles = (self.ca.ca_pem, self.provider.ca_pem)
         env = self.namespace.env({"PYTHONPATH": os.pathsep.join(source_pythonpath())})
-        proc = self.namespace.run([sys.executable, "-m", "headscale_tw.testing.oidc_browser", "--login", login,
-                                   "--cafile", self.ca.ca_pem, "--cafile", self.provider.ca_pem, url],
-                                  env=env, timeout=60)
+        argv = [sys.executable, "-m", "headscale_tw.testing.oidc_browser", "--login", login, url]
+        for cafile in cafiles:
+            argv += ["--cafile", cafile]
+        proc = self.namespace.run(argv, env=env, timeout=60)
         try:
             result = json.loads(proc.stdout)
         except ValueError:
             raise HarnessError(f"the browser failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
         if "error" in result:
-            raise HarnessError(f"the browser failed: {result['error']}\n{server.describe()}\n{self.provider.describe()}")
+            raise HarnessError(f"the browser failed: {result['error']}\n{server.describe()}\n{self.namespace.describe()}")
         return result
 
     def test_person_signs_in_and_node_runs(self) -> None:
@@ -108,4 +111,22 @@ class OIDCLoginTests(ScenarioMixin, RealClientTestCase):
         self.assertIn("None of your groups is allowed", page["body"])
         self.assertEqual(json.loads(server.cli("nodes", "list", "-o", "json").stdout) or [], [])
         self.assertEqual(json.loads(server.cli("users", "list", "-o", "json").stdout) or [], [])
+        self.assertIsNone(up.returncode)
+
+    def test_provider_down_at_start(self) -> None:
+        """With the provider away the server refuses to start, unless told to start anyway; then sign-in says so."""
+        self.ca = self.make_ca()
+        settings = {"issuer": "https://127.0.0.1:9", "client_id": "headscale", "client_secret": SECRET}
+        with self.assertRaises(HarnessError):
+            self.start_tls_server(name="strict", extra={"oidc": settings})
+        with open(os.path.join(self.log_dir, "strict.log")) as f:
+            self.assertIn("oidc.issuer: the provider https://127.0.0.1:9 is not available", f.read())
+
+        server = self.start_tls_server(name="lenient", extra={"oidc": {**settings,
+                                                                       "only_start_if_oidc_is_available": False}})
+        node = self.start_node("walker", ssl_cert_file=self.ca.ca_pem)
+        up, url = self.tailscale_up(server, node)
+        page = self.browse(server, url, "alice", cafiles=(self.ca.ca_pem,))
+        self.assertEqual(page["status"], 502, page)
+        self.assertIn("cannot be reached", page["body"])
         self.assertIsNone(up.returncode)
