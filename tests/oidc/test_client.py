@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -13,78 +12,18 @@ from treq.testing import StubTreq
 from twisted.internet import defer, task
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial import unittest
-from twisted.web.resource import Resource
-from twisted.web.server import Request
 
 from headscale_tw.config.model import OIDCConfig
 from headscale_tw.oidc.client import MAX_BODY, RelyingParty, read_client_secret, redirect_uri_for
 from headscale_tw.oidc.refusals import LoginRefused, Reason
+from headscale_tw.testing.oidc_fake_provider import FAKE_ISSUER, FakeProvider, shared_signers
 from headscale_tw.testing.oidc_tokens import TokenIssuer
 
-__all__ = ["FakeProvider", "ReadClientSecretTests", "RelyingPartyTests"]
+__all__ = ["ReadClientSecretTests", "RelyingPartyTests"]
 
-ISSUER = "https://idp.example.test"
+ISSUER = FAKE_ISSUER
 REDIRECT = "https://hs.example.test/oidc/callback"
 NOW = 1_800_000_000.0
-
-_issuers: list[TokenIssuer] = []
-
-
-def _signers() -> tuple[TokenIssuer, TokenIssuer]:
-    """The provider's signing side and its next (rotated) keys, made once per run."""
-    if not _issuers:
-        _issuers.extend([TokenIssuer(ISSUER), TokenIssuer(ISSUER, prefix="rotated")])
-    return _issuers[0], _issuers[1]
-
-
-class FakeProvider(Resource):
-    """Discovery, JWKS, token and userinfo endpoints whose answers each test sets."""
-
-    isLeaf = True
-
-    def __init__(self, signer: TokenIssuer) -> None:
-        super().__init__()
-        self.signer = signer
-        self.jwks = signer.jwks()
-        self.discovery: dict[str, Any] = {
-            "issuer": ISSUER, "authorization_endpoint": ISSUER + "/auth", "token_endpoint": ISSUER + "/token",
-            "jwks_uri": ISSUER + "/jwks", "userinfo_endpoint": ISSUER + "/me",
-            "id_token_signing_alg_values_supported": ["RS256", "ES256"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        }
-        self.id_token = ""
-        self.userinfo: dict[str, Any] = {"sub": "user-1"}
-        self.token_requests: list[tuple[dict[str, str], str | None]] = []
-        self.jwks_requests = 0
-        self.basic_refused = False
-        self.raw: dict[bytes, bytes] = {}
-
-    def render(self, request: Request) -> bytes:
-        """Answer one endpoint by path."""
-        path = request.path
-        if path in self.raw:
-            return self.raw[path]
-        request.setHeader(b"content-type", b"application/json")
-        if path == b"/.well-known/openid-configuration":
-            return json.dumps(self.discovery).encode()
-        if path == b"/jwks":
-            self.jwks_requests += 1
-            return json.dumps(self.jwks).encode()
-        if path == b"/me":
-            return json.dumps(self.userinfo).encode()
-        if path == b"/token":
-            form = {k.decode(): v[0].decode() for k, v in request.args.items()}
-            auth = request.getHeader(b"authorization")
-            self.token_requests.append((form, auth.decode() if auth else None))
-            if auth and self.basic_refused:
-                request.setResponseCode(401)
-                return json.dumps({"error": "invalid_client"}).encode()
-            if form.get("code") != "good-code":
-                request.setResponseCode(400)
-                return json.dumps({"error": "invalid_grant", "error_description": "code unknown"}).encode()
-            return json.dumps({"id_token": self.id_token, "access_token": "at-1", "token_type": "Bearer"}).encode()
-        request.setResponseCode(404)
-        return b"{}"
 
 
 class _DownHTTP:
@@ -116,7 +55,7 @@ class RelyingPartyTests(unittest.TestCase):
     """Discovery, code exchange, key rotation and failures, against a fake provider."""
 
     def setUp(self) -> None:
-        self.signer, self.rotated = _signers()
+        self.signer, self.rotated = shared_signers()
         self.provider = FakeProvider(self.signer)
         self.http = StubTreq(self.provider)
         self.clock = task.Clock()

@@ -20,12 +20,15 @@ from headscale_tw.oidc.refusals import LoginRefused, Reason
 from headscale_tw.oidc.signin import Confirmation, PendingLogins, SignIn
 from headscale_tw.testing.db import open_test_database, resolve
 from headscale_tw.testing.oidc_browser import parse_forms
+from headscale_tw.testing.oidc_fake_provider import FAKE_ISSUER as ISSUER
+from headscale_tw.testing.oidc_fake_provider import FakeProvider, shared_signers
 from headscale_tw.web.oidc_pages import OIDCCallbackPage, OIDCRegisterPage
-from tests.oidc.test_client import ISSUER, NOW, REDIRECT, FakeProvider, _signers
 
 __all__ = ["PendingLoginsTests", "SignInPagesTests", "SignInTests", "UserSignInStoreTests"]
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
+NOW = 1_800_000_000.0
+REDIRECT = "https://hs.example.test/oidc/callback"
 
 
 class PendingLoginsTests(unittest.TestCase):
@@ -114,7 +117,7 @@ class _SignInFixture(unittest.TestCase):
     """A :class:`SignIn` over the fake provider, a test database and fake registrations."""
 
     def setUp(self) -> None:
-        self.signer, _ = _signers()
+        self.signer, _ = shared_signers()
         self.provider = FakeProvider(self.signer)
         self.http = StubTreq(self.provider)
         self.clock = task.Clock()

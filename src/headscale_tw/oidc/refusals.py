@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.oidc.test_refusals -*-
+# -*- test-case-name: tests.oidc.test_metadata -*-
 """
 Why a sign-in did not succeed, and what the person and the log are told.
 

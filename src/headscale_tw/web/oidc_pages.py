@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.oidc.test_pages -*-
+# -*- test-case-name: tests.oidc.test_signin -*-
 """
 The sign-in pages on Headscale's paths, when ``oidc.issuer`` is set.
 
