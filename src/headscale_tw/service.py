@@ -312,14 +312,16 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
     a warning is logged and discovery is tried again at the first sign-in.
     """
     from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
+    from twisted.web.client import Agent
 
     from headscale_tw.oidc.client import RelyingParty, read_client_secret, redirect_uri_for
     from headscale_tw.oidc.refusals import LoginRefused
     from headscale_tw.oidc.signin import SignIn
     from headscale_tw.web.oidc_pages import OIDCCallbackPage, OIDCRegisterPage
 
-    http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True)))
+    # A non-persistent pool: a sign-in makes a handful of requests, and no cached
+    # connection (nor its idle timer) outlives them.
+    http = HTTPClient(Agent(reactor))
     relying_party = RelyingParty(config.oidc, redirect_uri_for(config.server_url), read_client_secret(config.oidc),
                                  http, reactor)
     try:
