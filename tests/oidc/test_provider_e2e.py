@@ -265,3 +265,14 @@ class ProviderLoginTests(unittest.TestCase):
             yield defer.Deferred.fromCoroutine(rp.identify(tokens, record))
         self.assertEqual(caught.exception.reason, Reason.UNKNOWN_SIGNING_KEY)
         self.assertEqual(rp.jwks_fetches, 1, "a fetch just made is not repeated for an unknown kid")
+
+    @defer.inlineCallbacks
+    def test_provider_down_during_login(self) -> Any:
+        """The provider stopping between the person's sign-in and the code exchange ends the login as unavailable."""
+        rp = self.relying_party()
+        record, params = yield defer.Deferred.fromCoroutine(self.sign_in(rp, "alice"))
+        yield self.pool.closeCachedConnections()
+        self.provider.stop()
+        with self.assertRaises(LoginRefused) as caught:
+            yield defer.Deferred.fromCoroutine(rp.finish_login(record, params))
+        self.assertEqual(caught.exception.reason, Reason.PROVIDER_UNAVAILABLE)

@@ -52,11 +52,11 @@ class OIDCLoginTests(ScenarioMixin, RealClientTestCase):
         node = self.start_node("walker", ssl_cert_file=self.ca.ca_pem)
         return server, node
 
-    def tailscale_up(self, server: Any, node: Any) -> tuple[Any, str]:
+    def tailscale_up(self, server: Any, node: Any, log_name: str = "up-walker") -> tuple[Any, str]:
         """Start ``tailscale up`` in the background; the process and the login URL it prints."""
-        up_log = os.path.join(self.log_dir, "up-walker.log")
+        up_log = os.path.join(self.log_dir, f"{log_name}.log")
         up = self.namespace.spawn(
-            "up-walker",
+            log_name,
             [node.binaries.tailscale, f"--socket={node.socket}", "up", f"--login-server={server.url}",
              "--hostname=walker", "--timeout=90s"],
             env=node.env, log_path=up_log)
@@ -101,6 +101,18 @@ class OIDCLoginTests(ScenarioMixin, RealClientTestCase):
         [user] = json.loads(server.cli("users", "list", "-o", "json").stdout)
         self.assertEqual(user["email"], "alice@example.com")
         self.assertEqual((user["provider"], user["provider_id"]), ("oidc", f"{self.provider.issuer}/alice"))
+
+        # Signing in again from the same machine re-uses its node and address, and the same user.
+        address, node_id = node.ip(), nodes[0]["id"]
+        node.logout()
+        up, url = self.tailscale_up(server, node, log_name="up-walker-again")
+        self.assertEqual(self.browse(server, url, "alice")["status"], 200)
+        wait_for(lambda: up.returncode is not None, 60, "tailscale up to finish", interval=0.2, details=node.describe)
+        self.assertEqual(node.backend_state(), "Running")
+        again = json.loads(server.cli("nodes", "list", "-o", "json").stdout)
+        self.assertEqual([(n["id"], n["user"]["name"]) for n in again], [(node_id, "alice")])
+        self.assertEqual(node.ip(), address)
+        self.assertEqual(len(json.loads(server.cli("users", "list", "-o", "json").stdout)), 1)
 
     def test_refused_person_registers_nothing(self) -> None:
         """bob (sales) is refused when only engineering may sign in; no node and no user appear."""
