@@ -241,8 +241,10 @@ class SignInPagesTests(_SignInFixture):
         self.assertEqual(status, 200, body)
         self.assertIn("alice@example.com", body)
         [form] = parse_forms(body)
-        self.assertEqual((form.method, form.action), ("post", "/register/confirm/auth-1"))
-        status, _, body = self.request("post", form.action, data=form.fields)
+        self.assertEqual(form.method, "post")
+        self.assertTrue(form.action.startswith("/register/confirm/auth-1?token="), form.action)
+        self.assertEqual(form.fields, {}, "the confirmation posts no body")
+        status, _, body = self.request("post", form.action)
         self.assertEqual(status, 200, body)
         self.assertIn("laptop", body)
         self.assertEqual(len(self.registrations.finished), 1)
@@ -257,9 +259,17 @@ class SignInPagesTests(_SignInFixture):
 
     def test_confirm_without_token(self) -> None:
         """A confirmation post without a token is refused and registers nothing."""
-        status, _, _ = self.request("post", "/register/confirm/auth-1", data={})
+        status, _, _ = self.request("post", "/register/confirm/auth-1")
         self.assertEqual(status, 400)
         self.assertEqual(self.registrations.finished, [])
+
+    def test_confirm_token_in_form_body(self) -> None:
+        """The token is also read from a form body (for a listener that accepts bodies)."""
+        params = self.begin()
+        confirmation = self.successResultOf(self.settle(defer.ensureDeferred(self.sign_in.callback(params))))
+        status, _, _ = self.request("post", "/register/confirm/auth-1", data={"token": confirmation.token})
+        self.assertEqual(status, 200)
+        self.assertEqual(len(self.registrations.finished), 1)
 
     def test_markup_escaped(self) -> None:
         """Claims are shown escaped: a name with markup cannot inject HTML."""

@@ -5,8 +5,8 @@ The sign-in pages on Headscale's paths, when ``oidc.issuer`` is set.
 - ``GET /register/<auth_id>``: 302 to the provider (:meth:`SignIn.begin`).
 - ``GET /oidc/callback?code=&state=``: validates, then shows a confirmation page
   naming the person and a button that posts the one-time token.
-- ``POST /register/confirm/<auth_id>`` (form field ``token``): registers the
-  machine to the person and says so.
+- ``POST /register/confirm/<auth_id>?token=`` (with no body; a ``token`` form
+  field is read too): registers the machine to the person and says so.
 
 Every refusal is a small HTML page with the reason's status and sentence
 (:mod:`headscale_tw.oidc.refusals`); the detail goes to the log only. An
@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlencode
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -151,13 +152,14 @@ def _confirmation_body(confirmation: Confirmation) -> str:
     identity = confirmation.identity
     who = html.escape(identity.name or identity.preferred_username or identity.subject)
     email = f" ({html.escape(identity.email)})" if identity.email else ""
-    action = html.escape(f"/register/confirm/{confirmation.auth_id}")
+    # The one-time token rides in the action's query, so the POST has no body: the
+    # public listener refuses request bodies that do not carry an API key.
+    action = html.escape(f"/register/confirm/{confirmation.auth_id}?{urlencode({'token': confirmation.token})}")
     return (
         f"<p>You signed in as <strong>{who}</strong>{email}.</p>\n"
         "<p>Register the machine that asked to join this network to your account? "
         "Only continue if you just ran <code>tailscale up</code> (or <code>tailscale login</code>) yourself.</p>\n"
         f'<form method="post" action="{action}">\n'
-        f'<input type="hidden" name="token" value="{html.escape(confirmation.token)}">\n'
         '<button type="submit">Register this machine</button>\n'
         "</form>"
     )
