@@ -24,7 +24,7 @@ from headscale_tw.testing.oidc_fake_provider import FAKE_ISSUER as ISSUER
 from headscale_tw.testing.oidc_fake_provider import FakeProvider, shared_signers
 from headscale_tw.web.oidc_pages import OIDCCallbackPage, OIDCRegisterPage
 
-__all__ = ["PendingLoginsTests", "SignInPagesTests", "SignInTests", "UserSignInStoreTests"]
+__all__ = ["AwaitablePendingTests", "PendingLoginsTests", "SignInPagesTests", "SignInTests", "UserSignInStoreTests"]
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
 NOW = 1_800_000_000.0
@@ -279,3 +279,19 @@ class SignInPagesTests(_SignInFixture):
         _, _, body = self.request("get", f"/oidc/callback?state={params['state']}&code=good-code")
         self.assertNotIn("<script>", body)
         self.assertIn("&lt;script&gt;", body)
+
+
+class AwaitablePendingTests(_SignInFixture):
+    """A registrar whose pending check is a coroutine (pending registrations in the database)."""
+
+    def test_awaitable_is_pending(self) -> None:
+        """``is_pending`` may return an awaitable; a false one refuses, a true one lets the login start."""
+        async def is_pending(auth_id: str) -> bool:
+            return auth_id == "auth-1"
+
+        self.sign_in = SignIn(self.sign_in.relying_party, self.db.users, is_pending, self.registrations.finish,
+                              self.clock)
+        d = self.settle(defer.ensureDeferred(self.sign_in.begin("other")))
+        self.assertEqual(self.failureResultOf(d, LoginRefused).value.reason, Reason.REGISTRATION_UNKNOWN)
+        url = self.successResultOf(self.settle(defer.ensureDeferred(self.sign_in.begin("auth-1"))))
+        self.assertTrue(url.startswith(ISSUER + "/auth?"))

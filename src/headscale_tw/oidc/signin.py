@@ -24,6 +24,7 @@ version, for several instances, is a later step).
 from __future__ import annotations
 
 import hmac
+import inspect
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -104,14 +105,15 @@ class SignIn:
 
     :param relying_party: talks to the provider.
     :param users: the user store (``sign_in`` finds or creates the person's user).
-    :param is_pending: whether ``auth_id`` names a registration waiting for a user.
+    :param is_pending: whether ``auth_id`` names a registration waiting for a user (a bool, or an
+        awaitable one).
     :param finish_registration: registers ``auth_id``'s machine to the given ``User``.
     :param clock: the reactor's clock.
     """
 
     log = Logger()
 
-    def __init__(self, relying_party: RelyingParty, users: Any, is_pending: Callable[[str], bool],
+    def __init__(self, relying_party: RelyingParty, users: Any, is_pending: Callable[[str], bool | Awaitable[bool]],
                  finish_registration: Callable[[str, Any], Awaitable[Any]], clock: IReactorTime,
                  pending: PendingLogins | None = None) -> None:
         self.relying_party = relying_party
@@ -121,13 +123,16 @@ class SignIn:
         self._clock = clock
         self.pending = pending if pending is not None else PendingLogins()
 
-    def _require_pending(self, auth_id: str) -> None:
-        if not self._is_pending(auth_id):
+    async def _require_pending(self, auth_id: str) -> None:
+        pending = self._is_pending(auth_id)
+        if inspect.isawaitable(pending):  # a registrar that keeps pending registrations in the database
+            pending = await pending
+        if not pending:
             raise LoginRefused(Reason.REGISTRATION_UNKNOWN, f"no pending registration {auth_id!r}")
 
     async def begin(self, auth_id: str) -> str:
         """Start a login for the pending registration ``auth_id``; the provider URL to redirect to."""
-        self._require_pending(auth_id)
+        await self._require_pending(auth_id)
         record, url = await self.relying_party.start_login(auth_id)
         self.pending.add_login(record)
         return url
@@ -141,7 +146,7 @@ class SignIn:
         if record is None:
             raise LoginRefused(Reason.UNKNOWN_STATE, "no started login has this state (unknown, used or expired)")
         identity = await self.relying_party.finish_login(record, params)
-        self._require_pending(record.auth_id)
+        await self._require_pending(record.auth_id)
         confirmation = Confirmation(record.auth_id, secrets.token_urlsafe(32), identity,
                                     utc_now(self._clock) + LOGIN_LIFETIME)
         self.pending.add_confirmation(confirmation)
@@ -157,7 +162,7 @@ class SignIn:
         now = utc_now(self._clock)
         if now >= confirmation.expires_at:
             raise LoginRefused(Reason.LOGIN_EXPIRED, "the confirmation expired")
-        self._require_pending(auth_id)
+        await self._require_pending(auth_id)
         identity = confirmation.identity
         user = await self._users.sign_in(identity.provider_identifier, user_name_for(identity),
                                          email=identity.trusted_email, display_name=identity.name,
