@@ -29,6 +29,10 @@ class IUserStore(Interface):
     async def create(name, display_name="", email="", provider="", provider_identifier="", now=None):
         """Insert a user and return its ``User``; ``AlreadyExists`` if the name is taken."""
 
+    async def sign_in(provider_identifier, name, email="", display_name="", profile_pic_url="", now=None):
+        """Return the user an OpenID provider identifies as ``provider_identifier``: created
+        (named ``name``, suffixed when taken) or with email, display name and picture updated."""
+
     async def get(user_id):
         """Return the ``User`` with this id, or raise ``NotFound``."""
 

@@ -355,7 +355,11 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     health = DatabaseHealth(db.pool, reactor)
     root = resource.Resource()
     root.putChild(b"health", HealthResource(health.healthy))
-    root.putChild(b"register", plane.register_page())
+    oidc_jobs = []
+    if config.oidc.enabled:
+        oidc_jobs = await _mount_oidc(config, reactor, root, db, plane)
+    else:
+        root.putChild(b"register", plane.register_page())
     from headscale_tw.web.admin_api import AdminAPI, GuardedRequest, mount
     from headscale_tw.web.public_pages import mount_public_pages
     from headscale_tw.web.swagger import swagger_resource
@@ -371,7 +375,7 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     services: list = []
     if derp_parts is not None:
         services.extend(derp_parts.mount(root))
-    for interval, job in [*plane.periodic_jobs(), (health.interval, health.tick)]:
+    for interval, job in [*plane.periodic_jobs(), (health.interval, health.tick), *oidc_jobs]:
         timer = TimerService(interval, job)
         timer.clock = reactor
         services.append(timer)
@@ -433,6 +437,51 @@ def _trusted_proxies(config: Config):
     from headscale_tw.web.client_address import TrustedProxies
 
     return TrustedProxies.from_config(config.trusted_proxies)
+
+
+async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
+    """OIDC sign-in on ``/register`` and ``/oidc/callback``; returns its periodic jobs.
+
+    With ``oidc.only_start_if_oidc_is_available`` (the default) start-up fails
+    when the provider's discovery document or keys cannot be fetched; without it
+    a warning is logged and discovery is tried again at the first sign-in.
+    """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent
+
+    from headscale_tw.oidc.client import RelyingParty, read_client_secret, redirect_uri_for
+    from headscale_tw.oidc.refusals import LoginRefused
+    from headscale_tw.oidc.signin import SignIn
+    from headscale_tw.web.oidc_pages import OIDCCallbackPage, OIDCRegisterPage
+
+    # A non-persistent pool: a sign-in makes a handful of requests, and no cached
+    # connection (nor its idle timer) outlives them.
+    http = HTTPClient(Agent(reactor))
+    relying_party = RelyingParty(config.oidc, redirect_uri_for(config.server_url), read_client_secret(config.oidc),
+                                 http, reactor)
+    try:
+        await relying_party.discover()
+    except LoginRefused as e:
+        if config.oidc.only_start_if_oidc_is_available:
+            raise preflight.StartupError(f"oidc.issuer: the provider {config.oidc.issuer} is not available ({e.detail}); "
+                               "set oidc.only_start_if_oidc_is_available: false to start without it") from None
+        Logger(namespace="headscale_tw.oidc").warn(
+            "oidc.issuer: the provider {issuer} is not available ({detail}); starting anyway",
+                 issuer=config.oidc.issuer, detail=e.detail)
+    registrar = plane.registrar
+
+    async def finish_registration(auth_id: str, user) -> object:
+        return await registrar.complete(auth_id, user.name)
+
+    async def is_pending(auth_id: str) -> bool:
+        return await registrar.get_pending(auth_id) is not None
+
+    sign_in = SignIn(relying_party, db.users, is_pending, finish_registration, reactor)
+    root.putChild(b"register", OIDCRegisterPage(sign_in))
+    oidc = resource.Resource()
+    oidc.putChild(b"callback", OIDCCallbackPage(sign_in))
+    root.putChild(b"oidc", oidc)
+    return [(60.0, sign_in.forget_expired)]
 
 
 def _mount_control(config: Config, reactor, root, plane, noise_key) -> None:

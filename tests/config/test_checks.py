@@ -65,3 +65,15 @@ class SectionCheckTests(unittest.TestCase):
         told = _Recorder(given=("dns.extra_records",))
         dns.check(config, told)
         self.assertEqual([key for key, _ in told.problems], ["dns.extra_records"])
+
+    def test_oidc_unimplemented_key_warns(self) -> None:
+        """Setting ``oidc.use_expiry_from_token`` is a warning naming the key, not a silent no-op."""
+        from headscale_tw.config.checks import oidc
+        from headscale_tw.config.model import OIDCConfig
+
+        report = _Recorder()
+        oidc.check(Config(oidc=OIDCConfig(issuer="https://idp.example.com", client_id="c", client_secret="s",
+                                          use_expiry_from_token=True)), report)
+        self.assertEqual(report.problems, [])
+        self.assertEqual(len(report.warnings), 1)
+        self.assertIn("oidc.use_expiry_from_token", report.warnings[0])

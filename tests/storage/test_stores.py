@@ -98,6 +98,16 @@ class StoreTestsMixin:
         self.assertRaises(NotFound, resolve, self.db.users.rename(42, "x"))
         self.assertRaises(NotFound, resolve, self.db.users.delete(42))
 
+    def test_user_sign_in(self):
+        """A provider identity creates its user once, then keeps its details current; a taken name gets a suffix."""
+        resolve(self.db.users.create("alice"))
+        person = resolve(self.db.users.sign_in("https://idp/sub-1", "alice", "a@x", "Alice", "https://p/a", now=T0))
+        self.assertEqual((person.provider, person.provider_identifier, person.email), ("oidc", "https://idp/sub-1", "a@x"))
+        self.assertRegex(person.name, r"^alice-[0-9a-f]{6}$")
+        again = resolve(self.db.users.sign_in("https://idp/sub-1", "other", "b@x", "Alice B", ""))
+        self.assertEqual((again.id, again.name, again.email, again.display_name, again.profile_pic_url),
+                         (person.id, person.name, "b@x", "Alice B", ""))
+
     def test_user_rename(self):
         """Rename changes the name and updated_at; a taken name is AlreadyExists."""
         alice = resolve(self.db.users.create("alice", now=T0))

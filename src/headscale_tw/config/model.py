@@ -215,7 +215,7 @@ class TuningConfig:
 
 @dataclass(frozen=True)
 class OIDCConfig:
-    """``oidc.*``: parsed now, used by a later issue."""
+    """``oidc.*``: sign-in through an OpenID provider (docs/oidc.md)."""
 
     issuer: str = ""
     client_id: str = ""

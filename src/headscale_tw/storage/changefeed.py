@@ -372,7 +372,8 @@ class PublishingDatabase:
         self.nodes = _PublishingStore(db.nodes, publish, "node",
                                       {"create": _row_id, "update": _first_arg, "delete": _first_arg})
         self.users = _PublishingStore(db.users, publish, "user",
-                                      {"create": _row_id, "rename": _first_arg, "delete": _first_arg})
+                                      {"create": _row_id, "sign_in": _row_id, "rename": _first_arg,
+                                       "delete": _first_arg})
         self.policies = _PublishingStore(db.policies, publish, "policy", {"set": lambda args, result: 0})
         self.auth_requests = _PublishingStore(db.auth_requests, publish, "auth",
                                               {"finish": _row_id, "set_node": _row_id})

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 from zope.interface import implementer
@@ -69,6 +70,41 @@ class UserStore(StoreBase):
             return get_user_txn(txn, user_id)
 
         return await self._pool.run_interaction("create_user", create_user_txn)
+
+    async def sign_in(self, provider_identifier, name, email="", display_name="", profile_pic_url="",
+                      now: datetime | None = None) -> User:
+        """The user an OpenID provider identifies as ``provider_identifier``, created or kept current.
+
+        An existing user keeps its name; its email, display name and picture are
+        updated. A new user (``provider = 'oidc'``) gets ``name``, or ``name``
+        plus ``-`` and 6 hex digits of the identifier's SHA-256 when another user
+        already has that name (a person signing in never takes over an existing
+        user by name). ``AlreadyExists`` only if both names are taken.
+        """
+        when = self._now(now)
+
+        def sign_in_user_txn(txn: Txn) -> User:
+            row = txn.query_one(f"SELECT {_COLUMNS} FROM users WHERE provider_identifier = ?",
+                                (provider_identifier,))
+            if row is not None:
+                user = _row(row)
+                txn.execute("UPDATE users SET email = ?, display_name = ?, profile_pic_url = ?, updated_at = ?"
+                            " WHERE id = ?", (email, display_name, profile_pic_url, when, user.id))
+                return get_user_txn(txn, user.id)
+            chosen = name
+            if txn.query_one("SELECT id FROM users WHERE name = ?", (chosen,)) is not None:
+                chosen = f"{name}-{hashlib.sha256(provider_identifier.encode()).hexdigest()[:6]}"
+            try:
+                user_id = txn.insert(
+                    "INSERT INTO users (name, display_name, email, provider, provider_identifier, profile_pic_url,"
+                    " created_at, updated_at) VALUES (?, ?, ?, 'oidc', ?, ?, ?, ?)",
+                    (chosen, display_name, email, provider_identifier, profile_pic_url, when, when),
+                )
+            except UniqueViolation as e:
+                raise _taken(e, chosen, provider_identifier) from None
+            return get_user_txn(txn, user_id)
+
+        return await self._pool.run_interaction("sign_in_user", sign_in_user_txn)
 
     async def get(self, user_id) -> User:
         """The ``User`` with this id, or ``NotFound``."""

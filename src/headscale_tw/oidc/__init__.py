@@ -1,0 +1,1 @@
+"""headscale_tw.oidc: signing people in through an OpenID Connect provider (the relying party)."""
