@@ -37,7 +37,7 @@ class SectionCheckTests(unittest.TestCase):
         report = _Recorder()
         check_config(Config(), report)
         self.assertEqual(report.problems, [])
-        self.assertEqual(len(SECTIONS), 10)
+        self.assertEqual(len(SECTIONS), 11)
 
     def test_section_reports_only_its_keys(self) -> None:
         """A bad database type is reported by the database check alone, under its key."""

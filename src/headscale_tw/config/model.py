@@ -26,6 +26,7 @@ __all__ = [
     "DerpConfig",
     "NameserversConfig",
     "ExtraRecord",
+    "AcmeDNSProviderConfig",
     "DNSConfig",
     "PolicyConfig",
     "TLSConfig",
@@ -142,6 +143,30 @@ class ExtraRecord:
 
 
 @dataclass(frozen=True)
+class AcmeDNSProviderConfig:
+    """``dns.acme_provider.*`` (ours, not Headscale's): where ``tailscale cert`` challenge records go.
+
+    ``type`` empty means no provider: nodes are not offered HTTPS certificates.
+    ``rfc2136`` sends TSIG-signed dynamic updates to ``server`` (``host:port``)
+    for ``zone`` (default: ``dns.base_domain``).
+    """
+
+    type: str = ""
+    server: str = ""
+    zone: str = ""
+    tsig_key_name: str = ""
+    tsig_algorithm: str = "hmac-sha256"
+    tsig_secret_path: str = ""
+    timeout: float = 10.0
+    ttl: int = 60
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a provider is configured."""
+        return bool(self.type)
+
+
+@dataclass(frozen=True)
 class DNSConfig:
     """``dns.*``: MagicDNS and resolver settings pushed to clients."""
 
@@ -152,6 +177,7 @@ class DNSConfig:
     search_domains: tuple[str, ...] = ()
     extra_records: tuple[ExtraRecord, ...] = ()
     extra_records_path: str | None = None
+    acme_provider: AcmeDNSProviderConfig = field(default_factory=AcmeDNSProviderConfig)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from headscale_tw.config.checks import database, derp, dns, node, oidc, prefixes, server, tls
+from headscale_tw.config.checks import acme_provider, database, derp, dns, node, oidc, prefixes, server, tls
 from headscale_tw.config.checks import log as log_section
 from headscale_tw.config.checks import policy as policy_section
 from headscale_tw.config.checks._report import Report
@@ -29,6 +29,7 @@ SECTIONS: tuple[Callable[[Config, Report], Config], ...] = (
     database.check,
     derp.check,
     dns.check,
+    acme_provider.check,
     policy_section.check,
     tls.check,
     log_section.check,
