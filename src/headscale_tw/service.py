@@ -341,7 +341,10 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
 
         feed = ChangeFeed(postgres_listener(config.database.postgres, reactor), db.pool, reactor)
         db = PublishingDatabase(db, feed.publish)
-    plane = ControlPlane(config, db, reactor, derp_map=derp_parts.current_map if derp_parts else None)
+    from headscale_tw.dnsprovider.build import build_provider
+
+    plane = ControlPlane(config, db, reactor, derp_map=derp_parts.current_map if derp_parts else None,
+                         dns_provider=build_provider(config, reactor))
     await plane.start()
     if feed is not None:
         sync = plane.join_cluster(feed.publish, derp=derp_parts.server if derp_parts else None)

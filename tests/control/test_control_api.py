@@ -117,9 +117,12 @@ class MachineResourceTests(unittest.TestCase):
         request = _render(self.root, _Request(b"/machine/register", b"{}", None))
         self.assertEqual(request.responseCode, 401)
 
-    def test_set_dns_and_unknown(self):
-        """set-dns answers {}; other /machine paths are 404."""
-        self.assertEqual(self._post(b"/machine/set-dns", {}).body(), b"{}")
+    def test_set_dns_unavailable_and_unknown(self):
+        """Without a DNS provider set-dns is 403 saying certificates are unavailable; other paths are 404."""
+        request = self._post(b"/machine/set-dns", {"Version": 133, "NodeKey": key("nodekey"), "Type": "TXT",
+                                                   "Name": "_acme-challenge.a.example", "Value": "v"})
+        self.assertEqual(request.responseCode, 403)
+        self.assertIn(b"certificates are not available", request.body())
         self.assertEqual(self._post(b"/machine/id-token", {}).responseCode, 404)
 
     def test_held_followup_cancelled(self):

@@ -6,6 +6,11 @@ Builds MapResponse messages (JSON bytes) from :class:`ControlState`.
   ``CapMap``), ``DERPMap``, ``Peers`` (sorted by ID), ``DNSConfig``,
   ``Domain``, ``PacketFilter``, ``UserProfiles``, ``CollectServices:false``,
   ``ControlTime`` and ``Debug.DisableLogTail``.
+* When nodes may get certificates (``https``: a DNS provider is configured
+  and MagicDNS is on) the self ``CapMap`` has ``https`` and each node's
+  ``DNSConfig.CertDomains`` holds its own MagicDNS name, which is what
+  ``tailscale cert`` checks; that ``DNSConfig`` is then per node, also in
+  self-node deltas (a rename changes it).
 * Each node's **peer entry** (a ``tailcfg.Node`` as peers see it) is
   serialized once per generation of that node and per ``AllowedIPs`` /
   ``PrimaryRoutes`` variant (viewers the policy lets use different routes
@@ -42,6 +47,7 @@ __all__ = [
     "parse_extra_records",
     "ALLOW_ALL_FILTER",
     "SELF_CAPABILITIES",
+    "HTTPS_CAPABILITY",
 ]
 
 # Node attributes every node gets about itself (presence = enabled).
@@ -52,6 +58,9 @@ SELF_CAPABILITIES = {
     "disable-captive-portal-detection": [],
     "default-auto-update": [False],
 }
+
+#: tailcfg.CapabilityHTTPS: the node may get HTTPS certificates (``tailscale serve --https``).
+HTTPS_CAPABILITY = "https"
 
 
 def _server_host_port(server_url: str) -> tuple[str, int]:
@@ -129,7 +138,8 @@ class Mapper:
 
     ``derp_map()`` returns the DERPMap dict; ``policy`` is the
     :class:`PolicyManager` giving each node's filter, peers and routes
-    (default: one with no policy, i.e. allow all).
+    (default: one with no policy, i.e. allow all). ``https`` offers nodes
+    certificates for their MagicDNS names (only when MagicDNS is on).
     """
 
     def __init__(
@@ -138,6 +148,7 @@ class Mapper:
         config,
         derp_map: Callable[[], dict] | None = None,
         policy: PolicyManager | None = None,
+        https: bool = False,
     ) -> None:
         self.state = state
         self.config = config
@@ -145,6 +156,7 @@ class Mapper:
         self.policy = policy if policy is not None else PolicyManager(state, config)
         self.base_domain = config.dns.base_domain if config.dns.magic_dns else ""
         self.domain = _server_host_port(config.server_url)[0]
+        self.https = https and bool(self.base_domain)
         self._dns_bytes = encode_json(dns_config(config))
         self._cache: dict[int, tuple[int, dict[Variant, bytes]]] = {}
         self.serializations: collections.Counter[int] = collections.Counter()
@@ -166,6 +178,8 @@ class Mapper:
     def self_capabilities(self, policy_caps=()) -> dict:
         """Our default self ``CapMap`` plus the policy's node attributes (presence = enabled)."""
         caps = dict(SELF_CAPABILITIES)
+        if self.https:
+            caps[HTTPS_CAPABILITY] = []
         for cap in policy_caps:
             caps.setdefault(cap, [])
         return caps
@@ -248,6 +262,20 @@ class Mapper:
         """Drop a deleted node's cached entry."""
         self._cache.pop(node_id, None)
 
+    def dns_for(self, node_id: int) -> bytes:
+        """The ``DNSConfig`` as ``node_id`` gets it: the shared one, plus its ``CertDomains`` under ``https``."""
+        if not self.https:
+            return self._dns_bytes
+        name = fqdn(self.state.get(node_id).given_name, self.base_domain).rstrip(".")
+        cert_domains = b'"CertDomains":' + encode_json([name])
+        if self._dns_bytes == b"{}":
+            return b"{" + cert_domains + b"}"
+        return self._dns_bytes[:-1] + b"," + cert_domains + b"}"
+
+    def dns_message(self, node_id: int) -> bytes:
+        """A delta carrying ``node_id``'s ``DNSConfig`` (after :meth:`set_dns` under ``https``)."""
+        return b'{"DNSConfig":' + self.dns_for(node_id) + b"}"
+
     def self_entry(self, node_id: int) -> bytes:
         return encode_json(self.node_dict(self.state.get(node_id), self_view=True))
 
@@ -293,7 +321,7 @@ class Mapper:
                 b',"Peers":[',
                 peers,
                 b'],"DNSConfig":',
-                self._dns_bytes,
+                self.dns_for(node_id),
                 b',"Domain":',
                 encode_json(self.domain),
                 b',"CollectServices":false,"PacketFilter":',
@@ -334,6 +362,8 @@ class Mapper:
         profile_nodes = []
         if self_node:
             parts.append(b'"Node":' + self.self_entry(viewer_id))
+            if self.https:  # the node's name, so its CertDomains, may have changed
+                parts.append(b'"DNSConfig":' + self.dns_for(viewer_id))
             profile_nodes.append(self.state.nodes[viewer_id])
         ids = sorted(changed)
         if ids:

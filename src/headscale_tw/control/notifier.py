@@ -476,6 +476,12 @@ class MapNotifier:
         """Send one message to every session (e.g. a new DERP map)."""
         self._write_to(list(self.sessions), self._frame(message))
 
+    def send_each(self, message_for: Callable[[int], bytes]) -> None:
+        """Send every streaming node its own message (e.g. a DNSConfig holding its own name)."""
+        for node_id in list(self.sessions):
+            if node_id in self.state.nodes:
+                self._write_to([node_id], self._frame(message_for(node_id)))
+
     def stop(self) -> None:
         """Close every session and cancel every timer (service shutdown)."""
         self._stopping = True

@@ -19,6 +19,11 @@ Admin operations for the API/CLI: ``plane.policy.get_policy()``,
 ``await plane.policy.set_policy(text)``, ``plane.policy.check_policy(text)``,
 ``await plane.nodes.approve_routes(node_id, routes)``, ``plane.nodes.routes()``,
 ``await plane.nodes.set_tags(node_id, tags)``.
+
+``dns_provider`` (an :class:`~headscale_tw.dnsprovider.interface.IDNSProvider`,
+or ``None``) publishes the challenge records of ``tailscale cert``:
+``plane.dns_challenges`` serves ``/machine/set-dns``, and the mapper offers
+nodes HTTPS only when it is given.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from twisted.logger import Logger
 from headscale_tw.clock import utc_now
 from headscale_tw.control.admin import AdminServices, build_admin_services
 from headscale_tw.control.authrequests import AuthRequests
+from headscale_tw.control.dns_challenges import DNSChallenges
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper, dns_config, parse_extra_records
@@ -65,6 +71,7 @@ class ControlPlane:
         offline_grace: float = 10.0,
         read_file: Callable[[str], str] | None = None,
         batch_delay: float | None = None,
+        dns_provider=None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -73,7 +80,10 @@ class ControlPlane:
         self.allocator = IPAllocator(prefixes.v4, prefixes.v6, prefixes.allocation)
         self.state = ControlState(db, self.allocator, self.now)
         self.policy = PolicyManager(self.state, config, store=db.policies, read_file=self.read_file)
-        self.mapper = Mapper(self.state, config, derp_map=derp_map, policy=self.policy)
+        base_domain = config.dns.base_domain if config.dns.magic_dns else ""
+        self.dns_challenges = DNSChallenges(self.state, dns_provider, base_domain)
+        self.mapper = Mapper(self.state, config, derp_map=derp_map, policy=self.policy,
+                             https=self.dns_challenges.available)
         if batch_delay is None:
             batch_delay = config.tuning.batch_change_delay
         self.notifier = MapNotifier(self.state, self.mapper, clock, offline_grace=offline_grace,
@@ -128,7 +138,10 @@ class ControlPlane:
         message = self.mapper.set_dns(dns_config(self.config, extra))
         if message is None:
             return False
-        self.notifier.broadcast(message)
+        if self.mapper.https:  # each node's DNSConfig holds its own certificate name
+            self.notifier.send_each(self.mapper.dns_message)
+        else:
+            self.notifier.broadcast(message)
         return True
 
     def join_cluster(self, publish, derp=None):
@@ -151,7 +164,8 @@ class ControlPlane:
         """The ``/machine`` resource for the Noise site's root."""
         from headscale_tw.web.control_api import MachineResource, peer_identity
 
-        return MachineResource(self.registrar, self.poll, self.notifier, identify or peer_identity)
+        return MachineResource(self.registrar, self.poll, self.notifier, identify or peer_identity,
+                               dns_challenges=self.dns_challenges)
 
     def register_page(self):
         """The ``/register`` resource for the plain HTTP root."""

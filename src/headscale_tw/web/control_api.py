@@ -10,7 +10,11 @@ Noise channel.
   when the request's ``Compress`` asked for it, else plain JSON) with
   ``request.write``; lite updates answer 200 with no body; the stream ends
   when ``request.notifyFinish()`` fires.
-* ``POST /machine/set-dns`` → ``{}``; any other ``/machine/*`` → 404.
+* ``POST /machine/set-dns`` → :class:`SetDNSResource`: publishes the node's own
+  ``_acme-challenge`` TXT record and answers ``{}`` once it is served
+  (403 when certificates are not offered or the name is not the node's own,
+  409 while the node's previous update runs, 502 when the DNS provider fails);
+  any other ``/machine/*`` → 404.
 
 Every request is authenticated by the Noise peer's machine key, obtained
 through :func:`peer_identity` (one replaceable function) and checked against
@@ -27,6 +31,13 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from headscale_tw.control.dns_challenges import (
+    CertificatesUnavailable,
+    DNSChallenges,
+    NotOwnName,
+    PublishFailed,
+    UpdateInProgress,
+)
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.poll import PollService, Unauthorized, parse_map_request
 from headscale_tw.control.registration import MachineKeyMismatch, Registrar
@@ -34,9 +45,13 @@ from headscale_tw.errors import InvalidInput, NotFound
 from headscale_tw.noise.protocol import stream_backlog
 from headscale_tw.web.client_address import client_address
 
-__all__ = ["peer_identity", "MachineResource", "RegisterResource", "MapResource", "MAX_BODY"]
+__all__ = ["peer_identity", "MachineResource", "RegisterResource", "MapResource", "SetDNSResource", "MAX_BODY",
+           "MAX_SET_DNS_BODY"]
 
 MAX_BODY = 1024 * 1024
+
+#: A SetDNSRequest is a few hundred bytes; anything much larger is refused unread.
+MAX_SET_DNS_BODY = 4096
 
 _log = Logger()
 
@@ -74,10 +89,10 @@ def _error(request, status: int, message: str) -> bytes:
     return message.encode("utf-8") + b"\n"
 
 
-def _read_json(request) -> object:
-    raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
-    if len(raw) > MAX_BODY:
-        raise InvalidInput("request body is larger than 1 MiB")
+def _read_json(request, limit: int = MAX_BODY) -> object:
+    raw = request.content.read(limit + 1) if request.content is not None else b""
+    if len(raw) > limit:
+        raise InvalidInput(f"request body is larger than {limit} bytes")
     try:
         return json.loads(raw or b"null")
     except ValueError as e:
@@ -101,6 +116,9 @@ class _Alive:
 class _NoiseResource(Resource):
     isLeaf = True
 
+    #: The largest body read; more is refused with 400.
+    body_limit = MAX_BODY
+
     def __init__(self, identify: Callable) -> None:
         super().__init__()
         self.identify = identify
@@ -110,7 +128,7 @@ class _NoiseResource(Resource):
         if identity is None:
             return None, _error(request, 401, "this endpoint is only served inside the Noise channel")
         try:
-            return (identity, _read_json(request)), None
+            return (identity, _read_json(request, self.body_limit)), None
         except InvalidInput as e:
             return None, _error(request, 400, str(e))
 
@@ -203,11 +221,39 @@ class MapResource(_NoiseResource):
             request.finish()
 
 
-class _SetDNS(_NoiseResource):
-    """``POST /machine/set-dns``: accepted and ignored (no ACME DNS-01 yet)."""
+class SetDNSResource(_NoiseResource):
+    """``POST /machine/set-dns``: a node publishes its own ACME DNS-01 challenge record."""
+
+    body_limit = MAX_SET_DNS_BODY
+
+    def __init__(self, challenges: DNSChallenges, identify: Callable = peer_identity) -> None:
+        super().__init__(identify)
+        self.challenges = challenges
 
     def render_POST(self, request):
-        return _json_response(request, 200, {})
+        begun, error = self._begin(request)
+        if error is not None:
+            return error
+        (machine_key, _version), body = begun
+        alive = _Alive(request)
+        d = Deferred.fromCoroutine(self.challenges.publish(machine_key, body))
+
+        def done(response):
+            if alive.open:
+                request.write(_json_response(request, 200, response))
+                request.finish()
+
+        def failed(failure):
+            status = {CertificatesUnavailable: 403, NotOwnName: 403, UpdateInProgress: 409,
+                      PublishFailed: 502}.get(type(failure.value))
+            if status is None:
+                return self._fail(request, alive, failure)
+            if alive.open:
+                request.write(_error(request, status, str(failure.value)))
+                request.finish()
+
+        d.addCallbacks(done, failed)
+        return NOT_DONE_YET
 
 
 class _NotFound(Resource):
@@ -226,12 +272,15 @@ class MachineResource(Resource):
         poll: PollService,
         notifier: MapNotifier,
         identify: Callable = peer_identity,
+        dns_challenges: DNSChallenges | None = None,
     ) -> None:
         super().__init__()
+        if dns_challenges is None:
+            dns_challenges = DNSChallenges(registrar.state, None, "")
         self.children_by_name = {
             b"register": RegisterResource(registrar, identify),
             b"map": MapResource(poll, notifier, identify),
-            b"set-dns": _SetDNS(identify),
+            b"set-dns": SetDNSResource(dns_challenges, identify),
         }
 
     def getChild(self, path: bytes, request):
