@@ -11,6 +11,12 @@ test on :attr:`PebbleACME.http_port` (HTTP-01) or :attr:`PebbleACME.tls_port`
 (TLS-ALPN-01). ``PEBBLE_VA_NOSLEEP`` and ``PEBBLE_WFE_NONCEREJECT=0`` make
 validation immediate and nonces always accepted. :meth:`PebbleACME.issuer_pem`
 is the root that pebble's certificates chain to (it changes at each start).
+
+With ``dns_server`` (``host:port`` of a real authoritative server, such as
+:class:`~headscale_tw.testing.knot.KnotDNS`) pebble resolves every name there
+instead, and challtestsrv is not started: DNS-01 validations then read the
+TXT records that server was updated with (its zone should also hold ``A``
+records for any name validated by HTTP-01 or TLS-ALPN-01).
 """
 
 from __future__ import annotations
@@ -69,9 +75,12 @@ class PebbleACME:
         :class:`~headscale_tw.testing.realclient.namespace.Namespace` to run in
         (everything an official client talks to runs in its namespace); ``None``
         runs on this machine's loopback.
+    :param dns_server: ``host:port`` of the DNS server pebble resolves with;
+        ``None`` starts challtestsrv for that (every name is 127.0.0.1).
     """
 
-    def __init__(self, directory: str, http_port: int, tls_port: int, namespace: Any = None) -> None:
+    def __init__(self, directory: str, http_port: int, tls_port: int, namespace: Any = None,
+                 dns_server: str | None = None) -> None:
         for binary in (PEBBLE, CHALLTESTSRV):
             if not os.access(binary, os.X_OK):
                 raise PebbleMissing(f"{binary} is missing; install Debian's pebble package "
@@ -84,6 +93,7 @@ class PebbleACME:
         self.dns_port = _free_udp_port()
         self.dns_management_port = free_tcp_port()
         self.namespace = namespace
+        self.dns_server = dns_server
         self.processes: list[Any] = []  # Popen, or the namespace's ManagedProcess
         ca = make_test_ca(os.path.join(directory, "listener"), ips=("127.0.0.1",), dns_names=("localhost",))
         self.ca_pem = ca.ca_pem
@@ -95,7 +105,7 @@ class PebbleACME:
         return f"https://127.0.0.1:{self.acme_port}/dir"
 
     def start(self, timeout: float = 30.0) -> PebbleACME:
-        """Start challtestsrv and pebble; return once the directory answers."""
+        """Start challtestsrv (unless ``dns_server`` is given) and pebble; return once the directory answers."""
         config = {"pebble": {
             "listenAddress": f"127.0.0.1:{self.acme_port}",
             "managementListenAddress": f"127.0.0.1:{self.management_port}",
@@ -112,8 +122,10 @@ class PebbleACME:
         challtestsrv = [CHALLTESTSRV, "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
                         "-dns01", f"127.0.0.1:{self.dns_port}", "-http01", "", "-https01", "", "-tlsalpn01", "",
                         "-management", f"127.0.0.1:{self.dns_management_port}"]
-        pebble = [PEBBLE, "-config", config_path, "-dnsserver", f"127.0.0.1:{self.dns_port}"]
-        self._spawn("pebble-challtestsrv", challtestsrv)
+        dns_server = self.dns_server or f"127.0.0.1:{self.dns_port}"
+        pebble = [PEBBLE, "-config", config_path, "-dnsserver", dns_server]
+        if self.dns_server is None:
+            self._spawn("pebble-challtestsrv", challtestsrv)
         self._spawn("pebble", pebble)
         deadline = time.monotonic() + timeout
         while True:
