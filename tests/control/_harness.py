@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 
 from headscale_tw import secrets as keysecrets
 from headscale_tw.config.model import Config, DNSConfig, PolicyConfig
+from headscale_tw.control.dns_challenges import DNSChallenges
 from headscale_tw.control.framing import ZSTD
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
@@ -55,7 +56,7 @@ class Stream:
 
 class Harness:
     def __init__(self, testcase, config: Config | None = None, db=None, grace=10.0, policy: str | None = None,
-                 files: dict | None = None):
+                 files: dict | None = None, dns_provider=None):
         self.testcase = testcase
         self.config = config or Config(
             server_url="https://hs.example.com", dns=DNSConfig(base_domain="tail.example")
@@ -71,7 +72,8 @@ class Harness:
             self.run(self.db.policies.set(policy))
             self.config = attrs_evolve(self.config, policy=PolicyConfig(mode="database"))
         self.policy = PolicyManager(self.state, self.config, store=self.db.policies, read_file=self.read_file)
-        self.mapper = Mapper(self.state, self.config, policy=self.policy)
+        self.dns_challenges = DNSChallenges(self.state, dns_provider, self.config.dns.base_domain)
+        self.mapper = Mapper(self.state, self.config, policy=self.policy, https=self.dns_challenges.available)
         self.notifier = MapNotifier(self.state, self.mapper, self.clock, offline_grace=grace, interval=lambda: 55.0)
         self.registrar = Registrar(
             self.state, self.notifier, self.mapper, self.config, self.clock
