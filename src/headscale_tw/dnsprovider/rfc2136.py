@@ -103,7 +103,7 @@ class RFC2136Provider:
 
     def _address(self) -> str:
         try:
-            return socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][4][0]
+            return str(socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][4][0])
         except OSError as e:
             raise DNSUpdateFailed(f"the DNS server name {self.host} does not resolve: {e}") from None
 
@@ -140,7 +140,7 @@ class RFC2136Provider:
             answer = dns.query.tcp(query, address, timeout=self.timeout, port=self.port)
         except (OSError, dns.exception.DNSException) as e:
             raise DNSUpdateFailed(f"checking {name} TXT at {self.host}:{self.port} failed: {e}") from None
-        values = []
+        values: list[str] = []
         for rrset in answer.answer:
             if rrset.rdtype == dns.rdatatype.TXT:
                 values.extend(b"".join(rdata.strings).decode("ascii", "replace") for rdata in rrset)
