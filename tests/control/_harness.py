@@ -72,7 +72,8 @@ class Harness:
             self.run(self.db.policies.set(policy))
             self.config = attrs_evolve(self.config, policy=PolicyConfig(mode="database"))
         self.policy = PolicyManager(self.state, self.config, store=self.db.policies, read_file=self.read_file)
-        self.dns_challenges = DNSChallenges(self.state, dns_provider, self.config.dns.base_domain)
+        base_domain = self.config.dns.base_domain if self.config.dns.magic_dns else ""
+        self.dns_challenges = DNSChallenges(self.state, dns_provider, base_domain)
         self.mapper = Mapper(self.state, self.config, policy=self.policy, https=self.dns_challenges.available)
         self.notifier = MapNotifier(self.state, self.mapper, self.clock, offline_grace=grace, interval=lambda: 55.0)
         self.registrar = Registrar(

@@ -207,3 +207,43 @@ class HTTPSOfferTests(unittest.TestCase):
         self.assertEqual(self.h.notifier.frames_built - before, 2)
         self.assertEqual(a.applier.dns_config["CertDomains"], ["alpha.tail.example"])
         self.assertEqual(b.applier.dns_config["CertDomains"], ["bravo.tail.example"])
+
+
+class PlaneDNSReloadTests(unittest.TestCase):
+    """The ControlPlane wires the provider: a reloaded DNSConfig keeps each node's own CertDomains."""
+
+    def test_reload_sends_each_node_its_name(self):
+        """New extra records reach each streaming node in a DNSConfig naming only that node."""
+        from twisted.internet.task import Clock
+
+        from headscale_tw.config.model import Config, DNSConfig
+        from headscale_tw.control.plane import ControlPlane
+        from headscale_tw.testing.db import open_test_database, resolve
+        from tests.control._harness import Stream
+
+        files = {"records.json": "[]"}
+        config = Config(server_url="https://hs.example.com",
+                        dns=DNSConfig(base_domain="tail.example", extra_records_path="records.json"))
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        plane = ControlPlane(config, open_test_database(self), clock, read_file=files.__getitem__,
+                             dns_provider=FakeDNSProvider())
+        resolve(plane.start())
+        self.addCleanup(plane.stop)
+        user = resolve(plane.state.db.users.create("alice"))
+        plane.state.users[user.id] = user
+        streams = {}
+        for i, name in enumerate(("alpha", "bravo")):
+            node = resolve(plane.state.create_node(machine_key="mkey:" + str(i) * 64,
+                                                   node_key="nodekey:" + str(i + 4) * 64,
+                                                   hostname=name, user_id=user.id))
+            plane.notifier.node_added(node.id)
+            streams[name] = Stream()
+            plane.notifier.open_stream(node.id, streams[name].write, streams[name].finish)
+        files["records.json"] = json.dumps([{"name": "x.tail.example", "type": "A", "value": "100.64.0.9"}])
+        self.assertTrue(plane.reload_dns())
+        for name, stream in streams.items():
+            dns = stream.applier.dns_config
+            self.assertEqual(dns["CertDomains"], [f"{name}.tail.example"])
+            self.assertEqual(dns["ExtraRecords"][0]["Name"], "x.tail.example")
+        self.assertIs(plane.machine_resource().children_by_name[b"set-dns"].challenges, plane.dns_challenges)
