@@ -30,7 +30,7 @@ import re
 from twisted.logger import Logger
 
 from headscale_tw.control._wire import parse_request_head
-from headscale_tw.control.names import fqdn
+from headscale_tw.control.names import cert_domain
 from headscale_tw.control.poll import Unauthorized
 from headscale_tw.dnsprovider.interface import DNSUpdateFailed, IDNSProvider
 from headscale_tw.errors import HeadscaleError, InvalidInput, NotFound
@@ -105,7 +105,7 @@ class DNSChallenges:
 
     def cert_domain(self, node) -> str:
         """The name a node may get a certificate for: its MagicDNS name, without the final dot."""
-        return fqdn(node.given_name, self.base_domain).rstrip(".")
+        return cert_domain(node.given_name, self.base_domain)
 
     def parse(self, machine_key: str, body: object):
         """The node and the ``(name, value)`` a ``SetDNSRequest`` from ``machine_key`` may publish.

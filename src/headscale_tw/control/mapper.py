@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from headscale_tw.control._wire import format_time
 from headscale_tw.control.framing import encode_json
-from headscale_tw.control.names import fqdn
+from headscale_tw.control.names import cert_domain, fqdn
 from headscale_tw.control.policy import ALLOW_ALL_FILTER, PolicyManager, Variant
 from headscale_tw.control.state import TAGGED_DEVICES_USER_ID, ControlState
 from headscale_tw.errors import InvalidInput
@@ -266,7 +266,7 @@ class Mapper:
         """The ``DNSConfig`` as ``node_id`` gets it: the shared one, plus its ``CertDomains`` under ``https``."""
         if not self.https:
             return self._dns_bytes
-        name = fqdn(self.state.get(node_id).given_name, self.base_domain).rstrip(".")
+        name = cert_domain(self.state.get(node_id).given_name, self.base_domain)
         cert_domains = b'"CertDomains":' + encode_json([name])
         if self._dns_bytes == b"{}":
             return b"{" + cert_domains + b"}"

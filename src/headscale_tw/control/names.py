@@ -15,7 +15,7 @@ from collections.abc import Container
 
 from headscale_tw.errors import InvalidInput
 
-__all__ = ["sanitize_hostname", "unique_given_name", "validate_given_name", "fqdn"]
+__all__ = ["sanitize_hostname", "unique_given_name", "validate_given_name", "fqdn", "cert_domain"]
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MAX_LABEL = 63
@@ -68,3 +68,8 @@ def fqdn(given_name: str, base_domain: str) -> str:
     if not domain:
         return given_name
     return f"{given_name}.{domain}."
+
+
+def cert_domain(given_name: str, base_domain: str) -> str:
+    """The name a node may get a TLS certificate for (``DNSConfig.CertDomains``): its MagicDNS name, no final dot."""
+    return fqdn(given_name, base_domain).rstrip(".")
