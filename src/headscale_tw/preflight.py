@@ -12,6 +12,7 @@ socket lock            :class:`~headscale_tw.socketlock.SocketLock`    asks whet
 policy (file mode)     :func:`check_policy` before the database opens  :func:`check_policy`
 policy (database)      validated when the control plane loads it       :func:`check_stored_policy` (read-only)
 TLS files              :func:`check_tls` before anything listens       :func:`check_tls`
+DNS provider           :func:`check_dns_provider` (its TSIG secret)    :func:`check_dns_provider`
 Noise key              :func:`noise_key` (created when missing)        :func:`noise_key` (read only if present)
 DERP keys              :func:`check_derp_keys` (created when missing)  :func:`check_derp_keys` (read only)
 database               opened and migrated; the version check is       :func:`check_database`: the same version
@@ -45,6 +46,7 @@ __all__ = [
     "check_policy",
     "check_stored_policy",
     "check_tls",
+    "check_dns_provider",
     "noise_key",
     "check_derp_keys",
     "socket_lock",
@@ -165,6 +167,28 @@ def check_stored_policy(config: Any) -> str | None:
         return "stored policy: none (every node may reach every node)"
     _validate_policy(config, record.data, f"stored policy {record.id} (policy.mode database)")
     return f"stored policy {record.id}"
+
+
+# ---------------------------------------------------------------- DNS provider
+
+
+def check_dns_provider(config: Any) -> str | None:
+    """Read and check the secret of ``dns.acme_provider`` (nothing is sent); ``None`` when there is none.
+
+    @raises StartupError: naming the setting and the problem.
+    """
+    from twisted.internet.task import Clock
+
+    from headscale_tw.dnsprovider.build import ProviderUnusable, build_provider
+
+    p = config.dns.acme_provider
+    if not p.type:
+        return None
+    try:
+        build_provider(config, Clock())
+    except ProviderUnusable as e:
+        raise StartupError(str(e)) from None
+    return f"DNS provider for tailscale cert: {p.type} {p.server}, TSIG key {p.tsig_key_name}"
 
 
 # ---------------------------------------------------------------- TLS and keys
@@ -414,6 +438,9 @@ def configtest(config: Any) -> list[str]:
     @raises StartupError: at the first check start-up would fail.
     """
     notes = [check_policy(config), check_tls(config)]
+    provider = check_dns_provider(config)
+    if provider is not None:
+        notes.append(provider)
     key = noise_key(config, create=False)
     path = config.noise.private_key_path
     notes.append(f"Noise key {path}" if key is not None else f"Noise key {path}: missing; start-up creates it")

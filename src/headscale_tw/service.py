@@ -309,6 +309,7 @@ async def build_components(config: Config, reactor) -> Components:
     try:
         preflight.check_policy(config)
         preflight.check_tls(config)
+        preflight.check_dns_provider(config)
         noise_key = preflight.noise_key(config, create=True)
         preflight.check_derp_keys(config, create=True)
         try:

@@ -53,3 +53,34 @@ class BuildProviderTests(unittest.TestCase):
         with self.assertRaises(ProviderUnusable) as caught:
             build_provider(_config(**RFC2136), Clock(), read_file=lambda path: "not base64!")
         self.assertIn("dns.acme_provider.tsig_secret_path", str(caught.exception))
+
+
+class PreflightTests(unittest.TestCase):
+    """Start-up and ``headscale configtest`` read the provider's secret before anything listens."""
+
+    def test_no_provider(self):
+        """Without a provider there is nothing to check."""
+        from headscale_tw.preflight import check_dns_provider
+
+        self.assertIsNone(check_dns_provider(Config()))
+
+    def test_secret_checked(self):
+        """A readable base64 secret passes with a note; a missing one is a StartupError naming the key."""
+        import os
+
+        from headscale_tw.preflight import StartupError, check_dns_provider, one_line
+
+        path = os.path.abspath(self.mktemp())
+        config = _config(**dict(RFC2136, tsig_secret_path=path))
+        with self.assertRaises(StartupError) as caught:
+            check_dns_provider(config)
+        self.assertIn("dns.acme_provider.tsig_secret_path: cannot read the TSIG secret", str(caught.exception))
+        with open(path, "w") as f:
+            f.write(SECRET + "\n")
+        self.assertIn("rfc2136 127.0.0.1:5353", check_dns_provider(config))
+        with open(path, "w") as f:
+            f.write("not base64!\n")
+        with self.assertRaises(StartupError):
+            check_dns_provider(config)
+        # Raised later, while building, it still makes one readable line.
+        self.assertEqual(one_line(ProviderUnusable("dns.acme_provider.type: x")), "dns.acme_provider.type: x")

@@ -14,7 +14,7 @@ from headscale_tw.hostport import parse_hostport
 __all__ = ["build_provider", "ProviderUnusable"]
 
 
-class ProviderUnusable(Exception):
+class ProviderUnusable(ValueError):
     """The configured provider cannot be made (for example its secret file is unreadable)."""
 
 
