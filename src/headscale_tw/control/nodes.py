@@ -17,6 +17,7 @@ import attrs
 from headscale_tw.control.names import validate_given_name
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.registration import Registrar
+from headscale_tw.control import limits
 from headscale_tw.control.routes import announced_routes, normalize_approval, parse_prefix, served_routes
 from headscale_tw.control.state import ControlState
 from headscale_tw.control.users import UserAdmin, quoted
@@ -214,7 +215,9 @@ class NodeAdmin:
         """
         if isinstance(routes, str):
             routes = [r for r in routes.split(",") if r.strip()]
-        nets = [parse_prefix(r, "approve routes") for r in routes]
+        routes = limits.check_count(list(routes), limits.ROUTES_MAX, "approve routes: routes")
+        nets = [parse_prefix(limits.check_length(r, limits.PREFIX_MAX_LENGTH, "approve routes: a route")
+                             if isinstance(r, str) else r, "approve routes") for r in routes]
         self.state.get(node_id)
         node = await self.state.update_node(node_id, approved_routes=normalize_approval(nets))
         self.notifier.node_changed(node_id)

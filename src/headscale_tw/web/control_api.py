@@ -12,6 +12,12 @@ Noise channel.
   when ``request.notifyFinish()`` fires.
 * ``POST /machine/set-dns`` → ``{}``; any other ``/machine/*`` → 404.
 
+Every request body inside Noise is capped at
+:data:`~headscale_tw.control.limits.NOISE_BODY_MAX_BYTES` by
+:class:`BoundedRequest` (the Noise site's request factory): a larger body is
+refused from its declared length or as soon as it grows past the cap, its
+bytes are dropped instead of kept, and the answer is 413 naming the limit.
+
 Every request is authenticated by the Noise peer's machine key, obtained
 through :func:`peer_identity` (one replaceable function) and checked against
 the body's ``NodeKey``.
@@ -19,14 +25,16 @@ the body's ``NodeKey``.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
+from headscale_tw.control import limits
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.poll import PollService, Unauthorized, parse_map_request
 from headscale_tw.control.registration import MachineKeyMismatch, Registrar
@@ -34,9 +42,9 @@ from headscale_tw.errors import InvalidInput, NotFound
 from headscale_tw.noise.protocol import stream_backlog
 from headscale_tw.web.client_address import client_address
 
-__all__ = ["peer_identity", "MachineResource", "RegisterResource", "MapResource", "MAX_BODY"]
+__all__ = ["peer_identity", "MachineResource", "RegisterResource", "MapResource", "MAX_BODY", "BoundedRequest"]
 
-MAX_BODY = 1024 * 1024
+MAX_BODY = limits.NOISE_BODY_MAX_BYTES
 
 _log = Logger()
 
@@ -74,14 +82,67 @@ def _error(request, status: int, message: str) -> bytes:
     return message.encode("utf-8") + b"\n"
 
 
+def _too_large_message() -> str:
+    return f"request body is larger than {MAX_BODY} bytes, the limit for requests inside the Noise channel"
+
+
 def _read_json(request) -> object:
     raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
     if len(raw) > MAX_BODY:
-        raise InvalidInput("request body is larger than 1 MiB")
+        raise InvalidInput(_too_large_message())
     try:
         return json.loads(raw or b"null")
     except ValueError as e:
         raise InvalidInput(f"request body is not JSON: {e}") from None
+    except RecursionError:
+        raise InvalidInput("request body is not JSON this server accepts: nested too deeply") from None
+
+
+class _TooLarge(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        return _error(request, 413, _too_large_message())
+
+
+class BoundedRequest(Request):
+    """
+    A request of the Noise site that keeps at most :data:`MAX_BODY` bytes of its body.
+
+    A declared length over the cap, or a body that grows past it, marks the
+    request too large: what was kept is dropped, later bytes are only counted,
+    and the request renders a 413 instead of its resource.
+    """
+
+    max_body = MAX_BODY
+    body_received = 0
+    body_too_large = False
+
+    def gotLength(self, length):
+        if length is not None and length > self.max_body:
+            self._drop_body()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self.body_received += len(data)
+        if self.body_too_large:
+            return
+        if self.body_received > self.max_body:
+            self._drop_body()
+            return
+        super().handleContentChunk(data)
+
+    def _drop_body(self) -> None:
+        self.body_too_large = True
+        if self.content is not None:
+            self.content.close()
+        self.content = io.BytesIO()
+
+    def render(self, resrc):
+        if self.body_too_large:
+            resrc = _TooLarge()
+        return super().render(resrc)
 
 
 class _Alive:
