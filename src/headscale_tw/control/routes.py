@@ -13,7 +13,10 @@ which online router is *primary* for each prefix (derp-stun-policy.md G).
   The previous primary stays while it is a candidate (no flapping); otherwise
   the candidate with the lowest node id wins. Exit routes are not elected.
 
-Pure functions and one small class; no I/O.
+Pure functions and one small class; no I/O. Every function here does work
+linear in the routes it is given (sets and dicts, never a list scan per
+route): a node may announce :data:`~headscale_tw.control.limits.ROUTES_MAX`
+prefixes, and routes stored before that limit existed may be more.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "approved_routes",
     "normalize_approval",
     "served_routes",
+    "serving",
     "RouteElection",
 ]
 
@@ -51,14 +55,14 @@ def parse_prefix(text: object, where: str = "route") -> Network:
 
 
 def _prefixes(values: Iterable[object]) -> tuple[Network, ...]:
-    out: list[Network] = []
+    """The valid prefixes of ``values`` in first-seen order, each once (a dict keeps the order)."""
+    out: dict[Network, None] = {}
     for value in values:
         try:
             net = parse_prefix(value)
         except InvalidInput:
             continue
-        if net not in out:
-            out.append(net)
+        out.setdefault(net, None)
     return tuple(out)
 
 
@@ -80,20 +84,35 @@ def normalize_approval(routes: Iterable[Network]) -> tuple[str, ...]:
     nets = set(routes)
     if nets & set(EXIT_ROUTES):
         nets.update(EXIT_ROUTES)
-    return tuple(str(n) for n in sorted(nets, key=lambda n: (n.version, n.network_address, n.prefixlen)))
+    return tuple(str(n) for n in sorted(nets, key=_sort_key))
 
 
 def served_routes(node) -> tuple[Network, ...]:
     """Announced and approved (subnet and exit) routes of ``node``."""
-    approved = set(approved_routes(node))
-    return tuple(r for r in announced_routes(node) if r in approved)
+    return serving(announced_routes(node), approved_routes(node))
+
+
+def serving(announced: Iterable[Network], approved: Iterable[Network]) -> tuple[Network, ...]:
+    """The ``announced`` prefixes that are also ``approved``, in announced order."""
+    approved_set = set(approved)
+    return tuple(r for r in announced if r in approved_set)
+
+
+def _sort_key(prefix: Network):
+    return (prefix.version, prefix.network_address, prefix.prefixlen)
 
 
 class RouteElection:
-    """Primary router per subnet prefix, sticky across re-elections."""
+    """Primary router per subnet prefix, sticky across re-elections.
+
+    ``primaries`` maps each prefix to its primary node; ``by_node`` is the same
+    map turned around, so that a node's primary prefixes are found without
+    scanning every prefix.
+    """
 
     def __init__(self) -> None:
         self.primaries: dict[Network, int] = {}
+        self.by_node: dict[int, set[Network]] = {}
 
     def elect(self, candidates: Mapping[int, Iterable[Network]]) -> set[int]:
         """
@@ -112,14 +131,21 @@ class RouteElection:
             new[prefix] = previous if previous in ids else min(ids)
         changed = {nid for p, nid in self.primaries.items() if new.get(p) != nid}
         changed |= {nid for p, nid in new.items() if self.primaries.get(p) != nid}
-        self.primaries = new
+        self._set(new)
         return changed
+
+    def _set(self, primaries: dict[Network, int]) -> None:
+        self.primaries = primaries
+        by_node: dict[int, set[Network]] = {}
+        for prefix, node_id in primaries.items():
+            by_node.setdefault(node_id, set()).add(prefix)
+        self.by_node = by_node
 
     def primary_routes(self, node_id: int) -> tuple[Network, ...]:
         """The prefixes ``node_id`` is primary for, sorted."""
-        return tuple(sorted((p for p, n in self.primaries.items() if n == node_id),
-                            key=lambda p: (p.version, p.network_address, p.prefixlen)))
+        return tuple(sorted(self.by_node.get(node_id, ()), key=_sort_key))
 
     def forget(self, node_id: int) -> None:
         """Drop a deleted node (the next ``elect`` fails its prefixes over)."""
-        self.primaries = {p: n for p, n in self.primaries.items() if n != node_id}
+        if node_id in self.by_node:
+            self._set({p: n for p, n in self.primaries.items() if n != node_id})

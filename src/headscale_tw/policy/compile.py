@@ -306,14 +306,12 @@ class Resolver:
         return out
 
     def approved_subnet_routes(self) -> list[str]:
-        seen: list[str] = []
+        seen: dict[str, None] = {}
         routed = self.index.routed
         for nid in sorted(routed):
             for r in routed[nid].subnet_routes:
-                s = str(r)
-                if s not in seen:
-                    seen.append(s)
-        return seen
+                seen.setdefault(str(r), None)
+        return list(seen)
 
 
 # -- grant compilation --------------------------------------------------------
@@ -622,18 +620,38 @@ def can_access(src: Node, dst: Node, matches: Sequence[Match], src_set: IPSet, d
     return False
 
 
-def can_access_route(node: Node, matches: Sequence[Match], route: Network, node_set: IPSet) -> bool:
-    """Should ``node`` be given ``route`` in a peer's AllowedIPs?"""
+def route_hits(node: Node, matches: Sequence[Match]) -> Optional[list[tuple[bool, bool]]]:
+    """
+    For each match: do its sources, and its destinations, overlap C{node}'s own subnet routes?
+
+    ``None`` when the node serves no subnet route. It does not depend on the
+    route being checked, so :func:`can_access_route` takes it precomputed
+    (once per viewer and peer, not once per route of the peer).
+    """
     routes = node.subnet_routes
-    for m in matches:
+    if not routes:
+        return None
+    return [(_overlaps_any(m.srcs, routes), _overlaps_any(m.dsts, routes)) for m in matches]
+
+
+def can_access_route(node: Node, matches: Sequence[Match], route: Network, node_set: IPSet,
+                     hits: Optional[list[tuple[bool, bool]]] = None) -> bool:
+    """Should C{node} be given C{route} in a peer's AllowedIPs?
+
+    ``hits`` is :func:`route_hits` of C{node} and C{matches}, computed here when not given.
+    """
+    if hits is None:
+        hits = route_hits(node, matches)
+    for i, m in enumerate(matches):
         if m.srcs.overlaps(node_set) and m.dsts.overlaps_network(route):
             return True
         if m.srcs.overlaps_network(route) and m.dsts.overlaps(node_set):
             return True
-        if routes:
-            if _overlaps_any(m.srcs, routes) and m.dsts.overlaps_network(route):
+        if hits is not None:
+            srcs_hit, dsts_hit = hits[i]
+            if srcs_hit and m.dsts.overlaps_network(route):
                 return True
-            if m.srcs.overlaps_network(route) and _overlaps_any(m.dsts, routes):
+            if dsts_hit and m.srcs.overlaps_network(route):
                 return True
     return False
 
@@ -844,17 +862,26 @@ class CompiledPolicy:
                         viewer_set: IPSet) -> list[Network]:
         """The routes of ``peer`` that ``viewer`` gets in the peer's AllowedIPs."""
         include, exclude, use_primary = self.via_routes_for_peer(viewer, peer, viewer_set)
-        candidates = [r for r in tuple(peer.primary_routes) + peer.exit_routes if r not in exclude]
-        reduced = [r for r in candidates if can_access_route(viewer, matches, r, viewer_set)]
+        # Sets for every membership test: a router may serve many prefixes and
+        # this runs for each viewer of it.
+        excluded, primary_only = set(exclude), set(use_primary)
+        peer_primary = peer.primary_route_set
+        candidates = [r for r in tuple(peer.primary_routes) + peer.exit_routes if r not in excluded]
+        hits = route_hits(viewer, matches) if candidates else None
+        reduced = [r for r in candidates if can_access_route(viewer, matches, r, viewer_set, hits)]
+        kept = set(reduced)
         for r in include:
-            if r in reduced:
+            if r in kept:
                 continue
-            if r in peer.primary_routes or r not in use_primary:
+            if r in peer_primary or r not in primary_only:
                 reduced.append(r)
+                kept.add(r)
         # co-router visibility: HA secondaries learn who is primary for their prefix
+        viewer_subnets = viewer.subnet_route_set
         for r in peer.primary_routes:
-            if r in viewer.subnet_routes and r not in reduced:
+            if r in viewer_subnets and r not in kept:
                 reduced.append(r)
+                kept.add(r)
         return reduced
 
     def via_routes_for_peer(self, viewer: Node, peer: Node, viewer_set: IPSet
@@ -891,7 +918,7 @@ class CompiledPolicy:
                     if d.version != r.version or not d.overlaps(r):
                         continue
                     holders = [n.id for n in self.topology.nodes
-                               if any(t in n.tags for t in g.via) and r in n.subnet_routes]
+                               if any(t in n.tags for t in g.via) and r in n.subnet_route_set]
                     if holders and peer.id != min(holders):
                         include = [x for x in include if x != r]
                         if r not in exclude:
@@ -932,9 +959,11 @@ class CompiledPolicy:
     def auto_approved_routes(self, node: Node) -> tuple[Network, ...]:
         """``node``'s approved routes plus the advertised ones the policy approves."""
         out = list(node.approved_routes)
+        seen = set(out)
         for r in node.advertised_routes:
-            if r not in out and self.can_auto_approve(node, r):
+            if r not in seen and self.can_auto_approve(node, r):
                 out.append(r)
+                seen.add(r)
         return tuple(out)
 
     # ssh / caps ------------------------------------------------------------
