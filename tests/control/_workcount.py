@@ -24,7 +24,12 @@ class ComparisonCounter:
     """Counts ``==``, ``<`` and ``hash()`` of ``ipaddress`` networks and addresses (patched via ``testcase.patch``)."""
 
     def __init__(self, testcase) -> None:
+        from headscale_tw.control.routes import clear_parse_caches
+
         self.count = 0
+        # Parsed prefixes are cached: start each test cold, and leave it cold.
+        clear_parse_caches()
+        testcase.addCleanup(clear_parse_caches)
         for cls in _CLASSES:
             for name in _METHODS:
                 testcase.patch(cls, name, self._counting(getattr(cls, name)))

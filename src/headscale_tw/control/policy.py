@@ -701,10 +701,10 @@ class PolicyManager:
         prefixes = peer.prefix_strings_v6 if v6_only else peer.prefix_strings
         if not (peer.primary_routes or peer.subnet_routes or peer.exit_routes):
             return self._intern((prefixes, ()))
-        routes = cp.routes_for_peer(viewer, peer, matches, viewer_set)
+        routes = cp.route_texts_for_peer(viewer, peer, matches, viewer_set)
         return self._intern((
-            tuple(prefixes) + tuple(str(r) for r in routes),
-            tuple(str(r) for r in routes if r.prefixlen != 0),
+            tuple(prefixes) + tuple(t for _, t in routes),
+            tuple(t for r, t in routes if r.prefixlen != 0),
         ))
 
     def _update_incremental(self, cp: CompiledPolicy, dirty: set[int]) -> Optional[Changes]:

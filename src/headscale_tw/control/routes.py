@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Union
 
 from headscale_tw.errors import InvalidInput
@@ -31,6 +32,7 @@ __all__ = [
     "Network",
     "EXIT_ROUTES",
     "parse_prefix",
+    "clear_parse_caches",
     "announced_routes",
     "approved_routes",
     "normalize_approval",
@@ -49,14 +51,37 @@ def parse_prefix(text: object, where: str = "route") -> Network:
     if not isinstance(text, str):
         raise InvalidInput(f"{where}: {text!r} is not a prefix string")
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        return _parse_network(text)
     except ValueError:
         raise InvalidInput(f"{where}: {text!r} is not an IP prefix like 10.0.0.0/24") from None
 
 
+@lru_cache(maxsize=1 << 14)
+def _parse_network(text: str) -> Network:
+    # Every node's routes are parsed again on each change of it and for each
+    # listing; networks are immutable, so the same text gives the same object.
+    # 16,384 entries hold a few MiB at most.
+    return ipaddress.ip_network(text.strip(), strict=False)
+
+
 def _prefixes(values: Iterable[object]) -> tuple[Network, ...]:
-    """The valid prefixes of ``values`` in first-seen order, each once (a dict keeps the order)."""
-    out: dict[Network, None] = {}
+    """The valid prefixes of ``values`` in first-seen order, each once."""
+    key = tuple(values)
+    try:
+        return _prefixes_of(key)
+    except TypeError:  # an unhashable entry (stored data is not checked like input)
+        return _parse_all(key)
+
+
+@lru_cache(maxsize=64)
+def _prefixes_of(values: tuple) -> tuple[Network, ...]:
+    # One change of a node reads its routes several times (served routes,
+    # policy node, election, auto-approval); the last few lists are kept.
+    return _parse_all(values)
+
+
+def _parse_all(values: tuple) -> tuple[Network, ...]:
+    out: dict[Network, None] = {}  # a dict keeps the first-seen order
     for value in values:
         try:
             net = parse_prefix(value)
@@ -64,6 +89,12 @@ def _prefixes(values: Iterable[object]) -> tuple[Network, ...]:
             continue
         out.setdefault(net, None)
     return tuple(out)
+
+
+def clear_parse_caches() -> None:
+    """Forget parsed prefixes (for tests and benchmarks that count the work of parsing)."""
+    _parse_network.cache_clear()
+    _prefixes_of.cache_clear()
 
 
 def announced_routes(node) -> tuple[Network, ...]:

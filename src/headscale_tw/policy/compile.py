@@ -634,6 +634,46 @@ def route_hits(node: Node, matches: Sequence[Match]) -> Optional[list[tuple[bool
     return [(_overlaps_any(m.srcs, routes), _overlaps_any(m.dsts, routes)) for m in matches]
 
 
+def _viewer_masks(node: Node, matches: Sequence[Match], node_set: IPSet) -> tuple[int, int]:
+    """
+    Bit ``i`` of the first mask: match ``i``'s sources overlap C{node} or its subnet routes;
+    of the second: its destinations do. With :func:`_route_masks` this is
+    :func:`can_access_route` as two ANDs per route.
+    """
+    hits = route_hits(node, matches)
+    src_side = dst_side = 0
+    for i, m in enumerate(matches):
+        if m.srcs.overlaps(node_set) or (hits is not None and hits[i][0]):
+            src_side |= 1 << i
+        if m.dsts.overlaps(node_set) or (hits is not None and hits[i][1]):
+            dst_side |= 1 << i
+    return src_side, dst_side
+
+
+@dataclass(frozen=True)
+class _OfferedRoute:
+    """A route a peer offers, its text, and which rules' destinations and sources overlap it (bit masks)."""
+
+    route: Network
+    text: str
+    dsts_hit: int
+    srcs_hit: int
+
+
+def _route_masks(routes: Sequence[Network], matches: Sequence[Match]) -> tuple[tuple[int, int], ...]:
+    """For each route: (matches whose destinations overlap it, matches whose sources do) as bit masks."""
+    out = []
+    for r in routes:
+        dsts_hit = srcs_hit = 0
+        for i, m in enumerate(matches):
+            if m.dsts.overlaps_network(r):
+                dsts_hit |= 1 << i
+            if m.srcs.overlaps_network(r):
+                srcs_hit |= 1 << i
+        out.append((dsts_hit, srcs_hit))
+    return tuple(out)
+
+
 def can_access_route(node: Node, matches: Sequence[Match], route: Network, node_set: IPSet,
                      hits: Optional[list[tuple[bool, bool]]] = None) -> bool:
     """Should C{node} be given C{route} in a peer's AllowedIPs?
@@ -757,6 +797,8 @@ class CompiledPolicy:
         self._unreduced: dict[int, list[FilterRule]] = {}
         self._matches: dict[int, list[Match]] = {}
         self._filters: dict[int, list[FilterRule]] = {}
+        # peer id -> (peer, matches, its offered routes with masks): see _offered_routes
+        self._route_masks: dict[int, tuple[Node, Sequence[Match], tuple[_OfferedRoute, ...]]] = {}
         self.allow_all = self.policy is None
         self.grants: list[_CompiledGrant] = []
         grants = engine.grant_list()
@@ -852,37 +894,67 @@ class CompiledPolicy:
         for peer in sorted(self.topology.nodes, key=lambda n: n.id):
             if peer.id == node.id or not self.sees(node, peer):
                 continue
-            routes = self.routes_for_peer(node, peer, matches, own)
-            allowed = self._visible_prefixes(node, peer) + [str(r) for r in routes]
-            primaries = [str(r) for r in routes if r.prefixlen != 0]
+            routes = self.route_texts_for_peer(node, peer, matches, own)
+            allowed = self._visible_prefixes(node, peer) + [t for _, t in routes]
+            primaries = [t for r, t in routes if r.prefixlen != 0]
             out.append(PeerView(peer, tuple(allowed), tuple(primaries)))
         return out
 
     def routes_for_peer(self, viewer: Node, peer: Node, matches: Sequence[Match],
                         viewer_set: IPSet) -> list[Network]:
-        """The routes of ``peer`` that ``viewer`` gets in the peer's AllowedIPs."""
+        """The routes of C{peer} that C{viewer} gets in the peer's AllowedIPs."""
+        return [r for r, _ in self.route_texts_for_peer(viewer, peer, matches, viewer_set)]
+
+    def route_texts_for_peer(self, viewer: Node, peer: Node, matches: Sequence[Match],
+                             viewer_set: IPSet) -> list[tuple[Network, str]]:
+        """:meth:`routes_for_peer` with the text of each route.
+
+        A router may serve many prefixes and this runs for each viewer of it:
+        the per-route work (overlap with each rule, text form) is done once
+        per peer (:meth:`_offered_routes`), and a viewer without ``via``
+        grants or routes of its own costs two integer ANDs per route.
+        """
         include, exclude, use_primary = self.via_routes_for_peer(viewer, peer, viewer_set)
-        # Sets for every membership test: a router may serve many prefixes and
-        # this runs for each viewer of it.
-        excluded, primary_only = set(exclude), set(use_primary)
-        peer_primary = peer.primary_route_set
-        candidates = [r for r in tuple(peer.primary_routes) + peer.exit_routes if r not in excluded]
-        hits = route_hits(viewer, matches) if candidates else None
-        reduced = [r for r in candidates if can_access_route(viewer, matches, r, viewer_set, hits)]
-        kept = set(reduced)
+        reduced: list[tuple[Network, str]] = []
+        offered = self._offered_routes(peer, matches)
+        if offered:
+            src_side, dst_side = _viewer_masks(viewer, matches, viewer_set)
+            reduced = [(o.route, o.text) for o in offered if src_side & o.dsts_hit or dst_side & o.srcs_hit]
+            if exclude:
+                excluded = set(exclude)
+                reduced = [pair for pair in reduced if pair[0] not in excluded]
+        viewer_subnets = viewer.subnet_route_set
+        if not include and not viewer_subnets:
+            return reduced
+        text = peer.route_text
+        kept = {r for r, _ in reduced}
+        primary_only = set(use_primary)
         for r in include:
             if r in kept:
                 continue
-            if r in peer_primary or r not in primary_only:
-                reduced.append(r)
+            if r in peer.primary_route_set or r not in primary_only:
+                reduced.append((r, text.get(r) or str(r)))
                 kept.add(r)
         # co-router visibility: HA secondaries learn who is primary for their prefix
-        viewer_subnets = viewer.subnet_route_set
         for r in peer.primary_routes:
             if r in viewer_subnets and r not in kept:
-                reduced.append(r)
+                reduced.append((r, text.get(r) or str(r)))
                 kept.add(r)
         return reduced
+
+    def _offered_routes(self, peer: Node, matches: Sequence[Match]) -> "tuple[_OfferedRoute, ...]":
+        """``peer``'s primary and exit routes with their rule masks, kept while ``peer`` and ``matches`` stay."""
+        entry = self._route_masks.get(peer.id)
+        if entry is None or entry[0] is not peer or entry[1] is not matches:
+            routes = peer.primary_routes + peer.exit_routes
+            text = peer.route_text
+            offered = tuple(
+                _OfferedRoute(r, text.get(r) or str(r), dsts_hit, srcs_hit)
+                for r, (dsts_hit, srcs_hit) in zip(routes, _route_masks(routes, matches))
+            )
+            entry = (peer, matches, offered)
+            self._route_masks[peer.id] = entry
+        return entry[2]
 
     def via_routes_for_peer(self, viewer: Node, peer: Node, viewer_set: IPSet
                             ) -> tuple[list[Network], list[Network], list[Network]]:

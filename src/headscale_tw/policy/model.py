@@ -288,6 +288,11 @@ class Node:
         return frozenset(self.primary_routes)
 
     @cached_property
+    def route_text(self) -> dict[Network, str]:
+        """The text of each advertised route (views of this node ask for it once per viewer)."""
+        return {r: str(r) for r in self.advertised_routes}
+
+    @cached_property
     def exit_routes(self) -> tuple[Network, ...]:
         """Advertised and approved exit routes (0.0.0.0/0, ::/0)."""
         approved = self._approved_set
