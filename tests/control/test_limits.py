@@ -285,3 +285,14 @@ class PendingRegistrationSizeTests(unittest.TestCase):
             request = self._post(body)
             self.assertEqual(request.responseCode, 400)
         self.assertEqual(self.h.registrar.pending, {})
+
+    def test_held_followup_keeps_no_body(self):
+        """A Followup request held until an admin acts keeps no copy of its body."""
+        mkey = key("mkey")
+        body = _register_body(Extra="x" * 30000)
+        first = _render(self.root, _Request(b"/machine/register", json.dumps(body).encode(), (mkey, 133)))
+        body["Followup"] = json.loads(first.body())["AuthURL"]
+        held = _render(self.root, _Request(b"/machine/register", json.dumps(body).encode(), (mkey, 133)))
+        self.assertFalse(held.finished)
+        self.assertEqual(held.content.getvalue(), b"")
+        self.h.registrar.stop()

@@ -87,7 +87,12 @@ def _too_large_message() -> str:
 
 
 def _read_json(request) -> object:
-    raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+    """The decoded body; the request then keeps no copy (a held Followup lives up to a minute)."""
+    raw = b""
+    if request.content is not None:
+        raw = request.content.read(MAX_BODY + 1)
+        request.content.close()
+        request.content = io.BytesIO()
     if len(raw) > MAX_BODY:
         raise InvalidInput(_too_large_message())
     try:
