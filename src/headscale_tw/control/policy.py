@@ -935,7 +935,7 @@ class PolicyManager:
         self._mark(node_id)
         cp = self.compiled()
         pnode = self._pnodes[node_id]
-        new = [r for r in pending if cp.can_auto_approve(pnode, r)]
+        new = cp.auto_approvable(pnode, pending)
         if not new:
             return False
         routes = normalize_approval(approved + tuple(new))

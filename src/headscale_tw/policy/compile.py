@@ -1028,15 +1028,34 @@ class CompiledPolicy:
                     return True
         return False
 
+    def auto_approvable(self, node: Node, routes: Iterable[Network]) -> list[Network]:
+        """The C{routes} that C{node} may have approved by ``autoApprovers`` (as :meth:`can_auto_approve`).
+
+        Who owns each ``autoApprovers`` entry is resolved once, not once per route.
+        """
+        if self.policy is None:
+            return []
+        aa = self.policy.auto_approvers
+        addrs = node.addresses
+        owned = [prefix for prefix, owners in aa.routes if self.resolver.resolve_all(owners).contains_any(addrs)]
+        exit_ok: Optional[bool] = None
+        out = []
+        for route in routes:
+            if route.prefixlen == 0:
+                if exit_ok is None:
+                    exit_ok = bool(aa.exit_node) and self.resolver.resolve_all(aa.exit_node).contains_any(addrs)
+                if exit_ok:
+                    out.append(route)
+            elif any(p.version == route.version and p.prefixlen <= route.prefixlen and route.subnet_of(p)
+                     for p in owned):
+                out.append(route)
+        return out
+
     def auto_approved_routes(self, node: Node) -> tuple[Network, ...]:
-        """``node``'s approved routes plus the advertised ones the policy approves."""
-        out = list(node.approved_routes)
-        seen = set(out)
-        for r in node.advertised_routes:
-            if r not in seen and self.can_auto_approve(node, r):
-                out.append(r)
-                seen.add(r)
-        return tuple(out)
+        """C{node}'s approved routes plus the advertised ones the policy approves."""
+        seen = set(node.approved_routes)
+        new = [r for r in node.advertised_routes if r not in seen]
+        return tuple(node.approved_routes) + tuple(dict.fromkeys(self.auto_approvable(node, new)))
 
     # ssh / caps ------------------------------------------------------------
 
