@@ -14,10 +14,10 @@ from datetime import datetime
 
 import attrs
 
+from headscale_tw.control import limits
 from headscale_tw.control.names import validate_given_name
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.registration import Registrar
-from headscale_tw.control import limits
 from headscale_tw.control.routes import announced_routes, normalize_approval, parse_prefix, served_routes
 from headscale_tw.control.state import ControlState
 from headscale_tw.control.users import UserAdmin, quoted
