@@ -622,7 +622,7 @@ def can_access(src: Node, dst: Node, matches: Sequence[Match], src_set: IPSet, d
 
 def route_hits(node: Node, matches: Sequence[Match]) -> Optional[list[tuple[bool, bool]]]:
     """
-    For each match: do its sources, and its destinations, overlap C{node}'s own subnet routes?
+    For each match: do its sources, and its destinations, overlap ``node``'s own subnet routes?
 
     ``None`` when the node serves no subnet route. It does not depend on the
     route being checked, so :func:`can_access_route` takes it precomputed
@@ -636,7 +636,7 @@ def route_hits(node: Node, matches: Sequence[Match]) -> Optional[list[tuple[bool
 
 def _viewer_masks(node: Node, matches: Sequence[Match], node_set: IPSet) -> tuple[int, int]:
     """
-    Bit ``i`` of the first mask: match ``i``'s sources overlap C{node} or its subnet routes;
+    Bit ``i`` of the first mask: match ``i``'s sources overlap ``node`` or its subnet routes;
     of the second: its destinations do. With :func:`_route_masks` this is
     :func:`can_access_route` as two ANDs per route.
     """
@@ -676,9 +676,9 @@ def _route_masks(routes: Sequence[Network], matches: Sequence[Match]) -> tuple[t
 
 def can_access_route(node: Node, matches: Sequence[Match], route: Network, node_set: IPSet,
                      hits: Optional[list[tuple[bool, bool]]] = None) -> bool:
-    """Should C{node} be given C{route} in a peer's AllowedIPs?
+    """Should ``node`` be given ``route`` in a peer's AllowedIPs?
 
-    ``hits`` is :func:`route_hits` of C{node} and C{matches}, computed here when not given.
+    ``hits`` is :func:`route_hits` of ``node`` and ``matches``, computed here when not given.
     """
     if hits is None:
         hits = route_hits(node, matches)
@@ -902,7 +902,7 @@ class CompiledPolicy:
 
     def routes_for_peer(self, viewer: Node, peer: Node, matches: Sequence[Match],
                         viewer_set: IPSet) -> list[Network]:
-        """The routes of C{peer} that C{viewer} gets in the peer's AllowedIPs."""
+        """The routes of ``peer`` that ``viewer`` gets in the peer's AllowedIPs."""
         return [r for r, _ in self.route_texts_for_peer(viewer, peer, matches, viewer_set)]
 
     def route_texts_for_peer(self, viewer: Node, peer: Node, matches: Sequence[Match],
@@ -1029,7 +1029,7 @@ class CompiledPolicy:
         return False
 
     def auto_approvable(self, node: Node, routes: Iterable[Network]) -> list[Network]:
-        """The C{routes} that C{node} may have approved by ``autoApprovers`` (as :meth:`can_auto_approve`).
+        """The ``routes`` that ``node`` may have approved by ``autoApprovers`` (as :meth:`can_auto_approve`).
 
         Who owns each ``autoApprovers`` entry is resolved once, not once per route.
         """
@@ -1052,7 +1052,7 @@ class CompiledPolicy:
         return out
 
     def auto_approved_routes(self, node: Node) -> tuple[Network, ...]:
-        """C{node}'s approved routes plus the advertised ones the policy approves."""
+        """``node``'s approved routes plus the advertised ones the policy approves."""
         seen = set(node.approved_routes)
         new = [r for r in node.advertised_routes if r not in seen]
         return tuple(node.approved_routes) + tuple(dict.fromkeys(self.auto_approvable(node, new)))
