@@ -17,7 +17,8 @@ Where Tailscale or Headscale have a limit of their own it is used:
   size of Hostinfo; the numbers below are ours, chosen to be far above what
   ``tailscaled`` sends (a real Hostinfo is about 1 KiB, see
   ``tests/control/data``) while keeping the work and memory of one request
-  small: parsing :data:`ROUTES_MAX` prefixes costs a few milliseconds.
+  small: parsing :data:`ROUTES_MAX` prefixes costs a few milliseconds. The
+  admin API (``web/admin/validate.py``) uses the same route and tag limits.
 
 Everything here is a plain constant or a pure check: no I/O.
 """
@@ -63,17 +64,19 @@ HOSTNAME_MAX_LENGTH = 253
 #: The other Hostinfo strings the server reads (``OS``, ``OSVersion``, ``IPNVersion``).
 HOSTINFO_STRING_MAX_LENGTH = 256
 
-#: Prefixes in ``Hostinfo.RoutableIPs``, and routes in one approval.
-ROUTES_MAX = 1000
+#: Prefixes in ``Hostinfo.RoutableIPs``, and routes in one approval (node or admin).
+ROUTES_MAX = 1024
 
-#: One prefix as text (the longest IPv6 prefix is 43 characters).
-PREFIX_MAX_LENGTH = 64
+#: One prefix as text: the longest IPv6 prefix, ``ffff:...:ffff/128``, is 43 characters
+#: (Go's ``netip.Prefix.String`` is canonical, so a client never sends more).
+PREFIX_MAX_LENGTH = 43
 
-#: Entries in ``Hostinfo.RequestTags``.
+#: Entries in ``Hostinfo.RequestTags`` (as many as an admin may set at once).
 REQUEST_TAGS_MAX = 64
 
-#: One tag (``tag:`` and its name).
-TAG_MAX_LENGTH = 128
+#: One tag: ``tag:`` and a name of at most one DNS label (63), Tailscale's
+#: ``tailcfg.CheckTag`` with Headscale's label length.
+TAG_MAX_LENGTH = len("tag:") + 63
 
 #: Entries in ``MapRequest.Endpoints``.
 ENDPOINTS_MAX = 256

@@ -28,7 +28,7 @@ __all__ = ["NodeAdmin", "NodeDetails", "RouteInfo", "validate_tag", "MAX_TAG"]
 
 
 #: A tag is ``tag:`` plus a name of at most one DNS label.
-MAX_TAG = len("tag:") + 63
+MAX_TAG = limits.TAG_MAX_LENGTH
 _TAG_NAME = re.compile(r"[a-z][a-z0-9-]*", re.ASCII)
 
 
