@@ -6,7 +6,8 @@ Limits on node input (``headscale_tw.control.limits``), enforced at the edge.
   at the limit is accepted;
 * a request body over the Noise cap answers 413 and its bytes are not kept
   (checked over a real Noise connection and chunk by chunk);
-* a pending registration keeps a bounded number of bytes.
+* a pending registration keeps a bounded number of bytes, and a held request
+  none of its body.
 """
 
 import json
@@ -228,7 +229,7 @@ class NoiseBodyLimitTests(unittest.TestCase):
         request = _Recording.made[-1]
         self.assertEqual(request.body_received, len(body))
         self.assertEqual(request.most_kept, 0)
-        self.assertEqual(self.h.registrar.pending, {})
+        self.assertEqual(self.h.run(self.h.db.auth_requests.count_pending()), 0)
 
     def test_at_cap_and_after(self):
         """A body of exactly the cap is served, and the connection that sent an oversized body still is."""
@@ -268,15 +269,18 @@ class PendingRegistrationSizeTests(unittest.TestCase):
         return _render(self.root, _Request(b"/machine/register", raw, (key("mkey"), 133)))
 
     def test_largest_accepted_hostinfo(self):
-        """A pending registration with the largest Hostinfo accepted retains at most that size plus a few keys."""
+        """A pending registration made with the largest Hostinfo accepted keeps only its small details."""
+        from headscale_tw.control.registration import MAX_DETAILS_BYTES
+
         body = _register_body()
         pad = limits.HOSTINFO_MAX_BYTES - limits.json_size(body["Hostinfo"]) - len(',"Extra":""')
         body["Hostinfo"]["Extra"] = "x" * pad
         self.assertEqual(limits.json_size(body["Hostinfo"]), limits.HOSTINFO_MAX_BYTES)
         request = self._post(body)
         self.assertEqual(request.responseCode, 200, request.body())
-        (pending,) = self.h.registrar.pending.values()
-        self.assertLessEqual(retained_bytes(pending), limits.HOSTINFO_MAX_BYTES + 1024)
+        auth_id = json.loads(request.body())["AuthURL"].rpartition("/")[2]
+        row = self.h.run(self.h.db.auth_requests.get(auth_id))
+        self.assertLessEqual(retained_bytes(row), MAX_DETAILS_BYTES + 1024)
 
     def test_oversized_hostinfo_not_pending(self):
         """Three hundred requests each with a Hostinfo over the limit leave no pending registration."""
@@ -284,7 +288,7 @@ class PendingRegistrationSizeTests(unittest.TestCase):
         for _ in range(300):
             request = self._post(body)
             self.assertEqual(request.responseCode, 400)
-        self.assertEqual(self.h.registrar.pending, {})
+        self.assertEqual(self.h.run(self.h.db.auth_requests.count_pending()), 0)
 
     def test_held_followup_keeps_no_body(self):
         """A Followup request held until an admin acts keeps no copy of its body."""
