@@ -491,11 +491,12 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
 def _mount_control(config: Config, reactor, root, plane, noise_key) -> None:
     """``/key`` and ``/ts2021`` on the public root; ``/machine/*`` only inside Noise."""
     from headscale_tw.noise.resource import Ts2021Resource
+    from headscale_tw.web.control_api import BoundedRequest
     from headscale_tw.web.key import KeyResource
 
     inner_root = resource.Resource()
     inner_root.putChild(b"machine", plane.machine_resource(identify=_noise_identity))
-    inner_site = server.Site(inner_root)
+    inner_site = server.Site(inner_root, requestFactory=BoundedRequest)
     root.putChild(b"key", KeyResource(noise_key.public()))
     root.putChild(b"ts2021", Ts2021Resource(noise_key, inner_site, reactor,
                                             min_version=config.noise.min_capability_version,

@@ -14,11 +14,12 @@ from headscale_tw.keys import MachinePrivate
 from headscale_tw.noise.protocol import noise_peer
 from headscale_tw.noise.resource import Ts2021Resource
 from headscale_tw.testing.db import ThreadlessReactor, open_test_database, resolve
+from headscale_tw.web.control_api import BoundedRequest
 from headscale_tw.web.key import KeyResource
 
 
-class RecordingRequest(server.Request):
-    """A twisted.web request that appends what the server saw to its site's ``seen`` list."""
+class RecordingRequest(BoundedRequest):
+    """A bounded request (as ``service.py`` serves inside Noise) that appends what the server saw to ``seen``."""
 
     seen: list = []
 

@@ -366,8 +366,9 @@ class PendingRegistrationTests(unittest.TestCase):
         self.assertTrue(response["MachineAuthorized"])
 
     def test_stored_size_is_bounded(self):
-        """A 0.9 MB Hostinfo leaves a row of a few hundred bytes: only the kept fields are stored."""
-        junk = "x" * 900_000
+        """The largest Hostinfo accepted leaves a row of a few hundred bytes: only the kept fields are stored."""
+        # (a 0.9 MB Hostinfo is refused before this: control/limits.HOSTINFO_MAX_BYTES)
+        junk = "x" * 40_000
         url = self.start(Services=[{"Proto": "tcp", "Port": 1, "Description": junk}], Userspace=True,
                          RoutableIPs=["10.0.0.0/8"] * 1000, RequestTags=["tag:a"])["AuthURL"]
         row = self.h.run(self.h.db.auth_requests.get(url.rpartition("/")[2]))
@@ -381,8 +382,11 @@ class PendingRegistrationTests(unittest.TestCase):
 
     def test_kept_fields_have_limits(self):
         """An over-long kept Hostinfo field or too many requested tags is refused naming the field and limit."""
+        long_model = self.h.run(self._refused(DeviceModel="d" * 256))
+        self.assertIn("Hostinfo.DeviceModel is longer than 255 characters", long_model)
+        # Hostname is refused earlier, at Tailscale's 253 (control/limits.HOSTNAME_MAX_LENGTH)
         long_name = self.h.run(self._refused(Hostname="h" * 256))
-        self.assertIn("Hostinfo.Hostname is longer than 255 characters", long_name)
+        self.assertIn("Hostinfo.Hostname is 256 characters long; the limit is 253", long_name)
         many_tags = self.h.run(self._refused(RequestTags=[f"tag:t{n}" for n in range(33)]))
         self.assertIn("Hostinfo.RequestTags has more than 32 tags", many_tags)
         self.assertEqual(self.h.run(self.h.db.auth_requests.count_pending()), 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
+from headscale_tw.control import limits
 from headscale_tw.errors import InvalidInput
 
 __all__ = [
@@ -35,6 +36,7 @@ def parse_key(value: object, kind: str, field: str) -> str:
     """Return ``value`` if it is a ``kind:<64 lower-case hex>`` key, else raise ``InvalidInput``."""
     if not isinstance(value, str):
         raise InvalidInput(f"{field}: expected a {kind}: key string")
+    limits.check_length(value, limits.KEY_MAX_LENGTH, field)
     match = _KEY.match(value.strip().lower())
     if match is None or match.group(1) != kind:
         raise InvalidInput(f"{field}: not a valid {kind}: key")
@@ -117,6 +119,7 @@ def check_hostinfo(hostinfo: object, where: str) -> dict:
         value = hostinfo.get(name)
         if value is not None and not all(isinstance(v, str) for v in value):
             raise InvalidInput(f"{where}: Hostinfo.{name} must be a list of strings")
+    _check_hostinfo_limits(hostinfo, where)
     netinfo = hostinfo.get("NetInfo")
     if netinfo is not None:
         for name, types in _NETINFO_TYPES.items():
@@ -124,6 +127,39 @@ def check_hostinfo(hostinfo: object, where: str) -> dict:
             if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
                 raise InvalidInput(f"{where}: Hostinfo.NetInfo.{name} must be a {_json_type(types)}")
     return hostinfo
+
+
+#: Per-field limits of Hostinfo (see :mod:`headscale_tw.control.limits`).
+_HOSTINFO_STRINGS: dict[str, int] = {
+    "Hostname": limits.HOSTNAME_MAX_LENGTH,
+    "OS": limits.HOSTINFO_STRING_MAX_LENGTH,
+    "OSVersion": limits.HOSTINFO_STRING_MAX_LENGTH,
+    "IPNVersion": limits.HOSTINFO_STRING_MAX_LENGTH,
+}
+_HOSTINFO_LISTS: dict[str, tuple[int, int | None]] = {
+    "RoutableIPs": (limits.ROUTES_MAX, limits.PREFIX_MAX_LENGTH),
+    "RequestTags": (limits.REQUEST_TAGS_MAX, limits.TAG_MAX_LENGTH),
+    "Services": (limits.SERVICES_MAX, None),
+}
+
+
+def _check_hostinfo_limits(hostinfo: dict, where: str) -> None:
+    """Counts and lengths first (cheap), then the size of the whole Hostinfo."""
+    for name, limit in _HOSTINFO_STRINGS.items():
+        value = hostinfo.get(name)
+        if value is not None:
+            limits.check_length(value, limit, f"{where}: Hostinfo.{name}")
+    for name, (count, length) in _HOSTINFO_LISTS.items():
+        value = hostinfo.get(name)
+        if value is None:
+            continue
+        limits.check_count(value, count, f"{where}: Hostinfo.{name}")
+        if length is not None:
+            for item in value:
+                limits.check_length(item, length, f"{where}: an entry of Hostinfo.{name}")
+    size = limits.json_size(hostinfo)
+    if size > limits.HOSTINFO_MAX_BYTES:
+        raise InvalidInput(f"{where}: Hostinfo is {size} bytes as JSON; the limit is {limits.HOSTINFO_MAX_BYTES}")
 
 
 def _json_type(types: tuple[type, ...]) -> str:

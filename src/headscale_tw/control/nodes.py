@@ -14,6 +14,7 @@ from datetime import datetime
 
 import attrs
 
+from headscale_tw.control import limits
 from headscale_tw.control.names import validate_given_name
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.registration import Registrar
@@ -27,7 +28,7 @@ __all__ = ["NodeAdmin", "NodeDetails", "RouteInfo", "validate_tag", "MAX_TAG"]
 
 
 #: A tag is ``tag:`` plus a name of at most one DNS label.
-MAX_TAG = len("tag:") + 63
+MAX_TAG = limits.TAG_MAX_LENGTH
 _TAG_NAME = re.compile(r"[a-z][a-z0-9-]*", re.ASCII)
 
 
@@ -214,7 +215,9 @@ class NodeAdmin:
         """
         if isinstance(routes, str):
             routes = [r for r in routes.split(",") if r.strip()]
-        nets = [parse_prefix(r, "approve routes") for r in routes]
+        routes = limits.check_count(list(routes), limits.ROUTES_MAX, "approve routes: routes")
+        nets = [parse_prefix(limits.check_length(r, limits.PREFIX_MAX_LENGTH, "approve routes: a route")
+                             if isinstance(r, str) else r, "approve routes") for r in routes]
         self.state.get(node_id)
         node = await self.state.update_node(node_id, approved_routes=normalize_approval(nets))
         self.notifier.node_changed(node_id)

@@ -49,8 +49,8 @@ from headscale_tw.control.routes import (
     announced_routes,
     approved_routes,
     normalize_approval,
-    served_routes,
 )
+from headscale_tw.control.routes import serving as served
 from headscale_tw.control.viewindex import RuleIndex, bits
 from headscale_tw.errors import InvalidInput
 from headscale_tw.policy.compile import CompiledPolicy, PolicyEngine, _overlaps_any, reduce_rules
@@ -377,7 +377,7 @@ class PolicyManager:
 
     # -- topology ------------------------------------------------------------
 
-    def _pnode(self, node) -> PNode:
+    def _pnode(self, node, announced=None, approved=None) -> PNode:
         tags = tuple(node.tags)
         return PNode(
             id=node.id,
@@ -386,8 +386,8 @@ class PolicyManager:
             tags=tags,
             ipv4=_address(node.ipv4),
             ipv6=_address(node.ipv6),
-            advertised_routes=announced_routes(node),
-            approved_routes=approved_routes(node),
+            advertised_routes=announced_routes(node) if announced is None else announced,
+            approved_routes=approved_routes(node) if approved is None else approved,
             primary_routes=self.election.primary_routes(node.id),
         )
 
@@ -418,12 +418,13 @@ class PolicyManager:
                 self._compiled = None
                 return True
             return False
-        serving = tuple(r for r in served_routes(node) if r.prefixlen != 0)
+        announced, approved = announced_routes(node), approved_routes(node)
+        serving = tuple(r for r in served(announced, approved) if r.prefixlen != 0)
         if serving:
             self._serving[node_id] = serving
         else:
             self._serving.pop(node_id, None)
-        pnode = self._pnode(node)
+        pnode = self._pnode(node, announced, approved)
         if self._pnodes.get(node_id) != pnode:
             self._previous.setdefault(node_id, self._pnodes.get(node_id))
             self._pnodes[node_id] = pnode
@@ -700,10 +701,10 @@ class PolicyManager:
         prefixes = peer.prefix_strings_v6 if v6_only else peer.prefix_strings
         if not (peer.primary_routes or peer.subnet_routes or peer.exit_routes):
             return self._intern((prefixes, ()))
-        routes = cp.routes_for_peer(viewer, peer, matches, viewer_set)
+        routes = cp.route_texts_for_peer(viewer, peer, matches, viewer_set)
         return self._intern((
-            tuple(prefixes) + tuple(str(r) for r in routes),
-            tuple(str(r) for r in routes if r.prefixlen != 0),
+            tuple(prefixes) + tuple(t for _, t in routes),
+            tuple(t for r, t in routes if r.prefixlen != 0),
         ))
 
     def _update_incremental(self, cp: CompiledPolicy, dirty: set[int]) -> Optional[Changes]:
@@ -927,13 +928,14 @@ class PolicyManager:
             return False
         node = self.state.nodes[node_id]
         approved = approved_routes(node)
-        pending = [r for r in announced_routes(node) if r not in approved]
+        approved_set = set(approved)
+        pending = [r for r in announced_routes(node) if r not in approved_set]
         if not pending:
             return False
         self._mark(node_id)
         cp = self.compiled()
         pnode = self._pnodes[node_id]
-        new = [r for r in pending if cp.can_auto_approve(pnode, r)]
+        new = cp.auto_approvable(pnode, pending)
         if not new:
             return False
         routes = normalize_approval(approved + tuple(new))

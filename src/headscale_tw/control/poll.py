@@ -16,6 +16,7 @@ from __future__ import annotations
 import attrs
 from twisted.logger import Logger
 
+from headscale_tw.control import limits
 from headscale_tw.control._wire import check_hostinfo, parse_key, parse_request_head
 from headscale_tw.control.framing import PLAIN, ZSTD
 from headscale_tw.control.notifier import MapNotifier
@@ -59,6 +60,9 @@ def parse_map_request(body: object) -> MapRequest:
     if endpoints is not None:
         if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
             raise InvalidInput("map request: Endpoints must be a list of strings")
+        limits.check_count(endpoints, limits.ENDPOINTS_MAX, "map request: Endpoints")
+        for endpoint in endpoints:
+            limits.check_length(endpoint, limits.ENDPOINT_MAX_LENGTH, "map request: an entry of Endpoints")
         endpoints = tuple(endpoints)
     compress = body.get("Compress") or ""
     if not isinstance(compress, str):

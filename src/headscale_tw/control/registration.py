@@ -41,6 +41,7 @@ import attrs
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
+from headscale_tw.control import limits
 from headscale_tw.control._wire import (
     check_hostinfo,
     format_time,
@@ -120,9 +121,11 @@ def parse_register_request(body: object) -> RegisterRequest:
     auth_key = auth.get("AuthKey") or ""
     if not isinstance(auth_key, str):
         raise InvalidInput("register request: Auth.AuthKey must be a string")
+    limits.check_length(auth_key, limits.AUTH_KEY_MAX_LENGTH, "register request: Auth.AuthKey")
     followup = body.get("Followup") or ""
     if not isinstance(followup, str):
         raise InvalidInput("register request: Followup must be a string")
+    limits.check_length(followup, limits.FOLLOWUP_MAX_LENGTH, "register request: Followup")
     hostinfo = check_hostinfo(body.get("Hostinfo") or {}, "register request")
     return RegisterRequest(
         version=version,

@@ -13,13 +13,17 @@ which online router is *primary* for each prefix (derp-stun-policy.md G).
   The previous primary stays while it is a candidate (no flapping); otherwise
   the candidate with the lowest node id wins. Exit routes are not elected.
 
-Pure functions and one small class; no I/O.
+Pure functions and one small class; no I/O. Every function here does work
+linear in the routes it is given (sets and dicts, never a list scan per
+route): a node may announce :data:`~headscale_tw.control.limits.ROUTES_MAX`
+prefixes, and routes stored before that limit existed may be more.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Union
 
 from headscale_tw.errors import InvalidInput
@@ -28,10 +32,12 @@ __all__ = [
     "Network",
     "EXIT_ROUTES",
     "parse_prefix",
+    "clear_parse_caches",
     "announced_routes",
     "approved_routes",
     "normalize_approval",
     "served_routes",
+    "serving",
     "RouteElection",
 ]
 
@@ -45,21 +51,50 @@ def parse_prefix(text: object, where: str = "route") -> Network:
     if not isinstance(text, str):
         raise InvalidInput(f"{where}: {text!r} is not a prefix string")
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        return _parse_network(text)
     except ValueError:
         raise InvalidInput(f"{where}: {text!r} is not an IP prefix like 10.0.0.0/24") from None
 
 
+@lru_cache(maxsize=1 << 14)
+def _parse_network(text: str) -> Network:
+    # Every node's routes are parsed again on each change of it and for each
+    # listing; networks are immutable, so the same text gives the same object.
+    # 16,384 entries hold a few MiB at most.
+    return ipaddress.ip_network(text.strip(), strict=False)
+
+
 def _prefixes(values: Iterable[object]) -> tuple[Network, ...]:
-    out: list[Network] = []
+    """The valid prefixes of ``values`` in first-seen order, each once."""
+    key = tuple(values)
+    try:
+        return _prefixes_of(key)
+    except TypeError:  # an unhashable entry (stored data is not checked like input)
+        return _parse_all(key)
+
+
+@lru_cache(maxsize=64)
+def _prefixes_of(values: tuple) -> tuple[Network, ...]:
+    # One change of a node reads its routes several times (served routes,
+    # policy node, election, auto-approval); the last few lists are kept.
+    return _parse_all(values)
+
+
+def _parse_all(values: tuple) -> tuple[Network, ...]:
+    out: dict[Network, None] = {}  # a dict keeps the first-seen order
     for value in values:
         try:
             net = parse_prefix(value)
         except InvalidInput:
             continue
-        if net not in out:
-            out.append(net)
+        out.setdefault(net, None)
     return tuple(out)
+
+
+def clear_parse_caches() -> None:
+    """Forget parsed prefixes (for tests and benchmarks that count the work of parsing)."""
+    _parse_network.cache_clear()
+    _prefixes_of.cache_clear()
 
 
 def announced_routes(node) -> tuple[Network, ...]:
@@ -80,20 +115,35 @@ def normalize_approval(routes: Iterable[Network]) -> tuple[str, ...]:
     nets = set(routes)
     if nets & set(EXIT_ROUTES):
         nets.update(EXIT_ROUTES)
-    return tuple(str(n) for n in sorted(nets, key=lambda n: (n.version, n.network_address, n.prefixlen)))
+    return tuple(str(n) for n in sorted(nets, key=_sort_key))
 
 
 def served_routes(node) -> tuple[Network, ...]:
     """Announced and approved (subnet and exit) routes of ``node``."""
-    approved = set(approved_routes(node))
-    return tuple(r for r in announced_routes(node) if r in approved)
+    return serving(announced_routes(node), approved_routes(node))
+
+
+def serving(announced: Iterable[Network], approved: Iterable[Network]) -> tuple[Network, ...]:
+    """The ``announced`` prefixes that are also ``approved``, in announced order."""
+    approved_set = set(approved)
+    return tuple(r for r in announced if r in approved_set)
+
+
+def _sort_key(prefix: Network):
+    return (prefix.version, prefix.network_address, prefix.prefixlen)
 
 
 class RouteElection:
-    """Primary router per subnet prefix, sticky across re-elections."""
+    """Primary router per subnet prefix, sticky across re-elections.
+
+    ``primaries`` maps each prefix to its primary node; ``by_node`` is the same
+    map turned around, so that a node's primary prefixes are found without
+    scanning every prefix.
+    """
 
     def __init__(self) -> None:
         self.primaries: dict[Network, int] = {}
+        self.by_node: dict[int, set[Network]] = {}
 
     def elect(self, candidates: Mapping[int, Iterable[Network]]) -> set[int]:
         """
@@ -112,14 +162,21 @@ class RouteElection:
             new[prefix] = previous if previous in ids else min(ids)
         changed = {nid for p, nid in self.primaries.items() if new.get(p) != nid}
         changed |= {nid for p, nid in new.items() if self.primaries.get(p) != nid}
-        self.primaries = new
+        self._set(new)
         return changed
+
+    def _set(self, primaries: dict[Network, int]) -> None:
+        self.primaries = primaries
+        by_node: dict[int, set[Network]] = {}
+        for prefix, node_id in primaries.items():
+            by_node.setdefault(node_id, set()).add(prefix)
+        self.by_node = by_node
 
     def primary_routes(self, node_id: int) -> tuple[Network, ...]:
         """The prefixes ``node_id`` is primary for, sorted."""
-        return tuple(sorted((p for p, n in self.primaries.items() if n == node_id),
-                            key=lambda p: (p.version, p.network_address, p.prefixlen)))
+        return tuple(sorted(self.by_node.get(node_id, ()), key=_sort_key))
 
     def forget(self, node_id: int) -> None:
         """Drop a deleted node (the next ``elect`` fails its prefixes over)."""
-        self.primaries = {p: n for p, n in self.primaries.items() if n != node_id}
+        if node_id in self.by_node:
+            self._set({p: n for p, n in self.primaries.items() if n != node_id})

@@ -306,14 +306,12 @@ class Resolver:
         return out
 
     def approved_subnet_routes(self) -> list[str]:
-        seen: list[str] = []
+        seen: dict[str, None] = {}
         routed = self.index.routed
         for nid in sorted(routed):
             for r in routed[nid].subnet_routes:
-                s = str(r)
-                if s not in seen:
-                    seen.append(s)
-        return seen
+                seen.setdefault(str(r), None)
+        return list(seen)
 
 
 # -- grant compilation --------------------------------------------------------
@@ -622,18 +620,78 @@ def can_access(src: Node, dst: Node, matches: Sequence[Match], src_set: IPSet, d
     return False
 
 
-def can_access_route(node: Node, matches: Sequence[Match], route: Network, node_set: IPSet) -> bool:
-    """Should ``node`` be given ``route`` in a peer's AllowedIPs?"""
+def route_hits(node: Node, matches: Sequence[Match]) -> Optional[list[tuple[bool, bool]]]:
+    """
+    For each match: do its sources, and its destinations, overlap ``node``'s own subnet routes?
+
+    ``None`` when the node serves no subnet route. It does not depend on the
+    route being checked, so :func:`can_access_route` takes it precomputed
+    (once per viewer and peer, not once per route of the peer).
+    """
     routes = node.subnet_routes
-    for m in matches:
+    if not routes:
+        return None
+    return [(_overlaps_any(m.srcs, routes), _overlaps_any(m.dsts, routes)) for m in matches]
+
+
+def _viewer_masks(node: Node, matches: Sequence[Match], node_set: IPSet) -> tuple[int, int]:
+    """
+    Bit ``i`` of the first mask: match ``i``'s sources overlap ``node`` or its subnet routes;
+    of the second: its destinations do. With :func:`_route_masks` this is
+    :func:`can_access_route` as two ANDs per route.
+    """
+    hits = route_hits(node, matches)
+    src_side = dst_side = 0
+    for i, m in enumerate(matches):
+        if m.srcs.overlaps(node_set) or (hits is not None and hits[i][0]):
+            src_side |= 1 << i
+        if m.dsts.overlaps(node_set) or (hits is not None and hits[i][1]):
+            dst_side |= 1 << i
+    return src_side, dst_side
+
+
+@dataclass(frozen=True)
+class _OfferedRoute:
+    """A route a peer offers, its text, and which rules' destinations and sources overlap it (bit masks)."""
+
+    route: Network
+    text: str
+    dsts_hit: int
+    srcs_hit: int
+
+
+def _route_masks(routes: Sequence[Network], matches: Sequence[Match]) -> tuple[tuple[int, int], ...]:
+    """For each route: (matches whose destinations overlap it, matches whose sources do) as bit masks."""
+    out = []
+    for r in routes:
+        dsts_hit = srcs_hit = 0
+        for i, m in enumerate(matches):
+            if m.dsts.overlaps_network(r):
+                dsts_hit |= 1 << i
+            if m.srcs.overlaps_network(r):
+                srcs_hit |= 1 << i
+        out.append((dsts_hit, srcs_hit))
+    return tuple(out)
+
+
+def can_access_route(node: Node, matches: Sequence[Match], route: Network, node_set: IPSet,
+                     hits: Optional[list[tuple[bool, bool]]] = None) -> bool:
+    """Should ``node`` be given ``route`` in a peer's AllowedIPs?
+
+    ``hits`` is :func:`route_hits` of ``node`` and ``matches``, computed here when not given.
+    """
+    if hits is None:
+        hits = route_hits(node, matches)
+    for i, m in enumerate(matches):
         if m.srcs.overlaps(node_set) and m.dsts.overlaps_network(route):
             return True
         if m.srcs.overlaps_network(route) and m.dsts.overlaps(node_set):
             return True
-        if routes:
-            if _overlaps_any(m.srcs, routes) and m.dsts.overlaps_network(route):
+        if hits is not None:
+            srcs_hit, dsts_hit = hits[i]
+            if srcs_hit and m.dsts.overlaps_network(route):
                 return True
-            if m.srcs.overlaps_network(route) and _overlaps_any(m.dsts, routes):
+            if dsts_hit and m.srcs.overlaps_network(route):
                 return True
     return False
 
@@ -739,6 +797,8 @@ class CompiledPolicy:
         self._unreduced: dict[int, list[FilterRule]] = {}
         self._matches: dict[int, list[Match]] = {}
         self._filters: dict[int, list[FilterRule]] = {}
+        # peer id -> (peer, matches, its offered routes with masks): see _offered_routes
+        self._route_masks: dict[int, tuple[Node, Sequence[Match], tuple[_OfferedRoute, ...]]] = {}
         self.allow_all = self.policy is None
         self.grants: list[_CompiledGrant] = []
         grants = engine.grant_list()
@@ -834,28 +894,67 @@ class CompiledPolicy:
         for peer in sorted(self.topology.nodes, key=lambda n: n.id):
             if peer.id == node.id or not self.sees(node, peer):
                 continue
-            routes = self.routes_for_peer(node, peer, matches, own)
-            allowed = self._visible_prefixes(node, peer) + [str(r) for r in routes]
-            primaries = [str(r) for r in routes if r.prefixlen != 0]
+            routes = self.route_texts_for_peer(node, peer, matches, own)
+            allowed = self._visible_prefixes(node, peer) + [t for _, t in routes]
+            primaries = [t for r, t in routes if r.prefixlen != 0]
             out.append(PeerView(peer, tuple(allowed), tuple(primaries)))
         return out
 
     def routes_for_peer(self, viewer: Node, peer: Node, matches: Sequence[Match],
                         viewer_set: IPSet) -> list[Network]:
         """The routes of ``peer`` that ``viewer`` gets in the peer's AllowedIPs."""
+        return [r for r, _ in self.route_texts_for_peer(viewer, peer, matches, viewer_set)]
+
+    def route_texts_for_peer(self, viewer: Node, peer: Node, matches: Sequence[Match],
+                             viewer_set: IPSet) -> list[tuple[Network, str]]:
+        """:meth:`routes_for_peer` with the text of each route.
+
+        A router may serve many prefixes and this runs for each viewer of it:
+        the per-route work (overlap with each rule, text form) is done once
+        per peer (:meth:`_offered_routes`), and a viewer without ``via``
+        grants or routes of its own costs two integer ANDs per route.
+        """
         include, exclude, use_primary = self.via_routes_for_peer(viewer, peer, viewer_set)
-        candidates = [r for r in tuple(peer.primary_routes) + peer.exit_routes if r not in exclude]
-        reduced = [r for r in candidates if can_access_route(viewer, matches, r, viewer_set)]
+        reduced: list[tuple[Network, str]] = []
+        offered = self._offered_routes(peer, matches)
+        if offered:
+            src_side, dst_side = _viewer_masks(viewer, matches, viewer_set)
+            reduced = [(o.route, o.text) for o in offered if src_side & o.dsts_hit or dst_side & o.srcs_hit]
+            if exclude:
+                excluded = set(exclude)
+                reduced = [pair for pair in reduced if pair[0] not in excluded]
+        viewer_subnets = viewer.subnet_route_set
+        if not include and not viewer_subnets:
+            return reduced
+        text = peer.route_text
+        kept = {r for r, _ in reduced}
+        primary_only = set(use_primary)
         for r in include:
-            if r in reduced:
+            if r in kept:
                 continue
-            if r in peer.primary_routes or r not in use_primary:
-                reduced.append(r)
+            if r in peer.primary_route_set or r not in primary_only:
+                reduced.append((r, text.get(r) or str(r)))
+                kept.add(r)
         # co-router visibility: HA secondaries learn who is primary for their prefix
         for r in peer.primary_routes:
-            if r in viewer.subnet_routes and r not in reduced:
-                reduced.append(r)
+            if r in viewer_subnets and r not in kept:
+                reduced.append((r, text.get(r) or str(r)))
+                kept.add(r)
         return reduced
+
+    def _offered_routes(self, peer: Node, matches: Sequence[Match]) -> "tuple[_OfferedRoute, ...]":
+        """``peer``'s primary and exit routes with their rule masks, kept while ``peer`` and ``matches`` stay."""
+        entry = self._route_masks.get(peer.id)
+        if entry is None or entry[0] is not peer or entry[1] is not matches:
+            routes = peer.primary_routes + peer.exit_routes
+            text = peer.route_text
+            offered = tuple(
+                _OfferedRoute(r, text.get(r) or str(r), dsts_hit, srcs_hit)
+                for r, (dsts_hit, srcs_hit) in zip(routes, _route_masks(routes, matches))
+            )
+            entry = (peer, matches, offered)
+            self._route_masks[peer.id] = entry
+        return entry[2]
 
     def via_routes_for_peer(self, viewer: Node, peer: Node, viewer_set: IPSet
                             ) -> tuple[list[Network], list[Network], list[Network]]:
@@ -891,7 +990,7 @@ class CompiledPolicy:
                     if d.version != r.version or not d.overlaps(r):
                         continue
                     holders = [n.id for n in self.topology.nodes
-                               if any(t in n.tags for t in g.via) and r in n.subnet_routes]
+                               if any(t in n.tags for t in g.via) and r in n.subnet_route_set]
                     if holders and peer.id != min(holders):
                         include = [x for x in include if x != r]
                         if r not in exclude:
@@ -929,13 +1028,34 @@ class CompiledPolicy:
                     return True
         return False
 
+    def auto_approvable(self, node: Node, routes: Iterable[Network]) -> list[Network]:
+        """The ``routes`` that ``node`` may have approved by ``autoApprovers`` (as :meth:`can_auto_approve`).
+
+        Who owns each ``autoApprovers`` entry is resolved once, not once per route.
+        """
+        if self.policy is None:
+            return []
+        aa = self.policy.auto_approvers
+        addrs = node.addresses
+        owned = [prefix for prefix, owners in aa.routes if self.resolver.resolve_all(owners).contains_any(addrs)]
+        exit_ok: Optional[bool] = None
+        out = []
+        for route in routes:
+            if route.prefixlen == 0:
+                if exit_ok is None:
+                    exit_ok = bool(aa.exit_node) and self.resolver.resolve_all(aa.exit_node).contains_any(addrs)
+                if exit_ok:
+                    out.append(route)
+            elif any(p.version == route.version and p.prefixlen <= route.prefixlen and route.subnet_of(p)
+                     for p in owned):
+                out.append(route)
+        return out
+
     def auto_approved_routes(self, node: Node) -> tuple[Network, ...]:
         """``node``'s approved routes plus the advertised ones the policy approves."""
-        out = list(node.approved_routes)
-        for r in node.advertised_routes:
-            if r not in out and self.can_auto_approve(node, r):
-                out.append(r)
-        return tuple(out)
+        seen = set(node.approved_routes)
+        new = [r for r in node.advertised_routes if r not in seen]
+        return tuple(node.approved_routes) + tuple(dict.fromkeys(self.auto_approvable(node, new)))
 
     # ssh / caps ------------------------------------------------------------
 

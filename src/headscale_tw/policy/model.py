@@ -268,22 +268,35 @@ class Node:
         return tuple(str(p) for p in self.address_prefixes if p.version == 6)
 
     @cached_property
+    def _approved_set(self) -> frozenset[Network]:
+        return frozenset(self.approved_routes)
+
+    @cached_property
     def subnet_routes(self) -> tuple[Network, ...]:
         """Advertised and approved routes, excluding exit routes."""
-        return tuple(
-            r
-            for r in self.advertised_routes
-            if r.prefixlen != 0 and r in self.approved_routes
-        )
+        approved = self._approved_set
+        return tuple(r for r in self.advertised_routes if r.prefixlen != 0 and r in approved)
+
+    @cached_property
+    def subnet_route_set(self) -> frozenset[Network]:
+        """:attr:`subnet_routes` as a set, for membership tests."""
+        return frozenset(self.subnet_routes)
+
+    @cached_property
+    def primary_route_set(self) -> frozenset[Network]:
+        """:attr:`primary_routes` as a set, for membership tests."""
+        return frozenset(self.primary_routes)
+
+    @cached_property
+    def route_text(self) -> dict[Network, str]:
+        """The text of each advertised route (views of this node ask for it once per viewer)."""
+        return {r: str(r) for r in self.advertised_routes}
 
     @cached_property
     def exit_routes(self) -> tuple[Network, ...]:
         """Advertised and approved exit routes (0.0.0.0/0, ::/0)."""
-        return tuple(
-            r
-            for r in self.advertised_routes
-            if r.prefixlen == 0 and r in self.approved_routes
-        )
+        approved = self._approved_set
+        return tuple(r for r in self.advertised_routes if r.prefixlen == 0 and r in approved)
 
     @cached_property
     def is_exit_node(self) -> bool:

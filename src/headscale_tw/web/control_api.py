@@ -16,6 +16,12 @@ Noise channel.
   409 while the node's previous update runs, 502 when the DNS provider fails);
   any other ``/machine/*`` → 404.
 
+Every request body inside Noise is capped at
+:data:`~headscale_tw.control.limits.NOISE_BODY_MAX_BYTES` by
+:class:`BoundedRequest` (the Noise site's request factory): a larger body is
+refused from its declared length or as soon as it grows past the cap, its
+bytes are dropped instead of kept, and the answer is 413 naming the limit.
+
 Every request is authenticated by the Noise peer's machine key, obtained
 through :func:`peer_identity` (one replaceable function) and checked against
 the body's ``NodeKey``.
@@ -23,14 +29,16 @@ the body's ``NodeKey``.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
+from headscale_tw.control import limits
 from headscale_tw.control.dns_challenges import (
     CertificatesUnavailable,
     DNSChallenges,
@@ -46,9 +54,9 @@ from headscale_tw.noise.protocol import stream_backlog
 from headscale_tw.web.client_address import client_address
 
 __all__ = ["peer_identity", "MachineResource", "RegisterResource", "MapResource", "SetDNSResource", "MAX_BODY",
-           "MAX_SET_DNS_BODY"]
+           "MAX_SET_DNS_BODY", "BoundedRequest"]
 
-MAX_BODY = 1024 * 1024
+MAX_BODY = limits.NOISE_BODY_MAX_BYTES
 
 #: A SetDNSRequest is a few hundred bytes; anything much larger is refused unread.
 MAX_SET_DNS_BODY = 4096
@@ -89,14 +97,72 @@ def _error(request, status: int, message: str) -> bytes:
     return message.encode("utf-8") + b"\n"
 
 
+def _too_large_message(limit: int = MAX_BODY) -> str:
+    return f"request body is larger than {limit} bytes, the limit for this request inside the Noise channel"
+
+
 def _read_json(request, limit: int = MAX_BODY) -> object:
-    raw = request.content.read(limit + 1) if request.content is not None else b""
+    """The decoded body; the request then keeps no copy (a held Followup lives up to a minute)."""
+    raw = b""
+    if request.content is not None:
+        raw = request.content.read(limit + 1)
+        request.content.close()
+        request.content = io.BytesIO()
     if len(raw) > limit:
-        raise InvalidInput(f"request body is larger than {limit} bytes")
+        raise InvalidInput(_too_large_message(limit))
     try:
         return json.loads(raw or b"null")
     except ValueError as e:
         raise InvalidInput(f"request body is not JSON: {e}") from None
+    except RecursionError:
+        raise InvalidInput("request body is not JSON this server accepts: nested too deeply") from None
+
+
+class _TooLarge(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        return _error(request, 413, _too_large_message())
+
+
+class BoundedRequest(Request):
+    """
+    A request of the Noise site that keeps at most :data:`MAX_BODY` bytes of its body.
+
+    A declared length over the cap, or a body that grows past it, marks the
+    request too large: what was kept is dropped, later bytes are only counted,
+    and the request renders a 413 instead of its resource.
+    """
+
+    max_body = MAX_BODY
+    body_received = 0
+    body_too_large = False
+
+    def gotLength(self, length):
+        if length is not None and length > self.max_body:
+            self._drop_body()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self.body_received += len(data)
+        if self.body_too_large:
+            return
+        if self.body_received > self.max_body:
+            self._drop_body()
+            return
+        super().handleContentChunk(data)
+
+    def _drop_body(self) -> None:
+        self.body_too_large = True
+        if self.content is not None:
+            self.content.close()
+        self.content = io.BytesIO()
+
+    def render(self, resrc):
+        if self.body_too_large:
+            resrc = _TooLarge()
+        return super().render(resrc)
 
 
 class _Alive:

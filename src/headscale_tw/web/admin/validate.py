@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from headscale_tw.control import limits
 from headscale_tw.control.nodes import MAX_TAG, validate_tag
 from headscale_tw.control.users import quoted
 from headscale_tw.errors import InvalidInput
@@ -45,11 +46,11 @@ MAX_DISPLAY_NAME = 255
 #: E-mail addresses: RFC 5321's 254 characters.
 MAX_EMAIL = 254
 #: Tags in one request (node tags, a pre-auth key's ACL tags).
-MAX_TAGS = 64
+MAX_TAGS = limits.REQUEST_TAGS_MAX
 #: A route: the longest IPv6 prefix text, ``ffff:...:ffff/128``.
-MAX_ROUTE = 43
+MAX_ROUTE = limits.PREFIX_MAX_LENGTH
 #: Routes in one approval.
-MAX_ROUTES = 1024
+MAX_ROUTES = limits.ROUTES_MAX
 #: A node's given (MagicDNS) name: one DNS label.
 MAX_NODE_NAME = 63
 #: An auth id, or the whole ``.../register/<id>`` URL the client printed.
