@@ -62,6 +62,8 @@ class HealthProbe(threading.Thread):
         self.timeout = timeout
         self.latencies: list[float] = []
         self.failures = 0
+        #: The longest any probe waited, answered or not (a probe cut off by a restart still waited).
+        self.longest_ms = 0.0
         self._halt = threading.Event()
         self._running = threading.Event()
         self._running.set()
@@ -77,6 +79,7 @@ class HealthProbe(threading.Thread):
                 self.latencies.append((time.monotonic() - started) * 1000)
             except (OSError, urllib.error.URLError):
                 self.failures += 1
+            self.longest_ms = max(self.longest_ms, (time.monotonic() - started) * 1000)
             self._halt.wait(self.interval)
 
     def pause(self) -> None:
@@ -98,6 +101,7 @@ class HealthProbe(threading.Thread):
             "p50_ms": round(statistics.median(values), 1),
             "p99_ms": round(values[min(len(values) - 1, int(len(values) * 0.99))], 1),
             "max_ms": round(values[-1], 1),
+            "longest_wait_ms": round(self.longest_ms, 1),
         }
 
 
@@ -342,12 +346,12 @@ def main() -> None:
     path = os.path.join(RESULTS, time.strftime("hostile-%Y%m%d-%H%M%S.json"))
     with open(path, "w") as f:
         json.dump({"args": {k: v for k, v in vars(args).items() if k != "probe"}, "results": outcome["results"]}, f, indent=1)
-    print(f"{'attack':<9} {'health p50':>10} {'p99':>8} {'max':>8} {'failed':>6}  outcome")
+    print(f"{'attack':<9} {'health p50':>10} {'p99':>8} {'max':>8} {'longest':>8} {'failed':>6}  outcome")
     for row in outcome["results"]:
         h = row["health"]
         rest = {k: v for k, v in row.items() if k not in ("attack", "health")}
-        print(f"{row['attack']:<9} {h['p50_ms']:>9}ms {h['p99_ms']:>6}ms {h['max_ms']:>6}ms {h['failed']:>6}  "
-              f"{json.dumps(rest)[:200]}")
+        print(f"{row['attack']:<9} {h['p50_ms']:>9}ms {h['p99_ms']:>6}ms {h['max_ms']:>6}ms "
+              f"{h['longest_wait_ms']:>6}ms {h['failed']:>6}  {json.dumps(rest)[:200]}")
     print(f"written to {path}")
 
 
