@@ -18,7 +18,7 @@ __all__ = ["check_policy"]
 from typing import TYPE_CHECKING, Optional
 
 from .ipset import IPSet, parse_ip_string
-from .model import Node, PolicyError
+from .model import Node, Policy, PolicyError
 from .parse import parse_alias, parse_destination
 from .ssh import localpart_domain
 
@@ -41,22 +41,29 @@ def check_policy(cp: "CompiledPolicy") -> None:
                     f"ssh[{i}].users[{j}]: {d} is not associated with this Tailnet "
                     "and cannot be used in user:*@<domain> expressions"
                 )
-    failures = []
+    failures: list[str] = []
     for i, t in enumerate(policy.tests):
         failures.extend(f"tests[{i}]: {m}" for m in _run_test(cp, t))
-    for i, t in enumerate(policy.ssh_tests):
-        failures.extend(f"sshTests[{i}]: {m}" for m in _run_ssh_test(cp, t))
+    for i, ssh_test in enumerate(policy.ssh_tests):
+        failures.extend(f"sshTests[{i}]: {m}" for m in _run_ssh_test(cp, ssh_test))
     if failures:
         raise PolicyError("test(s) failed: " + "; ".join(failures))
 
 
+def _policy_of(cp: "CompiledPolicy") -> Policy:
+    """The policy of ``cp``; tests only run when there is one."""
+    if cp.policy is None:
+        raise ValueError("no policy in force")
+    return cp.policy
+
+
 def _src_nodes_and_set(cp: "CompiledPolicy", text: str) -> tuple[list[Node], IPSet]:
     a = parse_alias(text)
-    if a.kind == "group" and a.name not in cp.policy.groups:
+    if a.kind == "group" and a.name not in _policy_of(cp).groups:
         raise ValueError(f"unknown group {a.name!r}")
-    if a.kind == "host" and a.name not in cp.policy.hosts:
+    if a.kind == "host" and a.name not in _policy_of(cp).hosts:
         raise ValueError(f"unknown host {a.name!r}")
-    if a.kind == "tag" and a.name not in cp.policy.tag_owners:
+    if a.kind == "tag" and a.name not in _policy_of(cp).tag_owners:
         raise ValueError(f"unknown tag {a.name!r}")
     if a.kind == "user" and cp.resolver.user_for(a.name) is None:
         raise ValueError(f"unknown user {a.name!r}")
@@ -122,11 +129,11 @@ def _run_test(cp: "CompiledPolicy", t) -> list[str]:
 
 
 def _dst_targets(cp: "CompiledPolicy", alias) -> list:
-    if alias.kind == "group" and alias.name not in cp.policy.groups:
+    if alias.kind == "group" and alias.name not in _policy_of(cp).groups:
         raise ValueError(f"unknown group {alias.name!r}")
-    if alias.kind == "tag" and alias.name not in cp.policy.tag_owners:
+    if alias.kind == "tag" and alias.name not in _policy_of(cp).tag_owners:
         raise ValueError(f"unknown tag {alias.name!r}")
-    if alias.kind == "host" and alias.name not in cp.policy.hosts:
+    if alias.kind == "host" and alias.name not in _policy_of(cp).hosts:
         raise ValueError(f"unknown host {alias.name!r}")
     if alias.is_autogroup("self"):
         raise ValueError("autogroup:self is not a valid test destination")

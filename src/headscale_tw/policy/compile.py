@@ -264,7 +264,7 @@ class Resolver:
     def _resolve(self, alias: Alias) -> Optional[IPSet]:
         k = alias.kind
         if k == "prefix":
-            return IPSet.from_networks([alias.network])
+            return IPSet.from_networks([alias.prefix])
         if k == "host":
             net = self.policy.hosts.get(alias.name)
             return IPSet.from_networks([net]) if net is not None else IPSet()
@@ -733,7 +733,9 @@ class PolicyEngine:
         if self._domains is not None:
             return self._domains
         users = sorted((u for u in topology.users if "@" in u.email), key=lambda u: u.id)
-        return frozenset(users[:1] and [users[0].email.rpartition("@")[2].lower()])
+        if not users:
+            return frozenset()
+        return frozenset([users[0].email.rpartition("@")[2].lower()])
 
     def compile(self, topology: Topology) -> "CompiledPolicy":
         """Resolve the policy against ``topology`` (do this once per change)."""
@@ -1023,7 +1025,7 @@ class CompiledPolicy:
             return bool(aa.exit_node) and self.resolver.resolve_all(aa.exit_node).contains_any(addrs)
         for prefix, owners in aa.routes:
             if prefix.version == route.version and prefix.prefixlen <= route.prefixlen \
-                    and route.subnet_of(prefix):
+                    and route.subnet_of(prefix):  # type: ignore[arg-type]  # same version, checked first
                 if self.resolver.resolve_all(owners).contains_any(addrs):
                     return True
         return False

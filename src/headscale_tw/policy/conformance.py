@@ -87,9 +87,9 @@ def load_scenarios(path: str) -> Iterator[dict]:
         with tarfile.open(path, "r:xz") as tf:
             for m in sorted(tf.getmembers(), key=lambda m: m.name):
                 if m.isfile() and m.name.endswith(".json"):
-                    fh = tf.extractfile(m)
-                    if fh is not None:
-                        yield json.load(fh)
+                    member = tf.extractfile(m)
+                    if member is not None:
+                        yield json.load(member)
     else:
         with open(path, encoding="utf-8") as fh:
             yield json.load(fh)

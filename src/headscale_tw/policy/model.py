@@ -65,6 +65,13 @@ class Alias:
     def is_autogroup(self, which: str) -> bool:
         return self.kind == "autogroup" and self.name == f"autogroup:{which}"
 
+    @property
+    def prefix(self) -> Network:
+        """The network of a ``prefix`` alias (an error for any other kind)."""
+        if self.network is None:
+            raise ValueError(f"{self.name!r} is a {self.kind}, not an address or prefix")
+        return self.network
+
 
 PortRange = tuple[int, int]
 ANY_PORTS: PortRange = (0, 65535)

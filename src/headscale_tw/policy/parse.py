@@ -18,7 +18,7 @@ __all__ = ["parse_policy", "parse_alias", "parse_ports", "parse_go_duration"]
 
 import ipaddress
 import re
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Collection, Optional, Sequence
 
 from .hujson import HuJSONError, loads
 from .ipset import parse_prefix
@@ -222,7 +222,7 @@ def _check_tag_name(tag: str, path: str) -> None:
 # -- structural helpers -------------------------------------------------------
 
 
-def _obj(value: Any, path: str, allowed: Sequence[str], ignore_hash: bool = False) -> dict:
+def _obj(value: Any, path: str, allowed: Collection[str], ignore_hash: bool = False) -> dict:
     if not isinstance(value, dict):
         raise _err(path, "must be an object")
     for k in value:
@@ -541,8 +541,8 @@ class _PolicyParser:
                 net = ipaddress.ip_network(s.strip(), strict=False)
             except ValueError:
                 raise _err(p, f"{s!r}: invalid prefix") from None
-            cgnat = ipaddress.ip_network("100.64.0.0/10")
-            if net.version != 4 or not net.subnet_of(cgnat):
+            cgnat = ipaddress.IPv4Network("100.64.0.0/10")
+            if not isinstance(net, ipaddress.IPv4Network) or not net.subnet_of(cgnat):
                 raise _err(p, f"IPPool({s}): must be within 100.64.0.0/10")
             if any(net.overlaps(r) for r in _RESERVED_POOLS):
                 raise _err(p, f"IPPool({s}): network within reserved range")
@@ -621,10 +621,10 @@ class _PolicyParser:
             a = parse_alias(s, p)
             if a.is_autogroup("internet"):
                 raise _err(p, f'SSH tests dst contains disallowed element "{s}"')
-            if a.kind == "prefix" and a.network.version == 6:
+            if a.kind == "prefix" and a.prefix.version == 6:
                 # Tailscale's service fails sshTests naming a bare IPv6 address.
                 raise _err(p, f'SSH tests dst contains disallowed element "{s}"')
-            if a.kind == "prefix" and a.network.prefixlen < a.network.max_prefixlen:
+            if a.kind == "prefix" and a.prefix.prefixlen < a.prefix.max_prefixlen:
                 raise _err(p, f'SSH tests dst contains disallowed element "{s}"')
             if a.kind == "tag" and a.name not in self.tag_owners:
                 raise _err(p, f'SSH tests dst contains unknown tag "{a.name}"')
@@ -659,7 +659,7 @@ def parse_policy(source: Any) -> Optional[Policy]:
         if isinstance(source, str) and not source.strip():
             return None
         try:
-            source = loads(source)
+            source = loads(bytes(source) if isinstance(source, bytearray) else source)
         except HuJSONError as e:
             raise PolicyError(f"parsing HuJSON: {e}") from None
     if not isinstance(source, dict):
