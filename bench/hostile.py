@@ -208,7 +208,9 @@ async def attack_preauth(server: SpawnedServer, args: argparse.Namespace) -> dic
             response = await node.client.request(b"POST", b"/machine/register", encode_json(body),
                                                  wire.request_headers(body["NodeKey"]))
             answer = json.loads(response.body or b"{}")
-            _count(counts, f"{response.status} {'error' if answer.get('Error') else 'other'}")
+            error = answer.get("Error") or ""
+            _count(counts, f"{response.status} " + ("throttled" if error.startswith("too many") else
+                                                    "refused" if error else "other"))
         except (RegistrationFailed, ValueError, ConnectionError) as e:
             _count(counts, type(e).__name__)
         except Exception as e:
