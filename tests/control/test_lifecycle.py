@@ -35,6 +35,16 @@ class EphemeralTests(unittest.TestCase):
         self.h.clock.advance(120)
         self.assertEqual(self.h.run(self.h.lifecycle.collect_ephemeral()), [self.e.id])
 
+    def test_registered_late_gets_its_full_timeout(self):
+        """An ephemeral node registered long after start, not yet streaming, is idle since it registered, not since start."""
+        self.h.clock.advance(10_000)
+        late, _ = self.h.register("late", auth="eph")
+        self.assertNotIn(late.id, self.h.run(self.h.lifecycle.collect_ephemeral()))
+        self.h.clock.advance(119)
+        self.assertNotIn(late.id, self.h.run(self.h.lifecycle.collect_ephemeral()))
+        self.h.clock.advance(1)
+        self.assertIn(late.id, self.h.run(self.h.lifecycle.collect_ephemeral()))
+
     def test_regular_nodes_kept(self):
         """Non-ephemeral nodes are never collected."""
         self.h.clock.advance(10_000)

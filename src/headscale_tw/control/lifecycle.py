@@ -69,7 +69,12 @@ class NodeLifecycle:
             runtime = self.state.runtime.get(node.id)
             if runtime is not None and runtime.elsewhere:
                 continue  # it streams on another instance of the cluster
-            since = (runtime.disconnected_at if runtime else None) or self._started
+            since = runtime.disconnected_at if runtime else None
+            if since is None:
+                # Never streamed here: idle since it was registered, or since this
+                # instance started (whichever is later), never since an earlier start.
+                created = node.created_at
+                since = max(self._started, created) if created is not None else self._started
             if since <= cutoff:
                 doomed.append(node.id)
         for node_id in doomed:
