@@ -19,7 +19,6 @@ N s"}`` without its key being looked up. The official client shows that text
 (``backend error: ...``) and retries with its exponential back-off (up to
 30 s), which the throttle's refill outpaces.
 
-
 An interactive registration is an auth request of kind ``register`` stored in
 the database (:mod:`headscale_tw.control.authrequests`), capped per client
 address and in total and expiring after 15 minutes, until ``headscale auth
