@@ -169,11 +169,17 @@ class LocalCommandTests(unittest.TestCase):
         self.assertRegex(json.loads(run(["generate", "private-key", "-o", "json"])[1])["private_key"], "^privkey:")
 
     def test_version(self):
-        """version prints the package version."""
+        """version prints our package version and the Headscale release whose API we match; -o json is /version's document."""
         from headscale_tw import __version__
+        from headscale_tw.version import HEADSCALE_VERSION, version_info
 
-        self.assertIn(__version__, run(["version"])[1])
-        self.assertEqual(json.loads(run(["version", "-o", "json"])[1])["version"], __version__)
+        human = run(["version"])[1]
+        self.assertIn(__version__, human)
+        self.assertIn(HEADSCALE_VERSION, human)
+        document = json.loads(run(["version", "-o", "json"])[1])
+        self.assertEqual(document["version"], HEADSCALE_VERSION)
+        self.assertEqual(document["headscale_tw"], __version__)
+        self.assertEqual({k: v for k, v in document.items() if k != "headscale_tw"}, version_info())
 
     def test_configtest(self):
         """configtest prints OK for a valid file and the problem with exit 1 otherwise."""

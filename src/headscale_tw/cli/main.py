@@ -46,6 +46,7 @@ from headscale_tw.cli._output import FORMATS, Output, render_table, table_time
 from headscale_tw.cli._proctitle import presented_as_headscale_serve
 from headscale_tw.config._durations import DurationError, parse_duration
 from headscale_tw.timestamps import format_timestamp, parse_timestamp
+from headscale_tw.version import version_info
 
 __all__ = ["main", "build_parser", "Context"]
 
@@ -446,20 +447,15 @@ def cmd_health(ctx: Context) -> None:
         raise _Exit(1)
 
 
-def _version_info() -> dict:
-    return {
-        "version": __version__,
-        "commit": "unknown",
-        "buildTime": "unknown",
-        "python": {"version": platform.python_version(), "os": sys.platform, "arch": platform.machine()},
-        "dirty": False,
-    }
-
-
 def cmd_version(ctx: Context) -> None:
-    info = _version_info()
-    human = (f"headscale-tw version {info['version']}\n"
-             f"built with: Python {info['python']['version']} {info['python']['os']}/{info['python']['arch']}")
+    """Headscale's version document (the release whose API we match), plus our own package version.
+
+    ``-o json`` gives what ``GET /version`` serves, so scripts written for
+    Headscale read a Headscale-style ``version``; ``headscale_tw`` names ours.
+    """
+    info = {**version_info(), "headscale_tw": __version__}
+    human = (f"headscale-tw {__version__}, Headscale API {info['version']}\n"
+             f"built with: Python {platform.python_version()} {sys.platform}/{platform.machine()}")
     ctx.out.result(info, info, human)
 
 
