@@ -30,6 +30,8 @@ class ServerCollectorTests(unittest.TestCase):
         stun.malformed = 3
         text = generate_latest(make_registry(plane, derp, stun, process=False)).decode()
         self.assertIn("headscale_users 1.0", text)
+        resolve(plane.admin.users.create("bob"))  # created after start, through the admin service
+        self.assertIn("headscale_users 2.0", generate_latest(make_registry(plane, process=False)).decode())
         self.assertIn("headscale_nodes 0.0", text)
         self.assertIn("headscale_map_sessions 0.0", text)
         self.assertIn("headscale_derp_packets_dropped_queue_full_total 7.0", text)

@@ -150,6 +150,10 @@ class ControlState:
             if node.user_id == user_id:
                 self.touch(node.id)
 
+    def remember_user(self, user: User) -> None:
+        """Cache a user created after start (so the cache counts every user this instance made)."""
+        self.users[user.id] = user
+
     def forget_user(self, user_id: int) -> None:
         """Drop a deleted user from the cache (it owns no node, so no node changes)."""
         self.users.pop(user_id, None)

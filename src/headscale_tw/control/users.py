@@ -106,6 +106,8 @@ class UserAdmin:
     async def create(self, name: str, display_name: str = "", email: str = "") -> User:
         """Create a user; ``AlreadyExists`` if the name is taken."""
         user = await self.users.create(name, display_name=display_name, email=email, now=self.now())
+        if self.state is not None:
+            self.state.remember_user(user)
         self.log.info("created user {name} ({id})", name=user.name, id=user.id)
         return user
 
