@@ -24,6 +24,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from headscale_tw.testing.realclient._process import ManagedProcess
+
 __all__ = ["KnotDNS", "KnotMissing", "KNOTD"]
 
 KNOTD = "/usr/sbin/knotd"
@@ -77,7 +79,7 @@ class KnotDNS:
         self.tsig_secret = base64.b64encode(os.urandom(32)).decode("ascii")
         self.secret_path = os.path.join(directory, "tsig.secret")
         self.log_path = os.path.join(directory, "knotd.log")
-        self.process: Any = None
+        self.process: ManagedProcess | None = None
         # knotd's control socket must fit in a sockaddr_un (108 bytes): a short folder of its own.
         self.rundir = tempfile.mkdtemp(prefix="knot-")
 
@@ -144,14 +146,15 @@ class KnotDNS:
         argv = [KNOTD, "-c", config_path]
         if self.namespace is not None:
             self.process = self.namespace.spawn("knotd", argv, env=self.namespace.env(),
-                                                log_path=self.log_path, cwd=self.directory).popen
+                                                log_path=self.log_path, cwd=self.directory)
         else:
             with open(self.log_path, "ab") as log:
-                self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, cwd=self.directory)
+                popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.directory)
+            self.process = ManagedProcess("knotd", argv, popen, self.log_path)
         deadline = time.monotonic() + timeout
         while not self._answers():
-            if self.process.poll() is not None:
+            if not self.process.running():
                 raise RuntimeError(f"knotd exited with {self.process.returncode}: {self.log_tail()}")
             if time.monotonic() > deadline:
                 self.stop()
@@ -185,11 +188,6 @@ class KnotDNS:
     def stop(self) -> None:
         """Stop the ``knotd`` this object started, by PID."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            process.stop()
         shutil.rmtree(self.rundir, ignore_errors=True)

@@ -32,6 +32,7 @@ import time
 import urllib.request
 from typing import Any
 
+from headscale_tw.testing.realclient._process import ManagedProcess
 from headscale_tw.testing.realclient.tlsca import make_test_ca
 
 #: Run inside a namespace: fetch a URL trusting one CA file; exit 0 on HTTP 200.
@@ -94,7 +95,7 @@ class PebbleACME:
         self.dns_management_port = free_tcp_port()
         self.namespace = namespace
         self.dns_server = dns_server
-        self.processes: list[Any] = []  # Popen, or the namespace's ManagedProcess
+        self.processes: list[ManagedProcess] = []
         ca = make_test_ca(os.path.join(directory, "listener"), ips=("127.0.0.1",), dns_names=("localhost",))
         self.ca_pem = ca.ca_pem
         self._listener = ca
@@ -130,7 +131,7 @@ class PebbleACME:
         deadline = time.monotonic() + timeout
         while True:
             for process in self.processes:
-                if process.poll() is not None:
+                if not process.running():
                     self.stop()
                     raise RuntimeError(f"pebble exited with {process.returncode}: {self.log_tail()}")
             if self._fetch(self.directory_url) is not None:
@@ -144,14 +145,13 @@ class PebbleACME:
         extra = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
         log_path = os.path.join(self.directory, f"{name}.log")
         if self.namespace is not None:
-            process = self.namespace.spawn(name, argv, env=self.namespace.env(extra), log_path=log_path,
-                                           cwd=self.directory)
-            self.processes.append(process.popen)
+            self.processes.append(self.namespace.spawn(name, argv, env=self.namespace.env(extra),
+                                                       log_path=log_path, cwd=self.directory))
             return
         with open(log_path, "ab") as log:
-            self.processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                   stdin=subprocess.DEVNULL, env=dict(os.environ, **extra),
-                                                   cwd=self.directory))
+            popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=dict(os.environ, **extra), cwd=self.directory)
+        self.processes.append(ManagedProcess(name, argv, popen, log_path))
 
     def _fetch(self, url: str) -> bytes | None:
         """The body of ``url`` fetched trusting pebble's listener CA, or ``None`` when that fails."""
@@ -186,13 +186,7 @@ class PebbleACME:
     def stop(self) -> None:
         """Stop the processes this object started, by PID."""
         for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            process.stop()
         self.processes.clear()
 
     def remove(self) -> None:
