@@ -49,6 +49,20 @@ def get_user_txn(txn: Txn, user_id: int) -> User:
     return _row(row)
 
 
+def _insert_user_txn(txn: Txn, name: str, display_name: str, email: str, provider: str,
+                     provider_identifier: str, profile_pic_url: str, when: datetime) -> User:
+    """Insert one user row and return it; ``AlreadyExists`` naming the taken name or identifier."""
+    try:
+        user_id = txn.insert(
+            "INSERT INTO users (name, display_name, email, provider, provider_identifier, profile_pic_url,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, display_name, email, provider, provider_identifier, profile_pic_url, when, when),
+        )
+    except UniqueViolation as e:
+        raise _taken(e, name, provider_identifier) from None
+    return get_user_txn(txn, user_id)
+
+
 @implementer(IUserStore)
 class UserStore(StoreBase):
     """Users; names are unique."""
@@ -59,15 +73,7 @@ class UserStore(StoreBase):
         when = self._now(now)
 
         def create_user_txn(txn: Txn) -> User:
-            try:
-                user_id = txn.insert(
-                    "INSERT INTO users (name, display_name, email, provider, provider_identifier,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (name, display_name, email, provider, provider_identifier, when, when),
-                )
-            except UniqueViolation as e:
-                raise _taken(e, name, provider_identifier) from None
-            return get_user_txn(txn, user_id)
+            return _insert_user_txn(txn, name, display_name, email, provider, provider_identifier, "", when)
 
         return await self._pool.run_interaction("create_user", create_user_txn)
 
@@ -94,15 +100,8 @@ class UserStore(StoreBase):
             chosen = name
             if txn.query_one("SELECT id FROM users WHERE name = ?", (chosen,)) is not None:
                 chosen = f"{name}-{hashlib.sha256(provider_identifier.encode()).hexdigest()[:6]}"
-            try:
-                user_id = txn.insert(
-                    "INSERT INTO users (name, display_name, email, provider, provider_identifier, profile_pic_url,"
-                    " created_at, updated_at) VALUES (?, ?, ?, 'oidc', ?, ?, ?, ?)",
-                    (chosen, display_name, email, provider_identifier, profile_pic_url, when, when),
-                )
-            except UniqueViolation as e:
-                raise _taken(e, chosen, provider_identifier) from None
-            return get_user_txn(txn, user_id)
+            return _insert_user_txn(txn, chosen, display_name, email, "oidc", provider_identifier, profile_pic_url,
+                                    when)
 
         return await self._pool.run_interaction("sign_in_user", sign_in_user_txn)
 
