@@ -3,7 +3,7 @@
 
 from twisted.trial import unittest
 
-from headscale_tw.hostport import parse_hostport
+from headscale_tw.hostport import parse_hostport, port_number
 
 __all__ = ["HostPortTests"]
 
@@ -23,3 +23,9 @@ class HostPortTests(unittest.TestCase):
         """Malformed addresses raise ValueError."""
         for bad in ("80", "[::1]80", "host:99999", "a b:80", "[zz]:1", "host:\u00b2", ":http"):
             self.assertRaises(ValueError, parse_hostport, bad)
+
+    def test_port_number(self):
+        """Digits are the port; a service name is looked up (http is 80); an unknown name raises."""
+        self.assertEqual(port_number("8080"), 8080)
+        self.assertEqual(port_number(parse_hostport(":http", named_port=True)[1]), 80)
+        self.assertRaises(OSError, port_number, "no-such-service-name")

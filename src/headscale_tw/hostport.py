@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import socket
 
-__all__ = ["parse_hostport"]
+__all__ = ["parse_hostport", "port_number"]
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]*")
@@ -51,3 +52,11 @@ def parse_hostport(value: str, *, named_port: bool = False) -> tuple[str, str]:
     elif not (named_port and _SERVICE_NAME.fullmatch(port)):
         raise ValueError(f"{_q(value)}: {_q(port)} is not a port number")
     return host, port
+
+
+def port_number(port: str) -> int:
+    """The number of a port from :func:`parse_hostport`: digits, or a TCP service name (``"http"`` is 80).
+
+    :raises OSError: for a service name this system does not know.
+    """
+    return int(port) if port.isdigit() else socket.getservbyname(port, "tcp")

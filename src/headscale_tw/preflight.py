@@ -36,7 +36,7 @@ from typing import Any
 
 from twisted.python.failure import Failure
 
-from headscale_tw.hostport import parse_hostport
+from headscale_tw.hostport import parse_hostport, port_number
 
 __all__ = [
     "StartupError",
@@ -366,7 +366,7 @@ class Listener:
 def _split_hostport(setting: str, value: str) -> tuple[str, int]:
     try:
         host, port = parse_hostport(value, named_port=True)
-        return host, int(port) if port.isdigit() else socket.getservbyname(port, "tcp")
+        return host, port_number(port)
     except (ValueError, OSError) as e:
         raise StartupError(f"{setting}: {e}") from None
 

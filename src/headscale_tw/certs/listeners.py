@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +36,7 @@ from headscale_tw.certs.manager import CertificateManager
 from headscale_tw.certs.ordering import AcmeOrdering, IssuedCertificate
 from headscale_tw.certs.tls import SwappableServerTLS
 from headscale_tw.config.model import Config
-from headscale_tw.hostport import parse_hostport
+from headscale_tw.hostport import parse_hostport, port_number
 
 __all__ = ["AcmeListeners", "acme_listeners"]
 
@@ -52,18 +51,14 @@ class AcmeListeners:
     ready: Deferred
 
 
-def _port(text: str) -> int:
-    return int(text) if text.isdigit() else socket.getservbyname(text, "tcp")
-
-
 def _endpoint(reactor: Any, hostport: str, tls: SwappableServerTLS | None = None, backlog: int = 50) -> Any:
     host, port = parse_hostport(hostport, named_port=True)
     interface = host or "0.0.0.0"
     if tls is not None:
-        return SSL4ServerEndpoint(reactor, _port(port), tls, backlog=backlog, interface=interface)
+        return SSL4ServerEndpoint(reactor, port_number(port), tls, backlog=backlog, interface=interface)
     if ":" in interface:
-        return TCP6ServerEndpoint(reactor, _port(port), backlog=backlog, interface=interface)
-    return TCP4ServerEndpoint(reactor, _port(port), backlog=backlog, interface=interface)
+        return TCP6ServerEndpoint(reactor, port_number(port), backlog=backlog, interface=interface)
+    return TCP4ServerEndpoint(reactor, port_number(port), backlog=backlog, interface=interface)
 
 
 def acme_listeners(config: Config, reactor: Any, site: Site, backlog: int,
