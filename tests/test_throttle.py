@@ -11,6 +11,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from headscale_tw.throttle import (
+    CLEAN_SOURCE_IN_FLIGHT,
     PREAUTH_KEYS,
     SUMMARY_LINES,
     AuthThrottles,
@@ -267,8 +268,35 @@ class AttemptTests(unittest.TestCase):
         self.clock = Clock()
         self.throttle = FailureThrottle(SMALL, self.clock)
 
+    def test_clean_source_checks_many_at_once(self):
+        """A source with no failure on record may check far more than burst secrets at once (a NAT, a fleet)."""
+        blocks = [self.throttle.attempt("192.0.2.1") for _ in range(CLEAN_SOURCE_IN_FLIGHT)]
+        for block in blocks:
+            block.__enter__()
+        self.assertRaises(Throttled, self.throttle.attempt("192.0.2.1").__enter__)
+        for block in blocks:
+            block.__exit__(None, None, None)
+        self.assertEqual((self.throttle.failures, self.throttle.refused), (0, 1))
+        self.throttle.check("192.0.2.1")
+
+    def test_first_failure_ends_the_clean_allowance(self):
+        """Once a failure is on record, attempts in flight beyond the tokens left are refused."""
+        blocks = [self.throttle.attempt("192.0.2.1") for _ in range(5)]
+        outcomes = [block.__enter__() for block in blocks]
+        outcomes[0].failed()
+        blocks[0].__exit__(None, None, None)
+        # 2 tokens left (burst 3, one failure), 4 attempts still in flight.
+        self.assertRaises(Throttled, self.throttle.attempt("192.0.2.1").__enter__)
+        for block in blocks[1:]:
+            block.__exit__(None, None, None)
+        with self.throttle.attempt("192.0.2.1"):
+            pass
+
     def test_in_flight_hold_tokens(self):
-        """With burst attempts being checked, the next one is refused before any has failed."""
+        """With a failure on record, attempts being checked hold tokens: the next is refused before any fails."""
+        with self.throttle.attempt("192.0.2.1") as first:
+            first.failed()
+        self.clock.advance(SMALL.burst / SMALL.per_second)  # the bucket is full again, the record kept
         blocks = [self.throttle.attempt("192.0.2.1") for _ in range(3)]
         outcomes = [block.__enter__() for block in blocks]
         self.assertRaises(Throttled, self.throttle.attempt("192.0.2.1").__enter__)
@@ -276,7 +304,7 @@ class AttemptTests(unittest.TestCase):
         for block, outcome in zip(blocks, outcomes):
             outcome.failed()
             block.__exit__(None, None, None)
-        self.assertEqual((self.throttle.failures, self.throttle.refused), (3, 1))
+        self.assertEqual((self.throttle.failures, self.throttle.refused), (4, 1))
         self.assertRaises(Throttled, self.throttle.check, "192.0.2.1")
 
     def test_success_gives_token_back(self):
