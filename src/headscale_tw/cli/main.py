@@ -9,7 +9,8 @@
       users create NAME | list | rename | destroy
       preauthkeys create | list | expire | delete
       apikeys create | list | expire | delete
-      nodes list | list-routes | expire | rename | delete | tag | approve-routes | move | register
+      nodes list | list-routes | expire | rename | delete | tag | approve-routes | move | register | backfillips
+      debug create-node --name NAME --user USER --key AUTH_ID [--route PREFIX]
       auth register --auth-id ID --user NAME | approve --auth-id ID | reject --auth-id ID
       policy get | set -f FILE | check -f FILE
       health | version | configtest | generate private-key
@@ -33,6 +34,7 @@ from typing import Any, TextIO
 
 from headscale_tw import __version__
 from headscale_tw.cli._client import ApiClient, CLIError, Transport, transport_from_config
+from headscale_tw.cli._flags import split_list as _split_list
 from headscale_tw.cli._messages import (
     APIKEY,
     HEALTH,
@@ -43,6 +45,7 @@ from headscale_tw.cli._messages import (
     to_go_yaml,
 )
 from headscale_tw.cli._output import FORMATS, Output, render_table, table_time
+from headscale_tw.cli import nodes_extra
 from headscale_tw.cli._proctitle import presented_as_headscale_serve
 from headscale_tw.config._durations import DurationError, parse_duration
 from headscale_tw.timestamps import format_timestamp, parse_timestamp
@@ -310,14 +313,6 @@ def _node_rows(ctx: Context, nodes: list[dict]) -> str:
 
 def _print_node(ctx: Context, node: dict, human: str) -> None:
     ctx.out.result(to_go_json(NODE, node), to_go_yaml(NODE, node), human)
-
-
-def _split_list(values: Sequence[str] | None) -> list[str]:
-    """cobra's StringSlice: repeated flags, each comma-separated; empty items dropped."""
-    items: list[str] = []
-    for value in values or ():
-        items.extend(v.strip() for v in value.split(",") if v.strip())
-    return items
 
 
 def cmd_nodes_list(ctx: Context) -> None:
@@ -608,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='routes, comma-separated (10.0.0.0/8,0.0.0.0/0); "" removes every approval')
     p = node_cmd("move", cmd_nodes_move, "give a node to another user", ["mv"])
     p.add_argument("-u", "--user", required=True, help="user name or id")
+    nodes_extra.add_node_commands(nodes, cmd)
     p = cmd(nodes, "register", cmd_nodes_register,
             "register a pending node (deprecated: use auth register --auth-id ID --user NAME)")
     p.add_argument("-u", "--user", required=True, help="user name")
@@ -621,6 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-id", required=True, help="the id of the pending request")
     p = cmd(auth, "reject", cmd_auth_reject, "reject a pending authentication request")
     p.add_argument("--auth-id", required=True, help="the id of the pending request")
+
+    nodes_extra.add_debug_commands(group("debug", "debug and testing commands", []), cmd)
 
     policy = group("policy", "manage the ACL policy", [])
     cmd(policy, "get", cmd_policy_get, "print the policy in force", ["show", "view", "fetch"])
