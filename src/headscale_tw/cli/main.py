@@ -14,6 +14,7 @@
       auth register --auth-id ID --user NAME | approve --auth-id ID | reject --auth-id ID
       policy get | set -f FILE | check -f FILE
       health | version | configtest | generate private-key
+      completion bash|zsh|fish | help [COMMAND...]
 
 Commands that manage the server talk to ``/api/v1`` over the server's unix
 socket (``unix_socket`` in the config; trusted locally), or, when
@@ -33,6 +34,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
 from headscale_tw import __version__
+from headscale_tw.cli import completion, nodes_extra
 from headscale_tw.cli._client import ApiClient, CLIError, Transport, transport_from_config
 from headscale_tw.cli._flags import split_list as _split_list
 from headscale_tw.cli._messages import (
@@ -45,7 +47,6 @@ from headscale_tw.cli._messages import (
     to_go_yaml,
 )
 from headscale_tw.cli._output import FORMATS, Output, render_table, table_time
-from headscale_tw.cli import nodes_extra
 from headscale_tw.cli._proctitle import presented_as_headscale_serve
 from headscale_tw.config._durations import DurationError, parse_duration
 from headscale_tw.timestamps import format_timestamp, parse_timestamp
@@ -626,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", required=True, help="policy file (HuJSON)")
     p = cmd(policy, "check", cmd_policy_check, "check a policy file against the server's users and nodes")
     p.add_argument("-f", "--file", required=True, help="policy file (HuJSON)")
+    completion.add_commands(sub, cmd, root)
     return root
 
 
