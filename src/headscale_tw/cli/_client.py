@@ -293,6 +293,15 @@ class ApiClient:
         """``POST /node/register?user=&key=`` (Headscale's deprecated form)."""
         return self.call("POST", "/node/register", {"user": user, "key": key})["node"]
 
+    def backfill_ips(self) -> list[str]:
+        """``POST /node/backfillips?confirmed=true``: what changed, one line each."""
+        return self.call("POST", "/node/backfillips", {"confirmed": "true"}).get("changes") or []
+
+    def debug_create_node(self, name: str, user: str, key: str, routes: list[str]) -> dict:
+        """``POST /debug/node``: a pending registration for a made-up node."""
+        body = {"name": name, "user": user, "key": key, "routes": routes}
+        return self.call("POST", "/debug/node", body=body)["node"]
+
     def auth_register(self, user: str, auth_id: str) -> dict:
         """``POST /auth/register``."""
         return self.call("POST", "/auth/register", body={"user": user, "authId": auth_id})["node"]

@@ -9,10 +9,12 @@
       users create NAME | list | rename | destroy
       preauthkeys create | list | expire | delete
       apikeys create | list | expire | delete
-      nodes list | list-routes | expire | rename | delete | tag | approve-routes | move | register
+      nodes list | list-routes | expire | rename | delete | tag | approve-routes | move | register | backfillips
+      debug create-node --name NAME --user USER --key AUTH_ID [--route PREFIX]
       auth register --auth-id ID --user NAME | approve --auth-id ID | reject --auth-id ID
       policy get | set -f FILE | check -f FILE
       health | version | configtest | generate private-key
+      completion bash|zsh|fish | help [COMMAND...]
 
 Commands that manage the server talk to ``/api/v1`` over the server's unix
 socket (``unix_socket`` in the config; trusted locally), or, when
@@ -32,7 +34,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
 from headscale_tw import __version__
+from headscale_tw.cli import completion, nodes_extra
 from headscale_tw.cli._client import ApiClient, CLIError, Transport, transport_from_config
+from headscale_tw.cli._flags import split_list as _split_list
 from headscale_tw.cli._messages import (
     APIKEY,
     HEALTH,
@@ -310,14 +314,6 @@ def _node_rows(ctx: Context, nodes: list[dict]) -> str:
 
 def _print_node(ctx: Context, node: dict, human: str) -> None:
     ctx.out.result(to_go_json(NODE, node), to_go_yaml(NODE, node), human)
-
-
-def _split_list(values: Sequence[str] | None) -> list[str]:
-    """cobra's StringSlice: repeated flags, each comma-separated; empty items dropped."""
-    items: list[str] = []
-    for value in values or ():
-        items.extend(v.strip() for v in value.split(",") if v.strip())
-    return items
 
 
 def cmd_nodes_list(ctx: Context) -> None:
@@ -608,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='routes, comma-separated (10.0.0.0/8,0.0.0.0/0); "" removes every approval')
     p = node_cmd("move", cmd_nodes_move, "give a node to another user", ["mv"])
     p.add_argument("-u", "--user", required=True, help="user name or id")
+    nodes_extra.add_node_commands(nodes, cmd)
     p = cmd(nodes, "register", cmd_nodes_register,
             "register a pending node (deprecated: use auth register --auth-id ID --user NAME)")
     p.add_argument("-u", "--user", required=True, help="user name")
@@ -622,12 +619,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(auth, "reject", cmd_auth_reject, "reject a pending authentication request")
     p.add_argument("--auth-id", required=True, help="the id of the pending request")
 
+    nodes_extra.add_debug_commands(group("debug", "debug and testing commands", []), cmd)
+
     policy = group("policy", "manage the ACL policy", [])
     cmd(policy, "get", cmd_policy_get, "print the policy in force", ["show", "view", "fetch"])
     p = cmd(policy, "set", cmd_policy_set, "replace the policy (policy.mode: database)", ["put", "update"])
     p.add_argument("-f", "--file", required=True, help="policy file (HuJSON)")
     p = cmd(policy, "check", cmd_policy_check, "check a policy file against the server's users and nodes")
     p.add_argument("-f", "--file", required=True, help="policy file (HuJSON)")
+    completion.add_commands(sub, cmd, root)
     return root
 
 

@@ -11,12 +11,14 @@ emits (fractional seconds, ``Z`` or numeric offsets, ``null``) and raises
 from __future__ import annotations
 
 import re
+import secrets
 from datetime import datetime, timezone
 
 from headscale_tw.control import limits
 from headscale_tw.errors import InvalidInput
 
 __all__ = [
+    "random_key",
     "ZERO_TIME",
     "parse_key",
     "is_zero_key",
@@ -41,6 +43,11 @@ def parse_key(value: object, kind: str, field: str) -> str:
     if match is None or match.group(1) != kind:
         raise InvalidInput(f"{field}: not a valid {kind}: key")
     return match.group(0)
+
+
+def random_key(kind: str) -> str:
+    """A fresh random key in Tailscale's text form (``nodekey:<64 hex>``), for made-up machines."""
+    return f"{kind}:{secrets.token_hex(32)}"
 
 
 def is_zero_key(key: str | None) -> bool:

@@ -97,11 +97,14 @@ class AuthRequests:
     # -- opening and reading ---------------------------------------------------
 
     async def open(self, kind: str, source: str, *, machine_key: str = "", node_key: str = "",
-                   hostname: str = "", details: dict | None = None) -> AuthRequest:
+                   hostname: str = "", details: dict | None = None, auth_id: str | None = None) -> AuthRequest:
         """The open request of ``kind`` for this machine and node key, or a new one.
 
         Asking again while a request is open returns the same one (the client
-        keeps its login URL) and counts against no cap.
+        keeps its login URL) and counts against no cap. ``auth_id`` chooses the
+        new request's id (``headscale debug create-node --key``; default: random).
+
+        :raises AlreadyExists: ``auth_id`` is already in use.
 
         :raises LimitReached: ``source`` or the server holds the maximum of open requests.
         """
@@ -111,7 +114,7 @@ class AuthRequests:
             if existing is not None:
                 return existing
         return await self.store.create(
-            auth_id=new_auth_id(), kind=kind, source=source, machine_key=machine_key, node_key=node_key,
+            auth_id=auth_id or new_auth_id(), kind=kind, source=source, machine_key=machine_key, node_key=node_key,
             hostname=hostname, details=details, expires_at=now + timedelta(seconds=self.lifetime),
             max_per_source=self.max_per_source, max_total=self.max_total, now=now,
         )

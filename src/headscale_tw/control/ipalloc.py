@@ -176,6 +176,15 @@ class IPAllocator:
             raise
         return first, second
 
+    def families(self) -> frozenset[int]:
+        """The IP versions (4, 6) that have a configured prefix."""
+        return frozenset(self._pools)
+
+    def allocate_family(self, version: int) -> str:
+        """One free address of IP ``version`` (``headscale nodes backfillips``);
+        ``AddressesExhausted`` if its prefix is full, ``KeyError`` if it has none."""
+        return str(self._pools[version].allocate())
+
     def release(self, *addresses: str | None) -> None:
         """Give addresses of a deleted node back to the pool."""
         for text in addresses:

@@ -24,12 +24,15 @@ from headscale_tw.control.users import UserAdmin, quoted
 from headscale_tw.errors import AlreadyExists, InvalidInput, NotFound
 from headscale_tw.storage.models import Node, PreAuthKey, User
 
-__all__ = ["NodeAdmin", "NodeDetails", "RouteInfo", "validate_tag", "MAX_TAG"]
+__all__ = ["NodeAdmin", "NodeDetails", "RouteInfo", "validate_tag", "validate_debug_auth_id", "MAX_TAG"]
 
 
 #: A tag is ``tag:`` plus a name of at most one DNS label.
 MAX_TAG = limits.TAG_MAX_LENGTH
 _TAG_NAME = re.compile(r"[a-z][a-z0-9-]*", re.ASCII)
+#: Auth ids ``debug create-node --key`` accepts: ours (24 letters and digits, as
+#: :func:`~headscale_tw.control.authrequests.new_auth_id` makes) or Headscale's.
+_DEBUG_AUTH_ID = re.compile(r"[A-Za-z0-9]{24}|hskey-authreq-[A-Za-z0-9_-]{24}", re.ASCII)
 
 
 def validate_tag(tag: object, field: str = "tags") -> str:
@@ -49,6 +52,14 @@ def validate_tag(tag: object, field: str = "tags") -> str:
         raise InvalidInput(f"invalid tag {shown!r}: a tag name starts with a letter and has only letters, "
                            "digits and '-'")
     return tag
+
+
+def validate_debug_auth_id(text: object, field: str = "key") -> str:
+    """An auth id for ``debug create-node``: ``InvalidInput`` naming the two accepted forms."""
+    if not isinstance(text, str) or not _DEBUG_AUTH_ID.fullmatch(text):
+        raise InvalidInput(f"{field}: expected an auth id of 24 letters and digits, or Headscale's "
+                           "\"hskey-authreq-\" followed by 24 URL-safe characters")
+    return text
 
 
 @attrs.frozen
@@ -261,6 +272,42 @@ class NodeAdmin:
                            "(it may have expired; run tailscale up again)")
         found = await self.users.find(user)
         return await self.registrar.complete(auth_id, found.name)
+
+    async def backfill_ips(self) -> list[str]:
+        """``headscale nodes backfillips``: give every node an address of each configured prefix it
+        lacks (and drop addresses of a family no longer configured); peers and the node are told.
+        Returns what changed, one line each, in Headscale's words; a second run returns ``[]``."""
+        changes = []
+        for node, notes in await self.state.backfill_addresses():
+            self.notifier.node_changed(node.id)
+            changes.extend(notes)
+        return changes
+
+    async def debug_create(self, name: str, user: str | int, auth_id: str, routes: Iterable[str],
+                           source: str = "") -> NodeDetails:
+        """``headscale debug create-node``: a pending registration under ``auth_id`` for a made-up
+        machine called ``name``, to be finished with ``headscale auth register --auth-id``.
+
+        As Headscale, the answer describes the node-to-be (id 0, no addresses yet); the user must
+        exist but is chosen again by ``auth register``. ``routes`` are announced once registered.
+        """
+        auth_id = validate_debug_auth_id(auth_id)
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInput("name: a host name is required")
+        limits.check_length(name, limits.HOSTNAME_MAX_LENGTH, "name")
+        if isinstance(routes, str):
+            raise InvalidInput("routes must be a list of prefixes")
+        routes = limits.check_count(list(routes), limits.ROUTES_MAX, "routes")
+        prefixes = tuple(str(parse_prefix(limits.check_length(r, limits.PREFIX_MAX_LENGTH, "routes: a route")
+                                          if isinstance(r, str) else r, "routes")) for r in routes)
+        owner = await self.users.find(user)
+        row = await self.registrar.open_debug(auth_id, name, prefixes, source)
+        hostinfo = {"Hostname": name, "OS": "TestOS"}
+        if prefixes:
+            hostinfo["RoutableIPs"] = list(prefixes)
+        node = Node(id=0, machine_key=row.machine_key, node_key=row.node_key, hostname=name, given_name="",
+                    user_id=owner.id, hostinfo=hostinfo, register_method="cli")
+        return NodeDetails(node=node, user=owner, key=None, key_user=None, online=False, subnet_routes=())
 
     async def approve(self, auth_id: str) -> None:
         """``headscale auth approve --auth-id <id>``: for SSH check requests (a registration is refused)."""

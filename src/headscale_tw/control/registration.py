@@ -48,6 +48,7 @@ from headscale_tw.control._wire import (
     parse_key,
     parse_request_head,
     parse_time,
+    random_key,
 )
 from headscale_tw.control.authrequests import AuthRequests, new_auth_id
 from headscale_tw.control.mapper import Mapper
@@ -527,6 +528,24 @@ class Registrar:
             raise
         await self.auth_requests.attach_node(auth_id, node.id)
         return node
+
+    async def open_debug(self, auth_id: str, hostname: str, routes: tuple[str, ...], source: str) -> AuthRequest:
+        """``headscale debug create-node``: a pending registration under ``auth_id`` for a made-up
+        machine (fresh random machine and node keys) called ``hostname``, which ``headscale auth
+        register --auth-id`` then finishes, as Headscale's ``DebugCreateNode`` does. The node
+        announces ``routes`` (already validated prefixes) once registered.
+
+        :raises AlreadyExists: ``auth_id`` is in use.
+        :raises LimitReached: too many pending registrations.
+        """
+        request = RegisterRequest(version=0, node_key=random_key("nodekey"), hostinfo={"Hostname": hostname})
+        details = registration_details(request)
+        if routes:
+            details["Hostinfo"]["RoutableIPs"] = list(routes)
+        return await self.auth_requests.open(
+            "register", source, machine_key=random_key("mkey"), node_key=request.node_key, hostname=hostname,
+            details=details, auth_id=auth_id,
+        )
 
     async def reject(self, auth_id: str) -> AuthRequest:
         """``headscale auth reject``: refuse an open request; its waiting client is told."""

@@ -201,6 +201,68 @@ class ControlState:
             return node
         raise AlreadyExists(f"no free address or name for {hostname!r} after {_CREATE_ATTEMPTS} attempts")
 
+    async def backfill_addresses(self) -> list[tuple[Node, list[str]]]:
+        """Bring every node's addresses in line with the configured prefixes (``nodes backfillips``).
+
+        A node missing an address of a configured family gets a free one; an
+        address of a family with no configured prefix is removed, as Headscale
+        does. Nodes already in line are not written, so a second run changes
+        nothing. Returns each changed node with what changed, in Headscale's
+        words (``assigned IPv4 "100.64.0.3" to Node(3) "laptop"``).
+        """
+        families = self.allocator.families()
+        changed: list[tuple[Node, list[str]]] = []
+        for node_id in sorted(self.nodes):
+            node = self.nodes[node_id]
+            fields: dict[str, str | None] = {}
+            notes: list[str] = []
+            for version, current in ((4, node.ipv4), (6, node.ipv6)):
+                name = f"ipv{version}"
+                if version in families and not current:
+                    fields[name] = None  # filled in by _store_new_addresses
+                elif version not in families and current:
+                    fields[name] = None
+                    notes.append(f'removing IPv{version} "{current}" from Node({node.id}) "{node.hostname}"')
+            if not fields:
+                continue
+            wanted = [v for v in (4, 6) if v in families and f"ipv{v}" in fields]
+            node, assigned = await self._store_new_addresses(node, fields, wanted)
+            notes[:0] = [f'assigned IPv{v} "{a}" to Node({node.id}) "{node.hostname}"' for v, a in assigned]
+            changed.append((node, notes))
+        return changed
+
+    async def _store_new_addresses(self, node: Node, fields: dict[str, str | None],
+                                   wanted: list[int]) -> tuple[Node, list[tuple[int, str]]]:
+        """Write ``fields`` plus a fresh address of each ``wanted`` family, retrying when another
+        instance took one meanwhile (the store's unique constraint says so)."""
+        for _ in range(_CREATE_ATTEMPTS):
+            attempt = dict(fields)
+            assigned = []
+            try:
+                for version in wanted:
+                    address = self.allocator.allocate_family(version)
+                    assigned.append((version, address))
+                    attempt[f"ipv{version}"] = address
+            except BaseException:
+                self.allocator.release(*(a for _, a in assigned))
+                raise
+            try:
+                updated = await self.update_node(node.id, **attempt)
+            except AlreadyExists as e:
+                self.allocator.release(*(a for _, a in assigned))
+                if not str(e).startswith(_ADDRESS_TAKEN):
+                    raise
+                self.log.info("address taken concurrently, trying the next: {reason}", reason=str(e))
+                self.allocator.load(await self.db.nodes.allocated_ips())
+                continue
+            except BaseException:
+                self.allocator.release(*(a for _, a in assigned))
+                raise
+            self.allocator.release(*(a for a in (node.ipv4, node.ipv6)
+                                     if a and a not in (updated.ipv4, updated.ipv6)))
+            return updated, assigned
+        raise AlreadyExists(f"no free address for node {node.id} after {_CREATE_ATTEMPTS} attempts")
+
     # -- cluster: rows changed by another instance ---------------------------
 
     def cache_node(self, node: Node) -> Node | None:

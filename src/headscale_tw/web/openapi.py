@@ -18,7 +18,7 @@ does (see :mod:`headscale_tw.web.admin_api`):
   ``x-nullable`` extension that Swagger 2.0 tooling reads;
 - an error is ``{"code": <gRPC code>, "message": "...", "details": []}``;
 - operations this server answers with 501 on purpose (``auth/approve``,
-  ``auth/reject``, ``node/backfillips``) declare a ``501`` response, and the
+  ``auth/reject``) declare a ``501`` response, and the
   health check declares its ``503``;
 - operations beyond Headscale 0.29's are marked ``x-headscale-tw`` (the
   pre-0.23 ``MoveNode`` and ``DELETE /api/v1/apikey?id=``); the ``user`` filter
@@ -137,6 +137,13 @@ _DEFINITIONS: dict[str, dict] = {
     "HeadscaleServiceSetApprovedRoutesBody": _request({"routes": _STRINGS}),
     "HeadscaleServiceMoveNodeBody": _request({"user": {"type": "string", "description": "A user name or id."}}),
     "v1AuthRegisterRequest": _request({"user": _STRING, "authId": _STRING}),
+    "v1DebugCreateNodeRequest": _request({
+        "user": {"type": "string", "description": "An existing user's name or id."},
+        "key": {"type": "string", "description": "The auth id to register the node under: 24 letters and "
+                                                "digits, or hskey-authreq- and 24 URL-safe characters."},
+        "name": {"type": "string", "description": "The node's host name."},
+        "routes": {**_STRINGS, "description": "Prefixes the node announces once registered."},
+    }),
     "v1AuthApproveRequest": _request({"authId": _STRING}),
     "v1AuthRejectRequest": _request({"authId": _STRING}),
     "v1SetPolicyRequest": _request({"policy": {"type": "string", "description": "The policy text (HuJSON)."}}),
@@ -164,7 +171,7 @@ _DEFINITIONS: dict[str, dict] = {
     "v1AuthRejectResponse": _message({}),
 }
 for _name in ("GetNode", "DeleteNode", "ExpireNode", "RenameNode", "SetTags", "SetApprovedRoutes", "MoveNode",
-              "RegisterNode", "AuthRegister"):
+              "RegisterNode", "AuthRegister", "DebugCreateNode"):
     _DEFINITIONS[f"v1{_name}Response"] = _message({} if _name == "DeleteNode" else {"node": _ref("v1Node")})
 
 # ---------------------------------------------------------------- operations
@@ -259,8 +266,14 @@ _PATHS: dict[str, dict] = {
                            _query("user"), _query("key", description="The auth id from the client's login URL.")),
     },
     "/api/v1/node/backfillips": {
-        "post": _operation("BackfillNodeIPs", "Not supported: addresses are assigned at registration.",
-                           _query("confirmed", "boolean"), also=_UNIMPLEMENTED),
+        "post": _operation("BackfillNodeIPs", "Give nodes addresses of the configured prefixes they lack, and "
+                                              "drop addresses of a family no longer configured.",
+                           _query("confirmed", "boolean",
+                                  description="Must be true; otherwise nothing changes (400).")),
+    },
+    "/api/v1/debug/node": {
+        "post": _operation("DebugCreateNode", "Open a pending registration for a made-up node, which "
+                                              "auth/register then finishes.", _body("v1DebugCreateNodeRequest")),
     },
     "/api/v1/node/{nodeId}": {
         "get": _operation("GetNode", "One node.", _NODE_ID),

@@ -17,7 +17,8 @@ They need the control plane (501 without). Changes go through
     POST   /api/v1/auth/register {user, authId}     -> {"node": Node}
     POST   /api/v1/auth/approve {authId}            -> {}  (SSH check requests; 400 for a registration)
     POST   /api/v1/auth/reject {authId}             -> {}  (the waiting client is told)
-    POST   /api/v1/node/backfillips?confirmed=true  -> 501
+    POST   /api/v1/node/backfillips?confirmed=true  -> {"changes": [str]}  (400 unless confirmed)
+    POST   /api/v1/debug/node {user, key, name, routes} -> {"node": Node}   (a pending registration)
 
 Routes are part of ``Node``: ``availableRoutes`` (announced),
 ``approvedRoutes`` and ``subnetRoutes`` (served now: HA primary subnets plus
@@ -30,12 +31,14 @@ from collections.abc import Iterable
 
 from twisted.web.iweb import IRequest
 
+from headscale_tw.control import limits
 from headscale_tw.control.nodes import NodeAdmin
 from headscale_tw.storage.models import Node
 from headscale_tw.web.admin import validate as v
 from headscale_tw.web.admin.errors import INVALID_ARGUMENT, UNIMPLEMENTED, ApiError
 from headscale_tw.web.admin.routing import Handlers, app, endpoint
 from headscale_tw.web.admin.shapes import details_json
+from headscale_tw.web.client_address import client_address
 
 __all__ = ["NodeHandlers", "NO_PLANE"]
 
@@ -119,9 +122,32 @@ class NodeHandlers(Handlers):
     @app.route("/v1/node/backfillips", methods=["POST"])
     @endpoint
     async def backfill_ips(self, request: IRequest) -> dict:
-        self._nodes()
-        raise ApiError(UNIMPLEMENTED, "backfillips is not supported by headscale-tw: addresses are assigned from "
-                                      "the configured prefixes at registration")
+        nodes = self._nodes()
+        confirmed = v.query(request, "confirmed", 5)
+        if confirmed is None:
+            confirmed_flag = v.flag(v.field(v.json_body(request), "confirmed"), "confirmed")
+        elif confirmed.lower() in ("true", "false", "1", "0"):
+            confirmed_flag = confirmed.lower() in ("true", "1")
+        else:
+            raise ApiError(INVALID_ARGUMENT, "confirmed: expected true or false")
+        if not confirmed_flag:
+            raise ApiError(INVALID_ARGUMENT, "not confirmed, aborting (send confirmed=true to change node addresses)")
+        changes = await nodes.backfill_ips()
+        self.log.info("backfilled node addresses: {count} change(s)", count=len(changes))
+        return {"changes": changes}
+
+    @app.route("/v1/debug/node", methods=["POST"])
+    @endpoint
+    async def debug_create_node(self, request: IRequest) -> dict:
+        nodes = self._nodes()
+        body = v.json_body(request)
+        user = v.user_ident(v.field(body, "user"), "user")
+        key = v.text(v.field(body, "key"), "key", v.MAX_AUTH_ID)
+        name = v.text(v.field(body, "name"), "name", limits.HOSTNAME_MAX_LENGTH)
+        routes = v.routes(v.field(body, "routes"), "routes")
+        details = await nodes.debug_create(name, user, key, routes, client_address(request, self.proxies))
+        self.log.info("debug: pending registration {auth_id} for a made-up node {name}", auth_id=key, name=name)
+        return {"node": details_json(details)}
 
     @app.route("/v1/node/<node_id>", methods=["GET"])
     @endpoint
