@@ -67,10 +67,17 @@ class RatioTests(unittest.TestCase):
         """Changes are compared with the fan-out of their own frame size; registrations with the login loop."""
         run = {
             "connect": {"registrations_per_s": 100.0},
-            "endpoint_change": {"p99_ms": 60.0, "bytes_per_stream": 300},
-            "hub_join": {"p99_ms": 500.0, "bytes_per_stream": 2000},
+            "endpoint_change": {"p99_ms": 60.0, "bytes_per_stream": 300, "streams": 99},
+            "hub_join": {"p99_ms": 500.0, "bytes_per_stream": 2000, "streams": 100},
         }
-        floor = {"logins": {"per_s": 400.0},
+        floor = {"connections": 100, "logins": {"per_s": 400.0},
                  "fanout": {"300": {"p99_ms": 20.0}, "2000": {"p99_ms": 50.0}}}
         self.assertEqual(floor_ratios(run, floor),
                          {"registrations": 4.0, "endpoint_change_p99": 3.0, "hub_join_p99": 10.0})
+
+    def test_changes_seen_by_a_group_get_no_ratio(self):
+        """A change that reaches one group, not every stream, is not compared with a fan-out to all."""
+        run = {"connect": {"registrations_per_s": 100.0},
+               "endpoint_change": {"p99_ms": 60.0, "bytes_per_stream": 300, "streams": 9}}
+        floor = {"connections": 100, "logins": {"per_s": 400.0}, "fanout": {"300": {"p99_ms": 20.0}}}
+        self.assertEqual(floor_ratios(run, floor), {"registrations": 4.0})
