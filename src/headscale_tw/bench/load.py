@@ -30,6 +30,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from headscale_tw.bench.floor import FloorStreams
 from headscale_tw.bench.server import proc_stats, raise_nofile
 from headscale_tw.bench.simnode import SimNode, TCPConnector
 from headscale_tw.hostport import parse_hostport
@@ -58,8 +59,13 @@ class Worker:
         self.verify = verify
         self.nodes: dict[int, SimNode] = {}
         self._marks: dict[int, int] = {}
+        #: The machine's-floor connections (``floor_*`` commands; see :mod:`headscale_tw.bench.floor`).
+        self.floor = FloorStreams(reactor, lambda floor_port: TCPConnector(reactor, host, floor_port),
+                                  bounded=self._bounded)
 
     async def call(self, cmd: str, **args):
+        if cmd.startswith("floor_"):
+            return await getattr(self.floor, "cmd_" + cmd[len("floor_"):])(**args)
         return await getattr(self, "cmd_" + cmd)(**args)
 
     async def _bounded(self, indices, concurrency: int, job):
@@ -192,15 +198,22 @@ class _LineProtocol(ProcessProtocol):
 
 
 class RemoteWorker:
-    """A :class:`Worker` in a child process (``--worker``), same ``call`` interface."""
+    """
+    A :class:`Worker` in a child process (``--worker``), same ``call`` interface.
 
-    def __init__(self, reactor, host: str, port: int, verify: int = 0) -> None:
+    With ``argv``, any child that serves :func:`serve_commands` (the floor server).
+    """
+
+    def __init__(self, reactor, host: str = "", port: int = 0, verify: int = 0,
+                 argv: list[str] | None = None) -> None:
         self._calls: dict[int, Deferred] = {}
         self._next = 0
         self.protocol = _LineProtocol(self)
         env = dict(os.environ)
-        argv = [sys.executable, "-m", "headscale_tw.bench.load", "--worker", f"{host}:{port}", "--verify", str(verify)]
-        self.process = reactor.spawnProcess(self.protocol, sys.executable, argv, env=env)
+        if argv is None:
+            argv = [sys.executable, "-m", "headscale_tw.bench.load", "--worker", f"{host}:{port}",
+                    "--verify", str(verify)]
+        self.process = reactor.spawnProcess(self.protocol, argv[0], argv, env=env)
 
     def call(self, cmd: str, **args) -> Deferred:
         self._next += 1
@@ -223,13 +236,18 @@ class RemoteWorker:
 
 
 def _serve_worker(address: str, verify: int) -> None:
-    """Child side of :class:`RemoteWorker`: JSON commands on stdin, replies on stdout."""
-    from twisted.internet import reactor, stdio
-    from twisted.protocols.basic import LineOnlyReceiver
+    """Child side of :class:`RemoteWorker` for simulated nodes."""
+    from twisted.internet import reactor
 
     raise_nofile()
     host, port = parse_hostport(address)
-    worker = Worker(reactor, host, int(port), verify=verify)
+    serve_commands(reactor, Worker(reactor, host, int(port), verify=verify))
+
+
+def serve_commands(reactor, worker) -> None:
+    """Run ``worker.call`` for each JSON command on stdin, replies on stdout, until stdin closes."""
+    from twisted.internet import stdio
+    from twisted.protocols.basic import LineOnlyReceiver
 
     class Commands(LineOnlyReceiver):
         delimiter = b"\n"
@@ -266,7 +284,8 @@ class Cluster:
             parts[w].append(i)
         return parts
 
-    async def _all(self, cmd: str, per_worker=None, **args) -> list:
+    async def broadcast(self, cmd: str, per_worker=None, **args) -> list:
+        """``cmd`` on every worker (``per_worker[w]`` adds worker ``w``'s own arguments); their results."""
         calls = []
         for w, worker in enumerate(self.workers):
             extra = per_worker[w] if per_worker is not None else {}
@@ -289,18 +308,18 @@ class Cluster:
                       tag_as: int | None = None, tags: list[str] | None = None) -> dict:
         parts = self._split(indices)
         per = [{"indices": p, "concurrency": max(1, concurrency // len(self.workers))} for p in parts]
-        return self._merge(await self._all("connect", per, auth_key=auth_key, group_size=group_size,
+        return self._merge(await self.broadcast("connect", per, auth_key=auth_key, group_size=group_size,
                                            tag_as=tag_as, tags=tags))
 
     async def mark(self) -> float:
-        return min(await self._all("mark"))
+        return min(await self.broadcast("mark"))
 
     async def wait(self, indices=None, timeout: float = 30.0) -> dict:
         per = None if indices is None else [{"indices": p} for p in self._split(indices)]
-        return self._merge(await self._all("wait", per, timeout=timeout))
+        return self._merge(await self.broadcast("wait", per, timeout=timeout))
 
     async def quiet(self, seconds: float = 1.0, timeout: float = 120.0) -> float:
-        return max(await self._all("quiet", seconds=seconds, timeout=timeout))
+        return max(await self.broadcast("quiet", seconds=seconds, timeout=timeout))
 
     def worker_of(self, index: int):
         return self.workers[self.indices[index]]
@@ -312,16 +331,16 @@ class Cluster:
         return await _as_coro(self.worker_of(index).call("logout", index=index))
 
     async def drop(self) -> float:
-        return min(await self._all("drop"))
+        return min(await self.broadcast("drop"))
 
     async def reconnect(self, concurrency: int = 256) -> dict:
-        return self._merge(await self._all("reconnect", concurrency=max(1, concurrency // len(self.workers))))
+        return self._merge(await self.broadcast("reconnect", concurrency=max(1, concurrency // len(self.workers))))
 
     async def verify(self) -> list[dict]:
-        return [v for r in await self._all("verify") for v in r]
+        return [v for r in await self.broadcast("verify") for v in r]
 
     async def stats(self) -> list[dict]:
-        return await self._all("stats")
+        return await self.broadcast("stats")
 
     async def stop(self) -> None:
         for worker in self.workers[1:]:

@@ -15,6 +15,12 @@ group) against a freshly spawned server:
 3. reconnect storm: every connection dropped at once, every node dials again:
    time until every node holds a full map again, ``/health`` latency meanwhile.
 
+4. the machine's floor for the same N and frame sizes (:mod:`headscale_tw.bench.floor`):
+   a bare Twisted fan-out through per-connection ChaCha20-Poly1305 and a bare
+   Noise-handshake-plus-one-request login loop, measured with the same
+   load-generator processes right after the scenarios; every latency and the
+   registration rate is also given as a ratio to it (``ratios``).
+
 Plus the in-process full-map build time for a node with N peers (Mapper
 directly, cold = entries serialized, warm = cached). Prints a table and writes
 ``bench/results/control-<timestamp>.json`` with the machine description.
@@ -32,6 +38,7 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import ensureDeferred
 
+from headscale_tw.bench.floor import measure_floor, ratio
 from headscale_tw.bench.load import Cluster, _sleep, connect_summary, group_tag, percentile
 from headscale_tw.bench.server import SpawnedServer, raise_nofile
 from headscale_tw.bench.simnode import TCPConnector, http_get
@@ -93,17 +100,45 @@ def _ms(seconds):
     return None if seconds is None else round(seconds * 1000, 1)
 
 
+#: The changes whose latency is compared with the fan-out floor of the same frame size.
+CHANGES = ("endpoint_change", "node_join", "node_delete", "policy_change", "hub_join", "hub_endpoint", "hub_delete")
+
+
 async def run_size(reactor, n: int, policy: str, *, procs: int = 1, group_size: int = 10,
-                   concurrency: int = 64, timeout: float = 600.0, log=print) -> dict:
-    """Every scenario for one size and policy against a fresh server; returns the results dict."""
+                   concurrency: int = 64, timeout: float = 600.0, floor_rounds: int = 5, log=print) -> dict:
+    """
+    Every scenario for one size and policy against a fresh server; returns the results dict.
+
+    With ``floor_rounds`` > 0 the machine's floor follows, with the same
+    load-generator processes, and ``ratios`` compares the two.
+    """
     server = SpawnedServer(policy=policy_text(policy, n + 1, group_size)).start()
     try:
-        return await _run_size(reactor, server, n, policy, procs, group_size, concurrency, timeout, log)
+        return await _run_size(reactor, server, n, policy, procs, group_size, concurrency, timeout,
+                               floor_rounds, log)
     finally:
         server.stop()
 
 
-async def _run_size(reactor, server, n, policy, procs, group_size, concurrency, timeout, log) -> dict:
+def floor_ratios(run: dict, floor: dict) -> dict:
+    """
+    Each change's p99 over the floor's p99 for its frame size; the floor's logins/s over ours.
+
+    The floor fans out to every connection, so only changes that reach every
+    stream (all but the changed node's own) get a ratio; a change seen by one
+    group of ten is not compared with a fan-out to all N.
+    """
+    out = {"registrations": ratio(run["connect"]["registrations_per_s"], floor["logins"]["per_s"], rate=True)}
+    for change in CHANGES:
+        if change in run and run[change]["streams"] >= floor["connections"] - 1:
+            size = run[change]["bytes_per_stream"]
+            bare = floor["fanout"].get(str(size), {}).get("p99_ms")
+            out[change + "_p99"] = ratio(run[change]["p99_ms"], bare)
+    return out
+
+
+async def _run_size(reactor, server, n, policy, procs, group_size, concurrency, timeout, floor_rounds,
+                    log) -> dict:
     keys = server.make_keys()
     parts = urlsplit(server.url)
     cluster = Cluster(reactor, parts.hostname, parts.port, procs=procs, verify=min(n, 3))
@@ -219,6 +254,16 @@ async def _run_size(reactor, server, n, policy, procs, group_size, concurrency, 
         out["verified"] = await cluster.verify()
         out["server_end"] = server.stats()
         out["clients_end"] = await cluster.stats()
+        if floor_rounds:
+            await cluster.drop()
+            sizes = [out[change]["bytes_per_stream"] for change in CHANGES
+                     if change in out and out[change]["streams"] >= n - 1]
+            log(f"[{n} {policy}] floor for frames of {sorted(set(sizes))} bytes")
+            out["floor"] = await measure_floor(reactor, cluster, n, sizes, rounds=floor_rounds,
+                                               logins=min(max(n, 1000), 5000), concurrency=concurrency,
+                                               timeout=timeout)
+            out["ratios"] = floor_ratios(out, out["floor"])
+            log(f"[{n} {policy}] ratios to the floor: {out['ratios']}")
         return out
     finally:
         await cluster.stop()
@@ -229,6 +274,24 @@ def fullmap_times(sizes: list[int], repeat: int = 20) -> list[dict]:
     from headscale_tw.bench.inprocess import fullmap_times as measure
 
     return measure(sizes, repeat)
+
+
+def _ratio_table(rows: list[dict]) -> str:
+    """The ratios to the machine's floor (``×``: times the floor; registrations: times slower)."""
+    lines = ["| N | policy | registrations × | endpoint p99 × | join p99 × | delete p99 × | policy p99 × "
+             "| hub join/endpoint/delete p99 × | floor logins/s | floor fan-out p99 ms (bytes) |",
+             "|---:|---|---:|---:|---:|---:|---:|---|---:|---|"]
+    for r in rows:
+        if "ratios" not in r:
+            continue
+        q = r["ratios"]
+        hub = "/".join(str(q.get(k + "_p99")) for k in ("hub_join", "hub_endpoint", "hub_delete")) \
+            if "hub_join_p99" in q else "–"
+        fanout = ", ".join(f"{v['p99_ms']} ({size})" for size, v in r["floor"]["fanout"].items())
+        lines.append(f"| {r['nodes']} | {r['policy']} | {q['registrations']} | {q.get('endpoint_change_p99')} "
+                     f"| {q.get('node_join_p99')} | {q.get('node_delete_p99')} | {q.get('policy_change_p99', '–')} "
+                     f"| {hub} | {r['floor']['logins']['per_s']} | {fanout} |")
+    return "\n".join(lines)
 
 
 def _table(rows: list[dict]) -> str:
@@ -275,7 +338,7 @@ async def _main(reactor, options) -> None:
     for n, policy in runs:
         started = time.monotonic()
         run = await run_size(reactor, n, policy, procs=options.procs, concurrency=options.concurrency,
-                             timeout=options.timeout)
+                             timeout=options.timeout, floor_rounds=options.floor_rounds)
         run["wall_s"] = round(time.monotonic() - started, 1)
         results["runs"].append(run)
         save()
@@ -285,6 +348,7 @@ async def _main(reactor, options) -> None:
         for row in results["fullmap"]:
             print(f"| {row['peers']} | {row['cold_ms']} | {row['warm_ms']} | {row['bytes']} |")
     if results["runs"]:
+        print(_ratio_table(results["runs"]))
         print(_table(results["runs"]))
     print(f"results: {path}")
 
@@ -299,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on every wait")
+    parser.add_argument("--floor-rounds", type=int, default=5,
+                        help="fan-outs per frame size for the machine's floor (0: no floor, no ratios)")
     parser.add_argument("--out", default=os.path.join("bench", "results"))
     options = parser.parse_args(argv)
     raise_nofile()
