@@ -364,6 +364,7 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
         oidc_jobs = await _mount_oidc(config, reactor, root, db, plane)
     else:
         root.putChild(b"register", plane.register_page())
+        root.putChild(b"auth", plane.ssh_check_page())  # SSH check mode: how an admin approves
     from headscale_tw.web.admin_api import AdminAPI, GuardedRequest, mount
     from headscale_tw.web.public_pages import mount_public_pages
     from headscale_tw.web.swagger import swagger_resource
@@ -482,6 +483,7 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
 
     sign_in = SignIn(relying_party, db.users, is_pending, finish_registration, reactor)
     root.putChild(b"register", OIDCRegisterPage(sign_in))
+    root.putChild(b"auth", plane.ssh_check_page())
     oidc = resource.Resource()
     oidc.putChild(b"callback", OIDCCallbackPage(sign_in))
     root.putChild(b"oidc", oidc)
