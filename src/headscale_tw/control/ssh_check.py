@@ -50,10 +50,10 @@ from twisted.logger import Logger
 
 from headscale_tw.control.authrequests import AuthRequests
 from headscale_tw.control.poll import Unauthorized
-from headscale_tw.errors import InvalidInput, LimitReached, NotFound
+from headscale_tw.errors import HeadscaleError, InvalidInput, LimitReached, NotFound
 from headscale_tw.storage.models import AuthRequest
 
-__all__ = ["ApprovalMemory", "SSHChecks", "HOLD_TIMEOUT", "MAX_REMEMBERED", "action_path"]
+__all__ = ["ApprovalMemory", "NotSourceOwner", "SSHChecks", "HOLD_TIMEOUT", "MAX_REMEMBERED", "action_path"]
 
 HOLD_TIMEOUT = 50.0
 """Seconds a follow-up fetch is held before it is told to ask again (under common proxy read timeouts)."""
@@ -64,6 +64,10 @@ MAX_REMEMBERED = 4096
 _NODE_ID = re.compile(r"^[0-9]{1,19}$")
 _AUTH_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
 _MAX_LOCAL_USER = 256
+
+
+class NotSourceOwner(HeadscaleError):
+    """The person who signed in does not own the node the SSH connection comes from."""
 
 
 def action_path(src_id: int | str, dst_id: int | str) -> str:
@@ -145,6 +149,24 @@ class SSHChecks:
         if row is None or row.kind != "ssh_check" or row.state_at(self.state.now()) != "pending":
             return None
         return row
+
+    async def approve_as(self, auth_id: str, user_id: int) -> AuthRequest:
+        """Approve the open check ``auth_id`` for the person ``user_id`` who signed in with the provider.
+
+        Only the owner of the source node may (as in Headscale): a check is the
+        person at the keyboard proving who they are, so anybody else's sign-in
+        proves nothing. The waiting fetch is answered ``accept``.
+
+        :raises NotFound: no open SSH check with this id.
+        :raises NotSourceOwner: the source node is tagged, gone, or another user's.
+        """
+        row = await self.pending(auth_id)
+        if row is None:
+            raise NotFound(f"no pending SSH check with auth id \"{auth_id}\"")
+        src = self.state.nodes.get(row.details.get("src_node_id"))
+        if src is None or src.tags or src.user_id != user_id:
+            raise NotSourceOwner(f"user {user_id} does not own the source node of SSH check {auth_id}")
+        return await self.auth_requests.approve(auth_id, user_id=user_id)
 
     async def action(self, machine_key: str, src_text: str, dst_text: str, query: Mapping[str, str],
                      source: str = "") -> dict:
