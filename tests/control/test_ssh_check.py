@@ -140,20 +140,25 @@ class FollowUpTests(_Pair, unittest.TestCase):
         self.assertNotIn("message", again)
         self.assertEqual(self.checks.auth_requests.waiting, 0)
 
-    def test_expired_request_replaced(self):
-        """A follow-up on an expired check opens a new one, with a banner naming it."""
+    def test_expired_request_rejected(self):
+        """A follow-up on a check that expired unanswered is rejected: the wait is bounded by its lifetime."""
         auth_id = self.hold()
         self.h.clock.advance(self.h.plane.auth_requests.lifetime + 1)
-        again = self.answer(auth_id=auth_id)
-        new_id = parse_qs(urlsplit(again["holdAndDelegate"]).query)["auth_id"][0]
-        self.assertNotEqual(new_id, auth_id)
-        self.assertIn(new_id, again["message"])
+        action = self.answer(auth_id=auth_id)
+        self.assertTrue(action["reject"])
+        self.assertIn("not approved in time", action["message"])
 
-    def test_unknown_auth_id_replaced(self):
-        """A follow-up naming an auth id the server does not know (swept, restarted) delegates anew."""
-        again = self.answer(auth_id="A" * 24)
-        self.assertIn("holdAndDelegate", again)
-        self.assertNotIn("auth_id=" + "A" * 24, again["holdAndDelegate"])
+    def test_expires_while_held(self):
+        """A check expiring while its follow-up is held is answered reject when the hold ends."""
+        auth_id = self.hold()
+        self.h.clock.advance(self.h.plane.auth_requests.lifetime - 1)
+        held = self.ask(auth_id=auth_id)
+        self.h.clock.advance(HOLD_TIMEOUT)
+        self.assertTrue(self.successResultOf(held)["reject"])
+
+    def test_unknown_auth_id_rejected(self):
+        """A follow-up naming an auth id the server does not know (swept, or never issued) is rejected."""
+        self.assertTrue(self.answer(auth_id="A" * 24)["reject"])
 
     def test_other_pair_rejected(self):
         """An auth id bound to another source is refused, and the check itself stays pending."""

@@ -23,8 +23,9 @@ whose ``message`` it shows the person as an SSH banner.
 * the follow-up (with ``auth_id``): the request is held until the auth request
   is approved (``accept``, remembered for the period) or rejected (``reject``),
   at most :data:`HOLD_TIMEOUT` seconds; still pending, the answer is the same
-  ``holdAndDelegate`` without a message, so the client asks again at once. An
-  expired or forgotten auth request is replaced by a new one.
+  ``holdAndDelegate`` without a message, so the client asks again at once. A
+  check that expired unanswered (the auth requests' lifetime) gets ``reject``,
+  so no connection waits longer than that lifetime and one hold.
 
 The policy alone decides whether a check applies and for how long (the query
 string is the client's to change): a pair no ``check`` rule covers, an unknown
@@ -88,6 +89,10 @@ def _accept() -> dict:
 
 def _reject(message: str) -> dict:
     return {"reject": True, "message": f"# {message}\n"}
+
+
+def _expired() -> dict:
+    return _reject("SSH refused: the check was not approved in time; connect again for a new one.")
 
 
 class ApprovalMemory:
@@ -208,12 +213,11 @@ class SSHChecks:
         if row is not None and (row.kind != "ssh_check" or not self._bound_to(row, src_id, dst_id)):
             return _reject("SSH refused: this check belongs to another connection.")
         if row is None or row.state_at(self.state.now()) == "expired":
-            # Expired, swept or superseded: a new check the person can still answer.
-            return await self._hold(src, dst, source, local_user)
+            return _expired()  # unanswered within its lifetime (then swept), or an id never issued
         row = await self.auth_requests.wait(row, self.hold_timeout)
-        return await self._verdict(row, src, dst, key, source, local_user)
+        return self._verdict(row, src, dst, key)
 
-    async def _verdict(self, row: AuthRequest, src, dst, key: tuple, source: str, local_user: str) -> dict:
+    def _verdict(self, row: AuthRequest, src, dst, key: tuple) -> dict:
         """The answer once the wait for ``row`` ended (settled or timed out)."""
         state = row.state_at(self.state.now())
         if state == "rejected":
@@ -221,7 +225,7 @@ class SSHChecks:
                           auth_id=row.auth_id, src=src.id, dst=dst.id)
             return _reject(f"SSH refused: {row.reason or 'the check was rejected'}.")
         if state == "expired":
-            return await self._hold(src, dst, source, local_user)
+            return _expired()
         if state == "pending":
             return {"holdAndDelegate": self._hold_url(row.auth_id)}
         period = self.policy.ssh_check_period(src.id, dst.id)
