@@ -104,7 +104,7 @@ class FirstFetchTests(_Pair, unittest.TestCase):
         self.hold()
         third = self.answer()
         self.assertTrue(third["reject"])
-        self.assertIn("limit 2", third["message"])
+        self.assertIn("too many pending SSH checks from 192.0.2.9 (limit 2)", third["message"])
 
 
 class FollowUpTests(_Pair, unittest.TestCase):
