@@ -99,11 +99,17 @@ class SSHCheckTests(_SSHCheckCase):
         return (server, *self.up_pair(server, keys))
 
     def test_reject_approve_and_check_period(self):
-        """Rejected: refused; approved: the command runs; again within checkPeriod: runs with no new check."""
+        """Rejected: refused; approved: the command runs; again within checkPeriod: runs with no new check.
+
+        One scenario in that order: an approval first would make the reject case pass within checkPeriod.
+        """
         server, a, b = self.start()
         with ThreadPoolExecutor(1) as pool:
             refused = pool.submit(self.ssh, a, b)
             auth_id = self.next_check(server, 0)
+            page = server.http_get(f"/auth/{auth_id}")  # where the banner sends the person
+            self.assertEqual(page.status, 200, page)
+            self.assertIn(f"headscale auth approve --auth-id {auth_id}".encode(), page.body)
             server.cli("auth", "reject", "--auth-id", auth_id)
             proc = refused.result()
         self.assertNotEqual(proc.returncode, 0, proc.stdout + proc.stderr)
