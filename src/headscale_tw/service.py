@@ -364,6 +364,7 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
         oidc_jobs = await _mount_oidc(config, reactor, root, db, plane)
     else:
         root.putChild(b"register", plane.register_page())
+        root.putChild(b"auth", plane.ssh_check_page())  # SSH check mode: how an admin approves
     from headscale_tw.web.admin_api import AdminAPI, GuardedRequest, mount
     from headscale_tw.web.public_pages import mount_public_pages
     from headscale_tw.web.swagger import swagger_resource
@@ -444,7 +445,7 @@ def _trusted_proxies(config: Config):
 
 
 async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
-    """OIDC sign-in on ``/register`` and ``/oidc/callback``; returns its periodic jobs.
+    """OIDC sign-in on ``/register``, ``/auth`` (SSH checks) and ``/oidc/callback``; returns its periodic jobs.
 
     With ``oidc.only_start_if_oidc_is_available`` (the default) start-up fails
     when the provider's discovery document or keys cannot be fetched; without it
@@ -456,7 +457,8 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
     from headscale_tw.oidc.client import RelyingParty, read_client_secret, redirect_uri_for
     from headscale_tw.oidc.refusals import LoginRefused
     from headscale_tw.oidc.signin import SignIn
-    from headscale_tw.web.oidc_pages import OIDCCallbackPage, OIDCRegisterPage
+    from headscale_tw.oidc.ssh_check import SSHCheckSignIn
+    from headscale_tw.web.oidc_pages import OIDCCallbackPage, OIDCCheckPage, OIDCRegisterPage
 
     # A non-persistent pool: a sign-in makes a handful of requests, and no cached
     # connection (nor its idle timer) outlives them.
@@ -481,11 +483,13 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
         return await registrar.get_pending(auth_id) is not None
 
     sign_in = SignIn(relying_party, db.users, is_pending, finish_registration, reactor)
+    ssh_check = SSHCheckSignIn(relying_party, db.users, plane.ssh_checks, reactor)
     root.putChild(b"register", OIDCRegisterPage(sign_in))
+    root.putChild(b"auth", OIDCCheckPage(ssh_check))  # SSH check mode: the person signs in again
     oidc = resource.Resource()
-    oidc.putChild(b"callback", OIDCCallbackPage(sign_in))
+    oidc.putChild(b"callback", OIDCCallbackPage(sign_in, ssh_check))
     root.putChild(b"oidc", oidc)
-    return [(60.0, sign_in.forget_expired)]
+    return [(60.0, sign_in.forget_expired), (60.0, ssh_check.forget_expired)]
 
 
 def _mount_control(config: Config, reactor, root, plane, noise_key) -> None:

@@ -13,7 +13,7 @@ from twisted.web.resource import Resource
 from headscale_tw.config.model import Config, OIDCConfig
 from headscale_tw.preflight import StartupError
 from headscale_tw.service import _mount_oidc
-from headscale_tw.web.oidc_pages import OIDCCallbackPage, OIDCRegisterPage
+from headscale_tw.web.oidc_pages import OIDCCallbackPage, OIDCCheckPage, OIDCRegisterPage
 
 __all__ = ["MountOIDCTests"]
 
@@ -22,6 +22,7 @@ class _Plane:
     """Only what the wiring reads from the control plane."""
 
     registrar: Any = None
+    ssh_checks: Any = None
 
 
 class _Database:
@@ -55,9 +56,10 @@ class MountOIDCTests(unittest.TestCase):
         root = Resource()
         d = defer.ensureDeferred(_mount_oidc(self.config(False), reactor, root, _Database(), _Plane()))
         reactor.advance(10)
-        [(interval, job)] = self.successResultOf(d)
-        self.assertEqual(interval, 60.0)
+        jobs = self.successResultOf(d)
+        self.assertEqual([interval for interval, _ in jobs], [60.0, 60.0])  # registrations, SSH checks
         self.assertIsInstance(root.children[b"register"], OIDCRegisterPage)
+        self.assertIsInstance(root.children[b"auth"], OIDCCheckPage)
         self.assertIsInstance(root.children[b"oidc"].children[b"callback"], OIDCCallbackPage)
-        self.assertEqual(job(), 0)
+        self.assertEqual([job() for _, job in jobs], [0, 0])
         self.assertEqual(reactor.getDelayedCalls(), [])

@@ -4,8 +4,9 @@ Auth requests: things a person or an admin has to finish, kept in the database.
 
 An interactive ``tailscale up`` opens one (kind ``register``); ``headscale auth
 register`` finishes it for a user, ``headscale auth reject`` refuses it. SSH
-check mode (issue #11) will open kind ``ssh_check`` requests that ``headscale
-auth approve`` finishes. The rows live in the ``auth_requests`` table
+check mode (:mod:`~headscale_tw.control.ssh_check`) opens kind ``ssh_check``
+requests that ``headscale auth approve`` (or the person signing in with the
+OIDC provider) finishes. The rows live in the ``auth_requests`` table
 (:class:`~headscale_tw.storage.stores.auth_requests.AuthRequestStore`), never in
 one instance's memory, so:
 
@@ -167,8 +168,8 @@ class AuthRequests:
         self.release(row)
         return row
 
-    async def approve(self, auth_id: str) -> AuthRequest:
-        """``headscale auth approve``: approve an open SSH check.
+    async def approve(self, auth_id: str, user_id: int | None = None) -> AuthRequest:
+        """``headscale auth approve``: approve an open SSH check (``user_id``: who signed in to approve it).
 
         :raises Conflict: the request is a node registration (finish those with
             ``auth register``, which names the user).
@@ -178,7 +179,7 @@ class AuthRequests:
             raise Conflict(f"the auth request \"{auth_id}\" is a node registration: finish it with "
                            f"'headscale auth register --auth-id {auth_id} --user <user>' "
                            "(auth approve is for SSH check requests)")
-        row = await self.store.finish(auth_id, "approved", now=self.now())
+        row = await self.store.finish(auth_id, "approved", user_id=user_id, now=self.now())
         self.release(row)
         return row
 

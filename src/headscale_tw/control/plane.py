@@ -6,6 +6,7 @@ One object holding the whole control plane, for ``service.py`` to build.
     await plane.start()                       # loads nodes/users, marks used IPs, loads the policy
     noise_root.putChild(b"machine", plane.machine_resource())
     http_root.putChild(b"register", plane.register_page())
+    http_root.putChild(b"auth", plane.ssh_check_page())
     for interval, job in plane.periodic_jobs(): TimerService(interval, job) with .clock set
     await plane.reload()                      # SIGHUP: policy file (or DB row) and DNS extra records
     plane.stop()                              # on stopService: ends streams, cancels timers
@@ -45,6 +46,7 @@ from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.policy import PolicyManager
 from headscale_tw.control.poll import PollService
 from headscale_tw.control.registration import Registrar
+from headscale_tw.control.ssh_check import SSHChecks
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput
 from headscale_tw.throttle import AuthThrottles
@@ -93,6 +95,8 @@ class ControlPlane:
         self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock,
                                    preauth_throttle=self.throttles.preauth_key, auth_requests=self.auth_requests)
         self.poll = PollService(self.state, self.notifier)
+        #: SSH check mode: ``/machine/ssh/action/...`` and the ``/auth/<auth_id>`` page.
+        self.ssh_checks = SSHChecks(self.state, self.policy, self.auth_requests, config.server_url)
         #: The services behind ``/api/v1``: users, keys, nodes and policy.
         self.admin: AdminServices = build_admin_services(db, self.now, state=self.state, notifier=self.notifier,
                                                          registrar=self.registrar, policy=self.policy)
@@ -165,7 +169,7 @@ class ControlPlane:
         from headscale_tw.web.control_api import MachineResource, peer_identity
 
         return MachineResource(self.registrar, self.poll, self.notifier, identify or peer_identity,
-                               dns_challenges=self.dns_challenges)
+                               dns_challenges=self.dns_challenges, ssh_checks=self.ssh_checks)
 
     def register_page(self):
         """The ``/register`` resource for the plain HTTP root."""
@@ -175,6 +179,15 @@ class ControlPlane:
             return await self.registrar.get_pending(auth_id) is not None
 
         return RegisterPage(exists=exists)
+
+    def ssh_check_page(self):
+        """The ``/auth`` resource for the plain HTTP root: how to approve a pending SSH check."""
+        from headscale_tw.web.register_page import SSH_CHECK_PAGE, RegisterPage
+
+        async def exists(auth_id: str) -> bool:
+            return await self.ssh_checks.pending(auth_id) is not None
+
+        return RegisterPage(exists=exists, template=SSH_CHECK_PAGE)
 
     def _guarded(self, name: str, job) -> Callable[[], Deferred]:
         def run() -> Deferred:

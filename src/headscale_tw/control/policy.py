@@ -58,6 +58,7 @@ from headscale_tw.policy.incremental import IncrementalCompiler
 from headscale_tw.policy.model import Node as PNode
 from headscale_tw.policy.model import PolicyError, Topology
 from headscale_tw.policy.model import User as PUser
+from headscale_tw.policy.ssh import check_period
 
 __all__ = [
     "PolicyManager",
@@ -905,6 +906,21 @@ class PolicyManager:
         """The node's ``SSHPolicy`` JSON bytes, or None (policy without ``ssh``)."""
         view = None if self.uniform else self._view(node_id)
         return view.ssh if view is not None else None
+
+    def ssh_check_period(self, src_id: int, dst_id: int) -> Optional[float]:
+        """Seconds an SSH check from ``src_id`` to ``dst_id`` stays good (0: check every time).
+
+        None when no ``check`` rule of the policy in force lets ``src_id`` SSH to ``dst_id``.
+        """
+        if self.uniform:
+            return None
+        for node_id in (src_id, dst_id):
+            if node_id not in self._pnodes:
+                self._mark(node_id)
+        src, dst = self._pnodes.get(src_id), self._pnodes.get(dst_id)
+        if src is None or dst is None:
+            return None
+        return check_period(self.compiled(), src, dst)
 
     def self_view(self, node_id: int) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
         """``(AllowedIPs, PrimaryRoutes, policy caps)`` of the node's own entry."""

@@ -44,6 +44,9 @@ class Reason(enum.Enum):
     NONCE_MISMATCH = (400, "The identity token does not belong to this sign-in.")
     UNKNOWN_SIGNING_KEY = (400, "The identity token is signed with an unknown key.")
     CLAIMS_INVALID = (400, "The identity token lacks the information needed to sign you in.")
+    # SSH check mode (``/auth/<auth_id>``).
+    CHECK_UNKNOWN = (404, "This SSH check is unknown, already answered or expired. Connect again.")
+    NOT_SOURCE_OWNER = (403, "Only the owner of the machine the SSH connection comes from can approve it.")
     # The provider is away or answers nonsense.
     PROVIDER_UNAVAILABLE = (502, "The identity provider cannot be reached right now. Try again later.")
     PROVIDER_INVALID = (502, "The identity provider answered something unexpected.")

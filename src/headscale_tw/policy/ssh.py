@@ -5,12 +5,15 @@ Compile the policy's ``ssh`` section into the ``SSHPolicy`` sent to one node.
 Rules are emitted only to nodes that are a destination of the rule. Each rule
 becomes ``{"principals": [{"nodeIP": ...}], "sshUsers": {...}, "action": {...}}``;
 ``check`` rules delegate to the control server (``holdAndDelegate``) and are
-placed before ``accept`` rules. ``checkPeriod`` stays on the server.
+placed before ``accept`` rules. ``checkPeriod`` stays on the server:
+:func:`check_period` answers, for the action route, which check rule a
+connection from one node to another falls under.
 """
 
 from __future__ import annotations
 
-__all__ = ["compile_ssh_policy", "ssh_accept_action", "ssh_check_action", "localpart_domain"]
+__all__ = ["compile_ssh_policy", "ssh_accept_action", "ssh_check_action", "localpart_domain", "check_period",
+           "DEFAULT_CHECK_PERIOD"]
 
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -19,6 +22,10 @@ from .model import Node, SSHRule
 
 if TYPE_CHECKING:
     from .compile import CompiledPolicy
+
+
+DEFAULT_CHECK_PERIOD = 12 * 3600.0
+"""Seconds a check stays good when a ``check`` rule sets no ``checkPeriod`` (Tailscale's and Headscale's 12h)."""
 
 
 def ssh_accept_action() -> dict:
@@ -137,3 +144,28 @@ def compile_ssh_policy(cp: "CompiledPolicy", node: Node) -> Optional[dict]:
                     emit(principals_by_user[node.user_id], node.user_id)
     rules.sort(key=lambda x: 0 if "holdAndDelegate" in x["action"] else 1)
     return {"rules": rules}
+
+
+def check_period(cp: "CompiledPolicy", src: Node, dst: Node) -> Optional[float]:
+    """The check period of the first ``check`` rule letting ``src`` SSH to ``dst``; None if none does.
+
+    0 means ``always`` (every connection is checked). Only the policy decides:
+    the action URL's query is the client's to change. ``autogroup:self`` holds
+    when both nodes are untagged and belong to the same user, as in
+    :func:`compile_ssh_policy`.
+    """
+    policy = cp.policy
+    if policy is None or not policy.ssh:
+        return None
+    r = cp.resolver
+    dst_set = r.node_set(dst)
+    for rule in policy.ssh:
+        if rule.action != "check" or not r.resolve_all(rule.src).contains_any(src.addresses):
+            continue
+        same_user = not src.is_tagged and not dst.is_tagged and src.user_id is not None and src.user_id == dst.user_id
+        if any(d.is_autogroup("self") for d in rule.dst) and same_user:
+            return DEFAULT_CHECK_PERIOD if rule.check_period is None else rule.check_period
+        other = [d for d in rule.dst if not d.is_autogroup("self")]
+        if other and r.resolve_all(other).overlaps(dst_set):
+            return DEFAULT_CHECK_PERIOD if rule.check_period is None else rule.check_period
+    return None

@@ -14,6 +14,11 @@ Noise channel.
   ``_acme-challenge`` TXT record and answers ``{}`` once it is served
   (403 when certificates are not offered or the name is not the node's own,
   409 while the node's previous update runs, 502 when the DNS provider fails);
+* ``GET /machine/ssh/action/<src>/to/<dst>[?auth_id=&local_user=]`` →
+  :class:`SSHActionResource`: the ``tailcfg.SSHAction`` of SSH check mode
+  (:mod:`headscale_tw.control.ssh_check`), held while a check is pending; 400 for
+  malformed ids, 404 for an unknown destination, 401 unless the Noise peer is the
+  destination node;
   any other ``/machine/*`` → 404.
 
 Every request body inside Noise is capped at
@@ -33,7 +38,7 @@ import io
 import json
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -49,12 +54,13 @@ from headscale_tw.control.dns_challenges import (
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.poll import PollService, Unauthorized, parse_map_request
 from headscale_tw.control.registration import MachineKeyMismatch, Registrar
+from headscale_tw.control.ssh_check import SSHChecks
 from headscale_tw.errors import InvalidInput, NotFound
 from headscale_tw.noise.protocol import stream_backlog
 from headscale_tw.web.client_address import client_address
 
-__all__ = ["peer_identity", "MachineResource", "RegisterResource", "MapResource", "SetDNSResource", "MAX_BODY",
-           "MAX_SET_DNS_BODY", "BoundedRequest"]
+__all__ = ["peer_identity", "MachineResource", "RegisterResource", "MapResource", "SetDNSResource",
+           "SSHActionResource", "MAX_BODY", "MAX_SET_DNS_BODY", "BoundedRequest"]
 
 MAX_BODY = limits.NOISE_BODY_MAX_BYTES
 
@@ -322,6 +328,44 @@ class SetDNSResource(_NoiseResource):
         return NOT_DONE_YET
 
 
+class SSHActionResource(_NoiseResource):
+    """``GET /machine/ssh/action/<src>/to/<dst>``: SSH check mode's verdicts, asked by the destination node."""
+
+    def __init__(self, checks: SSHChecks, identify: Callable = peer_identity) -> None:
+        super().__init__(identify)
+        self.checks = checks
+
+    def render_GET(self, request):
+        identity = self.identify(request)
+        if identity is None:
+            return _error(request, 401, "this endpoint is only served inside the Noise channel")
+        parts = request.postpath
+        if len(parts) != 4 or parts[0] != b"action" or parts[2] != b"to":
+            return _error(request, 404, "no such control endpoint")
+        src, dst = (p.decode("ascii", "replace") for p in (parts[1], parts[3]))
+        query = {}
+        for name in (b"auth_id", b"local_user"):
+            values = request.args.get(name)
+            if values:
+                query[name.decode()] = values[0].decode("utf-8", "replace")
+        alive = _Alive(request)
+        d = Deferred.fromCoroutine(self.checks.action(identity[0], src, dst, query, source=client_address(request)))
+        alive.on_lost.append(d.cancel)
+
+        def done(action):
+            if alive.open:
+                request.write(_json_response(request, 200, action))
+                request.finish()
+
+        def failed(failure):
+            if failure.check(CancelledError) and not alive.open:
+                return None  # the client went away while its check was pending
+            return self._fail(request, alive, failure)
+
+        d.addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+
 class _NotFound(Resource):
     isLeaf = True
 
@@ -339,6 +383,7 @@ class MachineResource(Resource):
         notifier: MapNotifier,
         identify: Callable = peer_identity,
         dns_challenges: DNSChallenges | None = None,
+        ssh_checks: SSHChecks | None = None,
     ) -> None:
         super().__init__()
         if dns_challenges is None:
@@ -348,8 +393,12 @@ class MachineResource(Resource):
             b"map": MapResource(poll, notifier, identify),
             b"set-dns": SetDNSResource(dns_challenges, identify),
         }
+        #: ``/machine/ssh/...`` reads the rest of the path itself.
+        self.ssh_action = None if ssh_checks is None else SSHActionResource(ssh_checks, identify)
 
     def getChild(self, path: bytes, request):
+        if path == b"ssh" and self.ssh_action is not None:
+            return self.ssh_action
         child = self.children_by_name.get(path)
         if child is None or request.postpath:
             return _NotFound()

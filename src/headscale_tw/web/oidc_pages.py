@@ -7,6 +7,9 @@ The sign-in pages on Headscale's paths, when ``oidc.issuer`` is set.
   naming the person and a button that posts the one-time token.
 - ``POST /register/confirm/<auth_id>?token=`` (with no body; a ``token`` form
   field is read too): registers the machine to the person and says so.
+- ``GET /auth/<auth_id>`` (:class:`OIDCCheckPage`): 302 to the provider for a
+  pending SSH check; its callback (same path as above) approves the check when
+  the person owns the connecting machine (:mod:`headscale_tw.oidc.ssh_check`).
 
 Every refusal is a small HTML page with the reason's status and sentence
 (:mod:`headscale_tw.oidc.refusals`); the detail goes to the log only. An
@@ -19,6 +22,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlencode
 
 from twisted.internet import defer
@@ -29,8 +33,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from headscale_tw.oidc.refusals import LoginRefused, Reason
 from headscale_tw.oidc.signin import Confirmation, SignIn
+from headscale_tw.oidc.ssh_check import SSHCheckSignIn
 
-__all__ = ["OIDCCallbackPage", "OIDCRegisterPage"]
+__all__ = ["OIDCCallbackPage", "OIDCCheckPage", "OIDCRegisterPage"]
 
 _AUTH_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _MAX_PARAM = 4096
@@ -170,17 +175,55 @@ class OIDCCallbackPage(Resource):
 
     isLeaf = True
 
-    def __init__(self, sign_in: SignIn) -> None:
+    def __init__(self, sign_in: SignIn, ssh_check: SSHCheckSignIn | None = None) -> None:
         super().__init__()
         self._sign_in = sign_in
+        self._ssh_check = ssh_check
 
     def render_GET(self, request: Request) -> object:
-        """Validate the callback and ask the person to confirm."""
+        """Validate the callback and ask the person to confirm (or approve their SSH check)."""
         async def work() -> bytes:
             params = {name: _one(request, name.encode())
                       for name in ("state", "code", "error", "error_description", "iss")
                       if name.encode() in request.args}
+            if self._ssh_check is not None:
+                approved = await self._ssh_check.callback(params)
+                if approved is not None:
+                    return _check_approved_page(request, *approved)
             confirmation = await self._sign_in.callback(params)
             return _page(request, 200, "Confirm machine registration", _confirmation_body(confirmation))
+
+        return _respond(request, work)
+
+
+def _check_approved_page(request: Request, user: Any, row: Any) -> bytes:
+    who = html.escape(user.display_name or user.name)
+    machine = html.escape(row.hostname or "your machine")
+    return _page(request, 200, "SSH connection approved",
+                 f"<p>Thank you, <strong>{who}</strong>. The SSH connection from <strong>{machine}</strong>"
+                 " proceeds now. You can close this window.</p>")
+
+
+class OIDCCheckPage(Resource):
+    """``/auth/<auth_id>``: send the person to the provider to approve a pending SSH check."""
+
+    isLeaf = True
+
+    def __init__(self, ssh_check: SSHCheckSignIn) -> None:
+        super().__init__()
+        self._ssh_check = ssh_check
+
+    def render_GET(self, request: Request) -> object:
+        """Redirect to the provider for a pending SSH check."""
+        parts = [p for p in request.postpath if p]
+        auth_id = parts[0].decode("ascii", "replace") if len(parts) == 1 else ""
+        if not _AUTH_ID.match(auth_id):
+            return _refusal_page(request, LoginRefused(Reason.CHECK_UNKNOWN, "malformed SSH check path"))
+
+        async def work() -> bytes:
+            url = await self._ssh_check.begin(auth_id)
+            request.redirect(url.encode("ascii"))
+            request.setHeader(b"cache-control", b"no-store")
+            return b""
 
         return _respond(request, work)

@@ -17,9 +17,7 @@ does (see :mod:`headscale_tw.web.admin_api`):
   (a pre-auth key's user, a node's pre-auth key), is ``null``, marked with the
   ``x-nullable`` extension that Swagger 2.0 tooling reads;
 - an error is ``{"code": <gRPC code>, "message": "...", "details": []}``;
-- operations this server answers with 501 on purpose (``auth/approve``,
-  ``auth/reject``) declare a ``501`` response, and the
-  health check declares its ``503``;
+- the health check declares its ``503``;
 - operations beyond Headscale 0.29's are marked ``x-headscale-tw`` (the
   pre-0.23 ``MoveNode`` and ``DELETE /api/v1/apikey?id=``); the ``user`` filter
   of the pre-auth key list says so in its description.
@@ -214,7 +212,6 @@ def _operation(name: str, summary: str, *params: dict, extra: bool = False, also
     return op
 
 
-_UNIMPLEMENTED = {"501": {"description": "Not implemented by headscale-tw.", "schema": _ref("rpcStatus")}}
 _NODE_ID = _path("nodeId", is_id=True)
 
 _PATHS: dict[str, dict] = {
@@ -304,12 +301,12 @@ _PATHS: dict[str, dict] = {
                            _body("v1AuthRegisterRequest")),
     },
     "/api/v1/auth/approve": {
-        "post": _operation("AuthApprove", "Not supported (no SSH check mode).", _body("v1AuthApproveRequest"),
-                           also=_UNIMPLEMENTED),
+        "post": _operation("AuthApprove", "Approve a pending SSH check (a node registration is refused: "
+                           "finish it with AuthRegister).", _body("v1AuthApproveRequest")),
     },
     "/api/v1/auth/reject": {
-        "post": _operation("AuthReject", "Not supported (no SSH check mode).", _body("v1AuthRejectRequest"),
-                           also=_UNIMPLEMENTED),
+        "post": _operation("AuthReject", "Refuse a pending auth request (registration or SSH check); "
+                           "its waiting client is told.", _body("v1AuthRejectRequest")),
     },
     "/api/v1/policy": {
         "get": _operation("GetPolicy", "The policy in force."),

@@ -98,6 +98,8 @@ class AuthRequestStore(StoreBase):
         when = self._now(now)
         args = (auth_id, kind, source, machine_key, node_key, hostname, dump_json(details or {}), when, expires_at)
 
+        what = "registrations" if kind == "register" else "SSH checks"  # the caps count both kinds
+
         def create_auth_request_txn(txn: Txn) -> AuthRequest:
             if txn.engine.name == "postgres":
                 txn.execute("SELECT pg_advisory_xact_lock(?)", (_PG_CREATE_LOCK,))
@@ -110,13 +112,13 @@ class AuthRequestStore(StoreBase):
                 )
             if _count_pending_txn(txn, when, source) >= max_per_source:
                 raise LimitReached(
-                    f"too many pending registrations from {source or 'this address'} "
+                    f"too many pending {what} from {source or 'this address'} "
                     f"(limit {max_per_source}); finish or wait for the earlier ones to expire",
                     max_per_source,
                 )
             if _count_pending_txn(txn, when, None) >= max_total:
                 raise LimitReached(
-                    f"too many pending registrations on this server (limit {max_total}); try again later",
+                    f"too many pending {what} on this server (limit {max_total}); try again later",
                     max_total,
                 )
             try:
