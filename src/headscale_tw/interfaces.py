@@ -148,6 +148,19 @@ class IServerStateStore(Interface):
         """Return the stored value, storing ``factory()`` first if absent (race-safe)."""
 
 
+class ILeaseStore(Interface):
+    """Named leases several instances contend for; each new tenure gets a larger token."""
+
+    async def acquire(name, holder, duration, now=None):
+        """Take or renew the lease; return the ``Lease`` or ``None`` while another holder's is live."""
+
+    async def get(name):
+        """Return the latest ``Lease`` of that name, or ``None``."""
+
+    async def release(lease, now=None):
+        """End the tenure now if it is still live; return whether it was."""
+
+
 class IAuthRequestStore(Interface):
     """Pending auth requests (interactive registrations, SSH checks), capped and expiring."""
 
@@ -190,6 +203,7 @@ class IDatabase(Interface):
     policies = Attribute("IPolicyStore")
     server_state = Attribute("IServerStateStore")
     auth_requests = Attribute("IAuthRequestStore")
+    leases = Attribute("ILeaseStore")
 
     async def close():
         """Finish in-flight work and close every connection."""

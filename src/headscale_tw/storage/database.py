@@ -583,6 +583,7 @@ class Database:
         # Imported here: the store modules import this one.
         from headscale_tw.storage.stores.apikeys import ApiKeyStore
         from headscale_tw.storage.stores.auth_requests import AuthRequestStore
+        from headscale_tw.storage.stores.leases import LeaseStore
         from headscale_tw.storage.stores.nodes import NodeStore
         from headscale_tw.storage.stores.policies import PolicyStore
         from headscale_tw.storage.stores.preauthkeys import PreAuthKeyStore
@@ -598,6 +599,7 @@ class Database:
         self.policies = PolicyStore(pool, reactor)
         self.server_state = ServerStateStore(pool, reactor)
         self.auth_requests = AuthRequestStore(pool, reactor)
+        self.leases = LeaseStore(pool, reactor)
 
     async def close(self) -> None:
         """Finish in-flight work and close every connection."""
