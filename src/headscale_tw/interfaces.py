@@ -161,6 +161,28 @@ class ILeaseStore(Interface):
         """End the tenure now if it is still live; return whether it was."""
 
 
+class IAcmeStore(Interface):
+    """The built-in ACME client's account keys, certificates and live challenges, shared by instances."""
+
+    async def account_key(directory_url, create_pem, now=None):
+        """Return the account key (PEM bytes), storing ``create_pem`` first if there is none (race-safe)."""
+
+    async def certificate(hostname):
+        """Return the ``StoredCertificate`` for ``hostname`` or ``None``."""
+
+    async def store_certificate(hostname, chain_pem, key_pem, lease, now=None):
+        """Store a certificate if ``lease`` is the live tenure; return whether it was."""
+
+    async def add_challenges(challenges, lease, now=None):
+        """Publish ``StoredChallenge`` answers if ``lease`` is the live tenure; return whether they were."""
+
+    async def remove_challenges(keys):
+        """Withdraw the challenges named by ``(kind, name)`` pairs."""
+
+    async def poll(hostname, now=None):
+        """Return ``(certificate serial or None, live challenges)``."""
+
+
 class IAuthRequestStore(Interface):
     """Pending auth requests (interactive registrations, SSH checks), capped and expiring."""
 
@@ -204,6 +226,7 @@ class IDatabase(Interface):
     server_state = Attribute("IServerStateStore")
     auth_requests = Attribute("IAuthRequestStore")
     leases = Attribute("ILeaseStore")
+    acme = Attribute("IAcmeStore")
 
     async def close():
         """Finish in-flight work and close every connection."""

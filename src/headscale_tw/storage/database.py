@@ -581,6 +581,7 @@ class Database:
 
     def __init__(self, pool: DatabasePool, reactor: Any):
         # Imported here: the store modules import this one.
+        from headscale_tw.storage.stores.acme import AcmeStore
         from headscale_tw.storage.stores.apikeys import ApiKeyStore
         from headscale_tw.storage.stores.auth_requests import AuthRequestStore
         from headscale_tw.storage.stores.leases import LeaseStore
@@ -600,6 +601,7 @@ class Database:
         self.server_state = ServerStateStore(pool, reactor)
         self.auth_requests = AuthRequestStore(pool, reactor)
         self.leases = LeaseStore(pool, reactor)
+        self.acme = AcmeStore(pool, reactor)
 
     async def close(self) -> None:
         """Finish in-flight work and close every connection."""
