@@ -164,14 +164,14 @@ class ILeaseStore(Interface):
 class IAcmeStore(Interface):
     """The built-in ACME client's account keys, certificates and live challenges, shared by instances."""
 
-    async def account_key(directory_url, create_pem, now=None):
-        """Return the account key (PEM bytes), storing ``create_pem`` first if there is none (race-safe)."""
+    async def account_key(directory_url, create, now=None):
+        """Return the account key (PEM bytes), storing ``create()`` first if there is none (race-safe)."""
 
     async def certificate(hostname):
         """Return the ``StoredCertificate`` for ``hostname`` or ``None``."""
 
     async def store_certificate(hostname, chain_pem, key_pem, lease, now=None):
-        """Store a certificate if ``lease`` is the live tenure; return whether it was."""
+        """Store a certificate if ``lease`` is the live tenure; return its new serial, else ``None``."""
 
     async def add_challenges(challenges, lease, now=None):
         """Publish ``StoredChallenge`` answers if ``lease`` is the live tenure; return whether they were."""

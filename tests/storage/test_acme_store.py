@@ -31,15 +31,15 @@ class AcmeStoreTestsMixin:
 
     def test_account_key_first_wins(self):
         """The first stored account key is the one every later caller gets, per directory URL."""
-        first = resolve(self.store.account_key("https://acme/dir", b"KEY-A\n", now=T0))
-        second = resolve(self.store.account_key("https://acme/dir", b"KEY-B\n", now=T0))
-        other = resolve(self.store.account_key("https://other/dir", b"KEY-C\n", now=T0))
+        first = resolve(self.store.account_key("https://acme/dir", lambda: b"KEY-A\n", now=T0))
+        second = resolve(self.store.account_key("https://acme/dir", lambda: b"KEY-B\n", now=T0))
+        other = resolve(self.store.account_key("https://other/dir", lambda: b"KEY-C\n", now=T0))
         self.assertEqual((first, second, other), (b"KEY-A\n", b"KEY-A\n", b"KEY-C\n"))
 
     def test_certificate_round_trip_and_serial(self):
         """A stored certificate reads back; each store raises the serial."""
         self.assertIsNone(resolve(self.store.certificate(HOST)))
-        self.assertTrue(resolve(self.store.store_certificate(HOST, b"CHAIN1", b"KEY1", self.lease, now=T0)))
+        self.assertEqual(resolve(self.store.store_certificate(HOST, b"CHAIN1", b"KEY1", self.lease, now=T0)), 1)
         stored = resolve(self.store.certificate(HOST))
         self.assertEqual((stored.chain_pem, stored.key_pem, stored.serial, stored.lease_token),
                          (b"CHAIN1", b"KEY1", 1, 1))
@@ -52,11 +52,11 @@ class AcmeStoreTestsMixin:
         resolve(self.store.store_certificate(HOST, b"CHAIN1", b"KEY1", self.lease, now=T0))
         later = T0 + timedelta(seconds=31)
         newer = resolve(self.db.leases.acquire(LEASE, "b", 30.0, now=later))
-        self.assertFalse(resolve(self.store.store_certificate(HOST, b"OLD", b"OLD", self.lease, now=later)))
+        self.assertIsNone(resolve(self.store.store_certificate(HOST, b"OLD", b"OLD", self.lease, now=later)))
         challenge = StoredChallenge(HTTP01, "tok", "tok.thumb", "", later + timedelta(minutes=5))
         self.assertFalse(resolve(self.store.add_challenges([challenge], self.lease, now=later)))
         self.assertEqual(resolve(self.store.certificate(HOST)).chain_pem, b"CHAIN1")
-        self.assertTrue(resolve(self.store.store_certificate(HOST, b"NEW", b"NEW", newer, now=later)))
+        self.assertEqual(resolve(self.store.store_certificate(HOST, b"NEW", b"NEW", newer, now=later)), 2)
         self.assertEqual(resolve(self.store.certificate(HOST)).lease_token, 2)
 
     def test_challenges_published_polled_withdrawn(self):

@@ -16,6 +16,7 @@ every instance on one database.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -83,16 +84,17 @@ def _serial_txn(txn: Txn, hostname: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def _store_certificate_txn(txn: Txn, hostname: str, chain: str, key: str, lease: Lease, now: datetime) -> bool:
+def _store_certificate_txn(txn: Txn, hostname: str, chain: str, key: str, lease: Lease,
+                           now: datetime) -> int | None:
     if not holds_lease_txn(txn, lease, now):
-        return False
+        return None
     txn.execute(
         "INSERT INTO acme_certificates (hostname, chain_pem, key_pem, serial, lease_token, updated_at) "
         "VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (hostname) DO UPDATE SET chain_pem = excluded.chain_pem, "
         "key_pem = excluded.key_pem, serial = acme_certificates.serial + 1, "
         "lease_token = excluded.lease_token, updated_at = excluded.updated_at",
         (hostname, chain, key, lease.token, now))
-    return True
+    return _serial_txn(txn, hostname)
 
 
 def _add_challenges_txn(txn: Txn, challenges: list[StoredChallenge], lease: Lease, now: datetime) -> bool:
@@ -123,14 +125,15 @@ def _poll_txn(txn: Txn, hostname: str, now: datetime) -> tuple[int | None, list[
 class AcmeStore(StoreBase):
     """The ACME account keys, certificates and live challenges."""
 
-    async def account_key(self, directory_url: str, create_pem: bytes, now: datetime | None = None) -> bytes:
-        """The account key for ``directory_url``; ``create_pem`` is stored first when there is none
+    async def account_key(self, directory_url: str, create: Callable[[], bytes],
+                          now: datetime | None = None) -> bytes:
+        """The account key for ``directory_url``; ``create()`` (PEM) is stored first when there is none
         (race-safe: every instance gets the key stored first)."""
         existing = await self._pool.run_interaction("get_acme_account", _get_account_key_txn, directory_url)
         if existing is not None:
             return existing.encode("ascii")
         stored = await self._pool.run_interaction("create_acme_account", _account_key_txn, directory_url,
-                                                  create_pem.decode("ascii"), self._now(now))
+                                                  create().decode("ascii"), self._now(now))
         return stored.encode("ascii")
 
     async def certificate(self, hostname: str) -> StoredCertificate | None:
@@ -138,8 +141,9 @@ class AcmeStore(StoreBase):
         return await self._pool.run_interaction("get_acme_certificate", _certificate_txn, hostname)
 
     async def store_certificate(self, hostname: str, chain_pem: bytes, key_pem: bytes, lease: Lease,
-                                now: datetime | None = None) -> bool:
-        """Store the certificate for ``hostname`` if ``lease`` is still the live tenure; whether it was."""
+                                now: datetime | None = None) -> int | None:
+        """Store the certificate for ``hostname`` if ``lease`` is still the live tenure; its new serial,
+        or ``None`` when the tenure is over and nothing was stored."""
         return await self._pool.run_interaction("store_acme_certificate", _store_certificate_txn, hostname,
                                                 chain_pem.decode("ascii"), key_pem.decode("ascii"), lease,
                                                 self._now(now))
