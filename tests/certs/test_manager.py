@@ -188,3 +188,12 @@ class CertificateManagerTests(unittest.TestCase):
         self.assertLess(abs(again.next_check_at - setup.clock.seconds() - 2 * FIRST_RETRY), 1)
         self.assertEqual(again.current, first)
         self.assertLess(setup.clock.seconds(), not_after.timestamp())
+
+    async def test_failing_challenge_at_start(self):
+        """With nothing stored, a failed validation fails ``ready`` naming the validation and the name."""
+        setup = _Setup(self, "HTTP-01")  # no listener: pebble's HTTP-01 request is refused
+        manager = setup.manager()
+        manager.startService()
+        failure = await self.assertFailure(manager.ready.addTimeout(WAIT, reactor), AcmeProblem)
+        self.assertIn(f"validation failed for {HOSTNAME}", str(failure))
+        self.assertEqual(setup.served, [])
