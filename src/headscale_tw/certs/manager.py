@@ -130,7 +130,7 @@ class CertificateManager(service.Service):
         self.keeper.startService()
         self._check_now()
         if self.poll_interval is not None:
-            self._poll_timer = self.clock.callLater(self.poll_interval, self._poll)
+            self._poll()  # at once: a challenge another instance published may be validated here already
 
     def stopService(self) -> Deferred:
         super().stopService()
