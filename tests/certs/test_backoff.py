@@ -84,6 +84,13 @@ class ManagerBackoffTests(unittest.TestCase):
         self.clock.advance(self.manager.next_check_at - self.clock.seconds())
         return self.manager.next_check_at - self.clock.seconds()
 
+    def test_cache_folder_certificate_shared(self):
+        """A certificate found only in the cache folder (an upgrade) is stored in the database for the others."""
+        stored = resolve(self.db.acme.certificate(HOSTNAME))
+        self.assertEqual((stored.chain_pem, stored.key_pem, stored.serial), (self.cached.chain_pem,
+                                                                              self.cached.key_pem, 1))
+        self.assertEqual(self.account.orders, 0)
+
     def test_backoff_doubles_to_cap_and_keeps_serving(self):
         """Each failed renewal doubles the wait from 60 s up to 6 h, while the cached certificate is served."""
         self.account.problems = [AcmeProblem("ordering: connection refused") for _ in range(12)]

@@ -206,6 +206,9 @@ class CertificateManager(service.Service):
                 self._serve(stored)
             self._serial = serial
         lease = self.keeper.lease
+        if stored is not None and serial is None and lease is not None and self._usable(stored):
+            # Only in the cache folder (a release that kept it there alone): share it with the others.
+            self._serial = await self.storage.save(stored, lease)
         if self._due() and lease is not None and self.clock.seconds() >= self._order_after:
             try:
                 issued = await self._order(lease)
