@@ -136,6 +136,52 @@ class ManagerBackoffTests(unittest.TestCase):
         self.assertEqual(self.run_until_check(), MAX_RETRY_AFTER)
 
 
+class _PublishingAccount(_ScriptedAccount):
+    """A scripted account whose order has one HTTP-01 challenge to publish."""
+
+    def begin(self, domain, challenge_type):
+        self.orders += 1
+        return PendingOrder(order=None, key_pem=b"", http01={"tok": "tok.thumbprint"})
+
+
+class SharedOrderTests(unittest.TestCase):
+    """With other instances (a poll interval), the orderer publishes its challenges and waits before validation."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(NOW.timestamp())
+        self.db = open_test_database(self)
+        self.account = _PublishingAccount(self.clock)
+        self.served = []
+        cache = CertificateCache(os.path.abspath(self.mktemp()), "https://acme.example/dir")
+        storage = CertificateStorage(HOSTNAME, "https://acme.example/dir", self.db.acme, cache, self.clock)
+        self.manager = CertificateManager(HOSTNAME, "HTTP-01", storage, ChallengeResponses(), self.clock,
+                                          lambda key: self.account, maybeDeferred, self.served.append,
+                                          leases=self.db.leases, instance_id="one", poll_interval=2.0)
+        self.manager.startService()
+
+    def published(self):
+        return [c.name for c in resolve(self.db.acme.poll(HOSTNAME, now=NOW))[1]]
+
+    def test_waits_two_poll_intervals(self):
+        """The challenge is in the database for 4 s before validation; then the certificate is served."""
+        self.addCleanup(lambda: resolve(self.manager.stopService()))
+        self.assertEqual(self.published(), ["tok"])
+        self.clock.advance(3.9)
+        self.assertEqual(self.served, [])
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.served), 1)
+        self.assertEqual(self.published(), [])  # withdrawn after the order
+        self.assertEqual(self.successResultOf(self.manager.ready), self.served[0])
+
+    def test_stop_during_wait(self):
+        """Stopping while the orderer waits ends the order, withdraws the challenge and leaves no timer."""
+        resolve(self.manager.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.published(), [])
+        self.assertEqual(self.served, [])
+
+
 class RetryAfterTests(unittest.TestCase):
     """``Retry-After`` values in both forms of RFC 9110."""
 

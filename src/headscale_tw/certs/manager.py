@@ -39,7 +39,7 @@ import datetime
 from collections.abc import Callable
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -116,6 +116,7 @@ class CertificateManager(service.Service):
         self.checking: Deferred | None = None
         #: The poll under way, or the last one.
         self.polling: Deferred | None = None
+        self._propagating: Deferred | None = None
 
     @property
     def next_check_at(self) -> float | None:
@@ -138,6 +139,8 @@ class CertificateManager(service.Service):
             if timer is not None and timer.active():
                 timer.cancel()
         self._check_timer = self._poll_timer = None
+        if self._propagating is not None:
+            self._propagating.cancel()  # the order under way ends, its challenges withdrawn
         return self.keeper.stopService()
 
     def _lease_changed(self, lease: Lease | None) -> None:
@@ -175,6 +178,8 @@ class CertificateManager(service.Service):
             self._check_again = False
             try:
                 await self._check()
+            except CancelledError:
+                return  # stopped while an order waited for the other instances
             except Exception as e:  # the database, most likely: try again after the backoff
                 self.log.warn("certificate check for {hostname} failed: {error}; next try in {delay:.0f} s",
                               hostname=self.hostname, error=e, delay=self._retry)
@@ -295,7 +300,11 @@ class CertificateManager(service.Service):
                 raise AcmeProblem("the ordering lease passed to another instance before validation")
             if self.poll_interval is not None:
                 # Every instance reads the challenges within one poll interval; allow two.
-                await deferLater(self.clock, 2 * self.poll_interval, lambda: None)
+                self._propagating = deferLater(self.clock, 2 * self.poll_interval, lambda: None)
+                try:
+                    await self._propagating
+                finally:
+                    self._propagating = None
             return await self._in_thread(account.complete, pending, ORDER_DEADLINE)
         finally:
             for token in pending.http01:
