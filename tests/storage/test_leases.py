@@ -105,12 +105,15 @@ class LeaseStoreTestsMixin:
         self.assertEqual((other.holder, other.token), ("b", 1))
 
     def test_bad_arguments(self):
-        """An empty or overlong name, or a non-positive duration, is refused naming the problem."""
+        """An empty or overlong name, an empty holder or a non-positive duration is refused naming the problem."""
         with self.assertRaises(ValueError) as e:
             resolve(self.store.acquire("", "a", 30.0, now=T0))
         self.assertIn("lease name", str(e.exception))
         with self.assertRaises(ValueError):
             resolve(self.store.acquire("x" * 201, "a", 30.0, now=T0))
+        with self.assertRaises(ValueError) as e:
+            resolve(self.store.acquire(NAME, "", 30.0, now=T0))
+        self.assertIn("lease holder", str(e.exception))
         with self.assertRaises(ValueError) as e:
             resolve(self.store.acquire(NAME, "a", 0, now=T0))
         self.assertIn("positive", str(e.exception))

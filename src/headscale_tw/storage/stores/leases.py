@@ -52,9 +52,9 @@ def _lease(name: str, row: tuple) -> Lease:
                  expires_at=to_datetime(expires_at))
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, what: str = "lease name") -> None:
     if not name or len(name) > MAX_LEASE_NAME:
-        raise ValueError(f"a lease name has 1 to {MAX_LEASE_NAME} characters, not {len(name)}")
+        raise ValueError(f"a {what} has 1 to {MAX_LEASE_NAME} characters, not {len(name)}")
 
 
 # One statement: insert the first tenure, renew our own live one (same token), or take
@@ -112,6 +112,7 @@ class LeaseStore(StoreBase):
         """Take or renew lease ``name`` for ``holder`` until ``now + duration``; the tenure, or ``None`` when
         another holder's lease is still live."""
         _check_name(name)
+        _check_name(holder, "lease holder")
         if duration <= 0:
             raise ValueError(f"a lease lasts a positive number of seconds, not {duration}")
         now = self._now(now)
