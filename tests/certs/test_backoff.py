@@ -182,6 +182,48 @@ class SharedOrderTests(unittest.TestCase):
         self.assertEqual(self.served, [])
 
 
+class FailoverTests(unittest.TestCase):
+    """Two managers on one database and one Clock: one orders, the other serves it, then takes over."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(NOW.timestamp())
+        self.db = open_test_database(self)
+
+    def manager(self, name):
+        account = _ScriptedAccount(self.clock)
+        served = []
+        cache = CertificateCache(os.path.abspath(self.mktemp()), "https://acme.example/dir")
+        storage = CertificateStorage(HOSTNAME, "https://acme.example/dir", self.db.acme, cache, self.clock)
+        manager = CertificateManager(HOSTNAME, "HTTP-01", storage, ChallengeResponses(), self.clock,
+                                     lambda key: account, maybeDeferred, served.append,
+                                     leases=self.db.leases, instance_id=name, poll_interval=2.0)
+        self.addCleanup(lambda: resolve(manager.stopService()))
+        return manager, account, served
+
+    def test_other_instance_serves_then_takes_over_renewal(self):
+        """B serves A's certificate within one poll; after A stops, B holds the lease and renews, once."""
+        a, a_account, a_served = self.manager("a")
+        b, b_account, b_served = self.manager("b")
+        a.startService()
+        b.startService()
+        self.clock.advance(4.0)  # A's wait before validation
+        self.assertEqual(len(a_served), 1)
+        self.clock.advance(2.0)  # B's next poll
+        self.assertEqual(b_served, a_served)
+        self.assertEqual((a_account.orders, b_account.orders), (1, 0))
+
+        resolve(a.stopService())  # releases the lease
+        self.clock.advance(10.0)  # B's next lease attempt
+        self.assertIsNotNone(b.keeper.lease)
+        self.assertEqual(b_account.orders, 0)  # not due: nothing to order
+        self.clock.advance(b.renewal_time(b.current).timestamp() - self.clock.seconds())
+        self.clock.advance(4.0)
+        self.assertEqual((a_account.orders, b_account.orders), (1, 1))
+        self.assertEqual(len(b_served), 2)
+        self.assertEqual(resolve(self.db.acme.certificate(HOSTNAME)).chain_pem, b_served[-1].chain_pem)
+
+
 class RetryAfterTests(unittest.TestCase):
     """``Retry-After`` values in both forms of RFC 9110."""
 
