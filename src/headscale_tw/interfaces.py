@@ -148,6 +148,41 @@ class IServerStateStore(Interface):
         """Return the stored value, storing ``factory()`` first if absent (race-safe)."""
 
 
+class ILeaseStore(Interface):
+    """Named leases several instances contend for; each new tenure gets a larger token."""
+
+    async def acquire(name, holder, duration, now=None):
+        """Take or renew the lease; return the ``Lease`` or ``None`` while another holder's is live."""
+
+    async def get(name):
+        """Return the latest ``Lease`` of that name, or ``None``."""
+
+    async def release(lease, now=None):
+        """End the tenure now if it is still live; return whether it was."""
+
+
+class IAcmeStore(Interface):
+    """The built-in ACME client's account keys, certificates and live challenges, shared by instances."""
+
+    async def account_key(directory_url, create, now=None):
+        """Return the account key (PEM bytes), storing ``create()`` first if there is none (race-safe)."""
+
+    async def certificate(hostname):
+        """Return the ``StoredCertificate`` for ``hostname`` or ``None``."""
+
+    async def store_certificate(hostname, chain_pem, key_pem, lease, now=None):
+        """Store a certificate if ``lease`` is the live tenure; return its new serial, else ``None``."""
+
+    async def add_challenges(challenges, lease, now=None):
+        """Publish ``StoredChallenge`` answers if ``lease`` is the live tenure; return whether they were."""
+
+    async def remove_challenges(keys):
+        """Withdraw the challenges named by ``(kind, name)`` pairs."""
+
+    async def poll(hostname, now=None):
+        """Return ``(certificate serial or None, live challenges)``."""
+
+
 class IAuthRequestStore(Interface):
     """Pending auth requests (interactive registrations, SSH checks), capped and expiring."""
 
@@ -190,6 +225,8 @@ class IDatabase(Interface):
     policies = Attribute("IPolicyStore")
     server_state = Attribute("IServerStateStore")
     auth_requests = Attribute("IAuthRequestStore")
+    leases = Attribute("ILeaseStore")
+    acme = Attribute("IAcmeStore")
 
     async def close():
         """Finish in-flight work and close every connection."""

@@ -391,8 +391,10 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     ready = None
     if config.tls.letsencrypt_hostname:
         from headscale_tw.certs.listeners import acme_listeners
+        from headscale_tw.storage.changefeed import new_instance_id
 
-        acme = acme_listeners(config, reactor, site, LISTEN_BACKLOG)
+        acme = acme_listeners(config, reactor, site, LISTEN_BACKLOG, db,
+                              feed.instance_id if feed is not None else new_instance_id())
         services.extend(acme.services)
         ready = acme.ready
     else:

@@ -27,7 +27,9 @@ from headscale_tw.certs.challenges import ChallengeResponses, self_signed_certif
 from headscale_tw.certs.http01 import AcmeHTTPResource
 from headscale_tw.certs.manager import FIRST_RETRY, CertificateManager
 from headscale_tw.certs.ordering import AcmeOrdering, AcmeProblem, certificate_dates
+from headscale_tw.certs.storage import CertificateStorage
 from headscale_tw.certs.tls import SwappableServerTLS
+from headscale_tw.testing.db import open_test_database
 from headscale_tw.testing.pebble import PebbleACME, free_tcp_port
 
 __all__ = ["CertificateManagerTests"]
@@ -51,6 +53,7 @@ class _Setup:
         test.addCleanup(self.pebble.remove)
         self.directory_url = directory_url or self.pebble.directory_url
         self.cache = CertificateCache(cache_dir or os.path.join(scratch, "cache"), self.directory_url)
+        self.db = open_test_database(test)
         self.responses = ChallengeResponses()
         self.clock = Clock()
         self.clock.advance(time.time())
@@ -79,8 +82,10 @@ class _Setup:
             if waiting is not None:
                 waiting.callback(issued)
 
-        manager = CertificateManager(HOSTNAME, self.challenge_type, self.cache, self.responses, self.clock,
-                                     open_account, deferToThread, on_certificate)
+        storage = CertificateStorage(HOSTNAME, self.directory_url, self.db.acme, self.cache, self.clock)
+        manager = CertificateManager(HOSTNAME, self.challenge_type, storage, self.responses, self.clock,
+                                     open_account, deferToThread, on_certificate, leases=self.db.leases,
+                                     instance_id="one")
         self.test.addCleanup(manager.stopService)
         return manager
 
@@ -120,9 +125,8 @@ class CertificateManagerTests(unittest.TestCase):
         self.assertEqual(reused.chain_pem, issued.chain_pem)
         self.assertEqual(again.orders, 0)
         # the next check waits for the renewal point, on the injected clock
-        (call,) = setup.clock.getDelayedCalls()
         due = again.renewal_time(reused).timestamp()
-        self.assertLess(abs(call.getTime() - due), 1)
+        self.assertLess(abs(again.next_check_at - due), 1)
 
     async def test_tls_alpn01(self) -> None:
         """TLS-ALPN-01 is answered on the running TLS listener and its certificate is swapped in."""
@@ -178,11 +182,18 @@ class CertificateManagerTests(unittest.TestCase):
         again.startService()
         await again.ready.addTimeout(WAIT, reactor)  # the cached one is served at once
         await again.checking.addTimeout(WAIT, reactor)
-        (retry,) = setup.clock.getDelayedCalls()
-        self.assertLess(abs(retry.getTime() - setup.clock.seconds() - FIRST_RETRY), 1)
+        self.assertLess(abs(again.next_check_at - setup.clock.seconds() - FIRST_RETRY), 1)
         setup.clock.advance(FIRST_RETRY)
         await again.checking.addTimeout(WAIT, reactor)
-        (retry,) = setup.clock.getDelayedCalls()
-        self.assertLess(abs(retry.getTime() - setup.clock.seconds() - 2 * FIRST_RETRY), 1)
+        self.assertLess(abs(again.next_check_at - setup.clock.seconds() - 2 * FIRST_RETRY), 1)
         self.assertEqual(again.current, first)
         self.assertLess(setup.clock.seconds(), not_after.timestamp())
+
+    async def test_failing_challenge_at_start(self):
+        """With nothing stored, a failed validation fails ``ready`` naming the validation and the name."""
+        setup = _Setup(self, "HTTP-01")  # no listener: pebble's HTTP-01 request is refused
+        manager = setup.manager()
+        manager.startService()
+        failure = await self.assertFailure(manager.ready.addTimeout(WAIT, reactor), AcmeProblem)
+        self.assertIn(f"validation failed for {HOSTNAME}", str(failure))
+        self.assertEqual(setup.served, [])

@@ -73,7 +73,7 @@ class Harness:
             self.config = attrs_evolve(self.config, policy=PolicyConfig(mode="database"))
         self.policy = PolicyManager(self.state, self.config, store=self.db.policies, read_file=self.read_file)
         base_domain = self.config.dns.base_domain if self.config.dns.magic_dns else ""
-        self.dns_challenges = DNSChallenges(self.state, dns_provider, base_domain)
+        self.dns_challenges = DNSChallenges(self.state, dns_provider, base_domain, self.clock)
         self.mapper = Mapper(self.state, self.config, policy=self.policy, https=self.dns_challenges.available)
         self.notifier = MapNotifier(self.state, self.mapper, self.clock, offline_grace=grace, interval=lambda: 55.0)
         self.registrar = Registrar(

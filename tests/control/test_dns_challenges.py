@@ -123,6 +123,44 @@ class SetDNSTests(_SetDNSCase):
         self.provider.failure = None
         self.assertEqual(self.set_dns().responseCode, 200)
 
+    def test_transient_failure_retried_with_backoff(self):
+        """A transient failure is tried again after 1 s and 2 s on the clock; the third try publishes."""
+        self.provider.failure = "the DNS server 192.0.2.53:53 did not answer within 10s"
+        self.provider.transient = True
+        self.provider.failures_left = 2
+        request = self.set_dns()
+        self.assertEqual(len(self.provider.calls), 1)
+        self.h.clock.advance(0.9)
+        self.assertEqual(len(self.provider.calls), 1)
+        self.h.clock.advance(0.1)
+        self.assertEqual(len(self.provider.calls), 2)
+        self.h.clock.advance(1.9)
+        self.assertEqual(len(self.provider.calls), 2)
+        self.h.clock.advance(0.1)
+        self.assertEqual(len(self.provider.calls), 3)
+        self.assertEqual((request.responseCode, request.body()), (200, b"{}"))
+        self.assertEqual(self.h.clock.getDelayedCalls(), [])
+
+    def test_transient_failure_gives_up_after_three_retries(self):
+        """A failure that persists is tried four times in about 7 s, then answered 502 with its reason."""
+        self.provider.failure = "the DNS server 192.0.2.53:53 did not answer within 10s"
+        self.provider.transient = True
+        request = self.set_dns()
+        for _ in range(3):
+            self.h.clock.advance(4.0)
+        self.assertEqual(len(self.provider.calls), 4)
+        self.assertEqual(request.responseCode, 502)
+        self.assertIn(b"did not answer", request.body())
+
+    def test_refusal_not_retried(self):
+        """A refusal (a rejected TSIG key) is answered at once, without a retry."""
+        self.provider.failure = "the DNS server 192.0.2.53:53 rejected the TSIG key hs.: BADSIG"
+        request = self.set_dns()
+        self.assertEqual(len(self.provider.calls), 1)
+        self.assertEqual(request.responseCode, 502)
+        self.assertIn(b"TSIG", request.body())
+        self.assertEqual(self.h.clock.getDelayedCalls(), [])
+
     def test_client_gone_while_publishing(self):
         """A client that goes away before the record is published gets nothing written."""
         from twisted.internet.error import ConnectionDone

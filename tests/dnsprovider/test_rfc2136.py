@@ -41,7 +41,8 @@ class RFC2136ProviderTests(unittest.TestCase):
         return self.successResultOf(Deferred.fromCoroutine(coroutine))
 
     def failure_of(self, coroutine) -> str:
-        return str(self.failureResultOf(Deferred.fromCoroutine(coroutine), DNSUpdateFailed).value)
+        self.last_failure = self.failureResultOf(Deferred.fromCoroutine(coroutine), DNSUpdateFailed).value
+        return str(self.last_failure)
 
     def test_provides_interface(self):
         """The provider provides IDNSProvider."""
@@ -66,6 +67,7 @@ class RFC2136ProviderTests(unittest.TestCase):
         self.assertIn("127.0.0.1", reason)
         self.assertIn("TSIG", reason.upper())
         self.assertEqual(self.knot.query(f"_acme-challenge.a.{ZONE}", "TXT"), [])
+        self.assertFalse(self.last_failure.transient)  # a retry would be refused the same way
 
     def test_unknown_key_refused(self):
         """An update under a key name the server does not know changes nothing."""
@@ -83,6 +85,7 @@ class RFC2136ProviderTests(unittest.TestCase):
         self.knot.stop()
         reason = self.failure_of(self.provider().set_txt(f"_acme-challenge.a.{ZONE}", "v"))
         self.assertIn(f"127.0.0.1:{self.knot.port}", reason)
+        self.assertTrue(self.last_failure.transient)  # the server may be back at the next try
 
     def test_reactor_side_timeout(self):
         """A call whose worker never returns fails after twice the timeout plus one second, on the clock."""

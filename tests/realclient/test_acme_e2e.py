@@ -12,6 +12,7 @@ certificate.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from headscale_tw.testing.pebble import PebbleACME
@@ -97,3 +98,116 @@ class AcmeCertificateTests(ScenarioMixin, RealClientTestCase):
         with open(server.log_path) as f:
             log = f.read()
         self.assertIn("registering the ACME account", log)
+
+
+_LEAF_SHA256 = (
+    "import hashlib,socket,ssl,sys\n"
+    "ctx=ssl.create_default_context(cafile=sys.argv[3])\n"
+    "with socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=5) as raw:\n"
+    "    with ctx.wrap_socket(raw,server_hostname=sys.argv[1]) as s:\n"
+    "        print(hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest())\n"
+)
+
+
+class SharedAcmeCertificateTests(ScenarioMixin, RealClientTestCase):
+    """Two servers on one PostgreSQL database share one ACME account and certificate from real pebble."""
+
+    def database_config(self) -> dict:
+        from headscale_tw.testing.db import create_postgres_database
+
+        db = self.__dict__.get("_db")
+        if db is None:
+            db = self._db = create_postgres_database(self)
+        socket_dir = os.environ.get("HEADSCALE_TEST_PG_SOCKET_DIR", "/var/run/postgresql")
+        return {"type": "postgres",
+                "postgres": {"host": socket_dir, "name": db.postgres.name, "user": db.postgres.user}}
+
+    def query(self, sql: str) -> list[tuple]:
+        """Run one query on the test database from outside the namespace."""
+        return self.execute(sql, fetch=True)
+
+    def execute(self, sql: str, fetch: bool = False) -> list[tuple]:
+        """Run one statement on the test database from outside the namespace, committed."""
+        import psycopg2
+
+        from headscale_tw.testing.db import postgres_dsn
+
+        conn = psycopg2.connect(**{**postgres_dsn(), "dbname": self._db.postgres.name, "connect_timeout": 5})
+        try:
+            with conn, conn.cursor() as cursor:
+                cursor.execute(sql)
+                return cursor.fetchall() if fetch else []
+        finally:
+            conn.close()
+
+    def acme_config(self, listen_port: int, http_port: int, directory_url: str) -> str:
+        return server_config(None, listen=f"127.0.0.1:{listen_port}", server_url=f"https://localhost:{listen_port}",
+                             database=self.database_config(),
+                             metrics=f"127.0.0.1:{self.namespace.allocate_port()}",
+                             stun=f"127.0.0.1:{self.namespace.allocate_port()}",
+                             extra={"tls_letsencrypt_hostname": "localhost",
+                                    "tls_letsencrypt_challenge_type": "HTTP-01",
+                                    "tls_letsencrypt_listen": f"127.0.0.1:{http_port}",
+                                    "tls_letsencrypt_cache_dir": "./var/acme",
+                                    "acme_url": directory_url})
+
+    def leaf_sha256(self, port: int, root: str) -> str | None:
+        done = self.namespace.run([sys.executable, "-I", "-c", _LEAF_SHA256, "localhost", str(port), root], timeout=20)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    def test_one_order_answered_by_the_other_instance(self):
+        """The lease holder orders once; pebble validates HTTP-01 only through the other server, which
+        answers; both serve the same pebble certificate and the database holds it once."""
+        import datetime
+
+        from headscale_tw.testing.db import open_test_database, resolve
+
+        self.database_config()
+        # The schema, and the lease held by nobody who runs, until both servers are up.
+        db = open_test_database(self, self._db)
+        later = datetime.datetime.now(datetime.timezone.utc)
+        resolve(db.leases.acquire("acme:localhost", "the-test", 3600.0, now=later))
+        one_http, two_http = self.namespace.allocate_port(), self.namespace.allocate_port()
+        pebble = PebbleACME(os.path.join(self.log_dir, "pebble"), http_port=two_http, tls_port=8443,
+                            namespace=self.namespace)
+        os.makedirs(pebble.directory, exist_ok=True)
+        pebble.start()
+        self.addCleanup(pebble.stop)
+        env = {"SSL_CERT_FILE": pebble.ca_pem}
+        one = self.start_server(self.acme_config(8443, one_http, pebble.directory_url), name="one", extra_env=env)
+        self.addCleanup(one.stop)  # before the database is dropped
+        two = self.start_server(self.acme_config(8444, two_http, pebble.directory_url), name="two", extra_env=env)
+        self.addCleanup(two.stop)
+
+        def instance_id() -> str | None:
+            with open(one.log_path) as f:
+                found = re.search(r"change feed listening on \S+ as instance (\w+)", f.read())
+            return found.group(1) if found else None
+
+        one_id = wait_for(instance_id, 30, "server one's instance id in its log", interval=0.2,
+                          details=one.describe)
+        # Hand the lease to server one: its keeper renews it at its next attempt and orders.
+        self.execute(f"UPDATE leases SET holder = '{one_id}' WHERE name = 'acme:localhost'")
+        root = os.path.join(pebble.directory, "issuer-root.pem")
+        with open(root, "wb") as f:
+            f.write(pebble.issuer_pem())
+
+        served: dict[int, str | None] = {}
+
+        def both_serve() -> bool:
+            for port in (8443, 8444):
+                served[port] = self.leaf_sha256(port, root)
+            return None not in served.values()
+
+        wait_for(both_serve, 90, "both servers to serve pebble's certificate", interval=0.5,
+                 details=lambda: one.describe() + two.describe())
+        self.assertEqual(served[8443], served[8444])
+        self.assertEqual(self.query("SELECT serial FROM acme_certificates WHERE hostname = 'localhost'"), [(1,)])
+        self.assertEqual(len(self.query("SELECT directory_url FROM acme_accounts")), 1)
+        with open(one.log_path) as f:
+            self.assertIn("holding the acme:localhost lease", f.read())
+        with open(two.log_path) as f:
+            log = f.read()
+        self.assertNotIn("holding the acme:localhost lease", log)
+        self.assertIn("serving the certificate for localhost", log)
+        self.assertIn('"GET /.well-known/acme-challenge/', log)  # pebble's validation reached server two

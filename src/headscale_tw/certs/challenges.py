@@ -11,7 +11,10 @@ key authorization.
 
 :class:`ChallengeResponses` holds what is being validated right now; the
 HTTP-01 resource and the TLS listener read it, the ordering code fills it
-before telling the ACME server to validate and empties it afterwards.
+before telling the ACME server to validate and empties it afterwards. When
+several instances share a database, :meth:`ChallengeResponses.set_shared`
+mirrors the answers that any of them published there, so a validation request
+that reaches this instance is answered whichever instance ordered.
 """
 
 from __future__ import annotations
@@ -75,6 +78,13 @@ class ChallengeResponses:
     def __init__(self) -> None:
         self._http01: dict[str, str] = {}
         self._tls_alpn01: dict[str, tuple[bytes, bytes]] = {}
+        self._shared_http01: dict[str, str] = {}
+        self._shared_tls_alpn01: dict[str, tuple[bytes, bytes]] = {}
+
+    def set_shared(self, http01: dict[str, str], tls_alpn01: dict[str, tuple[bytes, bytes]]) -> None:
+        """Replace the answers mirrored from the database (published by any instance)."""
+        self._shared_http01 = dict(http01)
+        self._shared_tls_alpn01 = {domain.lower(): pair for domain, pair in tls_alpn01.items()}
 
     def add_http01(self, token: str, key_authorization: str) -> None:
         """Answer ``token`` with ``key_authorization`` until :meth:`remove_http01`."""
@@ -89,7 +99,8 @@ class ChallengeResponses:
         raw = token.encode("ascii", "replace") if isinstance(token, str) else token
         if not raw or len(raw) > _MAX_TOKEN or not set(raw) <= _TOKEN_CHARS:
             return None
-        return self._http01.get(raw.decode("ascii"))
+        token_text = raw.decode("ascii")
+        return self._http01.get(token_text) or self._shared_http01.get(token_text)
 
     def add_tls_alpn01(self, domain: str, certificate_pem: bytes, key_pem: bytes) -> None:
         """Show this validation certificate to ``acme-tls/1`` handshakes for ``domain``."""
@@ -101,4 +112,4 @@ class ChallengeResponses:
 
     def tls_alpn01(self, domain: str) -> tuple[bytes, bytes] | None:
         """The validation certificate and key for ``domain``, or ``None``."""
-        return self._tls_alpn01.get(domain.lower())
+        return self._tls_alpn01.get(domain.lower()) or self._shared_tls_alpn01.get(domain.lower())

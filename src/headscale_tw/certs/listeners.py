@@ -11,6 +11,11 @@ certificate, or with a one-day self-signed one while the first order runs
 HTTP. ``ready`` fires once a real certificate is served and fails when the
 first order fails with nothing cached, so start-up can refuse to go on.
 
+The account key, the certificate and the challenges live in the database
+(:mod:`headscale_tw.certs.storage`); on PostgreSQL, where several instances may
+share it, each instance polls that state every :data:`SHARED_POLL_INTERVAL`
+seconds and only the lease holder orders.
+
 The ACME server's own certificate is checked against the system's trust store,
 or the CA file named by ``REQUESTS_CA_BUNDLE`` or ``SSL_CERT_FILE``.
 """
@@ -34,11 +39,15 @@ from headscale_tw.certs.challenges import ChallengeResponses, self_signed_certif
 from headscale_tw.certs.http01 import AcmeHTTPResource
 from headscale_tw.certs.manager import CertificateManager
 from headscale_tw.certs.ordering import AcmeOrdering, IssuedCertificate
+from headscale_tw.certs.storage import CertificateStorage
 from headscale_tw.certs.tls import SwappableServerTLS
 from headscale_tw.config.model import Config
 from headscale_tw.hostport import parse_hostport, port_number
 
-__all__ = ["AcmeListeners", "acme_listeners"]
+__all__ = ["AcmeListeners", "acme_listeners", "SHARED_POLL_INTERVAL"]
+
+#: Seconds between reads of the shared ACME state when several instances may share the database.
+SHARED_POLL_INTERVAL = 2.0
 
 
 @dataclass
@@ -61,9 +70,13 @@ def _endpoint(reactor: Any, hostport: str, tls: SwappableServerTLS | None = None
     return TCP4ServerEndpoint(reactor, port_number(port), backlog=backlog, interface=interface)
 
 
-def acme_listeners(config: Config, reactor: Any, site: Site, backlog: int,
+def acme_listeners(config: Config, reactor: Any, site: Site, backlog: int, db: Any, instance_id: str,
                    in_thread: Any = deferToThread) -> AcmeListeners:
-    """The HTTP-01 listener, the certificate manager and the main TLS listener for ``config``."""
+    """The HTTP-01 listener, the certificate manager and the main TLS listener for ``config``.
+
+    ``db`` is the open database (its ``acme`` and ``leases`` stores are used);
+    ``instance_id`` names this instance as a lease holder.
+    """
     t = config.tls
     hostname = t.letsencrypt_hostname
     responses = ChallengeResponses()
@@ -78,8 +91,11 @@ def acme_listeners(config: Config, reactor: Any, site: Site, backlog: int,
     def serve(issued: IssuedCertificate) -> None:
         tls.swap(issued.chain_pem, issued.key_pem)
 
-    manager = CertificateManager(hostname, t.letsencrypt_challenge_type, cache, responses, reactor,
-                                 open_account, in_thread, serve)
+    storage = CertificateStorage(hostname, t.acme_url, db.acme, cache, reactor)
+    shared = db.engine == "postgres"
+    manager = CertificateManager(hostname, t.letsencrypt_challenge_type, storage, responses, reactor,
+                                 open_account, in_thread, serve, leases=db.leases, instance_id=instance_id,
+                                 poll_interval=SHARED_POLL_INTERVAL if shared else None)
     http01 = StreamServerEndpointService(_endpoint(reactor, t.letsencrypt_listen),
                                          Site(AcmeHTTPResource(responses, config.server_url)))
     main = StreamServerEndpointService(_endpoint(reactor, config.listen_addr, tls, backlog), site)

@@ -19,6 +19,7 @@ Nothing here touches the reactor or shared state, so no lock is needed.
 from __future__ import annotations
 
 import datetime
+import email.utils
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from headscale_tw.certs.challenges import alpn_validation_certificate
 
 __all__ = ["AcmeOrdering", "AcmeProblem", "IssuedCertificate", "PendingOrder", "new_private_key_pem",
-           "certificate_dates"]
+           "certificate_dates", "retry_after_seconds"]
 
 HTTP01 = "HTTP-01"
 TLS_ALPN01 = "TLS-ALPN-01"
@@ -40,11 +41,29 @@ _WIRE_TYPES = {HTTP01: "http-01", TLS_ALPN01: "tls-alpn-01"}
 
 
 class AcmeProblem(Exception):
-    """The ACME server refused or could not be reached; ``rate_limited`` when it said so."""
+    """The ACME server refused or could not be reached; ``rate_limited`` when it said so,
+    ``retry_after`` the seconds its refusal's ``Retry-After`` asked for (or ``None``)."""
 
-    def __init__(self, message: str, rate_limited: bool = False) -> None:
+    def __init__(self, message: str, rate_limited: bool = False, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.rate_limited = rate_limited
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, now: datetime.datetime) -> float | None:
+    """A ``Retry-After`` header (seconds or an HTTP date, RFC 9110 10.2.3) as seconds from ``now``, or ``None``."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - now).total_seconds())
 
 
 class _TLSALPN01Response(challenges.ChallengeResponse):
@@ -107,6 +126,9 @@ class AcmeOrdering:
         key = serialization.load_pem_private_key(account_key_pem, password=None)
         self.account_key = jose.JWKEC(key=key)
         net = client.ClientNetwork(self.account_key, alg=jose.ES256, user_agent="headscale-tw", timeout=timeout)
+        #: The Retry-After of the last refused request (the acme package drops response headers from errors).
+        self.last_retry_after: float | None = None
+        net.session.hooks["response"].append(self._note_retry_after)
         if ca_bundle:
             net.verify_ssl = ca_bundle  # type: ignore[assignment]  # requests takes a CA path here
         try:
@@ -119,7 +141,7 @@ class AcmeOrdering:
                 regr = messages.RegistrationResource(uri=existing.location, body=messages.Registration())
                 self.client.net.account = self.client.query_registration(regr)
         except Exception as e:
-            raise _problem("registering the ACME account", e) from None
+            raise _problem("registering the ACME account", e, self.last_retry_after) from None
 
     def begin(self, domain: str, challenge_type: str) -> PendingOrder:
         """Order a certificate for ``domain``; return the challenges to publish."""
@@ -129,7 +151,7 @@ class AcmeOrdering:
         try:
             order = self.client.new_order(csr)
         except Exception as e:
-            raise _problem(f"ordering a certificate for {domain}", e) from None
+            raise _problem(f"ordering a certificate for {domain}", e, self.last_retry_after) from None
         pending = PendingOrder(order=order, key_pem=key_pem)
         wanted = _WIRE_TYPES[challenge_type]
         for authorization in order.authorizations:
@@ -162,14 +184,22 @@ class AcmeOrdering:
             deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
             done = self.client.poll_and_finalize(pending.order, deadline)
         except Exception as e:
-            raise _problem("validating and finalizing the order", e) from None
+            raise _problem("validating and finalizing the order", e, self.last_retry_after) from None
         return IssuedCertificate(chain_pem=done.fullchain_pem.encode("ascii"), key_pem=pending.key_pem)
+
+    def _note_retry_after(self, response: Any, *args: Any, **kw: Any) -> None:
+        # A requests response hook: runs in this (worker) thread for every response.
+        if response.ok:
+            self.last_retry_after = None
+        else:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            self.last_retry_after = retry_after_seconds(response.headers.get("Retry-After"), now)
 
     def _thumbprint(self) -> str:
         return jose.b64encode(self.account_key.thumbprint(hash_function=hashes.SHA256)).decode("ascii")
 
 
-def _problem(doing: str, error: Exception) -> AcmeProblem:
+def _problem(doing: str, error: Exception, retry_after: float | None = None) -> AcmeProblem:
     rate_limited = False
     detail = str(error) or type(error).__name__
     if isinstance(error, messages.Error):
@@ -180,4 +210,6 @@ def _problem(doing: str, error: Exception) -> AcmeProblem:
         detail = f"validation failed for {', '.join(failed)}"
     elif isinstance(error, errors.TimeoutError):
         detail = "timed out waiting for the ACME server"
-    return AcmeProblem(f"{doing}: {detail}", rate_limited=rate_limited)
+    if retry_after is not None:
+        detail += f" (the server asks to retry after {retry_after:.0f} s)"
+    return AcmeProblem(f"{doing}: {detail}", rate_limited=rate_limited, retry_after=retry_after)

@@ -19,6 +19,13 @@ configured :class:`~headscale_tw.dnsprovider.interface.IDNSProvider`:
   characters);
 * one update per node at a time; a second while one runs is refused.
 
+An update that fails for a reason that may pass (the DNS server did not
+answer, refused the connection, does not serve the record yet) is tried again
+after :data:`RETRY_DELAYS` (1 s, 2 s, 4 s) on the injected clock, each failure
+logged in one line; a refusal (rejected TSIG key, ``REFUSED``, a name outside
+the zone) is answered at once, as a retry would only repeat it. Either way the
+node's request then fails with the provider's reason.
+
 With no provider configured every request is refused with
 :class:`CertificatesUnavailable` (and the mapper does not offer HTTPS).
 """
@@ -27,6 +34,8 @@ from __future__ import annotations
 
 import re
 
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from headscale_tw.control._wire import parse_request_head
@@ -44,7 +53,12 @@ __all__ = [
     "CHALLENGE_PREFIX",
     "MAX_VALUE",
     "MAX_NAME",
+    "RETRY_DELAYS",
 ]
+
+#: Waits before the second, third and fourth try of an update that failed transiently
+#: (about 7 s in all, well inside the client's wait for its set-dns request).
+RETRY_DELAYS = (1.0, 2.0, 4.0)
 
 CHALLENGE_PREFIX = "_acme-challenge."
 
@@ -88,14 +102,16 @@ class DNSChallenges:
     :param state: the control state (nodes by node key).
     :param provider: the DNS provider, or ``None`` when none is configured.
     :param base_domain: MagicDNS's base domain (certificate domains are ``<given name>.<base>``).
+    :param clock: the injected clock the retries wait on.
     """
 
     log = Logger()
 
-    def __init__(self, state, provider: IDNSProvider | None, base_domain: str) -> None:
+    def __init__(self, state, provider: IDNSProvider | None, base_domain: str, clock: IReactorTime) -> None:
         self.state = state
         self.provider = provider
         self.base_domain = base_domain.strip(".")
+        self.clock = clock
         self._running: set[int] = set()
 
     @property
@@ -150,7 +166,7 @@ class DNSChallenges:
             raise UpdateInProgress(f"a DNS update for {name} is already running; retry when it has finished")
         self._running.add(node.id)
         try:
-            await self.provider.set_txt(name, value)
+            await self._set_txt(node.id, name, value)
         except DNSUpdateFailed as e:
             self.log.warn("set-dns for node {node_id}: {name} TXT not published: {reason}",
                           node_id=node.id, name=name, reason=str(e))
@@ -159,3 +175,15 @@ class DNSChallenges:
             self._running.discard(node.id)
         self.log.info("set-dns for node {node_id}: {name} TXT published", node_id=node.id, name=name)
         return {}
+
+    async def _set_txt(self, node_id: int, name: str, value: str) -> None:
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                await self.provider.set_txt(name, value)
+                return
+            except DNSUpdateFailed as e:
+                if not e.transient or delay is None:
+                    raise
+                self.log.warn("set-dns for node {node_id}: {name} TXT not published yet: {reason}; "
+                              "trying again in {delay:g} s", node_id=node_id, name=name, reason=str(e), delay=delay)
+                await deferLater(self.clock, delay, lambda: None)

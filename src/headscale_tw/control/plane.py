@@ -83,7 +83,7 @@ class ControlPlane:
         self.state = ControlState(db, self.allocator, self.now)
         self.policy = PolicyManager(self.state, config, store=db.policies, read_file=self.read_file)
         base_domain = config.dns.base_domain if config.dns.magic_dns else ""
-        self.dns_challenges = DNSChallenges(self.state, dns_provider, base_domain)
+        self.dns_challenges = DNSChallenges(self.state, dns_provider, base_domain, clock)
         self.mapper = Mapper(self.state, config, derp_map=derp_map, policy=self.policy,
                              https=self.dns_challenges.available)
         if batch_delay is None:

@@ -9,7 +9,16 @@ __all__ = ["IDNSProvider", "DNSUpdateFailed"]
 
 
 class DNSUpdateFailed(Exception):
-    """The DNS provider did not publish (or remove) a record; ``str()`` says why in one line."""
+    """The DNS provider did not publish (or remove) a record; ``str()`` says why in one line.
+
+    ``transient`` is true when trying again may succeed (no answer, connection
+    refused, the record not served yet), false for a refusal (a rejected TSIG
+    key, ``REFUSED``, a name outside the zone) that a retry would only repeat.
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class IDNSProvider(Interface):

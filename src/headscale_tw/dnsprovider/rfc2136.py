@@ -97,7 +97,7 @@ class RFC2136Provider:
             await d
         except TimeoutError:
             raise DNSUpdateFailed(f"the DNS server {self.host}:{self.port} did not answer "
-                                  f"within {self.timeout:g}s") from None
+                                  f"within {self.timeout:g}s", transient=True) from None
 
     # -- in the worker thread ------------------------------------------
 
@@ -105,7 +105,8 @@ class RFC2136Provider:
         try:
             return str(socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][4][0])
         except OSError as e:
-            raise DNSUpdateFailed(f"the DNS server name {self.host} does not resolve: {e}") from None
+            raise DNSUpdateFailed(f"the DNS server name {self.host} does not resolve: {e}",
+                                  transient=True) from None
 
     def _update(self, name: dns.name.Name, value: str | None) -> None:
         """Send the update, then check what the server serves (blocking)."""
@@ -120,17 +121,21 @@ class RFC2136Provider:
         try:
             answer = dns.query.tcp(update, address, timeout=self.timeout, port=self.port)
         except dns.exception.Timeout:
-            raise DNSUpdateFailed(f"{where} did not answer the update within {self.timeout:g}s") from None
+            raise DNSUpdateFailed(f"{where} did not answer the update within {self.timeout:g}s",
+                                  transient=True) from None
         except dns.tsig.PeerError as e:
             raise DNSUpdateFailed(f"{where} rejected the TSIG key {self._key_name}: {e}") from None
-        except (OSError, dns.exception.DNSException) as e:
+        except OSError as e:  # refused, reset, unreachable: the server may be back soon
+            raise DNSUpdateFailed(f"{where}: the update failed: {e}", transient=True) from None
+        except dns.exception.DNSException as e:
             raise DNSUpdateFailed(f"{where}: the update failed: {e}") from None
         rcode = answer.rcode()
         if rcode != dns.rcode.NOERROR:
             raise DNSUpdateFailed(f"{where} refused the update of {name}: {dns.rcode.to_text(rcode)}")
         served = self._served(address, name)
         if value is not None and value not in served:
-            raise DNSUpdateFailed(f"{where} accepted the update but does not serve {name} TXT {value!r}")
+            raise DNSUpdateFailed(f"{where} accepted the update but does not serve {name} TXT {value!r}",
+                                  transient=True)
         if value is None and served:
             raise DNSUpdateFailed(f"{where} accepted the removal but still serves {name} TXT")
 
@@ -139,7 +144,8 @@ class RFC2136Provider:
         try:
             answer = dns.query.tcp(query, address, timeout=self.timeout, port=self.port)
         except (OSError, dns.exception.DNSException) as e:
-            raise DNSUpdateFailed(f"checking {name} TXT at {self.host}:{self.port} failed: {e}") from None
+            raise DNSUpdateFailed(f"checking {name} TXT at {self.host}:{self.port} failed: {e}",
+                                  transient=True) from None
         values: list[str] = []
         for rrset in answer.answer:
             if rrset.rdtype == dns.rdatatype.TXT:

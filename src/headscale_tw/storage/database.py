@@ -581,8 +581,10 @@ class Database:
 
     def __init__(self, pool: DatabasePool, reactor: Any):
         # Imported here: the store modules import this one.
+        from headscale_tw.storage.stores.acme import AcmeStore
         from headscale_tw.storage.stores.apikeys import ApiKeyStore
         from headscale_tw.storage.stores.auth_requests import AuthRequestStore
+        from headscale_tw.storage.stores.leases import LeaseStore
         from headscale_tw.storage.stores.nodes import NodeStore
         from headscale_tw.storage.stores.policies import PolicyStore
         from headscale_tw.storage.stores.preauthkeys import PreAuthKeyStore
@@ -598,6 +600,8 @@ class Database:
         self.policies = PolicyStore(pool, reactor)
         self.server_state = ServerStateStore(pool, reactor)
         self.auth_requests = AuthRequestStore(pool, reactor)
+        self.leases = LeaseStore(pool, reactor)
+        self.acme = AcmeStore(pool, reactor)
 
     async def close(self) -> None:
         """Finish in-flight work and close every connection."""

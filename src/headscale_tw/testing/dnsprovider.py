@@ -18,6 +18,8 @@ class FakeDNSProvider:
     :ivar calls: every ``(method, name, value)`` received, in order.
     :ivar held: with ``hold = True``, the Deferreds calls are waiting on (fire one to finish it).
     :ivar failure: when set, every call fails with :class:`DNSUpdateFailed` and this text.
+    :ivar transient: the failure's ``transient`` flag.
+    :ivar failures_left: when not ``None``, only this many more calls fail (then ``failure`` is cleared).
     """
 
     def __init__(self, zone: str = "tail.example", timeout: float = 10.0) -> None:
@@ -28,10 +30,17 @@ class FakeDNSProvider:
         self.hold = False
         self.held: list[Deferred] = []
         self.failure: str | None = None
+        self.transient = False
+        self.failures_left: int | None = None
 
     async def _wait(self) -> None:
         if self.failure is not None:
-            raise DNSUpdateFailed(self.failure)
+            failure = DNSUpdateFailed(self.failure, transient=self.transient)
+            if self.failures_left is not None:
+                self.failures_left -= 1
+                if self.failures_left <= 0:
+                    self.failure = self.failures_left = None
+            raise failure
         if self.hold:
             d: Deferred = Deferred()
             self.held.append(d)

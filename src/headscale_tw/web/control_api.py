@@ -387,7 +387,7 @@ class MachineResource(Resource):
     ) -> None:
         super().__init__()
         if dns_challenges is None:
-            dns_challenges = DNSChallenges(registrar.state, None, "")
+            dns_challenges = DNSChallenges(registrar.state, None, "", registrar.clock)
         self.children_by_name = {
             b"register": RegisterResource(registrar, identify),
             b"map": MapResource(poll, notifier, identify),
