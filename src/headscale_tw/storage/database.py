@@ -584,6 +584,7 @@ class Database:
         from headscale_tw.storage.stores.apikeys import ApiKeyStore
         from headscale_tw.storage.stores.auth_requests import AuthRequestStore
         from headscale_tw.storage.stores.nodes import NodeStore
+        from headscale_tw.storage.stores.oidc_logins import OIDCLoginStore
         from headscale_tw.storage.stores.policies import PolicyStore
         from headscale_tw.storage.stores.preauthkeys import PreAuthKeyStore
         from headscale_tw.storage.stores.server_state import ServerStateStore
@@ -598,6 +599,7 @@ class Database:
         self.policies = PolicyStore(pool, reactor)
         self.server_state = ServerStateStore(pool, reactor)
         self.auth_requests = AuthRequestStore(pool, reactor)
+        self.oidc_logins = OIDCLoginStore(pool, reactor)
 
     async def close(self) -> None:
         """Finish in-flight work and close every connection."""
