@@ -147,15 +147,16 @@ class AuthRequest:
         return self.state
 
 
-OIDC_LOGIN_KINDS = ("login", "confirmation")
-"""A started OpenID sign-in waiting for its callback, or a signed-in person waiting to confirm."""
+OIDC_LOGIN_KINDS = ("login", "confirmation", "ssh_check")
+"""A started registration sign-in waiting for its callback, a signed-in person waiting to confirm,
+or a started SSH check sign-in waiting for its callback."""
 
 
 @attrs.frozen
 class OIDCLogin:
     """An OpenID sign-in in progress (the ``oidc_logins`` table), as taken from it.
 
-    For a ``login``: ``nonce``, ``code_verifier`` (``None`` without PKCE) and
+    For a ``login`` or an ``ssh_check``: ``nonce``, ``code_verifier`` (``None`` without PKCE) and
     ``pkce_method``. For a ``confirmation``: ``identity``, the person's claims as
     the domain stored them. The key (state or token) is not kept, only its hash.
     """
