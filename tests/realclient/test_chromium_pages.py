@@ -11,6 +11,12 @@ the DOM text and that the PNG is a real render (its size, and more than one
 flat colour). The sign-ins at the provider's forms are done by the urllib
 browser, stopped at the redirect to our callback, so that the callback itself
 is loaded by Chromium. The screenshots stay in the test's log folder.
+
+A second test does the whole sign-in in Chromium itself: a long-running
+headless Chromium (a namespace ``Component`` with DevTools on a loopback port)
+is driven by :mod:`headscale_tw.testing.chromium_cdp` through our
+``/register`` redirect, the provider's login and consent forms, our
+confirmation page and its button; ``tailscale up`` then finishes as alice.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import re
 import sys
 from typing import Any
 
-from headscale_tw.testing.chromium import Render, render
+from headscale_tw.testing.chromium import Render, decode_png, render, start_devtools_browser
 from headscale_tw.testing.oidc_provider import ClientRegistration, OIDCProvider
 from headscale_tw.testing.realclient._process import HarnessError, wait_for
 from headscale_tw.testing.realclient.scenario import ScenarioMixin
@@ -41,7 +47,10 @@ class ChromiumPagesTests(ScenarioMixin, RealClientTestCase):
     timeout = 300
 
     def start_everything(self) -> tuple[Any, str]:
-        """Provider, server and a ``tailscale up`` waiting for a person; ``(server, login URL)``."""
+        """Provider, server and a ``tailscale up`` waiting for a person; ``(server, login URL)``.
+
+        ``self.up`` is the ``tailscale up`` process, ``self.node`` its node.
+        """
         self.ca = self.make_ca()
         self.provider = OIDCProvider(os.path.join(self.log_dir, "idp"),
                                      [ClientRegistration("headscale", SECRET, (SERVER_URL + "/oidc/callback",))],
@@ -54,9 +63,9 @@ class ChromiumPagesTests(ScenarioMixin, RealClientTestCase):
         settings = {"issuer": self.provider.issuer, "client_id": "headscale", "client_secret": SECRET,
                     "scope": ["openid", "profile", "email", "groups"], "allowed_groups": ["engineering"]}
         server = self.start_tls_server(extra={"oidc": settings}, extra_env={"SSL_CERT_FILE": bundle})
-        node = self.start_node("walker", ssl_cert_file=self.ca.ca_pem)
+        node = self.node = self.start_node("walker", ssl_cert_file=self.ca.ca_pem)
         up_log = os.path.join(self.log_dir, "up-walker.log")
-        self.namespace.spawn("up-walker", [node.binaries.tailscale, f"--socket={node.socket}", "up",
+        self.up = self.namespace.spawn("up-walker", [node.binaries.tailscale, f"--socket={node.socket}", "up",
                                            f"--login-server={server.url}", "--hostname=walker", "--timeout=120s"],
                              env=node.env, log_path=up_log)
 
@@ -112,3 +121,36 @@ class ChromiumPagesTests(ScenarioMixin, RealClientTestCase):
         self.assertIn("registration request is unknown", unknown.dom)
         self.assertEqual(json.loads(server.cli("users", "list", "-o", "json").stdout) or [], [],
                          "rendering the pages registered nobody")
+
+    def test_whole_login_in_chromium(self) -> None:
+        """alice signs in and confirms in Chromium itself (DevTools), and her machine runs as hers."""
+        server, url = self.start_everything()
+        browser, port = start_devtools_browser(self.namespace, (self.ca.cert_pem, self.provider.ca.cert_pem),
+                                               window=WINDOW)
+        env = self.namespace.env({"PYTHONPATH": os.pathsep.join(source_pythonpath())})
+        shot = os.path.join(self.log_dir, "registered.png")
+        proc = self.namespace.run([sys.executable, "-m", "headscale_tw.testing.chromium_cdp", "--port", str(port),
+                                   "--login", "alice", "--until", "Machine registered", "--screenshot", shot, url],
+                                  env=env, timeout=120)
+        outcome = json.loads(proc.stdout or "{}")
+        self.assertNotIn("error", outcome, f"{outcome} {proc.stderr[-2000:]}\n{browser.describe()}")
+        self.assertIn("Machine registered", outcome["text"])
+        self.assertIn("registered to Alice Example", outcome["text"])
+        visited = outcome["visited"]
+        self.assertTrue(visited[0].startswith(self.provider.issuer), visited)
+        self.assertTrue(any(u.startswith(SERVER_URL + "/oidc/callback?") for u in visited), visited)
+        self.assertTrue(visited[-1].startswith(SERVER_URL + "/register/confirm/"), visited)
+        with open(shot, "rb") as f:
+            image = decode_png(f.read())
+        # A screenshot of the viewport: the window's width, its height less the (headless) window frame.
+        self.assertEqual(image.width, WINDOW[0])
+        self.assertGreater(image.height, WINDOW[1] // 2)
+        self.assertGreater(image.ink(), 0.002)
+
+        wait_for(lambda: self.up.returncode is not None, 60, "tailscale up to finish", interval=0.2,
+                 details=self.node.describe)
+        self.assertEqual(self.up.returncode, 0, self.up.describe())
+        self.assertEqual(self.node.backend_state(), "Running")
+        nodes = json.loads(server.cli("nodes", "list", "-o", "json").stdout)
+        self.assertEqual([(n["given_name"], n["user"]["name"]) for n in nodes], [("walker", "alice")])
+        browser.stop()

@@ -14,6 +14,11 @@ TLS: Chromium is told to accept exactly the given certificates' public keys
 (``--ignore-certificate-errors-spki-list``, SHA-256 of each SubjectPublicKeyInfo),
 the throwaway certificates the test made; nothing else is trusted blindly.
 
+:func:`start_devtools_browser` starts a long-running Chromium as a
+:class:`~headscale_tw.testing.realclient.component.Component` with DevTools on a
+loopback port, for :mod:`headscale_tw.testing.chromium_cdp` to drive a whole
+sign-in through the provider's forms.
+
 :func:`decode_png` is a small reader for the 8-bit RGB/RGBA PNGs Chromium
 writes (stdlib ``zlib``, the five PNG row filters), so a test can assert that
 a screenshot is a real render: its size, and that it is not one flat colour.
@@ -35,9 +40,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from headscale_tw.testing.realclient._process import HarnessError
+from headscale_tw.testing.realclient.component import Component, http_ready
 from headscale_tw.testing.realclient.namespace import Namespace
 
-__all__ = ["CHROMIUM", "PngImage", "Render", "decode_png", "find_chromium", "render", "spki_sha256"]
+__all__ = ["CHROMIUM", "PngImage", "Render", "browser_argv", "decode_png", "find_chromium", "render",
+           "spki_sha256", "start_devtools_browser"]
 
 CHROMIUM = "/usr/bin/chromium"
 """Debian's launcher for the ``chromium`` package."""
@@ -158,23 +165,43 @@ class Render:
     image: PngImage
 
 
+def browser_argv(home: str, trusted_certs: Sequence[str], window: tuple[int, int]) -> list[str]:
+    """Headless Chromium with a profile under ``home``, trusting only ``trusted_certs``' keys for TLS."""
+    # --no-sandbox: the tests run as root, where Chromium's sandbox refuses to start.
+    argv = [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--hide-scrollbars", f"--user-data-dir={os.path.join(home, 'profile')}",
+            f"--window-size={window[0]},{window[1]}"]
+    if trusted_certs:
+        argv.append("--ignore-certificate-errors-spki-list=" + ",".join(spki_sha256(c) for c in trusted_certs))
+    return argv
+
+
+def start_devtools_browser(namespace: Namespace, trusted_certs: Sequence[str] = (),
+                           window: tuple[int, int] = (900, 700), timeout: float = 60.0) -> tuple[Component, int]:
+    """A long-running headless Chromium in ``namespace`` offering DevTools on a loopback port; ``(it, port)``.
+
+    It is a :class:`~headscale_tw.testing.realclient.component.Component`: ready
+    once ``/json/version`` answers, stopped by PID (and with the namespace).
+    Drive it with ``python -m headscale_tw.testing.chromium_cdp`` run in the namespace.
+    """
+    port = namespace.allocate_port()
+    home = tempfile.mkdtemp(prefix="chromium-", dir=namespace.runtime_dir)
+    argv = [*browser_argv(home, trusted_certs, window), f"--remote-debugging-port={port}", "about:blank"]
+    browser = Component(namespace, "chromium", argv, env={"HOME": home},
+                        ready=http_ready(namespace, f"http://127.0.0.1:{port}/json/version", {200}))
+    return browser.start(timeout), port
+
+
 def render(namespace: Namespace, url: str, png_path: str, trusted_certs: Sequence[str] = (),
            window: tuple[int, int] = (900, 700), timeout: float = 90.0) -> Render:
     """Load ``url`` once in headless Chromium inside ``namespace``; its DOM and screenshot.
 
     ``trusted_certs`` are PEM certificate paths whose keys Chromium accepts for TLS.
     """
-    chromium = find_chromium()
     home = tempfile.mkdtemp(prefix="chromium-", dir=namespace.runtime_dir)
     try:
-        argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--hide-scrollbars", f"--user-data-dir={os.path.join(home, 'profile')}",
-                f"--window-size={window[0]},{window[1]}", f"--screenshot={png_path}", "--dump-dom"]
-        if trusted_certs:
-            argv.append("--ignore-certificate-errors-spki-list=" + ",".join(spki_sha256(c) for c in trusted_certs))
-        argv.append(url)
-        # --no-sandbox: the tests run as root, where Chromium's sandbox refuses to start.
+        argv = [*browser_argv(home, trusted_certs, window), f"--screenshot={png_path}", "--dump-dom", url]
         proc = namespace.run(argv, env=namespace.env({"HOME": home}), timeout=timeout)
     finally:
         shutil.rmtree(home, ignore_errors=True)
