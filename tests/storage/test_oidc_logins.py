@@ -9,7 +9,7 @@ from zope.interface.verify import verifyObject
 
 from headscale_tw.interfaces import IOIDCLoginStore
 from headscale_tw.storage.models import OIDCLogin
-from headscale_tw.storage.stores.oidc_logins import key_hash
+from headscale_tw.storage.stores.oidc_logins import key_hash, take_oidc_login_txn
 from headscale_tw.testing.db import create_postgres_database, open_test_database, resolve, sqlite_config
 
 T0 = datetime(2026, 12, 4, 3, 0, tzinfo=timezone.utc)
@@ -104,3 +104,33 @@ class PostgresOIDCLoginStoreTests(OIDCLoginStoreTestsMixin, unittest.TestCase):
         self.add()
         self.assertIsNotNone(resolve(other.oidc_logins.take("login", "state-1")))
         self.assertIsNone(resolve(self.store.take("login", "state-1")))
+
+    def test_concurrent_take_has_one_winner(self):
+        """When another instance deletes the row between our read and our delete, we get nothing."""
+        other = open_test_database(self, self.config)
+        self.add(nonce="n-1")
+        taken_by_other = []
+
+        class Interleaved:
+            """A transaction whose read is followed, before our delete, by the other instance's take."""
+
+            def __init__(self, txn):
+                self._txn = txn
+
+            def query_one(self, sql, args=()):
+                row = self._txn.query_one(sql, args)
+                taken_by_other.append(resolve(other.oidc_logins.take("login", "state-1")))
+                return row
+
+            def execute(self, sql, args=()):
+                return self._txn.execute(sql, args)
+
+            @property
+            def rowcount(self):
+                return self._txn.rowcount
+
+        ours = resolve(self.db.pool.run_interaction(
+            "take_interleaved", lambda txn: take_oidc_login_txn(Interleaved(txn), "login", key_hash("state-1"))))
+        self.assertIsNone(ours)
+        self.assertEqual([row.nonce for row in taken_by_other], ["n-1"])
+        self.assertEqual(resolve(self.store.count()), 0)

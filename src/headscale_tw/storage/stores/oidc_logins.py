@@ -32,7 +32,7 @@ from headscale_tw.storage.database import Txn
 from headscale_tw.storage.models import OIDC_LOGIN_KINDS, OIDCLogin
 from headscale_tw.storage.stores._common import StoreBase, dump_json, json_dict, to_datetime
 
-__all__ = ["OIDCLoginStore", "key_hash"]
+__all__ = ["OIDCLoginStore", "key_hash", "take_oidc_login_txn"]
 
 _COLUMNS = "id, kind, auth_id, nonce, code_verifier, pkce_method, identity, created_at, expires_at"
 
@@ -54,6 +54,17 @@ def _row(row: tuple) -> OIDCLogin:
         created_at=to_datetime(row[7]),
         expires_at=to_datetime(row[8]),
     )
+
+
+def take_oidc_login_txn(txn: Txn, kind: str, digest: str) -> OIDCLogin | None:
+    """Read and delete the row of ``kind`` whose key hashes to ``digest``; it only if our DELETE removed it."""
+    row = txn.query_one(f"SELECT {_COLUMNS} FROM oidc_logins WHERE kind = ? AND key_hash = ?", (kind, digest))
+    if row is None:
+        return None
+    txn.execute("DELETE FROM oidc_logins WHERE id = ?", (row[0],))
+    # Another instance's DELETE of the same row committed first (PostgreSQL: ours
+    # waited for its row lock, then found nothing): that instance took it.
+    return _row(row) if txn.rowcount == 1 else None
 
 
 def _check_kind(kind: str) -> None:
@@ -92,18 +103,7 @@ class OIDCLoginStore(StoreBase):
     async def take(self, kind: str, key: str) -> OIDCLogin | None:
         """The row of ``kind`` found by ``key``, deleted; ``None`` when unknown or already taken."""
         _check_kind(kind)
-        digest = key_hash(key)
-
-        def take_oidc_login_txn(txn: Txn) -> OIDCLogin | None:
-            row = txn.query_one(f"SELECT {_COLUMNS} FROM oidc_logins WHERE kind = ? AND key_hash = ?",
-                                (kind, digest))
-            if row is None:
-                return None
-            txn.execute("DELETE FROM oidc_logins WHERE id = ?", (row[0],))
-            # Another instance's DELETE of the same row committed first: it took it.
-            return _row(row) if txn.rowcount == 1 else None
-
-        return await self._pool.run_interaction("take_oidc_login", take_oidc_login_txn)
+        return await self._pool.run_interaction("take_oidc_login", take_oidc_login_txn, kind, key_hash(key))
 
     async def count(self, kind: str | None = None) -> int:
         """How many rows (of ``kind``, or of both kinds) the table holds, expired or not."""
