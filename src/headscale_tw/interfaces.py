@@ -19,6 +19,7 @@ __all__ = [
     "IServerStateStore",
     "IAuthRequestStore",
     "IDatabase",
+    "IOIDCLoginStore",
     "INodeNotifier",
 ]
 
@@ -215,6 +216,23 @@ class IAuthRequestStore(Interface):
         """Delete requests past their expiry; return how many."""
 
 
+class IOIDCLoginStore(Interface):
+    """OpenID sign-ins in progress (started logins, confirmations): taken once, capped, expiring."""
+
+    async def add(kind, key, auth_id, *, created_at, expires_at, limit, nonce="", code_verifier=None,
+                  pkce_method="", identity=None):
+        """Keep a row of ``kind`` found by ``key``; past ``limit`` rows of that kind the oldest go."""
+
+    async def take(kind, key):
+        """Return the ``OIDCLogin`` of ``kind`` found by ``key`` and delete it; ``None`` if absent or taken."""
+
+    async def count(kind=None):
+        """Count the rows (of one kind if given)."""
+
+    async def delete_expired(now=None):
+        """Delete rows past their expiry; return how many."""
+
+
 class IDatabase(Interface):
     """An open, migrated database: one attribute per table area."""
 
@@ -227,6 +245,7 @@ class IDatabase(Interface):
     auth_requests = Attribute("IAuthRequestStore")
     leases = Attribute("ILeaseStore")
     acme = Attribute("IAcmeStore")
+    oidc_logins = Attribute("IOIDCLoginStore")
 
     async def close():
         """Finish in-flight work and close every connection."""

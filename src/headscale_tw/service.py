@@ -458,7 +458,7 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
 
     from headscale_tw.oidc.client import RelyingParty, read_client_secret, redirect_uri_for
     from headscale_tw.oidc.refusals import LoginRefused
-    from headscale_tw.oidc.signin import SignIn
+    from headscale_tw.oidc.signin import PendingLogins, SignIn
     from headscale_tw.oidc.ssh_check import SSHCheckSignIn
     from headscale_tw.web.oidc_pages import OIDCCallbackPage, OIDCCheckPage, OIDCRegisterPage
 
@@ -484,14 +484,24 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
     async def is_pending(auth_id: str) -> bool:
         return await registrar.get_pending(auth_id) is not None
 
-    sign_in = SignIn(relying_party, db.users, is_pending, finish_registration, reactor)
-    ssh_check = SSHCheckSignIn(relying_party, db.users, plane.ssh_checks, reactor)
+    # Started logins and confirmations live in the database: the callback may land on any instance.
+    sign_in = SignIn(relying_party, db.users, is_pending, finish_registration, reactor,
+                     PendingLogins(db.oidc_logins))
+    ssh_check = SSHCheckSignIn(relying_party, db.users, plane.ssh_checks, reactor,
+                               PendingLogins(db.oidc_logins, login_kind="ssh_check"))
     root.putChild(b"register", OIDCRegisterPage(sign_in))
     root.putChild(b"auth", OIDCCheckPage(ssh_check))  # SSH check mode: the person signs in again
     oidc = resource.Resource()
     oidc.putChild(b"callback", OIDCCallbackPage(sign_in, ssh_check))
     root.putChild(b"oidc", oidc)
-    return [(60.0, sign_in.forget_expired), (60.0, ssh_check.forget_expired)]
+
+    def forget_expired_logins() -> defer.Deferred:
+        # One table holds both sign-ins' rows: this deletes the expired ones of every kind.
+        d = defer.Deferred.fromCoroutine(sign_in.forget_expired())
+        d.addErrback(lambda f: Logger(namespace="headscale_tw.oidc").failure("forgetting expired OIDC logins failed", f))
+        return d
+
+    return [(60.0, forget_expired_logins)]
 
 
 def _mount_control(config: Config, reactor, root, plane, noise_key) -> None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,36 +32,48 @@ REDIRECT = "https://hs.example.test/oidc/callback"
 
 
 class PendingLoginsTests(unittest.TestCase):
-    """The bounded, take-once memory of started logins and confirmations."""
+    """Started logins and confirmations kept in the database, bounded and taken once."""
 
-    def test_taken_once(self) -> None:
-        """A login is found by its state once; the second take finds nothing."""
-        pending = PendingLogins()
-        record = new_login_record("a1", T0, pkce_enabled=False)
-        pending.add_login(record)
-        self.assertIs(pending.take_login(record.state), record)
-        self.assertIsNone(pending.take_login(record.state))
+    def setUp(self) -> None:
+        self.db = open_test_database(self)
+
+    def test_login_taken_once(self) -> None:
+        """A login is found by its state once, whole; the second take finds nothing."""
+        pending = PendingLogins(self.db.oidc_logins)
+        record = new_login_record("a1", T0, pkce_enabled=True)
+        resolve(pending.add_login(record))
+        self.assertEqual(resolve(pending.take_login(record.state)), record)
+        self.assertIsNone(resolve(pending.take_login(record.state)))
+
+    def test_confirmation_taken_once(self) -> None:
+        """A confirmation comes back with the whole identity once."""
+        pending = PendingLogins(self.db.oidc_logins)
+        identity = Identity("https://idp", "alice", "a@x", True, "Alice", "ali", "https://p", ("eng", "ops"))
+        confirmation = Confirmation("a1", "token", identity, T0 + timedelta(minutes=15))
+        resolve(pending.add_confirmation(confirmation, T0))
+        self.assertEqual(resolve(pending.take_confirmation("token")), confirmation)
+        self.assertIsNone(resolve(pending.take_confirmation("token")))
 
     def test_bounded(self) -> None:
-        """Past the limit the oldest entries go; memory stays at the limit."""
-        pending = PendingLogins(limit=3)
+        """Past the limit the oldest entries go; the table stays at the limit."""
+        pending = PendingLogins(self.db.oidc_logins, limit=3)
         records = [new_login_record("a1", T0, pkce_enabled=False) for _ in range(5)]
         for record in records:
-            pending.add_login(record)
-        self.assertEqual(len(pending), 3)
-        self.assertIsNone(pending.take_login(records[0].state))
-        self.assertIs(pending.take_login(records[4].state), records[4])
+            resolve(pending.add_login(record))
+        self.assertEqual(resolve(pending.count()), 3)
+        self.assertIsNone(resolve(pending.take_login(records[0].state)))
+        self.assertEqual(resolve(pending.take_login(records[4].state)), records[4])
 
     def test_forget_expired(self) -> None:
         """Expired logins and confirmations are dropped; fresh ones stay."""
-        pending = PendingLogins()
+        pending = PendingLogins(self.db.oidc_logins)
         old = new_login_record("a1", T0, pkce_enabled=False)
-        pending.add_login(old)
-        pending.add_confirmation(Confirmation("a1", "t", Identity("i", "s"), old.expires_at))
+        resolve(pending.add_login(old))
+        resolve(pending.add_confirmation(Confirmation("a1", "t", Identity("i", "s"), old.expires_at), T0))
         fresh = new_login_record("a1", old.expires_at, pkce_enabled=False)
-        pending.add_login(fresh)
-        self.assertEqual(pending.forget_expired(old.expires_at), 2)
-        self.assertEqual(len(pending), 1)
+        resolve(pending.add_login(fresh))
+        self.assertEqual(resolve(pending.forget_expired(old.expires_at)), 2)
+        self.assertEqual(resolve(pending.count()), 1)
 
 
 class UserSignInStoreTests(unittest.TestCase):
@@ -127,7 +139,8 @@ class _SignInFixture(unittest.TestCase):
         config = OIDCConfig(issuer=ISSUER, client_id="headscale", client_secret="s", pkce_enabled=True,
                             allowed_domains=("example.com",))
         rp = RelyingParty(config, REDIRECT, "s", self.http, self.clock)
-        self.sign_in = SignIn(rp, self.db.users, self.registrations.is_pending, self.registrations.finish, self.clock)
+        self.sign_in = SignIn(rp, self.db.users, self.registrations.is_pending, self.registrations.finish, self.clock,
+                              PendingLogins(self.db.oidc_logins))
 
     def settle(self, d: defer.Deferred) -> defer.Deferred:
         """Let the stub provider answer everything ``d`` waits for."""
@@ -138,6 +151,7 @@ class _SignInFixture(unittest.TestCase):
         """Start a login for ``auth-1``, sign the provider's token for it; the callback parameters."""
         url = self.successResultOf(self.settle(defer.ensureDeferred(self.sign_in.begin("auth-1"))))
         query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+        self.nonce = query["nonce"]
         self.provider.id_token = self.signer.token(self.clock.seconds(), query["nonce"])
         return {"state": query["state"], "code": "good-code"}
 
@@ -174,10 +188,9 @@ class SignInTests(_SignInFixture):
     def test_refused_person_not_registered(self) -> None:
         """A person the policy refuses gets no confirmation and nothing is registered."""
         params = self.begin()
-        nonce = self.sign_in.pending._logins[params["state"]].nonce
-        self.provider.id_token = self.signer.token(self.clock.seconds(), nonce, email="eve@evil.org")
+        self.provider.id_token = self.signer.token(self.clock.seconds(), self.nonce, email="eve@evil.org")
         self.assertEqual(self.refusal(self.sign_in.callback(params)), Reason.DOMAIN_NOT_ALLOWED)
-        self.assertEqual((self.registrations.finished, len(self.sign_in.pending)), ([], 0))
+        self.assertEqual((self.registrations.finished, resolve(self.sign_in.pending.count())), ([], 0))
 
     def test_confirmation_token_checked(self) -> None:
         """A wrong token, a token for another registration, or one used twice registers nothing more."""
@@ -225,7 +238,7 @@ class SignInPagesTests(_SignInFixture):
         self.assertEqual(status, 302)
         location = headers.getRawHeaders("location")[0]
         self.assertTrue(location.startswith(ISSUER + "/auth?"), location)
-        self.assertEqual(len(self.sign_in.pending), 1)
+        self.assertEqual(resolve(self.sign_in.pending.count()), 1)
 
     def test_unknown_registration_page(self) -> None:
         """An unknown or malformed registration id gets a 404 page that says so."""
@@ -274,8 +287,7 @@ class SignInPagesTests(_SignInFixture):
     def test_markup_escaped(self) -> None:
         """Claims are shown escaped: a name with markup cannot inject HTML."""
         params = self.begin()
-        nonce = self.sign_in.pending._logins[params["state"]].nonce
-        self.provider.id_token = self.signer.token(self.clock.seconds(), nonce, name="<script>x</script>")
+        self.provider.id_token = self.signer.token(self.clock.seconds(), self.nonce, name="<script>x</script>")
         _, _, body = self.request("get", f"/oidc/callback?state={params['state']}&code=good-code")
         self.assertNotIn("<script>", body)
         self.assertIn("&lt;script&gt;", body)
@@ -290,7 +302,7 @@ class AwaitablePendingTests(_SignInFixture):
             return auth_id == "auth-1"
 
         self.sign_in = SignIn(self.sign_in.relying_party, self.db.users, is_pending, self.registrations.finish,
-                              self.clock)
+                              self.clock, self.sign_in.pending)
         d = self.settle(defer.ensureDeferred(self.sign_in.begin("other")))
         self.assertEqual(self.failureResultOf(d, LoginRefused).value.reason, Reason.REGISTRATION_UNKNOWN)
         url = self.successResultOf(self.settle(defer.ensureDeferred(self.sign_in.begin("auth-1"))))

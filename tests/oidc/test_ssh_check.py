@@ -14,7 +14,7 @@ from twisted.web.resource import Resource
 from headscale_tw.config.model import OIDCConfig
 from headscale_tw.oidc.client import RelyingParty
 from headscale_tw.oidc.refusals import LoginRefused, Reason
-from headscale_tw.oidc.signin import SignIn
+from headscale_tw.oidc.signin import PendingLogins, SignIn
 from headscale_tw.oidc.ssh_check import SSHCheckSignIn
 from headscale_tw.testing.oidc_fake_provider import FAKE_ISSUER as ISSUER
 from headscale_tw.testing.oidc_fake_provider import FakeProvider, shared_signers
@@ -47,8 +47,10 @@ class _Fixture(unittest.TestCase):
         config = OIDCConfig(issuer=ISSUER, client_id="headscale", client_secret="s", pkce_enabled=True)
         rp = RelyingParty(config, REDIRECT, "s", self.http, self.h.clock)
         self.checks = self.h.plane.ssh_checks
-        self.ssh_check = SSHCheckSignIn(rp, self.h.db.users, self.checks, self.h.clock)
-        registrations = SignIn(rp, self.h.db.users, lambda auth_id: False, self._no_registration, self.h.clock)
+        self.ssh_check = SSHCheckSignIn(rp, self.h.db.users, self.checks, self.h.clock,
+                                        PendingLogins(self.h.db.oidc_logins, login_kind="ssh_check"))
+        registrations = SignIn(rp, self.h.db.users, lambda auth_id: False, self._no_registration, self.h.clock,
+                               PendingLogins(self.h.db.oidc_logins))
         root = Resource()
         root.putChild(b"auth", OIDCCheckPage(self.ssh_check))
         oidc = Resource()
@@ -129,7 +131,7 @@ class SSHCheckSignInTests(_Fixture):
             status, _, body = self.request(path)
             self.assertEqual(status, 404, path)
             self.assertIn(Reason.CHECK_UNKNOWN.message, body)
-        self.assertEqual(len(self.ssh_check.pending), 0)
+        self.assertEqual(self.h.run(self.ssh_check.pending.count()), 0)
 
     def test_answered_meanwhile(self) -> None:
         """A check rejected while the person was at the provider is refused at the callback."""

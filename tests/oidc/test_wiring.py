@@ -13,6 +13,7 @@ from twisted.web.resource import Resource
 from headscale_tw.config.model import Config, OIDCConfig
 from headscale_tw.preflight import StartupError
 from headscale_tw.service import _mount_oidc
+from headscale_tw.testing.db import open_test_database
 from headscale_tw.web.oidc_pages import OIDCCallbackPage, OIDCCheckPage, OIDCRegisterPage
 
 __all__ = ["MountOIDCTests"]
@@ -54,12 +55,14 @@ class MountOIDCTests(unittest.TestCase):
         """Without it, start-up goes on and the sign-in pages replace the CLI-approval page."""
         reactor = MemoryReactorClock()
         root = Resource()
-        d = defer.ensureDeferred(_mount_oidc(self.config(False), reactor, root, _Database(), _Plane()))
+        db = open_test_database(self)
+        d = defer.ensureDeferred(_mount_oidc(self.config(False), reactor, root, db, _Plane()))
         reactor.advance(10)
         jobs = self.successResultOf(d)
-        self.assertEqual([interval for interval, _ in jobs], [60.0, 60.0])  # registrations, SSH checks
+        self.assertEqual([interval for interval, _ in jobs], [60.0])
         self.assertIsInstance(root.children[b"register"], OIDCRegisterPage)
         self.assertIsInstance(root.children[b"auth"], OIDCCheckPage)
         self.assertIsInstance(root.children[b"oidc"].children[b"callback"], OIDCCallbackPage)
-        self.assertEqual([job() for _, job in jobs], [0, 0])
+        self.assertEqual([self.successResultOf(job()) for _, job in jobs], [0],
+                         "one job forgets the expired logins of both sign-ins in the database")
         self.assertEqual(reactor.getDelayedCalls(), [])

@@ -16,17 +16,18 @@ Registering a machine to the person who signs in: the three steps behind the web
    (:meth:`IUserStore.sign_in`), then the registration finished for that user
    through the ``finish_registration`` callable the builder passes in.
 
-Records and confirmations live in :class:`PendingLogins`, in memory and bounded:
-a callback must reach the instance that started the login (the database-backed
-version, for several instances, is a later step).
+Records and confirmations are kept by :class:`PendingLogins` in the database
+(the ``oidc_logins`` table, through the store passed in), bounded and taken at
+most once: the callback and the confirmation may reach any instance on the same
+database, and a replayed callback fails on every instance.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import inspect
 import secrets
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,47 +58,69 @@ class Confirmation:
     expires_at: datetime
 
 
+def _identity_to_json(identity: Identity) -> dict[str, Any]:
+    return {f.name: (list(v) if isinstance(v := getattr(identity, f.name), tuple) else v)
+            for f in dataclasses.fields(Identity)}
+
+
+def _identity_from_json(data: Mapping[str, Any]) -> Identity:
+    known = {}
+    for f in dataclasses.fields(Identity):
+        if f.name in data:
+            value = data[f.name]
+            known[f.name] = tuple(value) if isinstance(value, list) else value
+    return Identity(**known)
+
+
 class PendingLogins:
-    """Started logins by ``state`` and confirmations by token; each taken at most once."""
+    """Started logins by ``state`` and confirmations by token, in the database; each taken at most once.
 
-    def __init__(self, limit: int = MAX_PENDING) -> None:
+    :param store: an :class:`~headscale_tw.interfaces.IOIDCLoginStore` (``db.oidc_logins``).
+    :param limit: at most this many of each kind are kept; the oldest go first.
+    :param login_kind: the table's kind for started logins: ``"login"`` for
+        registrations, ``"ssh_check"`` for SSH check sign-ins (kept apart, so one
+        never takes the other's callback).
+    """
+
+    def __init__(self, store: Any, limit: int = MAX_PENDING, login_kind: str = "login") -> None:
+        self._store = store
         self._limit = limit
-        self._logins: OrderedDict[str, LoginRecord] = OrderedDict()
-        self._confirmations: OrderedDict[str, Confirmation] = OrderedDict()
+        self._login_kind = login_kind
 
-    def __len__(self) -> int:
-        return len(self._logins) + len(self._confirmations)
+    async def count(self) -> int:
+        """How many started logins and confirmations are kept."""
+        return int(await self._store.count())
 
-    def _bounded(self, table: OrderedDict[str, Any], key: str, value: Any) -> None:
-        table[key] = value
-        while len(table) > self._limit:
-            table.popitem(last=False)
-
-    def add_login(self, record: LoginRecord) -> None:
+    async def add_login(self, record: LoginRecord) -> None:
         """Keep ``record`` until its callback (or until it is the oldest of too many)."""
-        self._bounded(self._logins, record.state, record)
+        await self._store.add(self._login_kind, record.state, record.auth_id, nonce=record.nonce,
+                              code_verifier=record.code_verifier, pkce_method=record.pkce_method,
+                              created_at=record.created_at, expires_at=record.expires_at, limit=self._limit)
 
-    def take_login(self, state: str) -> LoginRecord | None:
+    async def take_login(self, state: str) -> LoginRecord | None:
         """The login started with ``state``, removed; ``None`` when unknown or already taken."""
-        return self._logins.pop(state, None)
+        row = await self._store.take(self._login_kind, state)
+        if row is None:
+            return None
+        return LoginRecord(auth_id=row.auth_id, state=state, nonce=row.nonce, code_verifier=row.code_verifier,
+                           pkce_method=row.pkce_method, created_at=row.created_at, expires_at=row.expires_at)
 
-    def add_confirmation(self, confirmation: Confirmation) -> None:
+    async def add_confirmation(self, confirmation: Confirmation, now: datetime) -> None:
         """Keep ``confirmation`` until it is confirmed."""
-        self._bounded(self._confirmations, confirmation.token, confirmation)
+        await self._store.add("confirmation", confirmation.token, confirmation.auth_id,
+                              identity=_identity_to_json(confirmation.identity), created_at=now,
+                              expires_at=confirmation.expires_at, limit=self._limit)
 
-    def take_confirmation(self, token: str) -> Confirmation | None:
+    async def take_confirmation(self, token: str) -> Confirmation | None:
         """The confirmation with ``token``, removed; ``None`` when unknown or already taken."""
-        return self._confirmations.pop(token, None)
+        row = await self._store.take("confirmation", token)
+        if row is None:
+            return None
+        return Confirmation(row.auth_id, token, _identity_from_json(row.identity), row.expires_at)
 
-    def forget_expired(self, now: datetime) -> int:
+    async def forget_expired(self, now: datetime) -> int:
         """Drop every login and confirmation past its expiry; return how many went."""
-        gone = [s for s, r in self._logins.items() if r.expires_at <= now]
-        for state in gone:
-            del self._logins[state]
-        stale = [t for t, c in self._confirmations.items() if c.expires_at <= now]
-        for token in stale:
-            del self._confirmations[token]
-        return len(gone) + len(stale)
+        return int(await self._store.delete_expired(now))
 
 
 class SignIn:
@@ -109,19 +132,20 @@ class SignIn:
         awaitable one).
     :param finish_registration: registers ``auth_id``'s machine to the given ``User``.
     :param clock: the reactor's clock.
+    :param pending: where started logins and confirmations are kept (:class:`PendingLogins`).
     """
 
     log = Logger()
 
     def __init__(self, relying_party: RelyingParty, users: Any, is_pending: Callable[[str], bool | Awaitable[bool]],
                  finish_registration: Callable[[str, Any], Awaitable[Any]], clock: IReactorTime,
-                 pending: PendingLogins | None = None) -> None:
+                 pending: PendingLogins) -> None:
         self.relying_party = relying_party
         self._users = users
         self._is_pending = is_pending
         self._finish_registration = finish_registration
         self._clock = clock
-        self.pending = pending if pending is not None else PendingLogins()
+        self.pending = pending
 
     async def _require_pending(self, auth_id: str) -> None:
         pending = self._is_pending(auth_id)
@@ -134,7 +158,7 @@ class SignIn:
         """Start a login for the pending registration ``auth_id``; the provider URL to redirect to."""
         await self._require_pending(auth_id)
         record, url = await self.relying_party.start_login(auth_id)
-        self.pending.add_login(record)
+        await self.pending.add_login(record)
         return url
 
     async def callback(self, params: Mapping[str, str]) -> Confirmation:
@@ -142,21 +166,21 @@ class SignIn:
         state = params.get("state")
         if not state:
             raise LoginRefused(Reason.MISSING_PARAMETER, "the callback has no 'state'")
-        record = self.pending.take_login(state)
+        record = await self.pending.take_login(state)
         if record is None:
             raise LoginRefused(Reason.UNKNOWN_STATE, "no started login has this state (unknown, used or expired)")
         identity = await self.relying_party.finish_login(record, params)
         await self._require_pending(record.auth_id)
-        confirmation = Confirmation(record.auth_id, secrets.token_urlsafe(32), identity,
-                                    utc_now(self._clock) + LOGIN_LIFETIME)
-        self.pending.add_confirmation(confirmation)
+        now = utc_now(self._clock)
+        confirmation = Confirmation(record.auth_id, secrets.token_urlsafe(32), identity, now + LOGIN_LIFETIME)
+        await self.pending.add_confirmation(confirmation, now)
         self.log.info("OIDC login of {identifier} for registration {auth_id} awaits confirmation",
                       identifier=identity.provider_identifier, auth_id=record.auth_id)
         return confirmation
 
     async def confirm(self, auth_id: str, token: str) -> tuple[Any, Any]:
         """Register ``auth_id``'s machine to the person of confirmation ``token``; ``(user, node)``."""
-        confirmation = self.pending.take_confirmation(token)
+        confirmation = await self.pending.take_confirmation(token)
         if confirmation is None or not hmac.compare_digest(confirmation.auth_id.encode(), auth_id.encode()):
             raise LoginRefused(Reason.UNKNOWN_STATE, "no confirmation with this token for this registration")
         now = utc_now(self._clock)
@@ -172,6 +196,6 @@ class SignIn:
                       auth_id=auth_id, user=user.name, identifier=identity.provider_identifier)
         return user, node
 
-    def forget_expired(self) -> int:
+    async def forget_expired(self) -> int:
         """Drop expired logins and confirmations (a periodic job); how many went."""
-        return self.pending.forget_expired(utc_now(self._clock))
+        return await self.pending.forget_expired(utc_now(self._clock))

@@ -3,9 +3,10 @@
 SSH check mode with an OpenID provider: the person proves who they are again.
 
 1. :meth:`SSHCheckSignIn.begin` (``GET /auth/<auth_id>``): the SSH check must be
-   pending; a :class:`~headscale_tw.oidc.login.LoginRecord` is kept (its own
-   :class:`~headscale_tw.oidc.signin.PendingLogins`, apart from registrations)
-   and the provider's URL returned.
+   pending; a :class:`~headscale_tw.oidc.login.LoginRecord` is kept (in the
+   database through its own :class:`~headscale_tw.oidc.signin.PendingLogins`,
+   kind ``ssh_check``, apart from registrations, so the callback may land on any
+   instance) and the provider's URL returned.
 2. :meth:`SSHCheckSignIn.callback` (``GET /oidc/callback``, the one redirect URI
    providers know): when ``state`` names one of its logins, the login is
    finished and checked like a registration's (state, nonce, PKCE, ID token,
@@ -45,17 +46,18 @@ class SSHCheckSignIn:
     :param users: the user store (``sign_in``).
     :param checks: the :class:`~headscale_tw.control.ssh_check.SSHChecks` (``pending``, ``approve_as``).
     :param clock: the reactor's clock.
+    :param pending: where started sign-ins are kept (``PendingLogins(db.oidc_logins, login_kind="ssh_check")``).
     """
 
     log = Logger()
 
     def __init__(self, relying_party: RelyingParty, users: Any, checks: Any, clock: IReactorTime,
-                 pending: PendingLogins | None = None) -> None:
+                 pending: PendingLogins) -> None:
         self.relying_party = relying_party
         self._users = users
         self._checks = checks
         self._clock = clock
-        self.pending = pending if pending is not None else PendingLogins()
+        self.pending = pending
 
     async def _require_pending(self, auth_id: str) -> Any:
         row = await self._checks.pending(auth_id)
@@ -67,7 +69,7 @@ class SSHCheckSignIn:
         """Start a sign-in for the pending SSH check ``auth_id``; the provider URL to redirect to."""
         await self._require_pending(auth_id)
         record, url = await self.relying_party.start_login(auth_id)
-        self.pending.add_login(record)
+        await self.pending.add_login(record)
         return url
 
     async def callback(self, params: Mapping[str, str]) -> tuple[Any, Any] | None:
@@ -76,7 +78,7 @@ class SSHCheckSignIn:
         ``None`` when ``state`` is not one of the SSH check sign-ins (a registration's callback).
         """
         state = params.get("state")
-        record = self.pending.take_login(state) if state else None
+        record = await self.pending.take_login(state) if state else None
         if record is None:
             return None
         identity = await self.relying_party.finish_login(record, params)
@@ -94,6 +96,6 @@ class SSHCheckSignIn:
                       auth_id=record.auth_id, user=user.name, identifier=identity.provider_identifier)
         return user, row
 
-    def forget_expired(self) -> int:
-        """Drop expired sign-ins (a periodic job); how many went."""
-        return self.pending.forget_expired(utc_now(self._clock))
+    async def forget_expired(self) -> int:
+        """Drop expired sign-ins; how many went (the store's sweep covers every kind)."""
+        return await self.pending.forget_expired(utc_now(self._clock))

@@ -586,6 +586,7 @@ class Database:
         from headscale_tw.storage.stores.auth_requests import AuthRequestStore
         from headscale_tw.storage.stores.leases import LeaseStore
         from headscale_tw.storage.stores.nodes import NodeStore
+        from headscale_tw.storage.stores.oidc_logins import OIDCLoginStore
         from headscale_tw.storage.stores.policies import PolicyStore
         from headscale_tw.storage.stores.preauthkeys import PreAuthKeyStore
         from headscale_tw.storage.stores.server_state import ServerStateStore
@@ -602,6 +603,7 @@ class Database:
         self.auth_requests = AuthRequestStore(pool, reactor)
         self.leases = LeaseStore(pool, reactor)
         self.acme = AcmeStore(pool, reactor)
+        self.oidc_logins = OIDCLoginStore(pool, reactor)
 
     async def close(self) -> None:
         """Finish in-flight work and close every connection."""

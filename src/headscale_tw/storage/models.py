@@ -13,7 +13,8 @@ from datetime import datetime
 
 import attrs
 
-__all__ = ["User", "Node", "PreAuthKey", "ApiKey", "PolicyRecord", "AuthRequest", "AUTH_KINDS", "AUTH_STATES"]
+__all__ = ["User", "Node", "PreAuthKey", "ApiKey", "PolicyRecord", "AuthRequest", "AUTH_KINDS", "AUTH_STATES",
+           "OIDCLogin", "OIDC_LOGIN_KINDS"]
 
 
 @attrs.frozen
@@ -144,3 +145,28 @@ class AuthRequest:
         if self.state == "pending" and self.expires_at is not None and self.expires_at <= now:
             return "expired"
         return self.state
+
+
+OIDC_LOGIN_KINDS = ("login", "confirmation", "ssh_check")
+"""A started registration sign-in waiting for its callback, a signed-in person waiting to confirm,
+or a started SSH check sign-in waiting for its callback."""
+
+
+@attrs.frozen
+class OIDCLogin:
+    """An OpenID sign-in in progress (the ``oidc_logins`` table), as taken from it.
+
+    For a ``login`` or an ``ssh_check``: ``nonce``, ``code_verifier`` (``None`` without PKCE) and
+    ``pkce_method``. For a ``confirmation``: ``identity``, the person's claims as
+    the domain stored them. The key (state or token) is not kept, only its hash.
+    """
+
+    id: int
+    kind: str
+    auth_id: str
+    nonce: str = ""
+    code_verifier: str | None = None
+    pkce_method: str = ""
+    identity: dict = attrs.field(factory=dict, hash=False)
+    created_at: datetime | None = None
+    expires_at: datetime | None = None

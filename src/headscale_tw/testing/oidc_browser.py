@@ -8,7 +8,8 @@ Two forms of it:
   party's ``redirect_uri``: for tests of the relying party alone.
 - :func:`browse` (``urllib``, synchronous) goes all the way: from
   ``/register/<auth_id>`` through the provider's pages and back to our
-  confirmation page, submitting every form, until a page without one. Run as
+  confirmation page, submitting every form, until a page without one (or, with
+  ``stop_at``, until a redirect to a URL starting with it, not followed). Run as
   ``python -m headscale_tw.testing.oidc_browser`` it does this inside a test's
   private network namespace and prints the outcome as JSON.
 
@@ -161,18 +162,39 @@ def _fill(form: HtmlForm, login: str, password: str) -> dict[str, str]:
     return fields
 
 
+class _Stopped(Exception):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+class _StoppingRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, except one to a URL starting with ``stop_at``: that one ends the browsing."""
+
+    def __init__(self, stop_at: str | None) -> None:
+        self._stop_at = stop_at
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        if self._stop_at and newurl.startswith(self._stop_at):
+            raise _Stopped(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def browse(url: str, login: str, cafiles: Sequence[str], password: str = "not-checked", max_forms: int = 10,
-           timeout: float = 15.0) -> BrowseResult:
+           timeout: float = 15.0, stop_at: str | None = None) -> BrowseResult:
     """Open ``url`` with cookies, follow redirects, submit each page's first form; stop at a page without one.
 
     Trusts only ``cafiles``; no proxies. At most ``max_forms`` forms are submitted.
+    With ``stop_at``, a redirect to a URL starting with it is not followed: the
+    result is that URL with status 302 and no body.
     """
     context = ssl.create_default_context(cafile=cafiles[0]) if cafiles else ssl.create_default_context()
     for cafile in cafiles[1:]:
         context.load_verify_locations(cafile=cafile)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
                                          urllib.request.HTTPSHandler(context=context),
-                                         urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+                                         urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
+                                         _StoppingRedirects(stop_at))
     visited: list[str] = []
     data: bytes | None = None
     for _ in range(max_forms + 1):
@@ -182,6 +204,8 @@ def browse(url: str, login: str, cafiles: Sequence[str], password: str = "not-ch
                 status, final, page = response.status, response.geturl(), response.read(_MAX_PAGE)
         except urllib.error.HTTPError as e:
             return BrowseResult(e.geturl(), e.code, e.read(_MAX_PAGE).decode("utf-8", "replace"), visited)
+        except _Stopped as stopped:
+            return BrowseResult(stopped.url, 302, "", [*visited, stopped.url])
         text = page.decode("utf-8", "replace")
         forms = parse_forms(text)
         if not forms:
@@ -203,9 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("url")
     parser.add_argument("--login", required=True)
     parser.add_argument("--cafile", action="append", default=[])
+    parser.add_argument("--stop-at", default=None, help="do not follow a redirect to a URL starting with this")
     args = parser.parse_args(argv)
     try:
-        result = asdict(browse(args.url, args.login, args.cafile))
+        result = asdict(browse(args.url, args.login, args.cafile, stop_at=args.stop_at))
     except Exception as e:
         result = {"error": f"{type(e).__name__}: {e}"}
     sys.stdout.write(json.dumps(result))

@@ -164,11 +164,16 @@ class OIDCProvider:
     :param accounts: the people it knows.
     :param namespace: run inside this private network namespace instead of the test's own.
     :param id_token_ttl: seconds an ID token it issues stays valid.
+
+    :meth:`restart` brings it back on the same port with the same CA (so the
+    same issuer), but with new signing keys: a key rotation, as a real
+    provider that lost its keys would do.
     """
 
     def __init__(self, directory: str, clients: Sequence[ClientRegistration],
                  accounts: Sequence[TestAccount] = TEST_ACCOUNTS, namespace: Namespace | None = None,
                  host: str = "127.0.0.1", id_token_ttl: int = 600) -> None:
+        self.port = 0
         self.directory = os.path.abspath(directory)
         os.makedirs(self.directory, exist_ok=True)
         self.clients = tuple(clients)
@@ -193,7 +198,7 @@ class OIDCProvider:
         assert self.ca is not None
         config = {
             "host": self.host,
-            "port": 0,
+            "port": self.port,
             "tls": {"cert": self.ca.cert_pem, "key": self.ca.key_pem},
             "ready_file": self._ready_file,
             "clients": [c.as_provider_config() for c in self.clients],
@@ -211,7 +216,8 @@ class OIDCProvider:
             raise HarnessError("the OIDC provider is already started")
         launcher = find_launcher()
         node = find_node(launcher)
-        self.ca = make_test_ca(os.path.join(self.directory, "ca"))
+        if self.ca is None:
+            self.ca = make_test_ca(os.path.join(self.directory, "ca"))
         config_path = self._write_config()
         if os.path.exists(self._ready_file):
             os.unlink(self._ready_file)
@@ -236,6 +242,7 @@ class OIDCProvider:
         try:
             info: dict[str, Any] = wait_for(ready, timeout, "the OIDC provider to listen", details=self.describe)
             self.issuer = str(info["issuer"])
+            self.port = int(info["port"])
             wait_for(self._discovery_answers, timeout, f"{self.issuer}/.well-known/openid-configuration",
                      interval=0.1, details=self.describe)
         except BaseException:
@@ -287,6 +294,12 @@ class OIDCProvider:
     def stop(self, timeout: float = 10.0) -> int | None:
         """Stop the provider by its PID (SIGTERM, SIGKILL after ``timeout``); return its exit status."""
         return self.process.stop(timeout) if self.process is not None else None
+
+    def restart(self, timeout: float = 30.0) -> OIDCProvider:
+        """Stop it and start it again on the same port with the same CA (new signing keys)."""
+        self.stop()
+        self.process = None
+        return self.start(timeout)
 
     def describe(self, lines: int = 40) -> str:
         """State and log tail, for assertion messages."""
