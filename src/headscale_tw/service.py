@@ -474,13 +474,14 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
                  issuer=config.oidc.issuer, detail=e.detail)
     registrar = plane.registrar
 
-    async def finish_registration(auth_id: str, user) -> object:
-        return await registrar.complete(auth_id, user.name)
+    async def finish_registration(auth_id: str, user, expires_at) -> object:
+        return await registrar.complete(auth_id, user.name, granted_until=expires_at)
 
     async def is_pending(auth_id: str) -> bool:
         return await registrar.get_pending(auth_id) is not None
 
-    sign_in = SignIn(relying_party, db.users, is_pending, finish_registration, reactor)
+    sign_in = SignIn(relying_party, db.users, is_pending, finish_registration, reactor,
+                     use_expiry_from_token=config.oidc.use_expiry_from_token)
     root.putChild(b"register", OIDCRegisterPage(sign_in))
     oidc = resource.Resource()
     oidc.putChild(b"callback", OIDCCallbackPage(sign_in))
