@@ -186,8 +186,9 @@ class SignInTests(_SignInFixture):
 
     def test_groups_cut_logged(self) -> None:
         """A token with too many groups is cut to the cap and the cut is logged as a warning."""
-        from headscale_tw.oidc.claims import MAX_GROUPS
         from twisted.logger import globalLogPublisher
+
+        from headscale_tw.oidc.claims import MAX_GROUPS
 
         seen: list[dict] = []
         globalLogPublisher.addObserver(seen.append)
