@@ -59,7 +59,7 @@ def _group_tailnet(groups: int, extra_rules=(), extra_nodes=()):
         + list(extra_rules),
     })
     state = _State()
-    state.users[1] = SimpleNamespace(id=1, name="alice", email="alice@example.com")
+    state.users[1] = SimpleNamespace(id=1, name="alice", email="alice@example.com", idp_groups=())
     for i in range(1, 3 * groups + 1):
         state.nodes[i] = _row(i, f"n{i}", None, (f"tag:g{i % groups}",), f"100.64.{i // 250}.{i % 250 + 1}",
                               f"fd7a:115c:a1e0::{i:x}")
@@ -84,7 +84,7 @@ class _Run:
         topology = build_topology(scenario)
         self.state = state = _State()
         for u in topology.users:
-            state.users[u.id] = SimpleNamespace(id=u.id, name=u.name, email=u.email)
+            state.users[u.id] = SimpleNamespace(id=u.id, name=u.name, email=u.email, idp_groups=())
         for n in topology.nodes:
             state.nodes[n.id] = _row(n.id, n.hostname, n.user_id, n.tags,
                                      n.ipv4 and str(n.ipv4), n.ipv6 and str(n.ipv6),

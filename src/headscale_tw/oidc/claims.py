@@ -33,6 +33,7 @@ from typing import Any
 
 from headscale_tw.config.model import OIDCConfig
 from headscale_tw.oidc.refusals import LoginRefused, Reason
+from headscale_tw.policy.model import IDP_GROUP_NAME_MAX
 
 __all__ = [
     "MAX_GROUPS",
@@ -48,8 +49,8 @@ __all__ = [
 MAX_GROUPS = 256
 """At most this many groups of one token are kept (the first ones, duplicates removed); the rest are dropped."""
 
-MAX_GROUP_NAME = 256
-"""A group name longer than this (in characters) is dropped."""
+MAX_GROUP_NAME = IDP_GROUP_NAME_MAX
+"""A group name longer than this (in characters) is dropped (the policy cannot name it either)."""
 
 _MAX_TEXT = 1024
 
