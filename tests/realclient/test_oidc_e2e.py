@@ -16,6 +16,8 @@ import json
 import os
 import re
 import sys
+import time
+from datetime import datetime
 from typing import Any
 
 from headscale_tw.testing.oidc_provider import ClientRegistration, OIDCProvider
@@ -35,13 +37,14 @@ class OIDCLoginTests(ScenarioMixin, RealClientTestCase):
 
     timeout = 240
 
-    def start_everything(self, policy: dict[str, Any] | None = None, **oidc: Any) -> tuple[Any, Any]:
-        """Provider, server (with ``oidc`` settings added, and ``policy`` as its section) and one started
-        ``tailscaled``; ``(server, node)``."""
+    def start_everything(self, policy: dict[str, Any] | None = None, id_token_ttl: int = 600,
+                         **oidc: Any) -> tuple[Any, Any]:
+        """Provider (its ID tokens valid ``id_token_ttl`` s), server (with ``oidc`` settings added, and
+        ``policy`` as its section) and one started ``tailscaled``; ``(server, node)``."""
         self.ca = self.make_ca()
         self.provider = OIDCProvider(os.path.join(self.log_dir, "idp"),
                                      [ClientRegistration("headscale", SECRET, (SERVER_URL + "/oidc/callback",))],
-                                     namespace=self.namespace).start()
+                                     namespace=self.namespace, id_token_ttl=id_token_ttl).start()
         bundle = os.path.join(self.log_dir, "trusted-cas.pem")
         with open(bundle, "w") as out:
             for path in (self.ca.ca_pem, self.provider.ca_pem):
@@ -116,6 +119,21 @@ class OIDCLoginTests(ScenarioMixin, RealClientTestCase):
         self.assertEqual([(n["id"], n["user"]["name"]) for n in again], [(node_id, "alice")])
         self.assertEqual(node.ip(), address)
         self.assertEqual(len(json.loads(server.cli("users", "list", "-o", "json").stdout)), 1)
+
+    def test_node_expires_with_the_id_token(self) -> None:
+        """With use_expiry_from_token the node's key expiry, as the client shows it, is the ID token's ``exp``."""
+        server, node = self.start_everything(id_token_ttl=900, use_expiry_from_token=True)
+        before = int(time.time())
+        up, url = self.tailscale_up(server, node)
+        self.assertEqual(self.browse(server, url, "alice")["status"], 200)
+        wait_for(lambda: up.returncode is not None, 60, "tailscale up to finish", interval=0.2, details=node.describe)
+        self.assertEqual((up.returncode, node.backend_state()), (0, "Running"), up.describe())
+        after = int(time.time()) + 1
+        [listed] = json.loads(server.cli("nodes", "list", "-o", "json").stdout)
+        expiry = listed["expiry"]["seconds"]
+        self.assertTrue(before + 900 <= expiry <= after + 900, (before, expiry, after))
+        shown = node.status_json()["Self"]["KeyExpiry"]
+        self.assertEqual(datetime.fromisoformat(shown.replace("Z", "+00:00")).timestamp(), expiry)
 
     def test_idp_group_grants_access(self) -> None:
         """A policy naming idpgroup:engineering lets alice's node and svc's node see each other only while she is in it."""
