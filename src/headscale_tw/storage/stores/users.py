@@ -82,11 +82,13 @@ class UserStore(StoreBase):
         return await self._pool.run_interaction("create_user", create_user_txn)
 
     async def sign_in(self, provider_identifier, name, email="", display_name="", profile_pic_url="",
-                      idp_groups=(), now: datetime | None = None) -> User:
+                      idp_groups=None, now: datetime | None = None) -> User:
         """The user an OpenID provider identifies as ``provider_identifier``, created or kept current.
 
-        An existing user keeps its name; its email, display name, picture and
-        IdP groups are replaced by this sign-in's (the caller bounds ``idp_groups``). A new user (``provider = 'oidc'``) gets ``name``, or ``name``
+        An existing user keeps its name; its email, display name and picture are
+        replaced by this sign-in's, and so are its IdP groups when ``idp_groups``
+        is given (the caller bounds them; ``None`` keeps the stored ones, for a
+        sign-in that does not stand for the person's groups). A new user (``provider = 'oidc'``) gets ``name``, or ``name``
         plus ``-`` and 6 hex digits of the identifier's SHA-256 when another user
         already has that name (a person signing in never takes over an existing
         user by name). ``AlreadyExists`` only if both names are taken.
@@ -98,15 +100,16 @@ class UserStore(StoreBase):
                                 (provider_identifier,))
             if row is not None:
                 user = _row(row)
-                txn.execute("UPDATE users SET email = ?, display_name = ?, profile_pic_url = ?, idp_groups = ?,"
-                            " updated_at = ? WHERE id = ?",
-                            (email, display_name, profile_pic_url, dump_json(tuple(idp_groups)), when, user.id))
+                txn.execute("UPDATE users SET email = ?, display_name = ?, profile_pic_url = ?, updated_at = ?"
+                            " WHERE id = ?", (email, display_name, profile_pic_url, when, user.id))
+                if idp_groups is not None:
+                    txn.execute("UPDATE users SET idp_groups = ? WHERE id = ?", (dump_json(tuple(idp_groups)), user.id))
                 return get_user_txn(txn, user.id)
             chosen = name
             if txn.query_one("SELECT id FROM users WHERE name = ?", (chosen,)) is not None:
                 chosen = f"{name}-{hashlib.sha256(provider_identifier.encode()).hexdigest()[:6]}"
             return _insert_user_txn(txn, chosen, display_name, email, "oidc", provider_identifier, profile_pic_url,
-                                    when, tuple(idp_groups))
+                                    when, tuple(idp_groups or ()))
 
         return await self._pool.run_interaction("sign_in_user", sign_in_user_txn)
 
