@@ -30,9 +30,11 @@ class IUserStore(Interface):
     async def create(name, display_name="", email="", provider="", provider_identifier="", now=None):
         """Insert a user and return its ``User``; ``AlreadyExists`` if the name is taken."""
 
-    async def sign_in(provider_identifier, name, email="", display_name="", profile_pic_url="", now=None):
+    async def sign_in(provider_identifier, name, email="", display_name="", profile_pic_url="", idp_groups=None,
+                      now=None):
         """Return the user an OpenID provider identifies as ``provider_identifier``: created
-        (named ``name``, suffixed when taken) or with email, display name and picture updated."""
+        (named ``name``, suffixed when taken) or with email, display name and picture updated, and
+        its IdP groups replaced by ``idp_groups`` (a sequence of strings) unless that is ``None``."""
 
     async def get(user_id):
         """Return the ``User`` with this id, or raise ``NotFound``."""

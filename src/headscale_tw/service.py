@@ -478,15 +478,15 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
                  issuer=config.oidc.issuer, detail=e.detail)
     registrar = plane.registrar
 
-    async def finish_registration(auth_id: str, user) -> object:
-        return await registrar.complete(auth_id, user.name)
+    async def finish_registration(auth_id: str, user, expires_at) -> object:
+        return await registrar.complete(auth_id, user.name, granted_until=expires_at)
 
     async def is_pending(auth_id: str) -> bool:
         return await registrar.get_pending(auth_id) is not None
 
     # Started logins and confirmations live in the database: the callback may land on any instance.
     sign_in = SignIn(relying_party, db.users, is_pending, finish_registration, reactor,
-                     PendingLogins(db.oidc_logins))
+                     PendingLogins(db.oidc_logins), use_expiry_from_token=config.oidc.use_expiry_from_token)
     ssh_check = SSHCheckSignIn(relying_party, db.users, plane.ssh_checks, reactor,
                                PendingLogins(db.oidc_logins, login_kind="ssh_check"))
     root.putChild(b"register", OIDCRegisterPage(sign_in))

@@ -63,6 +63,13 @@ class GoShapeTests(unittest.TestCase):
                                      "profilepicurl"])
         self.assertEqual(out["createdat"], {"seconds": 1700000000, "nanos": 500000000})
 
+    def test_idp_groups_only_when_present(self):
+        """The IdP groups (not a Headscale field) are printed in JSON and YAML only when the user has some."""
+        self.assertNotIn("idp_groups", to_go_json(USER, dict(REST_USER, idpGroups=[])))
+        grouped = dict(REST_USER, idpGroups=["eng", "/ops"])
+        self.assertEqual(to_go_json(USER, grouped)["idp_groups"], ["eng", "/ops"])
+        self.assertEqual(to_go_yaml(USER, grouped)["idpgroups"], ["eng", "/ops"])
+
 
 class OutputTests(unittest.TestCase):
     """Output writes each format and errors in the same format."""

@@ -66,14 +66,16 @@ class SectionCheckTests(unittest.TestCase):
         dns.check(config, told)
         self.assertEqual([key for key, _ in told.problems], ["dns.extra_records"])
 
-    def test_oidc_unimplemented_key_warns(self) -> None:
-        """Setting ``oidc.use_expiry_from_token`` is a warning naming the key, not a silent no-op."""
+    def test_oidc_use_expiry_from_token_accepted(self) -> None:
+        """``oidc.use_expiry_from_token`` is parsed and, being implemented, draws no warning."""
         from headscale_tw.config.checks import oidc
-        from headscale_tw.config.model import OIDCConfig
+        from headscale_tw.config.loader import parse_config_with_warnings
 
+        text = ("server_url: https://hs.example.com\noidc:\n  issuer: https://idp.example.com\n"
+                "  client_id: c\n  client_secret: s\n  use_expiry_from_token: true\n")
+        config, warnings = parse_config_with_warnings(text)
+        self.assertTrue(config.oidc.use_expiry_from_token)
+        self.assertEqual([w for w in warnings if "use_expiry_from_token" in str(w)], [])
         report = _Recorder()
-        oidc.check(Config(oidc=OIDCConfig(issuer="https://idp.example.com", client_id="c", client_secret="s",
-                                          use_expiry_from_token=True)), report)
-        self.assertEqual(report.problems, [])
-        self.assertEqual(len(report.warnings), 1)
-        self.assertIn("oidc.use_expiry_from_token", report.warnings[0])
+        oidc.check(config, report)
+        self.assertEqual((report.problems, report.warnings), ([], []))

@@ -59,7 +59,7 @@ def _group_tailnet(groups: int, extra_rules=(), extra_nodes=()):
         + list(extra_rules),
     })
     state = _State()
-    state.users[1] = SimpleNamespace(id=1, name="alice", email="alice@example.com")
+    state.users[1] = SimpleNamespace(id=1, name="alice", email="alice@example.com", idp_groups=())
     for i in range(1, 3 * groups + 1):
         state.nodes[i] = _row(i, f"n{i}", None, (f"tag:g{i % groups}",), f"100.64.{i // 250}.{i % 250 + 1}",
                               f"fd7a:115c:a1e0::{i:x}")
@@ -84,7 +84,7 @@ class _Run:
         topology = build_topology(scenario)
         self.state = state = _State()
         for u in topology.users:
-            state.users[u.id] = SimpleNamespace(id=u.id, name=u.name, email=u.email)
+            state.users[u.id] = SimpleNamespace(id=u.id, name=u.name, email=u.email, idp_groups=())
         for n in topology.nodes:
             state.nodes[n.id] = _row(n.id, n.hostname, n.user_id, n.tags,
                                      n.ipv4 and str(n.ipv4), n.ipv6 and str(n.ipv6),
@@ -277,3 +277,36 @@ class JoinWorkTests(unittest.TestCase):
     def test_member_tests_do_not_grow_with_rules(self):
         """10 or 100 tag groups: the same number of rule-membership tests for one join."""
         self.assertEqual(self._member_tests_per_join(10), self._member_tests_per_join(100))
+
+
+class IdPGroupChangeTests(unittest.TestCase):
+    """A sign-in that changes a user's IdP groups updates the views incrementally."""
+
+    def test_regroup_updates_only_concerned_views(self):
+        """Moving one user between IdP groups rebuilds the views of the two groups' members, equal to a full rebuild."""
+        groups, per_group = 10, 4
+        text = json.dumps({"acls": [{"action": "accept", "src": [f"idpgroup:g{g}"], "dst": [f"idpgroup:g{g}:*"]}
+                                    for g in range(groups)]})
+        state = _State()
+        for u in range(groups * per_group):
+            state.users[u + 1] = SimpleNamespace(id=u + 1, name=f"u{u}", email=f"u{u}@example.com",
+                                                 idp_groups=(f"g{u % groups}",))
+            state.nodes[u + 1] = _row(u + 1, f"n{u}", u + 1, (), f"100.64.0.{u + 1}", f"fd7a:115c:a1e0::{u + 1:x}")
+            state.runtime[u + 1] = SimpleNamespace(online=True)
+        pm = PolicyManager(state)
+        pm.engine, pm.text = PolicyEngine(text), text
+        pm._sync_all()
+        pm._rebuild_views()
+        self.assertEqual(sorted(pm._views[1].peers), [11, 21, 31])  # user u0 (node 1) is in g0
+        incremental, built = pm.incremental_updates, pm.views_built
+        user = state.users[1]
+        state.users[1] = SimpleNamespace(id=1, name=user.name, email=user.email, idp_groups=("g3",))
+        changes = pm.update()
+        self.assertEqual(pm.incremental_updates - incremental, 1)
+        # node 1 and the members of g0 (11, 21, 31) and g3 (4, 14, 24, 34): 8 views of 40
+        self.assertEqual(pm.views_built - built, 8)
+        self.assertEqual(set(changes.viewers), {1, 11, 21, 31, 4, 14, 24, 34})
+        self.assertEqual(sorted(pm._views[1].peers), [4, 14, 24, 34])
+        cp = pm.compiled()
+        everyone = all_peer_views(cp)
+        self.assertEqual(pm._views, {k: pm._build_view(k, everyone.get(k, {})) for k in pm._pnodes})

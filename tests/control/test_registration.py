@@ -211,6 +211,16 @@ class InteractiveTests(unittest.TestCase):
         self.assertEqual((node.node_key, node.user_id, node.register_method), (self.nkey, self.h.user.id, "cli"))
         self.assertEqual(self.h.clock.getDelayedCalls(), [])
 
+    def test_granted_until_replaces_node_expiry(self):
+        """A completion with ``granted_until`` (an ID token's expiry) sets the node's expiry instead of ``node.expiry``."""
+        h = self.h = Harness(self, config=Config(node=NodeConfig(expiry=3600.0), dns=DNSConfig(base_domain="t.example"),
+                                                 server_url="https://hs.example.com"))
+        _, auth_id = self._start()
+        until = h.now() + timedelta(minutes=7)
+        node = h.run(h.registrar.complete(auth_id, "alice", granted_until=until))
+        self.assertEqual(node.expiry, until)
+        self.assertEqual(h.state.get(node.id).expiry, until)
+
     def test_followup_after_completion(self):
         """A Followup arriving after completion is answered at once."""
         url, auth_id = self._start()

@@ -7,6 +7,7 @@ from twisted.trial import unittest
 
 from headscale_tw.config.model import OIDCConfig
 from headscale_tw.oidc.claims import (
+    MAX_GROUP_NAME,
     MAX_GROUPS,
     Identity,
     LoginPolicy,
@@ -99,12 +100,23 @@ class IdentityFromClaimsTests(unittest.TestCase):
         """A bare string as ``groups`` is one group."""
         self.assertEqual(identity_from_claims({"iss": "i", "sub": "s", "groups": "admins"}).groups, ("admins",))
 
+    def test_groups_bounded(self) -> None:
+        """Beyond ``MAX_GROUPS`` names, and names empty or longer than ``MAX_GROUP_NAME``, are dropped and said so."""
+        many = [f"g{i}" for i in range(MAX_GROUPS + 5)]
+        identity = identity_from_claims({"iss": "i", "sub": "s", "groups": many + many})
+        self.assertEqual(identity.groups, tuple(many[:MAX_GROUPS]))
+        self.assertEqual(identity.groups_dropped, f"5 beyond the first {MAX_GROUPS}")
+        long = "x" * (MAX_GROUP_NAME + 1)
+        identity = identity_from_claims({"iss": "i", "sub": "s", "groups": ["a", long, "", "x" * MAX_GROUP_NAME]})
+        self.assertEqual(identity.groups, ("a", "x" * MAX_GROUP_NAME))
+        self.assertEqual(identity.groups_dropped, f"2 empty or longer than {MAX_GROUP_NAME} characters")
+        self.assertEqual(identity_from_claims({"iss": "i", "sub": "s", "groups": ["a"]}).groups_dropped, "")
+
     def test_malformed_claims(self) -> None:
-        """Missing subject, non-string fields, too many or too long groups are refused."""
+        """Missing subject, non-string fields and a non-list ``groups`` are refused."""
         for claims in ({"iss": "i"}, {"iss": "i", "sub": 5}, {"iss": "i", "sub": "s", "email": ["x"]},
                        {"iss": "i", "sub": "s", "groups": [1]},
-                       {"iss": "i", "sub": "s", "groups": ["g"] * (MAX_GROUPS + 1)},
-                       {"iss": "i", "sub": "s", "groups": ["g" * 2000]},
+                       {"iss": "i", "sub": "s", "groups": {"a": 1}},
                        {"iss": "i", "sub": "s", "name": "n" * 2000}):
             with self.assertRaises(LoginRefused) as caught:
                 identity_from_claims(claims)

@@ -113,15 +113,17 @@ class _Registrations:
     def __init__(self, *pending: str) -> None:
         self.pending = set(pending)
         self.finished: list[tuple[str, Any]] = []
+        self.expiries: list[datetime | None] = []
 
     def is_pending(self, auth_id: str) -> bool:
         """Whether ``auth_id`` still waits."""
         return auth_id in self.pending
 
-    async def finish(self, auth_id: str, user: Any) -> Any:
+    async def finish(self, auth_id: str, user: Any, expires_at: datetime | None) -> Any:
         """Record the call and return a stand-in node."""
         self.pending.discard(auth_id)
         self.finished.append((auth_id, user))
+        self.expiries.append(expires_at)
         return type("Node", (), {"given_name": "laptop"})()
 
 
@@ -173,6 +175,61 @@ class SignInTests(_SignInFixture):
         self.assertEqual((user.provider_identifier, user.email, user.display_name),
                          (ISSUER + "/user-1", "alice@example.com", "Alice"))
         self.assertEqual(self.registrations.finished, [("auth-1", user)])
+
+    def sign_in_with(self, auth_id: str = "auth-1", **claims: Any) -> Any:
+        """One whole login of ``auth_id`` whose ID token has ``claims`` changed; the user it was registered to."""
+        self.registrations.pending.add(auth_id)
+        url = self.successResultOf(self.settle(defer.ensureDeferred(self.sign_in.begin(auth_id))))
+        query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+        self.provider.id_token = self.signer.token(self.clock.seconds(), query["nonce"], **claims)
+        params = {"state": query["state"], "code": "good-code"}
+        confirmation = self.successResultOf(self.settle(defer.ensureDeferred(self.sign_in.callback(params))))
+        user, _ = self.successResultOf(defer.ensureDeferred(self.sign_in.confirm(auth_id, confirmation.token)))
+        return user
+
+    def test_groups_replaced_at_each_login(self) -> None:
+        """The user keeps the groups of the last login only; the node expiry is left to ``node.expiry``."""
+        user = self.sign_in_with(groups=["engineering", "ops"])
+        self.assertEqual(user.idp_groups, ("engineering", "ops"))
+        again = self.sign_in_with("auth-2", groups=["ops"])
+        self.assertEqual((again.id, again.idp_groups), (user.id, ("ops",)))
+        gone = self.sign_in_with("auth-3", groups=None)
+        self.assertEqual(resolve(self.db.users.get(user.id)).idp_groups, gone.idp_groups)
+        self.assertEqual(gone.idp_groups, ())
+        self.assertEqual(self.registrations.expiries, [None, None, None])
+
+    def test_groups_cut_logged(self) -> None:
+        """A token with too many groups is cut to the cap and the cut is logged as a warning."""
+        from twisted.logger import globalLogPublisher
+
+        from headscale_tw.oidc.claims import MAX_GROUPS
+
+        seen: list[dict] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        user = self.sign_in_with(groups=[f"g{i}" for i in range(MAX_GROUPS + 3)])
+        self.assertEqual(len(user.idp_groups), MAX_GROUPS)
+        cut = [e for e in seen if "dropped" in e.get("log_format", "")]
+        self.assertEqual(len(cut), 1)
+        self.assertEqual(cut[0]["dropped"], f"3 beyond the first {MAX_GROUPS}")
+
+    def test_expiry_from_token(self) -> None:
+        """With ``use_expiry_from_token`` the node expires at the ID token's ``exp``; an expired token refuses."""
+        self.sign_in = SignIn(self.sign_in.relying_party, self.db.users, self.registrations.is_pending,
+                              self.registrations.finish, self.clock, self.sign_in.pending,
+                              use_expiry_from_token=True)
+        exp = int(self.clock.seconds()) + 120
+        self.sign_in_with(exp=exp)
+        self.assertEqual(self.registrations.expiries, [datetime.fromtimestamp(exp, timezone.utc)])
+        self.registrations.pending.add("auth-2")
+        url = self.successResultOf(self.settle(defer.ensureDeferred(self.sign_in.begin("auth-2"))))
+        query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+        self.provider.id_token = self.signer.token(self.clock.seconds(), query["nonce"], exp=exp)
+        confirmation = self.successResultOf(self.settle(defer.ensureDeferred(
+            self.sign_in.callback({"state": query["state"], "code": "good-code"}))))
+        self.clock.advance(121)
+        self.assertEqual(self.refusal(self.sign_in.confirm("auth-2", confirmation.token)), Reason.LOGIN_EXPIRED)
+        self.assertEqual(len(self.registrations.finished), 1)
 
     def test_unknown_registration(self) -> None:
         """A login for a registration that is not pending is not started."""

@@ -117,7 +117,7 @@ class _Instance:
         request = await self.db.auth_requests.get(auth_id)
         return request is not None and request.state_at(utc_now(reactor)) == "pending"
 
-    async def finish(self, auth_id: str, user: Any) -> Any:
+    async def finish(self, auth_id: str, user: Any, expires_at: Any = None) -> Any:
         """Approve the registration for ``user``, as the registrar does (without a node)."""
         return await self.db.auth_requests.finish(auth_id, "approved", user_id=user.id)
 

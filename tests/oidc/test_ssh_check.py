@@ -58,7 +58,7 @@ class _Fixture(unittest.TestCase):
         root.putChild(b"oidc", oidc)
         self.web = StubTreq(root)
 
-    async def _no_registration(self, auth_id: str, user: Any) -> Any:
+    async def _no_registration(self, auth_id: str, user: Any, expires_at: Any = None) -> Any:
         raise AssertionError("no registration is finished by an SSH check")
 
     def hold(self, src) -> tuple[str, defer.Deferred]:

@@ -4,6 +4,7 @@
 __all__ = ["ParsePolicyTests", "PortsTests", "DurationTests"]
 
 import ipaddress
+import json
 
 from twisted.trial import unittest
 
@@ -150,3 +151,55 @@ class DurationTests(unittest.TestCase):
         self.assertEqual(parse_go_duration("0"), 0.0)
         self.assertRaises(ValueError, parse_go_duration, "abc")
         self.assertRaises(ValueError, parse_go_duration, "")
+
+
+class IdPGroupParseTests(unittest.TestCase):
+    """``idpgroup:<name>`` aliases: where they may appear and which are refused."""
+
+    def test_accepted_everywhere_a_user_is(self) -> None:
+        """ACL, grant, SSH source, tagOwners, autoApprovers, group members and nodeAttrs take IdP groups."""
+        pol = parse_policy("""{
+          "groups": {"group:admins": ["alice@", "idpgroup:/platform/admins"]},
+          "tagOwners": {"tag:srv": ["idpgroup:ops"]},
+          "acls": [{"action": "accept", "src": ["idpgroup:eng@example.com"], "dst": ["idpgroup:ops:22,443"]},
+                   {"action": "accept", "src": ["idpgroup:ops"], "dst": ["autogroup:self:*"]}],
+          "grants": [{"src": ["idpgroup:Domain Users"], "dst": ["tag:srv"], "ip": ["*"]}],
+          "ssh": [{"action": "accept", "src": ["idpgroup:ops"], "dst": ["autogroup:self"], "users": ["root"]}],
+          "nodeAttrs": [{"target": ["idpgroup:ops"], "attr": ["funnel"]}],
+          "autoApprovers": {"routes": {"10.0.0.0/8": ["idpgroup:ops"]}, "exitNode": ["idpgroup:ops"]},
+        }""")
+        src, dst = pol.acls[0].src[0], pol.acls[0].dst[0]
+        self.assertEqual((src.kind, src.name), ("idpgroup", "idpgroup:eng@example.com"))
+        self.assertEqual((dst.alias.kind, dst.alias.name, dst.ports), ("idpgroup", "idpgroup:ops", ((22, 22), (443, 443))))
+        self.assertEqual(pol.grants[0].src[0].name, "idpgroup:Domain Users")
+        self.assertEqual(pol.groups["group:admins"], ("alice@", "idpgroup:/platform/admins"))
+        self.assertEqual(pol.tag_owners["tag:srv"], ("idpgroup:ops",))
+        self.assertEqual(pol.ssh[0].src[0].kind, "idpgroup")
+        self.assertEqual(pol.auto_approvers.exit_node[0].kind, "idpgroup")
+
+    def test_malformed_refused(self) -> None:
+        """An empty, overlong or control-character name and look-alike prefixes are refused, naming the place."""
+        def acl(src: str) -> str:
+            return json.dumps({"acls": [{"action": "accept", "src": [src], "dst": ["*:*"]}]})
+
+        for src, fragment in (
+            ("idpgroup:", "acls[0].src[0]: 'idpgroup:': an IdP group needs a name after 'idpgroup:'"),
+            ("idpgroup:" + "x" * 257, "an IdP group name is at most 256 characters"),
+            ("idpgroup:a\tb", "cannot contain control characters"),
+            ("idpgroups:eng", "invalid alias 'idpgroups:eng': an IdP group is written idpgroup:<name>"),
+            ("IdPGroup:eng", "an IdP group is written idpgroup:<name>"),
+            ("idp-group:eng", "an IdP group is written idpgroup:<name>"),
+            ("idpgroup", "an IdP group is written idpgroup:<name>"),
+        ):
+            e = self.assertRaises(PolicyError, parse_policy, acl(src))
+            self.assertIn(fragment, str(e), src)
+        e = self.assertRaises(PolicyError, parse_policy, json.dumps({"groups": {"group:a": ["idpgroup:"]}}))
+        self.assertIn("groups['group:a']: 'idpgroup:': an IdP group needs a name", str(e))
+        e = self.assertRaises(PolicyError, parse_policy, json.dumps({"tagOwners": {"tag:a": ["idpgroup:"]}}))
+        self.assertIn("tagOwners['tag:a']", str(e))
+
+    def test_user_destination_needs_that_user_alone(self) -> None:
+        """As with ``group:``, an IdP group in an SSH source cannot reach one user's devices."""
+        e = self.assertRaises(PolicyError, parse_policy, json.dumps({"ssh": [
+            {"action": "accept", "src": ["idpgroup:ops", "alice@"], "dst": ["alice@"], "users": ["root"]}]}))
+        self.assertIn("user destination requires source to contain only that same user", str(e))

@@ -16,6 +16,8 @@ import json
 import os
 import re
 import sys
+import time
+from datetime import datetime
 from typing import Any
 
 from headscale_tw.testing.oidc_provider import ClientRegistration, OIDCProvider
@@ -35,12 +37,14 @@ class OIDCLoginTests(ScenarioMixin, RealClientTestCase):
 
     timeout = 240
 
-    def start_everything(self, **oidc: Any) -> tuple[Any, Any]:
-        """Provider, server (with ``oidc`` settings added) and one started ``tailscaled``; ``(server, node)``."""
+    def start_everything(self, policy: dict[str, Any] | None = None, id_token_ttl: int = 600,
+                         **oidc: Any) -> tuple[Any, Any]:
+        """Provider (its ID tokens valid ``id_token_ttl`` s), server (with ``oidc`` settings added, and
+        ``policy`` as its section) and one started ``tailscaled``; ``(server, node)``."""
         self.ca = self.make_ca()
         self.provider = OIDCProvider(os.path.join(self.log_dir, "idp"),
                                      [ClientRegistration("headscale", SECRET, (SERVER_URL + "/oidc/callback",))],
-                                     namespace=self.namespace).start()
+                                     namespace=self.namespace, id_token_ttl=id_token_ttl).start()
         bundle = os.path.join(self.log_dir, "trusted-cas.pem")
         with open(bundle, "w") as out:
             for path in (self.ca.ca_pem, self.provider.ca_pem):
@@ -48,17 +52,18 @@ class OIDCLoginTests(ScenarioMixin, RealClientTestCase):
                     out.write(f.read())
         settings = {"issuer": self.provider.issuer, "client_id": "headscale", "client_secret": SECRET,
                     "scope": ["openid", "profile", "email", "groups"], "pkce": {"enabled": True}, **oidc}
-        server = self.start_tls_server(extra={"oidc": settings}, extra_env={"SSL_CERT_FILE": bundle})
+        server = self.start_tls_server(extra={"oidc": settings}, extra_env={"SSL_CERT_FILE": bundle}, policy=policy)
         node = self.start_node("walker", ssl_cert_file=self.ca.ca_pem)
         return server, node
 
-    def tailscale_up(self, server: Any, node: Any, log_name: str = "up-walker") -> tuple[Any, str]:
+    def tailscale_up(self, server: Any, node: Any, log_name: str = "up-walker",
+                     extra_args: tuple[str, ...] = ()) -> tuple[Any, str]:
         """Start ``tailscale up`` in the background; the process and the login URL it prints."""
         up_log = os.path.join(self.log_dir, f"{log_name}.log")
         up = self.namespace.spawn(
             log_name,
             [node.binaries.tailscale, f"--socket={node.socket}", "up", f"--login-server={server.url}",
-             "--hostname=walker", "--timeout=90s"],
+             "--hostname=walker", "--timeout=90s", *extra_args],
             env=node.env, log_path=up_log)
 
         def auth_url() -> str | None:
@@ -114,6 +119,71 @@ class OIDCLoginTests(ScenarioMixin, RealClientTestCase):
         self.assertEqual([(n["id"], n["user"]["name"]) for n in again], [(node_id, "alice")])
         self.assertEqual(node.ip(), address)
         self.assertEqual(len(json.loads(server.cli("users", "list", "-o", "json").stdout)), 1)
+
+    def test_node_expires_with_the_id_token(self) -> None:
+        """With use_expiry_from_token the node's key expiry, as the client shows it, is the ID token's ``exp``."""
+        server, node = self.start_everything(id_token_ttl=900, use_expiry_from_token=True)
+        before = int(time.time())
+        up, url = self.tailscale_up(server, node)
+        self.assertEqual(self.browse(server, url, "alice")["status"], 200)
+        wait_for(lambda: up.returncode is not None, 60, "tailscale up to finish", interval=0.2, details=node.describe)
+        self.assertEqual((up.returncode, node.backend_state()), (0, "Running"), up.describe())
+        after = int(time.time()) + 1
+        [listed] = json.loads(server.cli("nodes", "list", "-o", "json").stdout)
+        expiry = listed["expiry"]["seconds"]
+        self.assertTrue(before + 900 <= expiry <= after + 900, (before, expiry, after))
+        shown = node.status_json()["Self"]["KeyExpiry"]
+        self.assertEqual(datetime.fromisoformat(shown.replace("Z", "+00:00")).timestamp(), expiry)
+
+    def test_idp_group_grants_access(self) -> None:
+        """A policy naming idpgroup:engineering lets alice's node and svc's node see each other only while she is in it."""
+        policy_path = os.path.join(self.log_dir, "policy.json")
+        with open(policy_path, "w") as f:
+            json.dump({"acls": [{"action": "accept", "src": ["idpgroup:engineering"], "dst": ["svc@:*"]},
+                                {"action": "accept", "src": ["svc@"], "dst": ["svc@:*"]}]}, f)
+        server, walker = self.start_everything(policy={"mode": "file", "path": policy_path})
+        [srv] = self.up_nodes(server, self.auth_key(server, "svc"), ["srv"])
+
+        def peers(node: Any) -> set[str]:
+            return set(self.peers_by_name(node.status_json()))
+
+        def alice_groups() -> list[str]:
+            users = json.loads(server.cli("users", "list", "-o", "json").stdout)
+            return [u.get("idp_groups", []) for u in users if u["name"] == "alice"][0]
+
+        up, url = self.tailscale_up(server, walker)
+        self.assertEqual(self.browse(server, url, "alice")["status"], 200)
+        wait_for(lambda: up.returncode is not None, 60, "tailscale up to finish", interval=0.2, details=walker.describe)
+        self.assertEqual((up.returncode, walker.backend_state()), (0, "Running"), up.describe())
+        self.assertEqual(alice_groups(), ["engineering"])
+        wait_for(lambda: peers(walker) == {"srv"} and peers(srv) == {"walker"}, 30,
+                 "alice's node and svc's node to see each other", interval=0.2, details=walker.describe)
+
+        # At the provider alice moves to sales; after her next sign-in neither node sees the other.
+        self.provider.set_groups("alice", ["sales"])
+        walker.logout()
+        up, url = self.tailscale_up(server, walker, log_name="up-walker-sales")
+        self.assertEqual(self.browse(server, url, "alice")["status"], 200)
+        wait_for(lambda: up.returncode is not None, 60, "tailscale up to finish", interval=0.2, details=walker.describe)
+        self.assertEqual((up.returncode, walker.backend_state()), (0, "Running"), up.describe())
+        self.assertEqual(alice_groups(), ["sales"])
+        self.assertEqual(peers(walker), set())  # its netmap is fresh from this sign-in
+        # A node joining after the sign-in is a barrier: once svc's node sees it, svc's node
+        # has had every update sent before, so alice's node is absent for good, not yet.
+        [probe] = self.up_nodes(server, self.auth_key(server, "svc"), ["probe"])
+        wait_for(lambda: "probe" in peers(srv), 30, "svc's node to see the probe", interval=0.2,
+                 details=srv.describe)
+        self.assertEqual(peers(srv), {"probe"})
+
+        # Back in engineering: svc's node, which never signed in again, sees her node once more.
+        self.provider.set_groups("alice", ["engineering", "sales"])
+        walker.logout()
+        up, url = self.tailscale_up(server, walker, log_name="up-walker-engineering")
+        self.assertEqual(self.browse(server, url, "alice")["status"], 200)
+        wait_for(lambda: up.returncode is not None, 60, "tailscale up to finish", interval=0.2, details=walker.describe)
+        self.assertEqual(alice_groups(), ["engineering", "sales"])
+        wait_for(lambda: peers(walker) == {"srv", "probe"} and peers(srv) == {"walker", "probe"}, 30,
+                 "alice's node and svc's nodes to see each other again", interval=0.2, details=srv.describe)
 
     def test_refused_person_registers_nothing(self) -> None:
         """bob (sales) is refused when only engineering may sign in; no node and no user appear."""

@@ -108,6 +108,23 @@ class StoreTestsMixin:
         self.assertEqual((again.id, again.name, again.email, again.display_name, again.profile_pic_url),
                          (person.id, person.name, "b@x", "Alice B", ""))
 
+    def test_user_idp_groups(self):
+        """A sign-in stores its IdP groups in order, the next one replaces them, one without groups keeps them."""
+        plain = resolve(self.db.users.create("plain"))
+        self.assertEqual(plain.idp_groups, ())
+        person = resolve(self.db.users.sign_in("https://idp/sub-1", "alice", idp_groups=("eng", "/a b/ops", "é")))
+        self.assertEqual(person.idp_groups, ("eng", "/a b/ops", "é"))
+        again = resolve(self.db.users.sign_in("https://idp/sub-1", "alice", idp_groups=["ops"]))
+        self.assertEqual((again.id, again.idp_groups), (person.id, ("ops",)))
+        self.assertEqual([u.idp_groups for u in resolve(self.db.users.list())], [(), ("ops",)])
+        self.assertEqual(self.run_sql("SELECT idp_groups FROM users WHERE id = ?", (person.id,)), [('["ops"]',)])
+        kept = resolve(self.db.users.sign_in("https://idp/sub-1", "alice", email="new@x"))  # groups not given
+        self.assertEqual((kept.email, kept.idp_groups), ("new@x", ("ops",)))
+        emptied = resolve(self.db.users.sign_in("https://idp/sub-1", "alice", idp_groups=()))
+        self.assertEqual(emptied.idp_groups, ())
+        fresh = resolve(self.db.users.sign_in("https://idp/sub-2", "bob"))
+        self.assertEqual(fresh.idp_groups, ())
+
     def test_user_rename(self):
         """Rename changes the name and updated_at; a taken name is AlreadyExists."""
         alice = resolve(self.db.users.create("alice", now=T0))

@@ -95,7 +95,8 @@ class UserEndpointTests(unittest.TestCase):
         self.assertEqual(user["id"], "1")
         self.assertEqual((user["name"], user["displayName"], user["email"]), ("alice", "Alice", "a@x"))
         self.assertEqual(set(user), {"id", "name", "createdAt", "displayName", "email", "providerId", "provider",
-                                     "profilePicUrl"})
+                                     "profilePicUrl", "idpGroups"})
+        self.assertEqual(user["idpGroups"], [])
         _, listed, _ = self.h.request("GET", "/api/v1/user")
         self.assertEqual(listed["users"], [user])
 

@@ -9,7 +9,9 @@
 //   tls.cert, tls.key   PEM files of a certificate for `host` (https only)
 //   ready_file          written (atomically) once listening: {"issuer", "port", "pid"}
 //   clients             client registrations, as oidc-provider takes them
-//   accounts            login name -> claims (sub, email, email_verified, name, picture, groups, ...)
+//   accounts            login name -> claims (sub, email, email_verified, name, picture, groups, ...);
+//                       read again at each sign-in, so a test can change a person's groups
+//                       by rewriting the file (atomically) while the provider runs
 //   id_token_ttl        seconds an ID token is valid (default 600)
 //
 // The issuer is https://HOST:PORT, known only once the socket listens, so the
@@ -31,7 +33,6 @@ if (!configPath) {
   process.exit(2);
 }
 const config = JSON.parse(readFileSync(configPath, 'utf8'));
-const accounts = config.accounts || {};
 
 function signingKeys() {
   const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
@@ -45,6 +46,7 @@ function signingKeys() {
 }
 
 async function findAccount(ctx, id) {
+  const accounts = JSON.parse(readFileSync(configPath, 'utf8')).accounts || {};
   const account = Object.hasOwn(accounts, id) ? accounts[id] : undefined;
   if (!account) {
     return undefined;

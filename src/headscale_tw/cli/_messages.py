@@ -47,6 +47,7 @@ USER = (
     ("provider_id", "string"),
     ("provider", "string"),
     ("profile_pic_url", "string"),
+    ("idp_groups", "extra strings"),  # not in Headscale: printed only when there are some
 )
 PREAUTHKEY = (
     ("user", USER),
@@ -139,7 +140,7 @@ def to_go_json(message: tuple, data: dict | None) -> dict | None:
         elif kind == "bool":
             if value:
                 out[name] = True
-        elif kind == "strings":
+        elif kind in ("strings", "extra strings"):
             if value:
                 out[name] = list(value)
         elif value:
@@ -167,6 +168,9 @@ def to_go_yaml(message: tuple, data: dict | None) -> dict | None:
             out[key] = bool(value)
         elif kind == "strings":
             out[key] = list(value or [])
+        elif kind == "extra strings":  # our addition: absent when empty, so Headscale's output stays the same
+            if value:
+                out[key] = list(value)
         else:
             out[key] = value or ""
     return out

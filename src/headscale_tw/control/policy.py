@@ -194,6 +194,19 @@ def all_peer_views(cp: CompiledPolicy) -> dict[int, dict[int, Variant]]:
     return out
 
 
+def _regrouped(before: tuple, after: tuple) -> Optional[set[int]]:
+    """The ids of users whose IdP groups changed, when nothing else about users did (else None)."""
+    if len(before) != len(after):
+        return None
+    out = set()
+    for old, new in zip(before, after):
+        if old[:3] != new[:3]:
+            return None
+        if old[3] != new[3]:
+            out.add(new[0])
+    return out
+
+
 def _read_text(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
@@ -393,13 +406,19 @@ class PolicyManager:
         )
 
     def _users_key(self) -> tuple:
-        return tuple((u.id, u.name, u.email) for _, u in sorted(self.state.users.items()))
+        return tuple((u.id, u.name, u.email or "", frozenset(u.idp_groups)) for _, u in sorted(self.state.users.items()))
+
+    @staticmethod
+    def _pusers(key: tuple) -> tuple[PUser, ...]:
+        return tuple(PUser(id=i, name=name, email=email, idp_groups=groups) for i, name, email, groups in key)
 
     def topology(self) -> Topology:
         """The policy engine's input built from the cached users and nodes."""
-        users = tuple(PUser(id=u.id, name=u.name, email=u.email or "") for _, u in sorted(self.state.users.items()))
         nodes = tuple(self._pnode(n) for _, n in sorted(self.state.nodes.items()))
-        return Topology(users=users, nodes=nodes)
+        return Topology(users=self._pusers(self._users_key()), nodes=nodes)
+
+    def _owned_by(self, user_ids: set[int]) -> list[int]:
+        return [nid for nid, p in self._pnodes.items() if not p.is_tagged and p.user_id in user_ids]
 
     def _sync_all(self) -> None:
         for node_id in set(self._pnodes) | set(self.state.nodes):
@@ -449,12 +468,16 @@ class PolicyManager:
         """The policy compiled against the current nodes (recompiled only when stale)."""
         users = self._users_key()
         if users != self._users:
+            regrouped = _regrouped(self._users, users)
             self._users = users
             self._compiled = None
             if not self.uniform:
-                self._dirty.update(self._pnodes)
+                # A sign-in that changed only IdP groups concerns the nodes of those users (and,
+                # through the rules naming the groups, whoever the rule index finds); any other
+                # change of users, every node.
+                self._dirty.update(self._pnodes if regrouped is None else self._owned_by(regrouped))
         if self._compiled is None:
-            users_t = tuple(PUser(id=u[0], name=u[1], email=u[2] or "") for u in users)
+            users_t = self._pusers(users)
             compiler = self._compiler
             prepared = self._prepared
             if compiler is None or compiler.engine is not self.engine:

@@ -270,9 +270,16 @@ class Registrar:
     def auth_url(self, auth_id: str) -> str:
         return f"{self.config.server_url.rstrip('/')}/register/{auth_id}"
 
-    def _expiry_for(self, request: RegisterRequest, tagged: bool, now: datetime) -> datetime | None:
+    def _expiry_for(self, request: RegisterRequest, tagged: bool, now: datetime,
+                    granted_until: datetime | None = None) -> datetime | None:
+        """When the node expires: ``node.expiry`` from now, or ``granted_until`` instead when given
+        (``oidc.use_expiry_from_token``); never for tagged nodes; a sooner expiry the client asked for wins."""
         expiry = None
-        if self.config.node.expiry > 0 and not tagged:
+        if tagged:
+            pass
+        elif granted_until is not None:
+            expiry = granted_until
+        elif self.config.node.expiry > 0:
             expiry = now + timedelta(seconds=self.config.node.expiry)
         if request.expiry is not None and request.expiry > now:
             expiry = request.expiry if expiry is None else min(expiry, request.expiry)
@@ -403,10 +410,11 @@ class Registrar:
             await self.state.db.preauthkeys.mark_used(key.id)
         return await self._success(node)
 
-    async def _upsert(self, machine_key: str, request: RegisterRequest, now: datetime, **fields):
+    async def _upsert(self, machine_key: str, request: RegisterRequest, now: datetime,
+                      granted_until: datetime | None = None, **fields):
         """Register ``machine_key``: update its existing node in place, or create one."""
         hostname = request.hostinfo.get("Hostname") or ""
-        fields["expiry"] = self._expiry_for(request, bool(fields.get("tags")), now)
+        fields["expiry"] = self._expiry_for(request, bool(fields.get("tags")), now, granted_until)
         fields["node_key"] = request.node_key
         if request.hostinfo:
             fields["hostinfo"] = request.hostinfo
@@ -491,10 +499,12 @@ class Registrar:
             return None
         return row
 
-    async def complete(self, auth_id: str, user_name: str):
+    async def complete(self, auth_id: str, user_name: str, granted_until: datetime | None = None):
         """``headscale auth register``: register the pending machine to ``user_name``; return the ``Node``.
 
         Works for a registration opened on any instance sharing the database.
+        ``granted_until`` (an OIDC sign-in with ``oidc.use_expiry_from_token``:
+        the ID token's ``exp``) replaces ``node.expiry`` as the node's expiry.
 
         :raises NotFound: no open registration with this id, or no such user.
         :raises Conflict: it was already finished.
@@ -521,6 +531,7 @@ class Registrar:
                 auth_key_id=None,
                 ephemeral=request.ephemeral,
                 register_method="cli",
+                granted_until=granted_until,
             )
         except BaseException:
             # E.g. no free address: the login stays open for another attempt.

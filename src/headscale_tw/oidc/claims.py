@@ -5,7 +5,9 @@ Who signed in (:class:`Identity`), and whether the configured policy lets them i
 :func:`identity_from_claims` reads the validated ID token's claims (completed by
 the userinfo endpoint's, see :func:`merge_userinfo`) into an :class:`Identity`:
 a person is identified by ``(issuer, subject)``; email, names, picture and
-groups are kept current at each login.
+groups are kept current at each login. Groups are bounded: at most
+:data:`MAX_GROUPS` names of at most :data:`MAX_GROUP_NAME` characters are
+kept, and :attr:`Identity.groups_dropped` says what was cut (the sign-in logs it).
 
 :func:`check_policy` applies Headscale's ``oidc.*`` rules, in Headscale's order:
 
@@ -25,14 +27,17 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from headscale_tw.config.model import OIDCConfig
 from headscale_tw.oidc.refusals import LoginRefused, Reason
+from headscale_tw.policy.model import IDP_GROUP_NAME_MAX
 
 __all__ = [
     "MAX_GROUPS",
+    "MAX_GROUP_NAME",
     "Identity",
     "LoginPolicy",
     "check_policy",
@@ -41,8 +46,11 @@ __all__ = [
     "user_name_for",
 ]
 
-MAX_GROUPS = 1000
-"""More groups than this in one token is refused rather than stored."""
+MAX_GROUPS = 256
+"""At most this many groups of one token are kept (the first ones, duplicates removed); the rest are dropped."""
+
+MAX_GROUP_NAME = IDP_GROUP_NAME_MAX
+"""A group name longer than this (in characters) is dropped (the policy cannot name it either)."""
 
 _MAX_TEXT = 1024
 
@@ -61,6 +69,10 @@ class Identity:
     preferred_username: str = ""
     picture: str = ""
     groups: tuple[str, ...] = ()
+    groups_dropped: str = field(default="", compare=False)
+    """Why some of the token's groups were not kept (empty when all were): for the log, never compared."""
+    token_expires_at: datetime | None = field(default=None, compare=False)
+    """The ID token's ``exp`` (for ``oidc.use_expiry_from_token``); None when the claims had none."""
 
     @property
     def provider_identifier(self) -> str:
@@ -119,19 +131,33 @@ def _text(claims: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def _groups(claims: Mapping[str, Any]) -> tuple[str, ...]:
+def _groups(claims: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
+    """The token's groups, bounded, and a note naming what was dropped (empty when nothing was)."""
     value = claims.get("groups")
     if value is None:
-        return ()
+        return (), ""
     if isinstance(value, str):  # a provider with a single group may send a bare string
         value = [value]
     if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
         raise LoginRefused(Reason.CLAIMS_INVALID, "claim 'groups' is not a list of strings")
-    if len(value) > MAX_GROUPS:
-        raise LoginRefused(Reason.CLAIMS_INVALID, f"claim 'groups' has more than {MAX_GROUPS} entries")
-    if any(len(g) > _MAX_TEXT for g in value):
-        raise LoginRefused(Reason.CLAIMS_INVALID, f"a group name is longer than {_MAX_TEXT} characters")
-    return tuple(dict.fromkeys(value))
+    unique = dict.fromkeys(value)
+    named = [g for g in unique if g and len(g) <= MAX_GROUP_NAME]
+    notes = []
+    if len(named) != len(unique):
+        notes.append(f"{len(unique) - len(named)} empty or longer than {MAX_GROUP_NAME} characters")
+    if len(named) > MAX_GROUPS:
+        notes.append(f"{len(named) - MAX_GROUPS} beyond the first {MAX_GROUPS}")
+    return tuple(named[:MAX_GROUPS]), "; ".join(notes)
+
+
+def _expiry(claims: Mapping[str, Any]) -> datetime | None:
+    value = claims.get("exp")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return datetime.fromtimestamp(value, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise LoginRefused(Reason.CLAIMS_INVALID, f"claim 'exp' {value!r} is not a time") from None
 
 
 def merge_userinfo(id_claims: Mapping[str, Any], userinfo: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,6 +180,7 @@ def identity_from_claims(claims: Mapping[str, Any]) -> Identity:
     subject = _text(claims, "sub")
     if not issuer or not subject:
         raise LoginRefused(Reason.CLAIMS_INVALID, "the token has no 'iss' or no 'sub'")
+    groups, dropped = _groups(claims)
     return Identity(
         issuer=issuer,
         subject=subject,
@@ -162,7 +189,9 @@ def identity_from_claims(claims: Mapping[str, Any]) -> Identity:
         name=_text(claims, "name"),
         preferred_username=_text(claims, "preferred_username"),
         picture=_text(claims, "picture"),
-        groups=_groups(claims),
+        groups=groups,
+        groups_dropped=dropped,
+        token_expires_at=_expiry(claims),
     )
 
 

@@ -13,8 +13,10 @@ Registering a machine to the person who signs in: the three steps behind the web
    else's registration cannot silently add a machine to their account.
 3. :meth:`SignIn.confirm` (``POST /register/confirm/<auth_id>``): the token is
    taken (once), the user found by ``(issuer, subject)`` or created
-   (:meth:`IUserStore.sign_in`), then the registration finished for that user
-   through the ``finish_registration`` callable the builder passes in.
+   (:meth:`IUserStore.sign_in`, which also replaces the user's IdP groups with
+   this login's), then the registration finished for that user through the
+   ``finish_registration`` callable the builder passes in (with the ID token's
+   expiry when ``oidc.use_expiry_from_token`` is set).
 
 Records and confirmations are kept by :class:`PendingLogins` in the database
 (the ``oidc_logins`` table, through the store passed in), bounded and taken at
@@ -130,22 +132,25 @@ class SignIn:
     :param users: the user store (``sign_in`` finds or creates the person's user).
     :param is_pending: whether ``auth_id`` names a registration waiting for a user (a bool, or an
         awaitable one).
-    :param finish_registration: registers ``auth_id``'s machine to the given ``User``.
+    :param finish_registration: registers ``auth_id``'s machine to the given ``User``, expiring at the
+        given time (``None``: ``node.expiry``).
     :param clock: the reactor's clock.
     :param pending: where started logins and confirmations are kept (:class:`PendingLogins`).
+    :param use_expiry_from_token: the node expires with the ID token (``oidc.use_expiry_from_token``).
     """
 
     log = Logger()
 
     def __init__(self, relying_party: RelyingParty, users: Any, is_pending: Callable[[str], bool | Awaitable[bool]],
-                 finish_registration: Callable[[str, Any], Awaitable[Any]], clock: IReactorTime,
-                 pending: PendingLogins) -> None:
+                 finish_registration: Callable[[str, Any, datetime | None], Awaitable[Any]], clock: IReactorTime,
+                 pending: PendingLogins, use_expiry_from_token: bool = False) -> None:
         self.relying_party = relying_party
         self._users = users
         self._is_pending = is_pending
         self._finish_registration = finish_registration
         self._clock = clock
         self.pending = pending
+        self._use_expiry_from_token = use_expiry_from_token
 
     async def _require_pending(self, auth_id: str) -> None:
         pending = self._is_pending(auth_id)
@@ -176,6 +181,10 @@ class SignIn:
         await self.pending.add_confirmation(confirmation, now)
         self.log.info("OIDC login of {identifier} for registration {auth_id} awaits confirmation",
                       identifier=identity.provider_identifier, auth_id=record.auth_id)
+        if identity.groups_dropped:
+            self.log.warn("OIDC login of {identifier}: kept {kept} groups of the token, dropped {dropped}",
+                          identifier=identity.provider_identifier, kept=len(identity.groups),
+                          dropped=identity.groups_dropped)
         return confirmation
 
     async def confirm(self, auth_id: str, token: str) -> tuple[Any, Any]:
@@ -188,10 +197,13 @@ class SignIn:
             raise LoginRefused(Reason.LOGIN_EXPIRED, "the confirmation expired")
         await self._require_pending(auth_id)
         identity = confirmation.identity
+        expires_at = identity.token_expires_at if self._use_expiry_from_token else None
+        if self._use_expiry_from_token and (expires_at is None or expires_at <= now):
+            raise LoginRefused(Reason.LOGIN_EXPIRED, "the ID token expired before the confirmation")
         user = await self._users.sign_in(identity.provider_identifier, user_name_for(identity),
                                          email=identity.trusted_email, display_name=identity.name,
-                                         profile_pic_url=identity.picture, now=now)
-        node = await self._finish_registration(auth_id, user)
+                                         profile_pic_url=identity.picture, idp_groups=identity.groups, now=now)
+        node = await self._finish_registration(auth_id, user, expires_at)
         self.log.info("registration {auth_id} finished for user {user} ({identifier})",
                       auth_id=auth_id, user=user.name, identifier=identity.provider_identifier)
         return user, node

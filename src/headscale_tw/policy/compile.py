@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
-from .incremental import DependencyMemo, TopologyIndex, grant_keys
+from .incremental import DependencyMemo, TopologyIndex, grant_keys, idp_group_key
 from .ipset import TAILSCALE_ALL, THE_INTERNET, IPSet, parse_ip_string
 from .model import (
     ACL,
     ANY_PORTS,
+    IDP_GROUP_PREFIX,
     Alias,
     Destination,
     Grant,
@@ -212,10 +213,14 @@ class Resolver:
         return found[0] if len(found) == 1 else None
 
     def users_for(self, token: str) -> list[User]:
-        """Users a token names; ``user:*@<domain>`` names every user of that domain."""
+        """Users a token names; ``user:*@<domain>`` names every user of that domain,
+        ``idpgroup:<name>`` every user whose last sign-in carried that group."""
         found = self._users_by_token.get(token)
         if found is None:
-            if token.startswith("user:*@"):
+            if token.startswith(IDP_GROUP_PREFIX):
+                group = token[len(IDP_GROUP_PREFIX):]
+                found = [u for u in self.topology.users if group in u.idp_groups]
+            elif token.startswith("user:*@"):
                 domain = token[len("user:*@"):].lower()
                 found = [u for u in self.topology.users if u.email.rpartition("@")[2].lower() == domain]
             else:
@@ -241,7 +246,11 @@ class Resolver:
         if k == "user":
             return [("user", u.id) for u in self.users_for(alias.name)]
         if k == "group":
-            return [("user", u.id) for m in self.policy.groups.get(alias.name, ()) for u in self.users_for(m)]
+            members = self.policy.groups.get(alias.name, ())
+            return [("user", u.id) for m in members for u in self.users_for(m)] + [
+                idp_group_key(m) for m in members if m.startswith(IDP_GROUP_PREFIX)]
+        if k == "idpgroup":
+            return [("user", u.id) for u in self.users_for(alias.name)] + [idp_group_key(alias.name)]
         if k == "tag":
             return [("tag", alias.name)]
         if k == "autogroup":
@@ -268,7 +277,7 @@ class Resolver:
         if k == "host":
             net = self.policy.hosts.get(alias.name)
             return IPSet.from_networks([net]) if net is not None else IPSet()
-        if k == "user":
+        if k in ("user", "idpgroup"):
             return self._union(self.nodes_of_token(alias.name))
         if k == "group":
             nodes: list[Node] = []

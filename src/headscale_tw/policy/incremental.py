@@ -12,6 +12,10 @@ and only the grants naming those aliases compile to different rules.
   node at a time; each update names the *dependency keys* it changed
   (``("tag", "tag:web")``, ``("user", 3)``, ``("member",)``, ``("tagged",)``,
   ``("routes",)``).
+* A change of users' IdP groups alone (a sign-in) changes the keys
+  ``("idpgroup", name)`` of the groups gained or lost
+  (:func:`idp_group_changes`): only aliases and grants naming those groups
+  are resolved again. Any other change of users starts over.
 * :class:`DependencyMemo` caches a value (an alias's address set, a compiled
   grant) together with the versions of the keys it was computed from; it is
   reused while none of those keys changed.
@@ -30,12 +34,34 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from typing import Any, Callable, Optional
 
-from .model import Node, Topology, User
+from .model import IDP_GROUP_PREFIX, Node, Topology, User
 
-__all__ = ["TopologyIndex", "DependencyMemo", "IncrementalCompiler"]
+__all__ = ["TopologyIndex", "DependencyMemo", "IncrementalCompiler", "idp_group_key", "idp_group_changes"]
 
-#: A dependency key: ("tag", name) | ("user", id) | ("member",) | ("tagged",) | ("routes",).
+#: A dependency key: ("tag", name) | ("user", id) | ("idpgroup", name) | ("member",) | ("tagged",) | ("routes",).
 Key = tuple
+
+
+def idp_group_key(token: str) -> Key:
+    """The dependency key of an ``idpgroup:<name>`` alias or group member."""
+    return ("idpgroup", token[len(IDP_GROUP_PREFIX):])
+
+
+def idp_group_changes(before: tuple[User, ...], after: tuple[User, ...]) -> Optional[set[Key]]:
+    """
+    The keys of the IdP groups whose members differ between ``before`` and
+    ``after``, when the users differ in nothing else (same ids, names and
+    emails, in the same order); None when they do.
+    """
+    if len(before) != len(after):
+        return None
+    keys: set[Key] = set()
+    for old, new in zip(before, after):
+        if (old.id, old.name, old.email) != (new.id, new.name, new.email):
+            return None
+        if old.idp_groups != new.idp_groups:
+            keys.update(("idpgroup", g) for g in old.idp_groups ^ new.idp_groups)
+    return keys
 
 
 def node_keys(node: Node) -> set[Key]:
@@ -190,12 +216,23 @@ class IncrementalCompiler:
         self.grants_compiled = 0
 
     def set_users(self, users: Iterable[User]) -> None:
-        """Replace the users; a change of users invalidates every cached resolution."""
+        """
+        Replace the users. A change of IdP groups alone invalidates what names
+        the groups gained or lost; any other change of users invalidates every
+        cached resolution.
+        """
         users = tuple(users)
-        if users != self.users:
-            self.users = users
+        if users == self.users:
+            return
+        keys = idp_group_changes(self.users, users)
+        self.users = users
+        self._fresh = True
+        if keys is None:
             self.memo = DependencyMemo()
             self._grants = None
+        else:
+            self.memo.changed(keys)
+            self._changed_keys |= keys
 
     def put(self, node: Node) -> None:
         """Add or replace a node."""

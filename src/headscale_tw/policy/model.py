@@ -30,6 +30,8 @@ __all__ = [
     "Node",
     "Topology",
     "PROTOCOL_NUMBERS",
+    "IDP_GROUP_PREFIX",
+    "IDP_GROUP_NAME_MAX",
 ]
 
 import ipaddress
@@ -47,8 +49,17 @@ class PolicyError(ValueError):
 
 # -- policy -------------------------------------------------------------------
 
-#: Alias kinds: ``*``, ``user``, ``group``, ``tag``, ``autogroup``, ``host``, ``prefix``.
-ALIAS_KINDS = ("*", "user", "group", "tag", "autogroup", "host", "prefix")
+#: Alias kinds: ``*``, ``user``, ``group``, ``idpgroup``, ``tag``, ``autogroup``, ``host``, ``prefix``.
+ALIAS_KINDS = ("*", "user", "group", "idpgroup", "tag", "autogroup", "host", "prefix")
+
+IDP_GROUP_PREFIX = "idpgroup:"
+"""How a policy names the users whose last OIDC sign-in carried a group: ``idpgroup:<name>``.
+
+Not a Tailscale alias (Tailscale's own groups are ``group:``), so a policy
+written for Tailscale never means it by accident."""
+
+IDP_GROUP_NAME_MAX = 256
+"""The longest IdP group name, in characters, a policy may name and a sign-in keeps."""
 
 
 @dataclass(frozen=True)
@@ -215,11 +226,12 @@ class Policy:
 
 @dataclass(frozen=True)
 class User:
-    """A tailnet user; policies name users by email or ``name@``."""
+    """A tailnet user; policies name users by email or ``name@``, and by ``idpgroup:`` for ``idp_groups``."""
 
     id: int
     name: str
     email: str = ""
+    idp_groups: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

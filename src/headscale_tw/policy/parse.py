@@ -14,7 +14,7 @@ users and nodes (``tests``, ``sshTests``, ``localpart:`` domains) are done by
 
 from __future__ import annotations
 
-__all__ = ["parse_policy", "parse_alias", "parse_ports", "parse_go_duration"]
+__all__ = ["parse_policy", "parse_alias", "parse_ports", "parse_go_duration", "check_idp_group"]
 
 import ipaddress
 import re
@@ -25,6 +25,8 @@ from .ipset import parse_prefix
 from .model import (
     ACL,
     ANY_PORTS,
+    IDP_GROUP_NAME_MAX,
+    IDP_GROUP_PREFIX,
     PROTOCOL_NUMBERS,
     Alias,
     AutoApprovers,
@@ -72,11 +74,30 @@ def _err(path: str, message: str) -> PolicyError:
 # -- small value parsers ------------------------------------------------------
 
 
+_IDP_GROUP_TYPO = re.compile(r"^idp[-_]?groups?(:|$)", re.IGNORECASE)
+
+
+def check_idp_group(text: str, path: str) -> str:
+    """``text`` (``idpgroup:<name>``, trimmed) when its name is usable, else a :obj:`PolicyError` saying why."""
+    name = text[len(IDP_GROUP_PREFIX):]
+    if not name:
+        raise _err(path, f"{text!r}: an IdP group needs a name after {IDP_GROUP_PREFIX!r}")
+    if len(name) > IDP_GROUP_NAME_MAX:
+        raise _err(path, f"{text[:40]!r}...: an IdP group name is at most {IDP_GROUP_NAME_MAX} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise _err(path, f"{text!r}: an IdP group name cannot contain control characters")
+    return text
+
+
 def parse_alias(text: str, path: str = "") -> Alias:
     """Classify one alias string (already validated as a string)."""
     s = text.strip()
     if not s:
         raise _err(path, "empty alias")
+    if s.startswith(IDP_GROUP_PREFIX):  # before "@": a group name may look like an email
+        return Alias("idpgroup", check_idp_group(s, path))
+    if _IDP_GROUP_TYPO.match(s):
+        raise _err(path, f"invalid alias {s!r}: an IdP group is written {IDP_GROUP_PREFIX}<name>")
     try:
         return Alias("prefix", s, parse_prefix(s))
     except ValueError:
@@ -328,7 +349,9 @@ class _PolicyParser:
                 if m.strip().startswith("group:"):
                     raise _err(p, f'"{m}": group members cannot be recursive')
             for m in members:
-                if "@" not in m:
+                if m.strip().startswith(IDP_GROUP_PREFIX):
+                    check_idp_group(m.strip(), p)
+                elif "@" not in m:
                     raise _err(p, f"{m!r}: username must contain @")
             self.groups[name] = tuple(m.strip() for m in members)
 
@@ -360,7 +383,9 @@ class _PolicyParser:
             _check_tag_name(tag, p)
             owners = _str_list(owners, p)
             for o in owners:
-                if not ("@" in o or o.startswith("group:") or o.startswith("tag:")):
+                if o.strip().startswith(IDP_GROUP_PREFIX):
+                    check_idp_group(o.strip(), p)
+                elif not ("@" in o or o.startswith("group:") or o.startswith("tag:")):
                     raise _err(p, f"invalid owner {o!r}")
             self.tag_owners[tag] = tuple(o.strip() for o in owners)
         for tag, owners in self.tag_owners.items():
@@ -393,7 +418,7 @@ class _PolicyParser:
             dsts.append(dest)
         if any(x.alias.is_autogroup("self") for x in dsts):
             for i, a in enumerate(src):
-                if not (a.kind in ("user", "group", "*") or a.is_autogroup("member")):
+                if not (a.kind in ("user", "group", "idpgroup", "*") or a.is_autogroup("member")):
                     raise _err(f"{path}.src[{i}]", "autogroup:self can only be used with users, groups, or supported autogroups")
         return ACL(proto, src, tuple(dsts))
 
@@ -436,7 +461,7 @@ class _PolicyParser:
                 via.append(t)
         if any(a.is_autogroup("self") for a in dst):
             for i, a in enumerate(src):
-                if not (a.kind in ("user", "group") or a.is_autogroup("member")):
+                if not (a.kind in ("user", "group", "idpgroup") or a.is_autogroup("member")):
                     raise _err(f"{path}.src[{i}]", "autogroup:self can only be used with users, groups, or supported autogroups")
         return Grant(src, dst, tuple(ips), app, tuple(via))
 
@@ -465,7 +490,7 @@ class _PolicyParser:
         action = action.strip()
         src = self.aliases(d.get("src"), f"{path}.src", SSH_SRC_AUTOGROUPS, "SSH src")
         for i, a in enumerate(src):
-            if a.kind not in ("user", "group", "tag", "autogroup"):
+            if a.kind not in ("user", "group", "idpgroup", "tag", "autogroup"):
                 raise _err(f"{path}.src[{i}]", f"alias {a.name!r} not supported for SSH source")
         dst_list = _str_list(d.get("dst"), f"{path}.dst")
         dst = []
@@ -516,7 +541,7 @@ class _PolicyParser:
 
     def check_ssh_combination(self, src: tuple[Alias, ...], dst: list[Alias], path: str) -> None:
         tagged = any(a.kind == "tag" or a.is_autogroup("tagged") for a in src)
-        groups = any(a.kind == "group" or a.is_autogroup("member") for a in src)
+        groups = any(a.kind in ("group", "idpgroup") or a.is_autogroup("member") for a in src)
         users = {a.name for a in src if a.kind == "user"}
         for i, a in enumerate(dst):
             p = f"{path}.dst[{i}]"
@@ -558,7 +583,7 @@ class _PolicyParser:
             out = []
             for i, s in enumerate(_str_list(v, p)):
                 a = parse_alias(s, f"{p}[{i}]")
-                if a.kind not in ("user", "group", "tag"):
+                if a.kind not in ("user", "group", "idpgroup", "tag"):
                     raise _err(f"{p}[{i}]", f"invalid auto approver {s!r}")
                 self.check_ref(a, f"{p}[{i}]")
                 out.append(a)

@@ -30,6 +30,8 @@ class User:
     profile_pic_url: str = ""
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    idp_groups: tuple[str, ...] = ()
+    """The groups the OpenID provider sent at the user's last sign-in (``idpgroup:`` in the policy)."""
 
 
 @attrs.frozen

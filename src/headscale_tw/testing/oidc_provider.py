@@ -28,7 +28,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from headscale_tw.testing.realclient._process import (
@@ -206,9 +206,17 @@ class OIDCProvider:
             "id_token_ttl": self.id_token_ttl,
         }
         path = os.path.join(self.directory, "provider-config.json")
-        with open(path, "w") as f:
+        with open(path + ".new", "w") as f:
             json.dump(config, f, indent=1)
+        os.replace(path + ".new", path)  # the running provider re-reads the accounts at each sign-in
         return path
+
+    def set_groups(self, login: str, groups: Sequence[str]) -> None:
+        """From the next sign-in on, the account ``login`` is in ``groups`` (the provider keeps running)."""
+        if login not in {a.login for a in self.accounts}:
+            raise HarnessError(f"the test provider has no account {login!r}")
+        self.accounts = tuple(replace(a, groups=tuple(groups)) if a.login == login else a for a in self.accounts)
+        self._write_config()
 
     def start(self, timeout: float = 30.0) -> OIDCProvider:
         """Start the provider and wait until its discovery document answers (at most ``timeout`` s)."""

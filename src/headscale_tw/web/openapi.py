@@ -89,6 +89,8 @@ _DEFINITIONS: dict[str, dict] = {
     "v1User": _message({
         "id": _ID, "name": _STRING, "createdAt": _TIME, "displayName": _STRING, "email": _STRING,
         "providerId": _STRING, "provider": _STRING, "profilePicUrl": _STRING,
+        "idpGroups": {**_STRINGS, "description": "Not in Headscale: the groups the OpenID provider sent at the "
+                                                  "user's last sign-in, named idpgroup:<name> in the policy."},
     }),
     "v1PreAuthKey": _message({
         "user": _ref("v1User", nullable=True), "id": _ID,

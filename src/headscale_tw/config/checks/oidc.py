@@ -11,10 +11,7 @@ __all__ = ["check"]
 
 
 def check(c: Config, report: Report) -> Config:
-    """PKCE's method is known; with an issuer set, the client id and exactly one secret source are given.
-
-    ``use_expiry_from_token`` is not implemented yet, so setting it is a warning.
-    """
+    """PKCE's method is known; with an issuer set, the client id and exactly one secret source are given."""
     o = c.oidc
     if o.pkce_method not in ("plain", "S256"):
         report.problem("oidc.pkce.method", f"{_q(o.pkce_method)} is not one of plain, S256")
@@ -28,7 +25,4 @@ def check(c: Config, report: Report) -> Config:
             report.problem("oidc.client_secret", "and oidc.client_secret_path are mutually exclusive")
         elif not (o.client_secret or o.client_secret_path):
             report.problem("oidc.client_secret", "or oidc.client_secret_path is required when oidc.issuer is set")
-        if o.use_expiry_from_token:
-            report.warn("oidc.use_expiry_from_token is not implemented yet: nodes signed in through OIDC "
-                        "expire after node.expiry")
     return c

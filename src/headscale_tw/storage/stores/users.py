@@ -12,12 +12,13 @@ from headscale_tw.errors import AlreadyExists, NotFound, UserHasNodes
 from headscale_tw.interfaces import IUserStore
 from headscale_tw.storage.database import Txn, UniqueViolation
 from headscale_tw.storage.models import User
-from headscale_tw.storage.stores._common import StoreBase, to_datetime
+from headscale_tw.storage.stores._common import StoreBase, dump_json, json_list, to_datetime
 
 __all__ = ["UserStore"]
 
 _COLUMNS = (
-    "id, name, display_name, email, provider, provider_identifier, profile_pic_url, created_at, updated_at"
+    "id, name, display_name, email, provider, provider_identifier, profile_pic_url, created_at, updated_at,"
+    " idp_groups"
 )
 
 
@@ -32,6 +33,7 @@ def _row(row: tuple) -> User:
         profile_pic_url=row[6],
         created_at=to_datetime(row[7]),
         updated_at=to_datetime(row[8]),
+        idp_groups=json_list(row[9]),
     )
 
 
@@ -50,13 +52,15 @@ def get_user_txn(txn: Txn, user_id: int) -> User:
 
 
 def _insert_user_txn(txn: Txn, name: str, display_name: str, email: str, provider: str,
-                     provider_identifier: str, profile_pic_url: str, when: datetime) -> User:
+                     provider_identifier: str, profile_pic_url: str, when: datetime,
+                     idp_groups: tuple[str, ...] = ()) -> User:
     """Insert one user row and return it; ``AlreadyExists`` naming the taken name or identifier."""
     try:
         user_id = txn.insert(
             "INSERT INTO users (name, display_name, email, provider, provider_identifier, profile_pic_url,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, display_name, email, provider, provider_identifier, profile_pic_url, when, when),
+            " created_at, updated_at, idp_groups) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, display_name, email, provider, provider_identifier, profile_pic_url, when, when,
+             dump_json(idp_groups)),
         )
     except UniqueViolation as e:
         raise _taken(e, name, provider_identifier) from None
@@ -78,11 +82,13 @@ class UserStore(StoreBase):
         return await self._pool.run_interaction("create_user", create_user_txn)
 
     async def sign_in(self, provider_identifier, name, email="", display_name="", profile_pic_url="",
-                      now: datetime | None = None) -> User:
+                      idp_groups=None, now: datetime | None = None) -> User:
         """The user an OpenID provider identifies as ``provider_identifier``, created or kept current.
 
         An existing user keeps its name; its email, display name and picture are
-        updated. A new user (``provider = 'oidc'``) gets ``name``, or ``name``
+        replaced by this sign-in's, and so are its IdP groups when ``idp_groups``
+        is given (the caller bounds them; ``None`` keeps the stored ones, for a
+        sign-in that does not stand for the person's groups). A new user (``provider = 'oidc'``) gets ``name``, or ``name``
         plus ``-`` and 6 hex digits of the identifier's SHA-256 when another user
         already has that name (a person signing in never takes over an existing
         user by name). ``AlreadyExists`` only if both names are taken.
@@ -96,12 +102,14 @@ class UserStore(StoreBase):
                 user = _row(row)
                 txn.execute("UPDATE users SET email = ?, display_name = ?, profile_pic_url = ?, updated_at = ?"
                             " WHERE id = ?", (email, display_name, profile_pic_url, when, user.id))
+                if idp_groups is not None:
+                    txn.execute("UPDATE users SET idp_groups = ? WHERE id = ?", (dump_json(tuple(idp_groups)), user.id))
                 return get_user_txn(txn, user.id)
             chosen = name
             if txn.query_one("SELECT id FROM users WHERE name = ?", (chosen,)) is not None:
                 chosen = f"{name}-{hashlib.sha256(provider_identifier.encode()).hexdigest()[:6]}"
             return _insert_user_txn(txn, chosen, display_name, email, "oidc", provider_identifier, profile_pic_url,
-                                    when)
+                                    when, tuple(idp_groups or ()))
 
         return await self._pool.run_interaction("sign_in_user", sign_in_user_txn)
 

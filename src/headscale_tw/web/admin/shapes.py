@@ -40,6 +40,8 @@ def user_json(user: User) -> dict:
         "providerId": user.provider_identifier,
         "provider": user.provider,
         "profilePicUrl": user.profile_pic_url,
+        # not in Headscale: the IdP groups of the last OIDC sign-in (idpgroup:<name> in the policy)
+        "idpGroups": list(user.idp_groups),
     }
 
 
