@@ -61,16 +61,29 @@ class Confirmation:
 
 
 def _identity_to_json(identity: Identity) -> dict[str, Any]:
-    return {f.name: (list(v) if isinstance(v := getattr(identity, f.name), tuple) else v)
-            for f in dataclasses.fields(Identity)}
+    """An :class:`Identity` as JSON-able values: tuples as lists, datetimes as ISO 8601 text."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(Identity):
+        value = getattr(identity, f.name)
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        out[f.name] = value
+    return out
 
 
 def _identity_from_json(data: Mapping[str, Any]) -> Identity:
+    """The :class:`Identity` :func:`_identity_to_json` wrote (fields it does not know are ignored)."""
     known = {}
     for f in dataclasses.fields(Identity):
         if f.name in data:
             value = data[f.name]
-            known[f.name] = tuple(value) if isinstance(value, list) else value
+            if isinstance(value, list):
+                value = tuple(value)
+            elif f.name == "token_expires_at" and isinstance(value, str):
+                value = datetime.fromisoformat(value)
+            known[f.name] = value
     return Identity(**known)
 
 
