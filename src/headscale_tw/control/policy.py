@@ -51,6 +51,7 @@ from headscale_tw.control.routes import (
     normalize_approval,
 )
 from headscale_tw.control.routes import serving as served
+from headscale_tw.control.variants import PeerVariants, Variant
 from headscale_tw.control.viewindex import RuleIndex, bits
 from headscale_tw.errors import InvalidInput
 from headscale_tw.policy.compile import CompiledPolicy, PolicyEngine, _overlaps_any, reduce_rules
@@ -74,9 +75,6 @@ __all__ = [
 ALLOW_ALL_FILTER = [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}]
 _ALLOW_ALL_BYTES = encode_json(ALLOW_ALL_FILTER)
 _NO_SSH_RULES = encode_json({"rules": []})
-
-#: A peer as one viewer sees it: (AllowedIPs, PrimaryRoutes), both tuples of prefix strings.
-Variant = tuple[tuple[str, ...], tuple[str, ...]]
 
 
 class PolicyRejected(PolicyError, InvalidInput):
@@ -246,6 +244,7 @@ class PolicyManager:
         self._views: dict[int, NodeView] = {}
         self._uniform: dict[int, tuple[Variant, Variant]] = {}
         self._interned: dict[Any, Any] = {}
+        self.variants = PeerVariants(self._intern)
         self._loaded = False
         self._index: Optional[RuleIndex] = None
         self._ssh_sigs: Optional[list] = None
@@ -413,7 +412,7 @@ class PolicyManager:
                 del self._pnodes[node_id]
                 self._compiler_stale.add(node_id)
                 self._serving.pop(node_id, None)
-                self.election.forget(node_id)
+                self.variants.forget(node_id)
                 self._dirty.add(node_id)
                 self._compiled = None
                 return True
@@ -697,15 +696,8 @@ class PolicyManager:
         return [rules[i] for i in sorted(i for r in wanted for i in multi.get(r, ()))]
 
     def _peer_variant(self, cp, viewer: PNode, peer: PNode, matches, viewer_set, v6_only: bool) -> Variant:
-        """``peer`` as ``viewer`` sees it; the same computation as :func:`all_peer_views`."""
-        prefixes = peer.prefix_strings_v6 if v6_only else peer.prefix_strings
-        if not (peer.primary_routes or peer.subnet_routes or peer.exit_routes):
-            return self._intern((prefixes, ()))
-        routes = cp.route_texts_for_peer(viewer, peer, matches, viewer_set)
-        return self._intern((
-            tuple(prefixes) + tuple(t for _, t in routes),
-            tuple(t for r, t in routes if r.prefixlen != 0),
-        ))
+        """``peer`` as ``viewer`` sees it; the same computation as :func:`all_peer_views`, once per viewer class."""
+        return self.variants.variant(cp, viewer, peer, matches, viewer_set, v6_only)
 
     def _update_incremental(self, cp: CompiledPolicy, dirty: set[int]) -> Optional[Changes]:
         """

@@ -13,7 +13,8 @@ which online router is *primary* for each prefix (derp-stun-policy.md G).
   The previous primary stays while it is a candidate (no flapping); otherwise
   the candidate with the lowest node id wins. Exit routes are not elected.
 
-Pure functions and one small class; no I/O. Every function here does work
+Pure functions, no I/O; the election lives in :mod:`~headscale_tw.control.election`
+(re-exported here). Every function here does work
 linear in the routes it is given (sets and dicts, never a list scan per
 route): a node may announce :data:`~headscale_tw.control.limits.ROUTES_MAX`
 prefixes, and routes stored before that limit existed may be more.
@@ -22,10 +23,11 @@ prefixes, and routes stored before that limit existed may be more.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Union
 
+from headscale_tw.control.election import RouteElection, sort_key
 from headscale_tw.errors import InvalidInput
 
 __all__ = [
@@ -115,7 +117,7 @@ def normalize_approval(routes: Iterable[Network]) -> tuple[str, ...]:
     nets = set(routes)
     if nets & set(EXIT_ROUTES):
         nets.update(EXIT_ROUTES)
-    return tuple(str(n) for n in sorted(nets, key=_sort_key))
+    return tuple(str(n) for n in sorted(nets, key=sort_key))
 
 
 def served_routes(node) -> tuple[Network, ...]:
@@ -128,55 +130,3 @@ def serving(announced: Iterable[Network], approved: Iterable[Network]) -> tuple[
     approved_set = set(approved)
     return tuple(r for r in announced if r in approved_set)
 
-
-def _sort_key(prefix: Network):
-    return (prefix.version, prefix.network_address, prefix.prefixlen)
-
-
-class RouteElection:
-    """Primary router per subnet prefix, sticky across re-elections.
-
-    ``primaries`` maps each prefix to its primary node; ``by_node`` is the same
-    map turned around, so that a node's primary prefixes are found without
-    scanning every prefix.
-    """
-
-    def __init__(self) -> None:
-        self.primaries: dict[Network, int] = {}
-        self.by_node: dict[int, set[Network]] = {}
-
-    def elect(self, candidates: Mapping[int, Iterable[Network]]) -> set[int]:
-        """
-        Re-elect from ``candidates`` (online node id → subnet routes it serves).
-
-        Returns the ids of nodes whose set of primary prefixes changed.
-        """
-        holders: dict[Network, list[int]] = {}
-        for node_id, routes in candidates.items():
-            for route in routes:
-                if route.prefixlen != 0:
-                    holders.setdefault(route, []).append(node_id)
-        new: dict[Network, int] = {}
-        for prefix, ids in holders.items():
-            previous = self.primaries.get(prefix)
-            new[prefix] = previous if previous in ids else min(ids)
-        changed = {nid for p, nid in self.primaries.items() if new.get(p) != nid}
-        changed |= {nid for p, nid in new.items() if self.primaries.get(p) != nid}
-        self._set(new)
-        return changed
-
-    def _set(self, primaries: dict[Network, int]) -> None:
-        self.primaries = primaries
-        by_node: dict[int, set[Network]] = {}
-        for prefix, node_id in primaries.items():
-            by_node.setdefault(node_id, set()).add(prefix)
-        self.by_node = by_node
-
-    def primary_routes(self, node_id: int) -> tuple[Network, ...]:
-        """The prefixes ``node_id`` is primary for, sorted."""
-        return tuple(sorted(self.by_node.get(node_id, ()), key=_sort_key))
-
-    def forget(self, node_id: int) -> None:
-        """Drop a deleted node (the next ``elect`` fails its prefixes over)."""
-        if node_id in self.by_node:
-            self._set({p: n for p, n in self.primaries.items() if n != node_id})

@@ -907,6 +907,19 @@ class CompiledPolicy:
         """The routes of ``peer`` that ``viewer`` gets in the peer's AllowedIPs."""
         return [r for r, _ in self.route_texts_for_peer(viewer, peer, matches, viewer_set)]
 
+    def route_view_key(self, viewer: Node, matches: Sequence[Match], viewer_set: IPSet) -> Optional[tuple[int, int]]:
+        """What decides which of any peer's routes ``viewer`` gets from :meth:`route_texts_for_peer`.
+
+        The bit masks of the rules whose sources, and whose destinations,
+        overlap the viewer: viewers with equal keys get the same routes of
+        every peer, so a view builder can compute a router's entry once per
+        key instead of once per viewer. None when more than that decides
+        (``via`` grants, or a viewer that serves subnet routes itself).
+        """
+        if self._via_grants is not None or viewer.subnet_route_set:
+            return None
+        return _viewer_masks(viewer, matches, viewer_set)
+
     def route_texts_for_peer(self, viewer: Node, peer: Node, matches: Sequence[Match],
                              viewer_set: IPSet) -> list[tuple[Network, str]]:
         """:meth:`routes_for_peer` with the text of each route.
