@@ -1052,7 +1052,10 @@ class CompiledPolicy:
             return []
         aa = self.policy.auto_approvers
         addrs = node.addresses
-        owned = [prefix for prefix, owners in aa.routes if self.resolver.resolve_all(owners).contains_any(addrs)]
+        # (version, length, the prefix's leading bits) of each owned entry: a route is inside
+        # one when its own leading bits are the same (integer shifts, not subnet_of per pair).
+        owned = [(p.version, p.prefixlen, int(p.network_address) >> (p.max_prefixlen - p.prefixlen), p.max_prefixlen)
+                 for p, owners in aa.routes if self.resolver.resolve_all(owners).contains_any(addrs)]
         exit_ok: Optional[bool] = None
         out = []
         for route in routes:
@@ -1061,8 +1064,10 @@ class CompiledPolicy:
                     exit_ok = bool(aa.exit_node) and self.resolver.resolve_all(aa.exit_node).contains_any(addrs)
                 if exit_ok:
                     out.append(route)
-            elif any(p.version == route.version and p.prefixlen <= route.prefixlen and route.subnet_of(p)
-                     for p in owned):
+                continue
+            version, length, value = route.version, route.prefixlen, int(route.network_address)
+            if any(v == version and plen <= length and value >> (bits - plen) == lead
+                   for v, plen, lead, bits in owned):
                 out.append(route)
         return out
 
