@@ -91,15 +91,26 @@ class RouteElection:
         if new:
             self._candidates[node_id] = new
         holders = self._holders
-        for prefix in old - new:
+        if not old or not new:  # a first announcement or a withdrawal: no set differences to hash
+            if new:
+                for prefix in new:
+                    holders.setdefault(prefix, set()).add(node_id)
+            else:
+                self._drop(node_id, old)
+            return old or new
+        self._drop(node_id, old - new)
+        for prefix in new - old:
+            holders.setdefault(prefix, set()).add(node_id)
+        return old ^ new
+
+    def _drop(self, node_id: int, prefixes: Iterable[Network]) -> None:
+        holders = self._holders
+        for prefix in prefixes:
             ids = holders.get(prefix)
             if ids is not None:
                 ids.discard(node_id)
                 if not ids:
                     del holders[prefix]
-        for prefix in new - old:
-            holders.setdefault(prefix, set()).add(node_id)
-        return old ^ new
 
     def _move(self, prefix: Network, frm: int | None, to: int | None) -> None:
         if frm is not None:

@@ -97,6 +97,7 @@ def clear_parse_caches() -> None:
     """Forget parsed prefixes (for tests and benchmarks that count the work of parsing)."""
     _parse_network.cache_clear()
     _prefixes_of.cache_clear()
+    _served.clear()
 
 
 def announced_routes(node) -> tuple[Network, ...]:
@@ -126,7 +127,26 @@ def served_routes(node) -> tuple[Network, ...]:
 
 
 def serving(announced: Iterable[Network], approved: Iterable[Network]) -> tuple[Network, ...]:
-    """The ``announced`` prefixes that are also ``approved``, in announced order."""
+    """The ``announced`` prefixes that are also ``approved``, in announced order.
+
+    One change of a node asks this several times with the very same (cached)
+    tuples; the last few answers are kept by the identity of their inputs, since
+    hashing a prefix is a Python call and this is one per route each time.
+    """
+    if isinstance(announced, tuple) and isinstance(approved, tuple):
+        key = (id(announced), id(approved))
+        kept = _served.get(key)
+        if kept is not None and kept[0] is announced and kept[1] is approved:
+            return kept[2]
+        approved_set = set(approved)
+        result = tuple(r for r in announced if r in approved_set)
+        if len(_served) >= 64:
+            _served.pop(next(iter(_served)))
+        _served[key] = (announced, approved, result)  # the inputs are kept: their ids stay theirs
+        return result
     approved_set = set(approved)
     return tuple(r for r in announced if r in approved_set)
+
+
+_served: dict[tuple[int, int], tuple[tuple, tuple, tuple]] = {}
 
