@@ -88,3 +88,28 @@ class RouteParsingSliceTests(unittest.TestCase):
         d = Deferred.fromCoroutine(poll.apply(h.state.get(node.id), again))
         self.successResultOf(d)
         self.assertEqual(poll.parse_turns, 1024 // SLICE - 1)
+
+
+class ApprovalSliceTests(unittest.TestCase):
+    """An admin approving many routes: parsed a slice per reactor turn, then stored once."""
+
+    def test_approval_parsed_in_slices(self):
+        """1,024 routes through NodeAdmin.approve_routes: at most SLICE parsed per turn, stored after the last."""
+        from headscale_tw.control.nodes import NodeAdmin
+
+        route_module.clear_parse_caches()
+        self.addCleanup(route_module.clear_parse_caches)
+        h = Harness(self)
+        node, _ = h.register("router")
+        clock = TurnClock()
+        admin = NodeAdmin(h.state, h.notifier, h.registrar, h.admin.users, h.db.preauthkeys, clock=clock)
+        approved = routes(1024)
+        d = Deferred.fromCoroutine(admin.approve_routes(node.id, approved))
+        parsed = [route_module._parse_network.cache_info().currsize]
+        while not d.called:
+            self.assertEqual(h.state.get(node.id).approved_routes, ())
+            clock.turn()
+            parsed.append(route_module._parse_network.cache_info().currsize)
+        steps = [b - a for a, b in zip(parsed, parsed[1:])]
+        self.assertLessEqual(max([parsed[0], *steps]), SLICE)
+        self.assertEqual(len(self.successResultOf(d).approved_routes), 1024)

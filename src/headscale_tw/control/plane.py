@@ -95,7 +95,8 @@ class ControlPlane:
         self.poll = PollService(self.state, self.notifier, clock)
         #: The services behind ``/api/v1``: users, keys, nodes and policy.
         self.admin: AdminServices = build_admin_services(db, self.now, state=self.state, notifier=self.notifier,
-                                                         registrar=self.registrar, policy=self.policy)
+                                                         registrar=self.registrar, policy=self.policy,
+                                                         clock=clock)
         self.nodes = self.admin.nodes
         self.lifecycle: NodeLifecycle | None = None
         self.cluster = None
