@@ -537,7 +537,46 @@ def _via_rules(cg: _CompiledGrant, node: Node) -> list[FilterRule]:
 
 
 def _overlaps_any(s: IPSet, nets: Iterable[Network]) -> bool:
+    """Does ``s`` overlap any of ``nets``?
+
+    A long tuple (a router's routes, asked about once per rule) is turned into
+    sorted ranges once, kept by the tuple's identity, and compared with ``s`` in
+    one merge of the two sorted lists, instead of a scan of ``s`` per route.
+    """
+    if isinstance(nets, tuple) and len(nets) > _SWEEP_FROM:
+        return _sorted_ranges_overlap(s.ranges(), _ranges_of(nets))
     return any(s.overlaps_network(n) for n in nets)
+
+
+_SWEEP_FROM = 16
+_RANGES_KEPT = 64
+_ranges_kept: dict[int, tuple[tuple[Network, ...], tuple[tuple[int, int, int], ...]]] = {}
+
+
+def _ranges_of(nets: tuple[Network, ...]) -> tuple[tuple[int, int, int], ...]:
+    kept = _ranges_kept.get(id(nets))
+    if kept is not None and kept[0] is nets:
+        return kept[1]
+    ranges = IPSet.from_networks(nets).ranges()
+    if len(_ranges_kept) >= _RANGES_KEPT:
+        _ranges_kept.pop(next(iter(_ranges_kept)))
+    _ranges_kept[id(nets)] = (nets, ranges)  # the tuple is kept too: its id stays its own
+    return ranges
+
+
+def _sorted_ranges_overlap(a: Sequence[tuple[int, int, int]], b: Sequence[tuple[int, int, int]]) -> bool:
+    """Whether two sorted lists of disjoint ``(family, low, high)`` ranges share an address."""
+    i = j = 0
+    while i < len(a) and j < len(b):
+        fa, la, ha = a[i]
+        fb, lb, hb = b[j]
+        if (fa, ha) < (fb, lb):
+            i += 1  # a[i] ends before b[j] (and every later b) starts
+        elif (fb, hb) < (fa, la):
+            j += 1
+        else:
+            return True
+    return False
 
 
 #: Rule address strings recur across nodes and compilations; IPSets are immutable.
