@@ -700,15 +700,22 @@ class _OfferedRoute:
 
 
 def _route_masks(routes: Sequence[Network], matches: Sequence[Match]) -> tuple[tuple[int, int], ...]:
-    """For each route: (matches whose destinations overlap it, matches whose sources do) as bit masks."""
+    """For each route: (matches whose destinations overlap it, matches whose sources do) as bit masks.
+
+    Each route's bounds are computed once and each rule's ranges read once (the
+    same test as ``IPSet.overlaps_network``, which converts the route again per
+    call): a router may offer 1,024 routes.
+    """
+    rules = [(1 << i, m.dsts.ranges(), m.srcs.ranges()) for i, m in enumerate(matches)]
     out = []
     for r in routes:
+        fam, lo, hi = r.version, int(r.network_address), int(r.broadcast_address)
         dsts_hit = srcs_hit = 0
-        for i, m in enumerate(matches):
-            if m.dsts.overlaps_network(r):
-                dsts_hit |= 1 << i
-            if m.srcs.overlaps_network(r):
-                srcs_hit |= 1 << i
+        for bit, dsts, srcs in rules:
+            if any(f == fam and a <= hi and b >= lo for f, a, b in dsts):
+                dsts_hit |= bit
+            if any(f == fam and a <= hi and b >= lo for f, a, b in srcs):
+                srcs_hit |= bit
         out.append((dsts_hit, srcs_hit))
     return tuple(out)
 
