@@ -90,6 +90,24 @@ class RouteParsingSliceTests(unittest.TestCase):
         self.assertEqual(poll.parse_turns, 1024 // SLICE - 1)
 
 
+    def test_changes_between_slices_seen(self):
+        """What changed while the routes were parsed is the starting point: the reported hostname still lands."""
+        route_module.clear_parse_caches()
+        self.addCleanup(route_module.clear_parse_caches)
+        h = Harness(self)
+        node, _ = h.register("router")
+        clock = TurnClock()
+        poll = PollService(h.state, h.notifier, clock=clock)
+        request = parse_map_request(h.map_request(node, OmitPeers=True, Hostinfo={
+            "Hostname": "router", "OS": "linux", "RoutableIPs": routes(1024)}))
+        d = Deferred.fromCoroutine(poll.apply(node, request))
+        h.run(h.state.update_node(node.id, hostname="renamed-meanwhile"))
+        while not d.called:
+            clock.turn()
+        self.assertEqual(self.successResultOf(d).hostname, "router")
+        self.assertEqual(h.state.get(node.id).hostname, "router")
+
+
 class ApprovalSliceTests(unittest.TestCase):
     """An admin approving many routes: parsed a slice per reactor turn, then stored once."""
 

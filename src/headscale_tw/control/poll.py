@@ -129,8 +129,9 @@ class PollService:
             return None
         return tags
 
-    async def _parse_routes(self, hostinfo: dict, previous: dict | None) -> None:
-        """Parse newly announced routes a slice per reactor turn, before anything uses them.
+    async def _parse_routes(self, hostinfo: dict, previous: dict | None) -> int:
+        """Parse newly announced routes a slice per reactor turn, before anything uses them;
+        return the turns yielded.
 
         Parsed prefixes are cached (:func:`~headscale_tw.control.routes.parse_prefix`),
         so the policy update that follows finds them parsed: the parsing of
@@ -140,10 +141,12 @@ class PollService:
         """
         routable = hostinfo.get("RoutableIPs")
         if not isinstance(routable, list) or len(routable) <= SLICE:
-            return
+            return 0
         if routable == (previous or {}).get("RoutableIPs"):
-            return
-        self.parse_turns += await in_slices(routable, _parse_quietly, self.clock)
+            return 0
+        turns = await in_slices(routable, _parse_quietly, self.clock)
+        self.parse_turns += turns
+        return turns
 
     def authenticate(self, machine_key: str, request: MapRequest):
         """The node for ``request.node_key``; ``Unauthorized`` unless it is the peer's machine."""
@@ -156,6 +159,9 @@ class PollService:
 
     async def apply(self, node, request: MapRequest):
         """Store what changed and send peers a patch or a full entry; return the node."""
+        if request.hostinfo is not None and request.hostinfo != node.hostinfo:
+            if await self._parse_routes(request.hostinfo, node.hostinfo):
+                node = self.state.get(node.id)  # other requests ran between the slices: start from now
         fields: dict = {}
         patch: list[str] = []
         full = False
@@ -166,7 +172,6 @@ class PollService:
             fields["endpoints"] = request.endpoints
             patch.append("Endpoints")
         if request.hostinfo is not None and request.hostinfo != node.hostinfo:
-            await self._parse_routes(request.hostinfo, node.hostinfo)
             fields["hostinfo"] = request.hostinfo
             if _home_derp(request.hostinfo) != _home_derp(node.hostinfo):
                 patch.append("DERPRegion")
