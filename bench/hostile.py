@@ -8,6 +8,8 @@ long each answer took. What an attack does, and what it reports beside the
 
 ``routes``        one registered node announces ``--routes`` subnet routes in a lite
                   map request; then the server is restarted (time until healthy).
+``routes-peers``  the same with ``--peers`` streaming peers and a policy that
+                  auto-approves the routes: every peer's view of the router changes.
 ``approve``       an admin approves ``--routes`` routes for that node through
                   ``/api/v1/node/N/approve_routes``.
 ``keyless``       ``--keyless`` register requests without a key, each with a 0.9 MB
@@ -61,6 +63,8 @@ class HealthProbe(threading.Thread):
         self.interval = interval
         self.timeout = timeout
         self.latencies: list[float] = []
+        #: (when the probe was sent, its latency in ms), for :meth:`during`.
+        self.timed: list[tuple[float, float]] = []
         self.failures = 0
         #: The longest any probe waited, answered or not (a probe cut off by a restart still waited).
         self.longest_ms = 0.0
@@ -77,10 +81,16 @@ class HealthProbe(threading.Thread):
                 with urllib.request.urlopen(self.url, timeout=self.timeout) as r:
                     r.read()
                 self.latencies.append((time.monotonic() - started) * 1000)
+                self.timed.append((started, self.latencies[-1]))
             except (OSError, urllib.error.URLError):
                 self.failures += 1
             self.longest_ms = max(self.longest_ms, (time.monotonic() - started) * 1000)
             self._halt.wait(self.interval)
+
+    def during(self, start: float, end: float) -> dict:
+        """The probes sent between ``start`` and ``end`` (monotonic) or waiting then: count and longest, ms."""
+        window = [ms for sent, ms in list(self.timed) if start - ms / 1000 <= sent <= end]
+        return {"probes": len(window), "max_ms": round(max(window, default=0.0), 1)}
 
     def pause(self) -> None:
         """Stop probing for a while (the server is being restarted on purpose)."""
@@ -155,6 +165,42 @@ async def attack_routes(server: SpawnedServer, args: argparse.Namespace) -> dict
     args.probe.resume()
     return {"status": response.status, "answer": response.body[:160].decode(errors="replace"),
             "answered_s": round(answered, 2), "restart_healthy_s": round(time.monotonic() - started, 2)}
+
+
+#: For ``routes-peers``: the bench user's nodes reach 10.0.0.0/8 and may have routes there auto-approved.
+ROUTER_POLICY = json.dumps({
+    "acls": [{"action": "accept", "src": ["bench@"], "dst": ["bench@:*", "10.0.0.0/8:*"]}],
+    "autoApprovers": {"routes": {"10.0.0.0/8": ["bench@"]}},
+})
+
+
+async def attack_routes_peers(server: SpawnedServer, args: argparse.Namespace) -> dict:
+    keys = server.make_keys()
+    peers = [_node(server, 10 + i, keys["reusable"]) for i in range(args.peers)]
+    for peer in peers:
+        await peer.up()
+    node = _node(server, 1, keys["reusable"])
+    await node.up()
+    info = node._hostinfo(netinfo=True)
+    info["RoutableIPs"] = _routes(args.routes)
+    body = wire.map_body(node.node_key, node.disco_key, info, stream=False, endpoints=["127.0.0.1:41641"])
+    frames = sum(len(p.frames) for p in peers)
+    cpu_before = server.stats()["cpu_s"]
+    started = time.monotonic()
+    response = await node.client.request(b"POST", b"/machine/map", encode_json(body),
+                                         wire.request_headers(node.node_key))
+    answered = time.monotonic() - started
+    ended = time.monotonic()
+    await _in_thread(time.sleep, 0.5)  # let the probes sent meanwhile come back
+    cpu = server.stats()["cpu_s"] - cpu_before  # the announcement, its fan-out and 0.5 s of probes
+    api = _api_key(server)
+    listed = json.loads(_api(server, "GET", "/api/v1/node", api)[1])["nodes"]
+    router = [n for n in listed if n["name"] == node.hostname or n.get("givenName") == node.hostname]
+    served = len(router[0].get("subnetRoutes") or router[0].get("approvedRoutes") or []) if router else None
+    return {"status": response.status, "answer": response.body[:160].decode(errors="replace"),
+            "answered_s": round(answered, 3), "peers": args.peers, "routes_served": served,
+            "health_during": args.probe.during(started, ended), "server_cpu_s": round(cpu, 2),
+            "peer_frames_after": sum(len(p.frames) for p in peers) - frames}
 
 
 async def attack_approve(server: SpawnedServer, args: argparse.Namespace) -> dict:
@@ -287,6 +333,7 @@ def _in_thread(fn, *a):
 
 ATTACKS = {
     "routes": attack_routes,
+    "routes-peers": attack_routes_peers,
     "approve": attack_approve,
     "keyless": attack_keyless,
     "preauth": attack_preauth,
@@ -299,8 +346,8 @@ ATTACKS = {
 async def run(args: argparse.Namespace) -> list[dict]:
     results = []
     for name in args.attacks or list(ATTACKS):
-        server = SpawnedServer().start()
-        probe = HealthProbe(server.url)
+        server = SpawnedServer(policy=ROUTER_POLICY if name == "routes-peers" else None).start()
+        probe = HealthProbe(server.url, interval=args.interval)
         probe.start()
         args.probe = probe
         started = time.monotonic()
@@ -323,6 +370,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("attacks", nargs="*", help=f"attacks to run, of {', '.join(ATTACKS)} (default: all)")
     parser.add_argument("--routes", type=int, default=10_000)
+    parser.add_argument("--interval", type=float, default=0.05, help="seconds between /health probes")
+    parser.add_argument("--peers", type=int, default=20, help="streaming peers for routes-peers")
     parser.add_argument("--keyless", type=int, default=300)
     parser.add_argument("--wrong", type=int, default=2_000)
     args = parser.parse_args()
@@ -351,9 +400,9 @@ def main() -> None:
     print(f"{'attack':<9} {'health p50':>10} {'p99':>8} {'max':>8} {'longest':>8} {'failed':>6}  outcome")
     for row in outcome["results"]:
         h = row["health"]
-        rest = {k: v for k, v in row.items() if k not in ("attack", "health")}
+        rest = {k: v for k, v in row.items() if k not in ("attack", "health", "seconds", "server_alive")}
         print(f"{row['attack']:<9} {h['p50_ms']:>9}ms {h['p99_ms']:>6}ms {h['max_ms']:>6}ms "
-              f"{h['longest_wait_ms']:>6}ms {h['failed']:>6}  {json.dumps(rest)[:200]}")
+              f"{h['longest_wait_ms']:>6}ms {h['failed']:>6}  {json.dumps(rest)[:300]}")
     print(f"written to {path}")
 
 

@@ -24,6 +24,7 @@ except ConfigError as e:
     raise SystemExit("headscale-tw could not start: configuration error: " + "; ".join(e.problems))
 application = service.Application("headscale")
 application.setComponent(ILogObserver, stdout_observer(_config.log))
-_top = build_service(_config, reactor)
+# raise_early_failure: a daemonising twistd (-y without -n) tells its waiting parent
+_top = build_service(_config, reactor, raise_early_failure=True)
 _top.setServiceParent(application)
 exit_with_status(_top)

@@ -285,6 +285,20 @@ class ListenerCheckTests(_Folder):
             (note,) = preflight.check_listeners(config)
         self.assertIn(f"pid {os.getpid()}", note)
 
+    def test_bindable_while_own_lock_held(self):
+        """check_bindable (start-up's check, made while it holds its own lock) binds anyway and names a busy port."""
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            config = self.config(listen_addr=f"127.0.0.1:{port}")
+            lock = SocketLock(config.unix_socket)
+            lock.acquire()
+            self.addCleanup(lock.release)
+            with self.assertRaises(StartupError) as e:
+                preflight.check_bindable(config)
+        self.assertIn(f"listen_addr 127.0.0.1:{port}: cannot listen", str(e.exception))
+
 
 class ConfigtestTests(_Folder):
     """configtest runs every check and creates nothing."""

@@ -10,17 +10,26 @@ check                  start-up (:mod:`headscale_tw.service`)          ``headsca
 socket lock            :class:`~headscale_tw.socketlock.SocketLock`    asks whether a live server holds it
                        taken first (``flock``)
 policy (file mode)     :func:`check_policy` before the database opens  :func:`check_policy`
-policy (database)      validated when the control plane loads it       :func:`check_stored_policy` (read-only)
+policy (database)      :func:`check_stored_policy` (read-only), then  :func:`check_stored_policy` (read-only)
+                       validated when the control plane loads it
 TLS files              :func:`check_tls` before anything listens       :func:`check_tls`
 DNS provider           :func:`check_dns_provider` (its TSIG secret)    :func:`check_dns_provider`
 Noise key              :func:`noise_key` (created when missing)        :func:`noise_key` (read only if present)
 DERP keys              :func:`check_derp_keys` (created when missing)  :func:`check_derp_keys` (read only)
-database               opened and migrated; the version check is       :func:`check_database`: the same version
-                       :func:`~headscale_tw.storage.prepare.            check, read-only, nothing created
+database               :func:`check_database` (read-only), then        :func:`check_database`: the same version
+                       opened and migrated; the version check is       check, read-only, nothing created
+                       :func:`~headscale_tw.storage.prepare.
                        judge_schema_state`
-listeners              bound for real (a busy port fails start-up)     :func:`check_listeners` (skipped while
-                                                                       this server's lock is held)
+listeners              :func:`check_bindable` (bind and release),      :func:`check_listeners` (skipped while
+                       then bound for real                             this server's lock is held)
 =====================  ==============================================  =========================================
+
+Start-up runs every check above synchronously, inside ``startService``, before
+anything waits on the reactor: a daemonising ``twistd`` reports an exception
+raised there to its waiting parent, which exits 1 (the parent is told "started"
+as soon as ``startService`` returns). What can still fail later (migrations,
+the first ACME certificate) stops the daemon with exit status 1 without reaching
+the parent.
 
 Every check raises :class:`StartupError`, whose message is one line naming the
 setting and the problem; :func:`one_line` turns any other exception into such a
@@ -54,6 +63,7 @@ __all__ = [
     "check_database",
     "listeners",
     "check_listeners",
+    "check_bindable",
     "configtest",
 ]
 
@@ -413,11 +423,7 @@ def check_listeners(config: Any) -> list[str]:
         running = f"pid {holder}" if holder else "a live process"
         return [f"listeners: not checked, this server is running ({running} holds "
                 f"{os.path.abspath(config.unix_socket)}.lock)"]
-    notes = []
-    for listener in listeners(config):
-        _try_bind(listener)
-        protocol = "udp" if listener.udp else "tcp"
-        notes.append(f"{listener.setting} {listener.host}:{listener.port} ({protocol}) can be bound")
+    notes = check_bindable(config)
     if config.unix_socket:
         parent = os.path.dirname(os.path.abspath(config.unix_socket))
         probe = parent
@@ -426,6 +432,19 @@ def check_listeners(config: Any) -> list[str]:
         if not folder_accepts_entries(probe):
             raise StartupError(f"unix_socket {config.unix_socket}: {probe} is not a writable folder")
         notes.append(f"unix_socket {config.unix_socket} can be created")
+    return notes
+
+
+def check_bindable(config: Any) -> list[str]:
+    """Bind and release every TCP and UDP listener of ``config`` (start-up holds its own lock when it asks).
+
+    @raises StartupError: an address is in use or not available.
+    """
+    notes = []
+    for listener in listeners(config):
+        _try_bind(listener)
+        protocol = "udp" if listener.udp else "tcp"
+        notes.append(f"{listener.setting} {listener.host}:{listener.port} ({protocol}) can be bound")
     return notes
 
 

@@ -192,10 +192,12 @@ class HeadscaleService(service.MultiService):
     def startService(self) -> None:
         """Start building; with ``raise_early_failure``, a failure found before this returns is raised.
 
-        The checks made before the database opens (lock, policy, TLS, keys) run
-        synchronously, inside this call. A daemonising twistd (without ``-n``)
-        reports an exception raised here to its waiting parent, which then exits
-        1; in the foreground the failure is only logged, as one line.
+        The checks made before the database opens (lock, policy, TLS, keys,
+        the database's version, bindable listeners) run synchronously, inside
+        this call. A daemonising twistd (without ``-n``) reports an exception
+        raised here to its waiting parent, which then exits 1; in the foreground
+        it ends twistd before its reactor runs (exit status 1, see
+        :func:`exit_with_status`). Either way the failure is logged as one line.
         """
         super().startService()
         self._ready = defer.Deferred.fromCoroutine(self._start())
@@ -298,9 +300,11 @@ async def build_components(config: Config, reactor) -> Components:
     """Check what start-up depends on, open the database, and build the listeners.
 
     In order: take the socket lock (so a second server stops here), check the
-    policy file and the TLS files and load (or create) the Noise key, as
-    ``headscale configtest`` does (:mod:`headscale_tw.preflight`); then open and
-    migrate the database; everything else is built on it. If anything fails,
+    policy file and the TLS files, load (or create) the Noise key, read the
+    database's schema version (and the stored policy) and bind-test every
+    listener, as ``headscale configtest`` does (:mod:`headscale_tw.preflight`),
+    all before the first ``await``; then open and migrate the database;
+    everything else is built on it. If anything fails,
     what was opened is closed and the lock released before the error propagates.
     """
     from headscale_tw.storage.database import open_database
@@ -312,6 +316,11 @@ async def build_components(config: Config, reactor) -> Components:
         preflight.check_dns_provider(config)
         noise_key = preflight.noise_key(config, create=True)
         preflight.check_derp_keys(config, create=True)
+        # Read-only and synchronous, so that they fail inside startService, which a daemonising
+        # twistd reports to its waiting parent; the asynchronous steps below repeat them for real.
+        preflight.check_database(config)
+        preflight.check_stored_policy(config)
+        preflight.check_bindable(config)
         try:
             db = await open_database(config.database, reactor)
         except Exception as e:

@@ -40,8 +40,7 @@ def makeService(options: Options):
     config = options["config_object"]
     twistd_options = options.parent
     observer = twistd_observer(twistd_options, config.log) if twistd_options is not None else None
-    daemon = twistd_options is not None and not twistd_options.get("nodaemon")
-    top = build_service(config, reactor, log_observer=observer, raise_early_failure=daemon)
+    top = build_service(config, reactor, log_observer=observer, raise_early_failure=twistd_options is not None)
     if twistd_options is not None:
         exit_with_status(top)
     return top

@@ -7,11 +7,14 @@ Each test writes a broken config into a private network namespace and runs
 until they exit by themselves: the exit status is not 0, the output has exactly
 one "could not start" line naming the problem, and no traceback (log.level info).
 ``headscale configtest`` fails on the same config with the same reason.
+Without ``-n`` (twistd daemonising, for ``twistd headscale`` and the ``.tac``)
+the waiting parent exits 1 with the reason, whatever the failure.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +44,22 @@ def postgres_section(name: str, host: str | None = None) -> Mapping[str, Any]:
     socket_dir = os.environ.get("HEADSCALE_TEST_PG_SOCKET_DIR", "/var/run/postgresql")
     return {"type": "postgres", "postgres": {"host": host or socket_dir, "port": 5432, "name": name,
                                              "user": "postgres"}}
+
+
+def _stop_daemon(pidfile: str) -> None:
+    """Stop a daemon this test started, by the PID it wrote (only if it is still running)."""
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if pidfile.encode() not in f.read():
+                return  # the PID was reused: not the daemon this test started
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, ProcessLookupError):
+        pass
 
 
 class StartupFailureTests(RealClientTestCase):
@@ -146,21 +165,74 @@ class StartupFailureTests(RealClientTestCase):
             self.assertIn('prefixes.v4: "100.64.0.0/33" is not a valid prefix', output, entry)
             self.assertNotIn("Traceback", output, entry)
 
+    def run_daemonised(self, server: HeadscaleServer, entry: str) -> tuple[Any, str, str]:
+        """Run ``twistd headscale`` or ``twistd -y etc/headscale.tac`` without ``-n`` until the waiting
+        parent exits; return the parent's ``CompletedProcess``, the daemon's log and its PID file path.
+
+        A daemon that started anyway (the failure this guards against) is stopped by the PID it wrote."""
+        pidfile = os.path.join(server.directory, f"{entry}.pid")
+        log_file = os.path.join(server.directory, f"{entry}.log")
+        argv = [arg for arg in server.argv(entry) if arg not in ("--nodaemon", "--pidfile=")]
+        where = argv.index("headscale" if entry == "twistd" else "--python")
+        argv[where:where] = ["--pidfile", pidfile, "--logfile", log_file]
+        env = {**server.env, "HEADSCALE_CONFIG": server.config_path}
+        proc = self.namespace.run(argv, env=env, timeout=60, cwd=server.directory)
+        self.addCleanup(_stop_daemon, pidfile)
+        log = ""
+        if os.path.exists(log_file):
+            with open(log_file) as f:
+                log = f.read()
+        return proc, log, pidfile
+
+    def assert_daemon_fails(self, server: HeadscaleServer, *expected: str) -> None:
+        """Both twistd entry points without -n: the waiting parent exits 1 and prints the start of the
+        reason (twistd passes the parent at most 100 bytes); ``twistd headscale``'s log file has the one
+        "could not start" line holding ``expected``, and no traceback. (The ``.tac`` logs to the
+        standard output, which a daemon leaves behind.)"""
+        proc, log, _ = self.run_daemonised(server, "twistd")
+        where = f"twistd (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}\nlog:\n{log[-3000:]}"
+        self.assertEqual(proc.returncode, 1, where)
+        lines = [line for line in log.splitlines() if "could not start" in line]
+        self.assertEqual(len(lines), 1, where)
+        for text in expected:
+            self.assertIn(text, lines[0], where)
+        self.assertNotIn("Traceback", log, where)
+        reason = lines[0].split("could not start: ", 1)[1]
+        self.assertIn("StartupError: " + reason[:40], proc.stderr, where)
+        proc, log, _ = self.run_daemonised(server, "tac")
+        where = f"tac (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+        self.assertEqual(proc.returncode, 1, where)
+        self.assertIn("StartupError: " + reason[:40], proc.stderr, where)
+        self.assertNotIn("Traceback", proc.stdout + proc.stderr, where)
+
     def test_daemonising_twistd_reports_failure(self):
-        """twistd without -n: the waiting parent exits 1 naming the problem; the log has the line, no traceback."""
+        """twistd without -n, a missing policy file: the waiting parent exits 1 naming the problem."""
         server = self.make(config_yaml(policy={"path": "./missing.hujson"}))
-        log_file = os.path.join(server.directory, "twistd.log")
-        argv = [arg for arg in server.argv("twistd") if arg not in ("--nodaemon", "--pidfile=")]
-        argv[argv.index("headscale"):argv.index("headscale")] = [
-            "--pidfile", os.path.join(server.directory, "twistd.pid"), "--logfile", log_file]
-        proc = self.namespace.run(argv, env=server.env, timeout=60, cwd=server.directory)
-        self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
-        self.assertIn("policy.path ./missing.hujson", proc.stderr)
-        with open(log_file) as f:
-            log = f.read()
-        self.assertEqual(len([line for line in log.splitlines() if "could not start" in line]), 1, log)
-        self.assertNotIn("Traceback", log)
-        self.assertFalse(os.path.exists(os.path.join(server.directory, "twistd.pid")))
+        self.assert_daemon_fails(server, "policy.path ./missing.hujson")
+
+    def test_daemonising_port_in_use(self):
+        """twistd without -n, the control port held by another server: the parent exits 1 naming the address."""
+        self.start_server(config_yaml(), name="holder")
+        busy = config_yaml(metrics_listen_addr="127.0.0.1:9091",
+                           derp={"server": {"stun_listen_addr": "127.0.0.1:3479"}})
+        server = self.make(busy)
+        self.assert_daemon_fails(server, "listen_addr 127.0.0.1:8080: cannot listen: Address already in use")
+
+    def test_daemonising_database_missing(self):
+        """twistd without -n, a PostgreSQL database that does not exist: the parent exits 1 naming it."""
+        server = self.make(config_yaml(database=postgres_section("hs_tw_no_such_database")))
+        self.assert_daemon_fails(server, "database (postgres", 'database "hs_tw_no_such_database" does not exist')
+
+    def test_daemonising_postgres_down(self):
+        """twistd without -n, PostgreSQL not answering: the parent exits 1 naming the database."""
+        server = self.make(config_yaml(database=postgres_section("headscale", host="127.0.0.1")))
+        self.assert_daemon_fails(server, "database (postgres postgres@127.0.0.1:5432/headscale)", "Connection refused")
+
+    def test_daemonising_sqlite_folder_cannot_be_created(self):
+        """twistd without -n, a database folder that cannot be created: the parent exits 1 naming the path."""
+        path = "/proc/headscale-tw-none/db.sqlite"
+        server = self.make(config_yaml(database={"type": "sqlite", "sqlite": {"path": path}}))
+        self.assert_daemon_fails(server, f"database.sqlite.path {path}: cannot create")
 
     def test_traceback_at_debug(self):
         """At log.level debug the same failure also logs its traceback."""

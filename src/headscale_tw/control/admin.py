@@ -36,14 +36,15 @@ class AdminServices:
 
 
 def build_admin_services(db, now: Callable[[], datetime], *, state=None, notifier=None, registrar=None,
-                         policy=None) -> AdminServices:
+                         policy=None, clock=None) -> AdminServices:
     """The admin services over ``db``; with ``state``, ``notifier``, ``registrar`` and ``policy`` (the
-    control plane's) also nodes and policy, and user changes reach the plane."""
+    control plane's) also nodes and policy, and user changes reach the plane. ``clock`` (the reactor)
+    lets long inputs be worked through a slice per reactor turn."""
     users = UserAdmin(db.users, now, state, notifier)
     pepper = Pepper(db.server_state)
     nodes = None
     if state is not None and notifier is not None and registrar is not None:
-        nodes = NodeAdmin(state, notifier, registrar, users, db.preauthkeys)
+        nodes = NodeAdmin(state, notifier, registrar, users, db.preauthkeys, clock=clock)
     return AdminServices(
         users=users,
         preauthkeys=PreAuthKeyAdmin(db.preauthkeys, users, pepper, now),

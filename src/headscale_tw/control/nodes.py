@@ -13,12 +13,14 @@ from collections.abc import Iterable
 from datetime import datetime
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 
 from headscale_tw.control import limits
 from headscale_tw.control.names import validate_given_name
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.routes import announced_routes, normalize_approval, parse_prefix, served_routes
+from headscale_tw.control.slices import in_slices
 from headscale_tw.control.state import ControlState
 from headscale_tw.control.users import UserAdmin, quoted
 from headscale_tw.errors import AlreadyExists, InvalidInput, NotFound
@@ -100,12 +102,14 @@ class NodeAdmin:
     """
 
     def __init__(self, state: ControlState, notifier: MapNotifier, registrar: Registrar, users: UserAdmin,
-                 preauthkeys) -> None:
+                 preauthkeys, clock: IReactorTime | None = None) -> None:
         self.state = state
         self.notifier = notifier
         self.registrar = registrar
         self.users = users
         self.preauthkeys = preauthkeys
+        #: Cuts the parsing of a long approval into reactor turns (None: all at once).
+        self.clock = clock
 
     async def describe(self, nodes: Iterable[Node]) -> list[NodeDetails]:
         """Each node with its owner, pre-auth key (and the key's owner), online state and served routes."""
@@ -227,8 +231,13 @@ class NodeAdmin:
         if isinstance(routes, str):
             routes = [r for r in routes.split(",") if r.strip()]
         routes = limits.check_count(list(routes), limits.ROUTES_MAX, "approve routes: routes")
-        nets = [parse_prefix(limits.check_length(r, limits.PREFIX_MAX_LENGTH, "approve routes: a route")
-                             if isinstance(r, str) else r, "approve routes") for r in routes]
+        nets: list = []
+
+        def parse(r) -> None:
+            nets.append(parse_prefix(limits.check_length(r, limits.PREFIX_MAX_LENGTH, "approve routes: a route")
+                                     if isinstance(r, str) else r, "approve routes"))
+
+        await in_slices(routes, parse, self.clock)  # up to 1,024 prefixes: a slice per reactor turn
         self.state.get(node_id)
         node = await self.state.update_node(node_id, approved_routes=normalize_approval(nets))
         self.notifier.node_changed(node_id)

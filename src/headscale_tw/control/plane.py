@@ -94,12 +94,13 @@ class ControlPlane:
         self.auth_requests = AuthRequests(db.auth_requests, clock, self.now)
         self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock,
                                    preauth_throttle=self.throttles.preauth_key, auth_requests=self.auth_requests)
-        self.poll = PollService(self.state, self.notifier)
+        self.poll = PollService(self.state, self.notifier, clock)
         #: SSH check mode: ``/machine/ssh/action/...`` and the ``/auth/<auth_id>`` page.
         self.ssh_checks = SSHChecks(self.state, self.policy, self.auth_requests, config.server_url)
         #: The services behind ``/api/v1``: users, keys, nodes and policy.
         self.admin: AdminServices = build_admin_services(db, self.now, state=self.state, notifier=self.notifier,
-                                                         registrar=self.registrar, policy=self.policy)
+                                                         registrar=self.registrar, policy=self.policy,
+                                                         clock=clock)
         self.nodes = self.admin.nodes
         self.lifecycle: NodeLifecycle | None = None
         self.cluster = None

@@ -29,15 +29,18 @@ Policy sources (``policy.mode``): ``file`` reads ``policy.path`` at start and on
 fails to parse or whose ``tests``/``sshTests`` fail is rejected with
 :class:`PolicyRejected` and the previous one stays in force.
 
-Subnet-route HA election (derp-stun-policy.md G.3) also lives here because it
-feeds the policy inputs: see :mod:`headscale_tw.control.routes`.
+Pieces that stand alone live in their own modules: the view records and the
+one-pass peer computation in :mod:`~headscale_tw.control.views`, the rule
+index in :mod:`~headscale_tw.control.viewindex`, a router's entry per class of
+viewers in :mod:`~headscale_tw.control.variants`, and the subnet-route HA
+election (derp-stun-policy.md G.3), which feeds the policy inputs, in
+:mod:`~headscale_tw.control.election`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Optional
 
@@ -51,9 +54,11 @@ from headscale_tw.control.routes import (
     normalize_approval,
 )
 from headscale_tw.control.routes import serving as served
+from headscale_tw.control.variants import PeerVariants, Variant
 from headscale_tw.control.viewindex import RuleIndex, bits
+from headscale_tw.control.views import Changes, NodeView, ViewChange, all_peer_views
 from headscale_tw.errors import InvalidInput
-from headscale_tw.policy.compile import CompiledPolicy, PolicyEngine, _overlaps_any, reduce_rules
+from headscale_tw.policy.compile import CompiledPolicy, PolicyEngine, reduce_rules
 from headscale_tw.policy.incremental import IncrementalCompiler
 from headscale_tw.policy.model import Node as PNode
 from headscale_tw.policy.model import PolicyError, Topology
@@ -76,9 +81,6 @@ ALLOW_ALL_FILTER = [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First"
 _ALLOW_ALL_BYTES = encode_json(ALLOW_ALL_FILTER)
 _NO_SSH_RULES = encode_json({"rules": []})
 
-#: A peer as one viewer sees it: (AllowedIPs, PrimaryRoutes), both tuples of prefix strings.
-Variant = tuple[tuple[str, ...], tuple[str, ...]]
-
 
 class PolicyRejected(PolicyError, InvalidInput):
     """A policy was refused (parse error, failed ``tests``); the message names the problem."""
@@ -86,112 +88,6 @@ class PolicyRejected(PolicyError, InvalidInput):
 
 class PolicyUpdateRefused(InvalidInput):
     """``set`` was asked for while the policy comes from a file."""
-
-
-@dataclass(frozen=True)
-class NodeView:
-    """What one node was last told, for comparison with the next compilation."""
-
-    filter: bytes
-    peers: dict[int, Variant]
-    ssh: Optional[bytes]
-    caps: tuple[str, ...]
-    self_allowed: tuple[str, ...]
-    self_primary: tuple[str, ...]
-
-
-@dataclass
-class ViewChange:
-    """The differences for one viewer; ``None``/empty = unchanged."""
-
-    filter: Optional[bytes] = None
-    ssh: Optional[bytes] = None
-    self_changed: bool = False
-    peers_changed: set[int] = field(default_factory=set)
-    peers_removed: set[int] = field(default_factory=set)
-
-
-@dataclass
-class Changes:
-    """
-    What to tell whom after a change.
-
-    ``viewers`` holds per-viewer differences; ``touched`` are nodes whose entry
-    changed for every viewer that sees them; ``removed`` are nodes gone for all.
-    """
-
-    viewers: dict[int, ViewChange] = field(default_factory=dict)
-    touched: set[int] = field(default_factory=set)
-    removed: set[int] = field(default_factory=set)
-
-    def viewer(self, node_id: int) -> ViewChange:
-        return self.viewers.setdefault(node_id, ViewChange())
-
-    def __bool__(self) -> bool:
-        return bool(self.viewers or self.touched or self.removed)
-
-
-def all_peer_views(cp: CompiledPolicy) -> dict[int, dict[int, Variant]]:
-    """
-    Every node's visible peers with their ``(AllowedIPs, PrimaryRoutes)``,
-    equal to ``cp.peers_for(node)`` for each node but computed in O(rules × nodes)
-    set tests plus bit operations when the rules are the same for every node
-    (no ``autogroup:self``/``via``), instead of O(rules × nodes²) set tests.
-    """
-    nodes = sorted(cp.topology.nodes, key=lambda n: n.id)
-    if cp.per_node or cp.allow_all or not nodes:
-        return {
-            n.id: {pv.node.id: (pv.allowed_ips, pv.primary_routes) for pv in cp.peers_for(n)} for n in nodes
-        }
-    matches = cp.matches_for(nodes[0])
-    sets = [cp.resolver.node_set(n) for n in nodes]
-    masks = []
-    for m in matches:
-        internet = m.dsts_is_internet()
-        src = dst = 0
-        for i, n in enumerate(nodes):
-            routes = n.subnet_routes
-            if m.srcs.overlaps(sets[i]) or _overlaps_any(m.srcs, routes):
-                src |= 1 << i
-            if m.dsts.overlaps(sets[i]) or _overlaps_any(m.dsts, routes) or (internet and n.is_exit_node):
-                dst |= 1 << i
-        if src and dst:
-            masks.append((src, dst))
-    v6_only = set()
-    prefixes = []
-    for n in nodes:
-        if "disable-ipv4" in cp.cap_map_for(n):
-            v6_only.add(n.id)
-        both = n.prefix_strings
-        six = n.prefix_strings_v6
-        prefixes.append((both, six))
-    out: dict[int, dict[int, Variant]] = {}
-    for i, a in enumerate(nodes):
-        bit = 1 << i
-        reach = 0
-        for src, dst in masks:
-            if src & bit:
-                reach |= dst
-            if dst & bit:
-                reach |= src
-        reach &= ~bit
-        peers: dict[int, Variant] = {}
-        while reach:
-            low = reach & -reach
-            j = low.bit_length() - 1
-            reach ^= low
-            b = nodes[j]
-            visible = prefixes[j][1] if (a.id in v6_only or b.id in v6_only) else prefixes[j][0]
-            if b.primary_routes or b.subnet_routes or b.exit_routes:
-                routes = cp.routes_for_peer(a, b, matches, sets[i])
-            else:
-                routes = []
-            peers[b.id] = (
-                tuple(visible) + tuple(str(r) for r in routes),
-                tuple(str(r) for r in routes if r.prefixlen != 0),
-            )
-        out[a.id] = peers
-    return out
 
 
 def _regrouped(before: tuple, after: tuple) -> Optional[set[int]]:
@@ -260,6 +156,7 @@ class PolicyManager:
         self._views: dict[int, NodeView] = {}
         self._uniform: dict[int, tuple[Variant, Variant]] = {}
         self._interned: dict[Any, Any] = {}
+        self.variants = PeerVariants(self._intern)
         self._loaded = False
         self._index: Optional[RuleIndex] = None
         self._ssh_sigs: Optional[list] = None
@@ -433,7 +330,7 @@ class PolicyManager:
                 del self._pnodes[node_id]
                 self._compiler_stale.add(node_id)
                 self._serving.pop(node_id, None)
-                self.election.forget(node_id)
+                self.variants.forget(node_id)
                 self._dirty.add(node_id)
                 self._compiled = None
                 return True
@@ -721,15 +618,8 @@ class PolicyManager:
         return [rules[i] for i in sorted(i for r in wanted for i in multi.get(r, ()))]
 
     def _peer_variant(self, cp, viewer: PNode, peer: PNode, matches, viewer_set, v6_only: bool) -> Variant:
-        """``peer`` as ``viewer`` sees it; the same computation as :func:`all_peer_views`."""
-        prefixes = peer.prefix_strings_v6 if v6_only else peer.prefix_strings
-        if not (peer.primary_routes or peer.subnet_routes or peer.exit_routes):
-            return self._intern((prefixes, ()))
-        routes = cp.route_texts_for_peer(viewer, peer, matches, viewer_set)
-        return self._intern((
-            tuple(prefixes) + tuple(t for _, t in routes),
-            tuple(t for r, t in routes if r.prefixlen != 0),
-        ))
+        """``peer`` as ``viewer`` sees it; the same computation as :func:`all_peer_views`, once per viewer class."""
+        return self.variants.variant(cp, viewer, peer, matches, viewer_set, v6_only)
 
     def _update_incremental(self, cp: CompiledPolicy, dirty: set[int]) -> Optional[Changes]:
         """

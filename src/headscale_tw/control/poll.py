@@ -14,12 +14,15 @@ the stream) and one-shot maps (neither flag: one full message).
 from __future__ import annotations
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from headscale_tw.control import limits
 from headscale_tw.control._wire import check_hostinfo, parse_key, parse_request_head
 from headscale_tw.control.framing import PLAIN, ZSTD
 from headscale_tw.control.notifier import MapNotifier
+from headscale_tw.control.routes import parse_prefix
+from headscale_tw.control.slices import SLICE, in_slices
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput, NotFound
 
@@ -89,15 +92,25 @@ def _home_derp(hostinfo: dict | None) -> int:
     return ((hostinfo or {}).get("NetInfo") or {}).get(_PATCHABLE_NETINFO) or 0
 
 
+def _parse_quietly(text: object) -> None:
+    try:
+        parse_prefix(text)
+    except InvalidInput:
+        pass  # skipped where the routes are read, as announced_routes does
+
+
 class PollService:
     """Applies MapRequests to nodes and notifies peers."""
 
     log = Logger()
 
-    def __init__(self, state: ControlState, notifier: MapNotifier) -> None:
+    def __init__(self, state: ControlState, notifier: MapNotifier, clock: IReactorTime | None = None) -> None:
         self.state = state
         self.notifier = notifier
         self.policy = notifier.policy
+        #: Cuts the parsing of a long route list into reactor turns (None: all at once).
+        self.clock = clock
+        self.parse_turns = 0
 
     def _requested_tags(self, node, hostinfo: dict) -> tuple[str, ...] | None:
         """New tags from a changed ``Hostinfo.RequestTags`` if ``tagOwners`` permit them, else None."""
@@ -116,6 +129,25 @@ class PollService:
             return None
         return tags
 
+    async def _parse_routes(self, hostinfo: dict, previous: dict | None) -> int:
+        """Parse newly announced routes a slice per reactor turn, before anything uses them;
+        return the turns yielded.
+
+        Parsed prefixes are cached (:func:`~headscale_tw.control.routes.parse_prefix`),
+        so the policy update that follows finds them parsed: the parsing of
+        up to :data:`~headscale_tw.control.limits.ROUTES_MAX` prefixes (the
+        largest single part of an announcement's work) does not hold the
+        reactor in one turn.
+        """
+        routable = hostinfo.get("RoutableIPs")
+        if not isinstance(routable, list) or len(routable) <= SLICE:
+            return 0
+        if routable == (previous or {}).get("RoutableIPs"):
+            return 0
+        turns = await in_slices(routable, _parse_quietly, self.clock)
+        self.parse_turns += turns
+        return turns
+
     def authenticate(self, machine_key: str, request: MapRequest):
         """The node for ``request.node_key``; ``Unauthorized`` unless it is the peer's machine."""
         node = self.state.by_node_key(request.node_key)
@@ -127,6 +159,9 @@ class PollService:
 
     async def apply(self, node, request: MapRequest):
         """Store what changed and send peers a patch or a full entry; return the node."""
+        if request.hostinfo is not None and request.hostinfo != node.hostinfo:
+            if await self._parse_routes(request.hostinfo, node.hostinfo):
+                node = self.state.get(node.id)  # other requests ran between the slices: start from now
         fields: dict = {}
         patch: list[str] = []
         full = False

@@ -13,7 +13,8 @@ which online router is *primary* for each prefix (derp-stun-policy.md G).
   The previous primary stays while it is a candidate (no flapping); otherwise
   the candidate with the lowest node id wins. Exit routes are not elected.
 
-Pure functions and one small class; no I/O. Every function here does work
+Pure functions, no I/O; the election lives in :mod:`~headscale_tw.control.election`
+(re-exported here). Every function here does work
 linear in the routes it is given (sets and dicts, never a list scan per
 route): a node may announce :data:`~headscale_tw.control.limits.ROUTES_MAX`
 prefixes, and routes stored before that limit existed may be more.
@@ -22,10 +23,11 @@ prefixes, and routes stored before that limit existed may be more.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Union
 
+from headscale_tw.control.election import RouteElection, sort_key
 from headscale_tw.errors import InvalidInput
 
 __all__ = [
@@ -95,6 +97,7 @@ def clear_parse_caches() -> None:
     """Forget parsed prefixes (for tests and benchmarks that count the work of parsing)."""
     _parse_network.cache_clear()
     _prefixes_of.cache_clear()
+    _served.clear()
 
 
 def announced_routes(node) -> tuple[Network, ...]:
@@ -115,7 +118,7 @@ def normalize_approval(routes: Iterable[Network]) -> tuple[str, ...]:
     nets = set(routes)
     if nets & set(EXIT_ROUTES):
         nets.update(EXIT_ROUTES)
-    return tuple(str(n) for n in sorted(nets, key=_sort_key))
+    return tuple(str(n) for n in sorted(nets, key=sort_key))
 
 
 def served_routes(node) -> tuple[Network, ...]:
@@ -124,59 +127,26 @@ def served_routes(node) -> tuple[Network, ...]:
 
 
 def serving(announced: Iterable[Network], approved: Iterable[Network]) -> tuple[Network, ...]:
-    """The ``announced`` prefixes that are also ``approved``, in announced order."""
+    """The ``announced`` prefixes that are also ``approved``, in announced order.
+
+    One change of a node asks this several times with the very same (cached)
+    tuples; the last few answers are kept by the identity of their inputs, since
+    hashing a prefix is a Python call and this is one per route each time.
+    """
+    if isinstance(announced, tuple) and isinstance(approved, tuple):
+        key = (id(announced), id(approved))
+        kept = _served.get(key)
+        if kept is not None and kept[0] is announced and kept[1] is approved:
+            return kept[2]
+        approved_set = set(approved)
+        result = tuple(r for r in announced if r in approved_set)
+        if len(_served) >= 64:
+            _served.pop(next(iter(_served)))
+        _served[key] = (announced, approved, result)  # the inputs are kept: their ids stay theirs
+        return result
     approved_set = set(approved)
     return tuple(r for r in announced if r in approved_set)
 
 
-def _sort_key(prefix: Network):
-    return (prefix.version, prefix.network_address, prefix.prefixlen)
+_served: dict[tuple[int, int], tuple[tuple, tuple, tuple]] = {}
 
-
-class RouteElection:
-    """Primary router per subnet prefix, sticky across re-elections.
-
-    ``primaries`` maps each prefix to its primary node; ``by_node`` is the same
-    map turned around, so that a node's primary prefixes are found without
-    scanning every prefix.
-    """
-
-    def __init__(self) -> None:
-        self.primaries: dict[Network, int] = {}
-        self.by_node: dict[int, set[Network]] = {}
-
-    def elect(self, candidates: Mapping[int, Iterable[Network]]) -> set[int]:
-        """
-        Re-elect from ``candidates`` (online node id → subnet routes it serves).
-
-        Returns the ids of nodes whose set of primary prefixes changed.
-        """
-        holders: dict[Network, list[int]] = {}
-        for node_id, routes in candidates.items():
-            for route in routes:
-                if route.prefixlen != 0:
-                    holders.setdefault(route, []).append(node_id)
-        new: dict[Network, int] = {}
-        for prefix, ids in holders.items():
-            previous = self.primaries.get(prefix)
-            new[prefix] = previous if previous in ids else min(ids)
-        changed = {nid for p, nid in self.primaries.items() if new.get(p) != nid}
-        changed |= {nid for p, nid in new.items() if self.primaries.get(p) != nid}
-        self._set(new)
-        return changed
-
-    def _set(self, primaries: dict[Network, int]) -> None:
-        self.primaries = primaries
-        by_node: dict[int, set[Network]] = {}
-        for prefix, node_id in primaries.items():
-            by_node.setdefault(node_id, set()).add(prefix)
-        self.by_node = by_node
-
-    def primary_routes(self, node_id: int) -> tuple[Network, ...]:
-        """The prefixes ``node_id`` is primary for, sorted."""
-        return tuple(sorted(self.by_node.get(node_id, ()), key=_sort_key))
-
-    def forget(self, node_id: int) -> None:
-        """Drop a deleted node (the next ``elect`` fails its prefixes over)."""
-        if node_id in self.by_node:
-            self._set({p: n for p, n in self.primaries.items() if n != node_id})

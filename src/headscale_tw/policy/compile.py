@@ -546,7 +546,46 @@ def _via_rules(cg: _CompiledGrant, node: Node) -> list[FilterRule]:
 
 
 def _overlaps_any(s: IPSet, nets: Iterable[Network]) -> bool:
+    """Does ``s`` overlap any of ``nets``?
+
+    A long tuple (a router's routes, asked about once per rule) is turned into
+    sorted ranges once, kept by the tuple's identity, and compared with ``s`` in
+    one merge of the two sorted lists, instead of a scan of ``s`` per route.
+    """
+    if isinstance(nets, tuple) and len(nets) > _SWEEP_FROM:
+        return _sorted_ranges_overlap(s.ranges(), _ranges_of(nets))
     return any(s.overlaps_network(n) for n in nets)
+
+
+_SWEEP_FROM = 16
+_RANGES_KEPT = 64
+_ranges_kept: dict[int, tuple[tuple[Network, ...], tuple[tuple[int, int, int], ...]]] = {}
+
+
+def _ranges_of(nets: tuple[Network, ...]) -> tuple[tuple[int, int, int], ...]:
+    kept = _ranges_kept.get(id(nets))
+    if kept is not None and kept[0] is nets:
+        return kept[1]
+    ranges = IPSet.from_networks(nets).ranges()
+    if len(_ranges_kept) >= _RANGES_KEPT:
+        _ranges_kept.pop(next(iter(_ranges_kept)))
+    _ranges_kept[id(nets)] = (nets, ranges)  # the tuple is kept too: its id stays its own
+    return ranges
+
+
+def _sorted_ranges_overlap(a: Sequence[tuple[int, int, int]], b: Sequence[tuple[int, int, int]]) -> bool:
+    """Whether two sorted lists of disjoint ``(family, low, high)`` ranges share an address."""
+    i = j = 0
+    while i < len(a) and j < len(b):
+        fa, la, ha = a[i]
+        fb, lb, hb = b[j]
+        if (fa, ha) < (fb, lb):
+            i += 1  # a[i] ends before b[j] (and every later b) starts
+        elif (fb, hb) < (fa, la):
+            j += 1
+        else:
+            return True
+    return False
 
 
 #: Rule address strings recur across nodes and compilations; IPSets are immutable.
@@ -670,15 +709,22 @@ class _OfferedRoute:
 
 
 def _route_masks(routes: Sequence[Network], matches: Sequence[Match]) -> tuple[tuple[int, int], ...]:
-    """For each route: (matches whose destinations overlap it, matches whose sources do) as bit masks."""
+    """For each route: (matches whose destinations overlap it, matches whose sources do) as bit masks.
+
+    Each route's bounds are computed once and each rule's ranges read once (the
+    same test as ``IPSet.overlaps_network``, which converts the route again per
+    call): a router may offer 1,024 routes.
+    """
+    rules = [(1 << i, m.dsts.ranges(), m.srcs.ranges()) for i, m in enumerate(matches)]
     out = []
     for r in routes:
+        fam, lo, hi = r.version, int(r.network_address), int(r.broadcast_address)
         dsts_hit = srcs_hit = 0
-        for i, m in enumerate(matches):
-            if m.dsts.overlaps_network(r):
-                dsts_hit |= 1 << i
-            if m.srcs.overlaps_network(r):
-                srcs_hit |= 1 << i
+        for bit, dsts, srcs in rules:
+            if any(f == fam and a <= hi and b >= lo for f, a, b in dsts):
+                dsts_hit |= bit
+            if any(f == fam and a <= hi and b >= lo for f, a, b in srcs):
+                srcs_hit |= bit
         out.append((dsts_hit, srcs_hit))
     return tuple(out)
 
@@ -916,6 +962,19 @@ class CompiledPolicy:
         """The routes of ``peer`` that ``viewer`` gets in the peer's AllowedIPs."""
         return [r for r, _ in self.route_texts_for_peer(viewer, peer, matches, viewer_set)]
 
+    def route_view_key(self, viewer: Node, matches: Sequence[Match], viewer_set: IPSet) -> Optional[tuple[int, int]]:
+        """What decides which of any peer's routes ``viewer`` gets from :meth:`route_texts_for_peer`.
+
+        The bit masks of the rules whose sources, and whose destinations,
+        overlap the viewer: viewers with equal keys get the same routes of
+        every peer, so a view builder can compute a router's entry once per
+        key instead of once per viewer. None when more than that decides
+        (``via`` grants, or a viewer that serves subnet routes itself).
+        """
+        if self._via_grants is not None or viewer.subnet_route_set:
+            return None
+        return _viewer_masks(viewer, matches, viewer_set)
+
     def route_texts_for_peer(self, viewer: Node, peer: Node, matches: Sequence[Match],
                              viewer_set: IPSet) -> list[tuple[Network, str]]:
         """:meth:`routes_for_peer` with the text of each route.
@@ -1048,7 +1107,10 @@ class CompiledPolicy:
             return []
         aa = self.policy.auto_approvers
         addrs = node.addresses
-        owned = [prefix for prefix, owners in aa.routes if self.resolver.resolve_all(owners).contains_any(addrs)]
+        # (version, length, the prefix's leading bits) of each owned entry: a route is inside
+        # one when its own leading bits are the same (integer shifts, not subnet_of per pair).
+        owned = [(p.version, p.prefixlen, int(p.network_address) >> (p.max_prefixlen - p.prefixlen), p.max_prefixlen)
+                 for p, owners in aa.routes if self.resolver.resolve_all(owners).contains_any(addrs)]
         exit_ok: Optional[bool] = None
         out = []
         for route in routes:
@@ -1057,8 +1119,10 @@ class CompiledPolicy:
                     exit_ok = bool(aa.exit_node) and self.resolver.resolve_all(aa.exit_node).contains_any(addrs)
                 if exit_ok:
                     out.append(route)
-            elif any(p.version == route.version and p.prefixlen <= route.prefixlen and route.subnet_of(p)
-                     for p in owned):
+                continue
+            version, length, value = route.version, route.prefixlen, int(route.network_address)
+            if any(v == version and plen <= length and value >> (bits - plen) == lead
+                   for v, plen, lead, bits in owned):
                 out.append(route)
         return out
 
