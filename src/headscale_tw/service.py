@@ -345,7 +345,7 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     from headscale_tw.dnsprovider.build import build_provider
 
     plane = ControlPlane(config, db, reactor, derp_map=derp_parts.current_map if derp_parts else None,
-                         dns_provider=build_provider(config, reactor))
+                         dns_provider=build_provider(config, reactor), instance=_instance_name())
     await plane.start()
     if feed is not None:
         sync = plane.join_cluster(feed.publish, derp=derp_parts.server if derp_parts else None)
@@ -429,6 +429,13 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
                       derp=derp_parts.server if derp_parts else None, ready=ready)
 
 
+def _instance_name() -> str:
+    """This server among those sharing a database, for the audit log: ``<host>:<pid>``."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _noise_identity(request):
     """The (machine key text, capability version) of an inner request's Noise peer."""
     from headscale_tw.noise.protocol import noise_peer
@@ -480,8 +487,8 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
     async def is_pending(auth_id: str) -> bool:
         return await registrar.get_pending(auth_id) is not None
 
-    sign_in = SignIn(relying_party, db.users, is_pending, finish_registration, reactor)
-    root.putChild(b"register", OIDCRegisterPage(sign_in))
+    sign_in = SignIn(relying_party, db.users, is_pending, finish_registration, reactor, audit=plane.audit)
+    root.putChild(b"register", OIDCRegisterPage(sign_in, _trusted_proxies(config)))
     oidc = resource.Resource()
     oidc.putChild(b"callback", OIDCCallbackPage(sign_in))
     root.putChild(b"oidc", oidc)

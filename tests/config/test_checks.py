@@ -37,7 +37,7 @@ class SectionCheckTests(unittest.TestCase):
         report = _Recorder()
         check_config(Config(), report)
         self.assertEqual(report.problems, [])
-        self.assertEqual(len(SECTIONS), 11)
+        self.assertEqual(len(SECTIONS), 12)
 
     def test_section_reports_only_its_keys(self) -> None:
         """A bad database type is reported by the database check alone, under its key."""

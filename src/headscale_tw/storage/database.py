@@ -582,6 +582,7 @@ class Database:
     def __init__(self, pool: DatabasePool, reactor: Any):
         # Imported here: the store modules import this one.
         from headscale_tw.storage.stores.apikeys import ApiKeyStore
+        from headscale_tw.storage.stores.audit_events import AuditEventStore
         from headscale_tw.storage.stores.auth_requests import AuthRequestStore
         from headscale_tw.storage.stores.nodes import NodeStore
         from headscale_tw.storage.stores.policies import PolicyStore
@@ -598,6 +599,7 @@ class Database:
         self.policies = PolicyStore(pool, reactor)
         self.server_state = ServerStateStore(pool, reactor)
         self.auth_requests = AuthRequestStore(pool, reactor)
+        self.audit = AuditEventStore(pool, reactor)
 
     async def close(self) -> None:
         """Finish in-flight work and close every connection."""

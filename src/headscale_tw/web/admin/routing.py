@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from headscale_tw.control.admin import AdminServices
+from headscale_tw.control.audit import Actor, acting_as
 from headscale_tw.errors import HeadscaleError
 from headscale_tw.web.admin.errors import INTERNAL, UNAUTHENTICATED, ApiError, error_body, from_domain, http_status
 
@@ -36,7 +37,8 @@ class Handlers:
     services: AdminServices
     log = Logger()
 
-    async def authenticate(self, request: IRequest) -> None:
+    async def authenticate(self, request: IRequest) -> Actor:
+        """Accept the request and return who makes it (for the audit log), or raise."""
         raise NotImplementedError
 
     def error(self, request: IRequest, error: ApiError) -> bytes:
@@ -48,15 +50,21 @@ class Handlers:
 
 
 def endpoint(fn: Handler) -> Callable[..., Awaitable[bytes]]:
-    """Authenticate, run the handler, encode the result or the error as JSON."""
+    """Authenticate, run the handler as the authenticated actor, encode the result or the error as JSON.
+
+    The actor (API key prefix or socket peer, and the client address) is the
+    :func:`~headscale_tw.control.audit.current_actor` of everything the handler
+    awaits, so the admin services record it without knowing about requests.
+    """
 
     @functools.wraps(fn)
     async def wrapper(self: Handlers, request: IRequest, **kw: Any) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         try:
-            await self.authenticate(request)
-            result = await fn(self, request, **kw)
+            actor = await self.authenticate(request)
+            with acting_as(actor):
+                result = await fn(self, request, **kw)
         except ApiError as e:
             return self.error(request, e)
         except HeadscaleError as e:
