@@ -12,6 +12,7 @@
       nodes list | list-routes | expire | rename | delete | tag | approve-routes | move | register
       auth register --auth-id ID --user NAME | approve --auth-id ID | reject --auth-id ID
       policy get | set -f FILE | check -f FILE
+      audit list [--since] [--until] [--actor] [--action] [--target] [--limit]
       health | version | configtest | generate private-key
 
 Commands that manage the server talk to ``/api/v1`` over the server's unix
@@ -32,6 +33,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
 from headscale_tw import __version__
+from headscale_tw.cli._audit import add_audit_commands
 from headscale_tw.cli._client import ApiClient, CLIError, Transport, transport_from_config
 from headscale_tw.cli._messages import (
     APIKEY,
@@ -628,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", required=True, help="policy file (HuJSON)")
     p = cmd(policy, "check", cmd_policy_check, "check a policy file against the server's users and nodes")
     p.add_argument("-f", "--file", required=True, help="policy file (HuJSON)")
+    add_audit_commands(group, cmd)
     return root
 
 

@@ -39,10 +39,12 @@ class AdminServices:
 
 
 def build_admin_services(db, now: Callable[[], datetime], *, state=None, notifier=None, registrar=None,
-                         policy=None, audit: AuditLog = NO_AUDIT) -> AdminServices:
+                         policy=None, audit: AuditLog | None = None) -> AdminServices:
     """The admin services over ``db``; with ``state``, ``notifier``, ``registrar`` and ``policy`` (the
     control plane's) also nodes and policy, and user changes reach the plane. Every change is
-    recorded in ``audit``."""
+    recorded in ``audit`` (default: an :class:`AuditLog` over ``db.audit``)."""
+    if audit is None:
+        audit = AuditLog(db.audit, now)
     users = UserAdmin(db.users, now, state, notifier, audit=audit)
     pepper = Pepper(db.server_state)
     nodes = None
