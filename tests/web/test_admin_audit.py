@@ -217,6 +217,17 @@ class RegistrationTests(AuditTestCase):
 class SystemEventTests(unittest.TestCase):
     """Expiry and ephemeral garbage collection are recorded as the system's."""
 
+    def test_policy_file_reload(self):
+        """A SIGHUP that loads a changed policy file records policy.reload; an unchanged one records nothing."""
+        h = PlaneHarness(self, policy_mode="file", policy_path="/etc/acl.hujson", files={"/etc/acl.hujson": POLICY})
+        h.run(h.plane.reload())
+        self.assertEqual(h.run(h.db.audit.list()), [])
+        h.files["/etc/acl.hujson"] = POLICY.replace("tag:web", "tag:www")
+        h.run(h.plane.reload())
+        [event] = h.run(h.db.audit.list())
+        self.assertEqual((event.action, event.actor_kind, event.target_name), ("policy.reload", "system", "file"))
+        self.assertEqual(len(event.detail["sha256"]), 64)
+
     def test_expiry_and_ephemeral_deletion(self):
         """A node whose expiry passes and an idle ephemeral node each leave one system event."""
         h = PlaneHarness(self)
