@@ -18,6 +18,7 @@ __all__ = [
     "IPolicyStore",
     "IServerStateStore",
     "IAuthRequestStore",
+    "IAuditEventStore",
     "IDatabase",
     "INodeNotifier",
 ]
@@ -180,6 +181,22 @@ class IAuthRequestStore(Interface):
         """Delete requests past their expiry; return how many."""
 
 
+class IAuditEventStore(Interface):
+    """The audit log's rows: appended, read with filters, deleted past the retention."""
+
+    async def add(event):
+        """Append one ``AuditEvent``."""
+
+    async def add_many(events):
+        """Append several ``AuditEvent`` objects in one transaction."""
+
+    async def list(*, since=None, until=None, actor="", action="", target="", limit=100):
+        """The newest matching events, newest first."""
+
+    async def delete_before(cutoff, batch=1000):
+        """Delete at most ``batch`` events older than ``cutoff``; return how many."""
+
+
 class IDatabase(Interface):
     """An open, migrated database: one attribute per table area."""
 
@@ -190,6 +207,7 @@ class IDatabase(Interface):
     policies = Attribute("IPolicyStore")
     server_state = Attribute("IServerStateStore")
     auth_requests = Attribute("IAuthRequestStore")
+    audit = Attribute("IAuditEventStore")
 
     async def close():
         """Finish in-flight work and close every connection."""

@@ -4,7 +4,9 @@
 from datetime import datetime, timedelta, timezone
 
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
+from headscale_tw.interfaces import IAuditEventStore
 from headscale_tw.storage.models import AuditEvent
 from headscale_tw.storage.stores.audit_events import MAX_PAGE
 from headscale_tw.testing.db import create_postgres_database, open_test_database, resolve, sqlite_config
@@ -34,6 +36,10 @@ class AuditEventStoreTestsMixin:
     def add(self, *events):
         for e in events:
             resolve(self.store.add(e))
+
+    def test_provides_interface(self):
+        """The store provides IAuditEventStore."""
+        self.assertTrue(verifyObject(IAuditEventStore, self.store))
 
     def test_round_trip(self):
         """An added event comes back with every field, an id, and its detail as a dict."""

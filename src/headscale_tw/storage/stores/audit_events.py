@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+from zope.interface import implementer
+
+from headscale_tw.interfaces import IAuditEventStore
 from headscale_tw.storage.database import Txn
 from headscale_tw.storage.models import AuditEvent
 from headscale_tw.storage.stores._common import StoreBase, dump_json, json_dict, to_datetime
@@ -40,6 +43,7 @@ def _values(event: AuditEvent) -> tuple:
             event.target_name, event.source, event.result, dump_json(event.detail), event.instance)
 
 
+@implementer(IAuditEventStore)
 class AuditEventStore(StoreBase):
     """The audit log's rows."""
 
