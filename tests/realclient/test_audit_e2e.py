@@ -10,8 +10,10 @@ import json
 import os
 import pwd
 
+from headscale_tw.testing.realclient._process import wait_for
 from headscale_tw.testing.realclient.scenario import ScenarioMixin
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
+from tests.realclient import test_oidc_e2e as oidc_e2e
 
 
 class AuditLogTests(ScenarioMixin, RealClientTestCase):
@@ -41,3 +43,29 @@ class AuditLogTests(ScenarioMixin, RealClientTestCase):
         for action in ("user.create", "preauth_key.create"):
             self.assertEqual((by_action[action]["actorKind"], by_action[action]["actor"]),
                              ("unix_socket", socket_user))
+
+
+class OIDCAuditTests(ScenarioMixin, RealClientTestCase):
+    """What a person's sign-in through a real OpenID Provider leaves in the audit log."""
+
+    timeout = 240
+    start_everything = oidc_e2e.OIDCLoginTests.start_everything
+    tailscale_up = oidc_e2e.OIDCLoginTests.tailscale_up
+    browse = oidc_e2e.OIDCLoginTests.browse
+
+    def test_sign_in_listed(self):
+        """After alice signs in at oidc-provider and the client runs, `audit list -o json` shows her
+        user.login and the node.register it finished, both by her OIDC identity."""
+        server, node = self.start_everything(allowed_domains=["example.com"])
+        up, url = self.tailscale_up(server, node)
+        self.assertEqual(self.browse(server, url, "alice")["status"], 200)
+        wait_for(lambda: up.returncode is not None, 60, "tailscale up to finish", interval=0.2, details=node.describe)
+        self.assertEqual(node.backend_state(), "Running")
+        events = json.loads(server.cli("audit", "list", "--actor", "oidc", "-o", "json").stdout)
+        self.assertEqual([(e["action"], e["targetName"]) for e in events],
+                         [("node.register", "walker"), ("user.login", "alice")])
+        for event in events:
+            self.assertEqual(event["actor"], f"alice ({self.provider.issuer}/alice)")
+            self.assertTrue(event["source"])
+        self.assertEqual(events[0]["detail"]["method"], "interactive")
+        self.assertNotIn(oidc_e2e.SECRET, server.cli("audit", "list", "-o", "json").stdout)

@@ -46,10 +46,11 @@ from twisted.logger import Logger
 
 from headscale_tw.redact import redact
 from headscale_tw.storage.models import AuditEvent
+from headscale_tw.storage.stores.audit_events import MAX_PAGE
 from headscale_tw.throttle import SourceSummary
 
 __all__ = ["Actor", "Target", "AuditLog", "NO_AUDIT", "acting_as", "current_actor", "SYSTEM",
-           "UNKNOWN_ACTOR", "MAX_DETAIL_BYTES", "MAX_FIELD"]
+           "UNKNOWN_ACTOR", "MAX_DETAIL_BYTES", "MAX_FIELD", "MAX_PAGE"]
 
 #: The most bytes of JSON kept as an event's detail.
 MAX_DETAIL_BYTES = 2048

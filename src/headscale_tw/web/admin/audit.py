@@ -7,7 +7,7 @@
 ``since`` (inclusive) and ``until`` (exclusive) are RFC 3339 times; ``actor``
 matches an actor's name or kind, ``action`` an action or its family (``node``
 matches ``node.delete``), ``target`` a target's id, name or kind; ``limit``
-is 1 to :data:`~headscale_tw.storage.stores.audit_events.MAX_PAGE` (default
+is 1 to :data:`~headscale_tw.control.audit.MAX_PAGE` (default
 :data:`DEFAULT_LIMIT`). Events come newest first.
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from twisted.web.iweb import IRequest
 
+from headscale_tw.control.audit import MAX_PAGE
 from headscale_tw.storage.models import AuditEvent
-from headscale_tw.storage.stores.audit_events import MAX_PAGE
 from headscale_tw.web.admin import validate as v
 from headscale_tw.web.admin.errors import INVALID_ARGUMENT, ApiError
 from headscale_tw.web.admin.routing import Handlers, app, endpoint
