@@ -6,20 +6,29 @@ API key), registrations, expiry, ephemeral deletion, OIDC sign-in, failed
 attempt summaries, ``GET /api/v1/audit`` and retention.
 """
 
+import os
+import pwd
 import socket
 from datetime import timedelta
 
 from treq.testing import StubTreq
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISystemHandle
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from headscale_tw import secrets as keysecrets
+from headscale_tw.config.model import AuditConfig, Config, DerpConfig, NoiseConfig
 from headscale_tw.control.audit import MAX_DETAIL_BYTES, Actor, Target, acting_as
-from headscale_tw.control.plane import AUDIT_PRUNE_INTERVAL
+from headscale_tw.control.plane import AUDIT_PRUNE_INTERVAL, ControlPlane
+from headscale_tw.keys import MachinePrivate
 from headscale_tw.oidc.claims import Identity
 from headscale_tw.oidc.signin import Confirmation, SignIn
+from headscale_tw.service import _build_on_database
+from headscale_tw.testing.db import create_postgres_database, open_test_database
 from headscale_tw.throttle import SUMMARY_LINES
 from headscale_tw.web.admin.peer import socket_peer_user
 from headscale_tw.web.admin_api import AdminAPI, mount
@@ -412,8 +421,6 @@ class SocketPeerTests(unittest.TestCase):
 
     def test_peer_user(self):
         """The peer of a real unix socket pair is this process's user, with its uid."""
-        import os
-        import pwd
 
         left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.addCleanup(left.close)
@@ -433,3 +440,60 @@ class SocketPeerTests(unittest.TestCase):
         request.channel.transport = _SocketTransport(sock)
         self.assertEqual(socket_peer_user(request), "")
         self.assertEqual(socket_peer_user(type("Req", (), {})()), "")
+
+
+class SharedDatabaseTests(unittest.TestCase):
+    """Two control planes on one PostgreSQL database each write their own rows to the shared table."""
+
+    def test_two_instances(self):
+        """Users created through two planes' APIs are both listed by either, each row naming its instance."""
+
+
+        config = create_postgres_database(self)
+        planes = []
+        for name in ("hs-a", "hs-b"):
+            clock = Clock()
+            clock.advance(1_800_000_000 + len(planes))
+            plane = ControlPlane(Config(), open_test_database(self, config), clock, instance=name)
+            self.successResultOf(Deferred.fromCoroutine(plane.start()))
+            self.addCleanup(plane.stop)
+            planes.append(plane)
+        for plane, user in zip(planes, ("bob", "carol")):
+            with acting_as(Actor("api_key", "hskey-api-x", "192.0.2.1")):
+                self.successResultOf(Deferred.fromCoroutine(plane.admin.users.create(user)))
+        for plane in planes:
+            events = self.successResultOf(Deferred.fromCoroutine(plane.audit.list(action="user.create")))
+            self.assertEqual([(e.instance, e.target_name) for e in events], [("hs-b", "carol"), ("hs-a", "bob")])
+
+
+class ServiceWiringTests(unittest.TestCase):
+    """The service builds the audit log with its retention and instance, and a pruning timer it stops."""
+
+    def test_prune_timer(self):
+        """The prune TimerService runs on the injected clock, prunes past the retention, and leaves no call behind on stop."""
+
+
+
+        tmp = self.mktemp()
+        os.makedirs(tmp)
+        config = Config(server_url="http://headscale.test", unix_socket="", metrics_listen_addr="",
+                        noise=NoiseConfig(private_key_path=os.path.join(tmp, "noise.key")),
+                        derp=DerpConfig(urls=(), paths=()), audit=AuditConfig(retention=7200.0))
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        db = open_test_database(self)
+        components = self.successResultOf(Deferred.fromCoroutine(
+            _build_on_database(config, clock, db, MachinePrivate.generate(), None)))
+        plane = components.plane
+        self.addCleanup(plane.stop)
+        self.assertEqual(plane.audit.retention, 7200.0)
+        self.assertTrue(plane.audit.instance.endswith(f":{os.getpid()}"))
+        [timer] = [s for s in components.services if isinstance(s, TimerService) and s.step == AUDIT_PRUNE_INTERVAL]
+        self.assertIs(timer.clock, clock)
+        self.successResultOf(Deferred.fromCoroutine(plane.audit.record("user.create", Target("user", "1", "old"))))
+        clock.advance(7200 + 1)
+        timer.startService()  # runs the job at once
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(plane.audit.list())), [])
+        self.assertTrue(clock.getDelayedCalls())
+        self.successResultOf(timer.stopService())
+        self.assertEqual(clock.getDelayedCalls(), [])
