@@ -352,16 +352,16 @@ class Registrar:
     # -- flows -------------------------------------------------------------
 
     async def _logout(self, node, now: datetime, source: str = "") -> dict:
-        if node is not None:
-            await self.audit.record("node.logout", Target("node", str(node.id), node.given_name),
-                                    actor=Actor("node", node.given_name, source),
-                                    detail={"ephemeral": node.ephemeral})
+        if node is not None and (node.ephemeral or not self._expired(node, now)):
             if node.ephemeral:
                 await self.state.delete_node(node.id)
                 self.notifier.node_removed(node.id)
-            elif not self._expired(node, now):
+            else:
                 await self.state.update_node(node.id, expiry=now)
                 self.notifier.node_changed(node.id)
+            await self.audit.record("node.logout", Target("node", str(node.id), node.given_name),
+                                    actor=Actor("node", node.given_name, source),
+                                    detail={"ephemeral": node.ephemeral})
         return {"NodeKeyExpired": True, "MachineAuthorized": False}
 
     async def _rotate(self, node, request: RegisterRequest) -> dict:
