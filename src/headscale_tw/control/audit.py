@@ -35,6 +35,7 @@ happened, and must not be reported to its caller as failed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -50,7 +51,8 @@ from headscale_tw.storage.stores.audit_events import MAX_PAGE
 from headscale_tw.throttle import SourceSummary
 
 __all__ = ["Actor", "Target", "AuditLog", "NO_AUDIT", "acting_as", "current_actor", "SYSTEM",
-           "UNKNOWN_ACTOR", "MAX_DETAIL_BYTES", "MAX_FIELD", "MAX_PAGE"]
+           "UNKNOWN_ACTOR", "MAX_DETAIL_BYTES", "MAX_FIELD", "MAX_PAGE",
+           "policy_detail"]
 
 #: The most bytes of JSON kept as an event's detail.
 MAX_DETAIL_BYTES = 2048
@@ -100,6 +102,12 @@ def acting_as(actor: Actor) -> Iterator[Actor]:
 def current_actor() -> Actor:
     """The actor set by the innermost :func:`acting_as`, or :data:`UNKNOWN_ACTOR`."""
     return _ACTOR.get() or UNKNOWN_ACTOR
+
+
+def policy_detail(text: str) -> dict:
+    """What the log keeps of a policy text: its size and SHA-256, never the text."""
+    data = text.encode("utf-8")
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _clean(text: object) -> str:

@@ -30,7 +30,6 @@ nodes HTTPS only when it is given.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from datetime import datetime
 
@@ -39,7 +38,7 @@ from twisted.logger import Logger
 
 from headscale_tw.clock import utc_now
 from headscale_tw.control.admin import AdminServices, build_admin_services
-from headscale_tw.control.audit import SYSTEM, AuditLog, Target
+from headscale_tw.control.audit import SYSTEM, AuditLog, Target, policy_detail
 from headscale_tw.control.authrequests import AuthRequests
 from headscale_tw.control.dns_challenges import DNSChallenges
 from headscale_tw.control.ipalloc import IPAllocator
@@ -132,9 +131,8 @@ class ControlPlane:
         A policy that changed is recorded in the audit log (``policy.reload``, by the system).
         """
         if await self.policy.reload():
-            text = self.policy.get_policy() or ""
-            await self.audit.record("policy.reload", Target("policy", "", self.policy.mode), actor=SYSTEM, detail={
-                "bytes": len(text.encode("utf-8")), "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()})
+            await self.audit.record("policy.reload", Target("policy", "", self.policy.mode), actor=SYSTEM,
+                                    detail=policy_detail(self.policy.get_policy() or ""))
         self.reload_dns()
 
     def reload_dns(self, config=None) -> bool:

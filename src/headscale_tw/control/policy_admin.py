@@ -8,12 +8,11 @@ and the policy store, so that the API never reads a store itself.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 
 import attrs
 
-from headscale_tw.control.audit import NO_AUDIT, AuditLog, Target
+from headscale_tw.control.audit import NO_AUDIT, AuditLog, Target, policy_detail
 from headscale_tw.control.policy import PolicyManager
 from headscale_tw.errors import NotFound
 
@@ -73,6 +72,5 @@ class PolicyAdmin:
         """Validate, store and apply ``text`` (database mode only; file mode refuses)."""
         await self.policy.set_policy(text)
         stored = await self._text()
-        await self.audit.record("policy.set", Target("policy", "", self.policy.mode), detail={
-            "bytes": len(text.encode("utf-8")), "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()})
+        await self.audit.record("policy.set", Target("policy", "", self.policy.mode), detail=policy_detail(text))
         return stored

@@ -7,7 +7,7 @@ camelCase field names (snake_case accepted in requests), 64-bit ids as
 strings (numbers accepted in requests), RFC 3339 timestamps, every field
 present. Errors are ``{"code": <gRPC code>, "message": "...", "details": []}``
 with the HTTP status grpc-gateway would use. The routes are listed in the
-handler modules (:mod:`.users`, :mod:`.keys`, :mod:`.nodes`, :mod:`.policy`)
+handler modules (:mod:`.users`, :mod:`.keys`, :mod:`.nodes`, :mod:`.policy`, :mod:`.audit`)
 and here::
 
     GET    /api/v1/health                           -> {"databaseConnectivity": true}
