@@ -82,10 +82,26 @@ class UserActionTests(AuditTestCase):
         self.assertEqual(self.assertRecorded("user.rename", "user", uid).detail, {"new_name": "robert"})
         self.assertEqual(self.assertRecorded("user.delete", "user", uid).target_name, "robert")
 
-    def test_failed_action_not_recorded_as_done(self):
-        """A refused action (duplicate user) records no event."""
-        self.h.request("POST", "/api/v1/user", {"name": "alice"})
+    def test_refused_action_recorded_as_refused(self):
+        """A refused change (duplicate user) records no user.create but one admin.refused naming the operation."""
+        status, _ = self.h.request("POST", "/api/v1/user", {"name": "alice"})
+        self.assertEqual(status, 409)
         self.assertEqual(rows(self.h, action="user.create"), [])
+        refused = self.only("admin.refused")
+        self.assertEqual((refused.actor_kind, refused.target_id, refused.target_name),
+                         ("unix_socket", "create_user", "POST /api/v1/user"))
+        self.assertTrue(refused.result.startswith("refused: "), refused.result)
+        self.assertIn("alice", refused.result)
+        self.assertEqual(refused.detail, {"status": 409, "code": 6})
+
+    def test_refused_reads_and_unauthenticated_not_recorded(self):
+        """A failing read, and a request whose API key is refused, leave no row."""
+        self.h.request("GET", "/api/v1/node/999")
+        root = Resource()
+        mount(root, AdminAPI(self.h.plane.admin, trust_all=False))
+        response = self.successResultOf(StubTreq(root).post("http://headscale.test/api/v1/user", json={"name": "x"}))
+        self.assertEqual(response.code, 401)
+        self.assertEqual(rows(self.h), [])
 
 
 class KeyActionTests(AuditTestCase):

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from headscale_tw.control.admin import AdminServices
-from headscale_tw.control.audit import Actor, acting_as
+from headscale_tw.control.audit import Actor, Target, acting_as
 from headscale_tw.errors import HeadscaleError
 from headscale_tw.web.admin.errors import INTERNAL, UNAUTHENTICATED, ApiError, error_body, from_domain, http_status
 
@@ -55,24 +55,36 @@ def endpoint(fn: Handler) -> Callable[..., Awaitable[bytes]]:
     The actor (API key prefix or socket peer, and the client address) is the
     :func:`~headscale_tw.control.audit.current_actor` of everything the handler
     awaits, so the admin services record it without knowing about requests.
+    A change (any method but ``GET``) that an authenticated caller asked for and
+    that was refused or failed is recorded as ``admin.refused``, naming the
+    operation and the answer; a refused API key is not (the throttle's summary
+    counts it).
     """
 
     @functools.wraps(fn)
     async def wrapper(self: Handlers, request: IRequest, **kw: Any) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
+        actor = None
         try:
             actor = await self.authenticate(request)
             with acting_as(actor):
                 result = await fn(self, request, **kw)
         except ApiError as e:
-            return self.error(request, e)
+            error = e
         except HeadscaleError as e:
-            return self.error(request, from_domain(e))
+            error = from_domain(e)
         except Exception:
             self.log.failure("admin API {method} {path} failed", method=request.method.decode("ascii", "replace"),
                              path=request.path.decode("ascii", "replace"))
-            return self.error(request, ApiError(INTERNAL, "internal error (see the server log)"))
-        return json.dumps(result, separators=(",", ":")).encode("utf-8")
+            error = ApiError(INTERNAL, "internal error (see the server log)")
+        else:
+            return json.dumps(result, separators=(",", ":")).encode("utf-8")
+        if actor is not None and request.method != b"GET":
+            await self.services.audit.record(
+                "admin.refused", Target("operation", fn.__name__, request.method.decode("ascii", "replace") + " "
+                                        + request.path.decode("utf-8", "replace")),
+                actor=actor, result=f"refused: {error}", detail={"status": http_status(error), "code": error.code})
+        return self.error(request, error)
 
     return wrapper
