@@ -11,6 +11,7 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 
 from headscale_tw.config.model import Config, OIDCConfig
+from headscale_tw.control.audit import NO_AUDIT
 from headscale_tw.preflight import StartupError
 from headscale_tw.service import _mount_oidc
 from headscale_tw.web.oidc_pages import OIDCCallbackPage, OIDCRegisterPage
@@ -22,6 +23,7 @@ class _Plane:
     """Only what the wiring reads from the control plane."""
 
     registrar: Any = None
+    audit: Any = NO_AUDIT
 
 
 class _Database:
