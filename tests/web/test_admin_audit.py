@@ -95,8 +95,9 @@ class UserActionTests(AuditTestCase):
         self.assertEqual(refused.detail, {"status": 409, "code": 6})
 
     def test_refused_reads_and_unauthenticated_not_recorded(self):
-        """A failing read, and a request whose API key is refused, leave no row."""
+        """A failing read, a refused policy check, and a request whose API key is refused, leave no row."""
         self.h.request("GET", "/api/v1/node/999")
+        self.assertEqual(self.h.request("POST", "/api/v1/policy/check", {"policy": "{bad"})[0], 400)
         root = Resource()
         mount(root, AdminAPI(self.h.plane.admin, trust_all=False))
         response = self.successResultOf(StubTreq(root).post("http://headscale.test/api/v1/user", json={"name": "x"}))

@@ -23,7 +23,7 @@ from headscale_tw.control.audit import Actor, Target, acting_as
 from headscale_tw.errors import HeadscaleError
 from headscale_tw.web.admin.errors import INTERNAL, UNAUTHENTICATED, ApiError, error_body, from_domain, http_status
 
-__all__ = ["app", "endpoint", "Handlers"]
+__all__ = ["app", "endpoint", "read_only", "Handlers"]
 
 #: Every ``/api/v1`` route, relative to the ``api`` child of the site's root.
 app = Klein()
@@ -49,16 +49,22 @@ class Handlers:
         return error_body(error.code, str(error))
 
 
+def read_only(fn: Handler) -> Handler:
+    """Mark a handler that changes nothing although its method is not ``GET`` (its refusals are not audited)."""
+    fn.read_only = True  # type: ignore[attr-defined]
+    return fn
+
+
 def endpoint(fn: Handler) -> Callable[..., Awaitable[bytes]]:
     """Authenticate, run the handler as the authenticated actor, encode the result or the error as JSON.
 
     The actor (API key prefix or socket peer, and the client address) is the
     :func:`~headscale_tw.control.audit.current_actor` of everything the handler
     awaits, so the admin services record it without knowing about requests.
-    A change (any method but ``GET``) that an authenticated caller asked for and
-    that was refused or failed is recorded as ``admin.refused``, naming the
-    operation and the answer; a refused API key is not (the throttle's summary
-    counts it).
+    A change (any method but ``GET``, unless marked :func:`read_only`) that an
+    authenticated caller asked for and that was refused or failed is recorded
+    as ``admin.refused``, naming the operation and the answer; a refused API
+    key is not (the throttle's summary counts it).
     """
 
     @functools.wraps(fn)
@@ -80,7 +86,7 @@ def endpoint(fn: Handler) -> Callable[..., Awaitable[bytes]]:
             error = ApiError(INTERNAL, "internal error (see the server log)")
         else:
             return json.dumps(result, separators=(",", ":")).encode("utf-8")
-        if actor is not None and request.method != b"GET":
+        if actor is not None and request.method != b"GET" and not getattr(fn, "read_only", False):
             await self.services.audit.record(
                 "admin.refused", Target("operation", fn.__name__, request.method.decode("ascii", "replace") + " "
                                         + request.path.decode("utf-8", "replace")),
