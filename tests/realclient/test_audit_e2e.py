@@ -1,7 +1,9 @@
 """
-The audit log against an official client: a registration with a pre-auth key
-appears in ``headscale audit list -o json``, named by the key's prefix, with
-the admin actions before it named by the unix socket's peer user.
+The audit log against official clients and real components: a registration with
+a pre-auth key appears in ``headscale audit list -o json``, named by the key's
+prefix, with the admin actions before it named by the unix socket's peer user; a
+sign-in through a real OpenID Provider (oidc-provider) is listed by the person's
+OIDC identity; two instances on one PostgreSQL database each write their own rows.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pwd
 from headscale_tw.testing.realclient._process import wait_for
 from headscale_tw.testing.realclient.scenario import ScenarioMixin
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
+from tests.realclient import test_cluster_e2e as cluster_e2e
 from tests.realclient import test_oidc_e2e as oidc_e2e
 
 
@@ -69,3 +72,25 @@ class OIDCAuditTests(ScenarioMixin, RealClientTestCase):
             self.assertTrue(event["source"])
         self.assertEqual(events[0]["detail"]["method"], "interactive")
         self.assertNotIn(oidc_e2e.SECRET, server.cli("audit", "list", "-o", "json").stdout)
+
+
+class ClusterAuditTests(ScenarioMixin, RealClientTestCase):
+    """Two instances on one PostgreSQL database write their own rows to the one audit table."""
+
+    database_config = cluster_e2e.ClusterTests.database_config
+    start_instance = cluster_e2e.ClusterTests.start_instance
+
+    def test_each_instance_writes_its_rows(self):
+        """A client registered on each instance: either instance's `audit list` shows both registrations,
+        each written by the instance the client registered with."""
+        one = self.start_instance("one")
+        two = self.start_instance("two")
+        key = self.auth_key(one)
+        self.up_nodes(one, key, ["xray"])
+        self.up_nodes(two, key, ["yankee"])
+        for server in (one, two):
+            events = json.loads(server.cli("audit", "list", "--action", "node.register", "-o", "json").stdout)
+            writers = {e["targetName"]: e["instance"] for e in events}
+            self.assertEqual(sorted(writers), ["xray", "yankee"])
+            self.assertNotEqual(writers["xray"], writers["yankee"])
+            self.assertEqual({e["actorKind"] for e in events}, {"preauth_key"})
