@@ -18,6 +18,7 @@ __all__ = [
     "IPolicyStore",
     "IServerStateStore",
     "IAuthRequestStore",
+    "IAuditEventStore",
     "IDatabase",
     "IOIDCLoginStore",
     "INodeNotifier",
@@ -235,6 +236,22 @@ class IOIDCLoginStore(Interface):
         """Delete rows past their expiry; return how many."""
 
 
+class IAuditEventStore(Interface):
+    """The audit log's rows: appended, read with filters, deleted past the retention."""
+
+    async def add(event):
+        """Append one ``AuditEvent``."""
+
+    async def add_many(events):
+        """Append several ``AuditEvent`` objects in one transaction."""
+
+    async def list(*, since=None, until=None, actor="", action="", target="", limit=100):
+        """The newest matching events, newest first."""
+
+    async def delete_before(cutoff, batch=1000):
+        """Delete at most ``batch`` events older than ``cutoff``; return how many."""
+
+
 class IDatabase(Interface):
     """An open, migrated database: one attribute per table area."""
 
@@ -248,6 +265,7 @@ class IDatabase(Interface):
     leases = Attribute("ILeaseStore")
     acme = Attribute("IAcmeStore")
     oidc_logins = Attribute("IOIDCLoginStore")
+    audit = Attribute("IAuditEventStore")
 
     async def close():
         """Finish in-flight work and close every connection."""

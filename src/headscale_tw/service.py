@@ -354,7 +354,7 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     from headscale_tw.dnsprovider.build import build_provider
 
     plane = ControlPlane(config, db, reactor, derp_map=derp_parts.current_map if derp_parts else None,
-                         dns_provider=build_provider(config, reactor))
+                         dns_provider=build_provider(config, reactor), instance=_instance_name())
     await plane.start()
     if feed is not None:
         sync = plane.join_cluster(feed.publish, derp=derp_parts.server if derp_parts else None)
@@ -441,6 +441,13 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
                       derp=derp_parts.server if derp_parts else None, ready=ready)
 
 
+def _instance_name() -> str:
+    """This server among those sharing a database, for the audit log: ``<host>:<pid>``."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _noise_identity(request):
     """The (machine key text, capability version) of an inner request's Noise peer."""
     from headscale_tw.noise.protocol import noise_peer
@@ -495,10 +502,11 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
 
     # Started logins and confirmations live in the database: the callback may land on any instance.
     sign_in = SignIn(relying_party, db.users, is_pending, finish_registration, reactor,
-                     PendingLogins(db.oidc_logins), use_expiry_from_token=config.oidc.use_expiry_from_token)
+                     PendingLogins(db.oidc_logins), use_expiry_from_token=config.oidc.use_expiry_from_token,
+                     audit=plane.audit)
     ssh_check = SSHCheckSignIn(relying_party, db.users, plane.ssh_checks, reactor,
                                PendingLogins(db.oidc_logins, login_kind="ssh_check"))
-    root.putChild(b"register", OIDCRegisterPage(sign_in))
+    root.putChild(b"register", OIDCRegisterPage(sign_in, _trusted_proxies(config)))
     root.putChild(b"auth", OIDCCheckPage(ssh_check))  # SSH check mode: the person signs in again
     oidc = resource.Resource()
     oidc.putChild(b"callback", OIDCCallbackPage(sign_in, ssh_check))

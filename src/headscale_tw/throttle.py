@@ -27,6 +27,8 @@ Visible: :meth:`FailureThrottle.summarize` (run every ``interval`` seconds by
 a timer) logs one line per source that failed or was refused in the interval,
 at most :data:`SUMMARY_LINES` lines per kind plus one line for the rest; the
 totals are exported as Prometheus counters (see :mod:`headscale_tw.metrics`).
+The same lines can be collected as :class:`SourceSummary` objects (the audit
+log stores them: one row per source and interval, never one per failure).
 The clock is injected (``IReactorTime``); tests drive it with ``Clock``.
 """
 
@@ -58,6 +60,7 @@ __all__ = [
     "NOISE_HANDSHAKES",
     "SUMMARY_INTERVAL",
     "SUMMARY_LINES",
+    "SourceSummary",
 ]
 
 _T = TypeVar("_T")
@@ -127,6 +130,22 @@ concurrent registrations with a valid reusable key from one load generator
 were refused as "too many failed pre-auth keys" when tokens were held for
 every source.
 """
+
+
+@attrs.frozen
+class SourceSummary:
+    """One summary line: a source's failures and refusals over one interval.
+
+    The line for the sources past :data:`SUMMARY_LINES` has ``source``
+    ``"<N> more sources"`` and their summed counts.
+    """
+
+    kind: str
+    source: str
+    failures: int
+    refused: int
+    throttled: bool
+    interval: float
 
 
 @attrs.define
@@ -272,11 +291,12 @@ class FailureThrottle:
             entry.pending = True
             self._pending.append(key)
 
-    def summarize(self) -> int:
+    def summarize(self, sink: list[SourceSummary] | None = None) -> int:
         """Log one line per source active since the last call, forget idle sources; return the lines logged.
 
         Run every ``interval`` seconds. Work is bounded by the sources active in
-        the interval plus those forgotten.
+        the interval plus those forgotten. Each line is also appended to ``sink``
+        (when given) as a :class:`SourceSummary`.
         """
         pending, self._pending = self._pending, []
         now = self.clock.seconds()
@@ -290,6 +310,9 @@ class FailureThrottle:
             throttled = self._tokens(entry, now) < 1.0
             if lines < SUMMARY_LINES:
                 self._log_source(key, entry, throttled)
+                if sink is not None:
+                    sink.append(SourceSummary(self.settings.kind, key, entry.failures, entry.refused, throttled,
+                                              self.interval))
                 lines += 1
             else:
                 rest_sources += 1
@@ -303,6 +326,9 @@ class FailureThrottle:
                 failures=rest_failures, noun=self.settings.noun, sources=rest_sources,
                 interval=self.interval, refused=rest_refused, kind=self.settings.kind,
             )
+            if sink is not None:
+                sink.append(SourceSummary(self.settings.kind, f"{rest_sources} more sources", rest_failures,
+                                          rest_refused, bool(rest_refused), self.interval))
             lines += 1
         self._forget_idle(now)
         return lines
@@ -362,9 +388,9 @@ class AuthThrottles:
         """Every throttle, for metrics and the summary timer."""
         return (self.preauth_key, self.api_key, self.noise_handshake)
 
-    def summarize(self) -> int:
-        """Summarize every throttle; return the lines logged."""
-        return sum(throttle.summarize() for throttle in self.all())
+    def summarize(self, sink: list[SourceSummary] | None = None) -> int:
+        """Summarize every throttle (into ``sink`` too, when given); return the lines logged."""
+        return sum(throttle.summarize(sink) for throttle in self.all())
 
 
 async def guarded(

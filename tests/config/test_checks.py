@@ -37,7 +37,7 @@ class SectionCheckTests(unittest.TestCase):
         report = _Recorder()
         check_config(Config(), report)
         self.assertEqual(report.problems, [])
-        self.assertEqual(len(SECTIONS), 11)
+        self.assertEqual(len(SECTIONS), 12)
 
     def test_section_reports_only_its_keys(self) -> None:
         """A bad database type is reported by the database check alone, under its key."""
@@ -79,3 +79,30 @@ class SectionCheckTests(unittest.TestCase):
         report = _Recorder()
         oidc.check(config, report)
         self.assertEqual((report.problems, report.warnings), ([], []))
+
+
+class AuditRetentionCheckTests(unittest.TestCase):
+    """``audit.retention`` is 0 or at least an hour."""
+
+    def problems(self, retention):
+        from headscale_tw.config.checks import audit
+        from headscale_tw.config.model import AuditConfig
+
+        report = _Recorder()
+        audit.check(replace(Config(), audit=AuditConfig(retention=retention)), report)
+        return report.problems
+
+    def test_values(self):
+        """0 and 90 days pass; a negative value or 90 seconds is a problem under audit.retention."""
+        self.assertEqual(self.problems(0), [])
+        self.assertEqual(self.problems(90 * 86400.0), [])
+        for bad in (-1.0, 90.0):
+            [(key, _)] = self.problems(bad)
+            self.assertEqual(key, "audit.retention")
+
+    def test_yaml(self):
+        """``audit.retention: 90d`` in the YAML is 90 days; the embedded default is 90 days too."""
+        from headscale_tw.config.loader import parse_config
+
+        self.assertEqual(parse_config({"audit": {"retention": "30d"}}).audit.retention, 30 * 86400.0)
+        self.assertEqual(Config().audit.retention, 90 * 86400.0)

@@ -11,6 +11,7 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 
 from headscale_tw.config.model import Config, OIDCConfig
+from headscale_tw.control.audit import NO_AUDIT
 from headscale_tw.preflight import StartupError
 from headscale_tw.service import _mount_oidc
 from headscale_tw.testing.db import open_test_database
@@ -24,6 +25,7 @@ class _Plane:
 
     registrar: Any = None
     ssh_checks: Any = None
+    audit: Any = NO_AUDIT
 
 
 class _Database:

@@ -28,7 +28,7 @@ from headscale_tw.testing.db import (
 )
 
 NEXT = SCHEMA_VERSION + 1
-TABLES = {"users", "nodes", "pre_auth_keys", "api_keys", "policies", "server_state"}
+TABLES = {"users", "nodes", "pre_auth_keys", "api_keys", "policies", "server_state", "audit_events"}
 
 
 class MigrationTestsMixin:

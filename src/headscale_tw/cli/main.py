@@ -13,6 +13,7 @@
       debug create-node --name NAME --user USER --key AUTH_ID [--route PREFIX]
       auth register --auth-id ID --user NAME | approve --auth-id ID | reject --auth-id ID
       policy get | set -f FILE | check -f FILE
+      audit list [--since] [--until] [--actor] [--action] [--target] [--limit]
       health | version | configtest | generate private-key
       completion bash|zsh|fish | help [COMMAND...]
 
@@ -35,6 +36,7 @@ from typing import Any, TextIO
 
 from headscale_tw import __version__
 from headscale_tw.cli import completion, nodes_extra
+from headscale_tw.cli._audit import add_audit_commands
 from headscale_tw.cli._client import ApiClient, CLIError, Transport, transport_from_config
 from headscale_tw.cli._flags import split_list as _split_list
 from headscale_tw.cli._messages import (
@@ -628,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(policy, "check", cmd_policy_check, "check a policy file against the server's users and nodes")
     p.add_argument("-f", "--file", required=True, help="policy file (HuJSON)")
     completion.add_commands(sub, cmd, root)
+    add_audit_commands(group, cmd)
     return root
 
 

@@ -89,6 +89,7 @@ KEYS: tuple[Key, ...] = (
     _k("node.routes.ha.probe_interval", "duration", "node.routes_ha_probe_interval"),
     _k("node.routes.ha.probe_timeout", "duration", "node.routes_ha_probe_timeout"),
     _k("preauth_keys.revoked_retention", "duration"),
+    _k("audit.retention", "duration"),
     _k("dns.magic_dns", "bool"),
     _k("dns.base_domain", "str"),
     _k("dns.override_local_dns", "bool"),

@@ -307,6 +307,14 @@ class PreAuthKeysConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """``audit.*``: the audit log (docs/audit.md)."""
+
+    #: Seconds an audit event is kept; 0 keeps events forever.
+    retention: float = 90 * 86400.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole server configuration; ``Config()`` is the embedded default."""
 
@@ -335,6 +343,7 @@ class Config:
     taildrop: TaildropConfig = field(default_factory=TaildropConfig)
     auto_update: AutoUpdateConfig = field(default_factory=AutoUpdateConfig)
     preauth_keys: PreAuthKeysConfig = field(default_factory=PreAuthKeysConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     # Where the file came from (None = embedded defaults); relative paths in the
     # config are resolved against the process working directory, as Headscale does.
     source_path: str | None = None

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import attrs
 
+from headscale_tw.control.audit import NO_AUDIT, AuditLog
 from headscale_tw.control.authkeys import ApiKeyAdmin, Pepper, PreAuthKeyAdmin
 from headscale_tw.control.nodes import NodeAdmin
 from headscale_tw.control.policy_admin import PolicyAdmin
@@ -33,23 +34,29 @@ class AdminServices:
     ping: Callable[[], Awaitable[object]]
     nodes: NodeAdmin | None = None
     policy: PolicyAdmin | None = None
+    #: The audit log every service above records into (``GET /api/v1/audit`` reads it).
+    audit: AuditLog = NO_AUDIT
 
 
 def build_admin_services(db, now: Callable[[], datetime], *, state=None, notifier=None, registrar=None,
-                         policy=None, clock=None) -> AdminServices:
+                         policy=None, clock=None, audit: AuditLog | None = None) -> AdminServices:
     """The admin services over ``db``; with ``state``, ``notifier``, ``registrar`` and ``policy`` (the
     control plane's) also nodes and policy, and user changes reach the plane. ``clock`` (the reactor)
-    lets long inputs be worked through a slice per reactor turn."""
-    users = UserAdmin(db.users, now, state, notifier)
+    lets long inputs be worked through a slice per reactor turn. Every change is recorded in ``audit``
+    (default: an :class:`AuditLog` over ``db.audit``)."""
+    if audit is None:
+        audit = AuditLog(db.audit, now)
+    users = UserAdmin(db.users, now, state, notifier, audit=audit)
     pepper = Pepper(db.server_state)
     nodes = None
     if state is not None and notifier is not None and registrar is not None:
-        nodes = NodeAdmin(state, notifier, registrar, users, db.preauthkeys, clock=clock)
+        nodes = NodeAdmin(state, notifier, registrar, users, db.preauthkeys, clock=clock, audit=audit)
     return AdminServices(
         users=users,
-        preauthkeys=PreAuthKeyAdmin(db.preauthkeys, users, pepper, now),
-        apikeys=ApiKeyAdmin(db.apikeys, pepper, now),
+        preauthkeys=PreAuthKeyAdmin(db.preauthkeys, users, pepper, now, audit=audit),
+        apikeys=ApiKeyAdmin(db.apikeys, pepper, now, audit=audit),
         ping=lambda: db.server_state.get("health"),
         nodes=nodes,
-        policy=PolicyAdmin(policy, db.policies) if policy is not None else None,
+        policy=PolicyAdmin(policy, db.policies, audit=audit) if policy is not None else None,
+        audit=audit,
     )

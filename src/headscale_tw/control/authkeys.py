@@ -18,6 +18,7 @@ import attrs
 from twisted.logger import Logger
 
 from headscale_tw import secrets
+from headscale_tw.control.audit import NO_AUDIT, AuditLog, Target
 from headscale_tw.control.users import MAX_STORED_ID, UserAdmin, quoted
 from headscale_tw.errors import Expired, InvalidInput, NotFound, Unauthenticated
 from headscale_tw.storage.models import ApiKey, PreAuthKey, User
@@ -73,11 +74,13 @@ class PreAuthKeyAdmin:
 
     log = Logger()
 
-    def __init__(self, keys, users: UserAdmin, pepper: Pepper, now: Callable[[], datetime]) -> None:
+    def __init__(self, keys, users: UserAdmin, pepper: Pepper, now: Callable[[], datetime],
+                 audit: AuditLog = NO_AUDIT) -> None:
         self.keys = keys
         self.users = users
         self.pepper = pepper
         self.now = now
+        self.audit = audit
 
     async def list(self, user_id: int | None = None) -> list[OwnedPreAuthKey]:
         """Every key (of one user if given) with its owner, ordered by id."""
@@ -101,6 +104,9 @@ class PreAuthKeyAdmin:
         row = await self.keys.create(user_id, prefix, key_hash, reusable, ephemeral, tags, expiration, now=self.now())
         self.log.info("created pre-auth key {id} (prefix {prefix}) for {owner}", id=row.id, prefix=prefix,
                       owner=user.name if user else ",".join(tags))
+        await self.audit.record("preauth_key.create", _preauth_target(row), detail={
+            "user": user.name if user else None, "reusable": reusable, "ephemeral": ephemeral, "tags": list(tags),
+            "expiration": format_timestamp(expiration) if expiration else None})
         return NewPreAuthKey(row, user, full)
 
     async def _get(self, key_id: int) -> PreAuthKey:
@@ -114,12 +120,23 @@ class PreAuthKeyAdmin:
         now = self.now()
         if key.expiration is not None and key.expiration <= now:
             raise Expired(f"pre-auth key {key_id} is already expired")
-        return await self.keys.expire(key_id, now)
+        expired = await self.keys.expire(key_id, now)
+        await self.audit.record("preauth_key.expire", _preauth_target(expired))
+        return expired
 
     async def delete(self, key_id: int) -> None:
         """Delete a key (nodes registered with it stay); ``NotFound``."""
-        await self._get(key_id)
+        key = await self._get(key_id)
         await self.keys.delete(key_id)
+        await self.audit.record("preauth_key.delete", _preauth_target(key))
+
+
+def _preauth_target(key: PreAuthKey) -> Target:
+    return Target("preauth_key", str(key.id), f"hskey-auth-{key.prefix}")
+
+
+def _apikey_target(key: ApiKey) -> Target:
+    return Target("api_key", str(key.id), f"hskey-api-{key.prefix}")
 
 
 def _bare_prefix(prefix: str) -> str:
@@ -138,10 +155,11 @@ class ApiKeyAdmin:
 
     log = Logger()
 
-    def __init__(self, keys, pepper: Pepper, now: Callable[[], datetime]) -> None:
+    def __init__(self, keys, pepper: Pepper, now: Callable[[], datetime], audit: AuditLog = NO_AUDIT) -> None:
         self.keys = keys
         self.pepper = pepper
         self.now = now
+        self.audit = audit
 
     async def list(self) -> list[ApiKey]:
         """Every API key, ordered by id."""
@@ -154,6 +172,8 @@ class ApiKeyAdmin:
         key_hash = secrets.hash_secret(secret, await self.pepper.get())
         row = await self.keys.create(prefix, key_hash, expiration, now=self.now())
         self.log.info("created API key {id} (prefix {prefix})", id=row.id, prefix=prefix)
+        await self.audit.record("api_key.create", _apikey_target(row),
+                                detail={"expiration": format_timestamp(expiration) if expiration else None})
         return full
 
     async def find(self, key_id: int | None = None, prefix: str | None = None) -> ApiKey:
@@ -176,12 +196,15 @@ class ApiKeyAdmin:
         now = self.now()
         if row.expiration is not None and row.expiration <= now:
             raise Expired(f"API key {row.id} is already expired")
-        return await self.keys.expire(row.id, now)
+        expired = await self.keys.expire(row.id, now)
+        await self.audit.record("api_key.expire", _apikey_target(expired))
+        return expired
 
     async def delete(self, key_id: int | None = None, prefix: str | None = None) -> None:
         """Delete a key; ``NotFound``."""
         row = await self.find(key_id, prefix)
         await self.keys.delete(row.id)
+        await self.audit.record("api_key.delete", _apikey_target(row))
 
     async def authenticate(self, token: str) -> ApiKey:
         """The stored key ``token`` is the text of, after recording its use; ``Unauthenticated`` otherwise.

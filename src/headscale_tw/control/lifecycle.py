@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from twisted.logger import Logger
 
+from headscale_tw.control.audit import NO_AUDIT, SYSTEM, AuditLog, Target
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.state import ControlState
@@ -31,10 +32,12 @@ class NodeLifecycle:
 
     log = Logger()
 
-    def __init__(self, state: ControlState, notifier: MapNotifier, registrar: Registrar, config) -> None:
+    def __init__(self, state: ControlState, notifier: MapNotifier, registrar: Registrar, config,
+                 audit: AuditLog = NO_AUDIT) -> None:
         self.state = state
         self.notifier = notifier
         self.registrar = registrar
+        self.audit = audit
         self.inactivity = config.node.ephemeral_inactivity_timeout
         self._started: datetime = state.now()
         self._announced: set[int] = set()
@@ -54,6 +57,9 @@ class NodeLifecycle:
         for node_id in newly:
             self.state.touch(node_id)
             self.notifier.node_changed(node_id)
+            node = self.state.get(node_id)
+            await self.audit.record("node.expired", Target("node", str(node_id), node.given_name), actor=SYSTEM,
+                                    detail={"expiry": node.expiry.isoformat() if node.expiry else None})
         if newly:
             self.log.info("expired nodes announced: {ids}", ids=newly)
         return newly
@@ -78,8 +84,10 @@ class NodeLifecycle:
             if since <= cutoff:
                 doomed.append(node.id)
         for node_id in doomed:
-            await self.state.delete_node(node_id)
+            node = await self.state.delete_node(node_id)
             self.notifier.node_removed(node_id)
+            await self.audit.record("node.delete", Target("node", str(node_id), node.given_name), actor=SYSTEM,
+                                    detail={"reason": "ephemeral node inactive"})
         if doomed:
             self.log.info("ephemeral nodes removed: {ids}", ids=doomed)
         return doomed

@@ -16,6 +16,7 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 
 from headscale_tw.control import limits
+from headscale_tw.control.audit import NO_AUDIT, AuditLog, Target
 from headscale_tw.control.names import validate_given_name
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.registration import Registrar
@@ -98,11 +99,13 @@ class NodeAdmin:
 
     ``users`` (a :class:`~headscale_tw.control.users.UserAdmin`) resolves the
     user named in ``move_to`` and ``register`` and the owners in ``describe``;
-    ``preauthkeys`` is the pre-auth key store (``describe`` shows each node's key).
+    ``preauthkeys`` is the pre-auth key store (``describe`` shows each node's key);
+    ``audit`` records every change (``node.*``, ``auth.approve``, ``auth.reject``;
+    ``auth register`` is recorded by the registrar as ``node.register``).
     """
 
     def __init__(self, state: ControlState, notifier: MapNotifier, registrar: Registrar, users: UserAdmin,
-                 preauthkeys, clock: IReactorTime | None = None) -> None:
+                 preauthkeys, clock: IReactorTime | None = None, audit: AuditLog = NO_AUDIT) -> None:
         self.state = state
         self.notifier = notifier
         self.registrar = registrar
@@ -110,6 +113,10 @@ class NodeAdmin:
         self.preauthkeys = preauthkeys
         #: Cuts the parsing of a long approval into reactor turns (None: all at once).
         self.clock = clock
+        self.audit = audit
+
+    async def _record(self, action: str, node: Node, detail: dict | None = None) -> None:
+        await self.audit.record(action, Target("node", str(node.id), node.given_name), detail=detail)
 
     async def describe(self, nodes: Iterable[Node]) -> list[NodeDetails]:
         """Each node with its owner, pre-auth key (and the key's owner), online state and served routes."""
@@ -153,12 +160,14 @@ class NodeAdmin:
         self.state.get(node_id)
         node = await self.state.update_node(node_id, expiry=at or self.state.now())
         self.notifier.node_changed(node_id)
+        await self._record("node.expire", node, {"expiry": node.expiry.isoformat() if node.expiry else None})
         return node
 
     async def disable_expiry(self, node_id: int) -> Node:
         """Clear the node's key expiry: it never expires (``nodes expire --disable``)."""
         self.state.get(node_id)
         node = await self.state.update_node(node_id, expiry=None)
+        await self._record("node.disable_expiry", node)
         self.notifier.node_changed(node_id)
         return node
 
@@ -181,6 +190,7 @@ class NodeAdmin:
         if await self.notifier.policy.auto_approve(node_id):
             node = self.state.get(node_id)
         self.notifier.node_changed(node_id)
+        await self._record("node.move", node, {"from_user_id": current.user_id, "to_user": user.name})
         return node
 
     async def rename(self, node_id: int, new_name: str) -> Node:
@@ -192,12 +202,14 @@ class NodeAdmin:
             raise AlreadyExists(f"a node named {name!r} already exists")
         node = await self.state.update_node(node_id, given_name=name, given_name_auto=False)
         self.notifier.node_changed(node_id)
+        await self._record("node.rename", node)
         return node
 
     async def delete(self, node_id: int) -> Node:
         """Delete the node, free its addresses; peers get ``PeersRemoved``."""
         node = await self.state.delete_node(node_id)
         self.notifier.node_removed(node_id)
+        await self._record("node.delete", node)
         return node
 
     async def set_tags(self, node_id: int, tags: Iterable[str]) -> Node:
@@ -220,6 +232,7 @@ class NodeAdmin:
         if await policy.auto_approve(node_id):
             node = self.state.get(node_id)
         self.notifier.node_changed(node_id)
+        await self._record("node.tag", node, {"tags": list(tags)})
         return node
 
     async def approve_routes(self, node_id: int, routes: Iterable[str]) -> Node:
@@ -241,6 +254,7 @@ class NodeAdmin:
         self.state.get(node_id)
         node = await self.state.update_node(node_id, approved_routes=normalize_approval(nets))
         self.notifier.node_changed(node_id)
+        await self._record("node.approve_routes", node, {"routes": [str(r) for r in node.approved_routes]})
         return node
 
     def routes(self, node_id: int | None = None) -> list[RouteInfo]:
@@ -320,8 +334,12 @@ class NodeAdmin:
 
     async def approve(self, auth_id: str) -> None:
         """``headscale auth approve --auth-id <id>``: for SSH check requests (a registration is refused)."""
-        await self.registrar.approve(auth_id_of(auth_id))
+        auth_id = auth_id_of(auth_id)
+        await self.registrar.approve(auth_id)
+        await self.audit.record("auth.approve", Target("auth_request", auth_id))
 
     async def reject(self, auth_id: str) -> None:
         """``headscale auth reject --auth-id <id>``: the waiting client is told its login was refused."""
-        await self.registrar.reject(auth_id_of(auth_id))
+        auth_id = auth_id_of(auth_id)
+        row = await self.registrar.reject(auth_id)
+        await self.audit.record("auth.reject", Target("auth_request", auth_id, row.hostname))

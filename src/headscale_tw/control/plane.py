@@ -14,7 +14,9 @@ One object holding the whole control plane, for ``service.py`` to build.
 Brute-force throttles (:class:`~headscale_tw.throttle.AuthThrottles`) are
 ``plane.throttles``: the registrar uses ``preauth_key``; ``service.py`` hands
 ``api_key`` to the admin API and ``noise_handshake`` to ``/ts2021``; one of
-the periodic jobs logs their per-source summaries.
+the periodic jobs logs their per-source summaries and records them in the
+audit log (``plane.audit``, one row per source and interval), another prunes
+that log past ``audit.retention``.
 
 Admin operations for the API/CLI: ``plane.policy.get_policy()``,
 ``await plane.policy.set_policy(text)``, ``plane.policy.check_policy(text)``,
@@ -37,6 +39,7 @@ from twisted.logger import Logger
 
 from headscale_tw.clock import utc_now
 from headscale_tw.control.admin import AdminServices, build_admin_services
+from headscale_tw.control.audit import SYSTEM, AuditLog, Target, policy_detail
 from headscale_tw.control.authrequests import AuthRequests
 from headscale_tw.control.dns_challenges import DNSChallenges
 from headscale_tw.control.ipalloc import IPAllocator
@@ -51,7 +54,10 @@ from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput
 from headscale_tw.throttle import AuthThrottles
 
-__all__ = ["ControlPlane"]
+__all__ = ["ControlPlane", "AUDIT_PRUNE_INTERVAL"]
+
+#: Seconds between two runs of the audit log's retention job (each deletes at most a batch).
+AUDIT_PRUNE_INTERVAL = 600.0
 
 
 def _read_text(path: str) -> str:
@@ -74,6 +80,7 @@ class ControlPlane:
         read_file: Callable[[str], str] | None = None,
         batch_delay: float | None = None,
         dns_provider=None,
+        instance: str = "",
     ) -> None:
         self.config = config
         self.clock = clock
@@ -91,16 +98,19 @@ class ControlPlane:
         self.notifier = MapNotifier(self.state, self.mapper, clock, offline_grace=offline_grace,
                                     batch_delay=batch_delay)
         self.throttles = AuthThrottles.build(clock)
+        #: Who did what: admin actions, registrations, expiry, failed-attempt summaries.
+        self.audit = AuditLog(db.audit, self.now, instance=instance, retention=config.audit.retention)
         self.auth_requests = AuthRequests(db.auth_requests, clock, self.now)
         self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock,
-                                   preauth_throttle=self.throttles.preauth_key, auth_requests=self.auth_requests)
+                                   preauth_throttle=self.throttles.preauth_key, auth_requests=self.auth_requests,
+                                   audit=self.audit)
         self.poll = PollService(self.state, self.notifier, clock)
         #: SSH check mode: ``/machine/ssh/action/...`` and the ``/auth/<auth_id>`` page.
         self.ssh_checks = SSHChecks(self.state, self.policy, self.auth_requests, config.server_url)
         #: The services behind ``/api/v1``: users, keys, nodes and policy.
         self.admin: AdminServices = build_admin_services(db, self.now, state=self.state, notifier=self.notifier,
                                                          registrar=self.registrar, policy=self.policy,
-                                                         clock=clock)
+                                                         clock=clock, audit=self.audit)
         self.nodes = self.admin.nodes
         self.lifecycle: NodeLifecycle | None = None
         self.cluster = None
@@ -117,11 +127,16 @@ class ControlPlane:
         await self.state.load()
         await self.policy.load()
         self.reload_dns()
-        self.lifecycle = NodeLifecycle(self.state, self.notifier, self.registrar, self.config)
+        self.lifecycle = NodeLifecycle(self.state, self.notifier, self.registrar, self.config, audit=self.audit)
 
     async def reload(self) -> None:
-        """SIGHUP: re-read the policy source and DNS extra records; problems are logged, old settings stay."""
-        await self.policy.reload()
+        """SIGHUP: re-read the policy source and DNS extra records; problems are logged, old settings stay.
+
+        A policy that changed is recorded in the audit log (``policy.reload``, by the system).
+        """
+        if await self.policy.reload():
+            await self.audit.record("policy.reload", Target("policy", "", self.policy.mode), actor=SYSTEM,
+                                    detail=policy_detail(self.policy.get_policy() or ""))
         self.reload_dns()
 
     def reload_dns(self, config=None) -> bool:
@@ -213,7 +228,10 @@ class ControlPlane:
             # Expired auth requests already count against no cap; the sweep only frees their rows.
             (60.0, self._guarded("forget_stale_registrations", self.lifecycle.forget_stale_registrations)),
             (self.throttles.interval, self._guarded("summarize_throttles", self._summarize_throttles)),
+            (AUDIT_PRUNE_INTERVAL, self._guarded("prune_audit_log", self.audit.prune)),
         ]
 
     async def _summarize_throttles(self) -> None:
-        self.throttles.summarize()
+        summaries: list = []
+        self.throttles.summarize(summaries)
+        await self.audit.record_failures(summaries)

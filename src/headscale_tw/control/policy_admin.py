@@ -12,6 +12,7 @@ from datetime import datetime
 
 import attrs
 
+from headscale_tw.control.audit import NO_AUDIT, AuditLog, Target, policy_detail
 from headscale_tw.control.policy import PolicyManager
 from headscale_tw.errors import NotFound
 
@@ -35,11 +36,13 @@ class PolicyAdmin:
 
     :param policy: the plane's ``PolicyManager``.
     :param store: the policy store (``get_latest()``).
+    :param audit: records every change (``policy.set``).
     """
 
-    def __init__(self, policy: PolicyManager, store) -> None:
+    def __init__(self, policy: PolicyManager, store, audit: AuditLog = NO_AUDIT) -> None:
         self.policy = policy
         self.store = store
+        self.audit = audit
 
     async def current(self) -> PolicyText:
         """The policy in force; ``NotFound`` (saying :data:`POLICY_NOT_FOUND`) when there is none."""
@@ -68,4 +71,6 @@ class PolicyAdmin:
     async def set(self, text: str) -> PolicyText:
         """Validate, store and apply ``text`` (database mode only; file mode refuses)."""
         await self.policy.set_policy(text)
-        return await self._text()
+        stored = await self._text()
+        await self.audit.record("policy.set", Target("policy", "", self.policy.mode), detail=policy_detail(text))
+        return stored

@@ -50,6 +50,7 @@ from headscale_tw.control._wire import (
     parse_time,
     random_key,
 )
+from headscale_tw.control.audit import NO_AUDIT, Actor, AuditLog, Target
 from headscale_tw.control.authrequests import AuthRequests, new_auth_id
 from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.notifier import MapNotifier
@@ -235,6 +236,9 @@ class Registrar:
     ``auth_requests`` keeps interactive registrations (default: an
     :class:`~headscale_tw.control.authrequests.AuthRequests` over
     ``state.db.auth_requests`` living ``pending_ttl`` seconds).
+    ``audit`` records every registration (``node.register``: with a pre-auth
+    key the key's prefix is the actor, interactively the person or admin who
+    finished it) and every logout (``node.logout``, by the node).
     """
 
     log = Logger()
@@ -251,6 +255,7 @@ class Registrar:
         pending_ttl: float = 15 * 60.0,
         preauth_throttle: FailureThrottle | None = None,
         auth_requests: AuthRequests | None = None,
+        audit: AuditLog = NO_AUDIT,
     ) -> None:
         self.state = state
         self.notifier = notifier
@@ -263,6 +268,7 @@ class Registrar:
         if auth_requests is None:
             auth_requests = AuthRequests(state.db.auth_requests, clock, state.now, lifetime=pending_ttl)
         self.auth_requests = auth_requests
+        self.audit = audit
         self.policy = notifier.policy
 
     # -- helpers -----------------------------------------------------------
@@ -338,7 +344,7 @@ class Registrar:
             raise MachineKeyMismatch("node key is registered to a different machine")
 
         if request.expiry is not None and request.expiry <= now:
-            return await self._logout(node, now)
+            return await self._logout(node, now, source)
         if request.followup:
             return await self._followup(machine_key, request, source)
         if node is not None and not self._expired(node, now):
@@ -353,14 +359,17 @@ class Registrar:
 
     # -- flows -------------------------------------------------------------
 
-    async def _logout(self, node, now: datetime) -> dict:
-        if node is not None:
+    async def _logout(self, node, now: datetime, source: str = "") -> dict:
+        if node is not None and (node.ephemeral or not self._expired(node, now)):
             if node.ephemeral:
                 await self.state.delete_node(node.id)
                 self.notifier.node_removed(node.id)
-            elif not self._expired(node, now):
+            else:
                 await self.state.update_node(node.id, expiry=now)
                 self.notifier.node_changed(node.id)
+            await self.audit.record("node.logout", Target("node", str(node.id), node.given_name),
+                                    actor=Actor("node", node.given_name, source),
+                                    detail={"ephemeral": node.ephemeral})
         return {"NodeKeyExpired": True, "MachineAuthorized": False}
 
     async def _rotate(self, node, request: RegisterRequest) -> dict:
@@ -408,6 +417,11 @@ class Registrar:
         )
         if not key.reusable and not key.used:
             await self.state.db.preauthkeys.mark_used(key.id)
+        await self.audit.record(
+            "node.register", Target("node", str(node.id), node.given_name),
+            actor=Actor("preauth_key", f"hskey-auth-{key.prefix}", source),
+            detail={"method": "authkey", "preauth_key_id": key.id, "user_id": node.user_id, "tags": list(node.tags),
+                    "ephemeral": node.ephemeral, "machine_key": machine_key})
         return await self._success(node)
 
     async def _upsert(self, machine_key: str, request: RegisterRequest, now: datetime,
@@ -538,6 +552,9 @@ class Registrar:
             await self.auth_requests.unclaim(auth_id)
             raise
         await self.auth_requests.attach_node(auth_id, node.id)
+        await self.audit.record("node.register", Target("node", str(node.id), node.given_name),
+                                detail={"method": "interactive", "auth_id": auth_id, "user": user.name,
+                                        "tags": list(node.tags), "machine_key": row.machine_key})
         return node
 
     async def open_debug(self, auth_id: str, hostname: str, routes: tuple[str, ...], source: str) -> AuthRequest:

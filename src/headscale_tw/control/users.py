@@ -17,6 +17,7 @@ from datetime import datetime
 
 from twisted.logger import Logger
 
+from headscale_tw.control.audit import NO_AUDIT, AuditLog, Target
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import NotFound, UserHasNodes
@@ -47,16 +48,18 @@ class UserAdmin:
     :param now: returns the current time as an aware UTC ``datetime``.
     :param state: the control plane's cache, or ``None`` without a plane.
     :param notifier: the plane's notifier, or ``None`` without a plane.
+    :param audit: records every change (``user.create``, ``user.rename``, ``user.delete``).
     """
 
     log = Logger()
 
     def __init__(self, users, now: Callable[[], datetime], state: ControlState | None = None,
-                 notifier: MapNotifier | None = None) -> None:
+                 notifier: MapNotifier | None = None, audit: AuditLog = NO_AUDIT) -> None:
         self.users = users
         self.now = now
         self.state = state
         self.notifier = notifier
+        self.audit = audit
 
     async def list(self, user_id: int | None = None, name: str | None = None, email: str | None = None) -> list[User]:
         """The users matching one filter (name, then email, then id), or all; ordered by id."""
@@ -109,6 +112,7 @@ class UserAdmin:
         if self.state is not None:
             self.state.remember_user(user)
         self.log.info("created user {name} ({id})", name=user.name, id=user.id)
+        await self.audit.record("user.create", Target("user", str(user.id), user.name))
         return user
 
     async def rename(self, user_id: int, new_name: str) -> User:
@@ -119,6 +123,8 @@ class UserAdmin:
         if self.state is not None and self.notifier is not None:
             await self.state.refresh_user(user_id)
             self.notifier.user_changed(user_id)
+        await self.audit.record("user.rename", Target("user", str(user.id), user.name),
+                                detail={"new_name": new_name})
         return user
 
     async def delete(self, user_id: int) -> User:
@@ -137,4 +143,5 @@ class UserAdmin:
         if self.state is not None and self.notifier is not None:
             self.state.forget_user(user_id)
             self.notifier.user_changed(user_id)
+        await self.audit.record("user.delete", Target("user", str(user.id), user.name))
         return user

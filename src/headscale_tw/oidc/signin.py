@@ -39,6 +39,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from headscale_tw.clock import utc_now
+from headscale_tw.control.audit import NO_AUDIT, Actor, AuditLog, Target, acting_as
 from headscale_tw.oidc.claims import Identity, user_name_for
 from headscale_tw.oidc.client import RelyingParty
 from headscale_tw.oidc.login import LOGIN_LIFETIME, LoginRecord
@@ -150,13 +151,15 @@ class SignIn:
     :param clock: the reactor's clock.
     :param pending: where started logins and confirmations are kept (:class:`PendingLogins`).
     :param use_expiry_from_token: the node expires with the ID token (``oidc.use_expiry_from_token``).
+    :param audit: records each finished sign-in (``user.login``); the registration it finishes is
+        recorded with the signed-in user as its actor.
     """
 
     log = Logger()
 
     def __init__(self, relying_party: RelyingParty, users: Any, is_pending: Callable[[str], bool | Awaitable[bool]],
                  finish_registration: Callable[[str, Any, datetime | None], Awaitable[Any]], clock: IReactorTime,
-                 pending: PendingLogins, use_expiry_from_token: bool = False) -> None:
+                 pending: PendingLogins, use_expiry_from_token: bool = False, audit: AuditLog = NO_AUDIT) -> None:
         self.relying_party = relying_party
         self._users = users
         self._is_pending = is_pending
@@ -164,6 +167,7 @@ class SignIn:
         self._clock = clock
         self.pending = pending
         self._use_expiry_from_token = use_expiry_from_token
+        self.audit = audit
 
     async def _require_pending(self, auth_id: str) -> None:
         pending = self._is_pending(auth_id)
@@ -200,8 +204,11 @@ class SignIn:
                           dropped=identity.groups_dropped)
         return confirmation
 
-    async def confirm(self, auth_id: str, token: str) -> tuple[Any, Any]:
-        """Register ``auth_id``'s machine to the person of confirmation ``token``; ``(user, node)``."""
+    async def confirm(self, auth_id: str, token: str, source: str = "") -> tuple[Any, Any]:
+        """Register ``auth_id``'s machine to the person of confirmation ``token``; ``(user, node)``.
+
+        ``source`` is the person's client address, for the audit log.
+        """
         confirmation = await self.pending.take_confirmation(token)
         if confirmation is None or not hmac.compare_digest(confirmation.auth_id.encode(), auth_id.encode()):
             raise LoginRefused(Reason.UNKNOWN_STATE, "no confirmation with this token for this registration")
@@ -216,7 +223,11 @@ class SignIn:
         user = await self._users.sign_in(identity.provider_identifier, user_name_for(identity),
                                          email=identity.trusted_email, display_name=identity.name,
                                          profile_pic_url=identity.picture, idp_groups=identity.groups, now=now)
-        node = await self._finish_registration(auth_id, user, expires_at)
+        actor = Actor("oidc", f"{user.name} ({identity.provider_identifier})", source)
+        await self.audit.record("user.login", Target("user", str(user.id), user.name), actor=actor,
+                                detail={"auth_id": auth_id})
+        with acting_as(actor):
+            node = await self._finish_registration(auth_id, user, expires_at)
         self.log.info("registration {auth_id} finished for user {user} ({identifier})",
                       auth_id=auth_id, user=user.name, identifier=identity.provider_identifier)
         return user, node

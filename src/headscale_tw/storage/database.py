@@ -583,6 +583,7 @@ class Database:
         # Imported here: the store modules import this one.
         from headscale_tw.storage.stores.acme import AcmeStore
         from headscale_tw.storage.stores.apikeys import ApiKeyStore
+        from headscale_tw.storage.stores.audit_events import AuditEventStore
         from headscale_tw.storage.stores.auth_requests import AuthRequestStore
         from headscale_tw.storage.stores.leases import LeaseStore
         from headscale_tw.storage.stores.nodes import NodeStore
@@ -604,6 +605,7 @@ class Database:
         self.leases = LeaseStore(pool, reactor)
         self.acme = AcmeStore(pool, reactor)
         self.oidc_logins = OIDCLoginStore(pool, reactor)
+        self.audit = AuditEventStore(pool, reactor)
 
     async def close(self) -> None:
         """Finish in-flight work and close every connection."""

@@ -14,7 +14,7 @@ from datetime import datetime
 import attrs
 
 __all__ = ["User", "Node", "PreAuthKey", "ApiKey", "PolicyRecord", "AuthRequest", "AUTH_KINDS", "AUTH_STATES",
-           "OIDCLogin", "OIDC_LOGIN_KINDS"]
+           "OIDCLogin", "OIDC_LOGIN_KINDS", "AuditEvent"]
 
 
 @attrs.frozen
@@ -172,3 +172,28 @@ class OIDCLogin:
     identity: dict = attrs.field(factory=dict, hash=False)
     created_at: datetime | None = None
     expires_at: datetime | None = None
+
+
+@attrs.frozen
+class AuditEvent:
+    """One row of the audit log (the ``audit_events`` table).
+
+    ``actor_kind`` is ``api_key``, ``unix_socket``, ``oidc``, ``preauth_key``,
+    ``node`` or ``system``; ``actor`` names it without a secret (an API key's
+    prefix, the socket peer's user, the OIDC user). ``target_*`` say what was
+    acted on; ``detail`` is a small JSON object; ``instance`` names the server
+    that wrote the row. ``id`` is ``None`` before the row is stored.
+    """
+
+    at: datetime
+    actor_kind: str
+    actor: str
+    action: str
+    target_kind: str = ""
+    target_id: str = ""
+    target_name: str = ""
+    source: str = ""
+    result: str = "ok"
+    detail: dict = attrs.field(factory=dict, hash=False)
+    instance: str = ""
+    id: int | None = None

@@ -34,6 +34,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from headscale_tw.oidc.refusals import LoginRefused, Reason
 from headscale_tw.oidc.signin import Confirmation, SignIn
 from headscale_tw.oidc.ssh_check import SSHCheckSignIn
+from headscale_tw.web.client_address import NO_PROXIES, TrustedProxies, client_address
 
 __all__ = ["OIDCCallbackPage", "OIDCCheckPage", "OIDCRegisterPage"]
 
@@ -101,13 +102,17 @@ def _one(request: Request, name: bytes) -> str:
 
 
 class OIDCRegisterPage(Resource):
-    """``/register/<auth_id>`` (redirect to the provider) and ``/register/confirm/<auth_id>`` (POST)."""
+    """``/register/<auth_id>`` (redirect to the provider) and ``/register/confirm/<auth_id>`` (POST).
+
+    ``proxies`` are the trusted proxies, for the confirming person's address in the audit log.
+    """
 
     isLeaf = True
 
-    def __init__(self, sign_in: SignIn) -> None:
+    def __init__(self, sign_in: SignIn, proxies: TrustedProxies = NO_PROXIES) -> None:
         super().__init__()
         self._sign_in = sign_in
+        self._proxies = proxies
 
     def _auth_id(self, request: Request, prefix: tuple[bytes, ...] = ()) -> str | None:
         parts = [p for p in request.postpath if p]
@@ -143,7 +148,7 @@ class OIDCRegisterPage(Resource):
             token = _one(request, b"token")
             if not token:
                 raise LoginRefused(Reason.MISSING_PARAMETER, "the confirmation has no token")
-            user, node = await self._sign_in.confirm(auth_id, token)
+            user, node = await self._sign_in.confirm(auth_id, token, client_address(request, self._proxies))
             who = html.escape(user.display_name or user.name)
             machine = html.escape(getattr(node, "given_name", "") or getattr(node, "hostname", "") or "")
             return _page(request, 200, "Machine registered",

@@ -169,6 +169,14 @@ _DEFINITIONS: dict[str, dict] = {
     "v1CheckPolicyResponse": _message({}),
     "v1AuthApproveResponse": _message({}),
     "v1AuthRejectResponse": _message({}),
+    "v1AuditEvent": _message({
+        "id": _ID, "time": _TIME, "actorKind": _STRING,
+        "actor": {"type": "string", "description": "API key prefix, unix user, OIDC user or key prefix; never a "
+                                                  "secret."},
+        "action": _STRING, "targetKind": _STRING, "targetId": _STRING, "targetName": _STRING, "source": _STRING,
+        "result": _STRING, "detail": {"type": "object", "additionalProperties": {}}, "instance": _STRING,
+    }, description="One audit log event (headscale-tw extension)."),
+    "v1ListAuditEventsResponse": _message({"events": {"type": "array", "items": _ref("v1AuditEvent")}}),
 }
 for _name in ("GetNode", "DeleteNode", "ExpireNode", "RenameNode", "SetTags", "SetApprovedRoutes", "MoveNode",
               "RegisterNode", "AuthRegister", "DebugCreateNode"):
@@ -313,6 +321,18 @@ _PATHS: dict[str, dict] = {
     "/api/v1/policy": {
         "get": _operation("GetPolicy", "The policy in force."),
         "put": _operation("SetPolicy", "Store a new policy (policy.mode: database).", _body("v1SetPolicyRequest")),
+    },
+    "/api/v1/audit": {
+        "get": {**_operation(
+            "ListAuditEvents", "The audit log, newest first.",
+            _query("since", fmt="date-time", description="Events at or after this time."),
+            _query("until", fmt="date-time", description="Events before this time."),
+            _query("actor", description="An actor's name or kind."),
+            _query("action", description="An action, or its family (node matches node.delete)."),
+            _query("target", description="A target's id, name or kind."),
+            {**_query("limit", "integer", fmt="int32", description="At most this many events (default 100)."),
+             "minimum": 1, "maximum": 1000}),
+            "x-headscale-tw": "not in Headscale: the audit log is a headscale-tw extension"},
     },
     "/api/v1/policy/check": {
         "post": _operation("CheckPolicy", "Check a policy without storing it.", _body("v1CheckPolicyRequest")),

@@ -7,7 +7,7 @@ camelCase field names (snake_case accepted in requests), 64-bit ids as
 strings (numbers accepted in requests), RFC 3339 timestamps, every field
 present. Errors are ``{"code": <gRPC code>, "message": "...", "details": []}``
 with the HTTP status grpc-gateway would use. The routes are listed in the
-handler modules (:mod:`.users`, :mod:`.keys`, :mod:`.nodes`, :mod:`.policy`)
+handler modules (:mod:`.users`, :mod:`.keys`, :mod:`.nodes`, :mod:`.policy`, :mod:`.audit`)
 and here::
 
     GET    /api/v1/health                           -> {"databaseConnectivity": true}
@@ -28,12 +28,15 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from headscale_tw.control.admin import AdminServices
+from headscale_tw.control.audit import Actor
 from headscale_tw.errors import Unauthenticated
 from headscale_tw.throttle import FailureThrottle, guarded
+from headscale_tw.web.admin.audit import AuditHandlers
 from headscale_tw.web.admin.early import bearer_token
 from headscale_tw.web.admin.errors import NOT_FOUND, UNAVAILABLE, ApiError
 from headscale_tw.web.admin.keys import ApiKeyHandlers, PreAuthKeyHandlers
 from headscale_tw.web.admin.nodes import NodeHandlers
+from headscale_tw.web.admin.peer import socket_peer_user
 from headscale_tw.web.admin.policy import PolicyHandlers
 from headscale_tw.web.admin.routing import app, endpoint
 from headscale_tw.web.admin.users import UserHandlers
@@ -42,7 +45,7 @@ from headscale_tw.web.client_address import NO_PROXIES, TrustedProxies, client_a
 __all__ = ["AdminAPI", "mount"]
 
 
-class AdminAPI(UserHandlers, PreAuthKeyHandlers, ApiKeyHandlers, NodeHandlers, PolicyHandlers):
+class AdminAPI(UserHandlers, PreAuthKeyHandlers, ApiKeyHandlers, NodeHandlers, PolicyHandlers, AuditHandlers):
     """The ``/api/v1`` Klein application over the admin services.
 
     :param services: the :class:`~headscale_tw.control.admin.AdminServices`
@@ -67,16 +70,23 @@ class AdminAPI(UserHandlers, PreAuthKeyHandlers, ApiKeyHandlers, NodeHandlers, P
         """The Klein resource; mount it as the ``api`` child of the root (see :func:`mount`)."""
         return self.app.resource()
 
-    async def authenticate(self, request: IRequest) -> None:
-        """Accept the request or raise (``UNAUTHENTICATED``); never logs the key."""
+    async def authenticate(self, request: IRequest) -> Actor:
+        """Accept the request and return its actor, or raise (``UNAUTHENTICATED``); never logs the key.
+
+        The actor is the API key, by its prefix, or on the trusted unix socket
+        the peer's user (``SO_PEERCRED``).
+        """
         if self.trust_all:
-            return
-        async def check() -> None:
-            await self.services.apikeys.authenticate(bearer_token(request.getHeader(b"authorization")))
+            return Actor("unix_socket", socket_peer_user(request) or "local", "unix")
+        source = client_address(request, self.proxies)
+
+        async def check():
+            return await self.services.apikeys.authenticate(bearer_token(request.getHeader(b"authorization")))
 
         # each refusal (a missing key too) counts against the client's address;
         # a throttled address gets 429 without its key being looked at
-        await guarded(self.throttle, client_address(request, self.proxies), check(), (Unauthenticated, ApiError))
+        key = await guarded(self.throttle, source, check(), (Unauthenticated, ApiError))
+        return Actor("api_key", f"hskey-api-{key.prefix}", source)
 
     @app.route("/v1/health", methods=["GET"])
     @endpoint

@@ -19,7 +19,7 @@ from headscale_tw.control.policy_admin import PolicyAdmin, PolicyText
 from headscale_tw.web.admin import validate as v
 from headscale_tw.web.admin.errors import INVALID_ARGUMENT, UNIMPLEMENTED, ApiError
 from headscale_tw.web.admin.nodes import NO_PLANE
-from headscale_tw.web.admin.routing import Handlers, app, endpoint
+from headscale_tw.web.admin.routing import Handlers, app, endpoint, read_only
 from headscale_tw.web.admin.shapes import timestamp_json
 
 __all__ = ["PolicyHandlers"]
@@ -58,6 +58,7 @@ class PolicyHandlers(Handlers):
 
     @app.route("/v1/policy/check", methods=["POST"])
     @endpoint
+    @read_only
     async def check_policy(self, request: IRequest) -> dict:
         policy = self._policy()
         policy.check(self._policy_text(request))
