@@ -104,6 +104,7 @@ class RemoteCommandTests(unittest.TestCase):
             ("auth", "approve", "--auth-id", "missing"),  # no SSH check is pending: the server's refusal
             ("nodes", "move", "-i", nid, "-u", "alice"),
             ("nodes", "delete", "-i", nid, "--force"),
+            ("audit", "list", "--limit", "5"),
         ]
 
     def test_every_server_command(self):

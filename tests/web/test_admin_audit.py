@@ -26,7 +26,7 @@ from headscale_tw.control.audit import MAX_DETAIL_BYTES, Actor, Target, acting_a
 from headscale_tw.control.plane import AUDIT_PRUNE_INTERVAL, ControlPlane
 from headscale_tw.keys import MachinePrivate
 from headscale_tw.oidc.claims import Identity
-from headscale_tw.oidc.signin import Confirmation, SignIn
+from headscale_tw.oidc.signin import Confirmation, PendingLogins, SignIn
 from headscale_tw.service import _build_on_database
 from headscale_tw.testing.db import create_postgres_database, open_test_database
 from headscale_tw.throttle import SUMMARY_LINES
@@ -222,16 +222,18 @@ class RegistrationTests(AuditTestCase):
         _, auth_id = self.h.start_interactive("laptop")
         registrar = self.h.plane.registrar
 
-        async def finish(aid, user):
+        async def finish(aid, user, expires_at=None):
             return await registrar.complete(aid, user.name)
 
         async def pending(aid):
             return await registrar.get_pending(aid) is not None
 
-        sign_in = SignIn(None, self.h.db.users, pending, finish, self.h.clock, audit=self.h.plane.audit)
+        sign_in = SignIn(None, self.h.db.users, pending, finish, self.h.clock, PendingLogins(self.h.db.oidc_logins),
+                         audit=self.h.plane.audit)
         identity = Identity("https://idp.example", "sub-1", email="carol@example.com", email_verified=True,
                             preferred_username="carol")
-        sign_in.pending.add_confirmation(Confirmation(auth_id, "tok", identity, NOW + timedelta(minutes=5)))
+        self.h.run(sign_in.pending.add_confirmation(Confirmation(auth_id, "tok", identity, NOW + timedelta(minutes=5)),
+                                                    NOW))
         user, node = self.h.run(sign_in.confirm(auth_id, "tok", "203.0.113.5"))
         login = self.assertRecorded("user.login", "user", user.id, actor_kind="oidc")
         registered = self.assertRecorded("node.register", "node", node.id, actor_kind="oidc")
