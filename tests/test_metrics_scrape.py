@@ -132,6 +132,9 @@ class MetricsScrapeTests(unittest.TestCase):
         self.assertEqual(_value(during, "headscale_mapresponse_sent_total", status="ok", type="full"),
                          _value(before, "headscale_mapresponse_sent_total", status="ok", type="full") + 1)
         self.assertGreaterEqual(_value(during, "headscale_mapresponse_generated_total", response_type="full"), 1)
+        types = {dict(labels)["response_type"] for name, labels in during
+                 if name == "headscale_mapresponse_generated_total"}
+        self.assertLessEqual(types, {"full", "self", "peers", "patch", "policy", "config"})
         self.assertEqual(_value(during, "headscale_mapresponse_endpoint_updates_total", status="ok"), 1)
         self.assertEqual(_value(during, "headscale_nodestore_operations_total", operation="put"), 1)
         self.assertGreaterEqual(_value(during, "headscale_nodestore_operations_total", operation="update"), 1)

@@ -108,8 +108,9 @@ class MapCounters:
 
     ``sent``: ``(status, type)`` -> messages written to a client (``ok`` or
     ``error``; ``full``, ``change`` or ``keepalive``). ``generated``:
-    ``response_type`` -> messages built (``full``, ``delta``, ``patch``,
-    ``online``, ``broadcast``); one built message may be sent to many streams.
+    ``response_type`` -> messages built, typed as Headscale types its changes
+    (``full``, ``self``, ``peers``, ``patch``, ``policy``, ``config``); one
+    built message may be sent to many streams.
     ``endpoint_updates``: ``status`` -> lite MapRequests (endpoint and Hostinfo
     reports without a stream). ``ended``: ``reason`` -> streams that ended
     (``done``: the client went away; ``cancelled``: the server ended it, for a

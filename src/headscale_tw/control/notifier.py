@@ -53,6 +53,18 @@ from headscale_tw.interfaces import INodeNotifier
 __all__ = ["MapNotifier"]
 
 
+def _delta_type(key: tuple) -> str:
+    """Headscale's ``response_type`` of a delta (its ``change.Type()``): policy, peers, patch or self."""
+    changed, removed, packet_filter, ssh = key[:4]
+    if packet_filter is not None or ssh is not None:
+        return "policy"
+    if changed or removed:
+        return "peers"
+    if len(key) > 5 and (key[5] or key[6]):
+        return "patch"
+    return "self"
+
+
 @implementer(INodeNotifier)
 class MapNotifier:
     """Registry of map sessions plus the fan-out of deltas."""
@@ -229,7 +241,7 @@ class MapNotifier:
                 self._held(viewer)[5][node_id] = online
             self._arm()
             return
-        self._to_peers(node_id, self.mapper.online_changed(node_id, online), "online")
+        self._to_peers(node_id, self.mapper.online_changed(node_id, online), "patch")
 
     def _viewers_of(self, node_id: int) -> list[int]:
         """
@@ -409,7 +421,7 @@ class MapNotifier:
                 patches=[self.mapper.patch_for(nodes[pid], fields) for pid, fields in patches],
                 online=flags,
             )
-            self._write_to(viewers, self._frame(message, "delta"))
+            self._write_to(viewers, self._frame(message, _delta_type(key)))
         return len(groups)
 
     def node_changed(self, node_id: int, self_too: bool = True) -> None:
@@ -489,13 +501,13 @@ class MapNotifier:
 
     def broadcast(self, message: bytes) -> None:
         """Send one message to every session (e.g. a new DERP map)."""
-        self._write_to(list(self.sessions), self._frame(message, "broadcast"))
+        self._write_to(list(self.sessions), self._frame(message, "config"))
 
     def send_each(self, message_for: Callable[[int], bytes]) -> None:
         """Send every streaming node its own message (e.g. a DNSConfig holding its own name)."""
         for node_id in list(self.sessions):
             if node_id in self.state.nodes:
-                self._write_to([node_id], self._frame(message_for(node_id), "broadcast"))
+                self._write_to([node_id], self._frame(message_for(node_id), "config"))
 
     def stop(self) -> None:
         """Close every session and cancel every timer (service shutdown)."""
