@@ -17,7 +17,7 @@ from twisted.logger import globalLogPublisher
 from twisted.test.iosim import FakeTransport, connectedServerAndClient
 from twisted.trial import unittest
 
-from headscale_tw.config.model import Config, DerpConfig, NoiseConfig
+from headscale_tw.config.model import Config, DerpConfig, LogConfig, NoiseConfig
 from headscale_tw.keys import MachinePrivate
 from headscale_tw.metrics import EXPORTED
 from headscale_tw.service import _build_on_database
@@ -67,7 +67,7 @@ class MetricsScrapeTests(unittest.TestCase):
         self.config = Config(server_url="http://headscale.test", unix_socket=os.path.join(tmp, "hs.sock"),
                              metrics_listen_addr="127.0.0.1:9090", trusted_proxies=("192.0.2.0/24",),
                              noise=NoiseConfig(private_key_path=os.path.join(tmp, "noise.key")),
-                             derp=DerpConfig(urls=(), paths=()))
+                             derp=DerpConfig(urls=(), paths=()), log=LogConfig(level="debug"))
         self.clock = ThreadlessReactor()
         self.noise_key = MachinePrivate.generate()
         self.db = open_test_database(self, reactor=self.clock)

@@ -39,6 +39,7 @@ from headscale_tw import preflight
 from headscale_tw.config.model import Config
 from headscale_tw.counters import HTTPCounters
 from headscale_tw.hostport import parse_hostport
+from headscale_tw.logs import twisted_level
 from headscale_tw.web.access_log import AccessLog, AccessLoggedSite, access_logs
 
 __all__ = ["build_service", "listen_endpoint", "exit_with_status", "HeadscaleService", "HealthResource",
@@ -364,7 +365,8 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     # Request bodies on the public listener: the admin API's (refused from the head when too large or
     # without an API key) and /verify's, under 4 KiB (see web/admin/early.py).
     http_counters = HTTPCounters()
-    logs = access_logs(http_counters, reactor.seconds, _trusted_proxies(config))
+    logs = access_logs(http_counters, reactor.seconds, _trusted_proxies(config),
+                       threshold=twisted_level(getattr(getattr(config, "log", None), "level", "info")))
     site = ControlSite(root, logs["control"], requestFactory=GuardedRequest)
     _mount_control(config, reactor, root, plane, noise_key, logs["noise"])
 

@@ -85,6 +85,17 @@ class AccessLogTests(unittest.TestCase):
         self.assertLess(len(event["path"]), 600)
         self.assertEqual(event["log_level"], LogLevel.info)
 
+    def test_below_threshold_counted_not_logged(self):
+        """At ``log.level`` info a control request is counted but its debug line is not built."""
+        log = access_logs(self.counters, self.clock.seconds, threshold=LogLevel.info)["control"]
+        request = DummyRequest([])
+        request.method, request.uri, request.path, request.code = b"GET", b"/key?v=133", b"/key", 200
+        log.started(request)
+        log.finished(request)
+        self.assertEqual(self.counters.requests, {("control", "/key", "GET", "200"): 1})
+        self.assertEqual([e for e in self.events if e.get("log_namespace") == "headscale_tw.web.access_log.AccessLog"],
+                         [])
+
     def test_lost_connection_logged(self):
         """A request whose connection is lost before it finishes (a client leaving a map stream) is logged then."""
         log = access_logs(self.counters, self.clock.seconds)["noise"]

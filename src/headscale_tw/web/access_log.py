@@ -124,7 +124,10 @@ class AccessLog:
 
     def __init__(self, listener: str, counters: HTTPCounters, routes: RouteTemplates, seconds,
                  proxies: TrustedProxies = NO_PROXIES, level: LogLevel = LogLevel.info,
-                 api_level: LogLevel = LogLevel.info) -> None:
+                 api_level: LogLevel = LogLevel.info, threshold: LogLevel = LogLevel.debug) -> None:
+        #: Lines below ``threshold`` (``log.level``) are not even built: the counters are all a
+        #: control request costs at info.
+        self.threshold = threshold
         self.listener = listener
         self.counters = counters
         self.routes = routes
@@ -159,10 +162,12 @@ class AccessLog:
         route = self.routes.route(path)
         status = int(request.code or 0)
         self.counters.count(self.listener, route, method_label, str(status), latency)
+        level = self.api_level if route.startswith("/api/") or path.startswith("/api/") else self.level
+        if level < self.threshold:
+            return
         uri = redact((request.uri or b"").decode("latin-1"))
         if len(uri) > _MAX_LOGGED_PATH:
             uri = uri[:_MAX_LOGGED_PATH] + "..."
-        level = self.api_level if route.startswith("/api/") or path.startswith("/api/") else self.level
         self.log.emit(
             level,
             '{client} "{method} {path}" {status} {bytes} {latency_ms}ms ({listener})',
@@ -192,20 +197,23 @@ class AccessLoggedSite(server.Site):
         self.access_log.finished(request)
 
 
-def access_logs(counters: HTTPCounters, seconds, proxies: TrustedProxies = NO_PROXIES) -> dict[str, AccessLog]:
+def access_logs(counters: HTTPCounters, seconds, proxies: TrustedProxies = NO_PROXIES,
+                threshold: LogLevel = LogLevel.debug) -> dict[str, AccessLog]:
     """
     The access log of each listener, sharing ``counters``: ``control`` (the
     public listener: control routes at debug, ``/api`` at info), ``noise``
     (inside ``/ts2021``, debug), ``unix`` (the CLI socket, info) and
-    ``metrics`` (debug: a scrape every few seconds is not news).
+    ``metrics`` (debug: a scrape every few seconds is not news). ``threshold``
+    is the configured ``log.level``: lines below it are skipped unbuilt.
     """
     api = admin_api_routes()
+    debug = LogLevel.debug
     return {
         "control": AccessLog("control", counters, RouteTemplates(CONTROL_ROUTES + api), seconds, proxies,
-                             level=LogLevel.debug),
-        "noise": AccessLog("noise", counters, RouteTemplates(NOISE_ROUTES), seconds, proxies, level=LogLevel.debug,
-                           api_level=LogLevel.debug),
-        "unix": AccessLog("unix", counters, RouteTemplates(api), seconds, proxies),
+                             level=debug, threshold=threshold),
+        "noise": AccessLog("noise", counters, RouteTemplates(NOISE_ROUTES), seconds, proxies, level=debug,
+                           api_level=debug, threshold=threshold),
+        "unix": AccessLog("unix", counters, RouteTemplates(api), seconds, proxies, threshold=threshold),
         "metrics": AccessLog("metrics", counters, RouteTemplates(METRICS_ROUTES), seconds, proxies,
-                             level=LogLevel.debug, api_level=LogLevel.debug),
+                             level=debug, api_level=debug, threshold=threshold),
     }
