@@ -385,7 +385,7 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     if config.tls.letsencrypt_hostname:
         from headscale_tw.certs.listeners import acme_listeners
 
-        acme = acme_listeners(config, reactor, site, LISTEN_BACKLOG)
+        acme = acme_listeners(config, reactor, site, LISTEN_BACKLOG, access_log=logs["acme"])
         services.extend(acme.services)
         ready = acme.ready
     else:

@@ -45,6 +45,16 @@ class RouteTemplateTests(unittest.TestCase):
         }
         self.assertEqual({path: templates.route(path) for path in cases}, cases)
 
+    def test_each_listener_has_its_routes(self):
+        """The metrics, Noise and HTTP-01 listeners' logs know their own templates only."""
+        logs = access_logs(HTTPCounters(), Clock().seconds)
+        self.assertEqual(logs["metrics"].routes.route("/metrics"), "/metrics")
+        self.assertEqual(logs["noise"].routes.route("/machine/map"), "/machine/map")
+        self.assertEqual(logs["noise"].routes.route("/api/v1/user"), OTHER_ROUTE)
+        self.assertEqual(logs["acme"].routes.route("/.well-known/acme-challenge/abc"),
+                         "/.well-known/acme-challenge/{token}")
+        self.assertEqual(logs["unix"].routes.route("/api/v1/user/3"), "/api/v1/user/{user_id}")
+
 
 class AccessLogTests(unittest.TestCase):
     """A finished request is counted under its template and logged with its redacted path."""

@@ -37,6 +37,7 @@ from headscale_tw.certs.ordering import AcmeOrdering, IssuedCertificate
 from headscale_tw.certs.tls import SwappableServerTLS
 from headscale_tw.config.model import Config
 from headscale_tw.hostport import parse_hostport, port_number
+from headscale_tw.web.access_log import AccessLoggedSite
 
 __all__ = ["AcmeListeners", "acme_listeners"]
 
@@ -62,8 +63,12 @@ def _endpoint(reactor: Any, hostport: str, tls: SwappableServerTLS | None = None
 
 
 def acme_listeners(config: Config, reactor: Any, site: Site, backlog: int,
-                   in_thread: Any = deferToThread) -> AcmeListeners:
-    """The HTTP-01 listener, the certificate manager and the main TLS listener for ``config``."""
+                   in_thread: Any = deferToThread, access_log: Any = None) -> AcmeListeners:
+    """The HTTP-01 listener, the certificate manager and the main TLS listener for ``config``.
+
+    ``access_log`` (a :class:`~headscale_tw.web.access_log.AccessLog`) counts and logs the
+    HTTP-01 listener's requests as every other listener's are.
+    """
     t = config.tls
     hostname = t.letsencrypt_hostname
     responses = ChallengeResponses()
@@ -80,7 +85,8 @@ def acme_listeners(config: Config, reactor: Any, site: Site, backlog: int,
 
     manager = CertificateManager(hostname, t.letsencrypt_challenge_type, cache, responses, reactor,
                                  open_account, in_thread, serve)
-    http01 = StreamServerEndpointService(_endpoint(reactor, t.letsencrypt_listen),
-                                         Site(AcmeHTTPResource(responses, config.server_url)))
+    http01_root = AcmeHTTPResource(responses, config.server_url)
+    http01_site = Site(http01_root) if access_log is None else AccessLoggedSite(http01_root, access_log)
+    http01 = StreamServerEndpointService(_endpoint(reactor, t.letsencrypt_listen), http01_site)
     main = StreamServerEndpointService(_endpoint(reactor, config.listen_addr, tls, backlog), site)
     return AcmeListeners(services=[http01, manager, main], manager=manager, tls=tls, ready=manager.ready)

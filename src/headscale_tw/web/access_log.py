@@ -3,7 +3,7 @@
 One access-log line and one set of request counters per finished request, on every listener.
 
 :class:`AccessLoggedSite` is the ``Site`` of each listener (control TCP,
-inside Noise, the unix socket, metrics). When Twisted logs a finished
+inside Noise, the unix socket, metrics, the ACME HTTP-01 listener). When Twisted logs a finished
 request, :class:`AccessLog` does two things:
 
 - counts it in :class:`~headscale_tw.counters.HTTPCounters` under its
@@ -45,7 +45,7 @@ from headscale_tw.redact import redact
 from headscale_tw.web.client_address import NO_PROXIES, TrustedProxies, client_address
 
 __all__ = ["RouteTemplates", "AccessLog", "AccessLoggedSite", "CONTROL_ROUTES", "NOISE_ROUTES", "METRICS_ROUTES",
-           "OTHER_ROUTE", "admin_api_routes", "access_logs"]
+           "ACME_ROUTES", "OTHER_ROUTE", "admin_api_routes", "access_logs"]
 
 #: The route label of a path that matches no template (unknown paths, probes, typos).
 OTHER_ROUTE = "other"
@@ -68,6 +68,9 @@ NOISE_ROUTES = ("/machine/map", "/machine/register", "/machine/set-dns")
 
 #: Routes of the metrics listener.
 METRICS_ROUTES = ("/metrics",)
+
+#: Routes of the HTTP-01 listener (``tls_letsencrypt_listen``); everything else is redirected.
+ACME_ROUTES = ("/.well-known/acme-challenge/{token}",)
 
 _PARAMETER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
@@ -203,7 +206,8 @@ def access_logs(counters: HTTPCounters, seconds, proxies: TrustedProxies = NO_PR
     The access log of each listener, sharing ``counters``: ``control`` (the
     public listener: control routes at debug, ``/api`` at info), ``noise``
     (inside ``/ts2021``, debug), ``unix`` (the CLI socket, info) and
-    ``metrics`` (debug: a scrape every few seconds is not news). ``threshold``
+    ``metrics`` (debug: a scrape every few seconds is not news) and ``acme``
+    (the HTTP-01 listener: challenges and redirects, debug). ``threshold``
     is the configured ``log.level``: lines below it are skipped unbuilt.
     """
     api = admin_api_routes()
@@ -216,4 +220,6 @@ def access_logs(counters: HTTPCounters, seconds, proxies: TrustedProxies = NO_PR
         "unix": AccessLog("unix", counters, RouteTemplates(api), seconds, proxies, threshold=threshold),
         "metrics": AccessLog("metrics", counters, RouteTemplates(METRICS_ROUTES), seconds, proxies,
                              level=debug, api_level=debug, threshold=threshold),
+        "acme": AccessLog("acme", counters, RouteTemplates(ACME_ROUTES), seconds, proxies, level=debug,
+                          api_level=debug, threshold=threshold),
     }
