@@ -165,6 +165,16 @@ class MetricsScrapeTests(unittest.TestCase):
         self.assertEqual(_value(after, "headscale_http_requests_total", listener="noise", route="/machine/map",
                                 method="POST", status="200"), 2)  # the lite update, and the stream once it ended
 
+    def test_old_client_refusal_counted(self):
+        """A client below the minimum capability version is refused inside Noise, and that is counted too."""
+        client = NoiseClient(self.noise_key.public(), version=100)
+        pump = self._connect(self.components.site, client)
+        d = client.request(b"POST", b"/machine/map", b"{}")
+        pump.flush()
+        self.assertEqual(self.successResultOf(d).status, 403)
+        self.assertEqual(_value(self.scrape(), "headscale_http_requests_total", listener="noise",
+                                route="/machine/map", method="POST", status="403"), 1)
+
     def test_every_series_named(self):
         """Every series the server exports is listed in EXPORTED (which the dashboard test checks against)."""
         self._register_and_stream()
