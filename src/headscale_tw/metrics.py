@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.test_metrics,tests.test_metrics_scrape -*-
 """
 Prometheus metrics, read at scrape time.
 
@@ -15,13 +15,14 @@ dashboard's test checks its expressions against it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from headscale_tw.control.routes import announced_routes, approved_routes, served_routes
-from headscale_tw.counters import Histogram, LabelledHistograms
+from headscale_tw.counters import Histogram, HTTPCounters, LabelledHistograms, MapCounters
 
 __all__ = ["ServerCollector", "make_registry", "EXPORTED"]
 
@@ -112,7 +113,7 @@ def _throttle_families(throttles):
     return failures, refused, tracked
 
 
-def _node_state_families(state, now):
+def _node_state_families(state, now: datetime) -> Iterator[Metric]:
     """Nodes by state (a partition: online, offline, expired), ephemeral nodes, and route counts."""
     by_state = {"online": 0, "offline": 0, "expired": 0}
     ephemeral = 0
@@ -140,7 +141,7 @@ def _node_state_families(state, now):
                     "serving (advertised and approved)", ["state"], [((k,), v) for k, v in routes.items()])
 
 
-def _map_families(counters):
+def _map_families(counters: MapCounters) -> Iterator[Metric]:
     """Headscale's ``headscale_mapresponse_*`` counters."""
     yield _labelled(CounterMetricFamily, "headscale_mapresponse_sent_total",
                     "total count of mapresponses sent to clients", ["status", "type"], counters.sent.items())
@@ -154,7 +155,7 @@ def _map_families(counters):
                     "total count of new mapsessions ended", ["reason"], [((k,), v) for k, v in counters.ended.items()])
 
 
-def _nodestore_families(state, notifier):
+def _nodestore_families(state, notifier) -> Iterator[Metric]:
     """Headscale's ``headscale_nodestore_*`` series, from the in-memory node state and the change batches."""
     counters = state.counters
     yield _labelled(CounterMetricFamily, "headscale_nodestore_operations_total",
@@ -173,7 +174,7 @@ def _nodestore_families(state, notifier):
     yield _gauge("headscale_nodestore_queue_depth", "Current depth of NodeStore write queue", notifier.held)
 
 
-def _http_families(counters):
+def _http_families(counters: HTTPCounters) -> Iterator[Metric]:
     yield _labelled(CounterMetricFamily, "headscale_http_requests_total",
                     "HTTP requests answered, by listener, route template, method and status",
                     ["listener", "route", "method", "status"], counters.requests.items())
@@ -182,7 +183,7 @@ def _http_families(counters):
                       "and method", ["listener", "route", "method"], counters.seconds)
 
 
-def _pool_families(pool):
+def _pool_families(pool) -> Iterator[Metric]:
     stats = pool.stats()
     yield _gauge("headscale_db_pool_connections_max", "Connections the database pool may open", stats.max_connections)
     yield _gauge("headscale_db_pool_connections_open", "Connections the database pool holds open",
@@ -193,7 +194,8 @@ def _pool_families(pool):
                      "Seconds per database interaction, waiting for a connection included", pool.query_seconds)
 
 
-def _labelled(kind, name: str, text: str, labels: list[str], values: Iterable[tuple[tuple, float]]):
+def _labelled(kind: type[Metric], name: str, text: str, labels: list[str],
+              values: Iterable[tuple[tuple, float]]) -> Metric:
     family = kind(name, text, labels=labels)
     for label_values, value in sorted(values):
         family.add_metric(list(label_values), value)

@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from twisted.logger import Logger, LogLevel
 from twisted.web import server
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 
 from headscale_tw.counters import HTTPCounters
 from headscale_tw.redact import redact
@@ -125,7 +127,7 @@ class AccessLog:
 
     log = Logger()
 
-    def __init__(self, listener: str, counters: HTTPCounters, routes: RouteTemplates, seconds,
+    def __init__(self, listener: str, counters: HTTPCounters, routes: RouteTemplates, seconds: Callable[[], float],
                  proxies: TrustedProxies = NO_PROXIES, level: LogLevel = LogLevel.info,
                  api_level: LogLevel = LogLevel.info, threshold: LogLevel = LogLevel.debug) -> None:
         #: Lines below ``threshold`` (``log.level``) are not even built: the counters are all a
@@ -192,7 +194,7 @@ class AccessLoggedSite(server.Site):
         super().__init__(resource, **kwargs)
         self.access_log = access_log
 
-    def getResourceFor(self, request):
+    def getResourceFor(self, request: IRequest) -> IResource:
         self.access_log.started(request)
         return super().getResourceFor(request)
 
@@ -200,7 +202,7 @@ class AccessLoggedSite(server.Site):
         self.access_log.finished(request)
 
 
-def access_logs(counters: HTTPCounters, seconds, proxies: TrustedProxies = NO_PROXIES,
+def access_logs(counters: HTTPCounters, seconds: Callable[[], float], proxies: TrustedProxies = NO_PROXIES,
                 threshold: LogLevel = LogLevel.debug) -> dict[str, AccessLog]:
     """
     The access log of each listener, sharing ``counters``: ``control`` (the
