@@ -128,7 +128,7 @@ def _node_state_families(state, now: datetime) -> Iterator[Metric]:
             by_state["online" if online else "offline"] += 1
         if node.ephemeral:
             ephemeral += 1
-        if node.hostinfo or node.approved_routes:
+        if node.approved_routes or (node.hostinfo and node.hostinfo.get("RoutableIPs")):
             routes["advertised"] += len(announced_routes(node))
             routes["approved"] += len(approved_routes(node))
             routes["serving"] += len(served_routes(node))
