@@ -117,6 +117,10 @@ class MetricsScrapeTests(unittest.TestCase):
         d = client.request(b"POST", b"/machine/map", json.dumps(lite).encode())
         pump.flush()
         self.assertEqual(self.successResultOf(d).status, 200)
+        one_shot = {"Version": 133, "NodeKey": node_key, "Compress": "zstd"}  # neither Stream nor OmitPeers
+        d = client.request(b"POST", b"/machine/map", json.dumps(one_shot).encode())
+        pump.flush()
+        self.assertEqual(self.successResultOf(d).status, 200)
         stream = {"Version": 133, "NodeKey": node_key, "Stream": True, "Compress": "zstd",
                   "Hostinfo": {"Hostname": "one", "OS": "linux"}}
         streaming = client.request(b"POST", b"/machine/map", json.dumps(stream).encode())
@@ -130,7 +134,7 @@ class MetricsScrapeTests(unittest.TestCase):
         client, pump = self._register_and_stream()
         during = self.scrape()
         self.assertEqual(_value(during, "headscale_mapresponse_sent_total", status="ok", type="full"),
-                         _value(before, "headscale_mapresponse_sent_total", status="ok", type="full") + 1)
+                         _value(before, "headscale_mapresponse_sent_total", status="ok", type="full") + 2)
         self.assertGreaterEqual(_value(during, "headscale_mapresponse_generated_total", response_type="full"), 1)
         types = {dict(labels)["response_type"] for name, labels in during
                  if name == "headscale_mapresponse_generated_total"}
@@ -163,7 +167,7 @@ class MetricsScrapeTests(unittest.TestCase):
         self.assertEqual(_value(after, "headscale_mapresponse_ended_total", reason="done"), 1)
         self.assertEqual(_value(after, "headscale_map_sessions"), 0)
         self.assertEqual(_value(after, "headscale_http_requests_total", listener="noise", route="/machine/map",
-                                method="POST", status="200"), 2)  # the lite update, and the stream once it ended
+                                method="POST", status="200"), 3)  # lite, one-shot, and the stream once it ended
 
     def test_old_client_refusal_counted(self):
         """A client below the minimum capability version is refused inside Noise, and that is counted too."""

@@ -298,6 +298,7 @@ class MapResource(_NoiseResource):
             request.finish()
         else:
             request.write(self.notifier.one_shot(node.id, map_request.compress))
+            self.notifier.map_counters.count_sent("ok", "full")
             request.finish()
 
 
