@@ -114,8 +114,8 @@ class DestinationTests(unittest.TestCase):
         _emit_all(stdout_observer(LogConfig(level="fatal", format="json"), js))
         self.assertEqual(len(text.getvalue().splitlines()), 2)
         self.assertIn("an error line", text.getvalue())
-        records = [json.loads(line.strip("\x1e")) for line in js.getvalue().splitlines() if line.strip("\x1e")]
-        self.assertEqual([r["log_format"] for r in records], ["a critical line"])
+        records = [json.loads(line) for line in js.getvalue().splitlines()]
+        self.assertEqual([(r["level"], r["message"]) for r in records], [("fatal", "a critical line")])
 
     def test_twistd_nodaemon_stdout(self):
         """twistd -n without --logfile logs to stdout."""

@@ -1,7 +1,11 @@
 """Tests for headscale_tw.metrics."""
 
+import os
+from datetime import datetime, timedelta, timezone
+
 from nacl.public import PrivateKey
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -42,3 +46,55 @@ class ServerCollectorTests(unittest.TestCase):
         """Two registries (two servers in one process, as in tests) each carry the process figures."""
         for registry in (make_registry(), make_registry()):
             self.assertIn("process_resident_memory_bytes", generate_latest(registry).decode())
+
+
+def _scrape(registry) -> dict:
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for sample in family.samples}
+
+
+class NodeStateTests(unittest.TestCase):
+    """Nodes by state and route counts are counted from the live state at each scrape."""
+
+    def test_states_and_routes(self):
+        """Expired, online, offline and ephemeral nodes and advertised/approved/serving routes are counted."""
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        db = open_test_database(self)
+        user = resolve(db.users.create("alice"))
+        plane = ControlPlane(Config(), db, clock)
+        resolve(plane.start())
+        self.addCleanup(plane.stop)
+        now = datetime.fromtimestamp(clock.seconds(), timezone.utc)
+
+        def node(name, **fields):
+            return resolve(plane.state.create_node(machine_key="mkey:" + os.urandom(32).hex(),
+                                                   node_key="nodekey:" + os.urandom(32).hex(),
+                                                   hostname=name, user_id=user.id, **fields))
+
+        node("expired", expiry=now - timedelta(hours=1))
+        online = node("router", hostinfo={"RoutableIPs": ["10.0.0.0/24", "10.1.0.0/24"]},
+                      approved_routes=("10.0.0.0/24",))
+        node("laptop", ephemeral=True, approved_routes=("192.168.0.0/24",))
+        plane.state.runtime[online.id].online = True
+        values = _scrape(make_registry(plane, process=False))
+        self.assertEqual({state: values[("headscale_nodes_by_state", (("state", state),))]
+                          for state in ("online", "offline", "expired")}, {"online": 1, "offline": 1, "expired": 1})
+        self.assertEqual(values[("headscale_nodes_ephemeral", ())], 1)
+        self.assertEqual({state: values[("headscale_routes", (("state", state),))]
+                          for state in ("advertised", "approved", "serving")},
+                         {"advertised": 2, "approved": 2, "serving": 1})
+        self.assertEqual(values[("headscale_nodestore_operations_total", (("operation", "put"),))], 3)
+
+    def test_users_follow_deletions(self):
+        """headscale_users drops when a user is deleted through the admin service."""
+        clock = Clock()
+        db = open_test_database(self)
+        plane = ControlPlane(Config(), db, clock)
+        resolve(plane.start())
+        self.addCleanup(plane.stop)
+        user = resolve(plane.admin.users.create("bob"))
+        self.assertEqual(_scrape(make_registry(plane, process=False))[("headscale_users", ())], 1)
+        resolve(plane.admin.users.delete(user.id))
+        self.assertEqual(_scrape(make_registry(plane, process=False))[("headscale_users", ())], 0)

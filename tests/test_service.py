@@ -45,34 +45,43 @@ class ListenEndpointTests(unittest.TestCase):
 
 
 class ControlSiteTests(unittest.TestCase):
-    """The control listener access-logs requests only at debug level."""
+    """The control listener access-logs control requests at debug and admin API requests at info."""
 
-    def _log_lines(self, access_log: bool) -> list:
-        from io import BytesIO
-
+    def _events(self, path: bytes) -> list:
+        from twisted.internet.task import Clock
+        from twisted.logger import globalLogPublisher
         from twisted.web import resource as web_resource
         from twisted.web.test.requesthelper import DummyRequest
 
+        from headscale_tw.counters import HTTPCounters
         from headscale_tw.service import ControlSite
+        from headscale_tw.web.access_log import access_logs
 
-        site = ControlSite(web_resource.Resource(), access_log=access_log, logPath=None)
-        sink = BytesIO()
-        site.logFile = sink  # Twisted's access log writes here when set
-        request = DummyRequest([b"key"])
-        request.method, request.uri, request.clientproto, request.code = b"GET", b"/key?v=133", b"HTTP/1.1", 200
+        site = ControlSite(web_resource.Resource(), access_logs(HTTPCounters(), Clock().seconds)["control"])
+        events: list = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        request = DummyRequest(path.split(b"?")[0].strip(b"/").split(b"/"))
+        request.method, request.uri, request.path, request.code = b"GET", path, path.split(b"?")[0], 200
         request.sentLength = 0
         site.log(request)
-        return sink.getvalue().splitlines()
+        return [e for e in events if e.get("log_namespace") == "headscale_tw.web.access_log.AccessLog"]
 
-    def test_info_level_is_quiet(self):
-        """At info (the default) a request writes no access-log line."""
-        self.assertEqual(self._log_lines(False), [])
+    def test_control_request_at_debug(self):
+        """A control request (``/key``) is logged at debug, so an info log stays quiet in a registration storm."""
+        from twisted.logger import LogLevel
 
-    def test_debug_level_logs_requests(self):
-        """At debug every request gets its access-log line."""
-        lines = self._log_lines(True)
-        self.assertEqual(len(lines), 1)
-        self.assertIn(b"GET /key?v=133", lines[0])
+        (event,) = self._events(b"/key?v=133")
+        self.assertEqual(event["log_level"], LogLevel.debug)
+        self.assertEqual(event["path"], "/key?v=133")
+
+    def test_api_request_at_info(self):
+        """An admin API request is logged at info, its route template recorded."""
+        from twisted.logger import LogLevel
+
+        (event,) = self._events(b"/api/v1/node/7")
+        self.assertEqual(event["log_level"], LogLevel.info)
+        self.assertEqual(event["route"], "/api/v1/node/{node_id}")
 
 
 class GarbageCollectorTests(unittest.TestCase):

@@ -38,11 +38,11 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     PredicateResult,
     eventAsText,
-    jsonFileLogObserver,
     textFileLogObserver,
 )
 from zope.interface import implementer
 
+from headscale_tw.json_log import JSONLinesObserver
 from headscale_tw.redact import redact
 
 __all__ = [
@@ -134,7 +134,7 @@ def configured_observer(output: ILogObserver, log_config: Any) -> ILogObserver:
 
 def _format_observer(stream: IO[str], log_config: Any) -> ILogObserver:
     if getattr(log_config, "format", "text") == "json":
-        return jsonFileLogObserver(stream)
+        return JSONLinesObserver(stream)  # one JSON object per line (headscale_tw.json_log)
     return textFileLogObserver(stream)
 
 

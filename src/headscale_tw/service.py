@@ -33,12 +33,14 @@ from twisted.application import service, strports
 from twisted.internet import defer
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.components import Componentized
-from twisted.web import http, resource, server
+from twisted.web import resource
 
 from headscale_tw import preflight
 from headscale_tw.config.model import Config
+from headscale_tw.counters import HTTPCounters
 from headscale_tw.hostport import parse_hostport
-from headscale_tw.redact import redact
+from headscale_tw.logs import twisted_level
+from headscale_tw.web.access_log import AccessLog, AccessLoggedSite, access_logs
 
 __all__ = ["build_service", "listen_endpoint", "exit_with_status", "HeadscaleService", "HealthResource",
            "MetricsResource"]
@@ -91,27 +93,16 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def redacted_log_formatter(timestamp: str, request) -> str:
-    """Twisted's combined access-log line with secrets (``?key=``, ``hskey-...``) redacted."""
-    return redact(http.combinedLogFormatter(timestamp, request))
-
-
-class ControlSite(server.Site):
+class ControlSite(AccessLoggedSite):
     """
-    The control listener's site: an access-log line per request only with
-    ``log.level`` debug or trace (as Headscale logs requests). At info, a line
-    per ``/key`` and ``/ts2021`` of every login was the busiest log output of a
-    registration storm.
+    The control listener's site: each request is counted and access-logged
+    (:mod:`headscale_tw.web.access_log`), control requests at debug (as
+    Headscale logs them; at info a line per ``/key`` and ``/ts2021`` of every
+    login was the busiest output of a registration storm), ``/api`` at info.
     """
 
-    def __init__(self, root, access_log: bool = False, **kwargs) -> None:
-        kwargs.setdefault("logFormatter", redacted_log_formatter)
-        super().__init__(root, **kwargs)
-        self.access_log = access_log
-
-    def log(self, request) -> None:
-        if self.access_log:
-            super().log(request)
+    def __init__(self, root, access_log: AccessLog, **kwargs) -> None:
+        super().__init__(root, access_log, **kwargs)
 
 
 class HealthResource(resource.Resource):
@@ -382,9 +373,11 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     mount_public_pages(root, config.server_url, lambda node_key: plane.state.by_node_key(node_key) is not None)
     # Request bodies on the public listener: the admin API's (refused from the head when too large or
     # without an API key) and /verify's, under 4 KiB (see web/admin/early.py).
-    site = ControlSite(root, access_log=getattr(getattr(config, "log", None), "level", "info") in ("debug", "trace"),
-                       requestFactory=GuardedRequest)
-    _mount_control(config, reactor, root, plane, noise_key)
+    http_counters = HTTPCounters()
+    logs = access_logs(http_counters, reactor.seconds, _trusted_proxies(config),
+                       threshold=twisted_level(getattr(getattr(config, "log", None), "level", "info")))
+    site = ControlSite(root, logs["control"], requestFactory=GuardedRequest)
+    _mount_control(config, reactor, root, plane, noise_key, logs["noise"])
 
     services: list = []
     if derp_parts is not None:
@@ -403,7 +396,8 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
         from headscale_tw.storage.changefeed import new_instance_id
 
         acme = acme_listeners(config, reactor, site, LISTEN_BACKLOG, db,
-                              feed.instance_id if feed is not None else new_instance_id())
+                              feed.instance_id if feed is not None else new_instance_id(),
+                              access_log=logs["acme"])
         services.extend(acme.services)
         ready = acme.ready
     else:
@@ -413,15 +407,16 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     if config.unix_socket:
         unix_root = resource.Resource()
         mount(unix_root, AdminAPI(plane.admin, trust_all=True))
-        services.append(_unix_listener(config, server.Site(unix_root), reactor))
+        services.append(_unix_listener(config, AccessLoggedSite(unix_root, logs["unix"]), reactor))
     if config.metrics_listen_addr:
         metrics_root = resource.Resource()
         from headscale_tw.metrics import make_registry
 
         registry = make_registry(plane, derp_parts.server if derp_parts else None,
-                                 getattr(derp_parts, "stun", None))
+                                 getattr(derp_parts, "stun", None), pool=db.pool, http=http_counters)
         metrics_root.putChild(b"metrics", MetricsResource(registry))
-        services.append(strports.service(listen_endpoint(config.metrics_listen_addr), server.Site(metrics_root), reactor=reactor))
+        services.append(strports.service(listen_endpoint(config.metrics_listen_addr),
+                                         AccessLoggedSite(metrics_root, logs["metrics"]), reactor=reactor))
 
     async def close():
         try:
@@ -521,7 +516,7 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
     return [(60.0, forget_expired_logins)]
 
 
-def _mount_control(config: Config, reactor, root, plane, noise_key) -> None:
+def _mount_control(config: Config, reactor, root, plane, noise_key, access_log: AccessLog) -> None:
     """``/key`` and ``/ts2021`` on the public root; ``/machine/*`` only inside Noise."""
     from headscale_tw.noise.resource import Ts2021Resource
     from headscale_tw.web.control_api import BoundedRequest
@@ -529,7 +524,7 @@ def _mount_control(config: Config, reactor, root, plane, noise_key) -> None:
 
     inner_root = resource.Resource()
     inner_root.putChild(b"machine", plane.machine_resource(identify=_noise_identity))
-    inner_site = server.Site(inner_root, requestFactory=BoundedRequest)
+    inner_site = AccessLoggedSite(inner_root, access_log, requestFactory=BoundedRequest)
     root.putChild(b"key", KeyResource(noise_key.public()))
     root.putChild(b"ts2021", Ts2021Resource(noise_key, inner_site, reactor,
                                             min_version=config.noise.min_capability_version,

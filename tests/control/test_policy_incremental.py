@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import random
+from datetime import datetime, timezone
 from types import SimpleNamespace
 
 from twisted.trial import unittest
@@ -38,7 +39,7 @@ class _State:
         self.runtime = {}
 
     def now(self):
-        return 0
+        return datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 def _row(node_id, hostname, user_id, tags, ipv4, ipv6, routable=(), approved=()):

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
 
+from headscale_tw.counters import HTTPCounters
 from headscale_tw.service import ControlSite
+from headscale_tw.web.access_log import access_logs
 from headscale_tw.web.admin.early import GuardedRequest
 from headscale_tw.web.admin.validate import MAX_BODY_BYTES
 from headscale_tw.web.admin_api import mount
@@ -46,7 +49,8 @@ class EarlyRefusalTests(unittest.TestCase):
         root = Resource()
         mount(root, self.h.api)
         _RecordingRequest.made = []
-        self.site = ControlSite(root, requestFactory=_RecordingRequest)
+        self.site = ControlSite(root, access_logs(HTTPCounters(), Clock().seconds)["control"],
+                                requestFactory=_RecordingRequest)
         self.transport = StringTransport()
         self.channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         self.channel.makeConnection(self.transport)

@@ -43,6 +43,7 @@ from headscale_tw.certs.storage import CertificateStorage
 from headscale_tw.certs.tls import SwappableServerTLS
 from headscale_tw.config.model import Config
 from headscale_tw.hostport import parse_hostport, port_number
+from headscale_tw.web.access_log import AccessLoggedSite
 
 __all__ = ["AcmeListeners", "acme_listeners", "SHARED_POLL_INTERVAL"]
 
@@ -71,11 +72,13 @@ def _endpoint(reactor: Any, hostport: str, tls: SwappableServerTLS | None = None
 
 
 def acme_listeners(config: Config, reactor: Any, site: Site, backlog: int, db: Any, instance_id: str,
-                   in_thread: Any = deferToThread) -> AcmeListeners:
+                   in_thread: Any = deferToThread, access_log: Any = None) -> AcmeListeners:
     """The HTTP-01 listener, the certificate manager and the main TLS listener for ``config``.
 
     ``db`` is the open database (its ``acme`` and ``leases`` stores are used);
-    ``instance_id`` names this instance as a lease holder.
+    ``instance_id`` names this instance as a lease holder. ``access_log`` (a
+    :class:`~headscale_tw.web.access_log.AccessLog`) counts and logs the HTTP-01
+    listener's requests as every other listener's are.
     """
     t = config.tls
     hostname = t.letsencrypt_hostname
@@ -96,7 +99,8 @@ def acme_listeners(config: Config, reactor: Any, site: Site, backlog: int, db: A
     manager = CertificateManager(hostname, t.letsencrypt_challenge_type, storage, responses, reactor,
                                  open_account, in_thread, serve, leases=db.leases, instance_id=instance_id,
                                  poll_interval=SHARED_POLL_INTERVAL if shared else None)
-    http01 = StreamServerEndpointService(_endpoint(reactor, t.letsencrypt_listen),
-                                         Site(AcmeHTTPResource(responses, config.server_url)))
+    http01_root = AcmeHTTPResource(responses, config.server_url)
+    http01_site = Site(http01_root) if access_log is None else AccessLoggedSite(http01_root, access_log)
+    http01 = StreamServerEndpointService(_endpoint(reactor, t.letsencrypt_listen), http01_site)
     main = StreamServerEndpointService(_endpoint(reactor, config.listen_addr, tls, backlog), site)
     return AcmeListeners(services=[http01, manager, main], manager=manager, tls=tls, ready=manager.ready)

@@ -46,10 +46,23 @@ from headscale_tw.control.framing import ZSTD, FramedMessage
 from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.sessions import MapSession, keepalive_interval
 from headscale_tw.control.state import ControlState
+from headscale_tw.counters import MapCounters, Stopwatch
 from headscale_tw.errors import NotFound
 from headscale_tw.interfaces import INodeNotifier
 
 __all__ = ["MapNotifier"]
+
+
+def _delta_type(key: tuple) -> str:
+    """Headscale's ``response_type`` of a delta (its ``change.Type()``): policy, peers, patch or self."""
+    changed, removed, packet_filter, ssh = key[:4]
+    if packet_filter is not None or ssh is not None:
+        return "policy"
+    if changed or removed:
+        return "peers"
+    if len(key) > 5 and (key[5] or key[6]):
+        return "patch"
+    return "self"
 
 
 @implementer(INodeNotifier)
@@ -84,6 +97,8 @@ class MapNotifier:
         #: nodes joined since the last flush (batching): node id -> whether its own sessions need ``Node``
         self._changed_nodes: dict[int, bool] = {}
         self.policy_updates = 0
+        #: Messages built and sent, lite updates and ended streams (``headscale_mapresponse_*``).
+        self.map_counters = MapCounters()
         self._flush_timer = None
         self.policy = mapper.policy
         self.policy.attach(self)
@@ -107,11 +122,11 @@ class MapNotifier:
         self._pending.pop(node_id, None)
         older = list(self.sessions.get(node_id, ()))
         session = MapSession(node_id, write, finish, self.clock, self._session_closed, self.interval,
-                             unsent=unsent, abort=abort, encoding=encoding)
+                             unsent=unsent, abort=abort, encoding=encoding, counters=self.map_counters)
         self.sessions.setdefault(node_id, []).append(session)
         came_online = self._mark_online(node.id)
         changes = self.policy.update([node_id])  # HA election may pick this router
-        session.start(self._frame(self.mapper.full_map(node_id)))
+        session.start(self._frame(self.mapper.full_map(node_id), "full"))
         for old in older:
             old.close()
         if came_online:
@@ -124,7 +139,12 @@ class MapNotifier:
 
     def one_shot(self, node_id: int, encoding: str = ZSTD) -> bytes:
         """The framed full map for a non-streaming, non-lite request."""
-        return self._frame(self.mapper.full_map(node_id)).framed(encoding)
+        return self._frame(self.mapper.full_map(node_id), "full").framed(encoding)
+
+    @property
+    def held(self) -> int:
+        """Changes waiting for the next batch flush: joined nodes plus viewers with held deltas."""
+        return len(self._changed_nodes) + len(self._pending)
 
     def is_connected(self, node_id: int) -> bool:
         """True while the node has a live stream."""
@@ -187,7 +207,9 @@ class MapNotifier:
 
     # -- fan-out -----------------------------------------------------------
 
-    def _frame(self, message: bytes) -> FramedMessage:
+    def _frame(self, message: bytes, response_type: str) -> FramedMessage:
+        """Wrap a built message for framing; count it under ``response_type`` (see :class:`MapCounters`)."""
+        self.map_counters.count_generated(response_type)
         return FramedMessage(message, self._frame_built)
 
     def _frame_built(self, encoding: str) -> None:
@@ -219,7 +241,7 @@ class MapNotifier:
                 self._held(viewer)[5][node_id] = online
             self._arm()
             return
-        self._to_peers(node_id, self.mapper.online_changed(node_id, online))
+        self._to_peers(node_id, self.mapper.online_changed(node_id, online), "patch")
 
     def _viewers_of(self, node_id: int) -> list[int]:
         """
@@ -246,11 +268,11 @@ class MapNotifier:
                     out.append(viewer)
         return out
 
-    def _to_peers(self, node_id: int, message: bytes) -> None:
+    def _to_peers(self, node_id: int, message: bytes, response_type: str) -> None:
         """Frame ``message`` once and write it to every streaming node that sees ``node_id``."""
         targets = self._viewers_of(node_id)
         if targets:
-            self._write_to(targets, self._frame(message))
+            self._write_to(targets, self._frame(message, response_type))
 
     def push(self, changes, touched=(), exclude: int | None = None) -> int:
         """
@@ -399,7 +421,7 @@ class MapNotifier:
                 patches=[self.mapper.patch_for(nodes[pid], fields) for pid, fields in patches],
                 online=flags,
             )
-            self._write_to(viewers, self._frame(message))
+            self._write_to(viewers, self._frame(message, _delta_type(key)))
         return len(groups)
 
     def node_changed(self, node_id: int, self_too: bool = True) -> None:
@@ -413,11 +435,16 @@ class MapNotifier:
         if not ids:
             return
         self.policy_updates += 1
+        counters = self.state.counters
+        batch = Stopwatch(self.clock.seconds)
         changes = self.policy.update(ids)
+        counters.peers_seconds.observe(batch.elapsed())
         for node_id in ids:
             if nodes[node_id]:
                 changes.viewer(node_id).self_changed = True
         self.push(changes, touched=ids)
+        counters.batch_size.observe(len(ids))
+        counters.batch_seconds.observe(batch.elapsed())
 
     def user_changed(self, user_id: int) -> None:
         """A user was renamed or changed (after ``state.refresh_user``): its nodes' entries and policy views."""
@@ -454,7 +481,7 @@ class MapNotifier:
             self._arm()
             return
         patch = self.mapper.patch_for(self.state.nodes[node_id], fields)
-        self._to_peers(node_id, self.mapper.peers_patched([patch]))
+        self._to_peers(node_id, self.mapper.peers_patched([patch]), "patch")
 
     def node_removed(self, node_id: int) -> None:
         """Peers that saw it get ``PeersRemoved`` (plus any policy fallout); its own streams end."""
@@ -470,17 +497,17 @@ class MapNotifier:
         """Every session gets a fresh full map (a big hammer; policy changes normally use :meth:`push`)."""
         for node_id in list(self.sessions):
             if node_id in self.state.nodes:
-                self._write_to([node_id], self._frame(self.mapper.full_map(node_id)))
+                self._write_to([node_id], self._frame(self.mapper.full_map(node_id), "full"))
 
     def broadcast(self, message: bytes) -> None:
         """Send one message to every session (e.g. a new DERP map)."""
-        self._write_to(list(self.sessions), self._frame(message))
+        self._write_to(list(self.sessions), self._frame(message, "config"))
 
     def send_each(self, message_for: Callable[[int], bytes]) -> None:
         """Send every streaming node its own message (e.g. a DNSConfig holding its own name)."""
         for node_id in list(self.sessions):
             if node_id in self.state.nodes:
-                self._write_to([node_id], self._frame(message_for(node_id)))
+                self._write_to([node_id], self._frame(message_for(node_id), "config"))
 
     def stop(self) -> None:
         """Close every session and cancel every timer (service shutdown)."""

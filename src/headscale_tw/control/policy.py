@@ -57,6 +57,7 @@ from headscale_tw.control.routes import serving as served
 from headscale_tw.control.variants import PeerVariants, Variant
 from headscale_tw.control.viewindex import RuleIndex, bits
 from headscale_tw.control.views import Changes, NodeView, ViewChange, all_peer_views
+from headscale_tw.counters import Histogram
 from headscale_tw.errors import InvalidInput
 from headscale_tw.policy.compile import CompiledPolicy, PolicyEngine, reduce_rules
 from headscale_tw.policy.incremental import IncrementalCompiler
@@ -132,6 +133,8 @@ class PolicyManager:
 
     def __init__(self, state, config=None, store=None, read_file: Callable[[str], str] | None = None) -> None:
         self.state = state
+        #: Seconds per policy compilation (checks of a new policy and recompiles for changed nodes).
+        self.compile_seconds = Histogram()
         policy_config = getattr(config, "policy", None)
         self.mode = getattr(policy_config, "mode", "file") or "file"
         if self.mode not in ("file", "database"):
@@ -262,7 +265,7 @@ class PolicyManager:
             engine = PolicyEngine(text or None, server_url=self.server_url)
             topology = self.topology()
             compiler = IncrementalCompiler(engine, topology.users, topology.nodes)
-            engine.check_compiled(compiler.compile())
+            engine.check_compiled(self._compile(compiler))
             # applying this engine next starts from this compilation instead of compiling again
             self._prepared = compiler
         except PolicyRejected:
@@ -399,9 +402,16 @@ class PolicyManager:
                     else:
                         compiler.put(pnode)
             self._compiler_stale.clear()
-            self._compiled = compiler.compile()
+            self._compiled = self._compile(compiler)
             self.recompiles += 1
         return self._compiled
+
+    def _compile(self, compiler: IncrementalCompiler) -> CompiledPolicy:
+        start = self.state.now()
+        try:
+            return compiler.compile()
+        finally:
+            self.compile_seconds.observe(max(0.0, (self.state.now() - start).total_seconds()))
 
     # -- views -----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from twisted.logger import Logger
 
 from headscale_tw.control.framing import KEEPALIVE_FRAMES, ZSTD, FramedMessage
+from headscale_tw.counters import MapCounters
 
 __all__ = ["MapSession", "keepalive_interval", "MAX_UNSENT_BYTES"]
 
@@ -58,8 +59,11 @@ class MapSession:
         abort: Callable[[], None] | None = None,
         max_unsent: int = MAX_UNSENT_BYTES,
         encoding: str = ZSTD,
+        counters: MapCounters | None = None,
     ) -> None:
         self.node_id = node_id
+        #: Where messages sent and the end of the stream are counted (``headscale_mapresponse_*``).
+        self.counters = counters if counters is not None else MapCounters()
         #: The frame encoding this session's client asked for (``ZSTD`` or ``PLAIN``).
         self.encoding = encoding
         self._keepalive_frame = KEEPALIVE_FRAMES[encoding]
@@ -82,20 +86,22 @@ class MapSession:
         if self.state != self.NEW:
             raise RuntimeError(f"session for node {self.node_id} already {self.state}")
         self.state = self.STREAMING
-        self._send(first.framed(self.encoding))
+        self._send(first.framed(self.encoding), "full")
 
     def send(self, message: FramedMessage) -> None:
         """Send one delta in this session's encoding (ignored unless streaming)."""
         if self.state == self.STREAMING:
-            self._send(message.framed(self.encoding))
+            self._send(message.framed(self.encoding), "change")
 
-    def _send(self, framed: bytes) -> None:
+    def _send(self, framed: bytes, kind: str) -> None:
         try:
             self._write(framed)
         except Exception:
+            self.counters.count_sent("error", kind)
             self.log.failure("writing to map session of node {node_id} failed", node_id=self.node_id)
             self.connection_lost()
             return
+        self.counters.count_sent("ok", kind)
         self.messages_sent += 1
         if self._unsent is not None:
             unsent = self._unsent()
@@ -111,7 +117,7 @@ class MapSession:
             node_id=self.node_id, unsent=unsent, limit=self._max_unsent,
         )
         # aborting drops what is queued for the stream; finishing would wait to send it
-        self._end(self._abort or self._finish, "aborting")
+        self._end(self._abort or self._finish, "aborting", "slow_client")
 
     def _schedule(self) -> None:
         # A write only records its time; the pending timer checks it when it fires. Resetting
@@ -130,16 +136,16 @@ class MapSession:
         if wait > 0:  # written to since: the keep-alive is due ``gap`` after that write
             self._timer = self._clock.callLater(wait, self._keepalive)
             return
-        self._send(self._keepalive_frame)
+        self._send(self._keepalive_frame, "keepalive")
 
     def close(self) -> None:
         """End the response (e.g. replaced by a newer stream, node deleted, shutdown)."""
         if self.state == self.CLOSED:
             return
-        self._end(self._finish, "finishing")
+        self._end(self._finish, "finishing", "cancelled")
 
-    def _end(self, how: Callable[[], None], doing: str) -> None:
-        self._closed()
+    def _end(self, how: Callable[[], None], doing: str, reason: str) -> None:
+        self._closed(reason)
         try:
             how()
         except Exception:
@@ -148,9 +154,10 @@ class MapSession:
     def connection_lost(self) -> None:
         """The client went away (``request.notifyFinish`` fired); stop without writing."""
         if self.state != self.CLOSED:
-            self._closed()
+            self._closed("done")
 
-    def _closed(self) -> None:
+    def _closed(self, reason: str) -> None:
+        self.counters.count_ended(reason)
         self.state = self.CLOSED
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.names import sanitize_hostname, unique_given_name
+from headscale_tw.counters import NodeStoreCounters
 from headscale_tw.errors import AlreadyExists, NotFound
 from headscale_tw.storage.models import Node, User
 
@@ -79,16 +80,23 @@ class ControlState:
         self._by_node_key: dict[str, int] = {}
         self._by_machine_key: dict[str, int] = {}
         self._names: dict[str, int] = {}
+        #: Writes and their durations, the start-up load, change batches (``headscale_nodestore_*``).
+        self.counters = NodeStoreCounters()
+
+    def _seconds_since(self, start: datetime) -> float:
+        return max(0.0, (self.now() - start).total_seconds())
 
     # -- loading -----------------------------------------------------------
 
     async def load(self) -> None:
         """Read every user and node from the store and mark their addresses used."""
+        start = self.now()
         for user in await self.db.users.list():
             self.users[user.id] = user
         for node in await self.db.nodes.list():
             self._index(node)
         self.allocator.load(await self.db.nodes.allocated_ips())
+        self.counters.snapshot_seconds.observe(self._seconds_since(start))
 
     def _index(self, node: Node, previous: Node | None = None) -> None:
         if previous is not None:
@@ -168,7 +176,8 @@ class ControlState:
         """
         hostname = fields.get("hostname", "")
         given = dict(fields)
-        given.setdefault("created_at", self.now())
+        start = self.now()
+        given.setdefault("created_at", start)
         taken_names: set[str] = set()
         for _ in range(_CREATE_ATTEMPTS):
             attempt = dict(given)
@@ -198,6 +207,7 @@ class ControlState:
                 self.allocator.release(ipv4, ipv6)
                 raise
             self._index(node)
+            self.counters.count_operation("put", self._seconds_since(start))
             return node
         raise AlreadyExists(f"no free address or name for {hostname!r} after {_CREATE_ATTEMPTS} attempts")
 
@@ -293,16 +303,20 @@ class ControlState:
     async def update_node(self, node_id: int, **fields) -> Node:
         """Update stored fields and the cache; return the new ``Node``."""
         previous = self.get(node_id)
+        start = self.now()
         node = await self.db.nodes.update(node_id, **fields)
         self._index(node, previous)
+        self.counters.count_operation("update", self._seconds_since(start))
         return node
 
     async def delete_node(self, node_id: int) -> Node:
         """Delete from the store and the cache, free its addresses; return the old row."""
         node = self.get(node_id)
+        start = self.now()
         try:
             await self.db.nodes.delete(node_id)
         except NotFound:
             pass
         self.uncache_node(node_id)
+        self.counters.count_operation("delete", self._seconds_since(start))
         return node

@@ -57,6 +57,7 @@ from headscale_tw.noise._codec import (
     ResponderResult,
     encode_early_payload,
 )
+from headscale_tw.web.access_log import AccessLoggedSite
 
 __all__ = [
     "write_through",
@@ -220,9 +221,13 @@ class NoiseFactory:
             return self.inner_site
         site = self._refusal_sites.get(version)
         if site is None:
-            site = Site(
-                _RefusalResource(refusal_message(version, self.min_version)), reactor=self.reactor
-            )
+            refusal = _RefusalResource(refusal_message(version, self.min_version))
+            # counted and logged with the inner site's requests when that site keeps an access log
+            access_log = getattr(self.inner_site, "access_log", None)
+            if access_log is None:
+                site = Site(refusal, reactor=self.reactor)
+            else:
+                site = AccessLoggedSite(refusal, access_log, reactor=self.reactor)
             self._refusal_sites[version] = site
         return site
 

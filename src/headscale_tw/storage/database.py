@@ -30,6 +30,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -39,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from headscale_tw.counters import Histogram
 from headscale_tw.interfaces import IDatabase
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "split_sql",
     "Database",
     "open_database",
+    "PoolStats",
 ]
 
 R = TypeVar("R")
@@ -311,6 +314,20 @@ class _ConnectionPool(adbapi.ConnectionPool):
         super().start()
 
 
+@dataclass(frozen=True)
+class PoolStats:
+    """The pool's figures at one moment (for ``/metrics``)."""
+
+    #: Connections the pool may open (``cp_max``).
+    max_connections: int
+    #: Connections open now.
+    open_connections: int
+    #: Interactions running on a connection now.
+    in_use: int
+    #: Interactions submitted but waiting for a free connection.
+    waiting: int
+
+
 class DatabasePool:
     """The one async API over both engines.
 
@@ -319,6 +336,8 @@ class DatabasePool:
     its result. ``await pool.close()`` waits for in-flight work, then closes.
     ``last_success`` is the reactor time at which an interaction last returned
     (:mod:`headscale_tw.storage.health` reads it instead of querying).
+    ``query_seconds`` holds how long each interaction took from submission
+    (waiting for a connection included) to its result.
     """
 
     log = Logger()
@@ -331,6 +350,8 @@ class DatabasePool:
         self._in_flight: set[Deferred] = set()
         self._closing = False
         self.last_success: float | None = None
+        self.query_seconds = Histogram()
+        self._max_conns = max_conns
         self._pool = _ConnectionPool(
             engine.module.__name__,
             *connargs,
@@ -353,7 +374,7 @@ class DatabasePool:
             raise DatabaseClosed(f"database is closed (while running {desc})")
         d = self._pool.runInteraction(self._interaction, desc, fn, args)
         self._in_flight.add(d)
-        d.addBoth(self._done, d)
+        d.addBoth(self._done, d, self._reactor.seconds())
         return await d
 
     async def run_with_connection(self, desc: str, fn: Callable[..., R], *args: Any) -> R:
@@ -362,14 +383,24 @@ class DatabasePool:
             raise DatabaseClosed(f"database is closed (while running {desc})")
         d = self._pool.runWithConnection(fn, *args)
         self._in_flight.add(d)
-        d.addBoth(self._done, d)
+        d.addBoth(self._done, d, self._reactor.seconds())
         return await d
 
-    def _done(self, result: Any, d: Deferred) -> Any:
+    def _done(self, result: Any, d: Deferred, submitted: float) -> Any:
         self._in_flight.discard(d)
+        now = self._reactor.seconds()
+        self.query_seconds.observe(max(0.0, now - submitted))
         if not isinstance(result, Failure):
-            self.last_success = self._reactor.seconds()
+            self.last_success = now
         return result
+
+    def stats(self) -> PoolStats:
+        """Connections allowed and open, interactions running and waiting (adbapi runs at most
+        ``cp_max`` at once, one per connection; the rest queue for a thread)."""
+        in_flight = len(self._in_flight)
+        in_use = min(in_flight, self._max_conns)
+        return PoolStats(max_connections=self._max_conns, open_connections=len(self._pool.connections),
+                         in_use=in_use, waiting=in_flight - in_use)
 
     async def close(self) -> None:
         """Refuse new work, wait for what is running, then close every connection."""

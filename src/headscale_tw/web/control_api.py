@@ -272,8 +272,16 @@ class MapResource(_NoiseResource):
         return NOT_DONE_YET
 
     async def _serve(self, request, alive: _Alive, machine_key: str, map_request) -> None:
-        node = self.poll.authenticate(machine_key, map_request)
-        node = await self.poll.apply(node, map_request)
+        lite = map_request.omit_peers and not map_request.stream
+        try:
+            node = self.poll.authenticate(machine_key, map_request)
+            node = await self.poll.apply(node, map_request)
+        except Exception:
+            if lite:  # Headscale's headscale_mapresponse_endpoint_updates_total{status="error"}
+                self.notifier.map_counters.count_endpoint_update("error")
+            raise
+        if lite:
+            self.notifier.map_counters.count_endpoint_update("ok")
         if not alive.open:
             return
         request.setResponseCode(200)
@@ -290,6 +298,7 @@ class MapResource(_NoiseResource):
             request.finish()
         else:
             request.write(self.notifier.one_shot(node.id, map_request.compress))
+            self.notifier.map_counters.count_sent("ok", "full")
             request.finish()
 
 

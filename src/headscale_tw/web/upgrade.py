@@ -78,6 +78,12 @@ def switch_protocols(
     else:
         transport.protocol = protocol
 
+    # The request ends here as far as HTTP goes: its site logs it now, as a 101.
+    request.setResponseCode(101)
+    factory = getattr(channel, "factory", None)
+    if factory is not None and hasattr(factory, "log"):
+        factory.log(request)
+
     if send_head:
         head = [b"HTTP/1.1 101 Switching Protocols", b"Upgrade: " + upgrade, b"Connection: upgrade"]
         head.extend(name + b": " + value for name, value in extra_headers)
