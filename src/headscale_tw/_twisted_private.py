@@ -38,6 +38,7 @@ import attrs
 import priority
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
 __all__ = [
@@ -130,8 +131,6 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
     PrivateUse(_CHANNEL, "_dataBuffer",
                "upgrade: bytes the channel read after the Upgrade request must go to the new protocol;"
                " the channel is still parsing them when the resource returns"),
-    PrivateUse(_CHANNEL, "_networkProducer",
-               "upgrade: the channel's producer registration on the transport must be undone"),
 )
 
 
@@ -471,7 +470,8 @@ def detach_http_channel(channel, protocol) -> bytes:
     """
     Take an ``HTTPChannel``'s connection away for ``protocol`` (an HTTP/1.1 upgrade).
 
-    Stops the channel's timeout, undoes its producer registration, and sends
+    Stops the channel's timeout, undoes its producer registration on the
+    transport (public API), and sends
     whatever the channel reads from now on (bytes that followed the request
     head in the same read, still being parsed when the resource returns) to
     ``protocol``. Returns the bytes the channel had buffered already, for the
@@ -479,9 +479,11 @@ def detach_http_channel(channel, protocol) -> bytes:
     ``channel.transport`` and points the transport at ``protocol``.
     """
     channel.setTimeout(None)
-    producer = getattr(channel, "_networkProducer", None)
-    buffered = b"".join(getattr(channel, "_dataBuffer", []))
+    # HTTPChannel registers itself as the producer of its transport when that
+    # adapts to IPushProducer (and of nothing otherwise): undo it the same way.
+    producer = IPushProducer(channel.transport, None)
     if producer is not None:
         producer.unregisterProducer()
+    buffered = b"".join(getattr(channel, "_dataBuffer", []))
     channel._dataBuffer = ForwardingBuffer(protocol)
     return buffered

@@ -10,8 +10,8 @@ transport at the new protocol, write the ``101 Switching Protocols`` head and
 call ``makeConnection``. Bytes the HTTP channel already buffered after the
 request are replayed into the new protocol.
 
-Detaching the channel needs two ``twisted.web.http.HTTPChannel`` internals
-(``_dataBuffer``, ``_networkProducer``); that part lives in
+Detaching the channel needs one ``twisted.web.http.HTTPChannel`` internal
+(``_dataBuffer``); that part lives in
 :func:`headscale_tw._twisted_private.detach_http_channel` with the other private
 uses, and tests/web/test_upgrade.py covers the behaviour.
 """
