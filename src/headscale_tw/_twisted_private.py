@@ -307,6 +307,11 @@ class BatchingH2Connection(H2Connection):
     def remainingOutboundWindow(self, streamID):
         return self.conn.local_flow_control_window(streamID) - self._outboundStreamQueues[streamID].nbytes
 
+    def backlog(self, stream_id: int) -> int:
+        """Bytes written to stream ``stream_id`` and not sent yet (0 once it is gone); O(1)."""
+        queue = self._outboundStreamQueues.get(stream_id)
+        return 0 if queue is None else queue.nbytes
+
     def dataReceived(self, data):
         # Streams whose window is exhausted are blocked in the priority tree (see
         # _sendPrioritisedData) and Twisted only unblocks them on WINDOW_UPDATE.
@@ -440,13 +445,8 @@ def stream_backlog(request):
     conn = stream_connection(stream)
     if not isinstance(conn, BatchingH2Connection):
         return None
-    queues, stream_id = conn._outboundStreamQueues, stream.streamID
-
-    def backlog() -> int:
-        queue = queues.get(stream_id)
-        return 0 if queue is None else queue.nbytes
-
-    return backlog
+    stream_id = stream.streamID
+    return lambda: conn.backlog(stream_id)
 
 
 def stream_connection(stream):

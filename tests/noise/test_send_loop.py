@@ -320,6 +320,7 @@ class FlowControlTests(unittest.TestCase):
         h.drain()
         h.to_client()
         self.assertEqual(unsent(), 100000 - 65535)
+        self.assertEqual(h.server.backlog(s1), 100000 - 65535)
         self.assertEqual(stream_backlog(r3)(), 0)
         r1.channel.abortConnection()
         h.drain()
