@@ -12,7 +12,7 @@ Method
   (a burst of map updates) and the script measures wall and process CPU time
   until every client has received all of them.
 * ``--loop twisted`` puts Twisted's ``H2Connection._sendPrioritisedData``
-  back on ``_CountingH2Connection``; ``--loop batched`` (default) keeps ours.
+  back on ``BatchingH2Connection``; ``--loop batched`` (default) keeps ours.
   Both client and server run in this process, so the times include the
   clients' work, which is the same in both modes.
 
@@ -34,8 +34,8 @@ from twisted.web import resource
 from twisted.web._http2 import H2Connection
 from twisted.web.server import NOT_DONE_YET, Site
 
+from headscale_tw import _twisted_private
 from headscale_tw.keys import MachinePrivate
-from headscale_tw.noise import protocol
 from headscale_tw.noise.resource import Ts2021Resource
 from headscale_tw.testing.noise_client import NoiseClient
 
@@ -72,7 +72,7 @@ class _Waiter:
 @defer.inlineCallbacks
 def run(args):
     if args.loop == "twisted":
-        protocol._CountingH2Connection._sendPrioritisedData = H2Connection._sendPrioritisedData
+        _twisted_private.BatchingH2Connection._sendPrioritisedData = H2Connection._sendPrioritisedData
     key = MachinePrivate.generate()
     root = resource.Resource()
     site = Site(root)

@@ -107,7 +107,7 @@ class RedactingObserver:
 PER_CONNECTION_FORMATS = frozenset({
     "Timing out client: {peer}",  # twisted.web.http.HTTPChannel
     "Forcibly timing out client: {peer}",
-    "Timing out client {client}",  # twisted.web._http2.H2Connection
+    "Timing out client {client}",  # Twisted's HTTP/2 server connection (H2Connection)
     "Forcibly timing out client: {client}",
 })
 

@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
-from headscale_tw.noise.protocol import _CountingH2Connection, _CountingQueue
+from headscale_tw._twisted_private import BatchingH2Connection, CountingQueue
 
 
 class CountingQueueTests(unittest.TestCase):
@@ -14,7 +14,7 @@ class CountingQueueTests(unittest.TestCase):
 
     def test_counts(self):
         """append, appendleft and popleft keep nbytes equal to the bytes held; the sentinel counts zero."""
-        q = _CountingQueue([b"abc"])
+        q = CountingQueue([b"abc"])
         q.append(b"de")
         q.appendleft(b"f")
         q.append(_END_STREAM_SENTINEL)
@@ -27,7 +27,7 @@ class CountingQueueTests(unittest.TestCase):
 
     def test_same_as_twisted(self):
         """remainingOutboundWindow equals Twisted's summing implementation for the same queue."""
-        conn = _CountingH2Connection(Clock())
+        conn = BatchingH2Connection(Clock())
 
         class FakeH2:
             def local_flow_control_window(self, stream_id):
@@ -37,6 +37,6 @@ class CountingQueueTests(unittest.TestCase):
         conn._outboundStreamQueues[1] = deque()
         for chunk in (b"x" * 100, b"y" * 7, _END_STREAM_SENTINEL):
             conn._outboundStreamQueues[1].append(chunk)
-        self.assertIsInstance(conn._outboundStreamQueues[1], _CountingQueue)
+        self.assertIsInstance(conn._outboundStreamQueues[1], CountingQueue)
         self.assertEqual(conn.remainingOutboundWindow(1), H2Connection.remainingOutboundWindow(conn, 1))
         self.assertEqual(conn.remainingOutboundWindow(1), 65535 - 107)

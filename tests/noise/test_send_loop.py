@@ -1,7 +1,7 @@
 """
 The Noise layer's HTTP/2 send loop: several frames per reactor turn, one transport write.
 
-Most tests drive ``_CountingH2Connection`` directly with an h2 client and a
+Most tests drive ``BatchingH2Connection`` directly with an h2 client and a
 ``Clock``, so reactor turns and ``callLater`` calls can be counted; one goes
 end to end through Noise with the fake client over iosim.
 """
@@ -21,8 +21,8 @@ from twisted.web import resource
 from twisted.web._http2 import H2Connection
 from twisted.web.server import NOT_DONE_YET, Site
 
+from headscale_tw._twisted_private import SEND_BATCH_FRAMES, BatchingH2Connection
 from headscale_tw.keys import MachinePrivate
-from headscale_tw.noise.protocol import SEND_BATCH_FRAMES, _CountingH2Connection
 from headscale_tw.noise.resource import Ts2021Resource
 from headscale_tw.testing.noise_client import NoiseClient
 
@@ -75,13 +75,13 @@ class _WritesTransport(StringTransport):
 
 
 class _Harness:
-    """A ``_CountingH2Connection`` on a counting Clock, and an h2 client talking to it."""
+    """A ``BatchingH2Connection`` on a counting Clock, and an h2 client talking to it."""
 
     def __init__(self, client_settings=None, connection_window=0, twisted_loop=False, clock=None):
         self.clock = clock or _CountingClock()
         self.hold = _Hold()
         site = Site(self.hold, reactor=self.clock)
-        self.server = _CountingH2Connection(self.clock)
+        self.server = BatchingH2Connection(self.clock)
         self.server.site = site
         self.server.factory = site
         self.server.requestFactory = site.requestFactory
@@ -309,7 +309,7 @@ class FlowControlTests(unittest.TestCase):
 
     def test_unsent_bytes_and_abort(self):
         """stream_backlog counts what waits for the client's window; aborting drops it and resets the stream."""
-        from headscale_tw.noise.protocol import stream_backlog
+        from headscale_tw._twisted_private import stream_backlog
 
         h = _Harness(connection_window=1 << 24)
         h.to_server()
@@ -320,6 +320,7 @@ class FlowControlTests(unittest.TestCase):
         h.drain()
         h.to_client()
         self.assertEqual(unsent(), 100000 - 65535)
+        self.assertEqual(h.server.backlog(s1), 100000 - 65535)
         self.assertEqual(stream_backlog(r3)(), 0)
         r1.channel.abortConnection()
         h.drain()

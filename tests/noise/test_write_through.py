@@ -1,5 +1,5 @@
 """
-Tests for headscale_tw.noise.protocol.write_through: a plain TCP transport with
+Tests for headscale_tw._twisted_private.write_through: a plain TCP transport with
 nothing buffered sends at once; everything else takes Twisted's buffered path.
 """
 
@@ -10,7 +10,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial import unittest
 
-from headscale_tw.noise.protocol import write_through
+from headscale_tw._twisted_private import write_through
 
 
 class _Socket:

@@ -72,6 +72,13 @@ class SwitchProtocolsTests(unittest.TestCase):
         self.assertIsNone(http._channel.transport)
         self.assertIsNone(http._channel._TimeoutMixin__timeoutCall)
 
+    def test_http_channel_no_longer_producer(self):
+        """The HTTP channel is no longer registered as the transport's producer after the switch."""
+        recorder, http, transport = self._connect()
+        self.assertIsNotNone(transport.producer)
+        http.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        self.assertIsNone(transport.producer)
+
     def test_bytes_in_same_read_reach_new_protocol(self):
         """Bytes that arrive in the same read as the request head go to the new protocol."""
         recorder, http, transport = self._connect()

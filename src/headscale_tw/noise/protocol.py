@@ -33,21 +33,16 @@ retrying silently). See docs/noise.md.
 from __future__ import annotations
 
 import json
-import weakref
-from collections import deque
 
 import attrs
-import priority
-from twisted.internet import tcp
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
 from twisted.web import resource
-from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from headscale_tw._twisted_private import BatchingH2Connection, stream_backlog, write_through
 from headscale_tw.keys import ChallengePrivate, MachinePrivate, MachinePublic
 from headscale_tw.noise._codec import (
     FrameError,
@@ -122,25 +117,6 @@ def noise_peer(request) -> NoisePeer | None:
     if isinstance(address, NoiseAddress):
         return address.peer
     return None
-
-
-def stream_backlog(request):
-    """
-    For a request on the Noise layer's HTTP/2 connection: a callable giving the
-    bytes written to its response and not sent yet (held because the client's
-    flow-control window is used up, i.e. it does not read); None otherwise.
-    """
-    stream = getattr(request, "channel", None)
-    conn = getattr(stream, "_conn", None)
-    if not isinstance(conn, _CountingH2Connection):
-        return None
-    queues, stream_id = conn._outboundStreamQueues, stream.streamID
-
-    def backlog() -> int:
-        queue = queues.get(stream_id)
-        return 0 if queue is None else queue.nbytes
-
-    return backlog
 
 
 def refusal_message(version: int, min_version: int) -> str:
@@ -231,7 +207,7 @@ class NoiseFactory:
             self._refusal_sites[version] = site
         return site
 
-    def build_inner(self, site: Site) -> H2Connection:
+    def build_inner(self, site: Site) -> BatchingH2Connection:
         """
         An HTTP/2 server connection for ``site`` driven by our reactor.
 
@@ -240,7 +216,7 @@ class NoiseFactory:
         global reactor, whose send loop would then escape our clock; so we
         build it here with the same attributes ``Site.buildProtocol`` sets.
         """
-        h2 = _CountingH2Connection(self.reactor)
+        h2 = BatchingH2Connection(self.reactor)
         h2.site = site
         h2.factory = site
         h2.requestFactory = site.requestFactory
@@ -256,298 +232,6 @@ class NoiseFactory:
 
     def unregisterProtocol(self, protocol: NoiseProtocol) -> None:
         self.connections.discard(protocol)
-
-
-class _CountingQueue(deque):
-    """A stream's outbound queue that knows how many bytes it holds (O(1) instead of a sum)."""
-
-    def __init__(self, items=()) -> None:
-        super().__init__()
-        self.nbytes = 0
-        for item in items:
-            self.append(item)
-
-    def append(self, item) -> None:
-        if item is not _END_STREAM_SENTINEL:
-            self.nbytes += len(item)
-        super().append(item)
-
-    def appendleft(self, item) -> None:
-        if item is not _END_STREAM_SENTINEL:
-            self.nbytes += len(item)
-        super().appendleft(item)
-
-    def popleft(self):
-        item = super().popleft()
-        if item is not _END_STREAM_SENTINEL:
-            self.nbytes -= len(item)
-        return item
-
-
-class _Queues(dict):
-    """``H2Connection._outboundStreamQueues`` whose queues are :class:`_CountingQueue`."""
-
-    def __setitem__(self, stream_id, queue) -> None:
-        super().__setitem__(stream_id, queue if isinstance(queue, _CountingQueue) else _CountingQueue(queue))
-
-
-def write_through(transport, data: bytes) -> None:
-    """``transport.write(data)``, but sent with one ``send()`` now when a plain TCP transport holds nothing.
-
-    Twisted's TCP ``write`` always buffers, registers the socket for writing
-    (an ``epoll_ctl``), sends on the next reactor iteration and unregisters
-    it (another ``epoll_ctl``). A map delta fanned out to N streams paid
-    those two extra system calls per stream: 13 % of server CPU in the
-    profile of 200 streams receiving endpoint updates. When nothing is
-    buffered (so order is kept) the data goes out at once; whatever the
-    socket does not take, and every other case (TLS, a buffer already
-    filling, a closing or broken connection), takes Twisted's normal path.
-    """
-    if (
-        isinstance(transport, tcp.Connection)
-        and transport.TLS is False
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport._tempDataLen
-        and len(transport.dataBuffer) == transport.offset
-    ):
-        sent = transport.writeSomeData(data)
-        if isinstance(sent, int) and sent > 0:
-            if sent == len(data):
-                return
-            data = data[sent:]
-    transport.write(data)
-
-
-class _TurnMarker:
-    """Which connections sent a frame directly in this reactor turn (one ``callLater(0)`` per turn, shared)."""
-
-    def __init__(self, reactor) -> None:
-        self._reactor = reactor
-        self._marked: list[_CountingH2Connection] = []
-        self.turns = 0
-
-    def mark(self, connection: _CountingH2Connection) -> None:
-        connection._sent_directly = True
-        self._marked.append(connection)
-        if len(self._marked) == 1:
-            self.turns += 1
-            self._reactor.callLater(0, self._clear)
-
-    def _clear(self) -> None:
-        marked, self._marked = self._marked, []
-        for connection in marked:
-            connection._sent_directly = False
-
-
-_MARKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _turn_marker(reactor) -> _TurnMarker:
-    marker = _MARKERS.get(reactor)
-    if marker is None:
-        marker = _MARKERS[reactor] = _TurnMarker(reactor)
-    return marker
-
-
-#: At most this many frames (or stream picks) per turn of the send loop ...
-SEND_BATCH_FRAMES = 16
-#: ... and at most about this many bytes, before one transport write and a yield to the reactor.
-SEND_BATCH_BYTES = 64 * 1024
-_FRAME_HEADER = 9
-
-
-class _CountingH2Connection(H2Connection):
-    """
-    ``H2Connection`` with an O(1) ``remainingOutboundWindow`` and a batching send loop.
-
-    Twisted sums the lengths of every chunk queued on the stream at each
-    ``write``; a map stream that receives deltas faster than the send loop
-    (one DATA frame per reactor turn) drains them makes that quadratic. The
-    profile of 300 connecting nodes showed 62 % of server CPU there.
-
-    Twisted's send loop sends one DATA frame per reactor turn, each its own
-    ``transport.write`` (so its own Noise record and socket write); see
-    :meth:`_sendPrioritisedData` for the batching version.
-    """
-
-    def __init__(self, reactor=None) -> None:
-        super().__init__(reactor)
-        self._outboundStreamQueues = _Queues()
-        self._turn = _turn_marker(self._reactor)
-        self._sent_directly = False
-        #: Frames that skipped the send loop (see writeDataToStream).
-        self.direct_frames = 0
-
-    def writeDataToStream(self, streamID, data):
-        """
-        Queue ``data`` for the send loop, or, when the loop is idle, send it at once.
-
-        An idle loop (waiting for data) would do just that when woken: send
-        this one frame now and come back next turn for whatever else was
-        written meanwhile. Doing it here skips waking it (priority tree,
-        Deferred) and, above all, its extra turn: one delta written to many
-        map streams costs one ``callLater`` in all, shared by every connection
-        (:class:`_TurnMarker`), instead of one per connection. Later writes to
-        a connection in the same turn go through the loop, batched next turn,
-        exactly as before.
-        """
-        conn = self.conn
-        if self._sendingDeferred is not None:
-            queue = self._outboundStreamQueues.get(streamID)
-            if (
-                not self._sent_directly
-                and queue is not None
-                and not queue
-                and self._consumerBlocked is None
-                and 0 < len(data) <= min(conn.max_outbound_frame_size, conn.local_flow_control_window(streamID))
-            ):
-                self.resetTimeout()
-                conn.send_data(streamID, data)
-                self.transport.write(conn.data_to_send())
-                self.direct_frames += 1
-                self._turn.mark(self)
-                if self.remainingOutboundWindow(streamID) <= 0:
-                    self.streams[streamID].flowControlBlocked()
-                return
-            if self._sent_directly:
-                # Sent directly this turn already: batch the rest next turn, as the loop would.
-                self._sendingDeferred = None
-                self._reactor.callLater(0, self._sendPrioritisedData)
-        super().writeDataToStream(streamID, data)
-
-    def endRequest(self, streamID):
-        if self._sendingDeferred is not None and self._sent_directly:
-            # The stream's last frame went out directly this turn: end it next turn, with the batch.
-            self._sendingDeferred = None
-            self._reactor.callLater(0, self._sendPrioritisedData)
-        super().endRequest(streamID)
-
-    def remainingOutboundWindow(self, streamID):
-        return self.conn.local_flow_control_window(streamID) - self._outboundStreamQueues[streamID].nbytes
-
-    def dataReceived(self, data):
-        # Streams whose window is exhausted are blocked in the priority tree (see
-        # _sendPrioritisedData) and Twisted only unblocks them on WINDOW_UPDATE.
-        # A SETTINGS frame raising INITIAL_WINDOW_SIZE also opens their windows.
-        before = self.conn.remote_settings.initial_window_size
-        super().dataReceived(data)
-        if self._stillProducing and self.conn.remote_settings.initial_window_size > before:
-            self._unblockOpenedStreams()
-
-    def _unblockOpenedStreams(self) -> None:
-        woke = False
-        for streamID, queue in self._outboundStreamQueues.items():
-            if queue and self.conn.local_flow_control_window(streamID) > 0:
-                self.priority.unblock(streamID)
-                woke = True
-        if woke:
-            self._wakeSendLoop()
-
-    def _handleWindowUpdate(self, event):
-        # Twisted unblocks the stream(s) but never wakes a waiting send loop: it
-        # relies on its loop still spinning over the window-blocked stream.
-        super()._handleWindowUpdate(event)
-        queues = self._outboundStreamQueues
-        if queues.get(event.stream_id) if event.stream_id else any(queues.values()):
-            self._wakeSendLoop()
-
-    def _wakeSendLoop(self) -> None:
-        if self._sendingDeferred is not None:
-            d, self._sendingDeferred = self._sendingDeferred, None
-            d.callback(None)
-
-    def _sendWoken(self, _):
-        # Woken by data for an idle connection, from inside the write: send one
-        # frame now as Twisted does, and leave the rest to the next turn, when
-        # whatever else is written in this turn can join the batch.
-        self._sendPrioritisedData(_limit=1)
-
-    def _sendPrioritisedData(self, *args, _limit=SEND_BATCH_FRAMES):
-        """
-        Twisted's send loop, but up to ``SEND_BATCH_FRAMES`` frames (or about
-        ``SEND_BATCH_BYTES``) per reactor turn in one ``transport.write``.
-
-        Per frame it does what Twisted does: take the next stream from the
-        priority tree (so streams stay interleaved by priority, one frame per
-        pick), respect the flow-control window and the maximum frame size,
-        end the stream and clean it up at the sentinel, block the stream in
-        the tree when its queue empties, and tell the stream's producer when
-        its window is exhausted. Frames stay in h2's output buffer until the
-        end of the batch, so anything written meanwhile (control frames from a
-        callback) still goes out in h2's order.
-
-        One difference: a stream whose window is exhausted while data is still
-        queued is blocked in the tree (``WINDOW_UPDATE``, or SETTINGS raising
-        the initial window, unblocks it). Twisted keeps picking it and sends
-        nothing, rescheduling itself every turn until the window opens.
-        """
-        if not self._stillProducing:
-            return
-        # Wait behind the transport.
-        if self._consumerBlocked is not None:
-            self._consumerBlocked.addCallback(self._sendPrioritisedData)
-            return
-
-        self.resetTimeout()
-        conn = self.conn
-        queues = self._outboundStreamQueues
-        picks = 0
-        size = 0
-        deadlocked = False
-        while picks < _limit and size < SEND_BATCH_BYTES:
-            if not self._stillProducing:
-                break
-            try:
-                stream = next(self.priority)
-            except priority.DeadlockError:
-                # Like Twisted, only wait for a wake-up after a turn that found
-                # nothing to send: after sending, come back next turn, so that
-                # writes made in the meantime queue up and share a batch.
-                deadlocked = picks == 0
-                break
-            picks += 1
-            queue = queues[stream]
-            frameData = queue.popleft()
-
-            if frameData is _END_STREAM_SENTINEL:
-                conn.end_stream(stream)
-                size += _FRAME_HEADER
-                self._requestDone(stream)
-                continue
-
-            remainingWindow = conn.local_flow_control_window(stream)
-            maxFrameSize = min(conn.max_outbound_frame_size, remainingWindow)
-            if len(frameData) > maxFrameSize:
-                queue.appendleft(frameData[maxFrameSize:])
-                frameData = frameData[:maxFrameSize]
-            if frameData:
-                conn.send_data(stream, frameData)
-                size += len(frameData) + _FRAME_HEADER
-
-            if not queue:
-                self.priority.block(stream)
-            elif queue[0] is not _END_STREAM_SENTINEL and conn.local_flow_control_window(stream) <= 0:
-                # Nothing more can go until the peer opens the window.
-                self.priority.block(stream)
-
-            if self.remainingOutboundWindow(stream) <= 0:
-                self.streams[stream].flowControlBlocked()
-
-        data = conn.data_to_send()
-        if data:
-            self.transport.write(data)
-
-        if not self._stillProducing:
-            return
-        if deadlocked:
-            # All streams are blocked or idle: wait until one is unblocked.
-            assert self._sendingDeferred is None
-            self._sendingDeferred = Deferred()
-            self._sendingDeferred.addCallback(self._sendWoken)
-            return
-        self._reactor.callLater(0, self._sendPrioritisedData)
 
 
 class NoiseProtocol(ProtocolWrapper, TimeoutMixin):

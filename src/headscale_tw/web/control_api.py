@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from headscale_tw._twisted_private import stream_connection
 from headscale_tw.control import limits
 from headscale_tw.control.dns_challenges import (
     CertificatesUnavailable,
@@ -79,7 +80,7 @@ def peer_identity(request) -> tuple[str, int] | None:
     request did not arrive over Noise.
     """
     channel = getattr(request, "channel", None)
-    candidates = [request, channel, getattr(channel, "_conn", None)]
+    candidates = [request, channel, stream_connection(channel)]
     for obj in list(candidates):
         transport = getattr(obj, "transport", None)
         candidates.append(transport)

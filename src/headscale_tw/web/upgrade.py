@@ -10,9 +10,10 @@ transport at the new protocol, write the ``101 Switching Protocols`` head and
 call ``makeConnection``. Bytes the HTTP channel already buffered after the
 request are replayed into the new protocol.
 
-This touches ``twisted.web.http.HTTPChannel`` internals (``_dataBuffer``,
-``_networkProducer``); Twisted is pinned in setup.cfg and tests/web/test_upgrade.py
-covers it.
+Detaching the channel needs one ``twisted.web.http.HTTPChannel`` internal
+(``_dataBuffer``); that part lives in
+:func:`headscale_tw._twisted_private.detach_http_channel` with the other private
+uses, and tests/web/test_upgrade.py covers the behaviour.
 """
 
 from __future__ import annotations
@@ -21,23 +22,13 @@ from twisted.internet.interfaces import IProtocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.server import NOT_DONE_YET
 
+from headscale_tw._twisted_private import detach_http_channel
+
 __all__ = ["switch_protocols", "UpgradeError", "NOT_DONE_YET"]
 
 
 class UpgradeError(Exception):
     """The request cannot be upgraded (e.g. it arrived over HTTP/2)."""
-
-
-class _ForwardingBuffer(list):
-    """Stands in for a detached channel's ``_dataBuffer``: appended bytes go to the new protocol."""
-
-    def __init__(self, protocol: IProtocol):
-        super().__init__()
-        self._protocol = protocol
-
-    def append(self, data: bytes) -> None:
-        if data:
-            self._protocol.dataReceived(data)
 
 
 def switch_protocols(
@@ -61,15 +52,9 @@ def switch_protocols(
     if transport is None or request.clientproto != b"HTTP/1.1":
         raise UpgradeError("make the upgrade request over HTTP/1.1")
 
-    # Detach the HTTP channel: no idle timeout, no producer registration.
-    channel.setTimeout(None)
-    producer = getattr(channel, "_networkProducer", None)
-    buffered = b"".join(getattr(channel, "_dataBuffer", []))
-    if producer is not None:
-        producer.unregisterProducer()
-    # Bytes that followed the request head in the same read are still being
-    # parsed by the channel when we return; it appends them to _dataBuffer.
-    channel._dataBuffer = _ForwardingBuffer(protocol)
+    # Detach the HTTP channel: no idle timeout, no producer registration, and
+    # bytes it reads from now on (the rest of this read) go to ``protocol``.
+    buffered = detach_http_channel(channel, protocol)
     channel.transport = None
 
     if isinstance(transport, ProtocolWrapper):
