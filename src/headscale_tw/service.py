@@ -490,7 +490,7 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
     registrar = plane.registrar
 
     async def finish_registration(auth_id: str, user, expires_at) -> object:
-        return await registrar.complete(auth_id, user.name, granted_until=expires_at)
+        return await registrar.complete(auth_id, user.name, granted_until=expires_at, register_method="oidc")
 
     async def is_pending(auth_id: str) -> bool:
         return await registrar.get_pending(auth_id) is not None

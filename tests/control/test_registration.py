@@ -221,6 +221,13 @@ class InteractiveTests(unittest.TestCase):
         self.assertEqual(node.expiry, until)
         self.assertEqual(h.state.get(node.id).expiry, until)
 
+    def test_register_method_recorded(self):
+        """A completion by an OIDC sign-in is stored with register method ``oidc`` (Headscale's REGISTER_METHOD_OIDC)."""
+        _, auth_id = self._start()
+        node = self.h.run(self.h.registrar.complete(auth_id, "alice", register_method="oidc"))
+        self.assertEqual(node.register_method, "oidc")
+        self.assertEqual(self.h.state.get(node.id).register_method, "oidc")
+
     def test_followup_after_completion(self):
         """A Followup arriving after completion is answered at once."""
         url, auth_id = self._start()

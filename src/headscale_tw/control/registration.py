@@ -513,12 +513,15 @@ class Registrar:
             return None
         return row
 
-    async def complete(self, auth_id: str, user_name: str, granted_until: datetime | None = None):
+    async def complete(self, auth_id: str, user_name: str, granted_until: datetime | None = None,
+                       register_method: str = "cli"):
         """``headscale auth register``: register the pending machine to ``user_name``; return the ``Node``.
 
         Works for a registration opened on any instance sharing the database.
         ``granted_until`` (an OIDC sign-in with ``oidc.use_expiry_from_token``:
         the ID token's ``exp``) replaces ``node.expiry`` as the node's expiry.
+        ``register_method`` is stored on the node (``cli``, or ``oidc`` when a
+        sign-in finished it), as Headscale's ``registerMethod`` shows it.
 
         :raises NotFound: no open registration with this id, or no such user.
         :raises Conflict: it was already finished.
@@ -544,7 +547,7 @@ class Registrar:
                 tags=tags,
                 auth_key_id=None,
                 ephemeral=request.ephemeral,
-                register_method="cli",
+                register_method=register_method,
                 granted_until=granted_until,
             )
         except BaseException:
