@@ -500,7 +500,7 @@ async def _mount_oidc(config: Config, reactor, root, db, plane) -> list:
                      PendingLogins(db.oidc_logins), use_expiry_from_token=config.oidc.use_expiry_from_token,
                      audit=plane.audit)
     ssh_check = SSHCheckSignIn(relying_party, db.users, plane.ssh_checks, reactor,
-                               PendingLogins(db.oidc_logins, login_kind="ssh_check"))
+                               PendingLogins(db.oidc_logins, login_kind="ssh_check"), audit=plane.audit)
     root.putChild(b"register", OIDCRegisterPage(sign_in, _trusted_proxies(config)))
     root.putChild(b"auth", OIDCCheckPage(ssh_check))  # SSH check mode: the person signs in again
     oidc = resource.Resource()

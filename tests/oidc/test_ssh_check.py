@@ -48,7 +48,8 @@ class _Fixture(unittest.TestCase):
         rp = RelyingParty(config, REDIRECT, "s", self.http, self.h.clock)
         self.checks = self.h.plane.ssh_checks
         self.ssh_check = SSHCheckSignIn(rp, self.h.db.users, self.checks, self.h.clock,
-                                        PendingLogins(self.h.db.oidc_logins, login_kind="ssh_check"))
+                                        PendingLogins(self.h.db.oidc_logins, login_kind="ssh_check"),
+                                        audit=self.h.plane.audit)
         registrations = SignIn(rp, self.h.db.users, lambda auth_id: False, self._no_registration, self.h.clock,
                                PendingLogins(self.h.db.oidc_logins))
         root = Resource()
@@ -105,6 +106,16 @@ class SSHCheckSignInTests(_Fixture):
         self.assertTrue(self.successResultOf(held)["accept"])
         row = self.h.run(self.h.plane.auth_requests.get(auth_id))
         self.assertEqual((row.state, row.user_id), ("approved", self.person.id))
+
+    def test_approval_audited(self) -> None:
+        """An approval at the provider is in the audit log as ``auth.approve`` by the signed-in person."""
+        auth_id, held = self.hold(self.laptop)
+        status, body = self.sign_in(auth_id)
+        self.assertEqual(status, 200, body)
+        self.successResultOf(held)
+        [event] = self.h.run(self.h.db.audit.list(action="auth.approve"))
+        self.assertEqual((event.actor_kind, event.target_id), ("oidc", auth_id))
+        self.assertIn(ISSUER + "/user-1", event.actor)
 
     def test_other_person_refused(self) -> None:
         """Somebody else signing in cannot approve the laptop's check; it stays pending."""

@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from headscale_tw.clock import utc_now
+from headscale_tw.control.audit import NO_AUDIT, Actor, AuditLog, Target
 from headscale_tw.control.ssh_check import NotSourceOwner
 from headscale_tw.errors import Conflict, NotFound
 from headscale_tw.oidc.claims import user_name_for
@@ -47,13 +48,15 @@ class SSHCheckSignIn:
     :param checks: the :class:`~headscale_tw.control.ssh_check.SSHChecks` (``pending``, ``approve_as``).
     :param clock: the reactor's clock.
     :param pending: where started sign-ins are kept (``PendingLogins(db.oidc_logins, login_kind="ssh_check")``).
+    :param audit: records each approval (``auth.approve`` by the signed-in person).
     """
 
     log = Logger()
 
     def __init__(self, relying_party: RelyingParty, users: Any, checks: Any, clock: IReactorTime,
-                 pending: PendingLogins) -> None:
+                 pending: PendingLogins, audit: AuditLog = NO_AUDIT) -> None:
         self.relying_party = relying_party
+        self.audit = audit
         self._users = users
         self._checks = checks
         self._clock = clock
@@ -92,6 +95,9 @@ class SSHCheckSignIn:
             raise LoginRefused(Reason.NOT_SOURCE_OWNER, str(e)) from None
         except (NotFound, Conflict) as e:
             raise LoginRefused(Reason.CHECK_UNKNOWN, str(e)) from None
+        await self.audit.record("auth.approve", Target("auth_request", record.auth_id),
+                                actor=Actor("oidc", f"{user.name} ({identity.provider_identifier})"),
+                                detail={"kind": "ssh_check"})
         self.log.info("SSH check {auth_id} approved by {user} ({identifier}) at the provider",
                       auth_id=record.auth_id, user=user.name, identifier=identity.provider_identifier)
         return user, row
