@@ -140,7 +140,7 @@ class SharedAcmeCertificateTests(ScenarioMixin, RealClientTestCase):
         finally:
             conn.close()
 
-    def acme_config(self, listen_port: int, http_port: int, directory_url: str) -> str:
+    def acme_config(self, listen_port: int, http_port: int, directory_url: str, log_level: str = "info") -> str:
         return server_config(None, listen=f"127.0.0.1:{listen_port}", server_url=f"https://localhost:{listen_port}",
                              database=self.database_config(),
                              metrics=f"127.0.0.1:{self.namespace.allocate_port()}",
@@ -149,7 +149,8 @@ class SharedAcmeCertificateTests(ScenarioMixin, RealClientTestCase):
                                     "tls_letsencrypt_challenge_type": "HTTP-01",
                                     "tls_letsencrypt_listen": f"127.0.0.1:{http_port}",
                                     "tls_letsencrypt_cache_dir": "./var/acme",
-                                    "acme_url": directory_url})
+                                    "acme_url": directory_url,
+                                    "log": {"level": log_level}})
 
     def leaf_sha256(self, port: int, root: str) -> str | None:
         done = self.namespace.run([sys.executable, "-I", "-c", _LEAF_SHA256, "localhost", str(port), root], timeout=20)
@@ -176,7 +177,9 @@ class SharedAcmeCertificateTests(ScenarioMixin, RealClientTestCase):
         env = {"SSL_CERT_FILE": pebble.ca_pem}
         one = self.start_server(self.acme_config(8443, one_http, pebble.directory_url), name="one", extra_env=env)
         self.addCleanup(one.stop)  # before the database is dropped
-        two = self.start_server(self.acme_config(8444, two_http, pebble.directory_url), name="two", extra_env=env)
+        # At debug, server two's log shows the HTTP-01 listener's access lines (pebble's validation).
+        two = self.start_server(self.acme_config(8444, two_http, pebble.directory_url, log_level="debug"),
+                                name="two", extra_env=env)
         self.addCleanup(two.stop)
 
         def instance_id() -> str | None:
