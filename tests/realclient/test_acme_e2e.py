@@ -30,14 +30,20 @@ _VERIFIED_GET = (
 )
 
 
+def _served_leaf(namespace, port: int, root: str) -> str | None:
+    """SHA-256 of the leaf certificate served on ``port`` (verified against ``root``), or None."""
+    done = namespace.run([sys.executable, "-I", "-c", _LEAF_SHA256, "localhost", str(port), root], timeout=20)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 class AcmeCertificateTests(ScenarioMixin, RealClientTestCase):
     """The server serves a certificate it obtained from a real ACME server, and official clients use it."""
 
-    def start_acme_server(self, challenge: str, name: str = "server"):
+    def start_acme_server(self, challenge: str, name: str = "server", cert_validity: int | None = None):
         """pebble in the namespace, then a server whose only certificate source is ACME."""
         listen_port, http_port = 8443, self.namespace.allocate_port()
         pebble = PebbleACME(os.path.join(self.log_dir, f"pebble-{name}"), http_port=http_port,
-                            tls_port=listen_port, namespace=self.namespace)
+                            tls_port=listen_port, namespace=self.namespace, cert_validity=cert_validity)
         os.makedirs(pebble.directory, exist_ok=True)
         pebble.start()
         self.addCleanup(pebble.stop)
@@ -67,6 +73,25 @@ class AcmeCertificateTests(ScenarioMixin, RealClientTestCase):
         alpha, bravo = self.up_nodes(server, key, ["alpha", "bravo"], ssl_cert_file=root)
         out = alpha.ping(bravo.ip(), count=3).stdout
         self.assertIn("pong from bravo", out)
+
+    def test_renewal_while_clients_stay_connected(self):
+        """With 90-second certificates the server renews at two thirds of the lifetime and swaps the new one
+        into its running listener; the official clients that registered over the first one keep working."""
+        server, root = self.start_acme_server("TLS-ALPN-01", cert_validity=90)
+        first = _served_leaf(self.namespace, 8443, root)
+        self.assertIsNotNone(first)
+        key = self.auth_key(server)
+        alpha, bravo = self.up_nodes(server, key, ["alpha", "bravo"], ssl_cert_file=root)
+
+        def renewed() -> bool:
+            leaf = _served_leaf(self.namespace, 8443, root)
+            return leaf is not None and leaf != first
+
+        wait_for(renewed, 150, "the renewed certificate to be served", interval=1.0, details=server.describe)
+        with open(server.log_path) as f:
+            self.assertGreaterEqual(f.read().count("serving the certificate for localhost"), 2)
+        self.assertIn("pong from bravo", alpha.ping(bravo.ip(), count=3).stdout)
+        self.assertEqual(alpha.backend_state(), "Running")
 
     def test_http01_and_cache_across_restart(self):
         """HTTP-01 obtains the certificate; after a restart the cached one is served without a new order."""

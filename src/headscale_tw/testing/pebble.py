@@ -78,10 +78,13 @@ class PebbleACME:
         runs on this machine's loopback.
     :param dns_server: ``host:port`` of the DNS server pebble resolves with;
         ``None`` starts challtestsrv for that (every name is 127.0.0.1).
+    :param cert_validity: seconds each issued certificate is valid (pebble's
+        ``certificateValidityPeriod``; ``None``: pebble's default of five years),
+        so that a test can see a renewal.
     """
 
     def __init__(self, directory: str, http_port: int, tls_port: int, namespace: Any = None,
-                 dns_server: str | None = None) -> None:
+                 dns_server: str | None = None, cert_validity: int | None = None) -> None:
         for binary in (PEBBLE, CHALLTESTSRV):
             if not os.access(binary, os.X_OK):
                 raise PebbleMissing(f"{binary} is missing; install Debian's pebble package "
@@ -95,6 +98,7 @@ class PebbleACME:
         self.dns_management_port = free_tcp_port()
         self.namespace = namespace
         self.dns_server = dns_server
+        self.cert_validity = cert_validity
         self.processes: list[ManagedProcess] = []
         ca = make_test_ca(os.path.join(directory, "listener"), ips=("127.0.0.1",), dns_names=("localhost",))
         self.ca_pem = ca.ca_pem
@@ -117,6 +121,8 @@ class PebbleACME:
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
         }}
+        if self.cert_validity is not None:
+            config["pebble"]["certificateValidityPeriod"] = self.cert_validity
         config_path = os.path.join(self.directory, "pebble-config.json")
         with open(config_path, "w") as f:
             json.dump(config, f)
