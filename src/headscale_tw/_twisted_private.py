@@ -52,6 +52,12 @@ __all__ = [
     "stream_connection",
     "write_through",
     "detach_http_channel",
+    "END_STREAM",
+    "TwistedH2Connection",
+    "use_twisted_send_loop",
+    "outbound_queue",
+    "add_outbound_queue",
+    "tcp_buffered",
 ]
 
 
@@ -452,6 +458,37 @@ def stream_backlog(request):
 def stream_connection(stream):
     """The HTTP/2 connection (``H2Connection``) a request's channel belongs to; None when it is no HTTP/2 stream."""
     return getattr(stream, "_conn", None)
+
+
+# For the tests that compare with Twisted's own behaviour or look at the state it
+# keeps: they reach it through these names, so that every private use stays here.
+
+#: Twisted's end-of-stream marker in a stream's outbound queue.
+END_STREAM = _END_STREAM_SENTINEL
+#: Twisted's own HTTP/2 connection, which :class:`BatchingH2Connection` extends.
+TwistedH2Connection = H2Connection
+
+
+def use_twisted_send_loop(connection: BatchingH2Connection):
+    """Make ``connection`` send with Twisted's own one-frame-per-turn loop (to compare the batching
+    one with it); return that loop, bound."""
+    loop = connection._sendPrioritisedData = H2Connection._sendPrioritisedData.__get__(connection)
+    return loop
+
+
+def outbound_queue(connection: BatchingH2Connection, stream_id: int):
+    """The outbound queue of ``stream_id`` on ``connection``; None once the stream is cleaned up."""
+    return connection._outboundStreamQueues.get(stream_id)
+
+
+def add_outbound_queue(connection: BatchingH2Connection, stream_id: int, queue) -> None:
+    """Give ``stream_id`` an outbound queue the way Twisted does when a stream opens."""
+    connection._outboundStreamQueues[stream_id] = queue
+
+
+def tcp_buffered(transport) -> tuple[int, bytes]:
+    """What Twisted's TCP transport holds unsent: (bytes in its temporary list, its data buffer)."""
+    return transport._tempDataLen, transport.dataBuffer
 
 
 class ForwardingBuffer(list):

@@ -4,9 +4,15 @@ from collections import deque
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
-from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
-from headscale_tw._twisted_private import BatchingH2Connection, CountingQueue
+from headscale_tw._twisted_private import (
+    END_STREAM,
+    BatchingH2Connection,
+    CountingQueue,
+    TwistedH2Connection,
+    add_outbound_queue,
+    outbound_queue,
+)
 
 
 class CountingQueueTests(unittest.TestCase):
@@ -17,12 +23,12 @@ class CountingQueueTests(unittest.TestCase):
         q = CountingQueue([b"abc"])
         q.append(b"de")
         q.appendleft(b"f")
-        q.append(_END_STREAM_SENTINEL)
+        q.append(END_STREAM)
         self.assertEqual(q.nbytes, 6)
         self.assertEqual(q.popleft(), b"f")
         self.assertEqual(q.nbytes, 5)
         q.popleft(), q.popleft()
-        self.assertEqual((q.nbytes, q.popleft()), (0, _END_STREAM_SENTINEL))
+        self.assertEqual((q.nbytes, q.popleft()), (0, END_STREAM))
         self.assertEqual(q.nbytes, 0)
 
     def test_same_as_twisted(self):
@@ -34,9 +40,9 @@ class CountingQueueTests(unittest.TestCase):
                 return 65535
 
         conn.conn = FakeH2()
-        conn._outboundStreamQueues[1] = deque()
-        for chunk in (b"x" * 100, b"y" * 7, _END_STREAM_SENTINEL):
-            conn._outboundStreamQueues[1].append(chunk)
-        self.assertIsInstance(conn._outboundStreamQueues[1], CountingQueue)
-        self.assertEqual(conn.remainingOutboundWindow(1), H2Connection.remainingOutboundWindow(conn, 1))
+        add_outbound_queue(conn, 1, deque())  # as Twisted does for a new stream
+        for chunk in (b"x" * 100, b"y" * 7, END_STREAM):
+            outbound_queue(conn, 1).append(chunk)
+        self.assertIsInstance(outbound_queue(conn, 1), CountingQueue)
+        self.assertEqual(conn.remainingOutboundWindow(1), TwistedH2Connection.remainingOutboundWindow(conn, 1))
         self.assertEqual(conn.remainingOutboundWindow(1), 65535 - 107)

@@ -6,7 +6,6 @@ Most tests drive ``BatchingH2Connection`` directly with an h2 client and a
 end to end through Noise with the fake client over iosim.
 """
 
-import types
 
 import h2.config
 import h2.connection
@@ -18,10 +17,9 @@ from twisted.internet.testing import StringTransport
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial import unittest
 from twisted.web import resource
-from twisted.web._http2 import H2Connection
 from twisted.web.server import NOT_DONE_YET, Site
 
-from headscale_tw._twisted_private import SEND_BATCH_FRAMES, BatchingH2Connection
+from headscale_tw._twisted_private import SEND_BATCH_FRAMES, BatchingH2Connection, outbound_queue, use_twisted_send_loop
 from headscale_tw.keys import MachinePrivate
 from headscale_tw.noise.resource import Ts2021Resource
 from headscale_tw.testing.noise_client import NoiseClient
@@ -89,10 +87,10 @@ class _Harness:
         self.server.callLater = self.clock.callLater
         if twisted_loop:
             # For comparison: Twisted's own one-frame-per-turn loop.
-            self.server._sendPrioritisedData = types.MethodType(H2Connection._sendPrioritisedData, self.server)
+            loop = use_twisted_send_loop(self.server)
             for call in self.clock.getDelayedCalls():
                 call.cancel()
-            self.clock.callLater(0, self.server._sendPrioritisedData)
+            self.clock.callLater(0, loop)
         self.transport = _WritesTransport()
         self.server.makeConnection(self.transport)
         self.transport.registerProducer(self.server, True)
@@ -327,7 +325,7 @@ class FlowControlTests(unittest.TestCase):
         events = h.client.receive_data(h.transport.value())
         self.assertEqual([type(e) for e in events], [h2.events.StreamReset])
         self.assertEqual(unsent(), 0)
-        self.assertNotIn(s1, h.server._outboundStreamQueues)
+        self.assertIsNone(outbound_queue(h.server, s1))
         r3.write(b"still served")
         h.drain()
         h.transport.clear()

@@ -10,7 +10,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial import unittest
 
-from headscale_tw._twisted_private import write_through
+from headscale_tw._twisted_private import tcp_buffered, write_through
 
 
 class _Socket:
@@ -53,7 +53,7 @@ class WriteThroughTests(unittest.TestCase):
         write_through(connection, b"record")
         self.assertEqual(socket.sent, [b"record"])
         self.assertEqual(reactor.getWriters(), [])
-        self.assertEqual((connection._tempDataLen, connection.dataBuffer), (0, b""))
+        self.assertEqual(tcp_buffered(connection), (0, b""))
 
     def test_partial_send_buffers_the_rest(self):
         """What the socket does not take is buffered and waits for writability, as Twisted would."""
