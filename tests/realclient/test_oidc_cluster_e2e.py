@@ -22,8 +22,8 @@ import re
 import sys
 from typing import Any
 
-from headscale_tw.testing.oidc_provider import ClientRegistration, OIDCProvider
 from headscale_tw.testing.realclient._process import HarnessError, wait_for
+from headscale_tw.testing.realclient.oidc import start_oidc_provider
 from headscale_tw.testing.realclient.scenario import ScenarioMixin
 from headscale_tw.testing.realclient.server import source_pythonpath
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
@@ -76,14 +76,7 @@ class OIDCClusterTests(ScenarioMixin, RealClientTestCase):
     def test_callback_and_confirmation_on_the_other_instance(self) -> None:
         """Started on one, called back and confirmed on two: the node on one runs as alice; a replay on one fails."""
         self.ca = self.make_ca()
-        self.provider = OIDCProvider(os.path.join(self.log_dir, "idp"),
-                                     [ClientRegistration("headscale", SECRET, (SERVER_URL + "/oidc/callback",))],
-                                     namespace=self.namespace).start()
-        bundle = os.path.join(self.log_dir, "trusted-cas.pem")
-        with open(bundle, "w") as out:
-            for path in (self.ca.ca_pem, self.provider.ca_pem):
-                with open(path) as f:
-                    out.write(f.read())
+        self.provider, bundle = start_oidc_provider(self.namespace, self.log_dir, self.ca, SECRET, SERVER_URL)
         oidc = {"issuer": self.provider.issuer, "client_id": "headscale", "client_secret": SECRET,
                 "scope": ["openid", "profile", "email", "groups"], "pkce": {"enabled": True}}
         one = self.start_instance("one", oidc, bundle)

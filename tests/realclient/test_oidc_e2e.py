@@ -20,8 +20,8 @@ import time
 from datetime import datetime
 from typing import Any
 
-from headscale_tw.testing.oidc_provider import ClientRegistration, OIDCProvider
 from headscale_tw.testing.realclient._process import HarnessError, wait_for
+from headscale_tw.testing.realclient.oidc import start_oidc_provider
 from headscale_tw.testing.realclient.scenario import ScenarioMixin
 from headscale_tw.testing.realclient.server import source_pythonpath
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
@@ -42,14 +42,7 @@ class OIDCLoginTests(ScenarioMixin, RealClientTestCase):
         """Provider (its ID tokens valid ``id_token_ttl`` s), server (with ``oidc`` settings added, and
         ``policy`` as its section) and one started ``tailscaled``; ``(server, node)``."""
         self.ca = self.make_ca()
-        self.provider = OIDCProvider(os.path.join(self.log_dir, "idp"),
-                                     [ClientRegistration("headscale", SECRET, (SERVER_URL + "/oidc/callback",))],
-                                     namespace=self.namespace, id_token_ttl=id_token_ttl).start()
-        bundle = os.path.join(self.log_dir, "trusted-cas.pem")
-        with open(bundle, "w") as out:
-            for path in (self.ca.ca_pem, self.provider.ca_pem):
-                with open(path) as f:
-                    out.write(f.read())
+        self.provider, bundle = start_oidc_provider(self.namespace, self.log_dir, self.ca, SECRET, SERVER_URL, id_token_ttl=id_token_ttl)
         settings = {"issuer": self.provider.issuer, "client_id": "headscale", "client_secret": SECRET,
                     "scope": ["openid", "profile", "email", "groups"], "pkce": {"enabled": True}, **oidc}
         server = self.start_tls_server(extra={"oidc": settings}, extra_env={"SSL_CERT_FILE": bundle}, policy=policy)

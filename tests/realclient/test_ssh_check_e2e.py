@@ -23,8 +23,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from headscale_tw.testing.oidc_provider import ClientRegistration, OIDCProvider
 from headscale_tw.testing.realclient._process import HarnessError, wait_for
+from headscale_tw.testing.realclient.oidc import start_oidc_provider
 from headscale_tw.testing.realclient.scenario import ScenarioMixin
 from headscale_tw.testing.realclient.server import source_pythonpath
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
@@ -163,14 +163,7 @@ class SSHCheckOIDCTests(_SSHCheckCase):
     def start(self):
         """Provider and server; ``a`` registered by alice signing in, ``b`` tagged with --ssh; the three."""
         self.ca = self.make_ca()
-        self.provider = OIDCProvider(os.path.join(self.log_dir, "idp"),
-                                     [ClientRegistration("headscale", SECRET, (SERVER_URL + "/oidc/callback",))],
-                                     namespace=self.namespace).start()
-        bundle = os.path.join(self.log_dir, "trusted-cas.pem")
-        with open(bundle, "w") as out:
-            for path in (self.ca.ca_pem, self.provider.ca_pem):
-                with open(path) as f:
-                    out.write(f.read())
+        self.provider, bundle = start_oidc_provider(self.namespace, self.log_dir, self.ca, SECRET, SERVER_URL)
         settings = {"issuer": self.provider.issuer, "client_id": "headscale", "client_secret": SECRET,
                     "scope": ["openid", "profile", "email", "groups"], "pkce": {"enabled": True}}
         server = self.start_tls_server(policy={"mode": "database"}, extra={"oidc": settings},
