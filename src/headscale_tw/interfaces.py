@@ -165,6 +165,26 @@ class ILeaseStore(Interface):
         """End the tenure now if it is still live; return whether it was."""
 
 
+class IInstanceStore(Interface):
+    """The instances serving one database, each keeping its row alive with a heartbeat."""
+
+    async def heartbeat(instance_id, lifetime, *, software_version="", schema_version=0, server_url="",
+                        derp_url="", now=None):
+        """Write or renew the instance's row, live for ``lifetime`` seconds; return the ``Instance``."""
+
+    async def live(now=None):
+        """Return the live ``Instance`` rows, by id."""
+
+    async def get(instance_id):
+        """Return the instance's row, live or not, or ``None``."""
+
+    async def remove(instance_id):
+        """Delete the instance's row; return whether there was one."""
+
+    async def prune(now=None):
+        """Delete rows long expired; return how many."""
+
+
 class IAcmeStore(Interface):
     """The built-in ACME client's account keys, certificates and live challenges, shared by instances."""
 
@@ -263,6 +283,7 @@ class IDatabase(Interface):
     server_state = Attribute("IServerStateStore")
     auth_requests = Attribute("IAuthRequestStore")
     leases = Attribute("ILeaseStore")
+    instances = Attribute("IInstanceStore")
     acme = Attribute("IAcmeStore")
     oidc_logins = Attribute("IOIDCLoginStore")
     audit = Attribute("IAuditEventStore")

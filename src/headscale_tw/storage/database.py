@@ -616,6 +616,7 @@ class Database:
         from headscale_tw.storage.stores.apikeys import ApiKeyStore
         from headscale_tw.storage.stores.audit_events import AuditEventStore
         from headscale_tw.storage.stores.auth_requests import AuthRequestStore
+        from headscale_tw.storage.stores.instances import InstanceStore
         from headscale_tw.storage.stores.leases import LeaseStore
         from headscale_tw.storage.stores.nodes import NodeStore
         from headscale_tw.storage.stores.oidc_logins import OIDCLoginStore
@@ -634,6 +635,7 @@ class Database:
         self.server_state = ServerStateStore(pool, reactor)
         self.auth_requests = AuthRequestStore(pool, reactor)
         self.leases = LeaseStore(pool, reactor)
+        self.instances = InstanceStore(pool, reactor)
         self.acme = AcmeStore(pool, reactor)
         self.oidc_logins = OIDCLoginStore(pool, reactor)
         self.audit = AuditEventStore(pool, reactor)

@@ -50,7 +50,7 @@ __all__ = [
     "read_schema_version",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema version this code reads and writes."""
 
 _PG_LOCK_ID = 0x68735F74775F6462  # "hs_tw_db": advisory lock around migrations
