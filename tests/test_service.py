@@ -228,3 +228,110 @@ class HeadscaleServiceTests(unittest.TestCase):
             hook(*args, **kwargs)
         self.assertEqual(stops, [True])
         self.flushLoggedErrors(OSError)
+
+
+class DaemonStatusTests(unittest.TestCase):
+    """A daemonising twistd's waiting parent hears how the start went only once it has finished."""
+
+    def status_pipe(self):
+        """A pipe standing in for twistd's: (its read end, twistd's options holding its write end)."""
+        import os
+
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        return read_end, {"statusPipe": write_end, "nodaemon": False}
+
+    def read_all(self, read_end) -> bytes:
+        """Everything written to the pipe; the write end must be closed already (else this would block)."""
+        import os
+
+        chunks = []
+        while True:
+            chunk = os.read(read_end, 4096)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    def service(self, components, options):
+        svc = HeadscaleService(Config(), MemoryReactor(), components=components, raise_early_failure=True,
+                               twistd_options=options)
+        return svc
+
+    def test_started_only_when_serving(self):
+        """The pipe is taken from twistd's options at start, and b"0" is written only once the start finished."""
+        import os
+
+        later = defer.Deferred()
+
+        async def components(config, reactor):
+            await later
+            return Components([])
+
+        read_end, options = self.status_pipe()
+        svc = self.service(components, options)
+        svc.startService()
+        self.assertNotIn("statusPipe", options)  # twistd itself will write nothing
+        os.set_blocking(read_end, False)
+        with self.assertRaises(BlockingIOError):
+            os.read(read_end, 1)  # nothing yet: the parent keeps waiting
+        os.set_blocking(read_end, True)
+        later.callback(None)
+        self.assertEqual(self.read_all(read_end), b"0")
+        self.assertEqual(svc.exit_status, 0)
+
+    def test_late_failure_reaches_parent(self):
+        """A failure found after startService returned (a migration) is written as twistd writes one: b"1 <name>: <line>"."""
+        from headscale_tw.preflight import StartupError
+
+        later = defer.Deferred()
+
+        async def components(config, reactor):
+            await later
+            raise StartupError("database (sqlite x): migration 04/01_instances.sqlite.sql failed")
+
+        read_end, options = self.status_pipe()
+        svc = self.service(components, options)
+        svc.startService()
+        later.callback(None)
+        full = b"1 headscale_tw.preflight.StartupError: database (sqlite x): migration 04/01_instances.sqlite.sql failed"
+        self.assertEqual(self.read_all(read_end), full[:100])  # twistd's parent reads at most 100 bytes
+        self.assertEqual(svc.exit_status, 1)
+        self.flushLoggedErrors(StartupError)
+
+    def test_early_failure_reaches_parent_once(self):
+        """A failure inside startService is raised (as before) and written to the pipe once, by the service."""
+        from headscale_tw.preflight import StartupError
+
+        async def components(config, reactor):
+            raise StartupError("tls_cert_path ./c.pem: No such file or directory")
+
+        read_end, options = self.status_pipe()
+        svc = self.service(components, options)
+        with self.assertRaises(StartupError):
+            svc.startService()
+        self.assertEqual(self.read_all(read_end),
+                         b"1 headscale_tw.preflight.StartupError: tls_cert_path ./c.pem: No such file or directory")
+        self.flushLoggedErrors(StartupError)
+
+    def test_stop_before_start_finished(self):
+        """Stopped while still starting (SIGTERM during a migration), the parent is told the start did not finish."""
+        later = defer.Deferred()
+
+        async def components(config, reactor):
+            await later
+            return Components([])
+
+        read_end, options = self.status_pipe()
+        svc = self.service(components, options)
+        svc.startService()
+        svc.stopService()
+        self.assertEqual(self.read_all(read_end),
+                         b"1 headscale_tw.preflight.StartupError: stopped before the start had finished")
+        later.callback(None)  # finishing afterwards writes nothing more (the pipe is closed)
+
+    def test_foreground_untouched(self):
+        """Without a status pipe (twistd -n, headscale serve) nothing is claimed or written."""
+        options = {"nodaemon": True}
+        svc = self.service(lambda config, reactor: defer.succeed(Components([])), options)
+        svc.startService()
+        self.assertEqual(options, {"nodaemon": True})

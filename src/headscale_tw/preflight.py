@@ -25,11 +25,10 @@ listeners              :func:`check_bindable` (bind and release),      :func:`ch
 =====================  ==============================================  =========================================
 
 Start-up runs every check above synchronously, inside ``startService``, before
-anything waits on the reactor: a daemonising ``twistd`` reports an exception
-raised there to its waiting parent, which exits 1 (the parent is told "started"
-as soon as ``startService`` returns). What can still fail later (migrations,
-the first ACME certificate) stops the daemon with exit status 1 without reaching
-the parent.
+anything waits on the reactor, so a failure is found before anything is opened
+for real. A daemonising ``twistd headscale`` tells its waiting parent only when
+the start has finished (see ``HeadscaleService.startService``): what fails later
+(migrations, the first ACME certificate) reaches the parent too, which exits 1.
 
 Every check raises :class:`StartupError`, whose message is one line naming the
 setting and the problem; :func:`one_line` turns any other exception into such a

@@ -36,6 +36,7 @@ from twisted.python.components import Componentized
 from twisted.web import resource
 
 from headscale_tw import preflight
+from headscale_tw._twisted_private import claim_daemon_status_pipe, report_daemon_status
 from headscale_tw.config.model import Config
 from headscale_tw.counters import HTTPCounters
 from headscale_tw.hostport import parse_hostport
@@ -156,7 +157,8 @@ class HeadscaleService(service.MultiService):
     log = Logger()
 
     def __init__(self, config: Config, reactor, components: Callable | None = None,
-                 log_observer: ILogObserver | None = None, raise_early_failure: bool = False):
+                 log_observer: ILogObserver | None = None, raise_early_failure: bool = False,
+                 twistd_options=None):
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -167,6 +169,9 @@ class HeadscaleService(service.MultiService):
         self.context = None
         self.exit_status = 0
         self.failure_line = ""
+        #: twistd's own options (``twistd headscale``): a daemonising twistd keeps its status pipe there.
+        self._twistd_options = twistd_options
+        self._status_pipe: int | None = None
 
     def setServiceParent(self, parent) -> None:
         """Join ``parent``; a twistd ``Application`` without an ``ILogObserver`` gets ``log_observer``.
@@ -189,7 +194,14 @@ class HeadscaleService(service.MultiService):
         raised here to its waiting parent, which then exits 1; in the foreground
         it ends twistd before its reactor runs (exit status 1, see
         :func:`exit_with_status`). Either way the failure is logged as one line.
+
+        Given ``twistd_options`` of a daemonising twistd, the service takes
+        twistd's status pipe, so that the waiting parent is told only when the
+        start has finished: 0 once the server serves, 1 with the reason for any
+        failure, also one found after this returns (a migration, the first ACME
+        certificate).
         """
+        self._status_pipe = claim_daemon_status_pipe(self._twistd_options)
         super().startService()
         self._ready = defer.Deferred.fromCoroutine(self._start())
         self._ready.addErrback(self._start_failed)
@@ -207,12 +219,21 @@ class HeadscaleService(service.MultiService):
         if getattr(self.reactor, "running", False):  # the daemon, not a test driving the service
             tune_gc()
         self.log.info("headscale-tw serving on {listen} ({url})", listen=self.config.listen_addr, url=self.config.server_url)
+        self._report_status(None)
         return self
+
+    def _report_status(self, failure: str | None) -> None:
+        """Tell a daemonising twistd's waiting parent how the start went (once; nothing in the foreground)."""
+        pipe, self._status_pipe = self._status_pipe, None
+        if pipe is not None:
+            report_daemon_status(pipe, None if failure is None else f"{preflight.StartupError.__module__}."
+                                 f"{preflight.StartupError.__name__}: {failure}")
 
     def _start_failed(self, failure):
         self.exit_status = 1
         self.failure_line = preflight.start_failure_line(self.config, failure)
         self.log.critical("headscale-tw could not start: {error}", error=self.failure_line)
+        self._report_status(self.failure_line)
         self.log.failure("start-up failure in detail", failure, level=LogLevel.debug)
         if getattr(self.reactor, "running", False):
             self.reactor.stop()
@@ -242,6 +263,7 @@ class HeadscaleService(service.MultiService):
             await self.context.close()
 
     def stopService(self):
+        self._report_status("stopped before the start had finished")  # nothing when it had
         return defer.Deferred.fromCoroutine(self._stop())
 
 
@@ -624,6 +646,7 @@ def _build_derp(config: Config, reactor) -> _DERPParts | None:
 
 
 def build_service(config: Config, reactor, log_observer: ILogObserver | None = None,
-                  raise_early_failure: bool = False) -> HeadscaleService:
+                  raise_early_failure: bool = False, twistd_options=None) -> HeadscaleService:
     """Build the whole server as one service (the keywords: see :class:`HeadscaleService`)."""
-    return HeadscaleService(config, reactor, log_observer=log_observer, raise_early_failure=raise_early_failure)
+    return HeadscaleService(config, reactor, log_observer=log_observer, raise_early_failure=raise_early_failure,
+                            twistd_options=twistd_options)
