@@ -7,7 +7,9 @@ Sources, merged by region ID with later ones winning (as headscale does):
 1. every URL in ``derp.urls`` (JSON, fetched with treq), in order;
 2. every file in ``derp.paths`` (YAML or JSON), in order;
 3. the embedded region from ``derp.server`` when the DERP server is enabled
-   and ``automatically_add_embedded_derp_region`` is true.
+   and ``automatically_add_embedded_derp_region`` is true: this instance's node,
+   then one node per other live instance of a DERP mesh on a shared database
+   (:meth:`DERPMapProvider.set_instance_nodes`).
 
 Files and URLs may spell keys in any case (headscale's YAML uses ``regionid``,
 ``hostname``, ...); they are normalised to the Go field names the client
@@ -21,7 +23,7 @@ encoding turns them into the decimal string keys of the wire format.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import yaml
@@ -38,6 +40,7 @@ from .stun import parse_listen_addr
 __all__ = [
     "DERPMapError",
     "embedded_region",
+    "own_derp_url",
     "normalise_derp_map",
     "load_derp_map_file",
     "fetch_derp_map",
@@ -64,10 +67,34 @@ class DERPMapError(ValueError):
     """A DERP map source is malformed; the message names the source and the problem."""
 
 
-def embedded_region(config: Config) -> dict[str, Any]:
-    """The region describing our embedded DERP server (one node), from ``config``."""
+def own_derp_url(config: Config) -> str:
+    """This instance's DERP URL: ``derp.server.advertise_url``, else ``server_url`` + ``/derp``."""
+    advertised = config.derp.server.advertise_url
+    if advertised:
+        return advertised
+    return config.server_url.rstrip("/") + "/derp"
+
+
+def _url_node(url: str, name: str, region_id: int, stun_port: int) -> dict[str, Any]:
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise DERPMapError(f"DERP URL {url!r} has no host name")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return {"Name": name, "RegionID": region_id, "HostName": parts.hostname, "STUNPort": stun_port,
+            "DERPPort": port}
+
+
+def embedded_region(config: Config, others: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The region describing our embedded DERP server, from ``config``.
+
+    Its first node is this instance (host and port from ``derp.server.advertise_url``,
+    else ``server_url``); ``others`` are the ``(instance id, DERP URL)`` of the
+    other live instances of a DERP mesh, each one more node of the same region,
+    in the order given. A client dials a region's nodes in order and keeps the
+    first that answers; meshed servers forward between them.
+    """
     derp = config.derp.server
-    url = urlsplit(config.server_url)
+    url = urlsplit(own_derp_url(config))
     if not url.hostname:
         raise DERPMapError(f"server_url {config.server_url!r} has no host name")
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -83,11 +110,14 @@ def embedded_region(config: Config) -> dict[str, Any]:
         node["IPv6"] = derp.ipv6
     node["STUNPort"] = stun_port
     node["DERPPort"] = port
+    nodes = [node]
+    for instance_id, other_url in others:
+        nodes.append(_url_node(other_url, f"{derp.region_id}-{instance_id[:8]}", derp.region_id, stun_port))
     return {
         "RegionID": derp.region_id,
         "RegionCode": derp.region_code,
         "RegionName": derp.region_name,
-        "Nodes": [node],
+        "Nodes": nodes,
     }
 
 
@@ -218,6 +248,7 @@ class DERPMapProvider(Service):
         self.on_change = on_change
         self._url_maps: dict[str, dict[str, Any]] = {}
         self._path_maps: dict[str, dict[str, Any]] = {}
+        self._instances: tuple[tuple[str, str], ...] = ()
         self._loop: LoopingCall | None = None
         self.refresh_failures = 0
         self.derp_map: dict[str, Any] = self._build()
@@ -227,7 +258,7 @@ class DERPMapProvider(Service):
         sources = [self._url_maps[u] for u in derp.urls if u in self._url_maps]
         sources += [self._path_maps[p] for p in derp.paths if p in self._path_maps]
         if derp.server.enabled and derp.server.automatically_add_embedded_derp_region:
-            region = embedded_region(self.config)
+            region = embedded_region(self.config, self._instances)
             sources.append({"Regions": {region["RegionID"]: region}})
         return merge_derp_maps(*sources)
 
@@ -235,6 +266,14 @@ class DERPMapProvider(Service):
         """Read every ``derp.paths`` file now; raise :class:`DERPMapError` on the first bad one."""
         for path in self.config.derp.paths:
             self._path_maps[path] = load_derp_map_file(path)
+        self._publish()
+
+    def set_instance_nodes(self, others: Sequence[tuple[str, str]]) -> None:
+        """The other live instances of the DERP mesh, ``(instance id, DERP URL)``, as nodes of our region.
+
+        Clients get the new map when it differs (``on_change``).
+        """
+        self._instances = tuple(others)
         self._publish()
 
     async def refresh(self) -> dict[str, Any]:
