@@ -1,6 +1,6 @@
 """Tests for :mod:`headscale_tw.derp.cluster`: live instances become mesh links and DERP map nodes."""
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from nacl.public import PrivateKey
 from twisted.application.service import Service
@@ -26,9 +26,10 @@ START = 1_796_000_000.0  # a December 2026 wall-clock time
 _EPOCH = datetime(2026, 12, 4, tzinfo=timezone.utc)
 
 
-def instance(ident, derp_url):
-    """An ``instances`` row as the registry reports it."""
-    return Instance(id=ident, started_at=_EPOCH, heartbeat_at=_EPOCH, expires_at=_EPOCH, derp_url=derp_url)
+def instance(ident, derp_url, started=0):
+    """An ``instances`` row as the registry reports it, started ``started`` seconds after the first."""
+    begun = _EPOCH + timedelta(seconds=started)
+    return Instance(id=ident, started_at=begun, heartbeat_at=begun, expires_at=begun, derp_url=derp_url)
 
 
 def membership(*rows):
@@ -50,7 +51,7 @@ class _Link(Service):
 
 
 class MembershipTests(unittest.TestCase):
-    """DERPMeshMembership links to every other live instance and reports them as map nodes."""
+    """DERPMeshMembership links to every other live instance and reports all of them, oldest first, as map nodes."""
 
     def setUp(self):
         self.links = []
@@ -67,30 +68,34 @@ class MembershipTests(unittest.TestCase):
     def running_urls(self):
         return sorted(url for url, link in self.mesh.links.items() if link.running)
 
-    def test_join_links_and_lists_others(self):
-        """Each other instance gets a started link and a map node, by id; this instance and empty URLs get neither."""
+    def test_join_links_others_and_lists_all_oldest_first(self):
+        """Each other instance gets a started link; the map nodes are every instance with a URL, oldest first
+        (then by id), this one included wherever its age puts it."""
         self.mesh.membership_changed(membership(
-            instance("me", "https://me.example/derp"), instance("c", "https://c.example/derp"),
-            instance("b", "https://b.example/derp"), instance("quiet", "")))
-        self.assertEqual(self.running_urls(), ["https://b.example/derp", "https://c.example/derp"])
-        self.assertEqual(self.nodes, [(("b", "https://b.example/derp"), ("c", "https://c.example/derp"))])
+            instance("me", "https://me.example/derp", started=5), instance("c", "https://c.example/derp", started=9),
+            instance("b", "https://b.example/derp", started=1), instance("a", "https://a.example/derp", started=9),
+            instance("quiet", "", started=0)))
+        self.assertEqual(self.running_urls(), ["https://a.example/derp", "https://b.example/derp",
+                                               "https://c.example/derp"])
+        self.assertEqual([ident for ident, _ in self.nodes[-1]], ["b", "me", "a", "c"])
         self.assertTrue(all(link.parent is self.mesh for link in self.links))
 
     def test_leave_stops_link_and_unlists(self):
         """An instance that left has its link stopped and removed, and the map nodes drop it."""
-        self.mesh.membership_changed(membership(instance("b", "https://b.example/derp"),
+        me = instance("me", "https://me.example/derp")
+        self.mesh.membership_changed(membership(me, instance("b", "https://b.example/derp"),
                                                 instance("c", "https://c.example/derp")))
         b_link = self.mesh.links["https://b.example/derp"]
-        self.mesh.membership_changed(membership(instance("c", "https://c.example/derp")))
+        self.mesh.membership_changed(membership(me, instance("c", "https://c.example/derp")))
         self.assertFalse(b_link.running)
         self.assertIsNone(b_link.parent)
         self.assertEqual(self.running_urls(), ["https://c.example/derp"])
-        self.assertEqual(self.nodes[-1], (("c", "https://c.example/derp"),))
+        self.assertEqual(self.nodes[-1], (("c", "https://c.example/derp"), ("me", "https://me.example/derp")))
         b_link.stopping.callback(None)
 
     def test_unchanged_set_is_not_reported_again(self):
         """A round with the same instances neither relinks nor reports the nodes again."""
-        rows = membership(instance("b", "https://b.example/derp"))
+        rows = membership(instance("me", "https://me.example/derp"), instance("b", "https://b.example/derp"))
         self.mesh.membership_changed(rows)
         self.mesh.membership_changed(rows)
         self.assertEqual(len(self.links), 1)
@@ -105,14 +110,15 @@ class MembershipTests(unittest.TestCase):
     def test_own_duplicate_and_bad_urls_skipped(self):
         """Another instance with our URL, a second instance with one URL, and malformed URLs are skipped, warned once."""
         rows = membership(
-            instance("a", "https://b.example/derp"), instance("b", "https://b.example/derp/"),
+            instance("me", "https://me.example/derp"),
+            instance("a", "https://b.example/derp"), instance("b", "https://b.example/derp/", started=1),
             instance("lb", "https://me.example/derp"), instance("x", "ftp://x.example/derp"),
             instance("y", "https://y.example:port/derp"))
         with capturedLogs() as events:
             self.mesh.membership_changed(rows)
             self.mesh.membership_changed(rows)
         self.assertEqual(self.running_urls(), ["https://b.example/derp"])
-        self.assertEqual(self.nodes, [(("a", "https://b.example/derp"),)])
+        self.assertEqual(self.nodes, [(("a", "https://b.example/derp"), ("me", "https://me.example/derp"))])
         warned = sorted(e["id"] for e in events if e["log_level"] == LogLevel.warn)
         self.assertEqual(warned, ["b", "lb", "x", "y"])
 
@@ -220,8 +226,9 @@ class RegistryMeshTests(unittest.TestCase):
             self.net.flush()
 
     def test_instances_mesh_and_map_follow_membership(self):
-        """B's start links A to B (A's client reaches B's client through it) and adds B's node to A's map;
-        B's stop closes the link, forgets its routes and drops the node; no timer is left."""
+        """B's start links A to B (A's client reaches B's client through it) and makes A's map one node per
+        instance, A (the older) first; B's stop closes the link, forgets its routes and leaves A's own node alone
+        in the map; no timer is left."""
         mesh_a, stop_a = self.start("a", on_nodes=self.provider.set_instance_nodes)
         self.assertEqual(len(self.provider.derp_map["Regions"][999]["Nodes"]), 1)
         mesh_b, stop_b = self.start("b")
@@ -229,7 +236,7 @@ class RegistryMeshTests(unittest.TestCase):
         self.assertEqual(sorted(mesh_a.links), [self.urls["b"]])
         self.assertEqual(sorted(mesh_b.links), [self.urls["a"]])
         nodes = self.provider.derp_map["Regions"][999]["Nodes"]
-        self.assertEqual([(n["Name"], n["HostName"]) for n in nodes], [("999", "ctl.example.com"), ("999-b", "b.example")])
+        self.assertEqual([(n["Name"], n["HostName"]) for n in nodes], [("999-a", "a.example"), ("999-b", "b.example")])
         self.assertEqual(self.maps[-1], self.provider.derp_map)
 
         client_a, client_b = RecordingDERPClient(), RecordingDERPClient()
@@ -244,7 +251,7 @@ class RegistryMeshTests(unittest.TestCase):
         self.advance(2)
         self.assertEqual(mesh_a.links, {})
         self.assertIsNone(self.servers["a"].mesh_route(client_b.public_key))
-        self.assertEqual(len(self.provider.derp_map["Regions"][999]["Nodes"]), 1)
+        self.assertEqual([n["Name"] for n in self.provider.derp_map["Regions"][999]["Nodes"]], ["999"])
         self.assertEqual(len(self.maps), 2)
         stop_a()
         client_a.transport.loseConnection()

@@ -102,16 +102,17 @@ class EmbeddedRegionTests(unittest.TestCase):
         self.assertEqual(own_derp_url(config), "https://hs1.example.com:8443/derp")
         self.assertEqual(own_derp_url(Config(server_url="https://ctl.example.com/")), "https://ctl.example.com/derp")
 
-    def test_other_instances_are_more_nodes(self):
-        """Other live instances follow this one as nodes of the same region, named by instance id."""
+    def test_mesh_instances_are_the_nodes(self):
+        """With two or more mesh instances the region is one node per instance, in the given order, from URLs alone."""
         region = embedded_region(make_config(), [("0123456789abcdef", "https://hs2.example.com/derp"),
                                                  ("fedcba9876543210", "http://10.0.0.3:8080/derp")])
-        self.assertEqual(region["Nodes"][1:], [
+        self.assertEqual(region["Nodes"], [
             {"Name": "999-01234567", "RegionID": 999, "HostName": "hs2.example.com", "STUNPort": 3478,
              "DERPPort": 443},
             {"Name": "999-fedcba98", "RegionID": 999, "HostName": "10.0.0.3", "STUNPort": 3478, "DERPPort": 8080},
         ])
-        self.assertEqual(region["Nodes"][0]["HostName"], "ctl.example.com")
+        alone = embedded_region(make_config(), [("0123456789abcdef", "https://hs2.example.com/derp")])
+        self.assertEqual(alone, embedded_region(make_config()))
 
 
 class FileTests(unittest.TestCase):
@@ -198,12 +199,14 @@ class ProviderTests(unittest.TestCase):
     def test_instance_nodes_pushed(self):
         """set_instance_nodes changes the embedded region's nodes and reports each new map once."""
         provider = DERPMapProvider(make_config(), self.clock, on_change=self.changes.append)
-        provider.set_instance_nodes([("b", "https://b.example/derp")])
-        provider.set_instance_nodes([("b", "https://b.example/derp")])
+        provider.set_instance_nodes([("me", "https://ctl.example.com/derp")])
+        self.assertEqual(self.changes, [])
+        provider.set_instance_nodes([("me", "https://ctl.example.com/derp"), ("b", "https://b.example/derp")])
+        provider.set_instance_nodes([("me", "https://ctl.example.com/derp"), ("b", "https://b.example/derp")])
         self.assertEqual([n["HostName"] for n in provider.derp_map["Regions"][999]["Nodes"]],
                          ["ctl.example.com", "b.example"])
-        provider.set_instance_nodes([])
-        self.assertEqual(len(provider.derp_map["Regions"][999]["Nodes"]), 1)
+        provider.set_instance_nodes([("me", "https://ctl.example.com/derp")])
+        self.assertEqual([n["Name"] for n in provider.derp_map["Regions"][999]["Nodes"]], ["999"])
         self.assertEqual(len(self.changes), 2)
 
     def test_embedded_only(self):

@@ -2,13 +2,13 @@
 The DERP mesh taken from the database: two headscale-tw processes on one PostgreSQL database,
 with a mesh key and no ``mesh_peers``, relay for official clients (tailscale 1.96.4).
 
-Instance one listens on 127.0.0.1:8443 and instance two on 192.0.2.1:8443 (STUN on port
-3478 of the same address), in the test's private loopback-only namespace. Each finds the
-other through the ``instances`` table, links to its DERP URL, and lists it as a second
-node of region 999 after its own. A client logged in through instance one therefore homes
-on instance one's DERP server and a client of instance two on instance two's, straight
-from the DERP map the control plane sends (no debug knob replaces it): every packet
-between them crosses the mesh link. See docs/derp.md, *Mesh from the database*.
+Instance one listens on 127.0.0.1:443 and instance two on 192.0.2.1:443 (STUN on port 3478
+of the same address), in the test's private loopback-only namespace. Each finds the other
+through the ``instances`` table and links to its DERP URL; both send the same DERP map: region
+999 with one node per instance, the older (one) first. Clients that follow the map home on
+instance one; ``TS_DEBUG_USE_DERP_ADDR`` pins two more on one instance each (as
+``DERPMeshTests`` does), so every packet between those two crosses the mesh link.
+See docs/derp.md, *Mesh from the database*.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import os
 
 from headscale_tw.testing.realclient._process import wait_for
-from headscale_tw.testing.realclient.scenario import REGION_CODE, REGION_ID, ScenarioMixin
+from headscale_tw.testing.realclient.scenario import REGION_ID, ScenarioMixin
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
 
 ADDRESSES = {"one": "127.0.0.1", "two": "192.0.2.1"}
@@ -48,7 +48,7 @@ class DERPClusterTests(ScenarioMixin, RealClientTestCase):
 
     def start_instance(self, name: str, mesh_key: str):
         address = ADDRESSES[name]
-        server = self.start_tls_server(name=name, listen=f"{address}:8443", metrics=f"{address}:9090",
+        server = self.start_tls_server(name=name, listen=f"{address}:443", metrics=f"{address}:9090",
                                        stun=f"{address}:3478", derp={"mesh_key_path": mesh_key})
         self.addCleanup(server.stop)  # before the database is dropped
         return server
@@ -66,8 +66,10 @@ class DERPClusterTests(ScenarioMixin, RealClientTestCase):
         return [n["HostName"] for n in region.get("Nodes") or []]
 
     def test_mesh_and_map_from_the_database(self):
-        """Two instances link to each other with no mesh_peers; clients homed on each ping via DERP through the
-        mesh link, both ways; once instance two stops, instance one's clients get a map without it."""
+        """Two instances link to each other with no mesh_peers and send one map listing both, oldest first;
+        clients following it home on the first, including one registered through the other instance; two
+        clients pinned to different instances ping via DERP through the mesh link, both ways; once instance two
+        stops, the map clients of instance one hold lists only instance one."""
         mesh_key = os.path.join(self.namespace.runtime_dir, "mesh.key")
         with open(mesh_key, "w") as f:
             f.write(os.urandom(32).hex() + "\n")
@@ -78,29 +80,30 @@ class DERPClusterTests(ScenarioMixin, RealClientTestCase):
                      f"{server.name} to link to the other instance's DERP server", details=server.describe)
 
         key = self.auth_key(one)
-        (a,) = self.up_nodes(one, key, ["a"], always_use_derp=True)
-        (b,) = self.up_nodes(two, key, ["b"], always_use_derp=True)
-        # Each control instance lists its own DERP node first: that is where its clients home.
-        self.assertEqual(self.region_hosts(a), ["127.0.0.1", "192.0.2.1"])
-        self.assertEqual(self.region_hosts(b), ["192.0.2.1", "127.0.0.1"])
-        # Two DERP clients on each instance: its own tailscaled and the other instance's mesh link.
-        for name in ("one", "two"):
-            wait_for(lambda name=name: self.metrics(name).get("headscale_derp_clients") == 2, 20,
-                     f"a node and the mesh link on instance {name}'s DERP server", interval=0.3,
-                     details=self.namespace.describe)
+        # c and d follow the map; d registers through instance two, yet its `up` (which needs a live DERP
+        # connection) succeeds against instance one's relay: verify_clients knows nodes of every instance.
+        (c,) = self.up_nodes(one, key, ["c"])
+        (d,) = self.up_nodes(two, key, ["d"])
+        self.assertEqual(self.region_hosts(c), ["127.0.0.1", "192.0.2.1"])
+        self.assertEqual(self.region_hosts(d), ["127.0.0.1", "192.0.2.1"])
+        # TS_DEBUG_USE_DERP_ADDR replaces a client's map with one node (region 999, port 443) at that address.
+        (a,) = self.up_nodes(one, key, ["a"], always_use_derp=True, extra_env={"TS_DEBUG_USE_DERP_ADDR": "127.0.0.1"})
+        (b,) = self.up_nodes(two, key, ["b"], always_use_derp=True, extra_env={"TS_DEBUG_USE_DERP_ADDR": "192.0.2.1"})
+        # DERP clients: a, c, d and two's mesh link on instance one; b and one's mesh link on instance two.
+        for name, count in (("one", 4), ("two", 2)):
+            wait_for(lambda name=name, count=count: self.metrics(name).get("headscale_derp_clients") == count, 20,
+                     f"{count} DERP clients on instance {name}", interval=0.3, details=self.namespace.describe)
 
         for node, peer in ((a, b), (b, a)):
             ip = peer.ip()
-            wait_for(lambda node=node, ip=ip: f"via DERP({REGION_CODE})" in node.ping(ip, count=1, timeout=5,
-                                                                                    check=False).stdout,
-                     30, f"{node.name} to get a pong from {peer.name} via DERP({REGION_CODE})", interval=0.2,
-                     details=node.describe)
+            wait_for(lambda node=node, ip=ip: "via DERP" in node.ping(ip, count=1, timeout=5, check=False).stdout,
+                     30, f"{node.name} to get a pong from {peer.name} via DERP", interval=0.2, details=node.describe)
         for name in ("one", "two"):
             samples = self.metrics(name)
             self.assertGreater(samples.get("headscale_derp_packets_forwarded_out_total", 0), 0, name)
             self.assertGreater(samples.get("headscale_derp_packets_forwarded_in_total", 0), 0, name)
 
         two.stop()
-        wait_for(lambda: self.region_hosts(a) == ["127.0.0.1"], 20,
-                 "a's DERP map to drop the stopped instance two", interval=0.5, details=a.describe)
-        self.assertIn("left, closing the link to https://192.0.2.1:8443/derp", one.process.log_tail(400))
+        wait_for(lambda: self.region_hosts(c) == ["127.0.0.1"], 20,
+                 "c's DERP map to drop the stopped instance two", interval=0.5, details=c.describe)
+        self.assertIn("left, closing the link to https://192.0.2.1:443/derp", one.process.log_tail(400))

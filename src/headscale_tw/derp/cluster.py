@@ -10,10 +10,15 @@ When the set of live instances changes, the registry calls
 * starts a mesh link (:func:`~headscale_tw.derp.mesh.mesh_peer_service`) to each
   instance that joined and stops the link to each one that left; links are
   children of this service, so they start and stop with the service tree;
-* hands the other live instances, ``(instance id, DERP URL)`` ordered by id, to
-  ``on_nodes`` (the DERP map provider's
-  :meth:`~headscale_tw.derp.derpmap.DERPMapProvider.set_instance_nodes`), which
-  makes each one more node of our region and pushes the new map to clients.
+* hands every live instance, this one included, ``(instance id, DERP URL)``,
+  oldest first (``started_at``, then id), to ``on_nodes`` (the DERP map
+  provider's :meth:`~headscale_tw.derp.derpmap.DERPMapProvider.set_instance_nodes`),
+  which makes each one a node of our region, in that order, and pushes the new
+  map to clients. Every instance computes the same order, so every client of
+  the tailnet gets the same map and homes on the same (first) node while it is
+  healthy; the mesh carries packets only for clients that fell back to another
+  node (``tailcfg.DERPRegion.Nodes``: "each user/domain should get the same
+  preferred node order").
 
 Static ``derp.server.mesh_peers`` keep their own links: a URL listed there is
 not linked a second time. An instance advertising our own DERP URL (instances
@@ -49,13 +54,13 @@ def mesh_link_factory(server: DERPServer, reactor: Any) -> Callable[[str], IServ
 
 class DERPMeshMembership(MultiService):
     """
-    Mesh links to, and DERP map nodes for, every other live instance.
+    Mesh links to every other live instance, and the DERP map nodes of all of them.
 
     :param instance_id: this instance's id (its own row is skipped).
     :param own_url: this instance's DERP URL (another row advertising it is skipped).
     :param link: builds the link service to a peer's DERP URL (:func:`mesh_link_factory`).
-    :param on_nodes: called with the other live instances, ``(id, DERP URL)`` by id,
-        whenever they change.
+    :param on_nodes: called with the live instances, ``(id, DERP URL)`` oldest first,
+        this one included, whenever they change.
     :param static_peers: ``derp.server.mesh_peers``, linked elsewhere.
     """
 
@@ -81,17 +86,23 @@ class DERPMeshMembership(MultiService):
         """Follow a :class:`~headscale_tw.control.instances.Membership`: links and map nodes."""
         if not self.running:
             return
-        wanted: dict[str, str] = {}  # DERP URL -> instance id, by id
-        for instance in sorted(membership.live, key=lambda i: i.id):
+        wanted: dict[str, str] = {}  # another instance's DERP URL -> its id
+        nodes: list[tuple[str, str]] = []
+        claimed = {_same(self.own_url)}
+        for instance in sorted(membership.live, key=lambda i: (i.started_at, i.id)):
             url = instance.derp_url
-            if instance.id == self.instance_id or not url:
+            if not url:
+                continue
+            if instance.id == self.instance_id:
+                nodes.append((instance.id, url))
                 continue
             problem = _problem(url)
-            if problem is not None or _same(url) == _same(self.own_url) or _same(url) in wanted:
+            if problem is not None or _same(url) in claimed:
                 self._warn(instance.id, url, problem)
                 continue
+            claimed.add(_same(url))
             wanted[_same(url)] = instance.id
-        nodes = tuple((ident, url) for url, ident in wanted.items())
+            nodes.append((instance.id, url))
         for url in [u for u in self.links if u not in wanted]:
             self.log.info("DERP mesh: instance {id} left, closing the link to {url}", id=self._ids.get(url), url=url)
             self._unlink(url)
@@ -106,9 +117,9 @@ class DERPMeshMembership(MultiService):
                 self.log.info("DERP mesh: instance {id} joined, linking to {url}", id=ident, url=url)
                 self.links[url] = service
                 service.setServiceParent(self)
-        if nodes != self._nodes:
-            self._nodes = nodes
-            self._on_nodes(nodes)
+        if tuple(nodes) != self._nodes:
+            self._nodes = tuple(nodes)
+            self._on_nodes(self._nodes)
 
     def _unlink(self, url: str) -> None:
         stopped = self.links.pop(url).disownServiceParent()

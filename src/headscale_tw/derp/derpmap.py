@@ -8,7 +8,7 @@ Sources, merged by region ID with later ones winning (as headscale does):
 2. every file in ``derp.paths`` (YAML or JSON), in order;
 3. the embedded region from ``derp.server`` when the DERP server is enabled
    and ``automatically_add_embedded_derp_region`` is true: this instance's node,
-   then one node per other live instance of a DERP mesh on a shared database
+   or, in a DERP mesh on a shared database, one node per live instance
    (:meth:`DERPMapProvider.set_instance_nodes`).
 
 Files and URLs may spell keys in any case (headscale's YAML uses ``regionid``,
@@ -84,21 +84,33 @@ def _url_node(url: str, name: str, region_id: int, stun_port: int) -> dict[str, 
             "DERPPort": port}
 
 
-def embedded_region(config: Config, others: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+def embedded_region(config: Config, instances: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """The region describing our embedded DERP server, from ``config``.
 
-    Its first node is this instance (host and port from ``derp.server.advertise_url``,
-    else ``server_url``); ``others`` are the ``(instance id, DERP URL)`` of the
-    other live instances of a DERP mesh, each one more node of the same region,
-    in the order given. A client dials a region's nodes in order and keeps the
-    first that answers; meshed servers forward between them.
+    ``instances`` are the live instances of a DERP mesh on a shared database,
+    ``(instance id, DERP URL)``, this one included, in the order every instance
+    uses. With two or more, the region has one node per instance, in that order,
+    each built from its URL alone (``Name`` ``<region>-<id[:8]>``, ``HostName``,
+    ``DERPPort``; ``STUNPort`` from our ``stun_listen_addr``), so that every
+    instance sends the same map. Otherwise the one node is this instance: host
+    and port from ``derp.server.advertise_url`` (else ``server_url``), and
+    ``IPv4``/``IPv6`` from the config.
     """
     derp = config.derp.server
+    _, stun_port = parse_listen_addr(derp.stun_listen_addr)
+    region: dict[str, Any] = {
+        "RegionID": derp.region_id,
+        "RegionCode": derp.region_code,
+        "RegionName": derp.region_name,
+    }
+    if len(instances) >= 2:
+        region["Nodes"] = [_url_node(url, f"{derp.region_id}-{ident[:8]}", derp.region_id, stun_port)
+                           for ident, url in instances]
+        return region
     url = urlsplit(own_derp_url(config))
     if not url.hostname:
         raise DERPMapError(f"server_url {config.server_url!r} has no host name")
     port = url.port or (443 if url.scheme == "https" else 80)
-    _, stun_port = parse_listen_addr(derp.stun_listen_addr)
     node: dict[str, Any] = {
         "Name": str(derp.region_id),
         "RegionID": derp.region_id,
@@ -110,15 +122,8 @@ def embedded_region(config: Config, others: Sequence[tuple[str, str]] = ()) -> d
         node["IPv6"] = derp.ipv6
     node["STUNPort"] = stun_port
     node["DERPPort"] = port
-    nodes = [node]
-    for instance_id, other_url in others:
-        nodes.append(_url_node(other_url, f"{derp.region_id}-{instance_id[:8]}", derp.region_id, stun_port))
-    return {
-        "RegionID": derp.region_id,
-        "RegionCode": derp.region_code,
-        "RegionName": derp.region_name,
-        "Nodes": nodes,
-    }
+    region["Nodes"] = [node]
+    return region
 
 
 def _fields(obj: Mapping, names: dict[str, str], where: str) -> dict[str, Any]:
@@ -268,12 +273,13 @@ class DERPMapProvider(Service):
             self._path_maps[path] = load_derp_map_file(path)
         self._publish()
 
-    def set_instance_nodes(self, others: Sequence[tuple[str, str]]) -> None:
-        """The other live instances of the DERP mesh, ``(instance id, DERP URL)``, as nodes of our region.
+    def set_instance_nodes(self, instances: Sequence[tuple[str, str]]) -> None:
+        """The live instances of the DERP mesh, ``(instance id, DERP URL)`` in order, this one included,
+        as the nodes of our region (see :func:`embedded_region`).
 
         Clients get the new map when it differs (``on_change``).
         """
-        self._instances = tuple(others)
+        self._instances = tuple(instances)
         self._publish()
 
     async def refresh(self) -> dict[str, Any]:
