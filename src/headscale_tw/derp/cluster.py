@@ -89,6 +89,8 @@ class DERPMeshMembership(MultiService):
         wanted: dict[str, str] = {}  # another instance's DERP URL -> its id
         nodes: list[tuple[str, str]] = []
         claimed = {_same(self.own_url)}
+        live_ids = {instance.id for instance in membership.live}
+        self._warned = {(ident, url) for ident, url in self._warned if ident in live_ids}  # warn again if back
         for instance in sorted(membership.live, key=lambda i: (i.started_at, i.id)):
             url = instance.derp_url
             if not url:
