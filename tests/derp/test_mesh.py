@@ -245,3 +245,19 @@ class MeshConfigTests(unittest.TestCase):
         plain = parse_config({"derp": {"server": {"private_key_path": self.mktemp()}}}, environ={})
         (registry,) = _instance_services(plain, MemoryReactorClock(), db, "abc", _DERPParts(plain, MemoryReactorClock()))
         self.assertEqual(registry.advertised.derp_url, "")
+
+    def test_verify_clients_asks_the_database(self):
+        """With a database look-up (a shared PostgreSQL), verify_clients admits a key the control plane's memory lacks
+        but the database holds."""
+        from twisted.internet import defer
+        from twisted.internet.testing import MemoryReactorClock
+
+        from headscale_tw.config.loader import parse_config
+        from headscale_tw.service import _DERPParts
+
+        config = parse_config({"derp": {"server": {"private_key_path": self.mktemp()}}}, environ={})
+        rows = {"nodekey:" + "bb" * 32: object()}
+        parts = _DERPParts(config, MemoryReactorClock(), lambda key: defer.succeed(rows.get(key)))
+        self.assertIs(self.successResultOf(parts.server.verify_client("nodekey:" + "bb" * 32)), True)
+        self.assertIs(self.successResultOf(parts.server.verify_client("nodekey:" + "cc" * 32)), False)
+        self.assertIs(_DERPParts(config, MemoryReactorClock()).server.verify_client("nodekey:" + "bb" * 32), False)
