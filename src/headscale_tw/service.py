@@ -356,7 +356,9 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     from headscale_tw.control.framing import encode_json
     from headscale_tw.control.plane import ControlPlane
 
-    derp_parts = _build_derp(config, reactor)
+    # With several instances on one database, a DERP client registered elsewhere a moment ago is
+    # looked up in the database before it is refused (derp/admission.py).
+    derp_parts = _build_derp(config, reactor, db.nodes.get_by_node_key if db.engine == "postgres" else None)
     feed = None
     if db.engine == "postgres":
         # Several instances may share this database: publish our writes, apply theirs.
@@ -440,6 +442,9 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
         services.append(strports.service(listen_endpoint(config.metrics_listen_addr),
                                          AccessLoggedSite(metrics_root, logs["metrics"]), reactor=reactor))
 
+    if feed is not None:
+        services.extend(_instance_services(config, reactor, db, feed.instance_id, derp_parts))
+
     async def close():
         try:
             if feed is not None:
@@ -456,6 +461,18 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
 
     return Components(services, close=close, reload=reload, site=site, root=root, db=db, plane=plane, health=health,
                       derp=derp_parts.server if derp_parts else None, ready=ready)
+
+
+def _instance_services(config: Config, reactor, db, instance_id: str, derp_parts) -> list:
+    """This instance's heartbeat row and, with a DERP mesh key, the mesh of every live instance (last: it
+    advertises this instance once its listeners run, and stops first)."""
+    from headscale_tw.control.instances import Advertised, InstanceRegistry
+
+    mesh = derp_parts.mesh_membership(instance_id) if derp_parts is not None else None
+    registry = InstanceRegistry(db.instances, instance_id, reactor,
+                                Advertised(server_url=config.server_url, derp_url=mesh.own_url if mesh else ""),
+                                on_membership=mesh.membership_changed if mesh else lambda membership: None)
+    return [registry] if mesh is None else [mesh, registry]
 
 
 def _instance_name() -> str:
@@ -568,7 +585,8 @@ def _unix_listener(config: Config, site, reactor):
 class _DERPParts:
     """The embedded DERP relay, its STUN responder and the DERP map provider."""
 
-    def __init__(self, config: Config, reactor):
+    def __init__(self, config: Config, reactor, lookup=None):
+        from headscale_tw.derp.admission import NodeKeyAdmission
         from headscale_tw.derp.derpmap import DERPMapProvider
         from headscale_tw.derp.server import DERPServer, load_or_generate_private_key
 
@@ -582,7 +600,7 @@ class _DERPParts:
             from headscale_tw.derp.mesh import load_mesh_key
 
             key = load_or_generate_private_key(server_config.private_key_path)
-            verify = self._verify if server_config.verify_clients else None
+            verify = NodeKeyAdmission(self._known, reactor, lookup) if server_config.verify_clients else None
             mesh_key = load_mesh_key(server_config.mesh_key_path) if server_config.mesh_key_path else None
             self.server = DERPServer(key, reactor, verify_client=verify, mesh_key=mesh_key)
         import treq
@@ -600,9 +618,20 @@ class _DERPParts:
         if self._on_change is not None:
             self._on_change(new_map)
 
-    def _verify(self, node_key: str) -> bool:
+    def _known(self, node_key: str) -> bool:
         # Only node keys the control plane knows may connect.
         return self.plane is not None and self.plane.state.by_node_key(node_key) is not None
+
+    def mesh_membership(self, instance_id: str):
+        """With the embedded server and a mesh key: mesh with, and list in the map, every live instance."""
+        if self.server is None or self.server.mesh_key is None:
+            return None
+        from headscale_tw.derp.cluster import DERPMeshMembership, mesh_link_factory
+        from headscale_tw.derp.derpmap import own_derp_url
+
+        return DERPMeshMembership(instance_id, own_derp_url(self.config), mesh_link_factory(self.server, self.reactor),
+                                  on_nodes=self.provider.set_instance_nodes,
+                                  static_peers=self.config.derp.server.mesh_peers)
 
     def _resolve(self, name: str):
         """Every address of ``name`` (IPv4 and IPv6), looked up off the reactor thread."""
@@ -639,10 +668,10 @@ class _DERPParts:
         return services
 
 
-def _build_derp(config: Config, reactor) -> _DERPParts | None:
+def _build_derp(config: Config, reactor, lookup=None) -> _DERPParts | None:
     if not config.derp.server.enabled and not config.derp.urls and not config.derp.paths:
         return None
-    return _DERPParts(config, reactor)
+    return _DERPParts(config, reactor, lookup)
 
 
 def build_service(config: Config, reactor, log_observer: ILogObserver | None = None,
