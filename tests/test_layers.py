@@ -1,6 +1,7 @@
 """
-The domain layer's import graph: ``control/`` and ``policy/`` import neither the
-web layer, nor any storage module but the row models, nor socket-level modules.
+The layers' import graph: ``control/`` and ``policy/`` import neither the web
+layer, nor any storage module but the row models, nor socket-level modules; and
+``storage/`` imports nothing of the layers above it.
 
 The check reads the source files with :mod:`ast`, so an import inside a function
 counts as much as one at the top of a module.
@@ -52,6 +53,19 @@ FORBIDDEN = (
 #: Allowed although a forbidden prefix covers them: frozen row models only.
 ALLOWED = ("headscale_tw.storage.models",)
 
+#: What the stores must not import: every layer above them.
+ABOVE_STORAGE = (
+    "headscale_tw.control",
+    "headscale_tw.policy",
+    "headscale_tw.web",
+    "headscale_tw.noise",
+    "headscale_tw.derp",
+    "headscale_tw.oidc",
+    "headscale_tw.certs",
+    "headscale_tw.cli",
+    "headscale_tw.service",
+)
+
 
 def _within(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
@@ -79,15 +93,27 @@ def imported_modules(source: str, module: str) -> list[tuple[int, str]]:
     return found
 
 
-def violations(source: str, module: str) -> list[str]:
-    """``module:line imports name`` for each forbidden import in ``source``."""
+def violations(source: str, module: str, forbidden=FORBIDDEN, allowed=ALLOWED) -> list[str]:
+    """``module:line imports name`` for each import in ``source`` under a ``forbidden`` prefix."""
     bad = []
     for line, name in imported_modules(source, module):
-        if any(_within(name, allowed) for allowed in ALLOWED):
+        if any(_within(name, prefix) for prefix in allowed):
             continue
-        if any(_within(name, prefix) for prefix in FORBIDDEN):
+        if any(_within(name, prefix) for prefix in forbidden):
             bad.append(f"{module}:{line} imports {name}")
     return sorted(set(bad))
+
+
+def package_violations(packages, forbidden, allowed=()) -> tuple[int, list[str]]:
+    """How many modules under ``packages`` were read, and their forbidden imports."""
+    bad: list[str] = []
+    checked = 0
+    for package in packages:
+        for path in sorted((_SRC / package).rglob("*.py")):
+            module = ".".join(path.relative_to(_SRC.parent).with_suffix("").parts)
+            bad.extend(violations(path.read_text(encoding="utf-8"), module, forbidden, allowed))
+            checked += 1
+    return checked, bad
 
 
 class DomainImportTests(unittest.TestCase):
@@ -95,15 +121,14 @@ class DomainImportTests(unittest.TestCase):
 
     def test_domain_imports_no_web_sql_or_sockets(self):
         """No module under ``control/`` or ``policy/`` imports web, storage (but models) or socket modules."""
-        bad: list[str] = []
-        checked = 0
-        for package in DOMAIN:
-            for path in sorted((_SRC / package).rglob("*.py")):
-                relative = path.relative_to(_SRC.parent).with_suffix("")
-                module = ".".join(relative.parts)
-                bad.extend(violations(path.read_text(encoding="utf-8"), module))
-                checked += 1
+        checked, bad = package_violations(DOMAIN, FORBIDDEN, ALLOWED)
         self.assertGreater(checked, 20)
+        self.assertEqual(bad, [])
+
+    def test_stores_import_nothing_above_them(self):
+        """No module under ``storage/`` imports the domain, the web layer or a protocol package."""
+        checked, bad = package_violations(("storage",), ABOVE_STORAGE)
+        self.assertGreater(checked, 10)
         self.assertEqual(bad, [])
 
     def test_check_sees_each_kind_of_import(self):
