@@ -42,6 +42,7 @@ from headscale_tw.counters import HTTPCounters
 from headscale_tw.hostport import parse_hostport
 from headscale_tw.logs import twisted_level
 from headscale_tw.web.access_log import AccessLog, AccessLoggedSite, access_logs
+from headscale_tw.web.plane_resources import machine_resource, register_page, ssh_check_page
 
 __all__ = ["build_service", "listen_endpoint", "exit_with_status", "HeadscaleService", "HealthResource",
            "MetricsResource"]
@@ -387,8 +388,8 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     if config.oidc.enabled:
         oidc_jobs = await _mount_oidc(config, reactor, root, db, plane)
     else:
-        root.putChild(b"register", plane.register_page())
-        root.putChild(b"auth", plane.ssh_check_page())  # SSH check mode: how an admin approves
+        root.putChild(b"register", register_page(plane.registrar))
+        root.putChild(b"auth", ssh_check_page(plane.ssh_checks))  # SSH check mode: how an admin approves
     from headscale_tw.web.admin_api import AdminAPI, GuardedRequest, mount
     from headscale_tw.web.public_pages import mount_public_pages
     from headscale_tw.web.swagger import swagger_resource
@@ -562,7 +563,7 @@ def _mount_control(config: Config, reactor, root, plane, noise_key, access_log: 
     from headscale_tw.web.key import KeyResource
 
     inner_root = resource.Resource()
-    inner_root.putChild(b"machine", plane.machine_resource(identify=_noise_identity))
+    inner_root.putChild(b"machine", machine_resource(plane, identify=_noise_identity))
     inner_site = AccessLoggedSite(inner_root, access_log, requestFactory=BoundedRequest)
     root.putChild(b"key", KeyResource(noise_key.public()))
     root.putChild(b"ts2021", Ts2021Resource(noise_key, inner_site, reactor,

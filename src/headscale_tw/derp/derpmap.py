@@ -267,12 +267,6 @@ class DERPMapProvider(Service):
             sources.append({"Regions": {region["RegionID"]: region}})
         return merge_derp_maps(*sources)
 
-    def load_files(self) -> None:
-        """Read every ``derp.paths`` file now; raise :class:`DERPMapError` on the first bad one."""
-        for path in self.config.derp.paths:
-            self._path_maps[path] = load_derp_map_file(path)
-        self._publish()
-
     def set_instance_nodes(self, instances: Sequence[tuple[str, str]]) -> None:
         """The live instances of the DERP mesh, ``(instance id, DERP URL)`` in order, this one included,
         as the nodes of our region (see :func:`embedded_region`).
