@@ -34,11 +34,11 @@ class PeerVariantWorkTests(unittest.TestCase):
         router, _ = h.register("router", auth="router")
         h.stream(router)
         hostinfo = {"Hostname": "router", "OS": "linux", "RoutableIPs": routes(N)}
-        before = h.policy.variants.computed
+        before = h.policy.views.variants.computed
         work = self.counter.measure(lambda: h.lite(router, Hostinfo=hostinfo))
         for stream in streams:  # every viewer got the routes
             self.assertEqual(len(stream.applier.peers[router.id]["PrimaryRoutes"]), N)
-        return h.policy.variants.computed - before, work
+        return h.policy.views.variants.computed - before, work
 
     def test_viewers_share_the_entry(self):
         """Ten times the viewers build the router's entry as often and do about the same route work."""
