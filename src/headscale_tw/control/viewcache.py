@@ -40,6 +40,12 @@ ALLOW_ALL_BYTES = encode_json(ALLOW_ALL_FILTER)
 NO_SSH_RULES = encode_json({"rules": []})
 
 
+def _texts(node: PNode, routes) -> tuple[str, ...]:
+    """``routes`` of ``node`` as text, through the node's own route texts (made once per node)."""
+    text = node.route_text
+    return tuple(text.get(r) or str(r) for r in routes)
+
+
 class ViewCache:
     """
     Per-node views over :class:`PolicyInputs`, and the rule index that keeps them incremental.
@@ -114,7 +120,7 @@ class ViewCache:
             ssh=None if ssh is None else self._intern(encode_json(ssh)),
             caps=tuple(sorted(cp.cap_map_for(node))),
             self_allowed=tuple(cp.self_allowed_ips(node)),
-            self_primary=tuple(str(r) for r in node.primary_routes),
+            self_primary=_texts(node, node.primary_routes),
         )
 
     def compute(self, cp: Optional[CompiledPolicy]) -> dict[int, NodeView]:
@@ -350,7 +356,7 @@ class ViewCache:
                 own[nid] = (
                     tuple(sorted(cp.cap_map_for(node))),
                     tuple(cp.self_allowed_ips(node)),
-                    tuple(str(r) for r in node.primary_routes),
+                    _texts(node, node.primary_routes),
                 )
 
         def v6(nid: int) -> bool:
