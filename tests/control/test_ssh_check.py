@@ -41,7 +41,7 @@ class _Pair:
     def setUp(self, policy: str = CHECK) -> None:
         self.h = PlaneHarness(self)
         self.bob = self.h.add_user("bob")
-        self.h.run(self.h.plane.policy.set_policy(policy))
+        self.h.run(self.h.plane.admin.policy.set(policy))
         self.laptop = self.h.register("laptop")
         self.phone = self.h.register("phone")
         self.server = self.h.register("server", key=self.h.auth_key(user_id=self.bob.id, tags=("tag:server",)))
@@ -211,18 +211,18 @@ class CheckPeriodTests(_Pair, unittest.TestCase):
     def test_policy_change_forgets(self):
         """A new policy forgets earlier approvals."""
         self.approve_once()
-        self.h.run(self.h.plane.policy.set_policy(CHECK.replace('"1h"', '"2h"')))
+        self.h.run(self.h.plane.admin.policy.set(CHECK.replace('"1h"', '"2h"')))
         self.assertIn("holdAndDelegate", self.answer())
 
     def test_always(self):
         """With checkPeriod "always" every connection is checked."""
-        self.h.run(self.h.plane.policy.set_policy(ALWAYS))
+        self.h.run(self.h.plane.admin.policy.set(ALWAYS))
         self.approve_once()
         self.assertIn("holdAndDelegate", self.answer())
 
     def test_default_period(self):
         """A check rule without checkPeriod keeps an approval for 12 hours."""
-        self.h.run(self.h.plane.policy.set_policy(CHECK.replace(', "checkPeriod": "1h"', "")))
+        self.h.run(self.h.plane.admin.policy.set(CHECK.replace(', "checkPeriod": "1h"', "")))
         self.approve_once()
         self.h.clock.advance(11 * 3600)
         self.assertTrue(self.answer()["accept"])
@@ -242,7 +242,7 @@ class RefusalTests(_Pair, unittest.TestCase):
 
     def test_no_policy(self):
         """Without a policy (allow all, no ssh section) there is nothing to check: reject."""
-        self.h.run(self.h.plane.policy.set_policy('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}'))
+        self.h.run(self.h.plane.admin.policy.set('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}'))
         self.assertTrue(self.answer()["reject"])
 
     def test_unknown_source(self):

@@ -57,6 +57,6 @@ def build_admin_services(db, now: Callable[[], datetime], *, state=None, notifie
         apikeys=ApiKeyAdmin(db.apikeys, pepper, now, audit=audit),
         ping=lambda: db.server_state.get("health"),
         nodes=nodes,
-        policy=PolicyAdmin(policy, db.policies, audit=audit) if policy is not None else None,
+        policy=PolicyAdmin(policy, db.policies, notifier, audit=audit) if policy is not None else None,
         audit=audit,
     )

@@ -17,7 +17,7 @@ Builds MapResponse messages (JSON bytes) from :class:`ControlState`.
   of a router see different variants; most nodes have one), and the bytes
   are reused in every full map and delta (``serializations`` counts the work).
 * Per-node policy results (filter, peers, SSH policy, caps) come from the
-  :class:`~headscale_tw.control.policy.PolicyManager`.
+  :class:`~headscale_tw.control.policy.TailnetPolicy`.
 * **Deltas** are small messages (``PeersChanged``, ``PeersRemoved``,
   ``PeersChangedPatch``, ``OnlineChange``/``PeerSeenChange``, self ``Node``)
   built once and shared by every session that needs them.
@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from headscale_tw.control._wire import format_time
 from headscale_tw.control.framing import encode_json
 from headscale_tw.control.names import cert_domain, fqdn
-from headscale_tw.control.policy import ALLOW_ALL_FILTER, PolicyManager, Variant
+from headscale_tw.control.policy import ALLOW_ALL_FILTER, PolicySource, TailnetPolicy, Variant
 from headscale_tw.control.state import TAGGED_DEVICES_USER_ID, ControlState
 from headscale_tw.errors import InvalidInput
 
@@ -137,7 +137,7 @@ class Mapper:
     """Serializes nodes and maps.
 
     ``derp_map()`` returns the DERPMap dict; ``policy`` is the
-    :class:`PolicyManager` giving each node's filter, peers and routes
+    :class:`TailnetPolicy` giving each node's filter, peers and routes
     (default: one with no policy, i.e. allow all). ``https`` offers nodes
     certificates for their MagicDNS names (only when MagicDNS is on).
     """
@@ -147,13 +147,13 @@ class Mapper:
         state: ControlState,
         config,
         derp_map: Callable[[], dict] | None = None,
-        policy: PolicyManager | None = None,
+        policy: TailnetPolicy | None = None,
         https: bool = False,
     ) -> None:
         self.state = state
         self.config = config
         self.derp_map = derp_map or (lambda: embedded_derp_map(config))
-        self.policy = policy if policy is not None else PolicyManager(state, config)
+        self.policy = policy if policy is not None else TailnetPolicy(state, PolicySource(config))
         self.base_domain = config.dns.base_domain if config.dns.magic_dns else ""
         self.domain = _server_host_port(config.server_url)[0]
         self.https = https and bool(self.base_domain)

@@ -15,7 +15,7 @@ Rules:
   them is proportional too: with a policy only the changed node's watchers
   (its peers, visibility being symmetric) are visited, not every session.
 * Policy: before announcing a node change the notifier lets the
-  :class:`~headscale_tw.control.policy.PolicyManager` take it in; the
+  :class:`~headscale_tw.control.policy.TailnetPolicy` take it in; the
   resulting per-viewer differences (filter, peers gained/lost, routes, SSH
   policy, self caps) are merged into one message per viewer, and viewers
   whose messages are identical share one frame (:meth:`MapNotifier.push`).
@@ -101,7 +101,6 @@ class MapNotifier:
         self.map_counters = MapCounters()
         self._flush_timer = None
         self.policy = mapper.policy
-        self.policy.attach(self)
         #: Called with ``(node_id, online)`` when a node comes online here or goes offline (cluster feed).
         self.presence: Callable[[int, bool], object] | None = None
 
@@ -139,6 +138,8 @@ class MapNotifier:
 
     def one_shot(self, node_id: int, encoding: str = ZSTD) -> bytes:
         """The framed full map for a non-streaming, non-lite request."""
+        # a node that joined in a held batch is taken in now: the policy side does not catch up on reads
+        self.push(self.policy.update([node_id]), exclude=node_id)
         return self._frame(self.mapper.full_map(node_id), "full").framed(encoding)
 
     @property

@@ -17,8 +17,8 @@ the periodic jobs logs their per-source summaries and records them in the
 audit log (``plane.audit``, one row per source and interval), another prunes
 that log past ``audit.retention``.
 
-Admin operations for the API/CLI: ``plane.policy.get_policy()``,
-``await plane.policy.set_policy(text)``, ``plane.policy.check_policy(text)``,
+Admin operations for the API/CLI: ``plane.admin.policy`` (``current()``,
+``await set(text)``, ``check(text)``: the policy is applied and pushed),
 ``await plane.nodes.approve_routes(node_id, routes)``, ``plane.nodes.routes()``,
 ``await plane.nodes.set_tags(node_id, tags)``.
 
@@ -45,7 +45,7 @@ from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper, dns_config, parse_extra_records
 from headscale_tw.control.notifier import MapNotifier
-from headscale_tw.control.policy import PolicyManager
+from headscale_tw.control.policy import PolicySource, TailnetPolicy
 from headscale_tw.control.poll import PollService
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.ssh_check import SSHChecks
@@ -87,7 +87,7 @@ class ControlPlane:
         prefixes = config.prefixes
         self.allocator = IPAllocator(prefixes.v4, prefixes.v6, prefixes.allocation)
         self.state = ControlState(db, self.allocator, self.now)
-        self.policy = PolicyManager(self.state, config, store=db.policies, read_file=self.read_file)
+        self.policy = TailnetPolicy(self.state, PolicySource(config, store=db.policies, read_file=self.read_file))
         base_domain = config.dns.base_domain if config.dns.magic_dns else ""
         self.dns_challenges = DNSChallenges(self.state, dns_provider, base_domain, clock)
         self.mapper = Mapper(self.state, config, derp_map=derp_map, policy=self.policy,
@@ -105,7 +105,8 @@ class ControlPlane:
                                    audit=self.audit)
         self.poll = PollService(self.state, self.notifier, clock)
         #: SSH check mode: ``/machine/ssh/action/...`` and the ``/auth/<auth_id>`` page.
-        self.ssh_checks = SSHChecks(self.state, self.policy, self.auth_requests, config.server_url)
+        self.ssh_checks = SSHChecks(self.state, self.policy, self.notifier, self.auth_requests,
+                                     config.server_url)
         #: The services behind ``/api/v1``: users, keys, nodes and policy.
         self.admin: AdminServices = build_admin_services(db, self.now, state=self.state, notifier=self.notifier,
                                                          registrar=self.registrar, policy=self.policy,
@@ -133,7 +134,9 @@ class ControlPlane:
 
         A policy that changed is recorded in the audit log (``policy.reload``, by the system).
         """
-        if await self.policy.reload():
+        policy_admin = self.admin.policy
+        assert policy_admin is not None  # built with this plane's policy
+        if await policy_admin.reload():
             await self.audit.record("policy.reload", Target("policy", "", self.policy.mode), actor=SYSTEM,
                                     detail=policy_detail(self.policy.get_policy() or ""))
         self.reload_dns()

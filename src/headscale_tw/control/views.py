@@ -5,7 +5,7 @@ What each node was told, and what changes: the records of policy views.
 :class:`NodeView` is what one node was last published (packet filter, peers
 with their ``AllowedIPs``/``PrimaryRoutes``, SSH policy, capabilities, its own
 entry); :class:`ViewChange` and :class:`Changes` are the differences the
-:class:`~headscale_tw.control.policy.PolicyManager` hands the notifier after a
+:class:`~headscale_tw.control.policy.TailnetPolicy` returns for the notifier after a
 change. :func:`all_peer_views` computes every node's peers from a compiled
 policy in one pass (the full rebuild when no incremental index applies).
 """
