@@ -113,6 +113,21 @@ def to_bytes(value: Any) -> bytes | None:
     return bytes(value)
 
 
+def required_datetime(value: Any) -> datetime:
+    """:func:`to_datetime` for a ``NOT NULL`` column: a ``NULL`` there raises ``ValueError``."""
+    result = to_datetime(value)
+    if result is None:
+        raise ValueError("a NOT NULL timestamp column held NULL")
+    return result
+
+
+def required_bytes(value: Any) -> bytes:
+    """:func:`to_bytes` for a ``NOT NULL`` column: a ``NULL`` there raises ``ValueError``."""
+    if value is None:
+        raise ValueError("a NOT NULL blob column held NULL")
+    return bytes(value)
+
+
 def _utc(value: datetime) -> datetime:
     # Naive datetimes are taken to be UTC already: every clock in this project is UTC.
     if value.tzinfo is None:
@@ -251,6 +266,19 @@ class Txn:
         """Run a ``SELECT`` and return its first row, or ``None``."""
         self.execute(sql, args)
         return self._cursor.fetchone()
+
+    def query_row(self, sql: str, args: tuple | list = ()) -> tuple:
+        """Run a statement that always yields a row (an aggregate, a row this transaction
+        wrote, ``INSERT ... RETURNING``) and return that row; none raises ``LookupError``."""
+        self.execute(sql, args)
+        return self.fetch_row()
+
+    def fetch_row(self) -> tuple:
+        """The next row of the last query, which must have one (else ``LookupError``)."""
+        row = self._cursor.fetchone()
+        if row is None:
+            raise LookupError("the statement returned no row")
+        return row
 
     @property
     def rowcount(self) -> int:
