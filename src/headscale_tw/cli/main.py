@@ -297,7 +297,7 @@ def _node_rows(ctx: Context, nodes: list[dict]) -> str:
     rows = []
     for n in nodes:
         expiry = n.get("expiry")
-        expired = bool(expiry) and parse_timestamp(expiry)[0] < now
+        expired = bool(expiry and parse_timestamp(expiry)[0] < now)
         rows.append([
             n.get("id", ""), n.get("name", ""), n.get("givenName", ""),
             _short_key(n.get("machineKey", ""), "mkey"), _short_key(n.get("nodeKey", ""), "nodekey"),
@@ -492,10 +492,10 @@ class _Exit(Exception):
 # ---------------------------------------------------------------- parser
 
 
-def _common() -> argparse.ArgumentParser:
+def _common() -> _Parser:
     # Global flags work before or after the command, as with cobra's persistent flags;
     # SUPPRESS keeps a subcommand from resetting a value given earlier.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS,
                         help="config file (default: HEADSCALE_CONFIG, ./config.yaml, ~/.headscale/, /etc/headscale/)")
     common.add_argument("-o", "--output", default=argparse.SUPPRESS, choices=[f for f in FORMATS if f],

@@ -22,6 +22,7 @@ from headscale_tw.control.admin import AdminServices
 from headscale_tw.control.audit import Actor, Target, acting_as
 from headscale_tw.errors import HeadscaleError
 from headscale_tw.web.admin.errors import INTERNAL, UNAUTHENTICATED, ApiError, error_body, from_domain, http_status
+from headscale_tw.web.client_address import TrustedProxies
 
 __all__ = ["app", "endpoint", "read_only", "Handlers"]
 
@@ -35,6 +36,7 @@ class Handlers:
     """What the handler mixins use: the admin services and a logger."""
 
     services: AdminServices
+    proxies: TrustedProxies
     log = Logger()
 
     async def authenticate(self, request: IRequest) -> Actor:
