@@ -46,7 +46,7 @@ class _TakenNames:
         self._exclude = exclude
 
     def __contains__(self, name: object) -> bool:
-        owner = self._owners.get(name)
+        owner = self._owners.get(name) if isinstance(name, str) else None
         return (owner is not None and owner != self._exclude) or name in self._also
 
 
@@ -235,7 +235,7 @@ class ControlState:
                     notes.append(f'removing IPv{version} "{current}" from Node({node.id}) "{node.hostname}"')
             if not fields:
                 continue
-            wanted = [v for v in (4, 6) if v in families and f"ipv{v}" in fields]
+            wanted: list[int] = [v for v in (4, 6) if v in families and f"ipv{v}" in fields]
             node, assigned = await self._store_new_addresses(node, fields, wanted)
             notes[:0] = [f'assigned IPv{v} "{a}" to Node({node.id}) "{node.hostname}"' for v, a in assigned]
             changed.append((node, notes))
