@@ -396,11 +396,11 @@ class PolicyManager:
                 # Only the aliases and grants that can select a changed node are resolved again.
                 compiler.set_users(users_t)
                 for node_id in self._compiler_stale:
-                    pnode = self._pnodes.get(node_id)
-                    if pnode is None:
+                    stale = self._pnodes.get(node_id)
+                    if stale is None:
                         compiler.remove(node_id)
                     else:
-                        compiler.put(pnode)
+                        compiler.put(stale)
             self._compiler_stale.clear()
             self._compiled = self._compile(compiler)
             self.recompiles += 1
@@ -482,6 +482,7 @@ class PolicyManager:
         the index finds a narrow rule's members by address lookup.
         """
         index, pnodes = self._index, self._pnodes
+        assert index is not None  # only called once the index is built
         matches = cp.matches_for(next(iter(pnodes.values())))
         v6_only = {nid for nid, node in pnodes.items() if "disable-ipv4" in cp.cap_map_for(node)}
         plain: dict[int, tuple[Variant, Variant]] = {}  # peers without routes: (both families, IPv6 only)
@@ -592,9 +593,11 @@ class PolicyManager:
         if new is None or old is None or len(new) != len(old):
             return None
         versions = [p for nid in dirty for p in (self._previous.get(nid), self._pnodes.get(nid)) if p is not None]
-        index = self._index
+        index, policy = self._index, cp.policy
+        assert index is not None  # the caller checked it
+        assert policy is not None and policy.ssh is not None  # the new signatures came from them
         out = set(dirty)
-        for rule, (old_src, old_dst), (new_src, new_dst) in zip(cp.policy.ssh, old, new):
+        for rule, (old_src, old_dst), (new_src, new_dst) in zip(policy.ssh, old, new):
             if (old_src, old_dst) == (new_src, new_dst) and not any(
                 old_src.contains_any(p.addresses) or new_src.contains_any(p.addresses) for p in versions
             ):
@@ -616,7 +619,7 @@ class PolicyManager:
         cached = self._positions
         if cached is None or cached[0] is not rules:
             single = dict(zip(rules, range(len(rules))))
-            multi = None
+            multi: dict[Any, list[int]] | None = None
             if len(single) != len(rules):
                 multi = {}
                 for i, rule in enumerate(rules):
@@ -698,17 +701,21 @@ class PolicyManager:
                 if nid in index.exits:
                     wire = cp.filter_wire_for(node)
                 else:  # only rules naming it as a destination can concern it
-                    mine = self._in_policy_order(rules, index.dst_of.get(nid, ()))
-                    wire = [r.to_wire() for r in reduce_rules(node, mine, viewer_set)]
+                    targeting = self._in_policy_order(rules, index.dst_of.get(nid, ()))
+                    wire = [r.to_wire() for r in reduce_rules(node, targeting, viewer_set)]
                 packet_filter = self._intern(encode_json(wire))
             else:
                 packet_filter = old.filter
             if old is None or nid in ssh_nodes:
-                ssh = cp.ssh_policy_for(node)
-                ssh = None if ssh is None else self._intern(encode_json(ssh))
+                ssh_policy = cp.ssh_policy_for(node)
+                ssh = None if ssh_policy is None else self._intern(encode_json(ssh_policy))
             else:
                 ssh = old.ssh
-            caps, self_allowed, self_primary = own.get(nid) or (old.caps, old.self_allowed, old.self_primary)
+            if nid in own:
+                caps, self_allowed, self_primary = own[nid]
+            else:
+                assert old is not None  # a node without a view is new, so dirty, so in own
+                caps, self_allowed, self_primary = old.caps, old.self_allowed, old.self_primary
             views[nid] = NodeView(packet_filter, peers, ssh, caps, self_allowed, self_primary)
             if old is None:
                 continue  # a new node gets a full map when it connects
