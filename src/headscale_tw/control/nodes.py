@@ -27,6 +27,7 @@ from headscale_tw.control.slices import in_slices
 from headscale_tw.control.state import ControlState
 from headscale_tw.control.users import UserAdmin, quoted
 from headscale_tw.errors import AlreadyExists, InvalidInput, NotFound
+from headscale_tw.interfaces import IPreAuthKeyStore
 from headscale_tw.storage.models import Node, PreAuthKey, User
 
 __all__ = ["NodeAdmin", "NodeDetails", "RouteInfo", "validate_tag", "validate_debug_auth_id", "MAX_TAG"]
@@ -107,7 +108,7 @@ class NodeAdmin:
     """
 
     def __init__(self, state: ControlState, notifier: MapNotifier, registrar: Registrar, users: UserAdmin,
-                 preauthkeys, clock: IReactorTime | None = None, audit: AuditLog = NO_AUDIT) -> None:
+                 preauthkeys: IPreAuthKeyStore, clock: IReactorTime | None = None, audit: AuditLog = NO_AUDIT) -> None:
         self.state = state
         self.notifier = notifier
         self.registrar = registrar

@@ -15,6 +15,7 @@ import attrs
 from headscale_tw.control.audit import NO_AUDIT, AuditLog, Target, policy_detail
 from headscale_tw.control.policy import PolicyManager
 from headscale_tw.errors import NotFound
+from headscale_tw.interfaces import IPolicyStore
 
 __all__ = ["PolicyAdmin", "PolicyText", "POLICY_NOT_FOUND"]
 
@@ -39,7 +40,7 @@ class PolicyAdmin:
     :param audit: records every change (``policy.set``).
     """
 
-    def __init__(self, policy: PolicyManager, store, audit: AuditLog = NO_AUDIT) -> None:
+    def __init__(self, policy: PolicyManager, store: IPolicyStore, audit: AuditLog = NO_AUDIT) -> None:
         self.policy = policy
         self.store = store
         self.audit = audit

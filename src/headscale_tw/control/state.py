@@ -23,6 +23,7 @@ from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.names import sanitize_hostname, unique_given_name
 from headscale_tw.counters import NodeStoreCounters
 from headscale_tw.errors import AlreadyExists, NotFound
+from headscale_tw.interfaces import IDatabase
 from headscale_tw.storage.models import Node, User
 
 __all__ = ["ControlState", "NodeRuntime", "TAGGED_DEVICES_USER_ID"]
@@ -69,7 +70,7 @@ class ControlState:
 
     log = Logger()
 
-    def __init__(self, db, allocator: IPAllocator, now: Callable[[], datetime]) -> None:
+    def __init__(self, db: IDatabase, allocator: IPAllocator, now: Callable[[], datetime]) -> None:
         self.db = db
         self.allocator = allocator
         self.now = now

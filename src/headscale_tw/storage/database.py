@@ -41,7 +41,21 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from headscale_tw.counters import Histogram
-from headscale_tw.interfaces import IDatabase
+from headscale_tw.interfaces import (
+    IAcmeStore,
+    IApiKeyStore,
+    IAuditEventStore,
+    IAuthRequestStore,
+    IDatabase,
+    IInstanceStore,
+    ILeaseStore,
+    INodeStore,
+    IOIDCLoginStore,
+    IPolicyStore,
+    IPreAuthKeyStore,
+    IServerStateStore,
+    IUserStore,
+)
 
 __all__ = [
     "DatabasePool",
@@ -655,18 +669,18 @@ class Database:
 
         self.pool = pool
         self.engine = pool.engine.name
-        self.users = UserStore(pool, reactor)
-        self.nodes = NodeStore(pool, reactor)
-        self.preauthkeys = PreAuthKeyStore(pool, reactor)
-        self.apikeys = ApiKeyStore(pool, reactor)
-        self.policies = PolicyStore(pool, reactor)
-        self.server_state = ServerStateStore(pool, reactor)
-        self.auth_requests = AuthRequestStore(pool, reactor)
-        self.leases = LeaseStore(pool, reactor)
-        self.instances = InstanceStore(pool, reactor)
-        self.acme = AcmeStore(pool, reactor)
-        self.oidc_logins = OIDCLoginStore(pool, reactor)
-        self.audit = AuditEventStore(pool, reactor)
+        self.users: IUserStore = UserStore(pool, reactor)
+        self.nodes: INodeStore = NodeStore(pool, reactor)
+        self.preauthkeys: IPreAuthKeyStore = PreAuthKeyStore(pool, reactor)
+        self.apikeys: IApiKeyStore = ApiKeyStore(pool, reactor)
+        self.policies: IPolicyStore = PolicyStore(pool, reactor)
+        self.server_state: IServerStateStore = ServerStateStore(pool, reactor)
+        self.auth_requests: IAuthRequestStore = AuthRequestStore(pool, reactor)
+        self.leases: ILeaseStore = LeaseStore(pool, reactor)
+        self.instances: IInstanceStore = InstanceStore(pool, reactor)
+        self.acme: IAcmeStore = AcmeStore(pool, reactor)
+        self.oidc_logins: IOIDCLoginStore = OIDCLoginStore(pool, reactor)
+        self.audit: IAuditEventStore = AuditEventStore(pool, reactor)
 
     async def close(self) -> None:
         """Finish in-flight work and close every connection."""
