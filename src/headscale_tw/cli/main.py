@@ -32,7 +32,7 @@ import platform
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from headscale_tw import __version__
 from headscale_tw.cli import completion, nodes_extra
@@ -63,7 +63,7 @@ DEFAULT_APIKEY_EXPIRY = "90d"
 class _Parser(argparse.ArgumentParser):
     """Usage errors raise instead of exiting, so ``main`` reports them in one line."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise CLIError(f"{message} (see '{self.prog} --help')")
 
 

@@ -53,7 +53,7 @@ class Handlers:
 
 def read_only(fn: Handler) -> Handler:
     """Mark a handler that changes nothing although its method is not ``GET`` (its refusals are not audited)."""
-    fn.read_only = True  # type: ignore[attr-defined]
+    fn.read_only = True  # type: ignore[attr-defined]  # a marker attribute on the function
     return fn
 
 
