@@ -276,18 +276,20 @@ class IAuditEventStore(Interface):
 class IDatabase(Interface):
     """An open, migrated database: one attribute per table area."""
 
-    users = Attribute("IUserStore")
-    nodes = Attribute("INodeStore")
-    preauthkeys = Attribute("IPreAuthKeyStore")
-    apikeys = Attribute("IApiKeyStore")
-    policies = Attribute("IPolicyStore")
-    server_state = Attribute("IServerStateStore")
-    auth_requests = Attribute("IAuthRequestStore")
-    leases = Attribute("ILeaseStore")
-    instances = Attribute("IInstanceStore")
-    acme = Attribute("IAcmeStore")
-    oidc_logins = Attribute("IOIDCLoginStore")
-    audit = Attribute("IAuditEventStore")
+    # The annotations are for mypy (a caller holding an IDatabase sees the store interfaces);
+    # zope sees the Attributes.
+    users: IUserStore = Attribute("the IUserStore")
+    nodes: INodeStore = Attribute("the INodeStore")
+    preauthkeys: IPreAuthKeyStore = Attribute("the IPreAuthKeyStore")
+    apikeys: IApiKeyStore = Attribute("the IApiKeyStore")
+    policies: IPolicyStore = Attribute("the IPolicyStore")
+    server_state: IServerStateStore = Attribute("the IServerStateStore")
+    auth_requests: IAuthRequestStore = Attribute("the IAuthRequestStore")
+    leases: ILeaseStore = Attribute("the ILeaseStore")
+    instances: IInstanceStore = Attribute("the IInstanceStore")
+    acme: IAcmeStore = Attribute("the IAcmeStore")
+    oidc_logins: IOIDCLoginStore = Attribute("the IOIDCLoginStore")
+    audit: IAuditEventStore = Attribute("the IAuditEventStore")
 
     async def close():
         """Finish in-flight work and close every connection."""

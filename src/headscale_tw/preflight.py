@@ -73,7 +73,7 @@ class StartupError(Exception):
 
 def one_line(error: BaseException | Failure) -> str:
     """One line describing ``error`` (a multi-line driver message is joined; no traceback)."""
-    if isinstance(error, Failure):
+    if isinstance(error, Failure) and error.value is not None:
         error = error.value
     text = " ".join(str(error).split())
     if isinstance(error, (StartupError, ValueError)) or _known(error):

@@ -167,7 +167,7 @@ class HeadscaleService(service.MultiService):
         self._log_observer = log_observer
         self._raise_early_failure = raise_early_failure
         self._ready: defer.Deferred | None = None
-        self.context = None
+        self.context: Components | None = None
         self.exit_status = 0
         self.failure_line = ""
         #: twistd's own options (``twistd headscale``): a daemonising twistd keeps its status pipe there.
@@ -210,8 +210,8 @@ class HeadscaleService(service.MultiService):
             raise preflight.StartupError(self.failure_line)
 
     async def _start(self):
-        self.context = await self._components(self.config, self.reactor)
-        for child in self.context.services:
+        self.context = context = await self._components(self.config, self.reactor)
+        for child in context.services:
             child.setServiceParent(self)
         ready = getattr(self.context, "ready", None)
         if ready is not None:  # e.g. the first ACME certificate: serving without it is a failed start
@@ -654,7 +654,7 @@ class _DERPParts:
         from headscale_tw.derp.resource import BootstrapDNSResource, derp_map_hostnames, mount_derp_resources
         from headscale_tw.derp.stun import STUNServerProtocol, parse_listen_addr
 
-        services = [self.provider]
+        services: list[service.Service] = [self.provider]
         if self.server is not None:
             bootstrap = BootstrapDNSResource(lambda: derp_map_hostnames(self.provider.derp_map), self._resolve)
             mount_derp_resources(root, self.server, bootstrap)

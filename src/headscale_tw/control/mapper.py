@@ -208,7 +208,7 @@ class Mapper:
         if node.disco_key:
             out["DiscoKey"] = node.disco_key
         out["Addresses"] = addresses
-        caps = ()
+        caps: tuple[str, ...] = ()
         if self_view:
             allowed, primary, caps = self.policy.self_view(node.id)
         elif variant is not None:

@@ -386,9 +386,8 @@ class MapNotifier:
         for viewer, (last, packet_filter, ssh, self_node, patched, online) in pending.items():
             if viewer not in nodes or not self.sessions.get(viewer):
                 continue
-            changed = sorted(pid for pid, up in last.items()
-                             if up and pid in nodes and policy.sees(viewer, pid))
-            removed = sorted(pid for pid in last if pid not in changed)
+            shown = sorted(pid for pid, up in last.items() if up and pid in nodes and policy.sees(viewer, pid))
+            removed = sorted(pid for pid in last if pid not in shown)
             # a full entry or a removal supersedes patches and online flags of that peer
             gone = last.keys()
             patches = tuple(sorted((pid, tuple(sorted(fields))) for pid, fields in patched.items()
@@ -396,7 +395,7 @@ class MapNotifier:
             flags = tuple(sorted((pid, up) for pid, up in online.items()
                                  if pid not in gone and pid in nodes and policy.sees(viewer, pid)))
             key = (
-                tuple((pid, policy.variant(viewer, pid)) for pid in changed),
+                tuple((pid, policy.variant(viewer, pid)) for pid in shown),
                 tuple(removed),
                 packet_filter,
                 ssh,

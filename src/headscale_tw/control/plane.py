@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -52,6 +53,9 @@ from headscale_tw.control.ssh_check import SSHChecks
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput
 from headscale_tw.throttle import AuthThrottles
+
+if TYPE_CHECKING:
+    from headscale_tw.control.cluster import ClusterSync
 
 __all__ = ["ControlPlane", "AUDIT_PRUNE_INTERVAL"]
 
@@ -113,7 +117,7 @@ class ControlPlane:
                                                          clock=clock, audit=self.audit)
         self.nodes = self.admin.nodes
         self.lifecycle: NodeLifecycle | None = None
-        self.cluster = None
+        self.cluster: ClusterSync | None = None
 
     def now(self) -> datetime:
         """The injected clock's time as an aware UTC datetime."""

@@ -17,6 +17,7 @@ import attrs
 from headscale_tw.control.audit import NO_AUDIT, AuditLog, Target, policy_detail
 from headscale_tw.control.policy import TailnetPolicy
 from headscale_tw.errors import NotFound
+from headscale_tw.interfaces import IPolicyStore
 
 __all__ = ["PolicyAdmin", "PolicyText", "POLICY_NOT_FOUND"]
 
@@ -42,7 +43,7 @@ class PolicyAdmin:
     :param audit: records every change (``policy.set``).
     """
 
-    def __init__(self, policy: TailnetPolicy, store, notifier, audit: AuditLog = NO_AUDIT) -> None:
+    def __init__(self, policy: TailnetPolicy, store: IPolicyStore, notifier, audit: AuditLog = NO_AUDIT) -> None:
         self.policy = policy
         self.store = store
         self.notifier = notifier

@@ -53,6 +53,7 @@ class MapRequest:
 def parse_map_request(body: object) -> MapRequest:
     """Validate a decoded JSON MapRequest; ``InvalidInput`` names the bad field."""
     version, node_key = parse_request_head(body, "map request")
+    assert isinstance(body, dict)  # parse_request_head refuses anything else
     disco = body.get("DiscoKey") or ""
     if disco:
         disco = parse_key(disco, "discokey", "map request: DiscoKey")

@@ -42,7 +42,21 @@ from zope.interface import implementer
 
 from headscale_tw.clock import as_utc
 from headscale_tw.counters import Histogram
-from headscale_tw.interfaces import IDatabase
+from headscale_tw.interfaces import (
+    IAcmeStore,
+    IApiKeyStore,
+    IAuditEventStore,
+    IAuthRequestStore,
+    IDatabase,
+    IInstanceStore,
+    ILeaseStore,
+    INodeStore,
+    IOIDCLoginStore,
+    IPolicyStore,
+    IPreAuthKeyStore,
+    IServerStateStore,
+    IUserStore,
+)
 
 __all__ = [
     "DatabasePool",
@@ -109,6 +123,21 @@ def to_bytes(value: Any) -> bytes | None:
     """Turn a stored blob (``bytes``, ``memoryview``) into ``bytes``."""
     if value is None:
         return None
+    return bytes(value)
+
+
+def required_datetime(value: Any) -> datetime:
+    """:func:`to_datetime` for a ``NOT NULL`` column: a ``NULL`` there raises ``ValueError``."""
+    result = to_datetime(value)
+    if result is None:
+        raise ValueError("a NOT NULL timestamp column held NULL")
+    return result
+
+
+def required_bytes(value: Any) -> bytes:
+    """:func:`to_bytes` for a ``NOT NULL`` column: a ``NULL`` there raises ``ValueError``."""
+    if value is None:
+        raise ValueError("a NOT NULL blob column held NULL")
     return bytes(value)
 
 
@@ -243,6 +272,19 @@ class Txn:
         """Run a ``SELECT`` and return its first row, or ``None``."""
         self.execute(sql, args)
         return self._cursor.fetchone()
+
+    def query_row(self, sql: str, args: tuple | list = ()) -> tuple:
+        """Run a statement that always yields a row (an aggregate, a row this transaction
+        wrote, ``INSERT ... RETURNING``) and return that row; none raises ``LookupError``."""
+        self.execute(sql, args)
+        return self.fetch_row()
+
+    def fetch_row(self) -> tuple:
+        """The next row of the last query, which must have one (else ``LookupError``)."""
+        row = self._cursor.fetchone()
+        if row is None:
+            raise LookupError("the statement returned no row")
+        return row
 
     @property
     def rowcount(self) -> int:
@@ -619,18 +661,18 @@ class Database:
 
         self.pool = pool
         self.engine = pool.engine.name
-        self.users = UserStore(pool, reactor)
-        self.nodes = NodeStore(pool, reactor)
-        self.preauthkeys = PreAuthKeyStore(pool, reactor)
-        self.apikeys = ApiKeyStore(pool, reactor)
-        self.policies = PolicyStore(pool, reactor)
-        self.server_state = ServerStateStore(pool, reactor)
-        self.auth_requests = AuthRequestStore(pool, reactor)
-        self.leases = LeaseStore(pool, reactor)
-        self.instances = InstanceStore(pool, reactor)
-        self.acme = AcmeStore(pool, reactor)
-        self.oidc_logins = OIDCLoginStore(pool, reactor)
-        self.audit = AuditEventStore(pool, reactor)
+        self.users: IUserStore = UserStore(pool, reactor)
+        self.nodes: INodeStore = NodeStore(pool, reactor)
+        self.preauthkeys: IPreAuthKeyStore = PreAuthKeyStore(pool, reactor)
+        self.apikeys: IApiKeyStore = ApiKeyStore(pool, reactor)
+        self.policies: IPolicyStore = PolicyStore(pool, reactor)
+        self.server_state: IServerStateStore = ServerStateStore(pool, reactor)
+        self.auth_requests: IAuthRequestStore = AuthRequestStore(pool, reactor)
+        self.leases: ILeaseStore = LeaseStore(pool, reactor)
+        self.instances: IInstanceStore = InstanceStore(pool, reactor)
+        self.acme: IAcmeStore = AcmeStore(pool, reactor)
+        self.oidc_logins: IOIDCLoginStore = OIDCLoginStore(pool, reactor)
+        self.audit: IAuditEventStore = AuditEventStore(pool, reactor)
 
     async def close(self) -> None:
         """Finish in-flight work and close every connection."""

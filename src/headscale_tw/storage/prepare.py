@@ -249,7 +249,10 @@ async def prepare_database(
         if created:
             log.info("Created a fresh {engine} database at schema version {version}", engine=engine, version=version)
         else:
-            version, tables = await pool.run_interaction("read_schema_state", _read_state_txn)
+            # Another server created it meanwhile: judge what it wrote like any existing schema.
+            version = await pool.run_interaction("read_schema_state", _judged_state_txn, schema_version)
+            if version is None:
+                raise PrepareError("another server began creating the schema but no schema version is recorded")
             fresh = False
     if version > schema_version:
         raise DatabaseTooNew(version, schema_version)

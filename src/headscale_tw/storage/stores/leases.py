@@ -27,7 +27,7 @@ from zope.interface import implementer
 from headscale_tw.interfaces import ILeaseStore
 from headscale_tw.storage.database import Txn
 from headscale_tw.storage.models import Lease
-from headscale_tw.storage.stores._common import StoreBase, to_datetime
+from headscale_tw.storage.stores._common import StoreBase, required_datetime
 
 __all__ = ["Lease", "LeaseStore", "holds_lease_txn", "MAX_LEASE_NAME"]
 
@@ -37,8 +37,8 @@ MAX_LEASE_NAME = 200
 
 def _lease(name: str, row: tuple) -> Lease:
     holder, token, acquired_at, expires_at = row
-    return Lease(name=name, holder=holder, token=int(token), acquired_at=to_datetime(acquired_at),
-                 expires_at=to_datetime(expires_at))
+    return Lease(name=name, holder=holder, token=int(token), acquired_at=required_datetime(acquired_at),
+                 expires_at=required_datetime(expires_at))
 
 
 def _check_name(name: str, what: str = "lease name") -> None:
