@@ -92,11 +92,11 @@ class PolicyCompilation:
             # Only the aliases and grants that can select a changed node are resolved again.
             compiler.set_users(users_t)
             for node_id in inputs.stale:
-                pnode = nodes.get(node_id)
-                if pnode is None:
+                stale = nodes.get(node_id)
+                if stale is None:
                     compiler.remove(node_id)
                 else:
-                    compiler.put(pnode)
+                    compiler.put(stale)
         inputs.stale.clear()
         self._compiled = self._compile(compiler)
         self.recompiles += 1

@@ -179,6 +179,7 @@ class ViewCache:
         the index finds a narrow rule's members by address lookup.
         """
         index, pnodes = self.index, self.inputs.nodes
+        assert index is not None  # only called once the index is built
         matches = cp.matches_for(next(iter(pnodes.values())))
         v6_only = {nid for nid, node in pnodes.items() if "disable-ipv4" in cp.cap_map_for(node)}
         plain: dict[int, tuple[Variant, Variant]] = {}  # peers without routes: (both families, IPv6 only)
@@ -290,9 +291,11 @@ class ViewCache:
             return None
         inputs = self.inputs
         versions = [p for nid in dirty for p in (inputs.previous.get(nid), inputs.nodes.get(nid)) if p is not None]
-        index = self.index
+        index, policy = self.index, cp.policy
+        assert index is not None  # the caller checked it
+        assert policy is not None and policy.ssh is not None  # the new signatures came from them
         out = set(dirty)
-        for rule, (old_src, old_dst), (new_src, new_dst) in zip(cp.policy.ssh, old, new):
+        for rule, (old_src, old_dst), (new_src, new_dst) in zip(policy.ssh, old, new):
             if (old_src, old_dst) == (new_src, new_dst) and not any(
                 old_src.contains_any(p.addresses) or new_src.contains_any(p.addresses) for p in versions
             ):
@@ -314,7 +317,7 @@ class ViewCache:
         cached = self._positions
         if cached is None or cached[0] is not rules:
             single = dict(zip(rules, range(len(rules))))
-            multi = None
+            multi: dict[Any, list[int]] | None = None
             if len(single) != len(rules):
                 multi = {}
                 for i, rule in enumerate(rules):
@@ -402,7 +405,11 @@ class ViewCache:
                 ssh = None if ssh_policy is None else self._intern(encode_json(ssh_policy))
             else:
                 ssh = old.ssh
-            caps, self_allowed, self_primary = own.get(nid) or (old.caps, old.self_allowed, old.self_primary)
+            mine_now = own.get(nid)
+            if mine_now is None:
+                assert old is not None  # a node without a view is new, so dirty, so in own
+                mine_now = (old.caps, old.self_allowed, old.self_primary)
+            caps, self_allowed, self_primary = mine_now
             views[nid] = NodeView(packet_filter, peers, ssh, caps, self_allowed, self_primary)
             if old is None:
                 continue  # a new node gets a full map when it connects

@@ -47,13 +47,16 @@ retrying silently). See docs/noise.md.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
 import attrs
 from automat import TypeMachineBuilder
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IDelayedCall, ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
+from twisted.python.failure import Failure
 from twisted.web import resource
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -277,9 +280,13 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
 
     negotiatedProtocol = b"h2"
     _log = Logger()
+    transport: ITransport  # makeConnection sets it before any other callback
+    callLater: Callable[..., IDelayedCall]  # the factory's reactor, not TimeoutMixin's global one
 
     def __init__(self, factory: NoiseFactory, result: ResponderResult, client_address: str = "") -> None:
-        ProtocolWrapper.__init__(self, factory, None)
+        # NoiseFactory keeps ProtocolWrapper's factory contract (registerProtocol and
+        # unregisterProtocol) without being a WrappingFactory; makeConnection sets the inner protocol.
+        ProtocolWrapper.__init__(self, factory, None)  # type: ignore[arg-type]
         self._client_address = client_address
         self.callLater = factory.reactor.callLater
         self._result = result
@@ -311,25 +318,28 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
         transport.registerProducer(self.wrappedProtocol, True)
 
     def connectionMade(self) -> None:
+        peer = self.peer
+        assert peer is not None  # makeConnection sets it first
         self._log.debug(
             "noise: {machine_key} (version {version}) connected{refused}",
-            machine_key=self.peer.machine_key,
-            version=self.peer.version,
+            machine_key=peer.machine_key,
+            version=peer.version,
             refused=" and refused" if self.refused else "",
         )
         if self.refused:
             self._log.debug(
                 "noise: refusing client {machine_key}: version {version} < {minimum}",
-                machine_key=self.peer.machine_key,
-                version=self.peer.version,
+                machine_key=peer.machine_key,
+                version=peer.version,
                 minimum=self.factory.min_version,
             )
         self.setTimeout(self.factory.handshake_timeout)
-        if self.peer.challenge is not None:
-            self.write(encode_early_payload(self.peer.challenge.public().raw))
+        if peer.challenge is not None:
+            self.write(encode_early_payload(peer.challenge.public().raw))
 
     # Transport side (called by the inner HTTP/2 server).
     def getPeer(self) -> NoiseAddress:
+        assert self.peer is not None  # makeConnection sets it first
         return NoiseAddress(self.peer)
 
     def write(self, data: bytes) -> None:
@@ -349,7 +359,7 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
     def timeoutConnection(self) -> None:
         self._machine.timed_out()
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._machine.connection_lost(reason)
 
     # -- what the machine runs ------------------------------------------------------
