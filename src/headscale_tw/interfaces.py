@@ -185,6 +185,25 @@ class IInstanceStore(Interface):
         """Delete rows long expired; return how many."""
 
 
+class INodeSessionStore(Interface):
+    """Which instance holds a map stream of which node; online means a row on a live instance."""
+
+    async def open(node_id, instance_id, since):
+        """Record that the node streams on the instance, online since ``since``."""
+
+    async def close(node_id, instance_id):
+        """Delete the node's row of the instance; return whether there was one."""
+
+    async def rows(node_id, now=None):
+        """Return the node's rows on live instances: instance id to ``connected_at``."""
+
+    async def online(now=None):
+        """Return every node with a row on a live instance: node id to (instance id to ``connected_at``)."""
+
+    async def forget(instance_ids=(), now=None):
+        """Delete the rows of those instances and of expired ones; return the node ids deleted."""
+
+
 class IAcmeStore(Interface):
     """The built-in ACME client's account keys, certificates and live challenges, shared by instances."""
 
@@ -284,6 +303,7 @@ class IDatabase(Interface):
     auth_requests = Attribute("IAuthRequestStore")
     leases = Attribute("ILeaseStore")
     instances = Attribute("IInstanceStore")
+    node_sessions = Attribute("INodeSessionStore")
     acme = Attribute("IAcmeStore")
     oidc_logins = Attribute("IOIDCLoginStore")
     audit = Attribute("IAuditEventStore")

@@ -618,6 +618,7 @@ class Database:
         from headscale_tw.storage.stores.auth_requests import AuthRequestStore
         from headscale_tw.storage.stores.instances import InstanceStore
         from headscale_tw.storage.stores.leases import LeaseStore
+        from headscale_tw.storage.stores.node_sessions import NodeSessionStore
         from headscale_tw.storage.stores.nodes import NodeStore
         from headscale_tw.storage.stores.oidc_logins import OIDCLoginStore
         from headscale_tw.storage.stores.policies import PolicyStore
@@ -636,6 +637,7 @@ class Database:
         self.auth_requests = AuthRequestStore(pool, reactor)
         self.leases = LeaseStore(pool, reactor)
         self.instances = InstanceStore(pool, reactor)
+        self.node_sessions = NodeSessionStore(pool, reactor)
         self.acme = AcmeStore(pool, reactor)
         self.oidc_logins = OIDCLoginStore(pool, reactor)
         self.audit = AuditEventStore(pool, reactor)
