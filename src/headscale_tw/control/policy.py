@@ -131,7 +131,8 @@ class PolicyManager:
 
     log = Logger()
 
-    def __init__(self, state, config=None, store=None, read_file: Callable[[str], str] | None = None) -> None:
+    def __init__(self, state, config=None, store=None, read_file: Callable[[str], str] | None = None,
+                 election: RouteElection | None = None) -> None:
         self.state = state
         #: Seconds per policy compilation (checks of a new policy and recompiles for changed nodes).
         self.compile_seconds = Histogram()
@@ -145,7 +146,7 @@ class PolicyManager:
         self.read_file = read_file or _read_text
         self.engine = PolicyEngine(None, server_url=self.server_url)
         self.text = ""
-        self.election = RouteElection()
+        self.election = election if election is not None else RouteElection()
         self.notifier = None
         self._pnodes: dict[int, PNode] = {}
         self._serving: dict[int, tuple] = {}
