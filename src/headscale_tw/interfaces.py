@@ -278,8 +278,8 @@ class IOIDCLoginStore(Interface):
 class IAuditEventStore(Interface):
     """The audit log's rows: appended, read with filters, deleted past the retention."""
 
-    async def add(event):
-        """Append one ``AuditEvent``."""
+    async def add(event, lease=None):
+        """Append one ``AuditEvent`` (with ``lease``: only while that tenure is live); return whether it was."""
 
     async def add_many(events):
         """Append several ``AuditEvent`` objects in one transaction."""
