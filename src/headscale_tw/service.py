@@ -43,7 +43,7 @@ from headscale_tw.logs import twisted_level
 from headscale_tw.web.access_log import AccessLog, AccessLoggedSite, access_logs
 
 __all__ = ["build_service", "listen_endpoint", "exit_with_status", "HeadscaleService", "HealthResource",
-           "MetricsResource"]
+           "MetricsResource", "membership_dispatch"]
 
 
 #: Accept backlog of the control listener: thousands of clients reconnect at once after a
@@ -336,21 +336,39 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
 
     derp_parts = _build_derp(config, reactor)
     feed = None
+    link = None
+    cluster_services: list = []
     if db.engine == "postgres":
-        # Several instances may share this database: publish our writes, apply theirs.
+        # Several instances may share this database: publish our writes, apply theirs, keep online
+        # state in node_sessions, and let one instance (the lease holder) do each lifecycle job.
+        from headscale_tw.control.cluster import ClusterLink
+        from headscale_tw.control.lease import LeaseKeeper
+        from headscale_tw.control.lifecycle import LIFECYCLE_LEASES
         from headscale_tw.storage.changefeed import ChangeFeed, PublishingDatabase, postgres_listener
 
         feed = ChangeFeed(postgres_listener(config.database.postgres, reactor), db.pool, reactor)
         db = PublishingDatabase(db, feed.publish)
+        keepers = {name: LeaseKeeper(db.leases, name, feed.instance_id, reactor) for name in LIFECYCLE_LEASES}
+        link = ClusterLink(feed.instance_id, feed.publish, db.node_sessions,
+                           derp=derp_parts.server if derp_parts else None,
+                           lease_for=lambda name: keepers[name].lease)
+        cluster_services.extend(keepers.values())
     from headscale_tw.dnsprovider.build import build_provider
 
     plane = ControlPlane(config, db, reactor, derp_map=derp_parts.current_map if derp_parts else None,
-                         dns_provider=build_provider(config, reactor), instance=_instance_name())
+                         dns_provider=build_provider(config, reactor), instance=_instance_name(), cluster=link)
     await plane.start()
     if feed is not None:
-        sync = plane.join_cluster(feed.publish, derp=derp_parts.server if derp_parts else None)
-        feed.subscribe(sync.changed, sync.resync)
+        from headscale_tw.control.instances import InstanceRegistry
+
+        feed.subscribe(plane.cluster.changed, plane.cluster.resync)
         feed.start()
+        # The instances table: who is live. Each membership change goes to every consumer in turn.
+        registry = InstanceRegistry(db.instances, feed.instance_id, reactor, _advertised(config),
+                                    on_membership=membership_dispatch([
+                                        plane.cluster.membership_changed,  # online state, last seen
+                                    ]))
+        cluster_services.insert(0, registry)  # first to start, last to stop (its clean stop removes the row)
     if derp_parts is not None:
         derp_parts.bind(plane, lambda new_map: plane.notifier.broadcast(encode_json({"DERPMap": new_map})))
 
@@ -379,7 +397,7 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     site = ControlSite(root, logs["control"], requestFactory=GuardedRequest)
     _mount_control(config, reactor, root, plane, noise_key, logs["noise"])
 
-    services: list = []
+    services: list = list(cluster_services)
     if derp_parts is not None:
         services.extend(derp_parts.mount(root))
     for interval, job in [*plane.periodic_jobs(), (health.interval, health.tick), *oidc_jobs]:
@@ -423,6 +441,11 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
             if feed is not None:
                 feed.stop()
             plane.stop()
+            if plane.presence is not None:
+                try:  # our streams have ended: our node_sessions rows go (the others would delete them anyway)
+                    await plane.presence.close()
+                except Exception as e:
+                    Logger().warn("could not delete this instance's node sessions: {error}", error=e)
             await db.close()
         finally:
             if lock is not None:
@@ -434,6 +457,33 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
 
     return Components(services, close=close, reload=reload, site=site, root=root, db=db, plane=plane, health=health,
                       derp=derp_parts.server if derp_parts else None, ready=ready)
+
+
+def membership_dispatch(consumers: list[Callable]) -> Callable:
+    """The instance registry's ``on_membership``: hands each ``Membership`` to every consumer in turn.
+
+    A consumer that raises is logged and the others still get it; adding a consumer
+    (the DERP mesh, say) is one more entry in the list.
+    """
+    log = Logger(namespace="headscale_tw.control.instances")
+
+    def dispatch(membership) -> None:
+        for consumer in consumers:
+            try:
+                consumer(membership)
+            except Exception:
+                log.failure("membership consumer {consumer!r} failed", consumer=consumer)
+
+    return dispatch
+
+
+def _advertised(config: Config):
+    """What this instance writes into its ``instances`` row for the others."""
+    from headscale_tw import __version__
+    from headscale_tw.control.instances import Advertised
+    from headscale_tw.storage.prepare import SCHEMA_VERSION
+
+    return Advertised(software_version=__version__, schema_version=SCHEMA_VERSION, server_url=config.server_url)
 
 
 def _instance_name() -> str:

@@ -18,12 +18,17 @@ TIMEOUT = 15.0
 
 
 def wait_until(sync: ClusterSync, predicate, timeout: float = TIMEOUT) -> Deferred:
-    """Fire once ``predicate()`` holds, checked now and after every change ``sync`` applies."""
+    """Fire once ``predicate()`` holds, checked now and after every change ``sync`` applies.
+
+    It fires from the reactor, not from inside ``sync``'s queue: a test resumed there
+    would run while that queue is busy, and work it queues would wait for the test.
+    """
     d: Deferred = Deferred()
+    held: list = []
 
     def check(_change=None):
-        if not d.called and predicate():
-            d.callback(None)
+        if not held and not d.called and predicate():
+            held.append(reactor.callLater(0, lambda: d.called or d.callback(None)))
 
     sync.observers.append(check)
     check()
