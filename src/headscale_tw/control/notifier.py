@@ -22,6 +22,8 @@ Rules:
 * Online: a node is online while it has a stream. When its last stream ends
   it stays online for ``offline_grace`` seconds, so a quick reconnect is not
   announced to peers at all; then peers get ``OnlineChange``/``PeerSeenChange``.
+  With several instances, the ``presence`` hook given at construction records
+  the first stream here and the end of the grace in the shared database.
 * Batching (``batch_delay`` > 0): deltas from :meth:`MapNotifier.push` are
   kept per viewer for up to ``batch_delay`` seconds and merged (peers changed
   and removed: the last word per peer wins, entries are built at flush time

@@ -11,6 +11,13 @@ One object holding the whole control plane, for ``service.py`` to build.
     await plane.reload()                      # SIGHUP: policy file (or DB row) and DNS extra records
     plane.stop()                              # on stopService: ends streams, cancels timers
 
+Several instances on one PostgreSQL database: ``ControlPlane(..., cluster=ClusterLink(...))``
+builds the shared presence (``plane.presence``, given to the notifier), an HA
+election ranked from shared state (given to the policy manager), the lifecycle
+jobs under their leases, and ``plane.cluster`` (a
+:class:`~headscale_tw.control.cluster.ClusterSync`) for the change feed and the
+instance registry to call; all at construction.
+
 Brute-force throttles (:class:`~headscale_tw.throttle.AuthThrottles`) are
 ``plane.throttles``: the registrar uses ``preauth_key``; ``service.py`` hands
 ``api_key`` to the admin API and ``noise_handshake`` to ``/ts2021``; one of
