@@ -146,6 +146,9 @@ class ClusterSync:
         previous = self.state.cache_node(row)
         if previous is None:
             self.notifier.node_added(node_id)
+            # New here: whether it streams somewhere (its "online" may have come before this row).
+            if self._apply_rows(node_id, await self.presence.rows(node_id)):
+                self.notifier.push(self.policy.update([node_id]))
         elif previous != row:
             self.notifier.node_changed(node_id)
 
@@ -184,7 +187,9 @@ class ClusterSync:
     def _apply_rows(self, node_id: int, rows: dict[str, datetime]) -> bool:
         """Apply ``node_id``'s rows on live instances; whether the HA election must run for it."""
         state = self.state
-        runtime = state.runtime[node_id]
+        runtime = state.runtime.get(node_id)
+        if runtime is None or node_id not in state.nodes:
+            return False  # deleted meanwhile
         me = self.presence.instance_id
         others = [at for instance, at in rows.items() if instance != me]
         if self.notifier.is_connected(node_id) or (self.presence.holds(node_id) and not others):
