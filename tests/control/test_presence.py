@@ -1,8 +1,11 @@
 """Tests for :mod:`headscale_tw.control.presence` and the notifier's presence hook, on SQLite and a Clock."""
 
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from headscale_tw.control.cluster import ClusterLink
+from headscale_tw.control.presence import NodePresence
 from headscale_tw.testing.db import open_test_database, resolve
 from tests.control._harness import Harness
 
@@ -86,3 +89,46 @@ class NodePresenceTests(unittest.TestCase):
         self.assertLess(self.presence.rank(y.id), self.presence.rank(self.x.id))
         z, _ = self.h.register("zulu")
         self.assertLess(self.presence.rank(self.x.id), self.presence.rank(z.id))
+
+
+class _SlowStore:
+    """A node session store whose writes wait until the test lets each one finish."""
+
+    def __init__(self):
+        self.calls = []
+
+    async def open(self, node_id, instance_id, since):
+        d = Deferred()
+        self.calls.append(("open", node_id, d))
+        await d
+
+    async def close(self, node_id, instance_id):
+        d = Deferred()
+        self.calls.append(("close", node_id, d))
+        await d
+        return True
+
+
+class WriteOrderTests(unittest.TestCase):
+    """One node's writes run in call order; other nodes' writes do not wait behind them."""
+
+    def test_per_node_order(self):
+        """x's close waits for x's open to finish, while y's open starts at once."""
+        store, published = _SlowStore(), []
+
+        async def publish(kind, ident):
+            published.append((kind, ident))
+
+        state = type("State", (), {"runtime": {}})()
+        presence = NodePresence(store, ME, publish, state, Clock())
+        presence(1, True)
+        closed = presence(1, False)
+        presence(2, True)
+        self.assertEqual([(kind, node) for kind, node, _ in store.calls], [("open", 1), ("open", 2)])
+        store.calls[1][2].callback(None)
+        store.calls[0][2].callback(None)
+        self.assertEqual([(kind, node) for kind, node, _ in store.calls], [("open", 1), ("open", 2), ("close", 1)])
+        self.assertNoResult(closed)
+        store.calls[2][2].callback(None)
+        self.successResultOf(closed)
+        self.assertEqual(published, [("online", 2), ("online", 1), ("offline", 1)])

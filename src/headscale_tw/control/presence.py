@@ -8,8 +8,9 @@ cluster's online set read back from it: :class:`NodePresence` (issue #16).
 (``presence(node_id, False)``) when its offline grace ends here. Each call
 writes or deletes this instance's row and then publishes ``online``/``offline``
 on the change feed, so every other instance re-reads the node's rows
-(:class:`~headscale_tw.control.cluster.ClusterSync`). Writes run one at a
-time, in call order, so an open and the close that follows it cannot swap.
+(:class:`~headscale_tw.control.cluster.ClusterSync`). The writes for one node
+run one at a time, in call order, so an open and the close that follows it
+cannot swap; different nodes' writes run alongside.
 
 A node is online while it has a row on a live instance; the store's reads
 join the ``instances`` table, so the rows of a dead instance stop counting as
@@ -26,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 
 from headscale_tw.clock import utc_now
@@ -60,7 +61,9 @@ class NodePresence:
         self.state = state
         self.clock = clock
         self._held: set[int] = set()
-        self._tail: Deferred = succeed(None)
+        #: node id -> [the chain of its queued writes, how many are queued]
+        self._pending: dict[int, list] = {}
+        self._outstanding: set[Deferred] = set()
 
     def now(self) -> datetime:
         """The injected clock's time."""
@@ -94,15 +97,29 @@ class NodePresence:
         return self._queue(self._close, node_id)
 
     def _queue(self, work, node_id: int, *args) -> Deferred:
+        """Run ``work(node_id, *args)`` after the writes already queued for that node (other nodes' run
+        alongside: a reconnect storm is not one long line); the Deferred fires when it has run."""
+        entry = self._pending.get(node_id)
+        if entry is None:
+            entry = self._pending[node_id] = [succeed(None), 0]
+        entry[1] += 1
         done: Deferred = Deferred()
+
+        def finished(_) -> None:
+            entry[1] -= 1
+            if entry[1] == 0 and self._pending.get(node_id) is entry:
+                del self._pending[node_id]
+            self._outstanding.discard(done)
+            done.callback(None)
 
         def run(_):
             d = Deferred.fromCoroutine(work(node_id, *args))
             d.addErrback(lambda f: self.log.failure("writing the session of node {node_id}", f, node_id=node_id))
-            d.addBoth(lambda _: done.callback(None))
+            d.addBoth(finished)
             return d
 
-        self._tail.addCallback(run)
+        self._outstanding.add(done)
+        entry[0].addCallback(run)
         return done
 
     async def _open(self, node_id: int, since: datetime) -> None:
@@ -124,7 +141,8 @@ class NodePresence:
     async def close(self) -> list[int]:
         """A clean stop: delete every row of this instance (nobody streams here any more)."""
         self._held.clear()
-        await self._tail
+        if self._outstanding:
+            await DeferredList(list(self._outstanding))
         return await self.store.forget([self.instance_id], self.now())
 
     # -- everyone's rows ---------------------------------------------------------------
