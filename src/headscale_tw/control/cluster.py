@@ -16,13 +16,24 @@ time, in arrival order, and fanned out exactly like a local change:
 * ``auth``: an auth request was approved or rejected elsewhere; if a client's
   ``Followup`` long-poll waits on it here, it is re-read and answered
   (:meth:`~headscale_tw.control.authrequests.AuthRequests.changed`).
-* ``online``/``offline``: the node's map stream started/ended on another
-  instance; peers here get ``OnlineChange`` and the HA route election reruns.
-  ``NodeRuntime.elsewhere`` marks such nodes (ephemeral collection skips them).
+* ``online``/``offline``: a node's row in ``node_sessions`` was written or
+  deleted by another instance. The node's rows on live instances are re-read
+  (:class:`~headscale_tw.control.presence.NodePresence`): it is online when one
+  is on another instance (``NodeRuntime.elsewhere``; ephemeral collection skips
+  such nodes), and ``online_since`` (the HA election's rank) is the earliest
+  ``connected_at``. Peers here get ``OnlineChange`` and the election reruns.
+  A node streaming here, or in its offline grace here, keeps its local state.
+* membership (:meth:`ClusterSync.membership_changed`, from the
+  :class:`~headscale_tw.control.instances.InstanceRegistry`): the rows of
+  instances that left are deleted (idempotent; the one instance whose delete
+  took them stores the nodes' ``last_seen``), then the whole online set is
+  re-read and applied as above.
 * resync (after the feed (re)connects): every user and node is re-read and the
-  differences are applied as above; auth requests waited on here are re-read.
+  differences are applied as above, the online set too; auth requests waited
+  on here are re-read.
 
-This instance's own stream starts/ends are published through ``MapNotifier.presence``.
+This instance's own stream starts/ends are written and published by the
+``NodePresence`` the notifier was built with.
 """
 
 from __future__ import annotations
