@@ -257,8 +257,8 @@ class PostgresWiringTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_cluster_pieces_built_and_wired(self):
-        """The registry starts first, one lease keeper per lifecycle job follows, and the plane was built with
-        its presence (the notifier's hook), a ranked election and its ClusterSync."""
+        """One lease keeper per lifecycle job starts first, the registry after the listeners, and the plane was
+        built with its presence (the notifier's hook), a ranked election and its ClusterSync."""
         from dataclasses import replace
 
         from twisted.internet import reactor
@@ -268,6 +268,7 @@ class PostgresWiringTests(unittest.TestCase):
         from headscale_tw.control.lifecycle import LIFECYCLE_LEASES
         from headscale_tw.service import build_components
         from headscale_tw.testing.db import create_postgres_database
+        from tests.cluster._cluster import wait_until
 
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
@@ -276,9 +277,13 @@ class PostgresWiringTests(unittest.TestCase):
         config = replace(config, noise=replace(config.noise, private_key_path=os.path.join(folder, "noise.key")))
         parts = yield defer.Deferred.fromCoroutine(build_components(config, reactor))
         try:
-            registry, *keepers = parts.services[:1 + len(LIFECYCLE_LEASES)]
-            self.assertIsInstance(registry, InstanceRegistry)
+            resynced = []
+            parts.plane.cluster.observers.append(resynced.append)
+            yield wait_until(parts.plane.cluster, lambda: None in resynced)  # the feed listens: stop it cleanly
+            keepers = parts.services[:len(LIFECYCLE_LEASES)]
             self.assertEqual(sorted(k.name for k in keepers if isinstance(k, LeaseKeeper)), sorted(LIFECYCLE_LEASES))
+            registry = parts.services[-1]
+            self.assertIsInstance(registry, InstanceRegistry)
             plane = parts.plane
             self.assertIs(plane.notifier.presence, plane.presence)
             self.assertEqual(plane.presence.instance_id, registry.instance_id)
@@ -287,3 +292,110 @@ class PostgresWiringTests(unittest.TestCase):
             self.assertEqual(registry.advertised.server_url, "http://127.0.0.1:8080")
         finally:
             yield defer.Deferred.fromCoroutine(parts.close())
+
+
+class DaemonStatusTests(unittest.TestCase):
+    """A daemonising twistd's waiting parent hears how the start went only once it has finished."""
+
+    def status_pipe(self):
+        """A pipe standing in for twistd's: (its read end, twistd's options holding its write end)."""
+        import os
+
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        return read_end, {"statusPipe": write_end, "nodaemon": False}
+
+    def read_all(self, read_end) -> bytes:
+        """Everything written to the pipe; the write end must be closed already (else this would block)."""
+        import os
+
+        chunks = []
+        while True:
+            chunk = os.read(read_end, 4096)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    def service(self, components, options):
+        svc = HeadscaleService(Config(), MemoryReactor(), components=components, raise_early_failure=True,
+                               twistd_options=options)
+        return svc
+
+    def test_started_only_when_serving(self):
+        """The pipe is taken from twistd's options at start, and b"0" is written only once the start finished."""
+        import os
+
+        later = defer.Deferred()
+
+        async def components(config, reactor):
+            await later
+            return Components([])
+
+        read_end, options = self.status_pipe()
+        svc = self.service(components, options)
+        svc.startService()
+        self.assertNotIn("statusPipe", options)  # twistd itself will write nothing
+        os.set_blocking(read_end, False)
+        with self.assertRaises(BlockingIOError):
+            os.read(read_end, 1)  # nothing yet: the parent keeps waiting
+        os.set_blocking(read_end, True)
+        later.callback(None)
+        self.assertEqual(self.read_all(read_end), b"0")
+        self.assertEqual(svc.exit_status, 0)
+
+    def test_late_failure_reaches_parent(self):
+        """A failure found after startService returned (a migration) is written as twistd writes one: b"1 <name>: <line>"."""
+        from headscale_tw.preflight import StartupError
+
+        later = defer.Deferred()
+
+        async def components(config, reactor):
+            await later
+            raise StartupError("database (sqlite x): migration 04/01_instances.sqlite.sql failed")
+
+        read_end, options = self.status_pipe()
+        svc = self.service(components, options)
+        svc.startService()
+        later.callback(None)
+        full = b"1 headscale_tw.preflight.StartupError: database (sqlite x): migration 04/01_instances.sqlite.sql failed"
+        self.assertEqual(self.read_all(read_end), full[:100])  # twistd's parent reads at most 100 bytes
+        self.assertEqual(svc.exit_status, 1)
+        self.flushLoggedErrors(StartupError)
+
+    def test_early_failure_reaches_parent_once(self):
+        """A failure inside startService is raised (as before) and written to the pipe once, by the service."""
+        from headscale_tw.preflight import StartupError
+
+        async def components(config, reactor):
+            raise StartupError("tls_cert_path ./c.pem: No such file or directory")
+
+        read_end, options = self.status_pipe()
+        svc = self.service(components, options)
+        with self.assertRaises(StartupError):
+            svc.startService()
+        self.assertEqual(self.read_all(read_end),
+                         b"1 headscale_tw.preflight.StartupError: tls_cert_path ./c.pem: No such file or directory")
+        self.flushLoggedErrors(StartupError)
+
+    def test_stop_before_start_finished(self):
+        """Stopped while still starting (SIGTERM during a migration), the parent is told the start did not finish."""
+        later = defer.Deferred()
+
+        async def components(config, reactor):
+            await later
+            return Components([])
+
+        read_end, options = self.status_pipe()
+        svc = self.service(components, options)
+        svc.startService()
+        svc.stopService()
+        self.assertEqual(self.read_all(read_end),
+                         b"1 headscale_tw.preflight.StartupError: stopped before the start had finished")
+        later.callback(None)  # finishing afterwards writes nothing more (the pipe is closed)
+
+    def test_foreground_untouched(self):
+        """Without a status pipe (twistd -n, headscale serve) nothing is claimed or written."""
+        options = {"nodaemon": True}
+        svc = self.service(lambda config, reactor: defer.succeed(Components([])), options)
+        svc.startService()
+        self.assertEqual(options, {"nodaemon": True})

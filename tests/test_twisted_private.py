@@ -66,6 +66,11 @@ def _check(testcase: unittest.TestCase, use: PrivateUse) -> None:
         owner = _resolve(use.owner)
     except (ImportError, AttributeError) as e:
         testcase.fail(f"Twisted no longer has {use.owner} (needed for {use.name}: {use.reason}): {e}")
+    if use.source_mentions is not None:
+        source = inspect.getsource(owner)
+        testcase.assertIn(use.source_mentions, source,
+                          f"Twisted's {use.owner} no longer uses {use.name!r} as headscale-tw relies on ({use.reason})")
+        return
     found = hasattr(owner, use.name) or (isinstance(owner, type) and _sets_instance_attribute(owner, use.name))
     if not found:
         testcase.fail(f"Twisted no longer has {use.owner}.{use.name} ({use.reason})")
@@ -151,3 +156,23 @@ class ConfinementTests(unittest.TestCase):
         _, names = self._code_names()
         stale = [f"{use.owner}.{use.name}" for use in PRIVATE_USES if use.name not in names]
         self.assertEqual(stale, [])
+
+
+class DaemonStatusProtocolTests(unittest.TestCase):
+    """The status-pipe protocol ``report_daemon_status`` speaks is still the one twistd's parent reads."""
+
+    def test_parent_reads_zero_as_started(self):
+        """twistd's waiting parent reads at most 100 bytes and treats exactly b"0" as a successful start."""
+        from twisted.scripts._twistd_unix import UnixApplicationRunner
+
+        source = inspect.getsource(UnixApplicationRunner._waitForStart)
+        self.assertIn("os.read, readPipe, 100", source)
+        self.assertIn('data != b"0"', source)
+        self.assertEqual(_twisted_private.DAEMON_STATUS_LIMIT, 100)
+
+    def test_daemonize_sets_the_key(self):
+        """twistd keeps the pipe's write end under the key the service claims."""
+        from twisted.scripts._twistd_unix import UnixApplicationRunner
+
+        source = inspect.getsource(UnixApplicationRunner.setupEnvironment)
+        self.assertIn(f'self.config["{_twisted_private.DAEMON_STATUS_KEY}"] = self.daemonize', source)

@@ -22,6 +22,9 @@ Three areas:
   holds nothing.
 * :func:`detach_http_channel`: the HTTP/1.1 ``Upgrade`` handoff takes an
   ``HTTPChannel``'s connection away (used by :mod:`headscale_tw.web.upgrade`).
+* :func:`claim_daemon_status_pipe` and :func:`report_daemon_status`: a
+  daemonising ``twistd`` tells its waiting parent how the start went only once
+  the server really serves (used by :mod:`headscale_tw.tap`).
 
 Rule for new code: a private use goes here, with an entry in :data:`PRIVATE_USES`.
 The guard test also parses this module and fails when it reads an underscore
@@ -58,6 +61,8 @@ __all__ = [
     "outbound_queue",
     "add_outbound_queue",
     "tcp_buffered",
+    "claim_daemon_status_pipe",
+    "report_daemon_status",
 ]
 
 
@@ -74,12 +79,15 @@ class PrivateUse:
     #: For methods we override or call: the parameters we rely on (as ``inspect.signature``
     #: prints them, annotations left out).
     signature: str | None = None
+    #: For a key of a dict Twisted keeps (not an attribute): text the owner's source must contain.
+    source_mentions: str | None = None
 
 
 _H2 = "twisted.web._http2.H2Connection"
 _H2_STREAM = "twisted.web._http2.H2Stream"
 _TCP = "twisted.internet.tcp.Connection"
 _CHANNEL = "twisted.web.http.HTTPChannel"
+_RUNNER = "twisted.scripts._twistd_unix.UnixApplicationRunner"
 
 _SEND_LOOP = (
     "the batching send loop (1,000 connections x 20 queued updates: 1,185 -> 445 ms"
@@ -137,6 +145,11 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
     PrivateUse(_CHANNEL, "_dataBuffer",
                "upgrade: bytes the channel read after the Upgrade request must go to the new protocol;"
                " the channel is still parsing them when the resource returns"),
+    PrivateUse(_RUNNER, "statusPipe",
+               "a daemonising twistd's parent exits 0 as soon as startService returns; the server's"
+               " start (migrations, the first ACME certificate) finishes later, so the service takes the"
+               " pipe from twistd's options and writes b'0' or b'1 <reason>' itself when it knows",
+               source_mentions='self.config.get("statusPipe", None)'),
 )
 
 
@@ -524,3 +537,50 @@ def detach_http_channel(channel, protocol) -> bytes:
     buffered = b"".join(getattr(channel, "_dataBuffer", []))
     channel._dataBuffer = ForwardingBuffer(protocol)
     return buffered
+
+
+#: The key under which a daemonising twistd keeps the write end of its status pipe in its options.
+DAEMON_STATUS_KEY = "statusPipe"
+#: twistd's parent reads at most this many bytes of status.
+DAEMON_STATUS_LIMIT = 100
+
+
+def claim_daemon_status_pipe(twistd_options) -> int | None:
+    """
+    Take the status pipe from a daemonising twistd's options; ``None`` when twistd is not daemonising.
+
+    twistd writes ``b"0"`` to it (its parent then exits 0) as soon as the
+    application's ``startService`` returns, and the exception's name and message
+    if it raised. Once claimed here, twistd writes nothing; the caller must call
+    :func:`report_daemon_status` exactly once, or the parent exits 1 with an
+    empty reason when this process ends.
+    """
+    if twistd_options is None:
+        return None
+    return twistd_options.pop(DAEMON_STATUS_KEY, None)
+
+
+def report_daemon_status(pipe: int, failure: str | None) -> None:
+    """Tell twistd's waiting parent: started (``failure`` is ``None``), or failed with ``failure``.
+
+    The parent prints ``An error has occurred: b'<failure>'`` and exits 1 for a
+    failure; it reads at most 100 bytes, so a long reason is cut.
+    """
+    import os
+
+    message = b"0" if failure is None else ("1 " + failure).encode("ascii", "backslashreplace")
+    try:
+        view = memoryview(message[:DAEMON_STATUS_LIMIT])
+        while view:
+            try:
+                written = os.write(pipe, view)
+            except InterruptedError:
+                continue
+            view = view[written:]
+    except OSError:
+        pass  # the parent is gone: nobody to tell
+    finally:
+        try:
+            os.close(pipe)
+        except OSError:
+            pass

@@ -36,11 +36,13 @@ from twisted.python.components import Componentized
 from twisted.web import resource
 
 from headscale_tw import preflight
+from headscale_tw._twisted_private import claim_daemon_status_pipe, report_daemon_status
 from headscale_tw.config.model import Config
 from headscale_tw.counters import HTTPCounters
 from headscale_tw.hostport import parse_hostport
 from headscale_tw.logs import twisted_level
 from headscale_tw.web.access_log import AccessLog, AccessLoggedSite, access_logs
+from headscale_tw.web.plane_resources import machine_resource, register_page, ssh_check_page
 
 __all__ = ["build_service", "listen_endpoint", "exit_with_status", "HeadscaleService", "HealthResource",
            "MetricsResource", "membership_dispatch"]
@@ -156,7 +158,8 @@ class HeadscaleService(service.MultiService):
     log = Logger()
 
     def __init__(self, config: Config, reactor, components: Callable | None = None,
-                 log_observer: ILogObserver | None = None, raise_early_failure: bool = False):
+                 log_observer: ILogObserver | None = None, raise_early_failure: bool = False,
+                 twistd_options=None):
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -167,6 +170,9 @@ class HeadscaleService(service.MultiService):
         self.context = None
         self.exit_status = 0
         self.failure_line = ""
+        #: twistd's own options (``twistd headscale``): a daemonising twistd keeps its status pipe there.
+        self._twistd_options = twistd_options
+        self._status_pipe: int | None = None
 
     def setServiceParent(self, parent) -> None:
         """Join ``parent``; a twistd ``Application`` without an ``ILogObserver`` gets ``log_observer``.
@@ -189,7 +195,14 @@ class HeadscaleService(service.MultiService):
         raised here to its waiting parent, which then exits 1; in the foreground
         it ends twistd before its reactor runs (exit status 1, see
         :func:`exit_with_status`). Either way the failure is logged as one line.
+
+        Given ``twistd_options`` of a daemonising twistd, the service takes
+        twistd's status pipe, so that the waiting parent is told only when the
+        start has finished: 0 once the server serves, 1 with the reason for any
+        failure, also one found after this returns (a migration, the first ACME
+        certificate).
         """
+        self._status_pipe = claim_daemon_status_pipe(self._twistd_options)
         super().startService()
         self._ready = defer.Deferred.fromCoroutine(self._start())
         self._ready.addErrback(self._start_failed)
@@ -207,12 +220,21 @@ class HeadscaleService(service.MultiService):
         if getattr(self.reactor, "running", False):  # the daemon, not a test driving the service
             tune_gc()
         self.log.info("headscale-tw serving on {listen} ({url})", listen=self.config.listen_addr, url=self.config.server_url)
+        self._report_status(None)
         return self
+
+    def _report_status(self, failure: str | None) -> None:
+        """Tell a daemonising twistd's waiting parent how the start went (once; nothing in the foreground)."""
+        pipe, self._status_pipe = self._status_pipe, None
+        if pipe is not None:
+            report_daemon_status(pipe, None if failure is None else f"{preflight.StartupError.__module__}."
+                                 f"{preflight.StartupError.__name__}: {failure}")
 
     def _start_failed(self, failure):
         self.exit_status = 1
         self.failure_line = preflight.start_failure_line(self.config, failure)
         self.log.critical("headscale-tw could not start: {error}", error=self.failure_line)
+        self._report_status(self.failure_line)
         self.log.failure("start-up failure in detail", failure, level=LogLevel.debug)
         if getattr(self.reactor, "running", False):
             self.reactor.stop()
@@ -242,6 +264,7 @@ class HeadscaleService(service.MultiService):
             await self.context.close()
 
     def stopService(self):
+        self._report_status("stopped before the start had finished")  # nothing when it had
         return defer.Deferred.fromCoroutine(self._stop())
 
 
@@ -334,10 +357,12 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     from headscale_tw.control.framing import encode_json
     from headscale_tw.control.plane import ControlPlane
 
-    derp_parts = _build_derp(config, reactor)
+    # With several instances on one database, a DERP client registered elsewhere a moment ago is
+    # looked up in the database before it is refused (derp/admission.py).
+    derp_parts = _build_derp(config, reactor, db.nodes.get_by_node_key if db.engine == "postgres" else None)
     feed = None
     link = None
-    cluster_services: list = []
+    lease_keepers: list = []
     if db.engine == "postgres":
         # Several instances may share this database: publish our writes, apply theirs, keep online
         # state in node_sessions, and let one instance (the lease holder) do each lifecycle job.
@@ -352,23 +377,15 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
         link = ClusterLink(feed.instance_id, feed.publish, db.node_sessions,
                            derp=derp_parts.server if derp_parts else None,
                            lease_for=lambda name: keepers[name].lease)
-        cluster_services.extend(keepers.values())
+        lease_keepers.extend(keepers.values())
     from headscale_tw.dnsprovider.build import build_provider
 
     plane = ControlPlane(config, db, reactor, derp_map=derp_parts.current_map if derp_parts else None,
                          dns_provider=build_provider(config, reactor), instance=_instance_name(), cluster=link)
     await plane.start()
     if feed is not None:
-        from headscale_tw.control.instances import InstanceRegistry
-
         feed.subscribe(plane.cluster.changed, plane.cluster.resync)
         feed.start()
-        # The instances table: who is live. Each membership change goes to every consumer in turn.
-        registry = InstanceRegistry(db.instances, feed.instance_id, reactor, _advertised(config),
-                                    on_membership=membership_dispatch([
-                                        plane.cluster.membership_changed,  # online state, last seen
-                                    ]))
-        cluster_services.insert(0, registry)  # first to start, last to stop (its clean stop removes the row)
     if derp_parts is not None:
         derp_parts.bind(plane, lambda new_map: plane.notifier.broadcast(encode_json({"DERPMap": new_map})))
 
@@ -381,8 +398,8 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     if config.oidc.enabled:
         oidc_jobs = await _mount_oidc(config, reactor, root, db, plane)
     else:
-        root.putChild(b"register", plane.register_page())
-        root.putChild(b"auth", plane.ssh_check_page())  # SSH check mode: how an admin approves
+        root.putChild(b"register", register_page(plane.registrar))
+        root.putChild(b"auth", ssh_check_page(plane.ssh_checks))  # SSH check mode: how an admin approves
     from headscale_tw.web.admin_api import AdminAPI, GuardedRequest, mount
     from headscale_tw.web.public_pages import mount_public_pages
     from headscale_tw.web.swagger import swagger_resource
@@ -397,7 +414,7 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     site = ControlSite(root, logs["control"], requestFactory=GuardedRequest)
     _mount_control(config, reactor, root, plane, noise_key, logs["noise"])
 
-    services: list = list(cluster_services)
+    services: list = list(lease_keepers)  # first to start, last to stop
     if derp_parts is not None:
         services.extend(derp_parts.mount(root))
     for interval, job in [*plane.periodic_jobs(), (health.interval, health.tick), *oidc_jobs]:
@@ -435,6 +452,11 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
         metrics_root.putChild(b"metrics", MetricsResource(registry))
         services.append(strports.service(listen_endpoint(config.metrics_listen_addr),
                                          AccessLoggedSite(metrics_root, logs["metrics"]), reactor=reactor))
+
+    if feed is not None:
+        services.extend(_instance_services(config, reactor, db, feed.instance_id, derp_parts, [
+            plane.cluster.membership_changed,  # online state, last seen
+        ]))
 
     async def close():
         try:
@@ -477,13 +499,23 @@ def membership_dispatch(consumers: list[Callable]) -> Callable:
     return dispatch
 
 
-def _advertised(config: Config):
-    """What this instance writes into its ``instances`` row for the others."""
+def _instance_services(config: Config, reactor, db, instance_id: str, derp_parts, consumers: list) -> list:
+    """This instance's heartbeat row and, with a DERP mesh key, the mesh of every live instance (last: it
+    advertises this instance once its listeners run, and stops first). Each change of membership goes to
+    the mesh, then to ``consumers`` (:func:`membership_dispatch`)."""
     from headscale_tw import __version__
-    from headscale_tw.control.instances import Advertised
+    from headscale_tw.control.instances import Advertised, InstanceRegistry
     from headscale_tw.storage.prepare import SCHEMA_VERSION
 
-    return Advertised(software_version=__version__, schema_version=SCHEMA_VERSION, server_url=config.server_url)
+    mesh = derp_parts.mesh_membership(instance_id) if derp_parts is not None else None
+    advertised = Advertised(software_version=__version__, schema_version=SCHEMA_VERSION, server_url=config.server_url,
+                            derp_url=mesh.own_url if mesh else "")
+    registry = InstanceRegistry(db.instances, instance_id, reactor, advertised,
+                                on_membership=membership_dispatch([
+                                    *([mesh.membership_changed] if mesh else []),  # DERP mesh and map
+                                    *consumers,
+                                ]))
+    return [registry] if mesh is None else [mesh, registry]
 
 
 def _instance_name() -> str:
@@ -573,7 +605,7 @@ def _mount_control(config: Config, reactor, root, plane, noise_key, access_log: 
     from headscale_tw.web.key import KeyResource
 
     inner_root = resource.Resource()
-    inner_root.putChild(b"machine", plane.machine_resource(identify=_noise_identity))
+    inner_root.putChild(b"machine", machine_resource(plane, identify=_noise_identity))
     inner_site = AccessLoggedSite(inner_root, access_log, requestFactory=BoundedRequest)
     root.putChild(b"key", KeyResource(noise_key.public()))
     root.putChild(b"ts2021", Ts2021Resource(noise_key, inner_site, reactor,
@@ -596,7 +628,8 @@ def _unix_listener(config: Config, site, reactor):
 class _DERPParts:
     """The embedded DERP relay, its STUN responder and the DERP map provider."""
 
-    def __init__(self, config: Config, reactor):
+    def __init__(self, config: Config, reactor, lookup=None):
+        from headscale_tw.derp.admission import NodeKeyAdmission
         from headscale_tw.derp.derpmap import DERPMapProvider
         from headscale_tw.derp.server import DERPServer, load_or_generate_private_key
 
@@ -610,7 +643,7 @@ class _DERPParts:
             from headscale_tw.derp.mesh import load_mesh_key
 
             key = load_or_generate_private_key(server_config.private_key_path)
-            verify = self._verify if server_config.verify_clients else None
+            verify = NodeKeyAdmission(self._known, reactor, lookup) if server_config.verify_clients else None
             mesh_key = load_mesh_key(server_config.mesh_key_path) if server_config.mesh_key_path else None
             self.server = DERPServer(key, reactor, verify_client=verify, mesh_key=mesh_key)
         import treq
@@ -628,9 +661,20 @@ class _DERPParts:
         if self._on_change is not None:
             self._on_change(new_map)
 
-    def _verify(self, node_key: str) -> bool:
+    def _known(self, node_key: str) -> bool:
         # Only node keys the control plane knows may connect.
         return self.plane is not None and self.plane.state.by_node_key(node_key) is not None
+
+    def mesh_membership(self, instance_id: str):
+        """With the embedded server and a mesh key: mesh with, and list in the map, every live instance."""
+        if self.server is None or self.server.mesh_key is None:
+            return None
+        from headscale_tw.derp.cluster import DERPMeshMembership, mesh_link_factory
+        from headscale_tw.derp.derpmap import own_derp_url
+
+        return DERPMeshMembership(instance_id, own_derp_url(self.config), mesh_link_factory(self.server, self.reactor),
+                                  on_nodes=self.provider.set_instance_nodes,
+                                  static_peers=self.config.derp.server.mesh_peers)
 
     def _resolve(self, name: str):
         """Every address of ``name`` (IPv4 and IPv6), looked up off the reactor thread."""
@@ -667,13 +711,14 @@ class _DERPParts:
         return services
 
 
-def _build_derp(config: Config, reactor) -> _DERPParts | None:
+def _build_derp(config: Config, reactor, lookup=None) -> _DERPParts | None:
     if not config.derp.server.enabled and not config.derp.urls and not config.derp.paths:
         return None
-    return _DERPParts(config, reactor)
+    return _DERPParts(config, reactor, lookup)
 
 
 def build_service(config: Config, reactor, log_observer: ILogObserver | None = None,
-                  raise_early_failure: bool = False) -> HeadscaleService:
+                  raise_early_failure: bool = False, twistd_options=None) -> HeadscaleService:
     """Build the whole server as one service (the keywords: see :class:`HeadscaleService`)."""
-    return HeadscaleService(config, reactor, log_observer=log_observer, raise_early_failure=raise_early_failure)
+    return HeadscaleService(config, reactor, log_observer=log_observer, raise_early_failure=raise_early_failure,
+                            twistd_options=twistd_options)

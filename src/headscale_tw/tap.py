@@ -30,7 +30,9 @@ def makeService(options: Options):
     """Build the service tree for ``twistd`` from parsed ``Options``.
 
     The log goes where twistd's own options send it, behind ``log.level``; a
-    failed start makes twistd exit non-zero (:func:`~headscale_tw.service.exit_with_status`).
+    failed start makes twistd exit non-zero (:func:`~headscale_tw.service.exit_with_status`),
+    and a daemonising twistd's parent exits only once the server serves, or 1
+    with the reason when the start failed, however late.
     """
     from twisted.internet import reactor
 
@@ -40,7 +42,8 @@ def makeService(options: Options):
     config = options["config_object"]
     twistd_options = options.parent
     observer = twistd_observer(twistd_options, config.log) if twistd_options is not None else None
-    top = build_service(config, reactor, log_observer=observer, raise_early_failure=twistd_options is not None)
+    top = build_service(config, reactor, log_observer=observer, raise_early_failure=twistd_options is not None,
+                        twistd_options=twistd_options)
     if twistd_options is not None:
         exit_with_status(top)
     return top

@@ -17,6 +17,7 @@ from headscale_tw.control.poll import Unauthorized
 from headscale_tw.control.ssh_check import HOLD_TIMEOUT, ApprovalMemory, SSHChecks
 from headscale_tw.errors import InvalidInput, NotFound
 from headscale_tw.web.control_api import MachineResource
+from headscale_tw.web.plane_resources import ssh_check_page
 from tests.nodesapi._harness import NOW, PlaneHarness, new_key
 
 CHECK = """{
@@ -383,7 +384,7 @@ class CheckPageTests(_Pair, unittest.TestCase):
     def test_page(self):
         """A pending check's page names the approve and reject commands; once approved it is 404."""
         auth_id = self.hold()
-        page = self.h.plane.ssh_check_page()
+        page = ssh_check_page(self.h.plane.ssh_checks)
         request = DummyRequest([auth_id.encode()])
         body = page.render_GET(request)
         self.assertIn(f"headscale auth approve --auth-id {auth_id}".encode(), body)
@@ -397,5 +398,5 @@ class CheckPageTests(_Pair, unittest.TestCase):
         """A registration's auth id has no SSH check page."""
         _, auth_id = self.h.start_interactive()
         request = DummyRequest([auth_id.encode()])
-        self.h.plane.ssh_check_page().render_GET(request)
+        ssh_check_page(self.h.plane.ssh_checks).render_GET(request)
         self.assertEqual(request.responseCode, 404)

@@ -234,6 +234,39 @@ class StartupFailureTests(RealClientTestCase):
         server = self.make(config_yaml(database={"type": "sqlite", "sqlite": {"path": path}}))
         self.assert_daemon_fails(server, f"database.sqlite.path {path}: cannot create")
 
+    def test_daemonising_late_failure_reaches_parent(self):
+        """twistd without -n, a migration that fails after startService returned (the database says
+        version 3 but already holds delta 04/01's table): the waiting parent exits 1 naming the failure
+        instead of 0, because it is told only when the start has finished."""
+        import sqlite3
+
+        from headscale_tw.testing.db import open_test_database, sqlite_config
+
+        server = self.make(config_yaml(), folders=("var",))
+        path = os.path.join(server.directory, "var", "db.sqlite")
+        open_test_database(self, sqlite_config(path))  # a current database, then made to look half-migrated
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE schema_version SET version = 3")
+            db.execute("DELETE FROM applied_schema_deltas WHERE version = 4")
+        proc, log, _ = self.run_daemonised(server, "twistd")
+        where = f"twistd (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}\nlog:\n{log[-3000:]}"
+        self.assertEqual(proc.returncode, 1, where)
+        lines = [line for line in log.splitlines() if "could not start" in line]
+        self.assertEqual(len(lines), 1, where)
+        self.assertIn("instances already exists", lines[0], where)
+        self.assertIn("StartupError: ", proc.stderr, where)
+        self.assertNotIn("Traceback", log, where)
+
+    def test_daemonising_parent_returns_when_serving(self):
+        """twistd without -n on embedded-default-like settings: the parent exits 0, and at that moment the
+        daemon already answers /health (the parent is told "started" only once the server serves)."""
+        server = self.make(config_yaml())
+        proc, log, pidfile = self.run_daemonised(server, "twistd")
+        self.assertEqual(proc.returncode, 0, f"{proc.stdout}{proc.stderr}\nlog:\n{log[-3000:]}")
+        health = self.namespace.http_get("http://127.0.0.1:8080/health")
+        self.assertEqual(health.status, 200, health)
+        self.assertTrue(os.path.exists(pidfile))
+
     def test_traceback_at_debug(self):
         """At log.level debug the same failure also logs its traceback."""
         server = self.make(config_yaml(policy={"path": "./missing.hujson"}, log={"level": "debug"}))

@@ -46,8 +46,8 @@ import attrs
 from twisted.logger import Logger
 
 from headscale_tw.redact import redact
+from headscale_tw.storage.models import MAX_AUDIT_PAGE as MAX_PAGE
 from headscale_tw.storage.models import AuditEvent
-from headscale_tw.storage.stores.audit_events import MAX_PAGE
 from headscale_tw.throttle import SourceSummary
 
 __all__ = ["Actor", "Target", "AuditLog", "NO_AUDIT", "acting_as", "current_actor", "SYSTEM",

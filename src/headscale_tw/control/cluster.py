@@ -47,7 +47,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from headscale_tw.errors import NotFound
-from headscale_tw.storage.changefeed import Change
+from headscale_tw.storage.models import Change
 
 __all__ = ["ClusterSync", "ClusterLink"]
 

@@ -34,7 +34,7 @@ from headscale_tw.control.audit import NO_AUDIT, SYSTEM, AuditLog, Target
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.state import ControlState
-from headscale_tw.storage.stores.leases import Lease
+from headscale_tw.storage.models import Lease
 
 __all__ = ["NodeLifecycle", "LIFECYCLE_LEASES", "EXPIRY_LEASE", "EPHEMERAL_LEASE", "REGISTRATIONS_LEASE"]
 

@@ -105,7 +105,7 @@ def parse_extra_records(text: str, where: str = "dns.extra_records_path") -> lis
 
 def dns_config(config, extra_records: list[dict] | None = None) -> dict:
     """
-    ``tailcfg.DNSConfig`` from ``config.dns`` (derp-stun-policy.md F.1):
+    ``tailcfg.DNSConfig`` from ``config.dns`` (docs/control.md, *Policy integration*, DNS):
     ``magic_dns`` → ``Proxied``; global nameservers → ``Resolvers`` when
     ``override_local_dns`` else ``FallbackResolvers``; split nameservers →
     ``Routes``; ``Domains`` = base domain + search domains; ``extra_records``

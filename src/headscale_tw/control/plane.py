@@ -4,9 +4,8 @@ One object holding the whole control plane, for ``service.py`` to build.
 
     plane = ControlPlane(config, db, clock, derp_map=provider)
     await plane.start()                       # loads nodes/users, marks used IPs, loads the policy
-    noise_root.putChild(b"machine", plane.machine_resource())
-    http_root.putChild(b"register", plane.register_page())
-    http_root.putChild(b"auth", plane.ssh_check_page())
+    # the web layer builds /machine, /register and /auth from the plane's parts
+    # (headscale_tw.web.plane_resources); the plane imports nothing from web/
     for interval, job in plane.periodic_jobs(): TimerService(interval, job) with .clock set
     await plane.reload()                      # SIGHUP: policy file (or DB row) and DNS extra records
     plane.stop()                              # on stopService: ends streams, cancels timers
@@ -192,31 +191,6 @@ class ControlPlane:
         """End every map stream and held register request; cancel every timer."""
         self.registrar.stop()
         self.notifier.stop()
-
-    def machine_resource(self, identify=None):
-        """The ``/machine`` resource for the Noise site's root."""
-        from headscale_tw.web.control_api import MachineResource, peer_identity
-
-        return MachineResource(self.registrar, self.poll, self.notifier, identify or peer_identity,
-                               dns_challenges=self.dns_challenges, ssh_checks=self.ssh_checks)
-
-    def register_page(self):
-        """The ``/register`` resource for the plain HTTP root."""
-        from headscale_tw.web.register_page import RegisterPage
-
-        async def exists(auth_id: str) -> bool:
-            return await self.registrar.get_pending(auth_id) is not None
-
-        return RegisterPage(exists=exists)
-
-    def ssh_check_page(self):
-        """The ``/auth`` resource for the plain HTTP root: how to approve a pending SSH check."""
-        from headscale_tw.web.register_page import SSH_CHECK_PAGE, RegisterPage
-
-        async def exists(auth_id: str) -> bool:
-            return await self.ssh_checks.pending(auth_id) is not None
-
-        return RegisterPage(exists=exists, template=SSH_CHECK_PAGE)
 
     def _guarded(self, name: str, job) -> Callable[[], Deferred]:
         def run() -> Deferred:

@@ -16,8 +16,6 @@ __all__ = [
     "parse_prefix",
     "TAILSCALE_ALL",
     "THE_INTERNET",
-    "CGNAT",
-    "TS_ULA",
 ]
 
 import ipaddress
@@ -231,9 +229,6 @@ def _nets(*texts: str) -> IPSet:
     return IPSet.from_networks(ipaddress.ip_network(t) for t in texts)
 
 
-CGNAT = ipaddress.ip_network("100.64.0.0/10")
-TS_ULA = ipaddress.ip_network("fd7a:115c:a1e0::/48")
-
 #: What ``*`` means as a source: the Tailscale address space.
 TAILSCALE_ALL = _nets("100.64.0.0/10", "fd7a:115c:a1e0::/48") - _nets("100.115.92.0/23")
 
@@ -248,6 +243,3 @@ THE_INTERNET = _nets("0.0.0.0/0", "2000::/3") - _nets(
     "fe80::/10",
     "169.254.0.0/16",
 )
-
-ALL_V4 = ipaddress.ip_network("0.0.0.0/0")
-ALL_V6 = ipaddress.ip_network("::/0")

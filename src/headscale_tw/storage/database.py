@@ -31,7 +31,7 @@ import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from headscale_tw.clock import as_utc
 from headscale_tw.counters import Histogram
 from headscale_tw.interfaces import IDatabase
 
@@ -101,9 +102,7 @@ def to_datetime(value: Any) -> datetime | None:
         return None
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    return as_utc(value)
 
 
 def to_bytes(value: Any) -> bytes | None:
@@ -111,13 +110,6 @@ def to_bytes(value: Any) -> bytes | None:
     if value is None:
         return None
     return bytes(value)
-
-
-def _utc(value: datetime) -> datetime:
-    # Naive datetimes are taken to be UTC already: every clock in this project is UTC.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
 
 
 class Engine:
@@ -152,7 +144,7 @@ class SqliteEngine(Engine):
 
     def adapt(self, value: Any) -> Any:
         if isinstance(value, datetime):
-            return _utc(value).strftime(_SQLITE_TIME_FORMAT)
+            return as_utc(value).strftime(_SQLITE_TIME_FORMAT)
         return value
 
     def begin(self, cursor: Any) -> None:
@@ -188,7 +180,7 @@ class PostgresEngine(Engine):
 
     def adapt(self, value: Any) -> Any:
         if isinstance(value, datetime):
-            return _utc(value)
+            return as_utc(value)
         return value
 
     def classify(self, error: Exception) -> IntegrityViolation | None:
@@ -456,7 +448,7 @@ def check_sqlite_file(path: str) -> bool:
     A missing file is fine when its folder exists (or could be created) and is
     writable. Nothing is created.
 
-    @raises DatabaseFileError: the path is a folder, or the file could not be created.
+    :raises DatabaseFileError: the path is a folder, or the file could not be created.
     """
     real = _sqlite_file_path(path)
     if real is None:
@@ -493,7 +485,7 @@ def prepare_sqlite_file(path: str) -> None:
     files the database file's mode); an existing file, ``-wal`` or ``-shm``
     readable by others (as older versions created them) is narrowed to 0600.
 
-    @raises DatabaseFileError: the path is a folder, or the folder or file cannot be created.
+    :raises DatabaseFileError: the path is a folder, or the folder or file cannot be created.
     """
     real = _sqlite_file_path(path)
     if real is None:

@@ -15,14 +15,14 @@ from zope.interface import implementer
 
 from headscale_tw.interfaces import IAuditEventStore
 from headscale_tw.storage.database import Txn
-from headscale_tw.storage.models import AuditEvent
+from headscale_tw.storage.models import MAX_AUDIT_PAGE, AuditEvent
 from headscale_tw.storage.stores._common import StoreBase, dump_json, json_dict, to_datetime
 from headscale_tw.storage.stores.leases import Lease, holds_lease_txn
 
 __all__ = ["AuditEventStore", "MAX_PAGE"]
 
 #: The most rows one read returns.
-MAX_PAGE = 1000
+MAX_PAGE = MAX_AUDIT_PAGE
 
 _COLUMNS = ("at, actor_kind, actor, action, target_kind, target_id, target_name, source, result, detail, "
             "instance")

@@ -16,13 +16,13 @@ in step (NTP) to well within a heartbeat's lifetime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from zope.interface import implementer
 
 from headscale_tw.interfaces import IInstanceStore
 from headscale_tw.storage.database import Txn
+from headscale_tw.storage.models import Instance
 from headscale_tw.storage.stores._common import StoreBase, to_datetime
 
 __all__ = ["Instance", "InstanceStore", "MAX_INSTANCE_ID"]
@@ -32,24 +32,6 @@ MAX_INSTANCE_ID = 200
 
 #: Rows expired this long ago are deleted by :meth:`InstanceStore.prune`.
 PRUNE_AFTER = timedelta(hours=1)
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One instance's row: who it is, what it runs, and until when it counts as live."""
-
-    id: str
-    started_at: datetime
-    heartbeat_at: datetime
-    expires_at: datetime
-    software_version: str = ""
-    schema_version: int = 0
-    server_url: str = ""
-    derp_url: str = ""
-
-    def live(self, now: datetime) -> bool:
-        """Whether the heartbeat has not run out at ``now``."""
-        return self.expires_at > now
 
 
 _COLUMNS = "id, started_at, heartbeat_at, expires_at, software_version, schema_version, server_url, derp_url"

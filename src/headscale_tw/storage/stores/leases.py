@@ -20,30 +20,19 @@ in step (NTP) to well within a lease's duration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from zope.interface import implementer
 
 from headscale_tw.interfaces import ILeaseStore
 from headscale_tw.storage.database import Txn
+from headscale_tw.storage.models import Lease
 from headscale_tw.storage.stores._common import StoreBase, to_datetime
 
 __all__ = ["Lease", "LeaseStore", "holds_lease_txn", "MAX_LEASE_NAME"]
 
 #: Lease names are short fixed identifiers chosen by code (``acme:<hostname>``).
 MAX_LEASE_NAME = 200
-
-
-@dataclass(frozen=True)
-class Lease:
-    """One tenure of a named lease."""
-
-    name: str
-    holder: str
-    token: int
-    acquired_at: datetime
-    expires_at: datetime
 
 
 def _lease(name: str, row: tuple) -> Lease:
