@@ -232,24 +232,6 @@ class HeadscaleServiceTests(unittest.TestCase):
         self.flushLoggedErrors(OSError)
 
 
-class MembershipDispatchTests(unittest.TestCase):
-    """The instance registry's ``on_membership`` reaches every consumer, even past a failing one."""
-
-    def test_every_consumer_gets_it(self):
-        """Each consumer gets the membership in turn; one that raises is logged and the next still runs."""
-        from headscale_tw.service import membership_dispatch
-
-        seen = []
-
-        def broken(membership):
-            raise RuntimeError("boom")
-
-        dispatch = membership_dispatch([seen.append, broken, lambda m: seen.append(("second", m))])
-        dispatch("m1")
-        self.assertEqual(seen, ["m1", ("second", "m1")])
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-
-
 class PostgresWiringTests(unittest.TestCase):
     """With PostgreSQL the builder wires the shared state at construction (real database, real reactor)."""
 

@@ -27,7 +27,7 @@ import gc
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from twisted.application import service, strports
 from twisted.internet import defer
@@ -45,7 +45,7 @@ from headscale_tw.web.access_log import AccessLog, AccessLoggedSite, access_logs
 from headscale_tw.web.plane_resources import machine_resource, register_page, ssh_check_page
 
 __all__ = ["build_service", "listen_endpoint", "exit_with_status", "HeadscaleService", "HealthResource",
-           "MetricsResource", "membership_dispatch"]
+           "MetricsResource"]
 
 
 #: Accept backlog of the control listener: thousands of clients reconnect at once after a
@@ -481,30 +481,12 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
                       derp=derp_parts.server if derp_parts else None, ready=ready)
 
 
-def membership_dispatch(consumers: list[Callable]) -> Callable:
-    """The instance registry's ``on_membership``: hands each ``Membership`` to every consumer in turn.
-
-    A consumer that raises is logged and the others still get it; adding a consumer
-    (the DERP mesh, say) is one more entry in the list.
-    """
-    log = Logger(namespace="headscale_tw.control.instances")
-
-    def dispatch(membership) -> None:
-        for consumer in consumers:
-            try:
-                consumer(membership)
-            except Exception:
-                log.failure("membership consumer {consumer!r} failed", consumer=consumer)
-
-    return dispatch
-
-
-def _instance_services(config: Config, reactor, db, instance_id: str, derp_parts, consumers: list) -> list:
+def _instance_services(config: Config, reactor, db, instance_id: str, derp_parts, consumers: Sequence = ()) -> list:
     """This instance's heartbeat row and, with a DERP mesh key, the mesh of every live instance (last: it
     advertises this instance once its listeners run, and stops first). Each change of membership goes to
-    the mesh, then to ``consumers`` (:func:`membership_dispatch`)."""
+    the mesh, then to ``consumers`` (:func:`~headscale_tw.control.instances.membership_dispatch`)."""
     from headscale_tw import __version__
-    from headscale_tw.control.instances import Advertised, InstanceRegistry
+    from headscale_tw.control.instances import Advertised, InstanceRegistry, membership_dispatch
     from headscale_tw.storage.prepare import SCHEMA_VERSION
 
     mesh = derp_parts.mesh_membership(instance_id) if derp_parts is not None else None
