@@ -1,5 +1,7 @@
 """Tests for headscale_tw.service."""
 
+import os
+
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactor
 from twisted.trial import unittest
@@ -228,6 +230,50 @@ class HeadscaleServiceTests(unittest.TestCase):
             hook(*args, **kwargs)
         self.assertEqual(stops, [True])
         self.flushLoggedErrors(OSError)
+
+
+class PostgresWiringTests(unittest.TestCase):
+    """With PostgreSQL the builder wires the shared state at construction (real database, real reactor)."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_cluster_pieces_built_and_wired(self):
+        """One lease keeper per lifecycle job starts first, the registry after the listeners, and the plane was
+        built with its presence (the notifier's hook), a ranked election and its ClusterSync."""
+        from dataclasses import replace
+
+        from twisted.internet import reactor
+
+        from headscale_tw.control.instances import InstanceRegistry
+        from headscale_tw.control.lease import LeaseKeeper
+        from headscale_tw.control.lifecycle import LIFECYCLE_LEASES
+        from headscale_tw.service import build_components
+        from headscale_tw.testing.db import create_postgres_database
+        from tests.cluster._cluster import wait_until
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        config = Config(server_url="http://127.0.0.1:8080", listen_addr="127.0.0.1:0", unix_socket="",
+                        database=create_postgres_database(self))
+        config = replace(config, noise=replace(config.noise, private_key_path=os.path.join(folder, "noise.key")))
+        parts = yield defer.Deferred.fromCoroutine(build_components(config, reactor))
+        try:
+            resynced = []
+            parts.plane.cluster.observers.append(resynced.append)
+            yield wait_until(parts.plane.cluster, lambda: None in resynced)  # the feed listens: stop it cleanly
+            keepers = parts.services[:len(LIFECYCLE_LEASES)]
+            self.assertEqual(sorted(k.name for k in keepers if isinstance(k, LeaseKeeper)), sorted(LIFECYCLE_LEASES))
+            registry = parts.services[-1]
+            self.assertIsInstance(registry, InstanceRegistry)
+            plane = parts.plane
+            self.assertIs(plane.notifier.presence, plane.presence)
+            self.assertEqual(plane.presence.instance_id, registry.instance_id)
+            self.assertIsNotNone(plane.policy.election.rank)
+            self.assertIsNotNone(plane.cluster)
+            self.assertEqual(registry.advertised.server_url, "http://127.0.0.1:8080")
+        finally:
+            yield defer.Deferred.fromCoroutine(parts.close())
 
 
 class DaemonStatusTests(unittest.TestCase):

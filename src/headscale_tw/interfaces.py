@@ -186,6 +186,25 @@ class IInstanceStore(Interface):
         """Delete rows long expired; return how many."""
 
 
+class INodeSessionStore(Interface):
+    """Which instance holds a map stream of which node; online means a row on a live instance."""
+
+    async def open(node_id, instance_id, since):
+        """Record that the node streams on the instance, online since ``since``."""
+
+    async def close(node_id, instance_id):
+        """Delete the node's row of the instance; return whether there was one."""
+
+    async def rows(node_id, now=None):
+        """Return the node's rows on live instances: instance id to ``connected_at``."""
+
+    async def online(now=None):
+        """Return every node with a row on a live instance: node id to (instance id to ``connected_at``)."""
+
+    async def forget(instance_ids=(), now=None):
+        """Delete the rows of those instances and of expired ones; return the node ids deleted."""
+
+
 class IAcmeStore(Interface):
     """The built-in ACME client's account keys, certificates and live challenges, shared by instances."""
 
@@ -260,8 +279,8 @@ class IOIDCLoginStore(Interface):
 class IAuditEventStore(Interface):
     """The audit log's rows: appended, read with filters, deleted past the retention."""
 
-    async def add(event):
-        """Append one ``AuditEvent``."""
+    async def add(event, lease=None):
+        """Append one ``AuditEvent`` (with ``lease``: only while that tenure is live); return whether it was."""
 
     async def add_many(events):
         """Append several ``AuditEvent`` objects in one transaction."""
@@ -287,6 +306,7 @@ class IDatabase(Interface):
     auth_requests: IAuthRequestStore = Attribute("the IAuthRequestStore")
     leases: ILeaseStore = Attribute("the ILeaseStore")
     instances: IInstanceStore = Attribute("the IInstanceStore")
+    node_sessions: INodeSessionStore = Attribute("the INodeSessionStore")
     acme: IAcmeStore = Attribute("the IAcmeStore")
     oidc_logins: IOIDCLoginStore = Attribute("the IOIDCLoginStore")
     audit: IAuditEventStore = Attribute("the IAuditEventStore")
@@ -321,6 +341,7 @@ class ITailnetPolicy(Interface):
     engine = Attribute("The parsed policy in force (a ``PolicyEngine``; compared by identity).")
     mode = Attribute("``policy.mode``: ``'file'`` or ``'database'``.")
     path = Attribute("``policy.path`` (file mode; ``''``: none).")
+    election = Attribute("The HA route election the views are built with (a ``RouteElection``).")
     compile_seconds = Attribute("A histogram of seconds per policy compilation.")
 
     async def load():

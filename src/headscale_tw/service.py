@@ -27,7 +27,7 @@ import gc
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from twisted.application import service, strports
 from twisted.internet import defer
@@ -361,20 +361,32 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     # looked up in the database before it is refused (derp/admission.py).
     derp_parts = _build_derp(config, reactor, db.nodes.get_by_node_key if db.engine == "postgres" else None)
     feed = None
+    link = None
+    lease_keepers: list = []
     if db.engine == "postgres":
-        # Several instances may share this database: publish our writes, apply theirs.
+        # Several instances may share this database: publish our writes, apply theirs, keep online
+        # state in node_sessions, and let one instance (the lease holder) do each lifecycle job.
+        from headscale_tw.control.cluster import ClusterLink
+        from headscale_tw.control.lease import LeaseKeeper
+        from headscale_tw.control.lifecycle import LIFECYCLE_LEASES
         from headscale_tw.storage.changefeed import ChangeFeed, PublishingDatabase, postgres_listener
 
         feed = ChangeFeed(postgres_listener(config.database.postgres, reactor), db.pool, reactor)
         db = PublishingDatabase(db, feed.publish)
+        keepers = {name: LeaseKeeper(db.leases, name, feed.instance_id, reactor) for name in LIFECYCLE_LEASES}
+        link = ClusterLink(feed.instance_id, feed.publish, db.node_sessions,
+                           derp=derp_parts.server if derp_parts else None,
+                           lease_for=lambda name: keepers[name].lease)
+        lease_keepers.extend(keepers.values())
     from headscale_tw.dnsprovider.build import build_provider
 
     plane = ControlPlane(config, db, reactor, derp_map=derp_parts.current_map if derp_parts else None,
-                         dns_provider=build_provider(config, reactor), instance=_instance_name())
+                         dns_provider=build_provider(config, reactor), instance=_instance_name(), cluster=link)
     await plane.start()
+    cluster = plane.cluster
     if feed is not None:
-        sync = plane.join_cluster(feed.publish, derp=derp_parts.server if derp_parts else None)
-        feed.subscribe(sync.changed, sync.resync)
+        assert cluster is not None  # the plane was given a ClusterLink with the feed
+        feed.subscribe(cluster.changed, cluster.resync)
         feed.start()
     if derp_parts is not None:
         derp_parts.bind(plane, lambda new_map: plane.notifier.broadcast(encode_json({"DERPMap": new_map})))
@@ -404,7 +416,7 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     site = ControlSite(root, logs["control"], requestFactory=GuardedRequest)
     _mount_control(config, reactor, root, plane, noise_key, logs["noise"])
 
-    services: list = []
+    services: list = list(lease_keepers)  # first to start, last to stop
     if derp_parts is not None:
         services.extend(derp_parts.mount(root))
     for interval, job in [*plane.periodic_jobs(), (health.interval, health.tick), *oidc_jobs]:
@@ -443,14 +455,21 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
         services.append(strports.service(listen_endpoint(config.metrics_listen_addr),
                                          AccessLoggedSite(metrics_root, logs["metrics"]), reactor=reactor))
 
-    if feed is not None:
-        services.extend(_instance_services(config, reactor, db, feed.instance_id, derp_parts))
+    if feed is not None and cluster is not None:
+        services.extend(_instance_services(config, reactor, db, feed.instance_id, derp_parts, [
+            cluster.membership_changed,  # online state, last seen
+        ]))
 
     async def close():
         try:
             if feed is not None:
                 feed.stop()
             plane.stop()
+            if plane.presence is not None:
+                try:  # our streams have ended: our node_sessions rows go (the others would delete them anyway)
+                    await plane.presence.close()
+                except Exception as e:
+                    Logger().warn("could not delete this instance's node sessions: {error}", error=e)
             await db.close()
         finally:
             if lock is not None:
@@ -464,15 +483,22 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
                       derp=derp_parts.server if derp_parts else None, ready=ready)
 
 
-def _instance_services(config: Config, reactor, db, instance_id: str, derp_parts) -> list:
+def _instance_services(config: Config, reactor, db, instance_id: str, derp_parts, consumers: Sequence = ()) -> list:
     """This instance's heartbeat row and, with a DERP mesh key, the mesh of every live instance (last: it
-    advertises this instance once its listeners run, and stops first)."""
-    from headscale_tw.control.instances import Advertised, InstanceRegistry
+    advertises this instance once its listeners run, and stops first). Each change of membership goes to
+    the mesh, then to ``consumers`` (:func:`~headscale_tw.control.instances.membership_dispatch`)."""
+    from headscale_tw import __version__
+    from headscale_tw.control.instances import Advertised, InstanceRegistry, membership_dispatch
+    from headscale_tw.storage.prepare import SCHEMA_VERSION
 
     mesh = derp_parts.mesh_membership(instance_id) if derp_parts is not None else None
-    registry = InstanceRegistry(db.instances, instance_id, reactor,
-                                Advertised(server_url=config.server_url, derp_url=mesh.own_url if mesh else ""),
-                                on_membership=mesh.membership_changed if mesh else lambda membership: None)
+    advertised = Advertised(software_version=__version__, schema_version=SCHEMA_VERSION, server_url=config.server_url,
+                            derp_url=mesh.own_url if mesh else "")
+    registry = InstanceRegistry(db.instances, instance_id, reactor, advertised,
+                                on_membership=membership_dispatch([
+                                    *([mesh.membership_changed] if mesh else []),  # DERP mesh and map
+                                    *consumers,
+                                ]))
     return [registry] if mesh is None else [mesh, registry]
 
 

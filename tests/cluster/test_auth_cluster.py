@@ -61,6 +61,22 @@ class CrossInstanceRegistrationTests(TestCase):
         self.assertEqual(self.a.h.clock.getDelayedCalls(), [])
 
     @inlineCallbacks
+    def test_oidc_sign_in_finished_on_b_answers_the_poll_on_a(self):
+        """The OIDC confirmation reaching B finishes the login held on A, as ``_mount_oidc`` finishes it.
+
+        B sees the registration as pending (its sign-in page opens), and completes it
+        the way the OIDC sign-in does; the poll held on A is answered through the feed.
+        (The OIDC rows themselves are shared: tests/oidc/test_signin_e2e.py, *SharedLoginTests*.)
+        """
+        held = self.hold_on_a()
+        self.assertIsNotNone(self.b.h.run(self.b.h.registrar.get_pending(self.auth_id)))
+        node = self.b.h.run(self.b.h.registrar.complete(self.auth_id, "alice", register_method="oidc"))
+        yield wait_until(self.a.sync, lambda: held.called)
+        self.assertTrue(self.successResultOf(held)["MachineAuthorized"])
+        self.assertEqual((node.machine_key, node.register_method), (self.mkey, "oidc"))
+        self.assertIsNone(self.a.h.run(self.a.h.registrar.get_pending(self.auth_id)))
+
+    @inlineCallbacks
     def test_reject_on_b_tells_the_client_on_a(self):
         """auth reject on B answers the long-poll held on A with the rejection."""
         held = self.hold_on_a()

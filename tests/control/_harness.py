@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from headscale_tw import secrets as keysecrets
 from headscale_tw.config.model import Config, DNSConfig, PolicyConfig
 from headscale_tw.control.dns_challenges import DNSChallenges
+from headscale_tw.control.election import RouteElection
 from headscale_tw.control.framing import ZSTD
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
@@ -21,6 +22,7 @@ from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.policy import PolicySource, TailnetPolicy
 from headscale_tw.control.policy_admin import PolicyAdmin
 from headscale_tw.control.poll import PollService
+from headscale_tw.control.presence import NodePresence
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.state import ControlState
 from headscale_tw.control.users import UserAdmin
@@ -57,7 +59,7 @@ class Stream:
 
 class Harness:
     def __init__(self, testcase, config: Config | None = None, db=None, grace=10.0, policy: str | None = None,
-                 files: dict | None = None, dns_provider=None):
+                 files: dict | None = None, dns_provider=None, cluster=None):
         self.testcase = testcase
         self.config = config or Config(
             server_url="https://hs.example.com", dns=DNSConfig(base_domain="tail.example")
@@ -72,11 +74,17 @@ class Harness:
         if policy is not None:
             self.run(self.db.policies.set(policy))
             self.config = attrs_evolve(self.config, policy=PolicyConfig(mode="database"))
-        self.policy = TailnetPolicy(self.state, PolicySource(self.config, store=self.db.policies, read_file=self.read_file))
+        # cluster: a ClusterLink, built as ControlPlane builds it (shared presence, ranked election).
+        self.presence = None if cluster is None else NodePresence(cluster.sessions, cluster.instance_id,
+                                                                   cluster.publish, self.state, self.clock)
+        election = None if self.presence is None else RouteElection(rank=self.presence.rank)
+        self.policy = TailnetPolicy(self.state, PolicySource(self.config, store=self.db.policies,
+                                                             read_file=self.read_file), election=election)
         base_domain = self.config.dns.base_domain if self.config.dns.magic_dns else ""
         self.dns_challenges = DNSChallenges(self.state, dns_provider, base_domain, self.clock)
         self.mapper = Mapper(self.state, self.config, policy=self.policy, https=self.dns_challenges.available)
-        self.notifier = MapNotifier(self.state, self.mapper, self.clock, offline_grace=grace, interval=lambda: 55.0)
+        self.notifier = MapNotifier(self.state, self.mapper, self.clock, offline_grace=grace, interval=lambda: 55.0,
+                                    presence=self.presence)
         self.registrar = Registrar(
             self.state, self.notifier, self.mapper, self.config, self.clock
         )
@@ -86,7 +94,8 @@ class Harness:
         self.admin = NodeAdmin(self.state, self.notifier, self.registrar,
                                UserAdmin(self.db.users, self.state.now, self.state, self.notifier),
                                self.db.preauthkeys)
-        self.lifecycle = NodeLifecycle(self.state, self.notifier, self.registrar, self.config)
+        self.lifecycle = NodeLifecycle(self.state, self.notifier, self.registrar, self.config,
+                                       lease_for=None if cluster is None else cluster.lease_for)
         self.run(self.state.load())
         if self.state.users:
             self.user = self.state.users[min(self.state.users)]

@@ -65,6 +65,48 @@ class RouteElectionWorkTests(unittest.TestCase):
         self.assertEqual(election.primary_routes(5), nets[:4])
 
 
+class RankedElectionTests(unittest.TestCase):
+    """With a rank (several instances), the primary is a function of the candidates and their ranks only."""
+
+    def test_same_primary_whatever_the_history(self):
+        """Two elections that saw routers come online in different orders end with the same primary."""
+        net = ipaddress.ip_network("10.9.0.0/24")
+        since = {1: 20, 2: 10, 3: 30}  # router 2 came online first
+        first, second = RouteElection(rank=lambda n: (since[n], n)), RouteElection(rank=lambda n: (since[n], n))
+        first.elect({1: (net,)})
+        first.elect({1: (net,), 2: (net,), 3: (net,)})
+        second.elect({3: (net,), 2: (net,), 1: (net,)})
+        self.assertEqual(first.primaries, {net: 2})
+        self.assertEqual(second.primaries, {net: 2})
+        sticky = RouteElection()
+        sticky.elect({1: (net,)})
+        sticky.elect({1: (net,), 2: (net,)})
+        self.assertEqual(sticky.primaries, {net: 1})  # without a rank the first seen stays
+
+    def test_later_router_does_not_take_over(self):
+        """A router that comes online after the primary ranks after it; the primary leaving fails over."""
+        net = ipaddress.ip_network("10.9.0.0/24")
+        since = {1: 50, 2: 10}
+        election = RouteElection(rank=lambda n: (since[n], n))
+        election.elect({2: (net,)})
+        self.assertEqual(election.elect({1: (net,), 2: (net,)}), set())
+        self.assertEqual(election.elect({1: (net,)}), {1, 2})
+        self.assertEqual(election.primaries, {net: 1})
+
+    def test_reconsider_after_a_rank_change(self):
+        """A rank that changes without a change of candidacy is taken in after ``reconsider``."""
+        net = ipaddress.ip_network("10.9.0.0/24")
+        since = {1: 20, 2: 30}
+        election = RouteElection(rank=lambda n: (since[n], n))
+        candidates = {1: (net,), 2: (net,)}
+        election.elect(candidates)
+        since[2] = 5  # another instance's older row of router 2 became known
+        self.assertEqual(election.elect(candidates), set())  # not looked at yet
+        election.reconsider(2)
+        self.assertEqual(election.elect(candidates), {1, 2})
+        self.assertEqual(election.primaries, {net: 2})
+
+
 class PolicyElectionWorkTests(unittest.TestCase):
     """Through the control plane: a router's many routes cost nothing in other nodes' changes."""
 

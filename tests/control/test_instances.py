@@ -5,7 +5,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from headscale_tw.clock import utc_now
-from headscale_tw.control.instances import Advertised, InstanceRegistry
+from headscale_tw.control.instances import Advertised, InstanceRegistry, membership_dispatch
 from headscale_tw.interfaces import IInstanceStore
 from headscale_tw.testing.db import open_test_database, resolve
 
@@ -143,3 +143,19 @@ class InstanceRegistryTests(unittest.TestCase):
         """A heartbeat that would lapse before the next one is refused."""
         with self.assertRaises(ValueError):
             InstanceRegistry(self.db.instances, "a", self.clock, interval=5.0, lifetime=5.0)
+
+
+class MembershipDispatchTests(unittest.TestCase):
+    """The instance registry's ``on_membership`` reaches every consumer, even past a failing one."""
+
+    def test_every_consumer_gets_it(self):
+        """Each consumer gets the membership in turn; one that raises is logged and the next still runs."""
+        seen = []
+
+        def broken(membership):
+            raise RuntimeError("boom")
+
+        dispatch = membership_dispatch([seen.append, broken, lambda m: seen.append(("second", m))])
+        dispatch("m1")
+        self.assertEqual(seen, ["m1", ("second", "m1")])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

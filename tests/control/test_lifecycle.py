@@ -1,8 +1,11 @@
-"""Tests for headscale_tw.control.lifecycle: ephemeral garbage collection."""
+"""Tests for headscale_tw.control.lifecycle: ephemeral garbage collection, and the jobs under leases."""
 
 from twisted.trial import unittest
 
 from headscale_tw.config.model import Config, DNSConfig, NodeConfig
+from headscale_tw.control.audit import AuditLog
+from headscale_tw.control.lease import LeaseKeeper
+from headscale_tw.control.lifecycle import EXPIRY_LEASE, LIFECYCLE_LEASES, NodeLifecycle
 from tests.control._harness import Harness
 
 
@@ -50,3 +53,62 @@ class EphemeralTests(unittest.TestCase):
         self.h.clock.advance(10_000)
         self.assertNotIn(self.p.id, self.h.run(self.h.lifecycle.collect_ephemeral()))
         self.assertIn(self.p.id, self.h.state.nodes)
+
+
+class LeasedJobTests(unittest.TestCase):
+    """With leases (several instances), only the holder of a job's lease does it, and its audit rows are fenced."""
+
+    def setUp(self):
+        config = Config(node=NodeConfig(ephemeral_inactivity_timeout=120.0), dns=DNSConfig(base_domain="t.example"))
+        self.h = Harness(self, config=config)
+        self.keepers = {}
+        for holder in ("a", "b"):
+            self.keepers[holder] = {name: LeaseKeeper(self.h.db.leases, name, holder, self.h.clock)
+                                    for name in LIFECYCLE_LEASES}
+            for keeper in self.keepers[holder].values():
+                keeper.startService()
+                self.addCleanup(keeper.stopService)
+        self.h.make_key("eph", ephemeral=True, reusable=True)
+        self.e, _ = self.h.register("e", auth="eph")
+
+    def lifecycle(self, holder, lease_for=None):
+        keepers = self.keepers[holder]
+        return NodeLifecycle(self.h.state, self.h.notifier, self.h.registrar, self.h.config,
+                             audit=AuditLog(self.h.db.audit, self.h.now, instance=holder),
+                             lease_for=lease_for or (lambda name: keepers[name].lease))
+
+    def audit_instances(self, action):
+        return [row.instance for row in self.h.run(self.h.db.audit.list(action=action))]
+
+    def test_only_the_holder_collects(self):
+        """The ephemeral sweep of the instance without the lease deletes nothing; the holder's deletes once."""
+        a, b = self.lifecycle("a"), self.lifecycle("b")
+        self.h.clock.advance(120)
+        self.assertEqual(self.h.run(b.collect_ephemeral()), [])
+        self.assertEqual(self.h.run(a.collect_ephemeral()), [self.e.id])
+        self.assertEqual(self.audit_instances("node.delete"), ["a"])
+
+    def test_expiry_announced_by_all_recorded_by_the_holder(self):
+        """Both sweeps announce an expiry; only the holder's writes the node.expired row."""
+        a, b = self.lifecycle("a"), self.lifecycle("b")
+        self.h.run(self.h.state.update_node(self.e.id, expiry=self.h.now()))
+        self.assertEqual(self.h.run(b.expire_due()), [self.e.id])
+        self.assertEqual(self.h.run(a.expire_due()), [self.e.id])
+        self.assertEqual(self.audit_instances("node.expired"), ["a"])
+
+    def test_holder_that_lost_its_lease_writes_no_row(self):
+        """A holder acting on a tenure another instance has since taken over writes no audit row."""
+        stale = self.keepers["a"][EXPIRY_LEASE].lease
+        for keeper in self.keepers["a"].values():
+            keeper.stopService()  # releases: b takes over at its next attempt
+        self.h.clock.advance(10)
+        self.assertIsNotNone(self.keepers["b"][EXPIRY_LEASE].lease)
+        paused = self.lifecycle("a", lease_for=lambda name: stale)
+        self.h.run(self.h.state.update_node(self.e.id, expiry=self.h.now()))
+        self.assertEqual(self.h.run(paused.expire_due()), [self.e.id])
+        self.assertEqual(self.audit_instances("node.expired"), [])
+
+    def test_single_instance_acts_without_leases(self):
+        """Without lease_for (one instance) every job runs and records."""
+        self.h.clock.advance(120)
+        self.assertEqual(self.h.run(self.h.lifecycle.collect_ephemeral()), [self.e.id])

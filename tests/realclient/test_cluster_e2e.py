@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 from headscale_tw.testing.realclient._process import wait_for
 from headscale_tw.testing.realclient.scenario import ScenarioMixin, peers_by_name
@@ -108,3 +109,33 @@ class ClusterTests(ScenarioMixin, RealClientTestCase):
         node, up, auth_id, _ = interactive_up(self, one, "roamer")
         two.cli("auth", "register", "--auth-id", auth_id, "--user", "alice")
         wait_registered(node, up, "roamer", one)
+
+    def test_node_of_a_killed_instance_goes_offline_on_the_other(self):
+        """After kill -9 of the instance xray streams from, instance two lists xray offline (and so does
+        yankee's client) within a bounded wait: its session row no longer counts once one's heartbeat runs out."""
+        one = self.start_instance("one")
+        two = self.start_instance("two")
+        key = self.auth_key(one)
+        x, = self.up_nodes(one, key, ["xray"])
+        y, = self.up_nodes(two, key, ["yankee"])
+
+        def listed_online(server, name):
+            nodes = json.loads(server.cli("nodes", "list", "-o", "json").stdout)
+            return next((bool(n.get("online")) for n in nodes if n["given_name"] == name), None)
+
+        def peer_online(node, other):
+            peer = peers_by_name(node.status_json()).get(other)
+            return None if peer is None else bool(peer["Online"])
+
+        wait_for(lambda: listed_online(two, "xray") is True, 30, "instance two to list xray online",
+                 interval=0.3, details=two.describe)
+        wait_for(lambda: peer_online(y, "xray") is True, 30, "yankee to see xray online", interval=0.3,
+                 details=y.describe)
+        os.kill(one.process.pid, signal.SIGKILL)  # a process this test started
+        wait_for(lambda: not one.process.running(), 10, "instance one to die", interval=0.1)
+        # The heartbeat lives 6 s and is read every 2 s: 8 s after the last beat at most, plus slack.
+        wait_for(lambda: listed_online(two, "xray") is False, 20, "instance two to list xray offline",
+                 interval=0.5, details=two.describe)
+        wait_for(lambda: peer_online(y, "xray") is False, 20, "yankee to see xray offline", interval=0.5,
+                 details=y.describe)
+        self.assertIs(listed_online(two, "yankee"), True)

@@ -151,11 +151,18 @@ class AuditLog:
                           instance=self.instance)
 
     async def record(self, action: str, target: Target | None = None, *, actor: Actor | None = None,
-                     result: str = "ok", detail: dict | None = None) -> None:
-        """Append one event; ``actor`` defaults to the request's (:func:`current_actor`). Never raises."""
+                     result: str = "ok", detail: dict | None = None, lease=None) -> None:
+        """Append one event; ``actor`` defaults to the request's (:func:`current_actor`). Never raises.
+
+        With ``lease`` (a :class:`~headscale_tw.storage.stores.leases.Lease`), the event is written only
+        while that tenure is live: what one instance of several does for the cluster is recorded once.
+        """
         event = self._event(action, target, actor or current_actor(), result, detail)
         try:
-            await self.store.add(event)
+            if lease is None:
+                await self.store.add(event)
+            else:
+                await self.store.add(event, lease=lease)
         except Exception:
             self.log.failure("audit event {action} on {kind} {id} not recorded", action=action,
                              kind=event.target_kind, id=event.target_id)
@@ -202,7 +209,7 @@ class _NoAudit(AuditLog):
         super().__init__(cast(IAuditEventStore, None), lambda: datetime.min)
 
     async def record(self, action: str, target: Target | None = None, *, actor: Actor | None = None,
-                     result: str = "ok", detail: dict | None = None) -> None:
+                     result: str = "ok", detail: dict | None = None, lease=None) -> None:
         """Discard the event."""
 
     async def record_failures(self, summaries: Iterable[SourceSummary]) -> int:

@@ -16,18 +16,32 @@ time, in arrival order, and fanned out exactly like a local change:
 * ``auth``: an auth request was approved or rejected elsewhere; if a client's
   ``Followup`` long-poll waits on it here, it is re-read and answered
   (:meth:`~headscale_tw.control.authrequests.AuthRequests.changed`).
-* ``online``/``offline``: the node's map stream started/ended on another
-  instance; peers here get ``OnlineChange`` and the HA route election reruns.
-  ``NodeRuntime.elsewhere`` marks such nodes (ephemeral collection skips them).
+* ``online``/``offline``: a node's row in ``node_sessions`` was written or
+  deleted by another instance. The node's rows on live instances are re-read
+  (:class:`~headscale_tw.control.presence.NodePresence`): it is online when one
+  is on another instance (``NodeRuntime.elsewhere``; ephemeral collection skips
+  such nodes), and ``online_since`` (the HA election's rank) is the earliest
+  ``connected_at``. Peers here get ``OnlineChange`` and the election reruns.
+  A node streaming here, or in its offline grace here, keeps its local state.
+* membership (:meth:`ClusterSync.membership_changed`, from the
+  :class:`~headscale_tw.control.instances.InstanceRegistry`): the rows of
+  instances that left are deleted (idempotent; the one instance whose delete
+  took them stores the nodes' ``last_seen``), then the whole online set is
+  re-read and applied as above.
 * resync (after the feed (re)connects): every user and node is re-read and the
-  differences are applied as above; auth requests waited on here are re-read.
+  differences are applied as above, the online set too; auth requests waited
+  on here are re-read.
 
-This instance's own stream starts/ends are published through ``MapNotifier.presence``.
+This instance's own stream starts/ends are written and published by the
+``NodePresence`` the notifier was built with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -35,7 +49,25 @@ from twisted.logger import Logger
 from headscale_tw.errors import NotFound
 from headscale_tw.storage.models import Change
 
-__all__ = ["ClusterSync"]
+__all__ = ["ClusterSync", "ClusterLink"]
+
+
+@dataclass(frozen=True)
+class ClusterLink:
+    """What a control plane that shares its database with other instances is built with.
+
+    ``instance_id`` is the change feed's (and the instance registry's) id;
+    ``publish`` the feed's ``publish``; ``sessions`` the ``node_sessions``
+    store; ``derp`` the local ``DERPServer`` (or ``None``); ``lease_for(job)``
+    the lease this instance holds for a periodic job, or ``None`` (see
+    :class:`~headscale_tw.control.lifecycle.NodeLifecycle`).
+    """
+
+    instance_id: str
+    publish: Callable[[str, int], Awaitable[None]]
+    sessions: Any
+    derp: Any = None
+    lease_for: Callable[[str], Any] | None = None
 
 
 class ClusterSync:
@@ -43,22 +75,25 @@ class ClusterSync:
 
     ``publish(kind, ident)`` is the feed's coroutine function (``ChangeFeed.publish``);
     ``derp`` is the local ``DERPServer`` (or ``None``); ``auth_requests`` the
-    control plane's :class:`~headscale_tw.control.authrequests.AuthRequests` (or ``None``).
+    control plane's :class:`~headscale_tw.control.authrequests.AuthRequests` (or ``None``);
+    ``presence`` the :class:`~headscale_tw.control.presence.NodePresence` the
+    notifier writes this instance's streams through.
     """
 
     log = Logger()
 
-    def __init__(self, state, notifier, policy, publish, derp=None, auth_requests=None) -> None:
+    def __init__(self, state, notifier, policy, publish, presence, derp=None, auth_requests=None) -> None:
         self.state = state
+        self.presence = presence
         self.auth_requests = auth_requests
         self.notifier = notifier
         self.policy = policy
         self.publish = publish
         self.derp = derp
         self._tail: Deferred = succeed(None)
-        #: Called with each applied ``Change`` (or ``None`` for a resync); for tests and metrics.
+        #: Called with each applied ``Change`` (``None`` for a resync, the ``Membership`` after a
+        #: membership change); for tests and metrics.
         self.observers: list[Callable[[Change | None], object]] = []
-        notifier.presence = self.presence
 
     # -- feed callbacks --------------------------------------------------------
 
@@ -70,13 +105,14 @@ class ClusterSync:
         """Queue a full re-read of users, nodes and the policy."""
         return self._enqueue(self._resync, None)
 
-    def presence(self, node_id: int, online: bool) -> Deferred:
-        """Tell the other instances that ``node_id``'s stream started or ended here."""
-        d = Deferred.fromCoroutine(self.publish("online" if online else "offline", node_id))
-        d.addErrback(lambda f: self.log.failure("publishing presence of node {node_id}", f, node_id=node_id))
-        return d
+    def membership_changed(self, membership) -> Deferred:
+        """Queue the cleanup after instances left (or joined), then a re-read of the online set.
 
-    def _enqueue(self, work, change: Change | None) -> Deferred:
+        ``membership`` is the registry's :class:`~headscale_tw.control.instances.Membership`.
+        """
+        return self._enqueue(lambda: self._membership(membership.left), membership)
+
+    def _enqueue(self, work, change) -> Deferred:
         done: Deferred = Deferred()
 
         def run(_):
@@ -89,7 +125,7 @@ class ClusterSync:
         self._tail.addCallback(run)
         return done
 
-    def _applied(self, change: Change | None) -> None:
+    def _applied(self, change) -> None:
         for observer in list(self.observers):
             observer(change)
 
@@ -106,7 +142,10 @@ class ClusterSync:
             if self.auth_requests is not None:
                 await self.auth_requests.changed(change.ident)
         elif change.kind in ("online", "offline"):
-            self._presence(change.ident, change.kind == "online")
+            if change.ident in self.state.nodes:
+                rows = await self.presence.rows(change.ident)
+                if self._apply_rows(change.ident, rows):
+                    self.notifier.push(self.policy.update([change.ident]))
 
     async def _reload_policy(self) -> None:
         changes = await self.policy.reload()
@@ -123,6 +162,9 @@ class ClusterSync:
         previous = self.state.cache_node(row)
         if previous is None:
             self.notifier.node_added(node_id)
+            # New here: whether it streams somewhere (its "online" may have come before this row).
+            if self._apply_rows(node_id, await self.presence.rows(node_id)):
+                self.notifier.push(self.policy.update([node_id]))
         elif previous != row:
             self.notifier.node_changed(node_id)
 
@@ -158,24 +200,65 @@ class ClusterSync:
                 self.state.touch(node.id)
         self.notifier.user_changed(user_id)
 
-    def _presence(self, node_id: int, online: bool) -> None:
+    def _apply_rows(self, node_id: int, rows: dict[str, datetime]) -> bool:
+        """Apply ``node_id``'s rows on live instances; whether the HA election must run for it."""
         state = self.state
-        if node_id not in state.nodes or self.notifier.is_connected(node_id):
-            return  # unknown here, or its live stream is on this instance
-        runtime = state.runtime[node_id]
+        runtime = state.runtime.get(node_id)
+        if runtime is None or node_id not in state.nodes:
+            return False  # deleted meanwhile
+        me = self.presence.instance_id
+        others = [at for instance, at in rows.items() if instance != me]
+        if self.notifier.is_connected(node_id) or (self.presence.holds(node_id) and not others):
+            # It streams here (or is in its offline grace here): online is decided here; only the rank moves.
+            runtime.elsewhere = bool(others)
+            known = [at for at in (*rows.values(), runtime.online_since) if at is not None]
+            return self._rank(node_id, min(known) if known else None)
+        online = bool(others)
+        if online and self.presence.holds(node_id):
+            # It came back on another instance during its offline grace here: not offline, and our row goes.
+            self.notifier.cancel_offline_grace(node_id)
+            self.presence.release(node_id)
         runtime.elsewhere = online
         if online:
-            # A grace timer from a stream that used to be here must not announce it offline.
-            self.notifier.cancel_offline_grace(node_id)
             runtime.disconnected_at = None
-        else:
+        elif runtime.online:
             runtime.disconnected_at = state.now()
+        ranked = self._rank(node_id, min(others) if online else None)
         if runtime.online == online:
-            return
+            return ranked and online
+        was = runtime.online
         runtime.online = online
         state.touch(node_id)
-        self.notifier.announce_online(node_id, online)
-        self.notifier.push(self.policy.update([node_id]))
+        if was is not None or online:
+            self.notifier.announce_online(node_id, online)
+        return True
+
+    def _rank(self, node_id: int, since: datetime | None) -> bool:
+        runtime = self.state.runtime[node_id]
+        if runtime.online_since == since:
+            return False
+        runtime.online_since = since
+        self.policy.election.reconsider(node_id)
+        return True
+
+    async def _membership(self, left: Iterable[str]) -> None:
+        taken = await self.presence.forget(left)
+        await self._reconcile_online()
+        # Exactly one instance's delete took these rows: it stores when the nodes were last seen.
+        now = self.state.now()
+        for node_id in taken:
+            runtime = self.state.runtime.get(node_id)
+            if runtime is not None and runtime.online is False:
+                try:
+                    await self.state.update_node(node_id, last_seen=now)
+                except NotFound:
+                    pass
+
+    async def _reconcile_online(self) -> None:
+        online = await self.presence.online()
+        elect = [node_id for node_id in list(self.state.nodes) if self._apply_rows(node_id, online.get(node_id, {}))]
+        if elect:
+            self.notifier.push(self.policy.update(elect))
 
     async def _resync(self) -> None:
         db = self.state.db
@@ -193,6 +276,7 @@ class ClusterSync:
             if self.state.nodes.get(node_id) != row:
                 await self._node(node_id)
         await self._reload_policy()
+        await self._reconcile_online()
         if self.auth_requests is not None:
             await self.auth_requests.recheck()
         self.log.info("cluster resync: {users} users, {nodes} nodes", users=len(users), nodes=len(stored))

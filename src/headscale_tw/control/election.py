@@ -6,6 +6,13 @@ Candidates for a prefix are the online nodes serving it. The previous primary
 stays while it is a candidate (no flapping); otherwise the candidate with the
 lowest node id wins. Exit routes (``/0``) are not elected.
 
+With a ``rank`` (several instances on one database), the winner is the
+candidate with the lowest ``rank(node_id)`` and nothing else: a function of
+shared state only (when each router came online, from the ``node_sessions``
+table, then its id), so every instance elects the same primary whatever order
+it heard of the changes in. It is sticky in practice: a router that comes
+online later ranks after the primary in place.
+
 :class:`RouteElection` is incremental: each call of :meth:`RouteElection.elect`
 compares the candidates with the previous call's, by identity first, and
 re-elects only the prefixes of nodes whose candidacy changed. A change of one
@@ -16,8 +23,8 @@ a call where nothing changed costs one look per router.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
-from typing import Union
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Union
 
 __all__ = ["RouteElection", "sort_key"]
 
@@ -40,9 +47,15 @@ class RouteElection:
     map turned around, so that a node's primary prefixes are found without
     scanning every prefix. ``visited`` counts the prefixes looked at (work
     counts in tests).
+
+    :param rank: when given, the sort key of a candidate (lower wins), instead
+        of "the previous primary, else the lowest id"; call :meth:`reconsider`
+        when a node's rank changes while its candidacy does not.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rank: Callable[[int], Any] | None = None) -> None:
+        self.rank = rank
+        self._stale: set[Network] = set()
         self.primaries: dict[Network, int] = {}
         self.by_node: dict[int, set[Network]] = {}
         self.visited = 0
@@ -59,7 +72,8 @@ class RouteElection:
         missing from ``candidates`` (offline, deleted, serving nothing) loses
         its prefixes to the other candidates.
         """
-        affected: set[Network] = set()
+        affected: set[Network] = self._stale
+        self._stale = set()
         for node_id in [n for n in self._given if n not in candidates]:
             affected |= self._set_candidate(node_id, frozenset())
         for node_id, routes in candidates.items():
@@ -73,7 +87,12 @@ class RouteElection:
             self.visited += 1
             previous = self.primaries.get(prefix)
             ids = holders.get(prefix)
-            winner = None if not ids else (previous if previous in ids else min(ids))
+            if not ids:
+                winner = None
+            elif self.rank is not None:
+                winner = min(ids, key=self.rank)
+            else:
+                winner = previous if previous in ids else min(ids)
             if winner == previous:
                 continue
             if previous is not None:
@@ -83,6 +102,10 @@ class RouteElection:
                 self._move(prefix, None, winner)
                 changed.add(winner)
         return changed
+
+    def reconsider(self, node_id: int) -> None:
+        """Re-elect ``node_id``'s prefixes at the next :meth:`elect` (its rank changed)."""
+        self._stale.update(self._candidates.get(node_id, ()))
 
     def _set_candidate(self, node_id: int, new: frozenset[Network]) -> frozenset[Network]:
         """Record what ``node_id`` serves now; return the prefixes it gained or lost."""

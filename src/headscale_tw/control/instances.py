@@ -21,7 +21,7 @@ when it cannot reach the database.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,7 +35,7 @@ from headscale_tw.clock import utc_now
 from headscale_tw.interfaces import IInstanceStore
 from headscale_tw.storage.models import Instance
 
-__all__ = ["InstanceRegistry", "Membership", "HEARTBEAT_INTERVAL", "HEARTBEAT_LIFETIME"]
+__all__ = ["InstanceRegistry", "Membership", "HEARTBEAT_INTERVAL", "HEARTBEAT_LIFETIME", "membership_dispatch"]
 
 #: Seconds between two heartbeats.
 HEARTBEAT_INTERVAL = 2.0
@@ -193,3 +193,22 @@ class InstanceRegistry(service.Service):
 
 def _advertised(instance: Instance) -> tuple:
     return (instance.software_version, instance.schema_version, instance.server_url, instance.derp_url)
+
+
+def membership_dispatch(consumers: Iterable[Callable[[Membership], Any]]) -> Callable[[Membership], None]:
+    """One ``on_membership`` for the registry: hands each :class:`Membership` to every consumer in turn.
+
+    A consumer that raises is logged and the others still get it; adding a consumer
+    (the DERP mesh, online state, ...) is one more entry in the list the builder passes.
+    """
+    consumers = tuple(consumers)
+    log = Logger(namespace=__name__)
+
+    def dispatch(membership: Membership) -> None:
+        for consumer in consumers:
+            try:
+                consumer(membership)
+            except Exception:
+                log.failure("membership consumer {consumer!r} failed", consumer=consumer)
+
+    return dispatch

@@ -22,6 +22,8 @@ Rules:
 * Online: a node is online while it has a stream. When its last stream ends
   it stays online for ``offline_grace`` seconds, so a quick reconnect is not
   announced to peers at all; then peers get ``OnlineChange``/``PeerSeenChange``.
+  With several instances, the ``presence`` hook given at construction records
+  the first stream here and the end of the grace in the shared database.
 * Batching (``batch_delay`` > 0): deltas from :meth:`MapNotifier.push` are
   kept per viewer for up to ``batch_delay`` seconds and merged (peers changed
   and removed: the last word per peer wins, entries are built at flush time
@@ -79,6 +81,7 @@ class MapNotifier:
         offline_grace: float = 10.0,
         interval: Callable[[], float] = keepalive_interval,
         batch_delay: float = 0.0,
+        presence: Callable[[int, bool], object] | None = None,
     ) -> None:
         self.state = state
         self.mapper = mapper
@@ -101,8 +104,10 @@ class MapNotifier:
         self.map_counters = MapCounters()
         self._flush_timer = None
         self.policy = mapper.policy
-        #: Called with ``(node_id, online)`` when a node comes online here or goes offline (cluster feed).
-        self.presence: Callable[[int, bool], object] | None = None
+        #: Called with ``(node_id, True)`` when a node's first stream opens here (none open, no offline
+        #: grace pending) and ``(node_id, False)`` when its offline grace ends here (cluster mode:
+        #: :class:`~headscale_tw.control.presence.NodePresence`).
+        self.presence = presence
 
     # -- sessions ----------------------------------------------------------
 
@@ -120,18 +125,19 @@ class MapNotifier:
         # (flushing here made every reconnect in a storm a flush of everyone's deltas).
         self._pending.pop(node_id, None)
         older = list(self.sessions.get(node_id, ()))
+        first_here = not older and node_id not in self._offline_timers
         session = MapSession(node_id, write, finish, self.clock, self._session_closed, self.interval,
                              unsent=unsent, abort=abort, encoding=encoding, counters=self.map_counters)
         self.sessions.setdefault(node_id, []).append(session)
         came_online = self._mark_online(node.id)
+        if first_here and self.presence is not None:
+            self.presence(node_id, True)  # before the election below: it ranks by online_since
         changes = self.policy.update([node_id])  # HA election may pick this router
         session.start(self._frame(self.mapper.full_map(node_id), "full"))
         for old in older:
             old.close()
         if came_online:
             self._online_to_peers(node_id, True)
-            if self.presence is not None:
-                self.presence(node_id, True)
         changes.viewers.pop(node_id, None)  # its full map is already current
         self.push(changes, exclude=node_id)
         return session

@@ -10,6 +10,13 @@ One object holding the whole control plane, for ``service.py`` to build.
     await plane.reload()                      # SIGHUP: policy file (or DB row) and DNS extra records
     plane.stop()                              # on stopService: ends streams, cancels timers
 
+Several instances on one PostgreSQL database: ``ControlPlane(..., cluster=ClusterLink(...))``
+builds the shared presence (``plane.presence``, given to the notifier), an HA
+election ranked from shared state (given to the policy manager), the lifecycle
+jobs under their leases, and ``plane.cluster`` (a
+:class:`~headscale_tw.control.cluster.ClusterSync`) for the change feed and the
+instance registry to call; all at construction.
+
 Brute-force throttles (:class:`~headscale_tw.throttle.AuthThrottles`) are
 ``plane.throttles``: the registrar uses ``preauth_key``; ``service.py`` hands
 ``api_key`` to the admin API and ``noise_handshake`` to ``/ts2021``; one of
@@ -41,13 +48,16 @@ from headscale_tw.clock import utc_now
 from headscale_tw.control.admin import AdminServices, build_admin_services
 from headscale_tw.control.audit import SYSTEM, AuditLog, Target, policy_detail
 from headscale_tw.control.authrequests import AuthRequests
+from headscale_tw.control.cluster import ClusterLink, ClusterSync
 from headscale_tw.control.dns_challenges import DNSChallenges
+from headscale_tw.control.election import RouteElection
 from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper, dns_config, parse_extra_records
 from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.policy import PolicySource, TailnetPolicy
 from headscale_tw.control.poll import PollService
+from headscale_tw.control.presence import NodePresence
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.ssh_check import SSHChecks
 from headscale_tw.control.state import ControlState
@@ -84,6 +94,7 @@ class ControlPlane:
         batch_delay: float | None = None,
         dns_provider=None,
         instance: str = "",
+        cluster: ClusterLink | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -91,7 +102,14 @@ class ControlPlane:
         prefixes = config.prefixes
         self.allocator = IPAllocator(prefixes.v4, prefixes.v6, prefixes.allocation)
         self.state = ControlState(db, self.allocator, self.now)
-        self.policy = TailnetPolicy(self.state, PolicySource(config, store=db.policies, read_file=self.read_file))
+        self.link = cluster
+        #: This instance's node streams in the shared ``node_sessions`` table (several instances), or ``None``.
+        self.presence = (NodePresence(cluster.sessions, cluster.instance_id, cluster.publish, self.state, clock)
+                         if cluster is not None else None)
+        # Several instances elect HA primaries from shared state only (when each router came online).
+        election = RouteElection(rank=self.presence.rank) if self.presence is not None else None
+        self.policy = TailnetPolicy(self.state, PolicySource(config, store=db.policies, read_file=self.read_file),
+                                    election=election)
         base_domain = config.dns.base_domain if config.dns.magic_dns else ""
         self.dns_challenges = DNSChallenges(self.state, dns_provider, base_domain, clock)
         self.mapper = Mapper(self.state, config, derp_map=derp_map, policy=self.policy,
@@ -99,7 +117,7 @@ class ControlPlane:
         if batch_delay is None:
             batch_delay = config.tuning.batch_change_delay
         self.notifier = MapNotifier(self.state, self.mapper, clock, offline_grace=offline_grace,
-                                    batch_delay=batch_delay)
+                                    batch_delay=batch_delay, presence=self.presence)
         self.throttles = AuthThrottles.build(clock)
         #: Who did what: admin actions, registrations, expiry, failed-attempt summaries.
         self.audit = AuditLog(db.audit, self.now, instance=instance, retention=config.audit.retention)
@@ -117,7 +135,12 @@ class ControlPlane:
                                                          clock=clock, audit=self.audit)
         self.nodes = self.admin.nodes
         self.lifecycle: NodeLifecycle | None = None
+        #: Applies other instances' changes (``ChangeFeed.subscribe(cluster.changed, cluster.resync)``)
+        #: and the instance registry's membership (``cluster.membership_changed``); ``None`` alone.
         self.cluster: ClusterSync | None = None
+        if cluster is not None:
+            self.cluster = ClusterSync(self.state, self.notifier, self.policy, cluster.publish, self.presence,
+                                       derp=cluster.derp, auth_requests=self.auth_requests)
 
     def now(self) -> datetime:
         """The injected clock's time as an aware UTC datetime."""
@@ -131,7 +154,8 @@ class ControlPlane:
         await self.state.load()
         await self.policy.load()
         self.reload_dns()
-        self.lifecycle = NodeLifecycle(self.state, self.notifier, self.registrar, self.config, audit=self.audit)
+        self.lifecycle = NodeLifecycle(self.state, self.notifier, self.registrar, self.config, audit=self.audit,
+                                       lease_for=self.link.lease_for if self.link is not None else None)
 
     async def reload(self) -> None:
         """SIGHUP: re-read the policy source and DNS extra records; problems are logged, old settings stay.
@@ -169,17 +193,6 @@ class ControlPlane:
         else:
             self.notifier.broadcast(message)
         return True
-
-    def join_cluster(self, publish, derp=None):
-        """Apply other instances' changes from a change feed; return the ``ClusterSync``.
-
-        ``publish`` is ``ChangeFeed.publish``; ``derp`` the local DERP server (or ``None``).
-        """
-        from headscale_tw.control.cluster import ClusterSync
-
-        self.cluster = ClusterSync(self.state, self.notifier, self.policy, publish, derp=derp,
-                                   auth_requests=self.auth_requests)
-        return self.cluster
 
     def stop(self) -> None:
         """End every map stream and held register request; cancel every timer."""

@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from headscale_tw.control.compilation import PolicyCompilation
+from headscale_tw.control.election import RouteElection
 from headscale_tw.control.policy_inputs import PolicyInputs, users_key
 from headscale_tw.control.policy_source import PolicyRejected, PolicySource, PolicyUpdateRefused
 from headscale_tw.control.routes import announced_routes, approved_routes, normalize_approval
@@ -92,10 +93,11 @@ class TailnetPolicy:
 
     log = Logger()
 
-    def __init__(self, state, source: PolicySource | None = None) -> None:
+    def __init__(self, state, source: PolicySource | None = None, election: RouteElection | None = None) -> None:
         self.state = state
         self.source = source if source is not None else PolicySource()
-        self.inputs = PolicyInputs(state)
+        #: ``election``: several instances pass one ranked by when each router came online (shared state).
+        self.inputs = PolicyInputs(state, election)
         self.compilation = PolicyCompilation(PolicyEngine(None, server_url=self.source.server_url), state.now)
         self.views = ViewCache(self.inputs)
         #: The text of the policy in force (``""``: none, allow all).
@@ -104,6 +106,11 @@ class TailnetPolicy:
         self._view_users: tuple = ()
 
     # -- what is in force ----------------------------------------------------------
+
+    @property
+    def election(self) -> RouteElection:
+        """The HA route election the views are built with (cluster mode re-ranks it from shared state)."""
+        return self.inputs.election
 
     @property
     def engine(self) -> PolicyEngine:

@@ -60,6 +60,8 @@ class NodeRuntime:
     disconnected_at: datetime | None = None
     #: The node streams on another instance sharing the database (cluster mode).
     elsewhere: bool = False
+    #: When it came online, as the ``node_sessions`` table says (cluster mode; HA election rank).
+    online_since: datetime | None = None
 
 
 class ControlState:

@@ -50,6 +50,7 @@ from headscale_tw.interfaces import (
     IDatabase,
     IInstanceStore,
     ILeaseStore,
+    INodeSessionStore,
     INodeStore,
     IOIDCLoginStore,
     IPolicyStore,
@@ -652,6 +653,7 @@ class Database:
         from headscale_tw.storage.stores.auth_requests import AuthRequestStore
         from headscale_tw.storage.stores.instances import InstanceStore
         from headscale_tw.storage.stores.leases import LeaseStore
+        from headscale_tw.storage.stores.node_sessions import NodeSessionStore
         from headscale_tw.storage.stores.nodes import NodeStore
         from headscale_tw.storage.stores.oidc_logins import OIDCLoginStore
         from headscale_tw.storage.stores.policies import PolicyStore
@@ -670,6 +672,7 @@ class Database:
         self.auth_requests: IAuthRequestStore = AuthRequestStore(pool, reactor)
         self.leases: ILeaseStore = LeaseStore(pool, reactor)
         self.instances: IInstanceStore = InstanceStore(pool, reactor)
+        self.node_sessions: INodeSessionStore = NodeSessionStore(pool, reactor)
         self.acme: IAcmeStore = AcmeStore(pool, reactor)
         self.oidc_logins: IOIDCLoginStore = OIDCLoginStore(pool, reactor)
         self.audit: IAuditEventStore = AuditEventStore(pool, reactor)

@@ -17,6 +17,7 @@ from headscale_tw.interfaces import IAuditEventStore
 from headscale_tw.storage.database import Txn
 from headscale_tw.storage.models import MAX_AUDIT_PAGE, AuditEvent
 from headscale_tw.storage.stores._common import StoreBase, dump_json, json_dict, required_datetime
+from headscale_tw.storage.stores.leases import Lease, holds_lease_txn
 
 __all__ = ["AuditEventStore", "MAX_PAGE"]
 
@@ -47,14 +48,18 @@ def _values(event: AuditEvent) -> tuple:
 class AuditEventStore(StoreBase):
     """The audit log's rows."""
 
-    async def add(self, event: AuditEvent) -> None:
-        """Append one event."""
+    async def add(self, event: AuditEvent, lease: Lease | None = None) -> bool:
+        """Append one event; with ``lease``, only while that tenure is live (checked in the same
+        transaction), so a job's holder that lost its lease writes nothing. Whether it was added."""
 
-        def add_audit_event_txn(txn: Txn) -> None:
+        def add_audit_event_txn(txn: Txn) -> bool:
+            if lease is not None and not holds_lease_txn(txn, lease, event.at):
+                return False
             txn.execute(f"INSERT INTO audit_events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         _values(event))
+            return True
 
-        await self._pool.run_interaction("add_audit_event", add_audit_event_txn)
+        return await self._pool.run_interaction("add_audit_event", add_audit_event_txn)
 
     async def add_many(self, events: list[AuditEvent]) -> None:
         """Append several events in one transaction (the throttle summaries of one interval)."""
