@@ -138,7 +138,7 @@ class Mapper:
 
     ``derp_map()`` returns the DERPMap dict; ``policy`` is the
     :class:`PolicyManager` giving each node's filter, peers and routes
-    (default: one with no policy, i.e. allow all). ``https`` offers nodes
+    (the builder passes the one the notifier uses). ``https`` offers nodes
     certificates for their MagicDNS names (only when MagicDNS is on).
     """
 
@@ -146,14 +146,14 @@ class Mapper:
         self,
         state: ControlState,
         config,
+        policy: PolicyManager,
         derp_map: Callable[[], dict] | None = None,
-        policy: PolicyManager | None = None,
         https: bool = False,
     ) -> None:
         self.state = state
         self.config = config
         self.derp_map = derp_map or (lambda: embedded_derp_map(config))
-        self.policy = policy if policy is not None else PolicyManager(state, config)
+        self.policy = policy
         self.base_domain = config.dns.base_domain if config.dns.magic_dns else ""
         self.domain = _server_host_port(config.server_url)[0]
         self.https = https and bool(self.base_domain)

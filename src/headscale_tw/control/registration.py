@@ -377,7 +377,7 @@ class Registrar:
         if request.hostinfo:
             fields["hostinfo"] = request.hostinfo
         node = await self.state.update_node(node.id, **fields)
-        self.state.runtime[node.id].cap = request.version or self.state.runtime[node.id].cap
+        self.state.runtime.set_cap(node.id, request.version)
         self.notifier.node_changed(node.id)
         return await self._success(node)
 
@@ -439,7 +439,7 @@ class Registrar:
                 if existing.given_name_auto:
                     fields["given_name"] = self.state.free_name(hostname, exclude=existing.id)
             node = await self.state.update_node(existing.id, **fields)
-            self.state.runtime[node.id].cap = request.version
+            self.state.runtime.set_cap(node.id, request.version)
             if await self.policy.auto_approve(node.id):
                 node = self.state.get(node.id)
             self.log.info("re-registered node {name} (id {id}) by {method}", name=node.given_name, id=node.id,
@@ -447,7 +447,7 @@ class Registrar:
             self.notifier.node_changed(node.id)
             return node
         node = await self.state.create_node(machine_key=machine_key, hostname=hostname, **fields)
-        self.state.runtime[node.id].cap = request.version
+        self.state.runtime.set_cap(node.id, request.version)
         self.log.info("registered node {name} (id {id}, {ips}) by {method}", name=node.given_name, id=node.id,
                       ips=" ".join(ip for ip in (node.ipv4, node.ipv6) if ip), method=fields.get("register_method", "?"))
         if await self.policy.auto_approve(node.id):
