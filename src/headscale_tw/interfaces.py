@@ -350,9 +350,6 @@ class INodeNotifier(Interface):
     def announce_online(node_id, online):
         """Tell every stream that sees the node that it came online or went offline."""
 
-    def flush():
-        """Send whatever batching holds now; return messages built."""
-
     def stop():
         """Close every session and cancel every timer (shutdown)."""
 

@@ -69,3 +69,37 @@ class BatchRecordTests(unittest.TestCase):
         self.assertEqual(DeltaMessage(online=((1, True),)).response_type, "patch")
         self.assertEqual(DeltaMessage(self_of=3).response_type, "self")
         self.assertEqual(len({DeltaMessage(removed=(1,)), DeltaMessage(removed=(1,))}), 1)
+
+
+class SingleWriterTests(unittest.TestCase):
+    """Only ``NodeRuntimes`` assigns the fields of a ``NodeRuntime``."""
+
+    #: control/cluster.py still writes them itself until its presence rework (task F) calls
+    #: ``NodeRuntimes.elsewhere``; nothing else may.
+    ALLOWED = {"control/state.py", "control/cluster.py"}
+    FIELDS = {"online", "cap", "disconnected_at", "elsewhere"}
+
+    def test_no_other_writer(self):
+        """No module outside the allowed ones assigns online, cap, disconnected_at or elsewhere of a runtime."""
+        import ast
+        from pathlib import Path
+
+        import headscale_tw
+
+        root = Path(headscale_tw.__file__).parent
+        writers = []
+        for path in sorted(root.rglob("*.py")):
+            name = path.relative_to(root).as_posix()
+            if name in self.ALLOWED:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                targets = []
+                if isinstance(node, ast.Assign):
+                    targets = node.targets
+                elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                    targets = [node.target]
+                for target in targets:
+                    if (isinstance(target, ast.Attribute) and target.attr in self.FIELDS
+                            and "runtime" in ast.unparse(target.value)):
+                        writers.append(f"{name}:{node.lineno}")
+        self.assertEqual(writers, [])

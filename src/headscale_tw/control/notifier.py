@@ -22,16 +22,17 @@ Rules:
 * Online: a node is online while it has a stream. When its last stream ends
   it stays online for ``offline_grace`` seconds, so a quick reconnect is not
   announced to peers at all; then peers get ``OnlineChange``/``PeerSeenChange``.
-* Batching (``batch_delay`` > 0): deltas from :meth:`MapNotifier.push` are
-  kept per viewer for up to ``batch_delay`` seconds and merged (peers changed
-  and removed: the last word per peer wins, entries are built at flush time
-  from the current state; latest filter/SSH policy; self node if any asked),
-  then sent as one message per viewer. Patches (endpoints, DERP home, keys)
-  and online changes are held the same way (built at flush time from the
-  node's state; a full entry or a removal of the same peer supersedes them),
-  and joins share one policy update per window. A stream's full map drops
-  what was held for it; any other write (broadcasts, unbatched paths) flushes
-  first, so each stream still gets every change in order. ``0`` sends at once.
+* Batching: every change is recorded the same way, as a :class:`HeldDelta`
+  per viewer (peers changed and removed: the last word per peer wins, entries
+  are built at flush time from the current state; latest filter/SSH policy;
+  self node if any asked; patches and online flags, built at flush time from
+  the node's state, a full entry or a removal of the same peer superseding
+  them), and joins share one policy update per flush. With ``batch_delay`` > 0
+  the flush comes that many seconds after the first held change; with ``0``
+  it runs at once. At the flush each record becomes a :class:`DeltaMessage`,
+  and viewers with equal ones share one message. A stream's full map drops
+  what was held for it; any other write (broadcasts, full maps) flushes first,
+  so each stream still gets every change in order.
 """
 
 from __future__ import annotations
