@@ -56,7 +56,7 @@ from headscale_tw.counters import MapCounters, Stopwatch
 from headscale_tw.errors import NotFound
 from headscale_tw.interfaces import INodeNotifier
 
-__all__ = ["MapNotifier", "HeldDelta", "DeltaMessage"]
+__all__ = ["MapNotifier", "HeldDelta", "PeerNews", "DeltaMessage"]
 
 
 @dataclass(slots=True)
@@ -64,9 +64,10 @@ class HeldDelta:
     """
     What one viewer is owed since the last flush, merged.
 
-    Peers carry the last word only (changed or removed); their entries,
-    patches and online flags are built at the flush from the state then, so
-    several changes of one peer within a window cost one entry.
+    Peers carry the last word only (changed or removed); their entries are
+    built at the flush from the state then, so several changes of one peer
+    within a window cost one entry (which also supersedes that peer's
+    :class:`PeerNews`).
     """
 
     #: peer id -> True: send its full entry; False: send it as removed.
@@ -77,10 +78,6 @@ class HeldDelta:
     ssh: bytes | None = None
     #: The viewer's own ``Node`` changed.
     self_node: bool = False
-    #: peer id -> names of patchable fields that changed (``PeersChangedPatch``).
-    patched: dict[int, set[str]] = field(default_factory=dict)
-    #: peer id -> came online (True) or went offline (False).
-    online: dict[int, bool] = field(default_factory=dict)
 
     def merge(self, changed: Iterable[int], removed: Iterable[int], packet_filter: bytes | None,
               ssh: bytes | None, self_node: bool) -> None:
@@ -95,6 +92,23 @@ class HeldDelta:
         if ssh is not None:
             self.ssh = ssh
         self.self_node = self.self_node or self_node
+
+
+@dataclass(slots=True)
+class PeerNews:
+    """
+    What every viewer of one node is owed about it, the same for all of them:
+    patched fields (``PeersChangedPatch``, built at the flush from the node's
+    state then) and whether it came online or went offline (``OnlineChange``).
+
+    Held once per node, not per viewer, so a change fanned out to N streams
+    costs one record; the viewers are found at the flush. ``seq`` orders it
+    against streams opened meanwhile (their full map already has it).
+    """
+
+    seq: int
+    patched: set[str] = field(default_factory=set)
+    online: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +147,19 @@ class DeltaMessage:
         return "self"
 
 
+def _news_message(news: dict[int, PeerNews], about: Iterable[int]) -> DeltaMessage:
+    """The patches and online flags of the nodes ``about`` (sorted by id), as a delta."""
+    patches = []
+    online = []
+    for node_id in about:
+        item = news[node_id]
+        if item.patched:
+            patches.append((node_id, tuple(sorted(item.patched))))
+        if item.online is not None:
+            online.append((node_id, item.online))
+    return DeltaMessage(patches=tuple(patches), online=tuple(online))
+
+
 @implementer(INodeNotifier)
 class MapNotifier:
     """Registry of map sessions plus the fan-out of deltas."""
@@ -165,6 +192,11 @@ class MapNotifier:
         self.batch_delay = batch_delay
         #: viewer -> what it is owed at the next flush
         self._pending: dict[int, HeldDelta] = {}
+        #: node -> what all its viewers are owed about it at the next flush
+        self._news: dict[int, PeerNews] = {}
+        #: ``PeerNews.seq`` of the latest news; streams opened since the last flush -> seq at their opening
+        self._seq = 0
+        self._opened: dict[int, int] = {}
         #: nodes joined since the last flush: node id -> whether its own sessions need ``Node``
         self._changed_nodes: dict[int, bool] = {}
         self.policy_updates = 0
@@ -191,6 +223,7 @@ class MapNotifier:
         # Its full map supersedes whatever was held for it; other streams keep their batch
         # (flushing here made every reconnect in a storm a flush of everyone's deltas).
         self._pending.pop(node_id, None)
+        self._opened[node_id] = self._seq
         older = list(self.sessions.get(node_id, ()))
         session = MapSession(node_id, write, finish, self.clock, self._session_closed, self.interval,
                              unsent=unsent, abort=abort, encoding=encoding, counters=self.map_counters)
@@ -215,8 +248,8 @@ class MapNotifier:
 
     @property
     def held(self) -> int:
-        """Changes waiting for the next batch flush: joined nodes plus viewers with held deltas."""
-        return len(self._changed_nodes) + len(self._pending)
+        """Changes waiting for the next batch flush: joined nodes, viewers with held deltas, nodes with news."""
+        return len(self._changed_nodes) + len(self._pending) + len(self._news)
 
     def is_connected(self, node_id: int) -> bool:
         """True while the node has a live stream."""
@@ -315,13 +348,21 @@ class MapNotifier:
         """
         if self.batch_delay <= 0 or self._stopping:
             return self.flush()
-        if (self._pending or self._changed_nodes) and self._flush_timer is None:
+        if (self._pending or self._news or self._changed_nodes) and self._flush_timer is None:
             self._flush_timer = self.clock.callLater(self.batch_delay, self.flush)
         return 0
 
+    def _news_of(self, node_id: int) -> PeerNews:
+        self._seq += 1
+        news = self._news.get(node_id)
+        if news is None:
+            news = self._news[node_id] = PeerNews(self._seq)
+        else:
+            news.seq = self._seq
+        return news
+
     def _online_to_peers(self, node_id: int, online: bool) -> None:
-        for viewer in self._viewers_of(node_id):
-            self._held(viewer).online[node_id] = online
+        self._news_of(node_id).online = online
         self._settle()
 
     def push(self, changes: Changes, touched: Iterable[int] = (), exclude: int | None = None) -> int:
@@ -392,37 +433,55 @@ class MapNotifier:
         if timer is not None and timer.active():
             timer.cancel()
         pending, self._pending = self._pending, {}
-        if not pending:
+        news, self._news = self._news, {}
+        opened, self._opened = self._opened, {}
+        if not (pending or news):
             return 0
+        nodes = self.state.nodes
+        # viewer -> the nodes whose news it gets (those it sees, unless its stream opened since)
+        told: dict[int, list[int]] = {}
+        for node_id in sorted(news):
+            if node_id not in nodes:
+                continue
+            seq = news[node_id].seq
+            for viewer in self._viewers_of(node_id):
+                if opened.get(viewer, -1) < seq:
+                    told.setdefault(viewer, []).append(node_id)
         groups: dict[DeltaMessage, list[int]] = {}
         for viewer, held in pending.items():
-            message = self._message_for(viewer, held)
+            message = self._message_for(viewer, held, news, told.get(viewer, ()))
             if message:
                 groups.setdefault(message, []).append(viewer)
+        # viewers owed only news: those told the same nodes share one message
+        shared: dict[tuple[int, ...], list[int]] = {}
+        for viewer, about in told.items():
+            if viewer not in pending and viewer in nodes:
+                shared.setdefault(tuple(about), []).append(viewer)
+        for about, viewers in shared.items():
+            groups.setdefault(_news_message(news, about), []).extend(viewers)
         return self._send_groups(groups)
 
-    def _message_for(self, viewer: int, held: HeldDelta) -> DeltaMessage | None:
-        """What ``viewer`` gets for ``held``, built from the state now (``None``: it no longer streams)."""
+    def _message_for(self, viewer: int, held: HeldDelta, news: dict[int, PeerNews],
+                     told: Iterable[int]) -> DeltaMessage | None:
+        """What ``viewer`` gets for ``held`` and the news it is told, built from the state now
+        (``None``: it no longer streams)."""
         policy, nodes = self.policy, self.state.nodes
         if viewer not in nodes or not self.sessions.get(viewer):
             return None
         last = held.peers
         changed = sorted(pid for pid, up in last.items() if up and pid in nodes and policy.sees(viewer, pid))
         removed = sorted(pid for pid in last if pid not in changed)
-        # a full entry or a removal supersedes patches and online flags of that peer
-
-        def current(pid: int) -> bool:
-            return pid not in last and pid in nodes and policy.sees(viewer, pid)
-
+        # a full entry or a removal supersedes the news of that peer
+        about = [pid for pid in told if pid not in last]
+        message = _news_message(news, about)
         return DeltaMessage(
             changed=tuple((pid, policy.variant(viewer, pid)) for pid in changed),
             removed=tuple(removed),
             packet_filter=held.packet_filter,
             ssh=held.ssh,
             self_of=viewer if held.self_node else None,
-            patches=tuple(sorted((pid, tuple(sorted(fields))) for pid, fields in held.patched.items()
-                                 if current(pid))),
-            online=tuple(sorted((pid, up) for pid, up in held.online.items() if current(pid))),
+            patches=message.patches,
+            online=message.online,
         )
 
     def _send_groups(self, groups: dict[DeltaMessage, list[int]]) -> int:
@@ -451,7 +510,7 @@ class MapNotifier:
         self.frames_built += 1
 
     def _write_to(self, node_ids: Iterable[int], framed: FramedMessage) -> int:
-        if self._pending or self._changed_nodes:
+        if self._pending or self._news or self._changed_nodes:
             self.flush()  # whatever is held goes first, so every stream gets changes in order
         count = 0
         for node_id in node_ids:
@@ -508,10 +567,8 @@ class MapNotifier:
         """Only patchable fields changed (endpoints, DERP home, disco key, key, key expiry)."""
         if node_id not in self.state.nodes:
             return
-        # held like any delta; the patch is built at the flush from the node's state then
-        fields = set(fields)
-        for viewer in self._viewers_of(node_id):
-            self._held(viewer).patched.setdefault(node_id, set()).update(fields)
+        # held like any news; the patch is built at the flush from the node's state then
+        self._news_of(node_id).patched.update(fields)
         self._settle()
 
     def node_removed(self, node_id: int) -> None:
@@ -542,6 +599,8 @@ class MapNotifier:
         """Close every session and cancel every timer (service shutdown)."""
         self._stopping = True
         self._pending.clear()
+        self._news.clear()
+        self._opened.clear()
         self._changed_nodes.clear()
         if self._flush_timer is not None and self._flush_timer.active():
             self._flush_timer.cancel()
