@@ -36,13 +36,15 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
+from typing import Callable, cast
 
 import attrs
 import priority
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, ITransport
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
+from twisted.web.server import Request, Site
 
 __all__ = [
     "PrivateUse",
@@ -268,6 +270,14 @@ class BatchingH2Connection(H2Connection):
     :meth:`_sendPrioritisedData` for the batching version.
     """
 
+    transport: ITransport  # makeConnection sets it before any other callback
+    # What Site.buildProtocol sets (noise.protocol.NoiseFactory.build_inner sets the same).
+    # Twisted declares site and factory as None at class level and assigns a Site later.
+    site: Site | None  # type: ignore[assignment]  # see the line above
+    factory: Site | None  # type: ignore[assignment]  # see the line above
+    requestFactory: Callable[..., Request]
+    callLater: Callable[..., IDelayedCall]
+
     def __init__(self, reactor=None) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -462,7 +472,7 @@ def stream_backlog(request):
     """
     stream = getattr(request, "channel", None)
     conn = stream_connection(stream)
-    if not isinstance(conn, BatchingH2Connection):
+    if stream is None or not isinstance(conn, BatchingH2Connection):
         return None
     stream_id = stream.streamID
     return lambda: conn.backlog(stream_id)
@@ -485,7 +495,9 @@ TwistedH2Connection = H2Connection
 def use_twisted_send_loop(connection: BatchingH2Connection):
     """Make ``connection`` send with Twisted's own one-frame-per-turn loop (to compare the batching
     one with it); return that loop, bound."""
-    loop = connection._sendPrioritisedData = H2Connection._sendPrioritisedData.__get__(connection)
+    loop = H2Connection._sendPrioritisedData.__get__(connection)
+    # Replacing the method on this one instance is the point: a comparison run of Twisted's loop.
+    connection._sendPrioritisedData = loop  # type: ignore[method-assign]
     return loop
 
 
@@ -533,7 +545,8 @@ def detach_http_channel(channel, protocol) -> bytes:
     # adapts to IPushProducer (and of nothing otherwise): undo it the same way.
     producer = IPushProducer(channel.transport, None)
     if producer is not None:
-        producer.unregisterProducer()
+        # A transport that is a push producer is also the consumer the channel registered with.
+        cast(IConsumer, producer).unregisterProducer()
     buffered = b"".join(getattr(channel, "_dataBuffer", []))
     channel._dataBuffer = ForwardingBuffer(protocol)
     return buffered

@@ -23,6 +23,7 @@ __all__ = [
     "IOIDCLoginStore",
     "INodeNotifier",
     "IPollService",
+    "ITailnetPolicy",
 ]
 
 
@@ -276,18 +277,20 @@ class IAuditEventStore(Interface):
 class IDatabase(Interface):
     """An open, migrated database: one attribute per table area."""
 
-    users = Attribute("IUserStore")
-    nodes = Attribute("INodeStore")
-    preauthkeys = Attribute("IPreAuthKeyStore")
-    apikeys = Attribute("IApiKeyStore")
-    policies = Attribute("IPolicyStore")
-    server_state = Attribute("IServerStateStore")
-    auth_requests = Attribute("IAuthRequestStore")
-    leases = Attribute("ILeaseStore")
-    instances = Attribute("IInstanceStore")
-    acme = Attribute("IAcmeStore")
-    oidc_logins = Attribute("IOIDCLoginStore")
-    audit = Attribute("IAuditEventStore")
+    # The annotations are for mypy (a caller holding an IDatabase sees the store interfaces);
+    # zope sees the Attributes.
+    users: IUserStore = Attribute("the IUserStore")
+    nodes: INodeStore = Attribute("the INodeStore")
+    preauthkeys: IPreAuthKeyStore = Attribute("the IPreAuthKeyStore")
+    apikeys: IApiKeyStore = Attribute("the IApiKeyStore")
+    policies: IPolicyStore = Attribute("the IPolicyStore")
+    server_state: IServerStateStore = Attribute("the IServerStateStore")
+    auth_requests: IAuthRequestStore = Attribute("the IAuthRequestStore")
+    leases: ILeaseStore = Attribute("the ILeaseStore")
+    instances: IInstanceStore = Attribute("the IInstanceStore")
+    acme: IAcmeStore = Attribute("the IAcmeStore")
+    oidc_logins: IOIDCLoginStore = Attribute("the IOIDCLoginStore")
+    audit: IAuditEventStore = Attribute("the IAuditEventStore")
 
     async def close():
         """Finish in-flight work and close every connection."""
@@ -362,3 +365,73 @@ class IPollService(Interface):
 
     async def apply(node, request):
         """Store what the MapRequest reports and tell peers; return the updated node."""
+
+
+class ITailnetPolicy(Interface):
+    """
+    The policy in force and each node's view of the tailnet, as its callers use it.
+
+    Implemented by :class:`~headscale_tw.control.policy.TailnetPolicy`. It never
+    pushes anything: the methods that change views return the differences
+    (``Changes``) for the caller to hand the notifier, and the reads change nothing.
+    """
+
+    uniform = Attribute("True with no policy: allow all, every node sees every other the same way.")
+    engine = Attribute("The parsed policy in force (a ``PolicyEngine``; compared by identity).")
+    mode = Attribute("``policy.mode``: ``'file'`` or ``'database'``.")
+    path = Attribute("``policy.path`` (file mode; ``''``: none).")
+    compile_seconds = Attribute("A histogram of seconds per policy compilation.")
+
+    async def load():
+        """Read the policy source and build every node's view; ``PolicyRejected`` if invalid."""
+
+    def get_policy():
+        """The text of the policy in force (``''``: none)."""
+
+    def check_policy(text):
+        """Validate ``text`` without applying it; ``PolicyRejected`` naming the problem."""
+
+    async def set_policy(text):
+        """Validate, store and apply ``text``; return the ``Changes``. ``PolicyUpdateRefused`` in file mode."""
+
+    async def reload():
+        """Re-read the source; return the ``Changes``, or None when the policy stayed the same."""
+
+    def update(node_ids=()):
+        """Take in changes of ``node_ids``, online state and users; return the ``Changes``."""
+
+    def peer_ids(node_id):
+        """The ids ``node_id`` sees as peers, sorted."""
+
+    def sees(viewer_id, node_id):
+        """Whether ``viewer_id`` has ``node_id`` among its peers."""
+
+    def watchers(node_id):
+        """The nodes that may see ``node_id``, or None for every node / not known."""
+
+    def variant(viewer_id, node_id):
+        """``(AllowedIPs, PrimaryRoutes)`` of ``node_id`` as ``viewer_id`` sees it."""
+
+    def filter_bytes(node_id):
+        """The node's ``PacketFilter`` as JSON bytes."""
+
+    def ssh_bytes(node_id):
+        """The node's ``SSHPolicy`` as JSON bytes, or None."""
+
+    def self_view(node_id):
+        """``(AllowedIPs, PrimaryRoutes, policy caps)`` of the node's own entry."""
+
+    def ssh_check_period(src_id, dst_id):
+        """Seconds an SSH check from ``src_id`` to ``dst_id`` stays good, or None when no rule applies."""
+
+    def primary_routes(node_id):
+        """The subnet prefixes ``node_id`` is primary for, as strings."""
+
+    async def auto_approve(node_id):
+        """Store the announced routes ``autoApprovers`` allow; True if any were (the caller notifies)."""
+
+    def defines_tag(tag):
+        """Whether the policy declares ``tag`` (True with no policy)."""
+
+    def may_own_tags(tags, user_id, node_tags=()):
+        """The tags of ``tags`` the user or node may not own (empty: all permitted)."""

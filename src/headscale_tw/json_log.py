@@ -18,12 +18,12 @@ and no Python-specific payload: every line parses as JSON on its own.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from typing import IO
 
 from twisted.logger import ILogObserver, LogLevel, formatEvent
 from zope.interface import implementer
 
+from headscale_tw.clock import utc_from_seconds
 from headscale_tw.redact import redact
 
 __all__ = ["JSONLinesObserver", "LEVEL_NAMES"]
@@ -52,7 +52,7 @@ class JSONLinesObserver:
         when = event.get("log_time")
         level = event.get("log_level")
         record: dict = {
-            "time": datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds")
+            "time": utc_from_seconds(when).isoformat(timespec="milliseconds")
             if isinstance(when, (int, float)) else None,
             "level": LEVEL_NAMES.get(level, getattr(level, "name", "info")),
             "namespace": event.get("log_namespace", ""),

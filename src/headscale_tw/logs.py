@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -153,9 +153,12 @@ def twistd_observer(twistd_options: Mapping[str, Any] | None, log_config: Any) -
     """
     options = twistd_options or {}
     if options.get("syslog"):
+        from twisted.python import log as legacy_log
         from twisted.python import syslog
 
-        output: ILogObserver = LegacyLogObserverWrapper(syslog.SyslogObserver(options.get("prefix") or "twisted").emit)
+        # Twisted annotates the legacy observer as log.ILogObserver; it is any callable taking an event dict.
+        legacy = cast(legacy_log.ILogObserver, syslog.SyslogObserver(options.get("prefix") or "twisted").emit)
+        output: ILogObserver = LegacyLogObserverWrapper(legacy)
         return configured_observer(output, log_config)
     path = options.get("logfile") or ""
     if path == "-" or (not path and options.get("nodaemon")):
@@ -173,7 +176,9 @@ def _rotate_on_sigusr1(log_file: Any) -> None:
     if signal.getsignal(signal.SIGUSR1) in (None, signal.SIG_DFL):
         def rotate(signum: int, frame: Any) -> None:
             from twisted.internet import reactor
+            from twisted.internet.interfaces import IReactorFromThreads
 
-            reactor.callFromThread(log_file.rotate)
+            # A signal handler must not touch the reactor's state: hand the rotation to its thread.
+            cast(IReactorFromThreads, reactor).callFromThread(log_file.rotate)
 
         signal.signal(signal.SIGUSR1, rotate)

@@ -194,7 +194,7 @@ def _pool_families(pool) -> Iterator[Metric]:
                      "Seconds per database interaction, waiting for a connection included", pool.query_seconds)
 
 
-def _labelled(kind: type[Metric], name: str, text: str, labels: list[str],
+def _labelled(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, text: str, labels: list[str],
               values: Iterable[tuple[tuple, float]]) -> Metric:
     family = kind(name, text, labels=labels)
     for label_values, value in sorted(values):

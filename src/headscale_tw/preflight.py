@@ -73,7 +73,7 @@ class StartupError(Exception):
 
 def one_line(error: BaseException | Failure) -> str:
     """One line describing ``error`` (a multi-line driver message is joined; no traceback)."""
-    if isinstance(error, Failure):
+    if isinstance(error, Failure) and error.value is not None:
         error = error.value
     text = " ".join(str(error).split())
     if isinstance(error, (StartupError, ValueError)) or _known(error):
@@ -123,7 +123,7 @@ def check_policy(config: Any) -> str:
     error that does not depend on them (syntax, unknown groups, tags and hosts,
     bad ports); start-up compiles it again with the stored users and nodes.
 
-    @raises StartupError: naming ``policy.path`` and the problem.
+    :raises StartupError: naming ``policy.path`` and the problem.
     """
     policy = config.policy
     if (policy.mode or "file") != "file":
@@ -158,7 +158,7 @@ def check_stored_policy(config: Any) -> str | None:
 
     None when the policy lives in a file; call after :func:`check_database` passed.
 
-    @raises StartupError: the stored policy does not parse or validate, or cannot be read.
+    :raises StartupError: the stored policy does not parse or validate, or cannot be read.
     """
     if (config.policy.mode or "file") != "database":
         return None
@@ -184,7 +184,7 @@ def check_stored_policy(config: Any) -> str | None:
 def check_dns_provider(config: Any) -> str | None:
     """Read and check the secret of ``dns.acme_provider`` (nothing is sent); ``None`` when there is none.
 
-    @raises StartupError: naming the setting and the problem.
+    :raises StartupError: naming the setting and the problem.
     """
     from twisted.internet.task import Clock
 
@@ -206,7 +206,7 @@ def check_dns_provider(config: Any) -> str | None:
 def check_tls(config: Any) -> str:
     """Load ``tls_cert_path`` and ``tls_key_path`` as the TLS listener will, and check that they match.
 
-    @raises StartupError: naming the file and the problem.
+    :raises StartupError: naming the file and the problem.
     """
     tls = config.tls
     if tls.letsencrypt_hostname:
@@ -251,7 +251,7 @@ def noise_key(config: Any, create: bool) -> Any:
 
     Without ``create`` (configtest) a missing file gives None: start-up will create it.
 
-    @raises StartupError: the file exists but holds no key, or cannot be read or created.
+    :raises StartupError: the file exists but holds no key, or cannot be read or created.
     """
     from headscale_tw.keys import KeyFileError, load_or_generate_private_key
 
@@ -269,7 +269,7 @@ def noise_key(config: Any, create: bool) -> Any:
 def check_derp_keys(config: Any, create: bool) -> str:
     """Load the embedded DERP server's key (created when missing and ``create``) and its mesh key.
 
-    @raises StartupError: naming the setting and the file.
+    :raises StartupError: naming the setting and the file.
     """
     from headscale_tw.derp.mesh import load_mesh_key
     from headscale_tw.derp.server import load_or_generate_private_key
@@ -301,7 +301,7 @@ def check_derp_keys(config: Any, create: bool) -> str:
 def socket_lock(config: Any) -> Any:
     """Take this server's lock on ``unix_socket`` (its folder is created); None without a socket.
 
-    @raises StartupError: another live server holds it, or it cannot be created.
+    :raises StartupError: another live server holds it, or it cannot be created.
     """
     from headscale_tw.socketlock import LockHeld, SocketLock
 
@@ -343,7 +343,7 @@ def describe_database(config: Any) -> str:
 def check_database(config: Any) -> str:
     """Reach the database and read its schema version (read-only: nothing created or migrated).
 
-    @raises StartupError: unreachable, not a headscale-tw database, or newer than this code.
+    :raises StartupError: unreachable, not a headscale-tw database, or newer than this code.
     """
     from headscale_tw.storage.prepare import SCHEMA_VERSION, read_schema_version
 
@@ -413,7 +413,7 @@ def _try_bind(listener: Listener) -> None:
 def check_listeners(config: Any) -> list[str]:
     """Bind and release every listener, unless a live server holds this config's socket lock.
 
-    @raises StartupError: an address is in use or not available.
+    :raises StartupError: an address is in use or not available.
     """
     from headscale_tw.storage.database import folder_accepts_entries
 
@@ -437,7 +437,7 @@ def check_listeners(config: Any) -> list[str]:
 def check_bindable(config: Any) -> list[str]:
     """Bind and release every TCP and UDP listener of ``config`` (start-up holds its own lock when it asks).
 
-    @raises StartupError: an address is in use or not available.
+    :raises StartupError: an address is in use or not available.
     """
     notes = []
     for listener in listeners(config):
@@ -453,7 +453,7 @@ def check_bindable(config: Any) -> list[str]:
 def configtest(config: Any) -> list[str]:
     """Run every check start-up depends on, without changing anything; return one note per check.
 
-    @raises StartupError: at the first check start-up would fail.
+    :raises StartupError: at the first check start-up would fail.
     """
     notes = [check_policy(config), check_tls(config)]
     provider = check_dns_provider(config)

@@ -38,10 +38,11 @@ import hmac
 import os
 import re
 import string
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from typing import Any
 
 from headscale_tw.errors import InvalidInput
+from headscale_tw.interfaces import IServerStateStore
 
 __all__ = [
     "KINDS",
@@ -146,6 +147,6 @@ def new_pepper() -> bytes:
     return os.urandom(32)
 
 
-def get_pepper(server_state: Any) -> Awaitable[bytes]:
+def get_pepper(server_state: IServerStateStore) -> Coroutine[Any, Any, bytes]:
     """The server's pepper from an ``IServerStateStore``, created race-safely on first use."""
     return server_state.get_or_create(PEPPER_NAME, new_pepper)

@@ -42,6 +42,7 @@ from headscale_tw.counters import HTTPCounters
 from headscale_tw.hostport import parse_hostport
 from headscale_tw.logs import twisted_level
 from headscale_tw.web.access_log import AccessLog, AccessLoggedSite, access_logs
+from headscale_tw.web.plane_resources import machine_resource, register_page, ssh_check_page
 
 __all__ = ["build_service", "listen_endpoint", "exit_with_status", "HeadscaleService", "HealthResource",
            "MetricsResource"]
@@ -166,7 +167,7 @@ class HeadscaleService(service.MultiService):
         self._log_observer = log_observer
         self._raise_early_failure = raise_early_failure
         self._ready: defer.Deferred | None = None
-        self.context = None
+        self.context: Components | None = None
         self.exit_status = 0
         self.failure_line = ""
         #: twistd's own options (``twistd headscale``): a daemonising twistd keeps its status pipe there.
@@ -209,8 +210,8 @@ class HeadscaleService(service.MultiService):
             raise preflight.StartupError(self.failure_line)
 
     async def _start(self):
-        self.context = await self._components(self.config, self.reactor)
-        for child in self.context.services:
+        self.context = context = await self._components(self.config, self.reactor)
+        for child in context.services:
             child.setServiceParent(self)
         ready = getattr(self.context, "ready", None)
         if ready is not None:  # e.g. the first ACME certificate: serving without it is a failed start
@@ -356,7 +357,9 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     from headscale_tw.control.framing import encode_json
     from headscale_tw.control.plane import ControlPlane
 
-    derp_parts = _build_derp(config, reactor)
+    # With several instances on one database, a DERP client registered elsewhere a moment ago is
+    # looked up in the database before it is refused (derp/admission.py).
+    derp_parts = _build_derp(config, reactor, db.nodes.get_by_node_key if db.engine == "postgres" else None)
     feed = None
     if db.engine == "postgres":
         # Several instances may share this database: publish our writes, apply theirs.
@@ -385,8 +388,8 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
     if config.oidc.enabled:
         oidc_jobs = await _mount_oidc(config, reactor, root, db, plane)
     else:
-        root.putChild(b"register", plane.register_page())
-        root.putChild(b"auth", plane.ssh_check_page())  # SSH check mode: how an admin approves
+        root.putChild(b"register", register_page(plane.registrar))
+        root.putChild(b"auth", ssh_check_page(plane.ssh_checks))  # SSH check mode: how an admin approves
     from headscale_tw.web.admin_api import AdminAPI, GuardedRequest, mount
     from headscale_tw.web.public_pages import mount_public_pages
     from headscale_tw.web.swagger import swagger_resource
@@ -440,6 +443,9 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
         services.append(strports.service(listen_endpoint(config.metrics_listen_addr),
                                          AccessLoggedSite(metrics_root, logs["metrics"]), reactor=reactor))
 
+    if feed is not None:
+        services.extend(_instance_services(config, reactor, db, feed.instance_id, derp_parts))
+
     async def close():
         try:
             if feed is not None:
@@ -456,6 +462,18 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
 
     return Components(services, close=close, reload=reload, site=site, root=root, db=db, plane=plane, health=health,
                       derp=derp_parts.server if derp_parts else None, ready=ready)
+
+
+def _instance_services(config: Config, reactor, db, instance_id: str, derp_parts) -> list:
+    """This instance's heartbeat row and, with a DERP mesh key, the mesh of every live instance (last: it
+    advertises this instance once its listeners run, and stops first)."""
+    from headscale_tw.control.instances import Advertised, InstanceRegistry
+
+    mesh = derp_parts.mesh_membership(instance_id) if derp_parts is not None else None
+    registry = InstanceRegistry(db.instances, instance_id, reactor,
+                                Advertised(server_url=config.server_url, derp_url=mesh.own_url if mesh else ""),
+                                on_membership=mesh.membership_changed if mesh else lambda membership: None)
+    return [registry] if mesh is None else [mesh, registry]
 
 
 def _instance_name() -> str:
@@ -545,7 +563,7 @@ def _mount_control(config: Config, reactor, root, plane, noise_key, access_log: 
     from headscale_tw.web.key import KeyResource
 
     inner_root = resource.Resource()
-    inner_root.putChild(b"machine", plane.machine_resource(identify=_noise_identity))
+    inner_root.putChild(b"machine", machine_resource(plane, identify=_noise_identity))
     inner_site = AccessLoggedSite(inner_root, access_log, requestFactory=BoundedRequest)
     root.putChild(b"key", KeyResource(noise_key.public()))
     root.putChild(b"ts2021", Ts2021Resource(noise_key, inner_site, reactor,
@@ -568,7 +586,8 @@ def _unix_listener(config: Config, site, reactor):
 class _DERPParts:
     """The embedded DERP relay, its STUN responder and the DERP map provider."""
 
-    def __init__(self, config: Config, reactor):
+    def __init__(self, config: Config, reactor, lookup=None):
+        from headscale_tw.derp.admission import NodeKeyAdmission
         from headscale_tw.derp.derpmap import DERPMapProvider
         from headscale_tw.derp.server import DERPServer, load_or_generate_private_key
 
@@ -582,7 +601,7 @@ class _DERPParts:
             from headscale_tw.derp.mesh import load_mesh_key
 
             key = load_or_generate_private_key(server_config.private_key_path)
-            verify = self._verify if server_config.verify_clients else None
+            verify = NodeKeyAdmission(self._known, reactor, lookup) if server_config.verify_clients else None
             mesh_key = load_mesh_key(server_config.mesh_key_path) if server_config.mesh_key_path else None
             self.server = DERPServer(key, reactor, verify_client=verify, mesh_key=mesh_key)
         import treq
@@ -600,9 +619,20 @@ class _DERPParts:
         if self._on_change is not None:
             self._on_change(new_map)
 
-    def _verify(self, node_key: str) -> bool:
+    def _known(self, node_key: str) -> bool:
         # Only node keys the control plane knows may connect.
         return self.plane is not None and self.plane.state.by_node_key(node_key) is not None
+
+    def mesh_membership(self, instance_id: str):
+        """With the embedded server and a mesh key: mesh with, and list in the map, every live instance."""
+        if self.server is None or self.server.mesh_key is None:
+            return None
+        from headscale_tw.derp.cluster import DERPMeshMembership, mesh_link_factory
+        from headscale_tw.derp.derpmap import own_derp_url
+
+        return DERPMeshMembership(instance_id, own_derp_url(self.config), mesh_link_factory(self.server, self.reactor),
+                                  on_nodes=self.provider.set_instance_nodes,
+                                  static_peers=self.config.derp.server.mesh_peers)
 
     def _resolve(self, name: str):
         """Every address of ``name`` (IPv4 and IPv6), looked up off the reactor thread."""
@@ -624,7 +654,7 @@ class _DERPParts:
         from headscale_tw.derp.resource import BootstrapDNSResource, derp_map_hostnames, mount_derp_resources
         from headscale_tw.derp.stun import STUNServerProtocol, parse_listen_addr
 
-        services = [self.provider]
+        services: list[service.Service] = [self.provider]
         if self.server is not None:
             bootstrap = BootstrapDNSResource(lambda: derp_map_hostnames(self.provider.derp_map), self._resolve)
             mount_derp_resources(root, self.server, bootstrap)
@@ -639,10 +669,10 @@ class _DERPParts:
         return services
 
 
-def _build_derp(config: Config, reactor) -> _DERPParts | None:
+def _build_derp(config: Config, reactor, lookup=None) -> _DERPParts | None:
     if not config.derp.server.enabled and not config.derp.urls and not config.derp.paths:
         return None
-    return _DERPParts(config, reactor)
+    return _DERPParts(config, reactor, lookup)
 
 
 def build_service(config: Config, reactor, log_observer: ILogObserver | None = None,

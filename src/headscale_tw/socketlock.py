@@ -71,8 +71,8 @@ class SocketLock:
     def acquire(self) -> None:
         """Take the lock (never waits) and clear a socket file left by a dead server.
 
-        @raises LockHeld: another live process holds it.
-        @raises OSError: the lock file cannot be opened.
+        :raises LockHeld: another live process holds it.
+        :raises OSError: the lock file cannot be opened.
         """
         if self._fd is not None:
             return

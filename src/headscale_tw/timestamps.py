@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
+from headscale_tw.clock import as_utc
+
 __all__ = ["parse_timestamp", "format_timestamp"]
 
 _TS = re.compile(
@@ -47,9 +49,7 @@ def parse_timestamp(text: str) -> tuple[datetime, int]:
 
 def format_timestamp(dt: datetime) -> str:
     """A ``datetime`` as protobuf JSON does it: UTC, ``Z``, 0/3/6 fractional digits."""
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    dt = dt.astimezone(timezone.utc)
+    dt = as_utc(dt)
     base = dt.strftime("%Y-%m-%dT%H:%M:%S")
     us = dt.microsecond
     if us == 0:

@@ -16,6 +16,7 @@ from headscale_tw.noise.resource import Ts2021Resource
 from headscale_tw.testing.db import ThreadlessReactor, open_test_database, resolve
 from headscale_tw.web.control_api import BoundedRequest
 from headscale_tw.web.key import KeyResource
+from headscale_tw.web.plane_resources import machine_resource
 
 
 class RecordingRequest(BoundedRequest):
@@ -60,7 +61,7 @@ class InProcessServer:
         self.seen: list[dict] = []
         key = MachinePrivate.generate()
         inner_root = resource.Resource()
-        inner_root.putChild(b"machine", self.plane.machine_resource(identify=_identity))
+        inner_root.putChild(b"machine", machine_resource(self.plane, identify=_identity))
         self.inner_site = server.Site(inner_root, reactor=self.clock)
         root = resource.Resource()
         root.putChild(b"key", KeyResource(key.public()))

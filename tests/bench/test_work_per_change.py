@@ -4,7 +4,7 @@ Work done per change grows with the nodes it affects, not with N².
 The control plane is driven in-process (threadless SQLite, a Clock) at two
 sizes; for each change we count peer entries serialized
 (``Mapper.serializations``), frames built (``MapNotifier.frames_built``),
-policy views recomputed (``PolicyManager.views_built``), sessions the
+policy views recomputed (``ViewCache.views_built``), sessions the
 notifier examined to find who a change concerns
 (``MapNotifier.viewers_visited``) and frames written to streams. Extends ``tests/control/test_notifier.py`` ``WorkTests`` (one size,
 no policy) with the size comparison and a policy with small visibility.
@@ -52,7 +52,7 @@ class _Sized:
     def reset(self):
         self.h.mapper.serializations.clear()
         self.h.notifier.frames_built = 0
-        self.h.policy.views_built = 0
+        self.h.policy.views.views_built = 0
         self.h.notifier.viewers_visited = 0
         self.counts = [len(s.writes) for s in self.streams]
 
@@ -61,7 +61,7 @@ class _Sized:
         return {
             "serialized": sum(self.h.mapper.serializations.values()),
             "frames": self.h.notifier.frames_built,
-            "views": self.h.policy.views_built,
+            "views": self.h.policy.views.views_built,
             "visited": self.h.notifier.viewers_visited,
             "streams_written": sum(1 for w in writes if w),
         }

@@ -99,7 +99,7 @@ class ClusterSyncTests(TestCase):
         b = Member(self, self.db_config, policy=POLICY_ALL)
         yield DeferredList([a.start(), b.start()], fireOnOneErrback=True, consumeErrors=True)
         text = '{"acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["*:22"]}]}'
-        a.h.run(a.h.policy.set_policy(text))
+        a.h.run(a.h.set_policy(text))
         yield wait_until(b.sync, lambda: b.h.policy.text == text)
 
     @inlineCallbacks

@@ -38,7 +38,7 @@ class CrossInstanceSSHCheckTests(TestCase):
         self.laptop, _ = h.register("laptop")
         h.make_key("tagged", reusable=True, tags=("tag:server",))
         self.server, _ = h.register("server", auth="tagged")
-        self.checks = SSHChecks(h.state, h.policy, h.registrar.auth_requests, h.config.server_url)
+        self.checks = SSHChecks(h.state, h.policy, h.notifier, h.registrar.auth_requests, h.config.server_url)
 
     def hold_on_a(self) -> tuple[str, Deferred]:
         """Open a check on A and hold its follow-up there; ``(auth_id, held answer)``."""

@@ -18,7 +18,8 @@ from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.nodes import NodeAdmin
 from headscale_tw.control.notifier import MapNotifier
-from headscale_tw.control.policy import PolicyManager
+from headscale_tw.control.policy import PolicySource, TailnetPolicy
+from headscale_tw.control.policy_admin import PolicyAdmin
 from headscale_tw.control.poll import PollService
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.state import ControlState
@@ -71,7 +72,7 @@ class Harness:
         if policy is not None:
             self.run(self.db.policies.set(policy))
             self.config = attrs_evolve(self.config, policy=PolicyConfig(mode="database"))
-        self.policy = PolicyManager(self.state, self.config, store=self.db.policies, read_file=self.read_file)
+        self.policy = TailnetPolicy(self.state, PolicySource(self.config, store=self.db.policies, read_file=self.read_file))
         base_domain = self.config.dns.base_domain if self.config.dns.magic_dns else ""
         self.dns_challenges = DNSChallenges(self.state, dns_provider, base_domain, self.clock)
         self.mapper = Mapper(self.state, self.config, policy=self.policy, https=self.dns_challenges.available)
@@ -81,6 +82,8 @@ class Harness:
             self.state, self.notifier, self.mapper, self.config, self.clock
         )
         self.poll = PollService(self.state, self.notifier, self.policy)
+        #: Sets and reloads the policy the way the admin API and SIGHUP do: applied, then pushed.
+        self.policy_admin = PolicyAdmin(self.policy, self.db.policies, self.notifier)
         self.admin = NodeAdmin(self.state, self.notifier, self.registrar,
                                UserAdmin(self.db.users, self.state.now, self.state, self.notifier),
                                self.db.preauthkeys)
@@ -92,6 +95,14 @@ class Harness:
             self.user = self.run(self.db.users.create("alice", display_name="Alice", email="alice@example.com"))
             self.state.users[self.user.id] = self.user
         self.run(self.policy.load())
+
+    async def set_policy(self, text):
+        """Set the policy through :class:`PolicyAdmin` (stored, applied, pushed to the sessions)."""
+        return await self.policy_admin.set(text)
+
+    async def reload_policy(self) -> bool:
+        """Re-read the policy source as SIGHUP does; whether the policy changed."""
+        return await self.policy_admin.reload()
 
     def add_user(self, name):
         user = self.run(self.db.users.create(name, display_name=name.title(), email=f"{name}@example.com"))

@@ -14,6 +14,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from headscale_tw.testing.netmap import NetmapApplier
 from headscale_tw.web.control_api import MachineResource, peer_identity
+from headscale_tw.web.plane_resources import register_page
 from headscale_tw.web.register_page import RegisterPage
 from tests.control._harness import Harness, key
 
@@ -209,7 +210,7 @@ class RegisterPageTests(unittest.TestCase):
 
         h = PlaneHarness(self)
         _, auth_id = h.start_interactive("laptop")
-        page = h.plane.register_page()
+        page = register_page(h.plane.registrar)
         request = DummyRequest([auth_id.encode()])
         self.assertIn(b"headscale auth register", page.render_GET(request))
         h.run(h.plane.registrar.reject(auth_id))

@@ -12,6 +12,7 @@ from headscale_tw.control.mapper import HTTPS_CAPABILITY
 from headscale_tw.dnsprovider.interface import IDNSProvider
 from headscale_tw.testing.dnsprovider import FakeDNSProvider
 from headscale_tw.web.control_api import MAX_SET_DNS_BODY, MachineResource
+from headscale_tw.web.plane_resources import machine_resource
 from tests.control._harness import Harness, key
 from tests.control.test_control_api import _render, _Request
 
@@ -284,4 +285,4 @@ class PlaneDNSReloadTests(unittest.TestCase):
             dns = stream.applier.dns_config
             self.assertEqual(dns["CertDomains"], [f"{name}.tail.example"])
             self.assertEqual(dns["ExtraRecords"][0]["Name"], "x.tail.example")
-        self.assertIs(plane.machine_resource().children_by_name[b"set-dns"].challenges, plane.dns_challenges)
+        self.assertIs(machine_resource(plane).children_by_name[b"set-dns"].challenges, plane.dns_challenges)

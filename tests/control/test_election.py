@@ -77,7 +77,7 @@ class PolicyElectionWorkTests(unittest.TestCase):
         router, _ = h.register("router", auth="router")
         h.stream(router)
         h.lite(router, Hostinfo={"Hostname": "router", "OS": "linux", "RoutableIPs": routes(N)})
-        election = h.policy.election
+        election = h.policy.inputs.election
         self.assertEqual(len(election.primary_routes(router.id)), N)
         before = election.visited
         h.lite(laptop, Hostinfo={"Hostname": "laptop-renamed", "OS": "linux"})

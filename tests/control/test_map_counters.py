@@ -31,7 +31,7 @@ class ResponseTypeTests(unittest.TestCase):
         h.run(h.admin.rename(a.id, "first"))
         # alpha's own stream gets only its new entry, bravo's the peer change
         self.assertEqual((counters.generated.get("self"), counters.generated["peers"]), (1, before["peers"] + 1))
-        h.run(h.policy.set_policy(_SSH_ONLY))
+        h.run(h.set_policy(_SSH_ONLY))
         self.assertGreaterEqual(counters.generated.get("policy", 0), 1)
         self.assertLessEqual(set(counters.generated), {"full", "self", "peers", "patch", "policy", "config"})
         self.assertEqual(counters.sent[("ok", "full")], 2)

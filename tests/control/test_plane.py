@@ -6,6 +6,7 @@ from twisted.trial import unittest
 from headscale_tw.config.model import Config
 from headscale_tw.control.plane import ControlPlane
 from headscale_tw.testing.db import open_test_database, resolve
+from headscale_tw.web.plane_resources import machine_resource, register_page
 
 
 class ControlPlaneTests(unittest.TestCase):
@@ -20,8 +21,8 @@ class ControlPlaneTests(unittest.TestCase):
         for interval, job in plane.periodic_jobs():
             self.assertGreater(interval, 0)
             self.successResultOf(job())
-        self.assertIsNotNone(plane.machine_resource().children_by_name[b"map"])
-        self.assertIsNotNone(plane.register_page())
+        self.assertIsNotNone(machine_resource(plane).children_by_name[b"map"])
+        self.assertIsNotNone(register_page(plane.registrar))
         plane.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
 

@@ -18,7 +18,7 @@ def config(**dns):
 
 
 class DNSConfigTests(unittest.TestCase):
-    """config.dns maps to tailcfg.DNSConfig as derp-stun-policy.md F.1 says."""
+    """config.dns maps to tailcfg.DNSConfig as docs/control.md (*Policy integration*, DNS) says."""
 
     def test_override_local(self):
         """Global nameservers become Resolvers when overriding local DNS; MagicDNS sets Proxied."""

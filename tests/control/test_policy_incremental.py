@@ -4,9 +4,9 @@ Incremental policy views equal a full rebuild after random changes.
 Policies and starting tailnets come from the conformance corpus; each run
 applies a seeded random sequence of node changes (join, delete, retag,
 re-address, route announcements/approvals, online flips for the HA election)
-through :meth:`PolicyManager.update`, and after each one compares every view
+through :meth:`TailnetPolicy.update`, and after each one compares every view
 and the reported differences with a full recomputation, and checks that
-visibility is symmetric (:meth:`PolicyManager.watchers` names every viewer).
+visibility is symmetric (:meth:`TailnetPolicy.watchers` names every viewer).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from types import SimpleNamespace
 
 from twisted.trial import unittest
 
-from headscale_tw.control.policy import NodeView, PolicyManager, all_peer_views
+from headscale_tw.control.policy import NodeView, TailnetPolicy, all_peer_views
+from headscale_tw.control.viewcache import ViewCache
 from headscale_tw.policy.compile import PolicyEngine
 from headscale_tw.policy.conformance import build_topology, load_scenarios, scenario_policy_text
 from headscale_tw.policy.model import PolicyError
@@ -31,7 +32,7 @@ ROUTES = ["10.0.0.0/24", "10.0.1.0/24", "192.168.0.0/16", "10.33.0.0/16", "0.0.0
 
 
 class _State:
-    """The parts of ControlState a PolicyManager reads."""
+    """The parts of ControlState a TailnetPolicy reads."""
 
     def __init__(self):
         self.users = {}
@@ -52,7 +53,7 @@ def _row(node_id, hostname, user_id, tags, ipv4, ipv6, routable=(), approved=())
 def _group_tailnet(groups: int, extra_rules=(), extra_nodes=()):
     """
     A policy of ``groups`` tags each reaching itself (plus ``extra_rules``) and
-    three tagged nodes per tag (plus ``extra_nodes``), synced into a PolicyManager.
+    three tagged nodes per tag (plus ``extra_nodes``), synced into a TailnetPolicy.
     """
     text = json.dumps({
         "tagOwners": {f"tag:g{g}": ["alice@"] for g in range(groups)},
@@ -68,9 +69,9 @@ def _group_tailnet(groups: int, extra_rules=(), extra_nodes=()):
     for row in extra_nodes:
         state.nodes[row.id] = row
         state.runtime[row.id] = SimpleNamespace(online=True)
-    pm = PolicyManager(state)
-    pm.engine, pm.text = PolicyEngine(text), text
-    pm._sync_all()
+    pm = TailnetPolicy(state)
+    pm.adopt(PolicyEngine(text), text)
+    pm.inputs.sync_all()
     return state, pm
 
 
@@ -92,10 +93,10 @@ class _Run:
                                      [str(r) for r in n.advertised_routes], [str(r) for r in n.approved_routes])
             state.runtime[n.id] = SimpleNamespace(online=True)
         self.tags = sorted(set(engine.policy.tag_owners) | {t for n in topology.nodes for t in n.tags})
-        self.pm = PolicyManager(state)
-        self.pm.engine, self.pm.text = engine, text or ""
-        self.pm._sync_all()
-        self.pm._rebuild_views()
+        self.pm = TailnetPolicy(state)
+        self.pm.adopt(engine, text or "")
+        self.pm.inputs.sync_all()
+        self.pm.rebuild_views()
         self.next_id = max(state.nodes, default=0) + 1
         self.used = {r.ipv4 for r in state.nodes.values()}
 
@@ -116,7 +117,7 @@ class _Run:
     def check_symmetric(self, when: str):
         """Every viewer of a node is among the node's watchers (the fan-out visits only those)."""
         pm = self.pm
-        for viewer, view in pm._views.items():
+        for viewer, view in pm.views.views.items():
             for peer in view.peers:
                 self.t.assertIn(viewer, pm.watchers(peer), f"{viewer} sees {peer} {when}")
 
@@ -147,14 +148,14 @@ class _Run:
             else:
                 self.state.runtime[node_id].online = not self.state.runtime[node_id].online
         before = {k: NodeView(v.filter, dict(v.peers), v.ssh, v.caps, v.self_allowed, v.self_primary)
-                  for k, v in self.pm._views.items()}
+                  for k, v in self.pm.views.views.items()}
         changes = self.pm.update([node_id])
         cp = self.pm.compiled()
         everyone = all_peer_views(cp)
-        full = {k: self.pm._build_view(k, everyone.get(k, {})) for k in self.pm._pnodes}
-        self.t.assertEqual(self.pm._views, full, f"views after {op} of node {node_id}")
+        full = {k: self.pm.views.build_view(cp, k, everyone.get(k, {})) for k in self.pm.inputs.nodes}
+        self.t.assertEqual(self.pm.views.views, full, f"views after {op} of node {node_id}")
         self.check_symmetric(f"after {op} of node {node_id}")
-        want = PolicyManager._diff(before, full)
+        want = ViewCache.diff(before, full)
         got = {k: (v.filter, v.ssh, v.self_changed, v.peers_changed, v.peers_removed)
                for k, v in changes.viewers.items()}
         self.t.assertEqual(got, {k: (v.filter, v.ssh, v.self_changed, v.peers_changed, v.peers_removed)
@@ -162,7 +163,7 @@ class _Run:
 
 
 class IncrementalViewTests(unittest.TestCase):
-    """PolicyManager.update's incremental path agrees with the full rebuild."""
+    """TailnetPolicy.update's incremental path agrees with the full rebuild."""
 
     def test_random_changes_on_corpus_policies(self):
         """Random change sequences on 60 corpus policies give the views and deltas of a full rebuild."""
@@ -182,7 +183,7 @@ class IncrementalViewTests(unittest.TestCase):
             run = _Run(self, scenario, seed=i)
             for _ in range(25):
                 run.step()
-            incremental += run.pm.incremental_updates
+            incremental += run.pm.views.incremental_updates
         self.assertGreater(incremental, 500)
 
 
@@ -202,20 +203,20 @@ class FullRebuildTests(unittest.TestCase):
             pm = run.pm
             for _ in range(5):  # some routes, exit nodes, retags before the rebuild
                 run.step()
-            pm._rebuild_views()
+            pm.rebuild_views()
             if pm.uniform:
                 continue
             cp = pm.compiled()
             everyone = all_peer_views(cp)
-            reference = {k: pm._build_view(k, everyone.get(k, {})) for k in pm._pnodes}
-            self.assertEqual(pm._views, reference, f"views of scenario {scenario.get('name')!r}")
+            reference = {k: pm.views.build_view(cp, k, everyone.get(k, {})) for k in pm.inputs.nodes}
+            self.assertEqual(pm.views.views, reference, f"views of scenario {scenario.get('name')!r}")
             run.check_symmetric(f"after a rebuild of scenario {scenario.get('name')!r}")
             checked += 1
         self.assertGreater(checked, 100)
 
     def test_rebuild_reduces_only_rules_naming_the_node(self):
         """With 30 tag groups, a rebuild passes each node only its group's rule instead of all 30."""
-        from headscale_tw.control import policy as policy_module
+        from headscale_tw.control import viewcache as policy_module
         from headscale_tw.policy import compile as compile_module
 
         groups = 30
@@ -230,15 +231,15 @@ class FullRebuildTests(unittest.TestCase):
                 return _original(node, rules, node_set)
 
             self.patch(module, "reduce_rules", counting)
-        pm._rebuild_views()
+        pm.rebuild_views()
         self.assertEqual(len(reduced), 3 * groups)
         self.assertEqual(set(reduced), {1})
-        self.assertEqual(len(pm._views[1].peers), 2)
-        self.assertIn(b"100.64.0.32", pm._views[1].filter)  # node 31, in node 1's group
+        self.assertEqual(len(pm.views.views[1].peers), 2)
+        self.assertIn(b"100.64.0.32", pm.views.views[1].filter)  # node 31, in node 1's group
 
     def test_rebuild_finds_peers_without_testing_every_rule_on_every_node(self):
         """With 30 tag groups of 3, a rebuild tests each node against its group's rule only (90 tests, not 2,700)."""
-        from headscale_tw.control import policy as policy_module
+        from headscale_tw.control import viewcache as policy_module
         from headscale_tw.control.viewindex import RuleIndex
 
         groups = 30
@@ -252,9 +253,9 @@ class FullRebuildTests(unittest.TestCase):
 
         self.patch(RuleIndex, "_member", member)
         self.patch(policy_module, "all_peer_views", lambda cp: full_scans.append(cp) or {})
-        pm._rebuild_views()
+        pm.rebuild_views()
         self.assertEqual((len(tests), full_scans), (3 * groups, []))
-        self.assertEqual(sorted(pm._views[1].peers), [31, 61])
+        self.assertEqual(sorted(pm.views.views[1].peers), [31, 61])
 
 
 class JoinWorkTests(unittest.TestCase):
@@ -265,15 +266,15 @@ class JoinWorkTests(unittest.TestCase):
         state, pm = _group_tailnet(groups, extra_rules=[{"action": "accept", "src": ["alice@"],
                                                          "dst": ["100.64.0.0/10:22"]}],
                                    extra_nodes=[_row(laptop, "laptop", 1, (), "100.89.0.1", "fd7a:115c:a1e0::fffe")])
-        pm._rebuild_views()
+        pm.rebuild_views()
         new = laptop + 1
         state.nodes[new] = _row(new, "new", None, ("tag:g1",), "100.90.0.1", "fd7a:115c:a1e0::ffff")
         state.runtime[new] = SimpleNamespace(online=True)
-        before = pm._index.member_tests
+        before = pm.views.index.member_tests
         changes = pm.update([new])
         self.assertEqual(set(changes.viewers), {g * groups + 1 for g in range(3)} | {laptop})
-        self.assertEqual(len(pm._views[new].peers), 4)
-        return pm._index.member_tests - before
+        self.assertEqual(len(pm.views.views[new].peers), 4)
+        return pm.views.index.member_tests - before
 
     def test_member_tests_do_not_grow_with_rules(self):
         """10 or 100 tag groups: the same number of rule-membership tests for one join."""
@@ -294,20 +295,20 @@ class IdPGroupChangeTests(unittest.TestCase):
                                                  idp_groups=(f"g{u % groups}",))
             state.nodes[u + 1] = _row(u + 1, f"n{u}", u + 1, (), f"100.64.0.{u + 1}", f"fd7a:115c:a1e0::{u + 1:x}")
             state.runtime[u + 1] = SimpleNamespace(online=True)
-        pm = PolicyManager(state)
-        pm.engine, pm.text = PolicyEngine(text), text
-        pm._sync_all()
-        pm._rebuild_views()
-        self.assertEqual(sorted(pm._views[1].peers), [11, 21, 31])  # user u0 (node 1) is in g0
-        incremental, built = pm.incremental_updates, pm.views_built
+        pm = TailnetPolicy(state)
+        pm.adopt(PolicyEngine(text), text)
+        pm.inputs.sync_all()
+        pm.rebuild_views()
+        self.assertEqual(sorted(pm.views.views[1].peers), [11, 21, 31])  # user u0 (node 1) is in g0
+        incremental, built = pm.views.incremental_updates, pm.views.views_built
         user = state.users[1]
         state.users[1] = SimpleNamespace(id=1, name=user.name, email=user.email, idp_groups=("g3",))
         changes = pm.update()
-        self.assertEqual(pm.incremental_updates - incremental, 1)
+        self.assertEqual(pm.views.incremental_updates - incremental, 1)
         # node 1 and the members of g0 (11, 21, 31) and g3 (4, 14, 24, 34): 8 views of 40
-        self.assertEqual(pm.views_built - built, 8)
+        self.assertEqual(pm.views.views_built - built, 8)
         self.assertEqual(set(changes.viewers), {1, 11, 21, 31, 4, 14, 24, 34})
-        self.assertEqual(sorted(pm._views[1].peers), [4, 14, 24, 34])
+        self.assertEqual(sorted(pm.views.views[1].peers), [4, 14, 24, 34])
         cp = pm.compiled()
         everyone = all_peer_views(cp)
-        self.assertEqual(pm._views, {k: pm._build_view(k, everyone.get(k, {})) for k in pm._pnodes})
+        self.assertEqual(pm.views.views, {k: pm.views.build_view(cp, k, everyone.get(k, {})) for k in pm.inputs.nodes})

@@ -81,10 +81,10 @@ class FilterTests(_Tailnet, unittest.TestCase):
 
     def test_no_recompile_for_hostinfo(self):
         """A Hostinfo change that does not touch policy inputs does not recompile."""
-        compiles = self.h.policy.recompiles
+        compiles = self.h.policy.compilation.recompiles
         node = self.h.state.get(self.c.id)
         self.h.lite(node, Hostinfo=dict(node.hostinfo, OSVersion="9"))
-        self.assertEqual(self.h.policy.recompiles, compiles)
+        self.assertEqual(self.h.policy.compilation.recompiles, compiles)
 
 
 class PolicyChangeTests(_Tailnet, unittest.TestCase):
@@ -98,7 +98,7 @@ class PolicyChangeTests(_Tailnet, unittest.TestCase):
         frames = self.h.notifier.frames_built
         before = self.writes()
         new = policy([{"action": "accept", "src": ["tag:a", "tag:c"], "dst": ["tag:b:*"]}])
-        self.h.run(self.h.policy.set_policy(new))
+        self.h.run(self.h.set_policy(new))
         self.assertEqual([x - y for x, y in zip(self.writes(), before)], [0, 1, 1])
         self.assertEqual(self.h.notifier.frames_built - frames, 2)
         last_b = self.sb.applier.messages[-1]
@@ -112,7 +112,7 @@ class PolicyChangeTests(_Tailnet, unittest.TestCase):
     def test_port_change_only_to_destination(self):
         """Narrowing the ports changes only B's filter: one message, to B."""
         before = self.writes()
-        self.h.run(self.h.policy.set_policy(policy([{"action": "accept", "src": ["tag:a"], "dst": ["tag:b:22"]}])))
+        self.h.run(self.h.set_policy(policy([{"action": "accept", "src": ["tag:a"], "dst": ["tag:b:22"]}])))
         self.assertEqual([x - y for x, y in zip(self.writes(), before)], [0, 1, 0])
         self.assertEqual(list(self.sb.applier.messages[-1]), ["PacketFilter"])
         self.assertEqual(self.sb.applier.packet_filter[0]["DstPorts"][0]["Ports"], {"First": 22, "Last": 22})
@@ -131,19 +131,19 @@ class PolicyChangeTests(_Tailnet, unittest.TestCase):
         self.patch(compile_module._GrantCompiler, "compile", counting)
         rules = [{"action": "accept", "src": ["tag:a", "tag:c"], "dst": ["tag:b:*"]},
                  {"action": "accept", "src": ["tag:b"], "dst": ["tag:c:22"]}]
-        self.h.run(self.h.policy.set_policy(policy(rules)))
+        self.h.run(self.h.set_policy(policy(rules)))
         self.assertEqual(len(compiled), 2)
         self.assertIn(self.c.id, self.sb.applier.peers)
 
     def test_same_policy_is_quiet(self):
         """Setting an equivalent policy sends nothing."""
         before = self.writes()
-        self.h.run(self.h.policy.set_policy(A_TO_B + "\n"))
+        self.h.run(self.h.set_policy(A_TO_B + "\n"))
         self.assertEqual(self.writes(), before)
 
     def test_visibility_removed_and_added(self):
         """Moving the grant from A→B to A→C removes B from A's peers and adds C."""
-        self.h.run(self.h.policy.set_policy(policy([{"action": "accept", "src": ["tag:a"], "dst": ["tag:c:*"]}])))
+        self.h.run(self.h.set_policy(policy([{"action": "accept", "src": ["tag:a"], "dst": ["tag:c:*"]}])))
         self.assertEqual(set(self.sa.applier.peers), {self.c.id})
         self.assertEqual(self.sb.applier.peers, {})
         self.assertEqual(set(self.sc.applier.peers), {self.a.id})
@@ -155,7 +155,7 @@ class PolicyChangeTests(_Tailnet, unittest.TestCase):
 
     def test_removing_policy_allows_all(self):
         """An empty policy (allow all) gives everyone everyone and the allow-all filter."""
-        self.h.run(self.h.policy.set_policy(""))
+        self.h.run(self.h.set_policy(""))
         for stream in (self.sa, self.sb, self.sc):
             self.assertEqual(stream.applier.packet_filter[0]["SrcIPs"], ["*"])
             self.assertEqual(len(stream.applier.peers), 2)
@@ -226,7 +226,7 @@ class RejectionTests(_Tailnet, unittest.TestCase):
     def _set(self, text):
         from twisted.internet.defer import Deferred
 
-        return Deferred.fromCoroutine(self.h.policy.set_policy(text))
+        return Deferred.fromCoroutine(self.h.set_policy(text))
 
 
 class ModeTests(unittest.TestCase):
@@ -250,11 +250,11 @@ class ModeTests(unittest.TestCase):
         sa = h.stream(a)
         self.assertEqual(set(sa.applier.peers), {b.id})
         files["/etc/hs/policy.hujson"] = '{"acls": []}'
-        self.assertTrue(h.run(h.policy.reload()))
+        self.assertTrue(h.run(h.reload_policy()))
         self.assertEqual(sa.applier.peers, {})
         self.assertEqual(sa.applier.packet_filter, [])
         files["/etc/hs/policy.hujson"] = '{"acls": ['
-        self.assertFalse(h.run(h.policy.reload()))
+        self.assertFalse(h.run(h.reload_policy()))
         self.assertEqual(h.policy.get_policy(), '{"acls": []}')
         self.assertEqual(len(self.flushLoggedErrors()), 0)
 
@@ -262,18 +262,18 @@ class ModeTests(unittest.TestCase):
         """A file that disappeared keeps the old policy."""
         h, files = self._file_harness('{"acls": []}')
         del files["/etc/hs/policy.hujson"]
-        self.assertFalse(h.run(h.policy.reload()))
+        self.assertFalse(h.run(h.reload_policy()))
         self.assertEqual(h.policy.get_policy(), '{"acls": []}')
 
     def test_file_mode_invalid_at_start(self):
         """An invalid policy file at start is an error naming the problem."""
         from twisted.internet.defer import Deferred
 
-        from headscale_tw.control.policy import PolicyManager
+        from headscale_tw.control.policy import PolicySource, TailnetPolicy
 
         h, files = self._file_harness("{}")
         files["/etc/hs/policy.hujson"] = '{"acls": [{"action": "deny"}]}'
-        fresh = PolicyManager(h.state, h.config, read_file=h.read_file)
+        fresh = TailnetPolicy(h.state, PolicySource(h.config, read_file=h.read_file))
         e = self.failureResultOf(Deferred.fromCoroutine(fresh.load()), PolicyRejected).value
         self.assertIn("acls[0]", str(e))
 
@@ -282,13 +282,13 @@ class ModeTests(unittest.TestCase):
         h, _ = self._file_harness("{}")
         from twisted.internet.defer import Deferred
 
-        e = self.failureResultOf(Deferred.fromCoroutine(h.policy.set_policy("{}")), PolicyUpdateRefused).value
+        e = self.failureResultOf(Deferred.fromCoroutine(h.set_policy("{}")), PolicyUpdateRefused).value
         self.assertIn("policy.mode", str(e))
 
     def test_database_set_get_persisted(self):
         """set stores a row, get returns it, and a new manager loads it."""
         h = Harness(self, policy="")
-        h.run(h.policy.set_policy(A_TO_B))
+        h.run(h.set_policy(A_TO_B))
         self.assertEqual(h.policy.get_policy(), A_TO_B)
         self.assertEqual(h.run(h.db.policies.get_latest()).data, A_TO_B)
         again = Harness(self, db=h.db, policy=None, config=h.config)
@@ -299,7 +299,7 @@ class ModeTests(unittest.TestCase):
         h = Harness(self, policy=A_TO_B)
         from twisted.internet.defer import Deferred
 
-        self.failureResultOf(Deferred.fromCoroutine(h.policy.set_policy("{")), PolicyRejected)
+        self.failureResultOf(Deferred.fromCoroutine(h.set_policy("{")), PolicyRejected)
         self.assertEqual(h.run(h.db.policies.get_latest()).data, A_TO_B)
 
 
@@ -324,20 +324,20 @@ class UserPolicyTests(unittest.TestCase):
         })
         # ssh dst as a user requires the same user as source in Tailscale; use autogroup:member instead
         text = text.replace('"dst": ["alice@"], "users"', '"dst": ["autogroup:member"], "users"')
-        self.h.run(self.h.policy.set_policy(text))
+        self.h.run(self.h.set_policy(text))
         ssh = self.sa.applier.fields.get("SSHPolicy")
         self.assertTrue(ssh and ssh["rules"])
         self.assertIn("magicdns-aaaa", self.sa.applier.node["CapMap"])
         self.assertIn("disable-captive-portal-detection", self.sa.applier.node["CapMap"])
         self.assertNotIn("magicdns-aaaa", self.sb.applier.node.get("CapMap", {}))
-        self.h.run(self.h.policy.set_policy(json.dumps({"acls": []})))
+        self.h.run(self.h.set_policy(json.dumps({"acls": []})))
         self.assertEqual(self.sa.applier.fields["SSHPolicy"], {"rules": []})
         self.assertNotIn("magicdns-aaaa", self.sa.applier.node["CapMap"])
 
     def test_user_rename_recompiles(self):
         """A policy naming a user applies once that user exists with that name."""
         text = json.dumps({"acls": [{"action": "accept", "src": ["carol@"], "dst": ["alice@:*"]}]})
-        self.h.run(self.h.policy.set_policy(text))
+        self.h.run(self.h.set_policy(text))
         self.assertEqual(self.sa.applier.peers, {})
         self.h.run(self.h.db.users.rename(self.bob.id, "carol"))
         self.h.run(self.h.state.refresh_user(self.bob.id))
@@ -371,7 +371,7 @@ class PolicyWorkTests(unittest.TestCase):
             {"action": "accept", "src": ["tag:a"], "dst": ["tag:b:*"]},
             {"action": "accept", "src": ["tag:c"], "dst": ["tag:c:22"]},
         ])
-        self.h.run(self.h.policy.set_policy(text))
+        self.h.run(self.h.set_policy(text))
         self.assertEqual(self._new_writes(), [0, 0] + [1] * self.N)
         for stream in self.streams[2:]:
             self.assertEqual(len(stream.applier.peers), self.N - 1)
@@ -381,9 +381,9 @@ class PolicyWorkTests(unittest.TestCase):
 
     def test_hostinfo_change_of_invisible_node(self):
         """A Hostinfo change of a node nobody sees sends nothing and recompiles nothing."""
-        compiles = self.h.policy.recompiles
+        compiles = self.h.policy.compilation.recompiles
         node = self.h.state.get(self.others[0].id)
         self.h.lite(node, Hostinfo=dict(node.hostinfo, OSVersion="2"))
         self.assertEqual(self._new_writes(), [0] * (self.N + 2))
-        self.assertEqual(self.h.policy.recompiles, compiles)
+        self.assertEqual(self.h.policy.compilation.recompiles, compiles)
         self.assertEqual(self.h.notifier.frames_built, 0)

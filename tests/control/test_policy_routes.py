@@ -108,7 +108,7 @@ class AutoApproveTests(unittest.TestCase):
         text = json.loads(POLICY)
         text["autoApprovers"]["routes"]["10.99.0.0/16"] = ["alice@"]
         text["acls"][0]["dst"].append("10.99.0.0/16:*")
-        self.h.run(self.h.policy.set_policy(json.dumps(text)))
+        self.h.run(self.h.set_policy(json.dumps(text)))
         self.assertEqual(self.h.state.get(other.id).approved_routes, ("10.99.0.0/16",))
         self.assertEqual(self.sc.applier.peers[other.id]["PrimaryRoutes"], ["10.99.0.0/16"])
 
@@ -184,7 +184,7 @@ class FailoverTests(unittest.TestCase):
         """Routers that are peers: the secondary sees the primary's route (co-router visibility)."""
         text = json.loads(POLICY)
         text["acls"].append({"action": "accept", "src": ["tag:router"], "dst": ["tag:router:*"]})
-        self.h.run(self.h.policy.set_policy(json.dumps(text)))
+        self.h.run(self.h.set_policy(json.dumps(text)))
         self.assertIn(ROUTE, self.s2.applier.peers[self.r1.id]["AllowedIPs"])
 
     def test_failover_after_grace(self):

@@ -43,7 +43,7 @@ class RegistrationTagTests(unittest.TestCase):
         carol = self.h.run(self.h.db.users.create("carol"))  # in the store only, as the admin API does
         policy = json.loads(POLICY)
         policy["tagOwners"]["tag:carol"] = ["carol@"]
-        self.h.run(self.h.policy.set_policy(json.dumps(policy)))
+        self.h.run(self.h.set_policy(json.dumps(policy)))
         self.h.make_key("carol", user_id=carol.id, reusable=True)
         node, response = self.h.register("c", auth="carol", Hostinfo=hostinfo("c", ["tag:carol"]))
         self.assertNotIn("Error", response)

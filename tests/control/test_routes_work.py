@@ -190,3 +190,55 @@ class ControlPlaneRouteWorkTests(unittest.TestCase):
     def test_routes_listing(self):
         """Listing a node's announced, approved, served and primary routes is linear."""
         assert_linear(self, self._routes_listing(N), self._routes_listing(10 * N), "routes listing")
+
+
+class RecompileWorkTests(unittest.TestCase):
+    """A recompilation redoes none of a router's per-route work that it cannot change (issue 10)."""
+
+    def setUp(self):
+        from headscale_tw.policy import offered as offered_module
+
+        self.tested = 0
+        original = offered_module.route_masks
+
+        def counting(nets, matches):
+            self.tested += len(nets)
+            return original(nets, matches)
+
+        self.patch(offered_module, "route_masks", counting)
+
+    def _tailnet(self, n):
+        """A streaming member, and a router (primary) announcing ``n`` routes with its HA secondary online."""
+        h = Harness(self, policy=POLICY)
+        h.make_key("router", reusable=True, tags=("tag:router",))
+        laptop, _ = h.register("laptop")
+        stream = h.stream(laptop)
+        router, _ = h.register("router", auth="router")
+        second, _ = h.register("second", auth="router")
+        h.stream(router), h.stream(second)
+        hostinfo = {"Hostname": "router", "OS": "linux", "RoutableIPs": routes(n)}
+        before = self.tested
+        h.lite(router, Hostinfo=hostinfo)
+        self.assertEqual(self.tested - before, n)  # the announcement: each route tested once
+        self.assertEqual(len(stream.applier.peers[router.id]["PrimaryRoutes"]), n)
+        return h, stream, router, second, hostinfo
+
+    def test_join_elsewhere(self):
+        """A member joining recompiles the policy but tests none of the router's 1,024 routes and builds no entry."""
+        h, stream, router, _, _ = self._tailnet(1024)
+        recompiles, tested, computed = h.policy.compilation.recompiles, self.tested, h.policy.views.variants.computed
+        newcomer, _ = h.register("laptop2")
+        self.assertGreater(h.policy.compilation.recompiles, recompiles)
+        self.assertEqual((self.tested - tested, h.policy.views.variants.computed - computed), (0, 0))
+        new_stream = h.stream(newcomer)
+        self.assertEqual(len(new_stream.applier.peers[router.id]["PrimaryRoutes"]), 1024)
+
+    def test_secondary_announces(self):
+        """The HA secondary announcing the same 1,024 routes tests none of the primary's routes again."""
+        h, stream, router, second, hostinfo = self._tailnet(1024)
+        tested = self.tested
+        h.lite(h.state.get(second.id), Hostinfo=dict(hostinfo, Hostname="second"))
+        self.assertEqual(len(h.state.get(second.id).approved_routes), 1024)
+        self.assertEqual(self.tested - tested, 0)
+        self.assertEqual(len(stream.applier.peers[router.id]["PrimaryRoutes"]), 1024)
+        self.assertNotIn("PrimaryRoutes", stream.applier.peers[second.id])

@@ -17,6 +17,7 @@ from headscale_tw.control.poll import Unauthorized
 from headscale_tw.control.ssh_check import HOLD_TIMEOUT, ApprovalMemory, SSHChecks
 from headscale_tw.errors import InvalidInput, NotFound
 from headscale_tw.web.control_api import MachineResource
+from headscale_tw.web.plane_resources import ssh_check_page
 from tests.nodesapi._harness import NOW, PlaneHarness, new_key
 
 CHECK = """{
@@ -40,7 +41,7 @@ class _Pair:
     def setUp(self, policy: str = CHECK) -> None:
         self.h = PlaneHarness(self)
         self.bob = self.h.add_user("bob")
-        self.h.run(self.h.plane.policy.set_policy(policy))
+        self.h.run(self.h.plane.admin.policy.set(policy))
         self.laptop = self.h.register("laptop")
         self.phone = self.h.register("phone")
         self.server = self.h.register("server", key=self.h.auth_key(user_id=self.bob.id, tags=("tag:server",)))
@@ -210,18 +211,18 @@ class CheckPeriodTests(_Pair, unittest.TestCase):
     def test_policy_change_forgets(self):
         """A new policy forgets earlier approvals."""
         self.approve_once()
-        self.h.run(self.h.plane.policy.set_policy(CHECK.replace('"1h"', '"2h"')))
+        self.h.run(self.h.plane.admin.policy.set(CHECK.replace('"1h"', '"2h"')))
         self.assertIn("holdAndDelegate", self.answer())
 
     def test_always(self):
         """With checkPeriod "always" every connection is checked."""
-        self.h.run(self.h.plane.policy.set_policy(ALWAYS))
+        self.h.run(self.h.plane.admin.policy.set(ALWAYS))
         self.approve_once()
         self.assertIn("holdAndDelegate", self.answer())
 
     def test_default_period(self):
         """A check rule without checkPeriod keeps an approval for 12 hours."""
-        self.h.run(self.h.plane.policy.set_policy(CHECK.replace(', "checkPeriod": "1h"', "")))
+        self.h.run(self.h.plane.admin.policy.set(CHECK.replace(', "checkPeriod": "1h"', "")))
         self.approve_once()
         self.h.clock.advance(11 * 3600)
         self.assertTrue(self.answer()["accept"])
@@ -241,7 +242,7 @@ class RefusalTests(_Pair, unittest.TestCase):
 
     def test_no_policy(self):
         """Without a policy (allow all, no ssh section) there is nothing to check: reject."""
-        self.h.run(self.h.plane.policy.set_policy('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}'))
+        self.h.run(self.h.plane.admin.policy.set('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}'))
         self.assertTrue(self.answer()["reject"])
 
     def test_unknown_source(self):
@@ -383,7 +384,7 @@ class CheckPageTests(_Pair, unittest.TestCase):
     def test_page(self):
         """A pending check's page names the approve and reject commands; once approved it is 404."""
         auth_id = self.hold()
-        page = self.h.plane.ssh_check_page()
+        page = ssh_check_page(self.h.plane.ssh_checks)
         request = DummyRequest([auth_id.encode()])
         body = page.render_GET(request)
         self.assertIn(f"headscale auth approve --auth-id {auth_id}".encode(), body)
@@ -397,5 +398,5 @@ class CheckPageTests(_Pair, unittest.TestCase):
         """A registration's auth id has no SSH check page."""
         _, auth_id = self.h.start_interactive()
         request = DummyRequest([auth_id.encode()])
-        self.h.plane.ssh_check_page().render_GET(request)
+        ssh_check_page(self.h.plane.ssh_checks).render_GET(request)
         self.assertEqual(request.responseCode, 404)

@@ -34,11 +34,11 @@ class PeerVariantWorkTests(unittest.TestCase):
         router, _ = h.register("router", auth="router")
         h.stream(router)
         hostinfo = {"Hostname": "router", "OS": "linux", "RoutableIPs": routes(N)}
-        before = h.policy.variants.computed
+        before = h.policy.views.variants.computed
         work = self.counter.measure(lambda: h.lite(router, Hostinfo=hostinfo))
         for stream in streams:  # every viewer got the routes
             self.assertEqual(len(stream.applier.peers[router.id]["PrimaryRoutes"]), N)
-        return h.policy.variants.computed - before, work
+        return h.policy.views.variants.computed - before, work
 
     def test_viewers_share_the_entry(self):
         """Ten times the viewers build the router's entry as often and do about the same route work."""
@@ -50,13 +50,13 @@ class PeerVariantWorkTests(unittest.TestCase):
 
 
 class PeerVariantsTests(unittest.TestCase):
-    """The cache itself: a new router object or new rules start over."""
+    """The cache itself: a new router object, or rules changed within its routes, start over."""
 
     def test_kept_per_router_object_and_matches(self):
-        """An entry is reused for the same router and matches, rebuilt when either is new."""
+        """An entry is reused for the same router and equal rules, rebuilt when a rule changes within its routes."""
         import ipaddress
 
-        from headscale_tw.policy.compile import PolicyEngine
+        from headscale_tw.policy.compile import Match, PolicyEngine
         from headscale_tw.policy.ipset import IPSet
         from headscale_tw.policy.model import Node, Topology, User
 
@@ -73,8 +73,14 @@ class PeerVariantsTests(unittest.TestCase):
         self.assertEqual(first[1], tuple(str(n) for n in nets))
         self.assertIs(variants.variant(cp, b, router, matches, IPSet.from_addresses(b.addresses), False), first)
         self.assertEqual(variants.computed, 1)
-        variants.variant(cp, a, router, list(matches), IPSet.from_addresses(a.addresses), False)
-        self.assertEqual(variants.computed, 2)
+        # a recompilation's new but equal rules: the router's masks and entries carry over
+        self.assertIs(variants.variant(cp, a, router, list(matches), IPSet.from_addresses(a.addresses), False),
+                      first)
+        self.assertEqual(variants.computed, 1)
+        # a rule whose destinations no longer take in the router's routes: rebuilt, and narrower
+        narrowed = [Match(m.srcs, m.dsts - IPSet.from_networks(nets[1:])) for m in matches]
+        second = variants.variant(cp, a, router, narrowed, IPSet.from_addresses(a.addresses), False)
+        self.assertEqual((variants.computed, second[1]), (2, (str(nets[0]),)))
         variants.forget(router.id)
-        variants.variant(cp, a, router, matches, IPSet.from_addresses(a.addresses), False)
+        variants.variant(cp, a, router, narrowed, IPSet.from_addresses(a.addresses), False)
         self.assertEqual(variants.computed, 3)

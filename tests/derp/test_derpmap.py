@@ -14,6 +14,7 @@ from headscale_tw.derp.derpmap import (
     embedded_region,
     load_derp_map_file,
     normalise_derp_map,
+    own_derp_url,
 )
 
 YAML_MAP = """
@@ -90,6 +91,28 @@ class EmbeddedRegionTests(unittest.TestCase):
         """A port in server_url becomes DERPPort."""
         config = Config(server_url="https://ctl.example.com:8443")
         self.assertEqual(embedded_region(config)["Nodes"][0]["DERPPort"], 8443)
+
+
+    def test_advertise_url(self):
+        """derp.server.advertise_url, when set, gives the node's host and port instead of server_url."""
+        server = DerpServerConfig(advertise_url="https://hs1.example.com:8443/derp")
+        config = Config(server_url="https://ctl.example.com", derp=DerpConfig(server=server))
+        node = embedded_region(config)["Nodes"][0]
+        self.assertEqual((node["HostName"], node["DERPPort"]), ("hs1.example.com", 8443))
+        self.assertEqual(own_derp_url(config), "https://hs1.example.com:8443/derp")
+        self.assertEqual(own_derp_url(Config(server_url="https://ctl.example.com/")), "https://ctl.example.com/derp")
+
+    def test_mesh_instances_are_the_nodes(self):
+        """With two or more mesh instances the region is one node per instance, in the given order, from URLs alone."""
+        region = embedded_region(make_config(), [("0123456789abcdef", "https://hs2.example.com/derp"),
+                                                 ("fedcba9876543210", "http://10.0.0.3:8080/derp")])
+        self.assertEqual(region["Nodes"], [
+            {"Name": "999-01234567", "RegionID": 999, "HostName": "hs2.example.com", "STUNPort": 3478,
+             "DERPPort": 443},
+            {"Name": "999-fedcba98", "RegionID": 999, "HostName": "10.0.0.3", "STUNPort": 3478, "DERPPort": 8080},
+        ])
+        alone = embedded_region(make_config(), [("0123456789abcdef", "https://hs2.example.com/derp")])
+        self.assertEqual(alone, embedded_region(make_config()))
 
 
 class FileTests(unittest.TestCase):
@@ -172,6 +195,19 @@ class ProviderTests(unittest.TestCase):
         self.provider.startService()
         self.provider.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_instance_nodes_pushed(self):
+        """set_instance_nodes changes the embedded region's nodes and reports each new map once."""
+        provider = DERPMapProvider(make_config(), self.clock, on_change=self.changes.append)
+        provider.set_instance_nodes([("me", "https://ctl.example.com/derp")])
+        self.assertEqual(self.changes, [])
+        provider.set_instance_nodes([("me", "https://ctl.example.com/derp"), ("b", "https://b.example/derp")])
+        provider.set_instance_nodes([("me", "https://ctl.example.com/derp"), ("b", "https://b.example/derp")])
+        self.assertEqual([n["HostName"] for n in provider.derp_map["Regions"][999]["Nodes"]],
+                         ["ctl.example.com", "b.example"])
+        provider.set_instance_nodes([("me", "https://ctl.example.com/derp")])
+        self.assertEqual([n["Name"] for n in provider.derp_map["Regions"][999]["Nodes"]], ["999"])
+        self.assertEqual(len(self.changes), 2)
 
     def test_embedded_only(self):
         """With no URLs or files the map holds only the embedded region."""

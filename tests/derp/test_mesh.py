@@ -186,6 +186,21 @@ class MeshConfigTests(unittest.TestCase):
                               {"derp": {"server": {"mesh_key_path": "k", "mesh_peers": ["derp2:443"]}}}, environ={})
         self.assertIn("derp.server.mesh_peers[0]", str(e))
 
+    def test_advertise_url_key(self):
+        """derp.server.advertise_url is read; a malformed one, or one without the embedded server, is a named problem."""
+        from headscale_tw.config.loader import ConfigError, parse_config
+
+        c = parse_config({"derp": {"server": {"advertise_url": "https://hs1.example.com/derp"}}}, environ={})
+        self.assertEqual(c.derp.server.advertise_url, "https://hs1.example.com/derp")
+        self.assertIsNone(parse_config({"derp": {"server": {"advertise_url": ""}}}, environ={}).derp.server.advertise_url)
+        e = self.assertRaises(ConfigError, parse_config,
+                              {"derp": {"server": {"advertise_url": "hs1.example.com:443"}}}, environ={})
+        self.assertIn("derp.server.advertise_url:", str(e))
+        self.assertIn("http", str(e))
+        e = self.assertRaises(ConfigError, parse_config, {"derp": {"server": {
+            "enabled": False, "advertise_url": "https://hs1.example.com/derp"}}}, environ={})
+        self.assertIn("derp.server.advertise_url: is only used when derp.server.enabled is true", str(e))
+
     def test_service_wiring(self):
         """With both keys set, the service's DERP server has the mesh key and one link service per peer."""
         from twisted.application.internet import ClientService
@@ -204,3 +219,45 @@ class MeshConfigTests(unittest.TestCase):
         self.assertEqual(parts.server.mesh_key, MESH_KEY)
         links = [s for s in parts.mount(Resource()) if isinstance(s, ClientService)]
         self.assertEqual(len(links), 2)
+
+    def test_instance_services(self):
+        """On a shared database: with a mesh key, a mesh membership fed by the registry, which advertises our DERP URL;
+        without one, the registry alone, advertising no DERP URL."""
+        from types import SimpleNamespace
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        from headscale_tw.config.loader import parse_config
+        from headscale_tw.control.instances import InstanceRegistry
+        from headscale_tw.derp.cluster import DERPMeshMembership
+        from headscale_tw.service import _DERPParts, _instance_services
+
+        db = SimpleNamespace(instances=object())
+        meshed = parse_config({"server_url": "https://hs1.example.com", "derp": {"server": {
+            "private_key_path": self.mktemp(), "mesh_key_path": self.key_file(MESH_KEY.hex())}}}, environ={})
+        mesh, registry = _instance_services(meshed, MemoryReactorClock(), db, "abc",
+                                            _DERPParts(meshed, MemoryReactorClock()))
+        self.assertIsInstance(mesh, DERPMeshMembership)
+        self.assertIsInstance(registry, InstanceRegistry)
+        self.assertEqual((mesh.own_url, registry.advertised.derp_url),
+                         ("https://hs1.example.com/derp", "https://hs1.example.com/derp"))
+        self.assertEqual(registry.advertised.server_url, "https://hs1.example.com")
+        plain = parse_config({"derp": {"server": {"private_key_path": self.mktemp()}}}, environ={})
+        (registry,) = _instance_services(plain, MemoryReactorClock(), db, "abc", _DERPParts(plain, MemoryReactorClock()))
+        self.assertEqual(registry.advertised.derp_url, "")
+
+    def test_verify_clients_asks_the_database(self):
+        """With a database look-up (a shared PostgreSQL), verify_clients admits a key the control plane's memory lacks
+        but the database holds."""
+        from twisted.internet import defer
+        from twisted.internet.testing import MemoryReactorClock
+
+        from headscale_tw.config.loader import parse_config
+        from headscale_tw.service import _DERPParts
+
+        config = parse_config({"derp": {"server": {"private_key_path": self.mktemp()}}}, environ={})
+        rows = {"nodekey:" + "bb" * 32: object()}
+        parts = _DERPParts(config, MemoryReactorClock(), lambda key: defer.succeed(rows.get(key)))
+        self.assertIs(self.successResultOf(parts.server.verify_client("nodekey:" + "bb" * 32)), True)
+        self.assertIs(self.successResultOf(parts.server.verify_client("nodekey:" + "cc" * 32)), False)
+        self.assertIs(_DERPParts(config, MemoryReactorClock()).server.verify_client("nodekey:" + "bb" * 32), False)

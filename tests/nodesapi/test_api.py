@@ -59,7 +59,7 @@ class NodeShapeTests(unittest.TestCase):
 
     def test_tagged_node_owner(self):
         """A node registered with a tagged key is shown as owned by tagged-devices."""
-        self.h.run(self.h.plane.policy.set_policy(POLICY))
+        self.h.run(self.h.plane.admin.policy.set(POLICY))
         node = self.h.register("srv", key=self.h.auth_key(tags=("tag:web",)))
         data = self.h.request("GET", f"/api/v1/node/{node.id}")[1]["node"]
         self.assertEqual(data["user"]["id"], "2147455555")

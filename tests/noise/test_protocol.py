@@ -352,3 +352,42 @@ class TimeoutTests(unittest.TestCase):
         pump.flush()
         self.successResultOf(client.closed)
         self.assertEqual(server.clock.getDelayedCalls(), [])
+
+
+class LifecycleTests(unittest.TestCase):
+    """The connection's states decide what its input, writes and timers do."""
+
+    def _connection(self):
+        """A NoiseProtocol straight from the factory on a StringTransport, before any record."""
+        server = _Server(handshake_timeout=30, idle_timeout=300, early_payload=False)
+        factory = server.ts2021.factory
+        initiation = NoiseInitiator(MachinePrivate.generate().raw, server.key.public().raw, 133).initiation()
+        _, protocol = factory.accept(initiation)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 41641))
+        protocol.makeConnection(transport)
+        server.clock.advance(0)  # the inner HTTP/2 server sends its SETTINGS
+        return server, protocol, transport
+
+    def test_bad_record_closes_and_silences(self):
+        """After a bad record the transport is aborted, later bytes and writes are dropped, and no timer runs."""
+        server, protocol, transport = self._connection()
+        transport.clear()
+        protocol.dataReceived(b"\x04\x00\x20" + bytes(32))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(server.clock.getDelayedCalls(), [])
+        protocol.dataReceived(b"\x04\x00\x20" + bytes(32))
+        protocol.write(b"late")
+        self.assertEqual(transport.value(), b"")
+        protocol.connectionLost(None)
+        self.assertEqual(server.ts2021.factory.connections, set())
+
+    def test_writes_do_not_extend_the_handshake_timeout(self):
+        """Before the first record, the server's own writes leave the handshake timeout where it was."""
+        server, protocol, transport = self._connection()
+        server.clock.advance(29)
+        protocol.write(b"server settings")
+        self.assertFalse(transport.disconnecting)
+        server.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(None)
+        self.assertEqual(server.clock.getDelayedCalls(), [])

@@ -35,7 +35,7 @@ class _Fixture(unittest.TestCase):
 
     def setUp(self) -> None:
         self.h = PlaneHarness(self)
-        self.h.run(self.h.plane.policy.set_policy(POLICY))
+        self.h.run(self.h.plane.admin.policy.set(POLICY))
         self.person = self.h.run(self.h.db.users.sign_in(ISSUER + "/user-1", "person", "alice@example.com",
                                                          "Alice", now=NOW))
         self.laptop = self.h.register("laptop", key=self.h.auth_key(user_id=self.person.id))

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.policy.test_compile -*-
-"""Tests for L{headscale_tw.policy.compile} and L{headscale_tw.policy.ssh}."""
+"""Tests for :mod:`headscale_tw.policy.compile` and :mod:`headscale_tw.policy.ssh`."""
 
 __all__ = ["PolicyEngineTests", "IPSetTests"]
 

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.policy.test_hujson -*-
-"""Tests for L{headscale_tw.policy.hujson}."""
+"""Tests for :mod:`headscale_tw.policy.hujson`."""
 
 __all__ = ["HuJSONTests", "HuJSONFuzzTests"]
 

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.policy.test_parse -*-
-"""Tests for L{headscale_tw.policy.parse}."""
+"""Tests for :mod:`headscale_tw.policy.parse`."""
 
 __all__ = ["ParsePolicyTests", "PortsTests", "DurationTests"]
 

@@ -29,10 +29,12 @@ from __future__ import annotations
 import struct
 import sys
 import time
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IListeningPort, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
@@ -65,6 +67,8 @@ _LE32 = struct.Struct("<I")
 class _FloorConnection(Protocol):
     """Server side of one floor connection: handshake, then answer each request record."""
 
+    transport: ITCPTransport  # makeConnection sets it before any other callback
+
     def __init__(self, server: FloorServer) -> None:
         self.server = server
         self._initiation = b""
@@ -86,6 +90,7 @@ class _FloorConnection(Protocol):
             if not rest:
                 return
             data = rest
+        assert self.encoder is not None  # set with the decoder
         try:
             requests = self._decoder.feed(data)
         except FrameError:
@@ -94,7 +99,7 @@ class _FloorConnection(Protocol):
         for _ in requests:
             self.transport.write(self.encoder.encode(self.server.reply))
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.server.established.discard(self)
 
 
@@ -112,7 +117,7 @@ class FloorServer:
         self.responder = NoiseResponder(private)
         self.reply = b"r" * reply_bytes
         self.established: set[_FloorConnection] = set()
-        self.port = None
+        self.port: IListeningPort | None = None
 
     async def call(self, cmd: str, **args):
         return await getattr(self, "cmd_" + cmd)(**args)
@@ -120,14 +125,16 @@ class FloorServer:
     async def cmd_listen(self) -> dict:
         """Listen on a free loopback port; the port and the server's public key (hex)."""
         factory = Factory.forProtocol(lambda: _FloorConnection(self))
-        self.port = await TCP4ServerEndpoint(self.reactor, 0, backlog=4096, interface="127.0.0.1").listen(factory)
-        return {"port": self.port.getHost().port, "public_key": self.public_key.hex()}
+        self.port = port = await TCP4ServerEndpoint(self.reactor, 0, backlog=4096, interface="127.0.0.1").listen(factory)
+        return {"port": port.getHost().port, "public_key": self.public_key.hex()}
 
     async def cmd_fanout(self, nbytes: int) -> dict:
         """Write one ``nbytes`` frame (LE32 length + payload) to every established connection, in this turn."""
         frame = _LE32.pack(nbytes) + b"d" * nbytes
         started = time.monotonic()
         for connection in self.established:
+            # Established means handshaken: the encoder is set.
+            assert connection.encoder is not None
             connection.transport.write(connection.encoder.encode(frame))
         return {"connections": len(self.established), "write_s": time.monotonic() - started}
 
@@ -152,6 +159,8 @@ class FloorServerProcess:
 class _FloorStream(Protocol):
     """Client side of one floor connection: handshake, then frames (or one reply) with arrival times."""
 
+    transport: ITCPTransport  # makeConnection sets it before any other callback
+
     def __init__(self, server_public: bytes) -> None:
         self._initiator = NoiseInitiator(generate_private(), server_public, _VERSION)
         self._reply = b""
@@ -168,6 +177,8 @@ class _FloorStream(Protocol):
 
     def request(self, payload: bytes) -> Deferred[None]:
         """Send one request record; fires when the reply record arrived."""
+        if self._encoder is None:
+            raise RuntimeError("request before the handshake finished (wait for ready)")
         self.replied = Deferred()
         self.transport.write(self._encoder.encode(payload))
         return self.replied
@@ -199,7 +210,7 @@ class _FloorStream(Protocol):
                 self._pending = self._pending[4 + size:]
                 self.frames.append((time.monotonic(), size))
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         for waiting in (self.ready, self.replied):
             if waiting is not None and not waiting.called:
                 waiting.errback(reason)
@@ -296,7 +307,7 @@ async def measure_floor(reactor, cluster, n: int, frame_sizes: list[int], *, rou
     try:
         address = await server.call("listen")
         workers = len(cluster.workers)
-        per = [{"indices": list(range(w, n, workers))} for w in range(workers)]
+        per: list[dict[str, Any]] = [{"indices": list(range(w, n, workers))} for w in range(workers)]
         errors = await cluster.broadcast("floor_connect", per, port=address["port"],
                                          public_key=address["public_key"],
                                          concurrency=max(1, concurrency // workers))

@@ -26,9 +26,10 @@ import time
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from headscale_tw.bench.floor import FloorStreams
 from headscale_tw.bench.server import proc_stats, raise_nofile
@@ -78,7 +79,7 @@ class Worker:
             except Exception as e:  # reported, not raised: one failed node must not stop the run
                 errors.append(f"node {i}: {type(e).__name__}: {e}")
 
-        await DeferredList([semaphore.run(lambda i=i: ensureDeferred(one(i))) for i in indices])
+        await DeferredList([semaphore.run(one, i) for i in indices])
         return errors
 
     async def cmd_connect(self, indices: list[int], auth_key: str, concurrency: int = 64,
@@ -89,6 +90,7 @@ class Worker:
         index whose group to join), or ``tags`` when given.
         """
         for i in indices:
+            wanted: list[str] | None
             if tags is not None:
                 wanted = list(tags)
             else:
@@ -260,7 +262,7 @@ def serve_commands(reactor, worker) -> None:
                            lambda f: {"id": message["id"], "error": f.getErrorMessage()})
             d.addCallback(lambda reply: self.sendLine(json.dumps(reply).encode()))
 
-        def connectionLost(self, reason) -> None:
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
             if reactor.running:
                 reactor.stop()
 
@@ -273,7 +275,7 @@ class Cluster:
 
     def __init__(self, reactor, host: str, port: int, procs: int = 1, verify: int = 0) -> None:
         self.reactor = reactor
-        self.workers = [Worker(reactor, host, port, verify=verify)]
+        self.workers: list[Worker | RemoteWorker] = [Worker(reactor, host, port, verify=verify)]
         self.workers += [RemoteWorker(reactor, host, port, verify=verify) for _ in range(procs - 1)]
         self.indices: dict[int, int] = {}
 
@@ -393,6 +395,8 @@ async def _cli(reactor, options) -> int:
     else:
         auth_key, url = options.auth_key, options.server
     parts = urlsplit(url)
+    if not parts.hostname:
+        raise SystemExit(f"the server URL {url!r} names no host")
     cluster = Cluster(reactor, parts.hostname, parts.port or 80, procs=options.procs, verify=options.verify)
     try:
         group = options.group_size if options.policy == "groups" else 0

@@ -34,6 +34,7 @@ import os
 import platform
 import sys
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import ensureDeferred
@@ -68,7 +69,7 @@ def policy_text(kind: str, nodes: int, group_size: int = 10, ports: str = "*") -
 
 def machine() -> dict:
     """Where the numbers come from."""
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    info: dict[str, object] = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -218,7 +219,7 @@ async def _run_size(reactor, server, n, policy, procs, group_size, concurrency, 
         # Reconnect storm.
         connector = TCPConnector(reactor, parts.hostname, parts.port)
         health: list[float] = []
-        storm_done = []
+        storm_done: list[bool] = []
 
         async def probe():
             while not storm_done:
@@ -323,7 +324,7 @@ def _runs(text: str) -> list[tuple[int, str]]:
 
 
 async def _main(reactor, options) -> None:
-    results = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": [], "fullmap": []}
+    results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": [], "fullmap": []}
     os.makedirs(options.out, exist_ok=True)
     path = os.path.join(options.out, f"control-{time.strftime('%Y%m%d-%H%M%S')}.json")
 

@@ -105,9 +105,14 @@ class SpawnedServer:
             f.write(text)
         os.replace(tmp, self.policy_path)
 
+    def _running(self) -> subprocess.Popen:
+        if self.process is None:
+            raise RuntimeError("the server is not started")
+        return self.process
+
     def reload(self) -> None:
         """SIGHUP: the server re-reads the policy file."""
-        os.kill(self.process.pid, signal.SIGHUP)
+        os.kill(self._running().pid, signal.SIGHUP)
 
     def env(self) -> dict:
         return dict(os.environ, PYTHONPATH=_pythonpath())
@@ -157,7 +162,7 @@ class SpawnedServer:
         return keys
 
     def stats(self) -> dict:
-        return proc_stats(self.process.pid)
+        return proc_stats(self._running().pid)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is not None and self.process.poll() is None:

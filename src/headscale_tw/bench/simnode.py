@@ -23,14 +23,15 @@ from datetime import datetime, timezone
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import ITransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from headscale_tw.bench import wire
 from headscale_tw.control.framing import KEEPALIVE_FRAME, encode_json
 from headscale_tw.keys import MachinePrivate, MachinePublic
 from headscale_tw.testing.netmap import NetmapApplier
-from headscale_tw.testing.noise_client import NoiseClient
+from headscale_tw.testing.noise_client import H2Response, NoiseClient
 
 __all__ = ["KeyFetch", "SimNode", "TCPConnector", "RegistrationFailed", "http_get"]
 
@@ -43,6 +44,8 @@ class RegistrationFailed(Exception):
 
 class KeyFetch(Protocol):
     """One plain HTTP/1.1 request (``GET /key`` as Go sends it); ``result`` fires with (status, body)."""
+
+    transport: ITransport  # makeConnection sets it before any other callback
 
     def __init__(self, request: bytes) -> None:
         self.request = request
@@ -68,7 +71,7 @@ class KeyFetch(Protocol):
             self.result.callback((int(head[0].split(b" ")[1]), body[:length]))
             self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.result.called:
             return
         end = self._buffer.find(b"\r\n\r\n")
@@ -138,7 +141,7 @@ class SimNode:
 
     def _reset_stream(self) -> None:
         self._buffer = bytearray()
-        self._response = None
+        self._response: H2Response | None = None
         self.first_frame: Deferred[float] = Deferred()
         self.frames: list[tuple[float, int]] = []  # (arrival, framed size) of non-keep-alive frames
         self.keepalives = 0
@@ -171,6 +174,8 @@ class SimNode:
 
     async def dial(self) -> None:
         """A fresh Noise connection (used again after a drop)."""
+        if self.server_public is None:
+            raise RuntimeError("dial before fetch_key: the server's public key is unknown")
         client = NoiseClient(self.server_public, self.machine_key, version=wire.CAPVER, host=self.host)
         self.client = client
         await self.connector.connect(client)
@@ -182,6 +187,8 @@ class SimNode:
         headers = wire.request_headers(self.node_key)
         if self.log:
             self.log("h2", path.decode(), dict(headers), data)
+        if self.client is None:
+            raise RuntimeError("a request before dial")
         return self.client.request(b"POST", path, data, headers, on_data=on_data)
 
     def _hostinfo(self, netinfo: bool = False) -> dict:
@@ -222,6 +229,7 @@ class SimNode:
         body = wire.map_body(self.node_key, self.disco_key, self._hostinfo(), stream=True)
         self.stream_done = self._post(b"/machine/map", body, on_data=self._on_data)
         self.stream_done.addErrback(lambda f: None)  # a dropped stream is expected in the storm
+        assert self.client is not None  # _post checked it
         for entry in self.client._streams.values():  # keep the stream's body from accumulating
             if entry[2] == self._on_data:
                 self._response = entry[0]

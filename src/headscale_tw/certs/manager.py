@@ -196,8 +196,9 @@ class CertificateManager(service.Service):
             self._check_timer.cancel()
         self._check_timer = None
         now = self.clock.seconds()
-        if not self._due():
-            at = self.renewal_time(self.current).timestamp()
+        current = self.current
+        if current is not None and not self._due():
+            at = self.renewal_time(current).timestamp()
         elif self.keeper.lease is not None:
             at = self._order_after  # the holder orders now, or when the backoff ends
         else:

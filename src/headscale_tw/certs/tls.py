@@ -17,10 +17,15 @@ that challenge's validation certificate instead of the server's.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    # pyOpenSSL's type of SSL.NO_OVERLAPPING_PROTOCOLS, named only for the annotation.
+    from OpenSSL.SSL import _NoOverlappingProtocols
 
 __all__ = ["ACME_TLS_ALPN", "SwappableServerTLS", "server_context"]
 
@@ -95,7 +100,7 @@ class SwappableServerTLS:
         """A connection from the current context (``IOpenSSLServerConnectionCreator``)."""
         return SSL.Connection(self._context, None)
 
-    def _select_protocol(self, connection: SSL.Connection, offered: list[bytes]) -> bytes:
+    def _select_protocol(self, connection: SSL.Connection, offered: list[bytes]) -> bytes | _NoOverlappingProtocols:
         # Only the validation handshake offers acme-tls/1 (RFC 8737 3: it is the
         # only protocol such a client offers); every other client gets no ALPN
         # answer, as the listener negotiates none.

@@ -110,12 +110,13 @@ class HTTPTransport:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise CLIError(f"HEADSCALE_CLI_ADDRESS {address!r} is not host:port or an http(s) URL")
         self.url = parts
+        self.host: str = parts.hostname
         self.api_key = api_key
         self.insecure = insecure
         self.timeout = timeout
 
     def _connection(self) -> http.client.HTTPConnection:
-        host, port = self.url.hostname, self.url.port
+        host, port = self.host, self.url.port
         if self.url.scheme == "http":
             return http.client.HTTPConnection(host, port, timeout=self.timeout)
         context = ssl.create_default_context()

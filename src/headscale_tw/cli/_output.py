@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, TextIO
 
 import yaml
@@ -90,10 +89,3 @@ class Output:
             self.stderr.write(_yaml({"error": message}))
         else:
             self.stderr.write(f"Error: {message}\n")
-
-
-def now_utc() -> datetime:
-    """The current time (a seam for tests)."""
-    from datetime import timezone
-
-    return datetime.now(timezone.utc)

@@ -32,7 +32,7 @@ import platform
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from headscale_tw import __version__
 from headscale_tw.cli import completion, nodes_extra
@@ -63,7 +63,7 @@ DEFAULT_APIKEY_EXPIRY = "90d"
 class _Parser(argparse.ArgumentParser):
     """Usage errors raise instead of exiting, so ``main`` reports them in one line."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise CLIError(f"{message} (see '{self.prog} --help')")
 
 
@@ -297,7 +297,7 @@ def _node_rows(ctx: Context, nodes: list[dict]) -> str:
     rows = []
     for n in nodes:
         expiry = n.get("expiry")
-        expired = bool(expiry) and parse_timestamp(expiry)[0] < now
+        expired = bool(expiry and parse_timestamp(expiry)[0] < now)
         rows.append([
             n.get("id", ""), n.get("name", ""), n.get("givenName", ""),
             _short_key(n.get("machineKey", ""), "mkey"), _short_key(n.get("nodeKey", ""), "nodekey"),
@@ -492,10 +492,10 @@ class _Exit(Exception):
 # ---------------------------------------------------------------- parser
 
 
-def _common() -> argparse.ArgumentParser:
+def _common() -> _Parser:
     # Global flags work before or after the command, as with cobra's persistent flags;
     # SUPPRESS keeps a subcommand from resetting a value given earlier.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS,
                         help="config file (default: HEADSCALE_CONFIG, ./config.yaml, ~/.headscale/, /etc/headscale/)")
     common.add_argument("-o", "--output", default=argparse.SUPPRESS, choices=[f for f in FORMATS if f],

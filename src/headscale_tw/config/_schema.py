@@ -79,6 +79,7 @@ KEYS: tuple[Key, ...] = (
     _k("derp.server.ipv6", "opt_str"),
     _k("derp.server.mesh_key_path", "opt_str"),
     _k("derp.server.mesh_peers", "list"),
+    _k("derp.server.advertise_url", "opt_str"),
     _k("derp.urls", "list"),
     _k("derp.paths", "list"),
     _k("derp.auto_update_enabled", "bool"),

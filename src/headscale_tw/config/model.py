@@ -112,6 +112,9 @@ class DerpServerConfig:
     mesh_key_path: str | None = None
     #: DERP URLs of the other instances to mesh with (``https://host[:port]/derp``).
     mesh_peers: tuple[str, ...] = ()
+    #: This instance's own DERP URL, as clients and the other instances reach it
+    #: (``https://host[:port]/derp``); ``None``: ``server_url`` + ``/derp``.
+    advertise_url: str | None = None
 
 
 @dataclass(frozen=True)

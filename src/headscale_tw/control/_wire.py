@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime
 
+from headscale_tw.clock import as_utc
 from headscale_tw.control import limits
 from headscale_tw.errors import InvalidInput
 
@@ -72,9 +73,7 @@ def parse_time(value: object, field: str) -> datetime | None:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidInput(f"{field}: not an RFC 3339 time: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    parsed = parsed.astimezone(timezone.utc)
+    parsed = as_utc(parsed)
     if parsed.year <= 1:
         return None
     return parsed
@@ -84,9 +83,7 @@ def format_time(value: datetime | None) -> str:
     """Format a UTC time the way Go does (``Z`` suffix); ``None`` gives the zero time."""
     if value is None:
         return ZERO_TIME
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    value = value.astimezone(timezone.utc)
+    value = as_utc(value)
     if value.microsecond:
         return value.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0") + "Z"
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")

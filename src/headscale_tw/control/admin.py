@@ -19,6 +19,7 @@ from headscale_tw.control.authkeys import ApiKeyAdmin, Pepper, PreAuthKeyAdmin
 from headscale_tw.control.nodes import NodeAdmin
 from headscale_tw.control.policy_admin import PolicyAdmin
 from headscale_tw.control.users import UserAdmin
+from headscale_tw.interfaces import IDatabase
 
 __all__ = ["AdminServices", "build_admin_services"]
 
@@ -38,7 +39,7 @@ class AdminServices:
     audit: AuditLog = NO_AUDIT
 
 
-def build_admin_services(db, now: Callable[[], datetime], *, state=None, notifier=None, registrar=None,
+def build_admin_services(db: IDatabase, now: Callable[[], datetime], *, state=None, notifier=None, registrar=None,
                          policy=None, clock=None, audit: AuditLog | None = None) -> AdminServices:
     """The admin services over ``db``; with ``state``, ``notifier``, ``registrar`` and ``policy`` (the
     control plane's) also nodes and policy, and user changes reach the plane. ``clock`` (the reactor)
@@ -57,6 +58,6 @@ def build_admin_services(db, now: Callable[[], datetime], *, state=None, notifie
         apikeys=ApiKeyAdmin(db.apikeys, pepper, now, audit=audit),
         ping=lambda: db.server_state.get("health"),
         nodes=nodes,
-        policy=PolicyAdmin(policy, db.policies, audit=audit) if policy is not None else None,
+        policy=PolicyAdmin(policy, db.policies, notifier, audit=audit) if policy is not None else None,
         audit=audit,
     )

@@ -41,13 +41,15 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timedelta
+from typing import cast
 
 import attrs
 from twisted.logger import Logger
 
+from headscale_tw.interfaces import IAuditEventStore
 from headscale_tw.redact import redact
+from headscale_tw.storage.models import MAX_AUDIT_PAGE as MAX_PAGE
 from headscale_tw.storage.models import AuditEvent
-from headscale_tw.storage.stores.audit_events import MAX_PAGE
 from headscale_tw.throttle import SourceSummary
 
 __all__ = ["Actor", "Target", "AuditLog", "NO_AUDIT", "acting_as", "current_actor", "SYSTEM",
@@ -135,7 +137,7 @@ class AuditLog:
 
     log = Logger()
 
-    def __init__(self, store, now: Callable[[], datetime], instance: str = "", retention: float = 0.0) -> None:
+    def __init__(self, store: IAuditEventStore, now: Callable[[], datetime], instance: str = "", retention: float = 0.0) -> None:
         self.store = store
         self.now = now
         self.instance = instance
@@ -196,7 +198,8 @@ class _NoAudit(AuditLog):
     """Records nothing: the default of services built without an audit log (unit tests of other things)."""
 
     def __init__(self) -> None:
-        super().__init__(None, lambda: datetime.min)
+        # No store: every method that would reach one is overridden below.
+        super().__init__(cast(IAuditEventStore, None), lambda: datetime.min)
 
     async def record(self, action: str, target: Target | None = None, *, actor: Actor | None = None,
                      result: str = "ok", detail: dict | None = None) -> None:

@@ -21,6 +21,7 @@ from headscale_tw import secrets
 from headscale_tw.control.audit import NO_AUDIT, AuditLog, Target
 from headscale_tw.control.users import MAX_STORED_ID, UserAdmin, quoted
 from headscale_tw.errors import Expired, InvalidInput, NotFound, Unauthenticated
+from headscale_tw.interfaces import IApiKeyStore, IPreAuthKeyStore, IServerStateStore
 from headscale_tw.storage.models import ApiKey, PreAuthKey, User
 from headscale_tw.timestamps import format_timestamp
 
@@ -30,7 +31,7 @@ __all__ = ["Pepper", "PreAuthKeyAdmin", "ApiKeyAdmin", "OwnedPreAuthKey", "NewPr
 class Pepper:
     """The server's key-hashing pepper from the server-state store, read once and then cached."""
 
-    def __init__(self, server_state) -> None:
+    def __init__(self, server_state: IServerStateStore) -> None:
         self.server_state = server_state
         self._value: bytes | None = None
 
@@ -74,7 +75,7 @@ class PreAuthKeyAdmin:
 
     log = Logger()
 
-    def __init__(self, keys, users: UserAdmin, pepper: Pepper, now: Callable[[], datetime],
+    def __init__(self, keys: IPreAuthKeyStore, users: UserAdmin, pepper: Pepper, now: Callable[[], datetime],
                  audit: AuditLog = NO_AUDIT) -> None:
         self.keys = keys
         self.users = users
@@ -155,7 +156,7 @@ class ApiKeyAdmin:
 
     log = Logger()
 
-    def __init__(self, keys, pepper: Pepper, now: Callable[[], datetime], audit: AuditLog = NO_AUDIT) -> None:
+    def __init__(self, keys: IApiKeyStore, pepper: Pepper, now: Callable[[], datetime], audit: AuditLog = NO_AUDIT) -> None:
         self.keys = keys
         self.pepper = pepper
         self.now = now

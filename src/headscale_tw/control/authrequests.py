@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
 
 from headscale_tw.errors import Conflict, NotFound
+from headscale_tw.interfaces import IAuthRequestStore
 from headscale_tw.storage.models import AuthRequest
 
 __all__ = [
@@ -79,7 +80,7 @@ class AuthRequests:
 
     def __init__(
         self,
-        store,
+        store: IAuthRequestStore,
         clock,
         now: Callable[[], datetime],
         lifetime: float = DEFAULT_LIFETIME,

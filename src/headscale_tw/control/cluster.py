@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from headscale_tw.errors import NotFound
-from headscale_tw.storage.changefeed import Change
+from headscale_tw.storage.models import Change
 
 __all__ = ["ClusterSync"]
 
@@ -101,12 +101,17 @@ class ClusterSync:
         elif change.kind == "user":
             await self._user(change.ident)
         elif change.kind == "policy":
-            await self.policy.reload()
+            await self._reload_policy()
         elif change.kind == "auth":
             if self.auth_requests is not None:
                 await self.auth_requests.changed(change.ident)
         elif change.kind in ("online", "offline"):
             self._presence(change.ident, change.kind == "online")
+
+    async def _reload_policy(self) -> None:
+        changes = await self.policy.reload()
+        if changes is not None:
+            self.notifier.push(changes)
 
     async def _node(self, node_id: int) -> None:
         try:
@@ -187,7 +192,7 @@ class ClusterSync:
         for node_id, row in stored.items():
             if self.state.nodes.get(node_id) != row:
                 await self._node(node_id)
-        await self.policy.reload()
+        await self._reload_policy()
         if self.auth_requests is not None:
             await self.auth_requests.recheck()
         self.log.info("cluster resync: {users} users, {nodes} nodes", users=len(users), nodes=len(stored))

@@ -177,9 +177,11 @@ class DNSChallenges:
         return {}
 
     async def _set_txt(self, node_id: int, name: str, value: str) -> None:
+        provider = self.provider
+        assert provider is not None  # only called when enabled
         for delay in (*RETRY_DELAYS, None):
             try:
-                await self.provider.set_txt(name, value)
+                await provider.set_txt(name, value)
                 return
             except DNSUpdateFailed as e:
                 if not e.transient or delay is None:

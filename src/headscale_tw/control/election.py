@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.control.test_election -*-
 """
-Which online router is *primary* for each subnet prefix (derp-stun-policy.md G.3).
+Which online router is *primary* for each subnet prefix (docs/control.md, *Policy integration*, Routes).
 
 Candidates for a prefix are the online nodes serving it. The previous primary
 stays while it is a candidate (no flapping); otherwise the candidate with the

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 
 from headscale_tw.clock import utc_now
 from headscale_tw.interfaces import IInstanceStore
-from headscale_tw.storage.stores.instances import Instance
+from headscale_tw.storage.models import Instance
 
 __all__ = ["InstanceRegistry", "Membership", "HEARTBEAT_INTERVAL", "HEARTBEAT_LIFETIME"]
 

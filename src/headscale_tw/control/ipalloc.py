@@ -171,7 +171,7 @@ class IPAllocator:
         try:
             second = str(v6.allocate()) if v6 is not None else None
         except AddressesExhausted:
-            if first is not None:
+            if first is not None and v4 is not None:
                 v4.release(ipaddress.ip_address(first))
             raise
         return first, second

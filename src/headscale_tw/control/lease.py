@@ -13,7 +13,7 @@ collection, HA route primaries). The keeper:
 - treats the lease as lost at ``expires_at - margin`` on its own clock if it
   could not renew in time (database down, or slow), so it stops acting before
   any other instance may take over;
-- tells ``on_change`` with the new :class:`~headscale_tw.storage.stores.leases.Lease`
+- tells ``on_change`` with the new :class:`~headscale_tw.storage.models.Lease`
   when it gains the lease (a new tenure, with a larger token) and with ``None``
   when it loses it;
 - on stop cancels its timers, waits for an attempt under way, and releases the
@@ -37,7 +37,7 @@ from twisted.logger import Logger
 
 from headscale_tw.clock import utc_now
 from headscale_tw.interfaces import ILeaseStore
-from headscale_tw.storage.stores.leases import Lease
+from headscale_tw.storage.models import Lease
 
 __all__ = ["LeaseKeeper", "DEFAULT_LEASE_DURATION"]
 

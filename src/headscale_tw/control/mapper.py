@@ -17,7 +17,7 @@ Builds MapResponse messages (JSON bytes) from :class:`ControlState`.
   of a router see different variants; most nodes have one), and the bytes
   are reused in every full map and delta (``serializations`` counts the work).
 * Per-node policy results (filter, peers, SSH policy, caps) come from the
-  :class:`~headscale_tw.control.policy.PolicyManager`.
+  :class:`~headscale_tw.control.policy.TailnetPolicy`.
 * **Deltas** are small messages (``PeersChanged``, ``PeersRemoved``,
   ``PeersChangedPatch``, ``OnlineChange``/``PeerSeenChange``, self ``Node``)
   built once and shared by every session that needs them.
@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from headscale_tw.control._wire import format_time
 from headscale_tw.control.framing import encode_json
 from headscale_tw.control.names import cert_domain, fqdn
-from headscale_tw.control.policy import ALLOW_ALL_FILTER, PolicyManager, Variant
+from headscale_tw.control.policy import ALLOW_ALL_FILTER, TailnetPolicy, Variant
 from headscale_tw.control.state import TAGGED_DEVICES_USER_ID, ControlState
 from headscale_tw.errors import InvalidInput
 
@@ -105,7 +105,7 @@ def parse_extra_records(text: str, where: str = "dns.extra_records_path") -> lis
 
 def dns_config(config, extra_records: list[dict] | None = None) -> dict:
     """
-    ``tailcfg.DNSConfig`` from ``config.dns`` (derp-stun-policy.md F.1):
+    ``tailcfg.DNSConfig`` from ``config.dns`` (docs/control.md, *Policy integration*, DNS):
     ``magic_dns`` → ``Proxied``; global nameservers → ``Resolvers`` when
     ``override_local_dns`` else ``FallbackResolvers``; split nameservers →
     ``Routes``; ``Domains`` = base domain + search domains; ``extra_records``
@@ -137,7 +137,7 @@ class Mapper:
     """Serializes nodes and maps.
 
     ``derp_map()`` returns the DERPMap dict; ``policy`` is the
-    :class:`PolicyManager` giving each node's filter, peers and routes
+    :class:`TailnetPolicy` giving each node's filter, peers and routes
     (the builder passes the one the notifier uses). ``https`` offers nodes
     certificates for their MagicDNS names (only when MagicDNS is on).
     """
@@ -146,7 +146,7 @@ class Mapper:
         self,
         state: ControlState,
         config,
-        policy: PolicyManager,
+        policy: TailnetPolicy,
         derp_map: Callable[[], dict] | None = None,
         https: bool = False,
     ) -> None:
@@ -208,7 +208,7 @@ class Mapper:
         if node.disco_key:
             out["DiscoKey"] = node.disco_key
         out["Addresses"] = addresses
-        caps = ()
+        caps: tuple[str, ...] = ()
         if self_view:
             allowed, primary, caps = self.policy.self_view(node.id)
         elif variant is not None:

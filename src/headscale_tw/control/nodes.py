@@ -8,9 +8,11 @@ and is announced to peers through the notifier.
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -25,6 +27,7 @@ from headscale_tw.control.slices import in_slices
 from headscale_tw.control.state import ControlState
 from headscale_tw.control.users import UserAdmin, quoted
 from headscale_tw.errors import AlreadyExists, InvalidInput, NotFound
+from headscale_tw.interfaces import IPreAuthKeyStore
 from headscale_tw.storage.models import Node, PreAuthKey, User
 
 __all__ = ["NodeAdmin", "NodeDetails", "RouteInfo", "validate_tag", "validate_debug_auth_id", "MAX_TAG"]
@@ -105,7 +108,7 @@ class NodeAdmin:
     """
 
     def __init__(self, state: ControlState, notifier: MapNotifier, registrar: Registrar, users: UserAdmin,
-                 preauthkeys, clock: IReactorTime | None = None, audit: AuditLog = NO_AUDIT) -> None:
+                 preauthkeys: IPreAuthKeyStore, clock: IReactorTime | None = None, audit: AuditLog = NO_AUDIT) -> None:
         self.state = state
         self.notifier = notifier
         self.registrar = registrar
@@ -142,7 +145,7 @@ class NodeAdmin:
         """Every node (of one user if given), ordered by id."""
         return [n for _, n in sorted(self.state.nodes.items()) if user_id is None or n.user_id == user_id]
 
-    async def list_of(self, user: str | int | None = None) -> list[Node]:
+    async def list_of(self, user: str | int | None = None) -> builtins.list[Node]:
         """:meth:`list` for a user named by name or id (``NotFound`` naming it), or every node."""
         return self.list((await self.users.find(user)).id if user else None)
 
@@ -243,21 +246,21 @@ class NodeAdmin:
         """
         if isinstance(routes, str):
             routes = [r for r in routes.split(",") if r.strip()]
-        routes = limits.check_count(list(routes), limits.ROUTES_MAX, "approve routes: routes")
+        wanted = limits.check_count(list(routes), limits.ROUTES_MAX, "approve routes: routes")
         nets: list = []
 
         def parse(r) -> None:
             nets.append(parse_prefix(limits.check_length(r, limits.PREFIX_MAX_LENGTH, "approve routes: a route")
                                      if isinstance(r, str) else r, "approve routes"))
 
-        await in_slices(routes, parse, self.clock)  # up to 1,024 prefixes: a slice per reactor turn
+        await in_slices(wanted, parse, self.clock)  # up to 1,024 prefixes: a slice per reactor turn
         self.state.get(node_id)
         node = await self.state.update_node(node_id, approved_routes=normalize_approval(nets))
         self.notifier.node_changed(node_id)
         await self._record("node.approve_routes", node, {"routes": [str(r) for r in node.approved_routes]})
         return node
 
-    def routes(self, node_id: int | None = None) -> list[RouteInfo]:
+    def routes(self, node_id: int | None = None) -> builtins.list[RouteInfo]:
         """Announced/approved/served/primary routes of one node, or of every node that has any."""
         nodes = [self.state.get(node_id)] if node_id is not None else [n for _, n in sorted(self.state.nodes.items())]
         policy = self.notifier.policy
@@ -296,7 +299,7 @@ class NodeAdmin:
         found = await self.users.find(user)
         return await self.registrar.complete(auth_id, found.name)
 
-    async def backfill_ips(self) -> list[str]:
+    async def backfill_ips(self) -> builtins.list[str]:
         """``headscale nodes backfillips``: give every node an address of each configured prefix it
         lacks (and drop addresses of a family no longer configured); peers and the node are told.
         Returns what changed, one line each, in Headscale's words; a second run returns ``[]``."""
@@ -325,7 +328,7 @@ class NodeAdmin:
                                           if isinstance(r, str) else r, "routes")) for r in routes)
         owner = await self.users.find(user)
         row = await self.registrar.open_debug(auth_id, name, prefixes, source)
-        hostinfo = {"Hostname": name, "OS": "TestOS"}
+        hostinfo: dict[str, Any] = {"Hostname": name, "OS": "TestOS"}
         if prefixes:
             hostinfo["RoutableIPs"] = list(prefixes)
         node = Node(id=0, machine_key=row.machine_key, node_key=row.node_key, hostname=name, given_name="",

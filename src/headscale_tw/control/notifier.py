@@ -15,7 +15,7 @@ Rules:
   them is proportional too: with a policy only the changed node's watchers
   (its peers, visibility being symmetric) are visited, not every session.
 * Policy: before announcing a node change the notifier lets the
-  :class:`~headscale_tw.control.policy.PolicyManager` take it in; the
+  :class:`~headscale_tw.control.policy.TailnetPolicy` take it in; the
   resulting per-viewer differences (filter, peers gained/lost, routes, SSH
   policy, self caps) are merged into one message per viewer, and viewers
   whose messages are identical share one frame (:meth:`MapNotifier.push`).
@@ -47,7 +47,7 @@ from zope.interface import implementer
 
 from headscale_tw.control.framing import ZSTD, FramedMessage
 from headscale_tw.control.mapper import Mapper
-from headscale_tw.control.policy import PolicyManager
+from headscale_tw.control.policy import TailnetPolicy
 from headscale_tw.control.sessions import MapSession, keepalive_interval
 from headscale_tw.control.state import ControlState
 from headscale_tw.control.variants import Variant
@@ -170,7 +170,7 @@ class MapNotifier:
         self,
         state: ControlState,
         mapper: Mapper,
-        policy: PolicyManager,
+        policy: TailnetPolicy,
         clock,
         offline_grace: float = 10.0,
         interval: Callable[[], float] = keepalive_interval,
@@ -204,7 +204,6 @@ class MapNotifier:
         self.map_counters = MapCounters()
         self._flush_timer: IDelayedCall | None = None
         self.policy = policy
-        self.policy.attach(self)
         #: Called with ``(node_id, online)`` when a node comes online here or goes offline (cluster feed).
         self.presence: Callable[[int, bool], object] | None = None
 
@@ -244,6 +243,8 @@ class MapNotifier:
 
     def one_shot(self, node_id: int, encoding: str = ZSTD) -> bytes:
         """The framed full map for a non-streaming, non-lite request."""
+        # a node that joined in a held batch is taken in now: the policy side does not catch up on reads
+        self.push(self.policy.update([node_id]), exclude=node_id)
         return self._frame(self.mapper.full_map(node_id), "full").framed(encoding)
 
     @property
@@ -454,11 +455,11 @@ class MapNotifier:
                 groups.setdefault(message, []).append(viewer)
         # viewers owed only news: those told the same nodes share one message
         shared: dict[tuple[int, ...], list[int]] = {}
-        for viewer, about in told.items():
+        for viewer, told_about in told.items():
             if viewer not in pending and viewer in nodes:
-                shared.setdefault(tuple(about), []).append(viewer)
-        for about, viewers in shared.items():
-            groups.setdefault(_news_message(news, about), []).extend(viewers)
+                shared.setdefault(tuple(told_about), []).append(viewer)
+        for news_of, viewers in shared.items():
+            groups.setdefault(_news_message(news, news_of), []).extend(viewers)
         return self._send_groups(groups)
 
     def _message_for(self, viewer: int, held: HeldDelta, news: dict[int, PeerNews],

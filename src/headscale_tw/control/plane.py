@@ -4,9 +4,8 @@ One object holding the whole control plane, for ``service.py`` to build.
 
     plane = ControlPlane(config, db, clock, derp_map=provider)
     await plane.start()                       # loads nodes/users, marks used IPs, loads the policy
-    noise_root.putChild(b"machine", plane.machine_resource())
-    http_root.putChild(b"register", plane.register_page())
-    http_root.putChild(b"auth", plane.ssh_check_page())
+    # the web layer builds /machine, /register and /auth from the plane's parts
+    # (headscale_tw.web.plane_resources); the plane imports nothing from web/
     for interval, job in plane.periodic_jobs(): TimerService(interval, job) with .clock set
     await plane.reload()                      # SIGHUP: policy file (or DB row) and DNS extra records
     plane.stop()                              # on stopService: ends streams, cancels timers
@@ -18,8 +17,8 @@ the periodic jobs logs their per-source summaries and records them in the
 audit log (``plane.audit``, one row per source and interval), another prunes
 that log past ``audit.retention``.
 
-Admin operations for the API/CLI: ``plane.policy.get_policy()``,
-``await plane.policy.set_policy(text)``, ``plane.policy.check_policy(text)``,
+Admin operations for the API/CLI: ``plane.admin.policy`` (``current()``,
+``await set(text)``, ``check(text)``: the policy is applied and pushed),
 ``await plane.nodes.approve_routes(node_id, routes)``, ``plane.nodes.routes()``,
 ``await plane.nodes.set_tags(node_id, tags)``.
 
@@ -33,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -46,13 +46,16 @@ from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.lifecycle import NodeLifecycle
 from headscale_tw.control.mapper import Mapper, dns_config, parse_extra_records
 from headscale_tw.control.notifier import MapNotifier
-from headscale_tw.control.policy import PolicyManager
+from headscale_tw.control.policy import PolicySource, TailnetPolicy
 from headscale_tw.control.poll import PollService
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.ssh_check import SSHChecks
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput
 from headscale_tw.throttle import AuthThrottles
+
+if TYPE_CHECKING:
+    from headscale_tw.control.cluster import ClusterSync
 
 __all__ = ["ControlPlane", "AUDIT_PRUNE_INTERVAL"]
 
@@ -88,7 +91,7 @@ class ControlPlane:
         prefixes = config.prefixes
         self.allocator = IPAllocator(prefixes.v4, prefixes.v6, prefixes.allocation)
         self.state = ControlState(db, self.allocator, self.now)
-        self.policy = PolicyManager(self.state, config, store=db.policies, read_file=self.read_file)
+        self.policy = TailnetPolicy(self.state, PolicySource(config, store=db.policies, read_file=self.read_file))
         base_domain = config.dns.base_domain if config.dns.magic_dns else ""
         self.dns_challenges = DNSChallenges(self.state, dns_provider, base_domain, clock)
         self.mapper = Mapper(self.state, config, derp_map=derp_map, policy=self.policy,
@@ -106,14 +109,15 @@ class ControlPlane:
                                    audit=self.audit)
         self.poll = PollService(self.state, self.notifier, self.policy, clock)
         #: SSH check mode: ``/machine/ssh/action/...`` and the ``/auth/<auth_id>`` page.
-        self.ssh_checks = SSHChecks(self.state, self.policy, self.auth_requests, config.server_url)
+        self.ssh_checks = SSHChecks(self.state, self.policy, self.notifier, self.auth_requests,
+                                     config.server_url)
         #: The services behind ``/api/v1``: users, keys, nodes and policy.
         self.admin: AdminServices = build_admin_services(db, self.now, state=self.state, notifier=self.notifier,
                                                          registrar=self.registrar, policy=self.policy,
                                                          clock=clock, audit=self.audit)
         self.nodes = self.admin.nodes
         self.lifecycle: NodeLifecycle | None = None
-        self.cluster = None
+        self.cluster: ClusterSync | None = None
 
     def now(self) -> datetime:
         """The injected clock's time as an aware UTC datetime."""
@@ -134,7 +138,9 @@ class ControlPlane:
 
         A policy that changed is recorded in the audit log (``policy.reload``, by the system).
         """
-        if await self.policy.reload():
+        policy_admin = self.admin.policy
+        assert policy_admin is not None  # built with this plane's policy
+        if await policy_admin.reload():
             await self.audit.record("policy.reload", Target("policy", "", self.policy.mode), actor=SYSTEM,
                                     detail=policy_detail(self.policy.get_policy() or ""))
         self.reload_dns()
@@ -179,31 +185,6 @@ class ControlPlane:
         """End every map stream and held register request; cancel every timer."""
         self.registrar.stop()
         self.notifier.stop()
-
-    def machine_resource(self, identify=None):
-        """The ``/machine`` resource for the Noise site's root."""
-        from headscale_tw.web.control_api import MachineResource, peer_identity
-
-        return MachineResource(self.registrar, self.poll, self.notifier, identify or peer_identity,
-                               dns_challenges=self.dns_challenges, ssh_checks=self.ssh_checks)
-
-    def register_page(self):
-        """The ``/register`` resource for the plain HTTP root."""
-        from headscale_tw.web.register_page import RegisterPage
-
-        async def exists(auth_id: str) -> bool:
-            return await self.registrar.get_pending(auth_id) is not None
-
-        return RegisterPage(exists=exists)
-
-    def ssh_check_page(self):
-        """The ``/auth`` resource for the plain HTTP root: how to approve a pending SSH check."""
-        from headscale_tw.web.register_page import SSH_CHECK_PAGE, RegisterPage
-
-        async def exists(auth_id: str) -> bool:
-            return await self.ssh_checks.pending(auth_id) is not None
-
-        return RegisterPage(exists=exists, template=SSH_CHECK_PAGE)
 
     def _guarded(self, name: str, job) -> Callable[[], Deferred]:
         def run() -> Deferred:

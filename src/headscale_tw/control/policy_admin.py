@@ -1,9 +1,11 @@
 # -*- test-case-name: tests.nodesapi.test_api -*-
 """
-The policy operations of the admin API and CLI: read, check and set the policy text.
+The policy operations of the admin API and CLI: read, check, set and reload the policy text.
 
-:class:`PolicyAdmin` wraps the plane's :class:`~headscale_tw.control.policy.PolicyManager`
-and the policy store, so that the API never reads a store itself.
+:class:`PolicyAdmin` wraps the plane's :class:`~headscale_tw.control.policy.TailnetPolicy`
+and the policy store, so that the API never reads a store itself, and hands
+the differences a new policy makes to the notifier (the policy side never
+calls the notifier).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from datetime import datetime
 import attrs
 
 from headscale_tw.control.audit import NO_AUDIT, AuditLog, Target, policy_detail
-from headscale_tw.control.policy import PolicyManager
+from headscale_tw.control.policy import TailnetPolicy
 from headscale_tw.errors import NotFound
+from headscale_tw.interfaces import IPolicyStore
 
 __all__ = ["PolicyAdmin", "PolicyText", "POLICY_NOT_FOUND"]
 
@@ -34,14 +37,16 @@ class PolicyText:
 class PolicyAdmin:
     """Get, check and set the policy; the store is read only for the update time.
 
-    :param policy: the plane's ``PolicyManager``.
+    :param policy: the plane's ``TailnetPolicy``.
     :param store: the policy store (``get_latest()``).
+    :param notifier: the plane's notifier (``push``), which tells sessions what a new policy changed.
     :param audit: records every change (``policy.set``).
     """
 
-    def __init__(self, policy: PolicyManager, store, audit: AuditLog = NO_AUDIT) -> None:
+    def __init__(self, policy: TailnetPolicy, store: IPolicyStore, notifier, audit: AuditLog = NO_AUDIT) -> None:
         self.policy = policy
         self.store = store
+        self.notifier = notifier
         self.audit = audit
 
     async def current(self) -> PolicyText:
@@ -70,7 +75,18 @@ class PolicyAdmin:
 
     async def set(self, text: str) -> PolicyText:
         """Validate, store and apply ``text`` (database mode only; file mode refuses)."""
-        await self.policy.set_policy(text)
+        self.notifier.push(await self.policy.set_policy(text))
         stored = await self._text()
         await self.audit.record("policy.set", Target("policy", "", self.policy.mode), detail=policy_detail(text))
         return stored
+
+    async def reload(self) -> bool:
+        """Re-read the policy source and push what changed; True if the policy changed.
+
+        A rejected or unreadable source is logged and the old policy stays (False).
+        """
+        changes = await self.policy.reload()
+        if changes is None:
+            return False
+        self.notifier.push(changes)
+        return True

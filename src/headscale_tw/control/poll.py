@@ -21,7 +21,7 @@ from zope.interface import implementer
 from headscale_tw.control import limits
 from headscale_tw.control._wire import check_hostinfo, parse_key, parse_request_head
 from headscale_tw.control.framing import PLAIN, ZSTD
-from headscale_tw.control.policy import PolicyManager
+from headscale_tw.control.policy import TailnetPolicy
 from headscale_tw.control.routes import parse_prefix
 from headscale_tw.control.slices import SLICE, in_slices
 from headscale_tw.control.state import ControlState
@@ -55,6 +55,7 @@ class MapRequest:
 def parse_map_request(body: object) -> MapRequest:
     """Validate a decoded JSON MapRequest; ``InvalidInput`` names the bad field."""
     version, node_key = parse_request_head(body, "map request")
+    assert isinstance(body, dict)  # parse_request_head refuses anything else
     disco = body.get("DiscoKey") or ""
     if disco:
         disco = parse_key(disco, "discokey", "map request: DiscoKey")
@@ -107,7 +108,7 @@ class PollService:
 
     log = Logger()
 
-    def __init__(self, state: ControlState, notifier: INodeNotifier, policy: PolicyManager,
+    def __init__(self, state: ControlState, notifier: INodeNotifier, policy: TailnetPolicy,
                  clock: IReactorTime | None = None) -> None:
         self.state = state
         self.notifier = notifier

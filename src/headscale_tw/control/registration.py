@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import attrs
 from twisted.internet.defer import CancelledError
@@ -113,6 +114,7 @@ class RegisterRequest:
 def parse_register_request(body: object) -> RegisterRequest:
     """Validate a decoded JSON RegisterRequest; ``InvalidInput`` names the bad field."""
     version, node_key = parse_request_head(body, "register request")
+    assert isinstance(body, dict)  # parse_request_head refuses anything else
     old = body.get("OldNodeKey") or ""
     if old:
         old = parse_key(old, "nodekey", "register request: OldNodeKey")
@@ -373,7 +375,7 @@ class Registrar:
         return {"NodeKeyExpired": True, "MachineAuthorized": False}
 
     async def _rotate(self, node, request: RegisterRequest) -> dict:
-        fields = {"node_key": request.node_key}
+        fields: dict[str, Any] = {"node_key": request.node_key}
         if request.hostinfo:
             fields["hostinfo"] = request.hostinfo
         node = await self.state.update_node(node.id, **fields)

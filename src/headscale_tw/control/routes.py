@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.control.test_policy_routes -*-
 """
 Subnet routes and exit nodes: what a node announces, what is approved, and
-which online router is *primary* for each prefix (derp-stun-policy.md G).
+which online router is *primary* for each prefix (docs/control.md, *Policy integration*, Routes).
 
 * Announced routes come from ``Hostinfo.RoutableIPs`` (the client adds both
   ``0.0.0.0/0`` and ``::/0`` for ``--advertise-exit-node``).

@@ -128,17 +128,20 @@ class SSHChecks:
     """Answers the SSH action route.
 
     :param state: the :class:`~headscale_tw.control.state.ControlState` (nodes by id).
-    :param policy: the :class:`~headscale_tw.control.policy.PolicyManager` (``ssh_check_period``, ``engine``).
+    :param policy: the :class:`~headscale_tw.control.policy.TailnetPolicy` (``ssh_check_period``, ``engine``).
+    :param notifier: the :class:`~headscale_tw.control.notifier.MapNotifier`: a node whose join is
+        still held in a batch is taken into the policy (its changes pushed) before the policy is asked.
     :param auth_requests: the pending auth requests.
     :param server_url: the server's public URL (the approval page and the action URL).
     """
 
     log = Logger()
 
-    def __init__(self, state, policy, auth_requests: AuthRequests, server_url: str,
+    def __init__(self, state, policy, notifier, auth_requests: AuthRequests, server_url: str,
                  hold_timeout: float = HOLD_TIMEOUT, memory: ApprovalMemory | None = None) -> None:
         self.state = state
         self.policy = policy
+        self.notifier = notifier
         self.auth_requests = auth_requests
         self.server_url = server_url.rstrip("/")
         self.hold_timeout = hold_timeout
@@ -198,6 +201,8 @@ class SSHChecks:
         src = self.state.nodes.get(src_id)
         if src is None:
             return _reject(f"SSH refused: source node {src_id} is not known to this server.")
+        # reads of the policy do not catch up: nodes that joined in a held batch are taken in here
+        self.notifier.push(self.policy.update([src_id, dst_id]))
         period = self.policy.ssh_check_period(src_id, dst_id)
         if period is None:
             return _reject(f"SSH refused: the tailnet policy has no SSH check rule from node {src_id} "

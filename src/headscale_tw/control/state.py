@@ -25,6 +25,7 @@ from headscale_tw.control.ipalloc import IPAllocator
 from headscale_tw.control.names import sanitize_hostname, unique_given_name
 from headscale_tw.counters import NodeStoreCounters
 from headscale_tw.errors import AlreadyExists, NotFound
+from headscale_tw.interfaces import IDatabase
 from headscale_tw.storage.models import Node, User
 
 __all__ = ["ControlState", "NodeRuntime", "NodeRuntimes", "TAGGED_DEVICES_USER_ID"]
@@ -48,7 +49,7 @@ class _TakenNames:
         self._exclude = exclude
 
     def __contains__(self, name: object) -> bool:
-        owner = self._owners.get(name)
+        owner = self._owners.get(name) if isinstance(name, str) else None
         return (owner is not None and owner != self._exclude) or name in self._also
 
 
@@ -150,7 +151,7 @@ class ControlState:
 
     log = Logger()
 
-    def __init__(self, db, allocator: IPAllocator, now: Callable[[], datetime]) -> None:
+    def __init__(self, db: IDatabase, allocator: IPAllocator, now: Callable[[], datetime]) -> None:
         self.db = db
         self.allocator = allocator
         self.now = now
@@ -317,7 +318,7 @@ class ControlState:
                     notes.append(f'removing IPv{version} "{current}" from Node({node.id}) "{node.hostname}"')
             if not fields:
                 continue
-            wanted = [v for v in (4, 6) if v in families and f"ipv{v}" in fields]
+            wanted: list[int] = [v for v in (4, 6) if v in families and f"ipv{v}" in fields]
             node, assigned = await self._store_new_addresses(node, fields, wanted)
             notes[:0] = [f'assigned IPv{v} "{a}" to Node({node.id}) "{node.hostname}"' for v, a in assigned]
             changed.append((node, notes))

@@ -7,9 +7,11 @@ its addresses and the routes the viewer may use. Which routes those are
 depends on the viewer only through the rules it takes part in
 (:meth:`~headscale_tw.policy.compile.CompiledPolicy.route_view_key`), so every
 viewer with the same key gets the same entry. :class:`PeerVariants` keeps the
-entries of each router per key while the router and the compiled rules stay
-the same: a router announcing 1,024 routes to a thousand viewers of one kind
-costs one pass over its routes, not a thousand.
+entries of each router per key while the router and its offered routes (their
+rule masks, :class:`~headscale_tw.policy.offered.OfferedRoutes`, carried over
+recompilations that do not change them) stay the same: a router announcing
+1,024 routes to a thousand viewers of one kind costs one pass over its routes,
+not a thousand, and a node joining elsewhere costs none.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ class PeerVariants:
 
     def __init__(self, intern: Callable[[Any], Any]) -> None:
         self._intern = intern
-        #: router id -> (the router, the matches, {(key, v6 only): variant}); the matches are the
-        #: compilation's own list, so a new compilation starts over.
+        #: router id -> (the router, its offered routes, {(key, v6 only): variant}); the offered
+        #: routes are the same tuple while every mask in them holds, across compilations.
         self._by_router: dict[int, tuple[Node, Sequence[Any], dict[Hashable, Variant]]] = {}
         self.computed = 0
 
@@ -52,9 +54,10 @@ class PeerVariants:
         key = cp.route_view_key(viewer, matches, viewer_set)
         known: Optional[dict[Hashable, Variant]] = None
         if key is not None:
+            offered = cp.offered_routes(peer, matches)
             entry = self._by_router.get(peer.id)
-            if entry is None or entry[0] is not peer or entry[1] is not matches:
-                entry = (peer, matches, {})
+            if entry is None or entry[0] is not peer or entry[1] is not offered:
+                entry = (peer, offered, {})
                 self._by_router[peer.id] = entry
             known = entry[2]
             found = known.get((key, v6_only))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from headscale_tw.policy.compile import Match, _overlaps_any
-from headscale_tw.policy.ipset import IPSet
+from headscale_tw.policy.ipset import IPSet, Range
 from headscale_tw.policy.model import Node
 
 __all__ = ["RuleIndex", "IndexUpdate"]
@@ -65,6 +65,9 @@ class RuleIndex:
     """Rule membership bitmasks and per-node reach (see the module docstring)."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self.rules: list[Any] = []
         self.matches: dict[Any, Match] = {}
         self.masks: dict[Any, list[int]] = {}
@@ -95,7 +98,7 @@ class RuleIndex:
         return src, dst
 
     @staticmethod
-    def _narrow(match: Match) -> Optional[list]:
+    def _narrow(match: Match) -> Optional[tuple[Range, ...]]:
         """The address ranges of a rule, or None when it covers too many addresses to list."""
         ranges = match.srcs.ranges() + match.dsts.ranges()
         if sum(hi - lo + 1 for _, lo, hi in ranges) > _LOOKUP_LIMIT:
@@ -198,7 +201,7 @@ class RuleIndex:
 
     def build(self, rules: Sequence, matches: Sequence[Match], nodes: Mapping[int, Node]) -> None:
         """Index from scratch."""
-        self.__init__()
+        self._reset()
         for node in nodes.values():
             self._add_node(node)
         self.rules = list(rules)
@@ -226,17 +229,19 @@ class RuleIndex:
         full map of policy nodes). Returns None when the rules that stayed
         changed order (the caller must rebuild everything).
         """
-        new = {}
+        new: dict[Any, Match] = {}
         for rule, match in zip(rules, matches):
             new.setdefault(rule, match)
         old = self.matches
         # One pass over each rule list (hashing a rule is a Python call; these passes are
         # most of an update's fixed cost with a thousand rules): what stayed, in order,
         # what went, what came.
-        stayed_before, gone = [], []
+        stayed_before: list[Any] = []
+        gone: list[Any] = []
         for r in self.rules:
             (stayed_before if r in new else gone).append(r)
-        stayed, added = [], []
+        stayed: list[Any] = []
+        added: list[Any] = []
         for r in rules:
             (stayed if r in old else added).append(r)
         if stayed_before != stayed:

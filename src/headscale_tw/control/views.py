@@ -5,7 +5,7 @@ What each node was told, and what changes: the records of policy views.
 :class:`NodeView` is what one node was last published (packet filter, peers
 with their ``AllowedIPs``/``PrimaryRoutes``, SSH policy, capabilities, its own
 entry); :class:`ViewChange` and :class:`Changes` are the differences the
-:class:`~headscale_tw.control.policy.PolicyManager` hands the notifier after a
+:class:`~headscale_tw.control.policy.TailnetPolicy` returns for the notifier after a
 change. :func:`all_peer_views` computes every node's peers from a compiled
 policy in one pass (the full rebuild when no incremental index applies).
 """
@@ -83,10 +83,10 @@ def all_peer_views(cp: CompiledPolicy) -> dict[int, dict[int, Variant]]:
         internet = m.dsts_is_internet()
         src = dst = 0
         for i, n in enumerate(nodes):
-            routes = n.subnet_routes
-            if m.srcs.overlaps(sets[i]) or _overlaps_any(m.srcs, routes):
+            node_routes = n.subnet_routes
+            if m.srcs.overlaps(sets[i]) or _overlaps_any(m.srcs, node_routes):
                 src |= 1 << i
-            if m.dsts.overlaps(sets[i]) or _overlaps_any(m.dsts, routes) or (internet and n.is_exit_node):
+            if m.dsts.overlaps(sets[i]) or _overlaps_any(m.dsts, node_routes) or (internet and n.is_exit_node):
                 dst |= 1 << i
         if src and dst:
             masks.append((src, dst))

@@ -7,7 +7,9 @@ Sources, merged by region ID with later ones winning (as headscale does):
 1. every URL in ``derp.urls`` (JSON, fetched with treq), in order;
 2. every file in ``derp.paths`` (YAML or JSON), in order;
 3. the embedded region from ``derp.server`` when the DERP server is enabled
-   and ``automatically_add_embedded_derp_region`` is true.
+   and ``automatically_add_embedded_derp_region`` is true: this instance's node,
+   or, in a DERP mesh on a shared database, one node per live instance
+   (:meth:`DERPMapProvider.set_instance_nodes`).
 
 Files and URLs may spell keys in any case (headscale's YAML uses ``regionid``,
 ``hostname``, ...); they are normalised to the Go field names the client
@@ -21,7 +23,7 @@ encoding turns them into the decimal string keys of the wire format.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import yaml
@@ -38,6 +40,7 @@ from .stun import parse_listen_addr
 __all__ = [
     "DERPMapError",
     "embedded_region",
+    "own_derp_url",
     "normalise_derp_map",
     "load_derp_map_file",
     "fetch_derp_map",
@@ -64,14 +67,50 @@ class DERPMapError(ValueError):
     """A DERP map source is malformed; the message names the source and the problem."""
 
 
-def embedded_region(config: Config) -> dict[str, Any]:
-    """The region describing our embedded DERP server (one node), from ``config``."""
+def own_derp_url(config: Config) -> str:
+    """This instance's DERP URL: ``derp.server.advertise_url``, else ``server_url`` + ``/derp``."""
+    advertised = config.derp.server.advertise_url
+    if advertised:
+        return advertised
+    return config.server_url.rstrip("/") + "/derp"
+
+
+def _url_node(url: str, name: str, region_id: int, stun_port: int) -> dict[str, Any]:
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise DERPMapError(f"DERP URL {url!r} has no host name")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return {"Name": name, "RegionID": region_id, "HostName": parts.hostname, "STUNPort": stun_port,
+            "DERPPort": port}
+
+
+def embedded_region(config: Config, instances: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The region describing our embedded DERP server, from ``config``.
+
+    ``instances`` are the live instances of a DERP mesh on a shared database,
+    ``(instance id, DERP URL)``, this one included, in the order every instance
+    uses. With two or more, the region has one node per instance, in that order,
+    each built from its URL alone (``Name`` ``<region>-<id[:8]>``, ``HostName``,
+    ``DERPPort``; ``STUNPort`` from our ``stun_listen_addr``), so that every
+    instance sends the same map. Otherwise the one node is this instance: host
+    and port from ``derp.server.advertise_url`` (else ``server_url``), and
+    ``IPv4``/``IPv6`` from the config.
+    """
     derp = config.derp.server
-    url = urlsplit(config.server_url)
+    _, stun_port = parse_listen_addr(derp.stun_listen_addr)
+    region: dict[str, Any] = {
+        "RegionID": derp.region_id,
+        "RegionCode": derp.region_code,
+        "RegionName": derp.region_name,
+    }
+    if len(instances) >= 2:
+        region["Nodes"] = [_url_node(url, f"{derp.region_id}-{ident[:8]}", derp.region_id, stun_port)
+                           for ident, url in instances]
+        return region
+    url = urlsplit(own_derp_url(config))
     if not url.hostname:
         raise DERPMapError(f"server_url {config.server_url!r} has no host name")
     port = url.port or (443 if url.scheme == "https" else 80)
-    _, stun_port = parse_listen_addr(derp.stun_listen_addr)
     node: dict[str, Any] = {
         "Name": str(derp.region_id),
         "RegionID": derp.region_id,
@@ -83,12 +122,8 @@ def embedded_region(config: Config) -> dict[str, Any]:
         node["IPv6"] = derp.ipv6
     node["STUNPort"] = stun_port
     node["DERPPort"] = port
-    return {
-        "RegionID": derp.region_id,
-        "RegionCode": derp.region_code,
-        "RegionName": derp.region_name,
-        "Nodes": [node],
-    }
+    region["Nodes"] = [node]
+    return region
 
 
 def _fields(obj: Mapping, names: dict[str, str], where: str) -> dict[str, Any]:
@@ -218,6 +253,7 @@ class DERPMapProvider(Service):
         self.on_change = on_change
         self._url_maps: dict[str, dict[str, Any]] = {}
         self._path_maps: dict[str, dict[str, Any]] = {}
+        self._instances: tuple[tuple[str, str], ...] = ()
         self._loop: LoopingCall | None = None
         self.refresh_failures = 0
         self.derp_map: dict[str, Any] = self._build()
@@ -227,14 +263,17 @@ class DERPMapProvider(Service):
         sources = [self._url_maps[u] for u in derp.urls if u in self._url_maps]
         sources += [self._path_maps[p] for p in derp.paths if p in self._path_maps]
         if derp.server.enabled and derp.server.automatically_add_embedded_derp_region:
-            region = embedded_region(self.config)
+            region = embedded_region(self.config, self._instances)
             sources.append({"Regions": {region["RegionID"]: region}})
         return merge_derp_maps(*sources)
 
-    def load_files(self) -> None:
-        """Read every ``derp.paths`` file now; raise :class:`DERPMapError` on the first bad one."""
-        for path in self.config.derp.paths:
-            self._path_maps[path] = load_derp_map_file(path)
+    def set_instance_nodes(self, instances: Sequence[tuple[str, str]]) -> None:
+        """The live instances of the DERP mesh, ``(instance id, DERP URL)`` in order, this one included,
+        as the nodes of our region (see :func:`embedded_region`).
+
+        Clients get the new map when it differs (``on_change``).
+        """
+        self._instances = tuple(instances)
         self._publish()
 
     async def refresh(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from nacl.public import PrivateKey
 from twisted.application.internet import ClientService
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
@@ -88,6 +88,8 @@ class DERPClientProtocol(Protocol):
     and waits for the 101 head (skipped when ``fast_start``). Subclasses
     override :meth:`event_received`.
     """
+
+    transport: ITCPTransport  # makeConnection sets it before any other callback
 
     log = Logger()
     _MAX_HEAD = 8192
@@ -216,7 +218,7 @@ def mesh_peer_service(
     upgrade_host: str | None,
     clock: IReactorTime,
     retry_delay: float = 5.0,
-    prepare: Callable[[Protocol], Any] | None = None,
+    prepare: Callable[[IProtocol], Any] | None = None,
     path: str = "/derp",
 ) -> ClientService:
     """A service that keeps a mesh connection to the peer at ``endpoint`` (retry every 5 s).

@@ -33,10 +33,12 @@ from typing import Protocol as TypingProtocol
 
 from automat import TypeMachineBuilder
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from headscale_tw.transport import IProducerTransport
 
 from . import _frames as f
 from .server import DERPServer, node_key_text
@@ -72,6 +74,7 @@ class DERPServerProtocol(Protocol):
     """One client connection to a :class:`DERPServer`."""
 
     log = Logger()
+    transport: IProducerTransport  # makeConnection sets it before any other callback
 
     def __init__(self, server: DERPServer, not_ideal: bool = False):
         self.server = server
@@ -90,10 +93,10 @@ class DERPServerProtocol(Protocol):
         self._queue: collections.deque[bytes] = collections.deque()
         self._disco_queue: collections.deque[bytes] = collections.deque()
         self._paused = False
-        self._handshake_timer = None
-        self._keepalive_timer = None
-        self._write_timer = None
-        self._abort_timer = None
+        self._handshake_timer: IDelayedCall | None = None
+        self._keepalive_timer: IDelayedCall | None = None
+        self._write_timer: IDelayedCall | None = None
+        self._abort_timer: IDelayedCall | None = None
         self._verifying: defer.Deferred | None = None
         self._not_here_tokens = 3.0
         self._not_here_stamp = 0.0
@@ -273,6 +276,7 @@ class DERPServerProtocol(Protocol):
     def _admit(self) -> None:
         self._cancel("_handshake_timer")
         self.server.register(self)
+        assert self.key is not None  # the client info frame set it before admission
         self.transport.write(f.server_info_frame(self.server.private_key, self.key))
         self._schedule_keepalive()
         self._handle_frames()

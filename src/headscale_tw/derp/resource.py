@@ -188,7 +188,7 @@ class BootstrapDNSResource(Resource):
         result: dict[str, list[str]] = {}
         for name in self.hostnames():
             try:
-                result[name] = list(await defer.maybeDeferred(self.resolve, name))
+                result[name] = list(await self.resolve(name))
             except Exception as e:
                 self.log.debug("bootstrap-dns could not resolve {name}: {error}", name=name, error=str(e))
         request.setHeader(b"Content-Type", b"application/json")

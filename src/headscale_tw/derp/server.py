@@ -211,6 +211,7 @@ class DERPServer:
         conns.remove(conn)
         if conns:
             return
+        assert key is not None  # it had connections
         del self._clients[key]
         gone = f.peer_gone_frame(key, f.PeerGoneReason.DISCONNECTED)
         for dst in self._sent_to.pop(key, ()):
@@ -241,6 +242,7 @@ class DERPServer:
     def send_packet(self, src: "DERPServerProtocol", dst: bytes, data: bytes) -> None:
         """Route a SendPacket from ``src`` to node key ``dst``."""
         src_key = src.key
+        assert src_key is not None  # only admitted clients send
         conns = self._clients.get(dst)
         if conns:
             sent = self._sent_to.get(src_key)
@@ -260,7 +262,7 @@ class DERPServer:
 
     def mark_active(self, conn: "DERPServerProtocol") -> None:
         """A duplicate connection spoke: make it the one that receives (last writer is active)."""
-        conns = self._clients.get(conn.key)
+        conns = self._clients.get(conn.key) if conn.key is not None else None
         if conns and len(conns) > 1 and conns[-1] is not conn and conn in conns:
             conns.remove(conn)
             conns.append(conn)

@@ -9,7 +9,7 @@ silently and counted. See :mod:`headscale_tw.derp._stun` for the wire format.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IReactorUDP
+from twisted.internet.interfaces import IReactorUDP, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -28,6 +28,7 @@ class STUNServerProtocol(DatagramProtocol):
     """
 
     log = Logger()
+    transport: IUDPTransport  # makeConnection sets it before any datagram arrives
 
     def __init__(self, strict: bool = False):
         self.strict = strict
@@ -60,4 +61,4 @@ def parse_listen_addr(text: str) -> tuple[str, int]:
 def listen_stun(reactor: IReactorUDP, listen_addr: str, protocol: STUNServerProtocol | None = None):
     """Listen for STUN on ``listen_addr`` (``host:port``); return the port object."""
     host, port = parse_listen_addr(listen_addr)
-    return reactor.listenUDP(port, protocol or STUNServerProtocol(), interface=host)
+    return reactor.listenUDP(port, protocol or STUNServerProtocol(), interface=host, maxPacketSize=8192)

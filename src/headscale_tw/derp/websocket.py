@@ -28,10 +28,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from headscale_tw.transport import IProducerTransport
 
 from . import _websocket as ws
 
@@ -52,6 +54,7 @@ class WebSocketStream(Protocol):
     """
 
     log = Logger()
+    transport: IProducerTransport  # makeConnection sets it before any other callback
 
     def __init__(
         self,
@@ -75,7 +78,7 @@ class WebSocketStream(Protocol):
         self.disconnecting = False
         self.close_code: int | None = None
         self.failure_reason: str | None = None
-        self._close_timer = None
+        self._close_timer: IDelayedCall | None = None
 
     # -- towards the real transport --------------------------------------
 

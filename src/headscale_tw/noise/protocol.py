@@ -16,12 +16,26 @@ Bytes on the wire after the 51-byte handshake response (see ``_codec``)::
 
 all carried in type-4 records of at most 4096 bytes.
 
-Lifecycle: *awaiting the first record* (handshake timeout, default 30 s:
-the client sends its HTTP/2 preface immediately) -> *established* (idle
-timeout, default 300 s, reset by every record in either direction; map
-keep-alives keep healthy long-polls alive) -> *closed*. A bad record, a
-timeout or the peer leaving closes this one connection; timers are
-cancelled in ``connectionLost``.
+Lifecycle (an Automat ``TypeMachineBuilder`` machine, all transitions in
+:func:`_build_machine`)::
+
+    awaiting_first_record --first records--> established --records--> (itself)
+            |                               |
+            +--- bad record / timeout ------+--> closing
+    any state --connection lost--> closed
+
+* ``awaiting_first_record``: the handshake timeout (default 30 s) runs; the
+  client sends its HTTP/2 preface at once. Our own writes (the early payload,
+  the server's SETTINGS) do not extend it.
+* ``established``: the idle timeout (default 300 s) runs, reset by every
+  record in either direction; map keep-alives keep healthy long-polls alive.
+* ``closing``: a bad record or a timeout aborted the transport; input and
+  writes are dropped.
+* ``closed``: the transport is gone; timers are cancelled.
+
+The send path (:meth:`NoiseProtocol.write`, once per HTTP/2 flush) reads two
+flags the machine sets on entering a state instead of going through the
+machine, so a write costs what it did before (``bench/h2_send.py``).
 
 Clients whose protocol version is below ``min_version`` still complete the
 handshake, but their HTTP/2 requests are answered by a refusal site: the
@@ -33,11 +47,16 @@ retrying silently). See docs/noise.md.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Protocol as TypingProtocol
 
 import attrs
-from twisted.internet.interfaces import IAddress
+from automat import TypeMachineBuilder
+from twisted.internet.interfaces import IAddress, IDelayedCall, ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
+from twisted.python.failure import Failure
 from twisted.web import resource
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -234,6 +253,23 @@ class NoiseFactory:
         self.connections.discard(protocol)
 
 
+class _Lifecycle(TypingProtocol):
+    def data_received(self, data: bytes) -> None:
+        "Bytes arrived from the network."
+
+    def first_records(self, chunks: list[bytes]) -> None:
+        "The first whole records arrived and were decrypted into these plaintext chunks."
+
+    def failed(self, why: str) -> None:
+        "A record was malformed or failed authentication."
+
+    def timed_out(self) -> None:
+        "The handshake or idle timeout ran out."
+
+    def connection_lost(self, reason: object) -> None:
+        "The transport is gone."
+
+
 class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
     """
     One established ts2021 connection: records in and out, HTTP/2 inside.
@@ -244,18 +280,25 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
 
     negotiatedProtocol = b"h2"
     _log = Logger()
+    transport: ITransport  # makeConnection sets it before any other callback
+    callLater: Callable[..., IDelayedCall]  # the factory's reactor, not TimeoutMixin's global one
 
     def __init__(self, factory: NoiseFactory, result: ResponderResult, client_address: str = "") -> None:
-        ProtocolWrapper.__init__(self, factory, None)
+        # NoiseFactory keeps ProtocolWrapper's factory contract (registerProtocol and
+        # unregisterProtocol) without being a WrappingFactory; makeConnection sets the inner protocol.
+        ProtocolWrapper.__init__(self, factory, None)  # type: ignore[arg-type]
         self._client_address = client_address
         self.callLater = factory.reactor.callLater
         self._result = result
         self._decoder = RecordDecoder(result.ciphers.receive)
         self._encoder = RecordEncoder(result.ciphers.send)
-        self._established = False
-        self._failed = False
+        #: Set by the machine: writes reset the idle timeout (``established`` only).
+        self._writes_reset_timeout = False
+        #: Set by the machine: cleared on ``closing``, after which writes are dropped.
+        self._open = True
         self.peer: NoisePeer | None = None
         self.refused = result.version < factory.min_version
+        self._machine = _machine_factory(self)
 
     def makeConnection(self, transport) -> None:
         factory = self.factory
@@ -275,32 +318,34 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
         transport.registerProducer(self.wrappedProtocol, True)
 
     def connectionMade(self) -> None:
+        peer = self.peer
+        assert peer is not None  # makeConnection sets it first
         self._log.debug(
             "noise: {machine_key} (version {version}) connected{refused}",
-            machine_key=self.peer.machine_key,
-            version=self.peer.version,
+            machine_key=peer.machine_key,
+            version=peer.version,
             refused=" and refused" if self.refused else "",
         )
         if self.refused:
             self._log.debug(
                 "noise: refusing client {machine_key}: version {version} < {minimum}",
-                machine_key=self.peer.machine_key,
-                version=self.peer.version,
+                machine_key=peer.machine_key,
+                version=peer.version,
                 minimum=self.factory.min_version,
             )
         self.setTimeout(self.factory.handshake_timeout)
-        if self.peer.challenge is not None:
-            self.write(encode_early_payload(self.peer.challenge.public().raw))
+        if peer.challenge is not None:
+            self.write(encode_early_payload(peer.challenge.public().raw))
 
     # Transport side (called by the inner HTTP/2 server).
     def getPeer(self) -> NoiseAddress:
+        assert self.peer is not None  # makeConnection sets it first
         return NoiseAddress(self.peer)
 
     def write(self, data: bytes) -> None:
-        if not data or self._failed:
+        if not data or not self._open:
             return
-        if self._established:
-            # Our own writes must not extend the wait for the client's first record.
+        if self._writes_reset_timeout:
             self.resetTimeout()
         write_through(self.transport, self._encoder.encode(data))
 
@@ -309,33 +354,55 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
 
     # Protocol side (called by the network).
     def dataReceived(self, data: bytes) -> None:
-        if self._failed:
-            return
+        self._machine.data_received(data)
+
+    def timeoutConnection(self) -> None:
+        self._machine.timed_out()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._machine.connection_lost(reason)
+
+    # -- what the machine runs ------------------------------------------------------
+
+    def _decode(self, data: bytes) -> list[bytes]:
+        """The plaintext of the whole records in ``data``; a bad record feeds ``failed`` and gives none."""
         try:
-            chunks = self._decoder.feed(data)
+            return self._decoder.feed(data)
         except FrameError as e:
-            self._fail(str(e))
-            return
-        if not chunks:
-            return
-        if not self._established:
-            self._established = True
-            self.setTimeout(self.factory.idle_timeout)
-        else:
+            self._machine.failed(str(e))
+            return []
+
+    def _first_records(self, data: bytes) -> None:
+        chunks = self._decode(data)
+        if chunks:
+            self._machine.first_records(chunks)
+
+    def _records(self, data: bytes) -> None:
+        # One machine input per read once established: this is every read of a busy connection.
+        chunks = self._decode(data)
+        if chunks:
             self.resetTimeout()
+            self._deliver(chunks)
+
+    def _establish(self) -> None:
+        self._writes_reset_timeout = True
+        self.setTimeout(self.factory.idle_timeout)
+
+    def _deliver(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
-            if self.wrappedProtocol is None or self._failed:
+            if self.wrappedProtocol is None or not self._open:
                 return
             self.wrappedProtocol.dataReceived(chunk)
 
-    def _fail(self, why: str) -> None:
-        """Drop this one connection after a protocol error."""
+    def _close(self, why: str) -> None:
+        """Drop this one connection after a protocol error or a timeout."""
         self._log.debug(
             "noise: closing connection from {machine_key}: {why}",
             machine_key=self.peer.machine_key if self.peer else None,
             why=why,
         )
-        self._failed = True
+        self._open = False
+        self._writes_reset_timeout = False
         self.setTimeout(None)
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
@@ -343,13 +410,66 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
         else:
             self.transport.loseConnection()
 
-    def timeoutConnection(self) -> None:
-        phase = "first record" if not self._established else "traffic"
-        self._fail(f"timed out waiting for {phase}")
-
-    def connectionLost(self, reason) -> None:
+    def _cleanup(self, reason: object) -> None:
+        self._writes_reset_timeout = False
         self.setTimeout(None)
         if self.wrappedProtocol is not None:
             ProtocolWrapper.connectionLost(self, reason)
         else:
             self.factory.unregisterProtocol(self)
+
+
+def _build_machine():
+    builder = TypeMachineBuilder(_Lifecycle, NoiseProtocol)
+    awaiting = builder.state("awaiting_first_record")
+    established = builder.state("established")
+    closing = builder.state("closing")
+    closed = builder.state("closed")
+
+    @awaiting.upon(_Lifecycle.data_received).loop()
+    def _(m: _Lifecycle, core: NoiseProtocol, data: bytes) -> None:
+        core._first_records(data)
+
+    @awaiting.upon(_Lifecycle.first_records).to(established)
+    def _(m: _Lifecycle, core: NoiseProtocol, chunks: list[bytes]) -> None:
+        core._establish()
+        core._deliver(chunks)
+
+    @established.upon(_Lifecycle.data_received).loop()
+    def _(m: _Lifecycle, core: NoiseProtocol, data: bytes) -> None:
+        core._records(data)
+
+    for state in (awaiting, established):
+
+        @state.upon(_Lifecycle.failed).to(closing)
+        def _(m: _Lifecycle, core: NoiseProtocol, why: str) -> None:
+            core._close(why)
+
+    @awaiting.upon(_Lifecycle.timed_out).to(closing)
+    def _(m: _Lifecycle, core: NoiseProtocol) -> None:
+        core._close("timed out waiting for first record")
+
+    @established.upon(_Lifecycle.timed_out).to(closing)
+    def _(m: _Lifecycle, core: NoiseProtocol) -> None:
+        core._close("timed out waiting for traffic")
+
+    for state in (awaiting, established, closing):
+
+        @state.upon(_Lifecycle.connection_lost).to(closed)
+        def _(m: _Lifecycle, core: NoiseProtocol, reason: object) -> None:
+            core._cleanup(reason)
+
+    # Inputs that mean nothing in a state are ignored there.
+    ignored = {
+        established: (_Lifecycle.first_records,),
+        closing: (_Lifecycle.data_received, _Lifecycle.first_records, _Lifecycle.failed, _Lifecycle.timed_out),
+        closed: (_Lifecycle.data_received, _Lifecycle.first_records, _Lifecycle.failed, _Lifecycle.timed_out,
+                 _Lifecycle.connection_lost),
+    }
+    for state, inputs in ignored.items():
+        for inp in inputs:
+            state.upon(inp).loop().returns(None)
+    return builder.build()
+
+
+_machine_factory = _build_machine()

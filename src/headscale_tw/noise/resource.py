@@ -35,8 +35,10 @@ from __future__ import annotations
 import binascii
 from base64 import b64decode
 
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, ITransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import resource
 from twisted.web.server import Site
 
@@ -61,9 +63,11 @@ class _SendAndClose(Protocol):
     transport right after ``makeConnection``, which must not follow a close.
     """
 
+    transport: ITransport  # makeConnection sets it before any other callback
+
     def __init__(self, reactor) -> None:
         self._reactor = reactor
-        self._call = None
+        self._call: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self._call = self._reactor.callLater(0, self._close)
@@ -72,7 +76,7 @@ class _SendAndClose(Protocol):
         self._call = None
         self.transport.loseConnection()
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._call is not None:
             self._call.cancel()
             self._call = None

@@ -28,9 +28,10 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
+from headscale_tw.clock import utc_from_seconds
 from headscale_tw.config.model import OIDCConfig
 from headscale_tw.oidc.refusals import LoginRefused, Reason
 from headscale_tw.policy.model import IDP_GROUP_NAME_MAX
@@ -155,7 +156,7 @@ def _expiry(claims: Mapping[str, Any]) -> datetime | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
-        return datetime.fromtimestamp(value, timezone.utc)
+        return utc_from_seconds(value)
     except (OverflowError, OSError, ValueError):
         raise LoginRefused(Reason.CLAIMS_INVALID, f"claim 'exp' {value!r} is not a time") from None
 

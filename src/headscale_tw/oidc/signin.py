@@ -40,6 +40,7 @@ from twisted.logger import Logger
 
 from headscale_tw.clock import utc_now
 from headscale_tw.control.audit import NO_AUDIT, Actor, AuditLog, Target, acting_as
+from headscale_tw.interfaces import IOIDCLoginStore, IUserStore
 from headscale_tw.oidc.claims import Identity, user_name_for
 from headscale_tw.oidc.client import RelyingParty
 from headscale_tw.oidc.login import LOGIN_LIFETIME, LoginRecord
@@ -98,7 +99,7 @@ class PendingLogins:
         never takes the other's callback).
     """
 
-    def __init__(self, store: Any, limit: int = MAX_PENDING, login_kind: str = "login") -> None:
+    def __init__(self, store: IOIDCLoginStore, limit: int = MAX_PENDING, login_kind: str = "login") -> None:
         self._store = store
         self._limit = limit
         self._login_kind = login_kind
@@ -157,7 +158,7 @@ class SignIn:
 
     log = Logger()
 
-    def __init__(self, relying_party: RelyingParty, users: Any, is_pending: Callable[[str], bool | Awaitable[bool]],
+    def __init__(self, relying_party: RelyingParty, users: IUserStore, is_pending: Callable[[str], bool | Awaitable[bool]],
                  finish_registration: Callable[[str, Any, datetime | None], Awaitable[Any]], clock: IReactorTime,
                  pending: PendingLogins, use_expiry_from_token: bool = False, audit: AuditLog = NO_AUDIT) -> None:
         self.relying_party = relying_party

@@ -32,6 +32,7 @@ from headscale_tw.clock import utc_now
 from headscale_tw.control.audit import NO_AUDIT, Actor, AuditLog, Target
 from headscale_tw.control.ssh_check import NotSourceOwner
 from headscale_tw.errors import Conflict, NotFound
+from headscale_tw.interfaces import IUserStore
 from headscale_tw.oidc.claims import user_name_for
 from headscale_tw.oidc.client import RelyingParty
 from headscale_tw.oidc.refusals import LoginRefused, Reason
@@ -53,7 +54,7 @@ class SSHCheckSignIn:
 
     log = Logger()
 
-    def __init__(self, relying_party: RelyingParty, users: Any, checks: Any, clock: IReactorTime,
+    def __init__(self, relying_party: RelyingParty, users: IUserStore, checks: Any, clock: IReactorTime,
                  pending: PendingLogins, audit: AuditLog = NO_AUDIT) -> None:
         self.relying_party = relying_party
         self.audit = audit

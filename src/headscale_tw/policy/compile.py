@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from .incremental import DependencyMemo, TopologyIndex, grant_keys, idp_group_key
 from .ipset import TAILSCALE_ALL, THE_INTERNET, IPSet, parse_ip_string
+from .ipset import ranges_overlap as _sorted_ranges_overlap
 from .model import (
     ACL,
     ANY_PORTS,
@@ -51,6 +52,7 @@ from .model import (
     Topology,
     User,
 )
+from .offered import OfferedRoutes
 from .parse import parse_policy
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -573,21 +575,6 @@ def _ranges_of(nets: tuple[Network, ...]) -> tuple[tuple[int, int, int], ...]:
     return ranges
 
 
-def _sorted_ranges_overlap(a: Sequence[tuple[int, int, int]], b: Sequence[tuple[int, int, int]]) -> bool:
-    """Whether two sorted lists of disjoint ``(family, low, high)`` ranges share an address."""
-    i = j = 0
-    while i < len(a) and j < len(b):
-        fa, la, ha = a[i]
-        fb, lb, hb = b[j]
-        if (fa, ha) < (fb, lb):
-            i += 1  # a[i] ends before b[j] (and every later b) starts
-        elif (fb, hb) < (fa, la):
-            j += 1
-        else:
-            return True
-    return False
-
-
 #: Rule address strings recur across nodes and compilations; IPSets are immutable.
 _parse_cached = lru_cache(maxsize=1 << 16)(parse_ip_string)
 
@@ -685,7 +672,7 @@ def route_hits(node: Node, matches: Sequence[Match]) -> Optional[list[tuple[bool
 def _viewer_masks(node: Node, matches: Sequence[Match], node_set: IPSet) -> tuple[int, int]:
     """
     Bit ``i`` of the first mask: match ``i``'s sources overlap ``node`` or its subnet routes;
-    of the second: its destinations do. With :func:`_route_masks` this is
+    of the second: its destinations do. With :func:`~headscale_tw.policy.offered.route_masks` this is
     :func:`can_access_route` as two ANDs per route.
     """
     hits = route_hits(node, matches)
@@ -696,37 +683,6 @@ def _viewer_masks(node: Node, matches: Sequence[Match], node_set: IPSet) -> tupl
         if m.dsts.overlaps(node_set) or (hits is not None and hits[i][1]):
             dst_side |= 1 << i
     return src_side, dst_side
-
-
-@dataclass(frozen=True)
-class _OfferedRoute:
-    """A route a peer offers, its text, and which rules' destinations and sources overlap it (bit masks)."""
-
-    route: Network
-    text: str
-    dsts_hit: int
-    srcs_hit: int
-
-
-def _route_masks(routes: Sequence[Network], matches: Sequence[Match]) -> tuple[tuple[int, int], ...]:
-    """For each route: (matches whose destinations overlap it, matches whose sources do) as bit masks.
-
-    Each route's bounds are computed once and each rule's ranges read once (the
-    same test as ``IPSet.overlaps_network``, which converts the route again per
-    call): a router may offer 1,024 routes.
-    """
-    rules = [(1 << i, m.dsts.ranges(), m.srcs.ranges()) for i, m in enumerate(matches)]
-    out = []
-    for r in routes:
-        fam, lo, hi = r.version, int(r.network_address), int(r.broadcast_address)
-        dsts_hit = srcs_hit = 0
-        for bit, dsts, srcs in rules:
-            if any(f == fam and a <= hi and b >= lo for f, a, b in dsts):
-                dsts_hit |= bit
-            if any(f == fam and a <= hi and b >= lo for f, a, b in srcs):
-                srcs_hit |= bit
-        out.append((dsts_hit, srcs_hit))
-    return tuple(out)
 
 
 def can_access_route(node: Node, matches: Sequence[Match], route: Network, node_set: IPSet,
@@ -846,7 +802,8 @@ class CompiledPolicy:
     """A policy resolved against one topology; per-node views are memoised."""
 
     def __init__(self, engine: PolicyEngine, topology: Topology, index: Optional[TopologyIndex] = None,
-                 memo: Optional[DependencyMemo] = None, grant_compiler=None) -> None:
+                 memo: Optional[DependencyMemo] = None, grant_compiler=None,
+                 offered: Optional[OfferedRoutes] = None) -> None:
         self.engine = engine
         self.policy = engine.policy
         self.topology = topology
@@ -854,8 +811,8 @@ class CompiledPolicy:
         self._unreduced: dict[int, list[FilterRule]] = {}
         self._matches: dict[int, list[Match]] = {}
         self._filters: dict[int, list[FilterRule]] = {}
-        # peer id -> (peer, matches, its offered routes with masks): see _offered_routes
-        self._route_masks: dict[int, tuple[Node, Sequence[Match], tuple[_OfferedRoute, ...]]] = {}
+        #: Each router's offered routes with their rule masks (an incremental compiler's carries over).
+        self.offered = offered if offered is not None else OfferedRoutes()
         self.allow_all = self.policy is None
         self.grants: list[_CompiledGrant] = []
         grants = engine.grant_list()
@@ -962,18 +919,21 @@ class CompiledPolicy:
         """The routes of ``peer`` that ``viewer`` gets in the peer's AllowedIPs."""
         return [r for r, _ in self.route_texts_for_peer(viewer, peer, matches, viewer_set)]
 
-    def route_view_key(self, viewer: Node, matches: Sequence[Match], viewer_set: IPSet) -> Optional[tuple[int, int]]:
+    def route_view_key(self, viewer: Node, matches: Sequence[Match], viewer_set: IPSet) -> Optional[tuple]:
         """What decides which of any peer's routes ``viewer`` gets from :meth:`route_texts_for_peer`.
 
         The bit masks of the rules whose sources, and whose destinations,
-        overlap the viewer: viewers with equal keys get the same routes of
-        every peer, so a view builder can compute a router's entry once per
-        key instead of once per viewer. None when more than that decides
-        (``via`` grants, or a viewer that serves subnet routes itself).
+        overlap the viewer, and for a viewer serving subnet routes itself
+        those routes (an HA secondary is shown who is primary for them):
+        viewers with equal keys get the same routes of every peer, so a view
+        builder can compute a router's entry once per key instead of once per
+        viewer. None when more than that decides (``via`` grants).
         """
-        if self._via_grants is not None or viewer.subnet_route_set:
+        if self._via_grants is not None:
             return None
-        return _viewer_masks(viewer, matches, viewer_set)
+        masks = _viewer_masks(viewer, matches, viewer_set)
+        subnets = viewer.subnet_route_set
+        return masks if not subnets else masks + (subnets,)
 
     def route_texts_for_peer(self, viewer: Node, peer: Node, matches: Sequence[Match],
                              viewer_set: IPSet) -> list[tuple[Network, str]]:
@@ -981,12 +941,12 @@ class CompiledPolicy:
 
         A router may serve many prefixes and this runs for each viewer of it:
         the per-route work (overlap with each rule, text form) is done once
-        per peer (:meth:`_offered_routes`), and a viewer without ``via``
+        per peer (:class:`~headscale_tw.policy.offered.OfferedRoutes`), and a viewer without ``via``
         grants or routes of its own costs two integer ANDs per route.
         """
         include, exclude, use_primary = self.via_routes_for_peer(viewer, peer, viewer_set)
         reduced: list[tuple[Network, str]] = []
-        offered = self._offered_routes(peer, matches)
+        offered = self.offered.get(peer, matches)
         if offered:
             src_side, dst_side = _viewer_masks(viewer, matches, viewer_set)
             reduced = [(o.route, o.text) for o in offered if src_side & o.dsts_hit or dst_side & o.srcs_hit]
@@ -1012,19 +972,9 @@ class CompiledPolicy:
                 kept.add(r)
         return reduced
 
-    def _offered_routes(self, peer: Node, matches: Sequence[Match]) -> "tuple[_OfferedRoute, ...]":
-        """``peer``'s primary and exit routes with their rule masks, kept while ``peer`` and ``matches`` stay."""
-        entry = self._route_masks.get(peer.id)
-        if entry is None or entry[0] is not peer or entry[1] is not matches:
-            routes = peer.primary_routes + peer.exit_routes
-            text = peer.route_text
-            offered = tuple(
-                _OfferedRoute(r, text.get(r) or str(r), dsts_hit, srcs_hit)
-                for r, (dsts_hit, srcs_hit) in zip(routes, _route_masks(routes, matches))
-            )
-            entry = (peer, matches, offered)
-            self._route_masks[peer.id] = entry
-        return entry[2]
+    def offered_routes(self, peer: Node, matches: Sequence[Match]) -> tuple:
+        """``peer``'s primary and exit routes with their rule masks (the same tuple while they hold)."""
+        return self.offered.get(peer, matches)
 
     def via_routes_for_peer(self, viewer: Node, peer: Node, viewer_set: IPSet
                             ) -> tuple[list[Network], list[Network], list[Network]]:
@@ -1077,8 +1027,9 @@ class CompiledPolicy:
 
     def self_allowed_ips(self, node: Node) -> list[str]:
         """The node's own AllowedIPs: addresses plus every route it serves."""
+        text = node.route_text  # each route's text made once per node, shared with its peers' views
         return self._visible_prefixes(node, node) + [
-            str(r) for r in node.subnet_routes + node.exit_routes
+            text.get(r) or str(r) for r in node.subnet_routes + node.exit_routes
         ]
 
     # route approval ----------------------------------------------------------

@@ -35,6 +35,7 @@ from collections.abc import Hashable, Iterable
 from typing import Any, Callable, Optional
 
 from .model import IDP_GROUP_PREFIX, Node, Topology, User
+from .offered import OfferedRoutes
 
 __all__ = ["TopologyIndex", "DependencyMemo", "IncrementalCompiler", "idp_group_key", "idp_group_changes"]
 
@@ -204,6 +205,8 @@ class IncrementalCompiler:
         self.users: tuple[User, ...] = tuple(users)
         self.index = TopologyIndex(nodes)
         self.memo = DependencyMemo()
+        #: Routers' route masks, carried from one compilation to the next while they hold.
+        self.offered = OfferedRoutes()
         self._sorted = False
         self._max_id = -1
         self._order: tuple[Node, ...] = ()
@@ -250,6 +253,7 @@ class IncrementalCompiler:
     def remove(self, node_id: int) -> None:
         """Remove a node (no-op when unknown)."""
         keys = self.index.remove(node_id)
+        self.offered.forget(node_id)
         if keys:
             self.memo.changed(keys)
             self._changed_keys |= keys
@@ -275,7 +279,7 @@ class IncrementalCompiler:
 
         self.compiles += 1
         cp = CompiledPolicy(self.engine, self.topology(), index=self.index, memo=self.memo,
-                            grant_compiler=self._compile_grants)
+                            grant_compiler=self._compile_grants, offered=self.offered)
         self._changed_keys = set()
         return cp
 

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 __all__ = [
     "IPSet",
+    "ranges_overlap",
+    "ranges_xor",
     "parse_ip_string",
     "parse_prefix",
     "TAILSCALE_ALL",
     "THE_INTERNET",
-    "CGNAT",
-    "TS_ULA",
 ]
 
 import ipaddress
 from functools import lru_cache
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator, Sequence, Union
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -194,6 +194,49 @@ def _range_networks(fam: int, lo: int, hi: int) -> tuple[Network, ...]:
     return tuple(ipaddress.summarize_address_range(_addr(fam, lo), _addr(fam, hi)))
 
 
+def ranges_xor(a: Sequence[Range], b: Sequence[Range]) -> list[Range]:
+    """The ranges covered by exactly one of two normalised (sorted, disjoint) range lists, sorted and merged.
+
+    One sort of the bounds: linear in the ranges apart from it (``IPSet.__sub__`` is quadratic).
+    """
+    if a == b:
+        return []
+    bounds = sorted({(f, lo) for f, lo, _ in a} | {(f, lo) for f, lo, _ in b}
+                    | {(f, hi + 1) for f, _, hi in a} | {(f, hi + 1) for f, _, hi in b})
+    out: list[Range] = []
+    ia = ib = 0
+    for (fam, start), (other, end) in zip(bounds, bounds[1:]):
+        if fam != other:
+            continue
+        while ia < len(a) and (a[ia][0], a[ia][2]) < (fam, start):
+            ia += 1
+        while ib < len(b) and (b[ib][0], b[ib][2]) < (fam, start):
+            ib += 1
+        in_a = ia < len(a) and a[ia][0] == fam and a[ia][1] <= start
+        in_b = ib < len(b) and b[ib][0] == fam and b[ib][1] <= start
+        if in_a != in_b:
+            if out and out[-1][0] == fam and out[-1][2] + 1 == start:
+                out[-1] = (fam, out[-1][1], end - 1)
+            else:
+                out.append((fam, start, end - 1))
+    return out
+
+
+def ranges_overlap(x: Sequence[Range], y: Sequence[Range]) -> bool:
+    """Whether two sorted lists of disjoint ``(family, low, high)`` ranges share an address (one merge pass)."""
+    i = j = 0
+    while i < len(x) and j < len(y):
+        fx, lx, hx = x[i]
+        fy, ly, hy = y[j]
+        if (fx, hx) < (fy, ly):
+            i += 1
+        elif (fy, hy) < (fx, lx):
+            j += 1
+        else:
+            return True
+    return False
+
+
 def _normalise(ranges: Iterable[Range]) -> tuple[Range, ...]:
     items = sorted(ranges)
     out: list[Range] = []
@@ -231,9 +274,6 @@ def _nets(*texts: str) -> IPSet:
     return IPSet.from_networks(ipaddress.ip_network(t) for t in texts)
 
 
-CGNAT = ipaddress.ip_network("100.64.0.0/10")
-TS_ULA = ipaddress.ip_network("fd7a:115c:a1e0::/48")
-
 #: What ``*`` means as a source: the Tailscale address space.
 TAILSCALE_ALL = _nets("100.64.0.0/10", "fd7a:115c:a1e0::/48") - _nets("100.115.92.0/23")
 
@@ -248,6 +288,3 @@ THE_INTERNET = _nets("0.0.0.0/0", "2000::/3") - _nets(
     "fe80::/10",
     "169.254.0.0/16",
 )
-
-ALL_V4 = ipaddress.ip_network("0.0.0.0/0")
-ALL_V6 = ipaddress.ip_network("::/0")

@@ -39,11 +39,12 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
+
+from headscale_tw.storage.models import Change
 
 __all__ = [
     "CHANNEL",
@@ -59,15 +60,6 @@ __all__ = [
 
 CHANNEL = "headscale_changes"
 KINDS = frozenset({"node", "user", "policy", "auth", "online", "offline"})
-
-
-@attrs.frozen
-class Change:
-    """One notification: which instance wrote, what kind of row, which id."""
-
-    instance: str
-    kind: str
-    ident: int
 
 
 def new_instance_id() -> str:

@@ -31,7 +31,7 @@ import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
@@ -40,8 +40,23 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from headscale_tw.clock import as_utc
 from headscale_tw.counters import Histogram
-from headscale_tw.interfaces import IDatabase
+from headscale_tw.interfaces import (
+    IAcmeStore,
+    IApiKeyStore,
+    IAuditEventStore,
+    IAuthRequestStore,
+    IDatabase,
+    IInstanceStore,
+    ILeaseStore,
+    INodeStore,
+    IOIDCLoginStore,
+    IPolicyStore,
+    IPreAuthKeyStore,
+    IServerStateStore,
+    IUserStore,
+)
 
 __all__ = [
     "DatabasePool",
@@ -101,9 +116,7 @@ def to_datetime(value: Any) -> datetime | None:
         return None
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    return as_utc(value)
 
 
 def to_bytes(value: Any) -> bytes | None:
@@ -113,11 +126,19 @@ def to_bytes(value: Any) -> bytes | None:
     return bytes(value)
 
 
-def _utc(value: datetime) -> datetime:
-    # Naive datetimes are taken to be UTC already: every clock in this project is UTC.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+def required_datetime(value: Any) -> datetime:
+    """:func:`to_datetime` for a ``NOT NULL`` column: a ``NULL`` there raises ``ValueError``."""
+    result = to_datetime(value)
+    if result is None:
+        raise ValueError("a NOT NULL timestamp column held NULL")
+    return result
+
+
+def required_bytes(value: Any) -> bytes:
+    """:func:`to_bytes` for a ``NOT NULL`` column: a ``NULL`` there raises ``ValueError``."""
+    if value is None:
+        raise ValueError("a NOT NULL blob column held NULL")
+    return bytes(value)
 
 
 class Engine:
@@ -152,7 +173,7 @@ class SqliteEngine(Engine):
 
     def adapt(self, value: Any) -> Any:
         if isinstance(value, datetime):
-            return _utc(value).strftime(_SQLITE_TIME_FORMAT)
+            return as_utc(value).strftime(_SQLITE_TIME_FORMAT)
         return value
 
     def begin(self, cursor: Any) -> None:
@@ -188,7 +209,7 @@ class PostgresEngine(Engine):
 
     def adapt(self, value: Any) -> Any:
         if isinstance(value, datetime):
-            return _utc(value)
+            return as_utc(value)
         return value
 
     def classify(self, error: Exception) -> IntegrityViolation | None:
@@ -251,6 +272,19 @@ class Txn:
         """Run a ``SELECT`` and return its first row, or ``None``."""
         self.execute(sql, args)
         return self._cursor.fetchone()
+
+    def query_row(self, sql: str, args: tuple | list = ()) -> tuple:
+        """Run a statement that always yields a row (an aggregate, a row this transaction
+        wrote, ``INSERT ... RETURNING``) and return that row; none raises ``LookupError``."""
+        self.execute(sql, args)
+        return self.fetch_row()
+
+    def fetch_row(self) -> tuple:
+        """The next row of the last query, which must have one (else ``LookupError``)."""
+        row = self._cursor.fetchone()
+        if row is None:
+            raise LookupError("the statement returned no row")
+        return row
 
     @property
     def rowcount(self) -> int:
@@ -456,7 +490,7 @@ def check_sqlite_file(path: str) -> bool:
     A missing file is fine when its folder exists (or could be created) and is
     writable. Nothing is created.
 
-    @raises DatabaseFileError: the path is a folder, or the file could not be created.
+    :raises DatabaseFileError: the path is a folder, or the file could not be created.
     """
     real = _sqlite_file_path(path)
     if real is None:
@@ -493,7 +527,7 @@ def prepare_sqlite_file(path: str) -> None:
     files the database file's mode); an existing file, ``-wal`` or ``-shm``
     readable by others (as older versions created them) is narrowed to 0600.
 
-    @raises DatabaseFileError: the path is a folder, or the folder or file cannot be created.
+    :raises DatabaseFileError: the path is a folder, or the folder or file cannot be created.
     """
     real = _sqlite_file_path(path)
     if real is None:
@@ -627,18 +661,18 @@ class Database:
 
         self.pool = pool
         self.engine = pool.engine.name
-        self.users = UserStore(pool, reactor)
-        self.nodes = NodeStore(pool, reactor)
-        self.preauthkeys = PreAuthKeyStore(pool, reactor)
-        self.apikeys = ApiKeyStore(pool, reactor)
-        self.policies = PolicyStore(pool, reactor)
-        self.server_state = ServerStateStore(pool, reactor)
-        self.auth_requests = AuthRequestStore(pool, reactor)
-        self.leases = LeaseStore(pool, reactor)
-        self.instances = InstanceStore(pool, reactor)
-        self.acme = AcmeStore(pool, reactor)
-        self.oidc_logins = OIDCLoginStore(pool, reactor)
-        self.audit = AuditEventStore(pool, reactor)
+        self.users: IUserStore = UserStore(pool, reactor)
+        self.nodes: INodeStore = NodeStore(pool, reactor)
+        self.preauthkeys: IPreAuthKeyStore = PreAuthKeyStore(pool, reactor)
+        self.apikeys: IApiKeyStore = ApiKeyStore(pool, reactor)
+        self.policies: IPolicyStore = PolicyStore(pool, reactor)
+        self.server_state: IServerStateStore = ServerStateStore(pool, reactor)
+        self.auth_requests: IAuthRequestStore = AuthRequestStore(pool, reactor)
+        self.leases: ILeaseStore = LeaseStore(pool, reactor)
+        self.instances: IInstanceStore = InstanceStore(pool, reactor)
+        self.acme: IAcmeStore = AcmeStore(pool, reactor)
+        self.oidc_logins: IOIDCLoginStore = OIDCLoginStore(pool, reactor)
+        self.audit: IAuditEventStore = AuditEventStore(pool, reactor)
 
     async def close(self) -> None:
         """Finish in-flight work and close every connection."""

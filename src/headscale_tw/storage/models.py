@@ -9,12 +9,14 @@ their Tailscale text form (``mkey:<hex>``, ``nodekey:<hex>``, ``discokey:<hex>``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import attrs
 
 __all__ = ["User", "Node", "PreAuthKey", "ApiKey", "PolicyRecord", "AuthRequest", "AUTH_KINDS", "AUTH_STATES",
-           "OIDCLogin", "OIDC_LOGIN_KINDS", "AuditEvent"]
+           "OIDCLogin", "OIDC_LOGIN_KINDS", "AuditEvent", "MAX_AUDIT_PAGE", "Lease", "Instance",
+           "Change"]
 
 
 @attrs.frozen
@@ -197,3 +199,45 @@ class AuditEvent:
     detail: dict = attrs.field(factory=dict, hash=False)
     instance: str = ""
     id: int | None = None
+
+
+#: The most audit rows one read returns.
+MAX_AUDIT_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One tenure of a named lease."""
+
+    name: str
+    holder: str
+    token: int
+    acquired_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance's row: who it is, what it runs, and until when it counts as live."""
+
+    id: str
+    started_at: datetime
+    heartbeat_at: datetime
+    expires_at: datetime
+    software_version: str = ""
+    schema_version: int = 0
+    server_url: str = ""
+    derp_url: str = ""
+
+    def live(self, now: datetime) -> bool:
+        """Whether the heartbeat has not run out at ``now``."""
+        return self.expires_at > now
+
+
+@attrs.frozen
+class Change:
+    """One notification: which instance wrote, what kind of row, which id."""
+
+    instance: str
+    kind: str
+    ident: int

@@ -144,8 +144,8 @@ def judge_schema_state(version: int | None, tables: set[str], code_version: int 
     Shared by start-up (:func:`prepare_database`) and the read-only check of
     ``headscale configtest`` (:func:`read_schema_version`).
 
-    @raises PrepareError: tables but no ``schema_version``: not a headscale-tw database.
-    @raises DatabaseTooNew: written by newer code.
+    :raises PrepareError: tables but no ``schema_version``: not a headscale-tw database.
+    :raises DatabaseTooNew: written by newer code.
     """
     if version is None:
         if tables:
@@ -170,9 +170,9 @@ def read_schema_version(db_config: Any) -> int | None:
     :func:`~headscale_tw.storage.database.read_only_txn` (a missing SQLite file
     gives None: start-up would create it).
 
-    @raises DatabaseFileError: the SQLite path cannot hold a database.
-    @raises PrepareError, DatabaseTooNew: as :func:`judge_schema_state`.
-    @raises sqlite3.Error, psycopg2.Error: the database cannot be reached or read.
+    :raises DatabaseFileError: the SQLite path cannot hold a database.
+    :raises PrepareError, DatabaseTooNew: as :func:`judge_schema_state`.
+    :raises sqlite3.Error, psycopg2.Error: the database cannot be reached or read.
     """
     from headscale_tw.storage.database import check_sqlite_file, read_only_txn
 
@@ -249,7 +249,10 @@ async def prepare_database(
         if created:
             log.info("Created a fresh {engine} database at schema version {version}", engine=engine, version=version)
         else:
-            version, tables = await pool.run_interaction("read_schema_state", _read_state_txn)
+            # Another server created it meanwhile: judge what it wrote like any existing schema.
+            version = await pool.run_interaction("read_schema_state", _judged_state_txn, schema_version)
+            if version is None:
+                raise PrepareError("another server began creating the schema but no schema version is recorded")
             fresh = False
     if version > schema_version:
         raise DatabaseTooNew(version, schema_version)

@@ -33,6 +33,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from headscale_tw.hostport import parse_hostport
+
 __all__ = ["DevTools", "drive", "main"]
 
 _MAX_MESSAGE = 32 * 1024 * 1024
@@ -64,7 +66,7 @@ class DevTools:
     def __init__(self, ws_url: str, timeout: float) -> None:
         rest = ws_url.split("://", 1)[1]
         hostport, path = rest.split("/", 1)
-        host, port = hostport.rsplit(":", 1)
+        host, port = parse_hostport(hostport)
         self._sock = socket.create_connection((host, int(port)), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode("ascii")
         self._sock.sendall((f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\n"

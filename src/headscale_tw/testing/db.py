@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -101,7 +101,7 @@ class ThreadlessReactor(Clock):
         self._triggers.pop(trigger_id, None)
 
 
-def resolve(awaitable: Awaitable[T] | Deferred) -> T:
+def resolve(awaitable: Coroutine[Any, Any, T] | Deferred[T]) -> T:
     """Run a coroutine (or Deferred) that finishes without waiting, and return its result.
 
     Raises what it raised; ``AssertionError`` if it is still waiting (something in it
@@ -136,7 +136,8 @@ def _admin_connection(testcase: Any) -> Any:
 
     dsn = postgres_dsn()
     try:
-        conn = psycopg2.connect(**{**dsn, "dbname": dsn.get("dbname", "postgres"), "connect_timeout": 5})
+        params: dict[str, Any] = {**dsn, "dbname": dsn.get("dbname", "postgres"), "connect_timeout": 5}
+        conn = psycopg2.connect(**params)
     except psycopg2.OperationalError as e:
         testcase.fail(
             "PostgreSQL tests need a server: could not connect with HEADSCALE_TEST_PG_DSN="

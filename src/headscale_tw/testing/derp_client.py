@@ -70,10 +70,6 @@ class RecordingDERPClient(DERPClientProtocol):
         if self.record:
             self.events.append(event)
 
-    def events_of(self, kind: type) -> list[Any]:
-        """The recorded events of one type."""
-        return [e for e in self.events if isinstance(e, kind)]
-
     def connectionLost(self, reason=None) -> None:
         self.lost_reason = reason
         if not self.lost.called:

@@ -133,6 +133,8 @@ class NetmapApplier:
     def check(self) -> None:
         """The invariants a client relies on."""
         node = self.node
+        if node is None:
+            raise ProtocolViolation("no map with the self node has arrived")
         for key in ("ID", "StableID", "Name", "Key", "Addresses"):
             if not node.get(key):
                 raise ProtocolViolation(f"self node lacks {key}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from base64 import b64encode
+from collections.abc import Callable, Sequence
 
 import attrs
 import h2.config
@@ -29,7 +30,8 @@ import h2.connection
 import h2.events
 import h2.settings
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import ITCPTransport, ITransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from headscale_tw.keys import MachinePrivate, MachinePublic
@@ -81,6 +83,8 @@ def _split_head(buffer: bytes) -> tuple[int, dict[bytes, bytes], bytes] | None:
 class KeyClient(Protocol):
     """One ``GET /key?v=N`` over HTTP/1.1; ``result`` fires with the server's MachinePublic."""
 
+    transport: ITransport  # makeConnection sets it before any other callback
+
     def __init__(self, version: int = DEFAULT_VERSION, host: bytes = b"127.0.0.1") -> None:
         self.version = version
         self.host = host
@@ -96,7 +100,7 @@ class KeyClient(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.result.called:
             return
         try:
@@ -125,6 +129,8 @@ class NoiseClient(Protocol):
     ends. ``early`` holds the early payload JSON, if the server sent one.
     """
 
+    transport: ITCPTransport  # makeConnection sets it before any other callback
+
     def __init__(
         self,
         server_public: MachinePublic,
@@ -146,7 +152,7 @@ class NoiseClient(Protocol):
         self._encoder: RecordEncoder | None = None
         self._early = EarlyPayloadReader()
         self._h2: h2.connection.H2Connection | None = None
-        self._streams: dict[int, tuple[H2Response, Deferred, object]] = {}
+        self._streams: dict[int, tuple[H2Response, Deferred, Callable[[bytes], object] | None]] = {}
         self.error: BaseException | None = None
         self._pending: dict[int, bytes] = {}
 
@@ -213,15 +219,22 @@ class NoiseClient(Protocol):
             self._flush()
             self.ready.callback(self)
         if self._state == "open" and self._buffer:
+            assert self._decoder is not None  # set before the state became "open"
             records, self._buffer = self._buffer, b""
             for chunk in self._decoder.feed(records):
                 h2_bytes = self._early.feed(chunk)
                 if h2_bytes:
                     self._h2_received(h2_bytes)
 
+    def _open_h2(self) -> h2.connection.H2Connection:
+        if self._h2 is None:
+            raise RuntimeError("NoiseClient is not ready")
+        return self._h2
+
     def _h2_received(self, data: bytes) -> None:
-        for event in self._h2.receive_data(data):
-            entry = self._streams.get(getattr(event, "stream_id", None))
+        connection = self._open_h2()
+        for event in connection.receive_data(data):
+            entry = self._streams.get(getattr(event, "stream_id", -1))
             if isinstance(event, h2.events.ResponseReceived) and entry:
                 for name, value in event.headers:
                     if name == b":status":
@@ -229,7 +242,7 @@ class NoiseClient(Protocol):
                     else:
                         entry[0].headers[name] = value
             elif isinstance(event, h2.events.DataReceived) and entry:
-                self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 if entry[2] is not None:
                     entry[2](event.data)
                 entry[0].body += event.data
@@ -246,18 +259,17 @@ class NoiseClient(Protocol):
 
     def _send_bodies(self) -> None:
         """Send queued request bodies as far as the server's flow-control windows allow."""
+        connection = self._open_h2()
         for stream_id, body in list(self._pending.items()):
             if stream_id not in self._streams:
                 del self._pending[stream_id]
                 continue
             while body:
-                size = min(
-                    self._h2.local_flow_control_window(stream_id), self._h2.max_outbound_frame_size
-                )
+                size = min(connection.local_flow_control_window(stream_id), connection.max_outbound_frame_size)
                 if size <= 0:
                     break
                 chunk, body = body[:size], body[size:]
-                self._h2.send_data(stream_id, chunk, end_stream=not body)
+                connection.send_data(stream_id, chunk, end_stream=not body)
             if body:
                 self._pending[stream_id] = body
             else:
@@ -276,7 +288,7 @@ class NoiseClient(Protocol):
         method: bytes,
         path: bytes,
         body: bytes = b"",
-        headers: list[tuple[bytes, bytes]] = (),
+        headers: Sequence[tuple[bytes, bytes]] = (),
         on_data=None,
     ) -> Deferred[H2Response]:
         """
@@ -287,7 +299,8 @@ class NoiseClient(Protocol):
         """
         if self._state != "open":
             raise RuntimeError("NoiseClient is not ready")
-        stream_id = self._h2.get_next_available_stream_id()
+        connection = self._open_h2()
+        stream_id = connection.get_next_available_stream_id()
         all_headers = [
             (b":method", method),
             (b":scheme", b"https"),
@@ -299,7 +312,7 @@ class NoiseClient(Protocol):
             all_headers.append((b"content-length", b"%d" % len(body)))
         d: Deferred[H2Response] = Deferred()
         self._streams[stream_id] = (H2Response(), d, on_data)
-        self._h2.send_headers(stream_id, all_headers, end_stream=not body)
+        connection.send_headers(stream_id, all_headers, end_stream=not body)
         if body:
             self._pending[stream_id] = body
             self._send_bodies()
@@ -321,7 +334,7 @@ class NoiseClient(Protocol):
             self.ready.errback(Failure(error))
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._state == "refused" and not self.ready.called:
             self.ready.errback(Failure(UpgradeFailed(self._refused_status, self._buffer)))
         elif not self.ready.called:

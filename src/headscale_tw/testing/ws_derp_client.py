@@ -17,7 +17,7 @@ import os
 from typing import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 
 from headscale_tw.derp import _websocket as ws
@@ -54,6 +54,7 @@ class WebSocketDERPClient(Protocol):
     """
 
     _MAX_HEAD = 8192
+    transport: ITransport  # makeConnection sets it before any other callback
 
     def __init__(
         self,

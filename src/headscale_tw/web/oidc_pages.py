@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import urlencode
 
@@ -71,9 +71,9 @@ def _refusal_page(request: Request, refusal: LoginRefused) -> bytes:
     return _page(request, refusal.reason.status, title, f"<p>{html.escape(refusal.reason.message)}</p>")
 
 
-def _respond(request: Request, work: Callable[[], Awaitable[bytes]]) -> object:
+def _respond(request: Request, work: Callable[[], Coroutine[Any, Any, bytes]]) -> object:
     """Run ``work`` and write its page; refusals and failures become pages too."""
-    finished = []
+    finished: list[object] = []
     request.notifyFinish().addBoth(finished.append)
 
     def write(body: bytes) -> None:
@@ -82,7 +82,7 @@ def _respond(request: Request, work: Callable[[], Awaitable[bytes]]) -> object:
             request.finish()
 
     def failed(failure: Failure) -> None:
-        if failure.check(LoginRefused):
+        if isinstance(failure.value, LoginRefused):
             write(_refusal_page(request, failure.value))
             return
         log.failure("OIDC sign-in page failed", failure)
@@ -115,7 +115,7 @@ class OIDCRegisterPage(Resource):
         self._proxies = proxies
 
     def _auth_id(self, request: Request, prefix: tuple[bytes, ...] = ()) -> str | None:
-        parts = [p for p in request.postpath if p]
+        parts = [p for p in request.postpath or () if p]
         if tuple(parts[:len(prefix)]) != prefix or len(parts) != len(prefix) + 1:
             return None
         auth_id = parts[-1].decode("ascii", "replace")
@@ -220,7 +220,7 @@ class OIDCCheckPage(Resource):
 
     def render_GET(self, request: Request) -> object:
         """Redirect to the provider for a pending SSH check."""
-        parts = [p for p in request.postpath if p]
+        parts = [p for p in request.postpath or () if p]
         auth_id = parts[0].decode("ascii", "replace") if len(parts) == 1 else ""
         if not _AUTH_ID.match(auth_id):
             return _refusal_page(request, LoginRefused(Reason.CHECK_UNKNOWN, "malformed SSH check path"))

@@ -18,6 +18,8 @@ uses, and tests/web/test_upgrade.py covers the behaviour.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from twisted.internet.interfaces import IProtocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.server import NOT_DONE_YET
@@ -35,7 +37,7 @@ def switch_protocols(
     request,
     protocol: IProtocol,
     upgrade: bytes,
-    extra_headers: list[tuple[bytes, bytes]] = (),
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
     first_bytes: bytes = b"",
     send_head: bool = True,
 ) -> None:

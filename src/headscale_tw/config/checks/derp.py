@@ -46,6 +46,12 @@ def check(c: Config, report: Report) -> Config:
             problem = check_url(url)
             if problem:
                 report.problem(f"{key}[{i}]", problem)
+    if d.server.advertise_url is not None:
+        problem = check_url(d.server.advertise_url)
+        if problem:
+            report.problem("derp.server.advertise_url", problem)
+        elif not d.server.enabled:
+            report.problem("derp.server.advertise_url", "is only used when derp.server.enabled is true")
     if d.server.mesh_peers and not d.server.mesh_key_path:
         report.problem("derp.server.mesh_peers",
                        "needs derp.server.mesh_key_path (the key every instance of the mesh shares)")

@@ -36,7 +36,7 @@ def check(c: Config, report: Report) -> Config:
             continue
         if str(net) != text:
             report.warn(f"{key}: {_q(text)} has host bits set; using {_q(str(net))}")
-        if not net.subnet_of(standard):  # type: ignore[arg-type]
+        if not net.subnet_of(standard):  # type: ignore[arg-type]  # same version: isinstance checked above
             report.warn(f"{key}: {_q(str(net))} is outside the Tailscale range {standard}; Tailscale clients "
                         f"assume addresses from that range, so this is unsupported and will misbehave")
         found[family] = str(net)

@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from headscale_tw.clock import utc_now
-from headscale_tw.storage.database import DatabasePool, to_bytes, to_datetime
+from headscale_tw.storage.database import DatabasePool, required_bytes, required_datetime, to_bytes, to_datetime
 
-__all__ = ["StoreBase", "to_datetime", "to_bytes", "to_bool", "json_list", "json_dict", "dump_json"]
+__all__ = ["StoreBase", "to_datetime", "to_bytes", "required_datetime", "required_bytes", "to_bool", "json_list", "json_dict", "dump_json"]
 
 
 def to_bool(value: Any) -> bool:

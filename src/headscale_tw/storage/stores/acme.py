@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from headscale_tw.interfaces import IAcmeStore
 from headscale_tw.storage.database import Txn
-from headscale_tw.storage.stores._common import StoreBase, to_datetime
+from headscale_tw.storage.stores._common import StoreBase, required_datetime
 from headscale_tw.storage.stores.leases import Lease, holds_lease_txn
 
 __all__ = ["AcmeStore", "StoredCertificate", "StoredChallenge", "HTTP01", "TLS_ALPN01", "MAX_CHALLENGES"]
@@ -61,7 +61,7 @@ class StoredChallenge:
 def _account_key_txn(txn: Txn, directory_url: str, key_pem: str, now: datetime) -> str:
     txn.execute("INSERT INTO acme_accounts (directory_url, key_pem, created_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (directory_url) DO NOTHING", (directory_url, key_pem, now))
-    return txn.query_one("SELECT key_pem FROM acme_accounts WHERE directory_url = ?", (directory_url,))[0]
+    return txn.query_row("SELECT key_pem FROM acme_accounts WHERE directory_url = ?", (directory_url,))[0]
 
 
 def _get_account_key_txn(txn: Txn, directory_url: str) -> str | None:
@@ -76,7 +76,7 @@ def _certificate_txn(txn: Txn, hostname: str) -> StoredCertificate | None:
         return None
     chain, key, serial, token, updated = row
     return StoredCertificate(hostname=hostname, chain_pem=chain.encode("ascii"), key_pem=key.encode("ascii"),
-                             serial=int(serial), lease_token=int(token), updated_at=to_datetime(updated))
+                             serial=int(serial), lease_token=int(token), updated_at=required_datetime(updated))
 
 
 def _serial_txn(txn: Txn, hostname: str) -> int | None:
@@ -116,7 +116,7 @@ def _remove_challenges_txn(txn: Txn, keys: list[tuple[str, str]]) -> None:
 def _poll_txn(txn: Txn, hostname: str, now: datetime) -> tuple[int | None, list[StoredChallenge]]:
     rows = txn.query("SELECT kind, name, value, key_pem, expires_at FROM acme_challenges WHERE expires_at > ? "
                      "ORDER BY expires_at DESC LIMIT ?", (now, MAX_CHALLENGES))
-    challenges = [StoredChallenge(kind, name, value, key_pem, to_datetime(expires)) for kind, name, value, key_pem,
+    challenges = [StoredChallenge(kind, name, value, key_pem, required_datetime(expires)) for kind, name, value, key_pem,
                   expires in rows]
     return _serial_txn(txn, hostname), challenges
 

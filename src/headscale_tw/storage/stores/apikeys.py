@@ -11,7 +11,7 @@ from headscale_tw.errors import AlreadyExists, NotFound
 from headscale_tw.interfaces import IApiKeyStore
 from headscale_tw.storage.database import Txn, UniqueViolation
 from headscale_tw.storage.models import ApiKey
-from headscale_tw.storage.stores._common import StoreBase, to_bytes, to_datetime
+from headscale_tw.storage.stores._common import StoreBase, required_bytes, to_datetime
 
 __all__ = ["ApiKeyStore"]
 
@@ -22,7 +22,7 @@ def _row(row: tuple) -> ApiKey:
     return ApiKey(
         id=int(row[0]),
         prefix=row[1],
-        key_hash=to_bytes(row[2]),
+        key_hash=required_bytes(row[2]),
         expiration=to_datetime(row[3]),
         last_seen=to_datetime(row[4]),
         created_at=to_datetime(row[5]),

@@ -15,13 +15,13 @@ from zope.interface import implementer
 
 from headscale_tw.interfaces import IAuditEventStore
 from headscale_tw.storage.database import Txn
-from headscale_tw.storage.models import AuditEvent
-from headscale_tw.storage.stores._common import StoreBase, dump_json, json_dict, to_datetime
+from headscale_tw.storage.models import MAX_AUDIT_PAGE, AuditEvent
+from headscale_tw.storage.stores._common import StoreBase, dump_json, json_dict, required_datetime
 
 __all__ = ["AuditEventStore", "MAX_PAGE"]
 
 #: The most rows one read returns.
-MAX_PAGE = 1000
+MAX_PAGE = MAX_AUDIT_PAGE
 
 _COLUMNS = ("at, actor_kind, actor, action, target_kind, target_id, target_name, source, result, detail, "
             "instance")
@@ -33,7 +33,7 @@ def _row(row: tuple) -> AuditEvent:
         detail = json_dict(row[10])
     except json.JSONDecodeError:
         detail = {}
-    return AuditEvent(id=int(row[0]), at=to_datetime(row[1]), actor_kind=row[2], actor=row[3], action=row[4],
+    return AuditEvent(id=int(row[0]), at=required_datetime(row[1]), actor_kind=row[2], actor=row[3], action=row[4],
                       target_kind=row[5], target_id=row[6], target_name=row[7], source=row[8], result=row[9],
                       detail=detail, instance=row[11])
 

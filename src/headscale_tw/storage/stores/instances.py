@@ -16,14 +16,14 @@ in step (NTP) to well within a heartbeat's lifetime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from zope.interface import implementer
 
 from headscale_tw.interfaces import IInstanceStore
 from headscale_tw.storage.database import Txn
-from headscale_tw.storage.stores._common import StoreBase, to_datetime
+from headscale_tw.storage.models import Instance
+from headscale_tw.storage.stores._common import StoreBase, required_datetime
 
 __all__ = ["Instance", "InstanceStore", "MAX_INSTANCE_ID"]
 
@@ -34,31 +34,13 @@ MAX_INSTANCE_ID = 200
 PRUNE_AFTER = timedelta(hours=1)
 
 
-@dataclass(frozen=True)
-class Instance:
-    """One instance's row: who it is, what it runs, and until when it counts as live."""
-
-    id: str
-    started_at: datetime
-    heartbeat_at: datetime
-    expires_at: datetime
-    software_version: str = ""
-    schema_version: int = 0
-    server_url: str = ""
-    derp_url: str = ""
-
-    def live(self, now: datetime) -> bool:
-        """Whether the heartbeat has not run out at ``now``."""
-        return self.expires_at > now
-
-
 _COLUMNS = "id, started_at, heartbeat_at, expires_at, software_version, schema_version, server_url, derp_url"
 
 
 def _instance(row: tuple) -> Instance:
     ident, started, beat, expires, software, schema, server_url, derp_url = row
-    return Instance(id=ident, started_at=to_datetime(started), heartbeat_at=to_datetime(beat),
-                    expires_at=to_datetime(expires), software_version=software or "",
+    return Instance(id=ident, started_at=required_datetime(started),
+                    heartbeat_at=required_datetime(beat), expires_at=required_datetime(expires), software_version=software or "",
                     schema_version=int(schema or 0), server_url=server_url or "", derp_url=derp_url or "")
 
 
@@ -79,7 +61,7 @@ RETURNING {_COLUMNS}
 
 def _beat_txn(txn: Txn, row: tuple) -> Instance:
     txn.execute(_BEAT, row)
-    return _instance(txn.fetchone())
+    return _instance(txn.fetch_row())
 
 
 def _live_txn(txn: Txn, now: datetime) -> list[Instance]:

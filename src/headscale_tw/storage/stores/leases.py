@@ -20,14 +20,14 @@ in step (NTP) to well within a lease's duration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from zope.interface import implementer
 
 from headscale_tw.interfaces import ILeaseStore
 from headscale_tw.storage.database import Txn
-from headscale_tw.storage.stores._common import StoreBase, to_datetime
+from headscale_tw.storage.models import Lease
+from headscale_tw.storage.stores._common import StoreBase, required_datetime
 
 __all__ = ["Lease", "LeaseStore", "holds_lease_txn", "MAX_LEASE_NAME"]
 
@@ -35,21 +35,10 @@ __all__ = ["Lease", "LeaseStore", "holds_lease_txn", "MAX_LEASE_NAME"]
 MAX_LEASE_NAME = 200
 
 
-@dataclass(frozen=True)
-class Lease:
-    """One tenure of a named lease."""
-
-    name: str
-    holder: str
-    token: int
-    acquired_at: datetime
-    expires_at: datetime
-
-
 def _lease(name: str, row: tuple) -> Lease:
     holder, token, acquired_at, expires_at = row
-    return Lease(name=name, holder=holder, token=int(token), acquired_at=to_datetime(acquired_at),
-                 expires_at=to_datetime(expires_at))
+    return Lease(name=name, holder=holder, token=int(token), acquired_at=required_datetime(acquired_at),
+                 expires_at=required_datetime(expires_at))
 
 
 def _check_name(name: str, what: str = "lease name") -> None:

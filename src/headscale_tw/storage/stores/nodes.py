@@ -193,7 +193,7 @@ class NodeStore(StoreBase):
 
         def create_node_txn(txn: Txn) -> Node:
             try:
-                row = txn.query_one(f"INSERT INTO nodes ({columns}) VALUES ({marks})" + _RETURNING, args)
+                row = txn.query_row(f"INSERT INTO nodes ({columns}) VALUES ({marks})" + _RETURNING, args)
             except UniqueViolation as e:
                 raise _collision(e, values) from None
             except ForeignKeyViolation:
@@ -272,7 +272,7 @@ class NodeStore(StoreBase):
         """Join the open batch (its transaction is queued, not yet started) or start a new one."""
         batch = self._batch
         index = None if batch is None else batch.add(node_id, sets, args)
-        if index is None:
+        if batch is None or index is None:
             batch = self._batch = _UpdateBatch()
             index = batch.add(node_id, sets, args)
             self.batches += 1

@@ -46,8 +46,7 @@ class PolicyStore(StoreBase):
             policy_id = txn.insert(
                 "INSERT INTO policies (data, created_at, updated_at) VALUES (?, ?, ?)", (data, when, when)
             )
-            row = txn.query_one(_SELECT + " WHERE id = ?", (policy_id,))
-            return _row(row)
+            return _row(txn.query_row(_SELECT + " WHERE id = ?", (policy_id,)))
 
         return await self._pool.run_interaction("set_policy", set_policy_txn)
 

@@ -19,8 +19,8 @@ from headscale_tw.storage.stores._common import (
     StoreBase,
     dump_json,
     json_list,
+    required_bytes,
     to_bool,
-    to_bytes,
     to_datetime,
 )
 
@@ -36,7 +36,7 @@ def _row(row: tuple) -> PreAuthKey:
     return PreAuthKey(
         id=int(row[0]),
         prefix=row[1],
-        key_hash=to_bytes(row[2]),
+        key_hash=required_bytes(row[2]),
         user_id=None if row[3] is None else int(row[3]),
         reusable=to_bool(row[4]),
         ephemeral=to_bool(row[5]),

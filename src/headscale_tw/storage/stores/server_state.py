@@ -23,7 +23,7 @@ def _get_txn(txn: Txn, name: str) -> bytes | None:
 def _insert_if_absent_txn(txn: Txn, name: str, value: bytes) -> bytes:
     # ON CONFLICT DO NOTHING: whoever inserts first wins, everyone reads that value.
     txn.execute("INSERT INTO server_state (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, value))
-    return _get_txn(txn, name)
+    return bytes(txn.query_row("SELECT value FROM server_state WHERE name = ?", (name,))[0])
 
 
 @implementer(IServerStateStore)

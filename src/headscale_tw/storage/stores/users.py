@@ -155,7 +155,7 @@ class UserStore(StoreBase):
 
         def delete_user_txn(txn: Txn) -> None:
             user = get_user_txn(txn, user_id)
-            (count,) = txn.query_one("SELECT COUNT(*) FROM nodes WHERE user_id = ?", (user_id,))
+            (count,) = txn.query_row("SELECT COUNT(*) FROM nodes WHERE user_id = ?", (user_id,))
             if count:
                 raise UserHasNodes(
                     f"user {user.name!r} still owns {count} node(s); delete or move them first"

@@ -73,7 +73,7 @@ def tail_file(path: str | None, lines: int = 40) -> str:
 
 
 def wait_for(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     what: str,
     interval: float = 0.05,

@@ -155,13 +155,13 @@ class Namespace:
         self.log_dir = self._requested_log_dir or self.runtime_dir
         os.makedirs(self.log_dir, exist_ok=True)
         log_path = os.path.join(self.log_dir, "netns-holder.log")
+        holder_argv = ["unshare", "--net", "--", sys.executable, "-c", _HOLDER]
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
-                ["unshare", "--net", "--", sys.executable, "-c", _HOLDER],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                holder_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                 env=self._base_env(), preexec_fn=set_parent_death_signal, close_fds=True,
             )
-        self.holder = ManagedProcess("netns holder", popen.args, popen, log_path)
+        self.holder = ManagedProcess("netns holder", holder_argv, popen, log_path)
         try:
             self._await_holder(timeout)
             fd = os.open(f"/proc/{popen.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -180,8 +180,9 @@ class Namespace:
         return self
 
     def _await_holder(self, timeout: float) -> None:
-        assert self.holder is not None
-        stdout = self.holder.popen.stdout
+        holder = self.holder
+        assert holder is not None
+        stdout = holder.popen.stdout
         assert stdout is not None
         os.set_blocking(stdout.fileno(), False)
         seen = bytearray()
@@ -192,10 +193,10 @@ class Namespace:
                 seen.extend(chunk)
             if b"ready\n" in seen:
                 return True
-            self.holder.check_running()
+            holder.check_running()
             return False
 
-        wait_for(ready, timeout, "the namespace holder to start", details=self.holder.describe)
+        wait_for(ready, timeout, "the namespace holder to start", details=holder.describe)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop every process started here (newest first), then the holder; remove the runtime folder."""
@@ -280,6 +281,11 @@ class Namespace:
             raise UnsafeNamespace("the namespace is not running")
         check_only_loopback(self.interfaces())
 
+    def _running_fd(self) -> int:
+        if self._ns_fd is None:
+            raise UnsafeNamespace("the namespace is not running")
+        return self._ns_fd
+
     def allocate_port(self) -> int:
         """A port number not yet handed out in this namespace (for ``tailscaled --port``)."""
         port = self._next_port
@@ -312,7 +318,7 @@ class Namespace:
         try:
             return subprocess.run(
                 cmd, env=self._base_env() if env is None else dict(env), input=input, cwd=cwd,
-                capture_output=True, text=True, timeout=timeout, pass_fds=(self._ns_fd,),
+                capture_output=True, text=True, timeout=timeout, pass_fds=(self._running_fd(),),
                 preexec_fn=set_parent_death_signal,
             )
         except subprocess.TimeoutExpired as e:
@@ -337,12 +343,13 @@ class Namespace:
         self.assert_safe()
         if log_path is None:
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+            assert self.log_dir is not None  # set by start(); assert_safe() checked it ran
             log_path = os.path.join(self.log_dir, f"{safe}.log")
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
                 self._wrap(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self._base_env() if env is None else dict(env), cwd=cwd,
-                pass_fds=(self._ns_fd,), preexec_fn=set_parent_death_signal,
+                pass_fds=(self._running_fd(),), preexec_fn=set_parent_death_signal,
             )
         proc = ManagedProcess(name, argv, popen, log_path)
         self._processes.append(proc)

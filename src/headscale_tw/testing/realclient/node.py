@@ -99,10 +99,11 @@ class TailscaleNode:
             f"--port={self.port}",
             *self.extra_args,
         ]
-        self.process = self.namespace.spawn(f"tailscaled-{self.name}", argv, env=self.env, log_path=self.log_path)
+        self.process = process = self.namespace.spawn(f"tailscaled-{self.name}", argv, env=self.env,
+                                                      log_path=self.log_path)
 
         def answers() -> dict[str, Any] | None:
-            self.process.check_running()
+            process.check_running()
             if not os.path.exists(self.socket):
                 return None
             proc = self._cli(["status", "--json"], timeout=10)
@@ -178,8 +179,12 @@ class TailscaleNode:
 
     def wait_for_state(self, state: str, timeout: float = 30.0) -> dict[str, Any]:
         """Poll ``status --json`` until ``BackendState == state``; return that status."""
+        process = self.process
+        if process is None:
+            raise HarnessError(f"{self.name} is not started")
+
         def reached() -> dict[str, Any] | None:
-            self.process.check_running()
+            process.check_running()
             status = self.status_json(peers=False)
             return status if status.get("BackendState") == state else None
 

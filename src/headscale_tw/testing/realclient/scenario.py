@@ -28,7 +28,7 @@ import base64
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -125,6 +125,10 @@ class ScenarioMixin:
 
     ca: TestCA | None = None
     config_yaml: str = ""
+    # Provided by RealClientTestCase, which this mixes into (annotations only: no class attributes).
+    make_ca: Callable[[], TestCA]
+    start_server: Callable[..., HeadscaleServer]
+    start_node: Callable[..., TailscaleNode]
 
     def database_config(self) -> Mapping[str, Any]:
         """The ``database`` section for :meth:`start_tls_server` (override for PostgreSQL)."""
@@ -134,11 +138,11 @@ class ScenarioMixin:
                          **config: Any) -> HeadscaleServer:
         """Start a server with :func:`server_config` (``config`` = its keywords); it trusts the test CA."""
         if self.ca is None:
-            self.ca = self.make_ca()  # type: ignore[attr-defined]
+            self.ca = self.make_ca()
         config.setdefault("database", self.database_config())
         self.config_yaml = server_config(self.ca, **config)
         env = {"SSL_CERT_FILE": self.ca.ca_pem, **(extra_env or {})}
-        return self.start_server(self.config_yaml, name=name, extra_env=env)  # type: ignore[attr-defined]
+        return self.start_server(self.config_yaml, name=name, extra_env=env)
 
     def restart_server(self, server: HeadscaleServer) -> HeadscaleServer:
         """Stop ``server`` and start a new one with the same config, name, folder and environment."""
@@ -146,7 +150,7 @@ class ScenarioMixin:
         with open(server.config_path) as f:
             config_yaml = f.read()
         extra_env = {"SSL_CERT_FILE": self.ca.ca_pem} if self.ca is not None else None
-        return self.start_server(config_yaml, name=server.name, extra_env=extra_env)  # type: ignore[attr-defined]
+        return self.start_server(config_yaml, name=server.name, extra_env=extra_env)
 
     def auth_key(self, server: HeadscaleServer, user: str = "alice", reusable: bool = True,
                  ephemeral: bool = False, tags: Sequence[str] = ()) -> str:
@@ -172,7 +176,7 @@ class ScenarioMixin:
         """
         keys = {name: key for name in names} if isinstance(key, str) else dict(key)
         node_options.setdefault("ssl_cert_file", self.ca.ca_pem if self.ca is not None else None)
-        nodes = [self.start_node(name, version=version, **node_options)  # type: ignore[attr-defined]
+        nodes = [self.start_node(name, version=version, **node_options)
                  for name in names]
 
         def up(node: TailscaleNode) -> None:

@@ -84,6 +84,7 @@ class HeadscaleServer:
         with open(self.config_path, "w") as f:
             f.write(config_yaml)
         self.config: Config = parse_config(config_yaml, environ={})
+        assert namespace.log_dir is not None  # start() sets it with runtime_dir
         self.log_path = os.path.join(namespace.log_dir, f"{name}.log")
         pythonpath = os.pathsep.join(source_pythonpath())
         self.env = namespace.env({"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", **(extra_env or {})})
@@ -112,11 +113,11 @@ class HeadscaleServer:
             argv = [*self.launcher, "-c", self.config_path, "serve"]
         else:
             argv = self.argv("twistd")
-        self.process = self.namespace.spawn(self.name, argv, env=self.env, log_path=self.log_path,
-                                            cwd=self.directory)
+        self.process = process = self.namespace.spawn(self.name, argv, env=self.env, log_path=self.log_path,
+                                                      cwd=self.directory)
 
         def healthy() -> HttpResult | None:
-            self.process.check_running()
+            process.check_running()
             result = self.namespace.http_get(self.health_url, timeout=2.0)
             return result if result.status == 200 else None
 

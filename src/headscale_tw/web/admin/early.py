@@ -147,6 +147,8 @@ class GuardedRequest(server.Request):
         if error.code == UNAUTHENTICATED:
             head.append('WWW-Authenticate: Bearer realm="headscale"')
         transport = self.channel.transport
+        if transport is None:  # the connection is already gone: nobody to answer
+            return
         transport.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
         transport.loseConnection()
 

@@ -22,6 +22,7 @@ from headscale_tw.control.admin import AdminServices
 from headscale_tw.control.audit import Actor, Target, acting_as
 from headscale_tw.errors import HeadscaleError
 from headscale_tw.web.admin.errors import INTERNAL, UNAUTHENTICATED, ApiError, error_body, from_domain, http_status
+from headscale_tw.web.client_address import TrustedProxies
 
 __all__ = ["app", "endpoint", "read_only", "Handlers"]
 
@@ -35,6 +36,7 @@ class Handlers:
     """What the handler mixins use: the admin services and a logger."""
 
     services: AdminServices
+    proxies: TrustedProxies
     log = Logger()
 
     async def authenticate(self, request: IRequest) -> Actor:
@@ -51,7 +53,7 @@ class Handlers:
 
 def read_only(fn: Handler) -> Handler:
     """Mark a handler that changes nothing although its method is not ``GET`` (its refusals are not audited)."""
-    fn.read_only = True  # type: ignore[attr-defined]
+    fn.read_only = True  # type: ignore[attr-defined]  # a marker attribute on the function
     return fn
 
 

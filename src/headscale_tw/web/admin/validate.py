@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from headscale_tw.clock import utc_from_seconds
 from headscale_tw.control import limits
 from headscale_tw.control.nodes import MAX_TAG, validate_tag
 from headscale_tw.control.users import quoted
@@ -194,7 +195,7 @@ def timestamp(value: Any, name: str) -> datetime | None:
                    for v in (seconds, nanos)):
             raise ApiError(INVALID_ARGUMENT, f"{name}: not a valid timestamp")
         try:
-            return datetime.fromtimestamp(int(seconds) + int(nanos) / 1e9, timezone.utc)
+            return utc_from_seconds(int(seconds) + int(nanos) / 1e9)
         except (TypeError, ValueError, OverflowError, OSError):
             raise ApiError(INVALID_ARGUMENT, f"{name}: not a valid timestamp") from None
     try:
