@@ -22,17 +22,19 @@ Rules:
 * Online: a node is online while it has a stream. When its last stream ends
   it stays online for ``offline_grace`` seconds, so a quick reconnect is not
   announced to peers at all; then peers get ``OnlineChange``/``PeerSeenChange``.
-* Batching: every change is recorded the same way, as a :class:`HeldDelta`
-  per viewer (peers changed and removed: the last word per peer wins, entries
-  are built at flush time from the current state; latest filter/SSH policy;
-  self node if any asked; patches and online flags, built at flush time from
-  the node's state, a full entry or a removal of the same peer superseding
-  them), and joins share one policy update per flush. With ``batch_delay`` > 0
-  the flush comes that many seconds after the first held change; with ``0``
-  it runs at once. At the flush each record becomes a :class:`DeltaMessage`,
-  and viewers with equal ones share one message. A stream's full map drops
-  what was held for it; any other write (broadcasts, full maps) flushes first,
-  so each stream still gets every change in order.
+* Batching: every change is recorded the same way. Policy and peer
+  differences are held per viewer as a :class:`HeldDelta` (peers changed and
+  removed: the last word per peer wins; latest filter/SSH policy; self node if
+  any asked); patches and online flags, the same for every viewer of a node,
+  once per node as a :class:`PeerNews`, whose viewers are found at the flush.
+  Joins share one policy update per flush. With ``batch_delay`` > 0 the flush
+  comes that many seconds after the first held change; with ``0`` it runs at
+  once. At the flush each viewer's delta becomes a :class:`DeltaMessage`
+  (entries, patches and flags built from the state then; a full entry or a
+  removal of a peer supersedes its news), and viewers with equal ones share
+  one message. A stream's full map drops what was held for it (news recorded
+  before it opened included); any other write (broadcasts, full maps) flushes
+  first, so each stream still gets every change in order.
 """
 
 from __future__ import annotations
