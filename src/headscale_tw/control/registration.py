@@ -54,9 +54,9 @@ from headscale_tw.control._wire import (
 from headscale_tw.control.audit import NO_AUDIT, Actor, AuditLog, Target
 from headscale_tw.control.authrequests import AuthRequests, new_auth_id
 from headscale_tw.control.mapper import Mapper
-from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput, LimitReached, NotFound
+from headscale_tw.interfaces import INodeNotifier
 from headscale_tw.storage.models import AuthRequest
 from headscale_tw.throttle import PREAUTH_KEYS, FailureThrottle, Throttled
 
@@ -248,7 +248,7 @@ class Registrar:
     def __init__(
         self,
         state: ControlState,
-        notifier: MapNotifier,
+        notifier: INodeNotifier,
         mapper: Mapper,
         config,
         clock,
