@@ -77,7 +77,7 @@ class NodeStateTests(unittest.TestCase):
         online = node("router", hostinfo={"RoutableIPs": ["10.0.0.0/24", "10.1.0.0/24"]},
                       approved_routes=("10.0.0.0/24",))
         node("laptop", ephemeral=True, approved_routes=("192.168.0.0/24",))
-        plane.state.runtime[online.id].online = True
+        plane.state.runtime.came_online(online.id)
         values = _scrape(make_registry(plane, process=False))
         self.assertEqual({state: values[("headscale_nodes_by_state", (("state", state),))]
                           for state in ("online", "offline", "expired")}, {"online": 1, "offline": 1, "expired": 1})

@@ -22,6 +22,7 @@ __all__ = [
     "IDatabase",
     "IOIDCLoginStore",
     "INodeNotifier",
+    "IPollService",
     "ITailnetPolicy",
 ]
 
@@ -316,16 +317,74 @@ class IDatabase(Interface):
 
 
 class INodeNotifier(Interface):
-    """Tells the map sessions that something changed (domain → sessions)."""
+    """
+    Tells the map sessions that something changed (domain → sessions), and
+    opens them (web → domain).
 
-    def node_changed(node_id):
-        """A node's peer-visible data changed; peers get a delta."""
+    Everything the domain (registrar, node and user admin, lifecycle, cluster
+    feed, control plane) and the web layer call on the notifier is declared
+    here; :class:`~headscale_tw.control.notifier.MapNotifier` implements it.
+    """
+
+    sessions = Attribute("Live map sessions by node id (``dict[int, list[MapSession]]``), for metrics.")
+    map_counters = Attribute("The ``MapCounters`` of messages built and sent and of lite updates.")
+    held = Attribute("Changes waiting for the next batch flush (an ``int``, for metrics).")
+    policy = Attribute("The policy views the notifier fans out (read by callers not yet given it themselves).")
+
+    def open_stream(node_id, write, finish, unsent=None, abort=None, encoding="zstd"):
+        """Start a streaming map session (full map first, then deltas); return the ``MapSession``."""
+
+    def one_shot(node_id, encoding="zstd"):
+        """The framed full map for a non-streaming request (``bytes``)."""
+
+    def is_connected(node_id):
+        """True while the node has a live stream here."""
+
+    def node_added(node_id):
+        """A node was registered; peers get it in ``PeersChanged``."""
+
+    def node_changed(node_id, self_too=True):
+        """A node's peer-visible data changed; peers get its entry, its own sessions ``Node`` if ``self_too``."""
+
+    def node_patched(node_id, fields):
+        """Only patchable fields (``Endpoints``, ``DERPRegion``, keys, ``Cap``) changed; peers get a patch."""
 
     def node_removed(node_id):
-        """A node was deleted; peers get ``PeersRemoved``."""
+        """A node was deleted; peers get ``PeersRemoved`` and its own streams end."""
+
+    def user_changed(user_id):
+        """A user changed (renamed); its nodes' entries and the policy views are sent again."""
+
+    def push(changes, touched=(), exclude=None):
+        """Send policy differences (a ``Changes``) plus entries of ``touched`` nodes; return messages built now."""
 
     def policy_changed():
-        """The policy changed; every session recomputes its filter/peers."""
+        """Every session gets a fresh full map."""
+
+    def broadcast(message):
+        """Send one message (``bytes``) to every session (e.g. a new DERP map)."""
+
+    def send_each(message_for):
+        """Send every streaming node its own message, ``message_for(node_id)``."""
+
+    def cancel_offline_grace(node_id):
+        """Forget a pending "went offline" for a node that streams again (maybe on another instance)."""
+
+    def announce_online(node_id, online):
+        """Tell every stream that sees the node that it came online or went offline."""
+
+    def stop():
+        """Close every session and cancel every timer (shutdown)."""
+
+
+class IPollService(Interface):
+    """``/machine/map`` requests as the web layer hands them to the domain."""
+
+    def authenticate(machine_key, request):
+        """The node for ``request.node_key``; ``NotFound`` or ``Unauthorized`` unless it is the peer's machine."""
+
+    async def apply(node, request):
+        """Store what the MapRequest reports and tell peers; return the updated node."""
 
 
 class ITailnetPolicy(Interface):

@@ -83,12 +83,12 @@ class Harness:
         base_domain = self.config.dns.base_domain if self.config.dns.magic_dns else ""
         self.dns_challenges = DNSChallenges(self.state, dns_provider, base_domain, self.clock)
         self.mapper = Mapper(self.state, self.config, policy=self.policy, https=self.dns_challenges.available)
-        self.notifier = MapNotifier(self.state, self.mapper, self.clock, offline_grace=grace, interval=lambda: 55.0,
-                                    presence=self.presence)
+        self.notifier = MapNotifier(self.state, self.mapper, self.policy, self.clock, offline_grace=grace,
+                                    interval=lambda: 55.0, presence=self.presence)
         self.registrar = Registrar(
             self.state, self.notifier, self.mapper, self.config, self.clock
         )
-        self.poll = PollService(self.state, self.notifier)
+        self.poll = PollService(self.state, self.notifier, self.policy)
         #: Sets and reloads the policy the way the admin API and SIGHUP do: applied, then pushed.
         self.policy_admin = PolicyAdmin(self.policy, self.db.policies, self.notifier)
         self.admin = NodeAdmin(self.state, self.notifier, self.registrar,

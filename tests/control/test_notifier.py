@@ -6,7 +6,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from headscale_tw.control.framing import KEEPALIVE_FRAME, FramedMessage
-from headscale_tw.interfaces import INodeNotifier
+from headscale_tw.interfaces import INodeNotifier, IPollService
 from tests.control._harness import Harness
 
 
@@ -24,6 +24,18 @@ class DeltaTests(unittest.TestCase):
     def test_provides_interface(self):
         """MapNotifier provides INodeNotifier."""
         verifyObject(INodeNotifier, self.h.notifier)
+
+    def test_poll_provides_interface(self):
+        """PollService provides IPollService."""
+        verifyObject(IPollService, self.h.poll)
+
+    def test_unbatched_changes_leave_nothing_held(self):
+        """With ``batch_delay`` 0 a change is sent at once: nothing stays held and no flush timer waits."""
+        before = len(self.sb.writes)
+        self.h.lite(self.a, Endpoints=["192.0.2.9:41641"])
+        self.h.register("c")
+        self.assertEqual((self.h.notifier.held, self.h.notifier._flush_timer), (0, None))
+        self.assertEqual(len(self.sb.writes), before + 2)
 
     def test_endpoint_change_patch(self):
         """A lite update with new endpoints reaches peers as PeersChangedPatch."""

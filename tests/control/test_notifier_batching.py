@@ -194,3 +194,23 @@ class BatchingTests(unittest.TestCase):
         self.assertEqual(len(stream.writes), before + 1)
         self.assertEqual(sorted(stream.applier.peers), joined)
         h.notifier.stop()
+
+    def test_news_before_a_stream_opened_is_in_its_full_map(self):
+        """A stream opened after a peer's patch within a window gets no patch; later news of the peer reaches it."""
+        h = Harness(self)
+        h.notifier.batch_delay = 0.005
+        a, _ = h.register("a")
+        b, _ = h.register("b")
+        sa = h.stream(a)
+        h.clock.advance(0.005)
+        h.lite(h.state.get(a.id), Endpoints=["192.0.2.1:1"])
+        sb = h.stream(b)  # its full map has a's new endpoints
+        self.assertEqual(sb.applier.peers[a.id]["Endpoints"], ["192.0.2.1:1"])
+        before = len(sb.writes)
+        h.clock.advance(0.005)
+        self.assertEqual(len(sb.writes), before)
+        self.assertEqual(sa.applier.peers[b.id]["Online"], True)  # a still hears b come online
+        h.lite(h.state.get(a.id), Endpoints=["192.0.2.2:2"])
+        h.clock.advance(0.005)
+        self.assertEqual(sb.applier.messages[-1]["PeersChangedPatch"], [{"NodeID": a.id, "Endpoints": ["192.0.2.2:2"]}])
+        h.notifier.stop()

@@ -68,7 +68,7 @@ class RouteParsingSliceTests(unittest.TestCase):
         h = Harness(self)
         node, _ = h.register("router")
         clock = TurnClock()
-        poll = PollService(h.state, h.notifier, clock=clock)
+        poll = PollService(h.state, h.notifier, h.policy, clock=clock)
         announced = routes(1024)
         request = parse_map_request(h.map_request(node, OmitPeers=True, Hostinfo={
             "Hostname": "router", "OS": "linux", "RoutableIPs": announced}))
@@ -97,7 +97,7 @@ class RouteParsingSliceTests(unittest.TestCase):
         h = Harness(self)
         node, _ = h.register("router")
         clock = TurnClock()
-        poll = PollService(h.state, h.notifier, clock=clock)
+        poll = PollService(h.state, h.notifier, h.policy, clock=clock)
         request = parse_map_request(h.map_request(node, OmitPeers=True, Hostinfo={
             "Hostname": "router", "OS": "linux", "RoutableIPs": routes(1024)}))
         d = Deferred.fromCoroutine(poll.apply(node, request))

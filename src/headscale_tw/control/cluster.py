@@ -208,9 +208,10 @@ class ClusterSync:
             return False  # deleted meanwhile
         me = self.presence.instance_id
         others = [at for instance, at in rows.items() if instance != me]
+        runtimes = state.runtime
         if self.notifier.is_connected(node_id) or (self.presence.holds(node_id) and not others):
             # It streams here (or is in its offline grace here): online is decided here; only the rank moves.
-            runtime.elsewhere = bool(others)
+            runtimes.set_elsewhere(node_id, bool(others))
             known = [at for at in (*rows.values(), runtime.online_since) if at is not None]
             return self._rank(node_id, min(known) if known else None)
         online = bool(others)
@@ -218,26 +219,18 @@ class ClusterSync:
             # It came back on another instance during its offline grace here: not offline, and our row goes.
             self.notifier.cancel_offline_grace(node_id)
             self.presence.release(node_id)
-        runtime.elsewhere = online
-        if online:
-            runtime.disconnected_at = None
-        elif runtime.online:
-            runtime.disconnected_at = state.now()
+        runtimes.set_elsewhere(node_id, online)
         ranked = self._rank(node_id, min(others) if online else None)
-        if runtime.online == online:
-            return ranked and online
         was = runtime.online
-        runtime.online = online
-        state.touch(node_id)
+        if not runtimes.set_online(node_id, online):
+            return ranked and online
         if was is not None or online:
             self.notifier.announce_online(node_id, online)
         return True
 
     def _rank(self, node_id: int, since: datetime | None) -> bool:
-        runtime = self.state.runtime[node_id]
-        if runtime.online_since == since:
+        if not self.state.runtime.set_online_since(node_id, since):
             return False
-        runtime.online_since = since
         self.policy.election.reconsider(node_id)
         return True
 

@@ -31,9 +31,9 @@ from datetime import datetime, timedelta
 from twisted.logger import Logger
 
 from headscale_tw.control.audit import NO_AUDIT, SYSTEM, AuditLog, Target
-from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.state import ControlState
+from headscale_tw.interfaces import INodeNotifier
 from headscale_tw.storage.models import Lease
 
 __all__ = ["NodeLifecycle", "LIFECYCLE_LEASES", "EXPIRY_LEASE", "EPHEMERAL_LEASE", "REGISTRATIONS_LEASE"]
@@ -55,7 +55,7 @@ class NodeLifecycle:
 
     log = Logger()
 
-    def __init__(self, state: ControlState, notifier: MapNotifier, registrar: Registrar, config,
+    def __init__(self, state: ControlState, notifier: INodeNotifier, registrar: Registrar, config,
                  audit: AuditLog = NO_AUDIT, lease_for: Callable[[str], Lease | None] | None = None) -> None:
         self.state = state
         self.notifier = notifier

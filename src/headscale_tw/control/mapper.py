@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from headscale_tw.control._wire import format_time
 from headscale_tw.control.framing import encode_json
 from headscale_tw.control.names import cert_domain, fqdn
-from headscale_tw.control.policy import ALLOW_ALL_FILTER, PolicySource, TailnetPolicy, Variant
+from headscale_tw.control.policy import ALLOW_ALL_FILTER, TailnetPolicy, Variant
 from headscale_tw.control.state import TAGGED_DEVICES_USER_ID, ControlState
 from headscale_tw.errors import InvalidInput
 
@@ -138,7 +138,7 @@ class Mapper:
 
     ``derp_map()`` returns the DERPMap dict; ``policy`` is the
     :class:`TailnetPolicy` giving each node's filter, peers and routes
-    (default: one with no policy, i.e. allow all). ``https`` offers nodes
+    (the builder passes the one the notifier uses). ``https`` offers nodes
     certificates for their MagicDNS names (only when MagicDNS is on).
     """
 
@@ -146,14 +146,14 @@ class Mapper:
         self,
         state: ControlState,
         config,
+        policy: TailnetPolicy,
         derp_map: Callable[[], dict] | None = None,
-        policy: TailnetPolicy | None = None,
         https: bool = False,
     ) -> None:
         self.state = state
         self.config = config
         self.derp_map = derp_map or (lambda: embedded_derp_map(config))
-        self.policy = policy if policy is not None else TailnetPolicy(state, PolicySource(config))
+        self.policy = policy
         self.base_domain = config.dns.base_domain if config.dns.magic_dns else ""
         self.domain = _server_host_port(config.server_url)[0]
         self.https = https and bool(self.base_domain)

@@ -20,14 +20,13 @@ from twisted.internet.interfaces import IReactorTime
 from headscale_tw.control import limits
 from headscale_tw.control.audit import NO_AUDIT, AuditLog, Target
 from headscale_tw.control.names import validate_given_name
-from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.registration import Registrar
 from headscale_tw.control.routes import announced_routes, normalize_approval, parse_prefix, served_routes
 from headscale_tw.control.slices import in_slices
 from headscale_tw.control.state import ControlState
 from headscale_tw.control.users import UserAdmin, quoted
 from headscale_tw.errors import AlreadyExists, InvalidInput, NotFound
-from headscale_tw.interfaces import IPreAuthKeyStore
+from headscale_tw.interfaces import INodeNotifier, IPreAuthKeyStore
 from headscale_tw.storage.models import Node, PreAuthKey, User
 
 __all__ = ["NodeAdmin", "NodeDetails", "RouteInfo", "validate_tag", "validate_debug_auth_id", "MAX_TAG"]
@@ -107,7 +106,7 @@ class NodeAdmin:
     ``auth register`` is recorded by the registrar as ``node.register``).
     """
 
-    def __init__(self, state: ControlState, notifier: MapNotifier, registrar: Registrar, users: UserAdmin,
+    def __init__(self, state: ControlState, notifier: INodeNotifier, registrar: Registrar, users: UserAdmin,
                  preauthkeys: IPreAuthKeyStore, clock: IReactorTime | None = None, audit: AuditLog = NO_AUDIT) -> None:
         self.state = state
         self.notifier = notifier

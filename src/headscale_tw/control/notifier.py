@@ -22,49 +22,146 @@ Rules:
 * Online: a node is online while it has a stream. When its last stream ends
   it stays online for ``offline_grace`` seconds, so a quick reconnect is not
   announced to peers at all; then peers get ``OnlineChange``/``PeerSeenChange``.
+* Batching: every change is recorded the same way. Policy and peer
+  differences are held per viewer as a :class:`HeldDelta` (peers changed and
+  removed: the last word per peer wins; latest filter/SSH policy; self node if
+  any asked); patches and online flags, the same for every viewer of a node,
+  once per node as a :class:`PeerNews`, whose viewers are found at the flush.
+  Joins share one policy update per flush. With ``batch_delay`` > 0 the flush
+  comes that many seconds after the first held change; with ``0`` it runs at
+  once. At the flush each viewer's delta becomes a :class:`DeltaMessage`
+  (entries, patches and flags built from the state then; a full entry or a
+  removal of a peer supersedes its news), and viewers with equal ones share
+  one message. A stream's full map drops what was held for it (news recorded
+  before it opened included); any other write (broadcasts, full maps) flushes
+  first, so each stream still gets every change in order.
   With several instances, the ``presence`` hook given at construction records
   the first stream here and the end of the grace in the shared database.
-* Batching (``batch_delay`` > 0): deltas from :meth:`MapNotifier.push` are
-  kept per viewer for up to ``batch_delay`` seconds and merged (peers changed
-  and removed: the last word per peer wins, entries are built at flush time
-  from the current state; latest filter/SSH policy; self node if any asked),
-  then sent as one message per viewer. Patches (endpoints, DERP home, keys)
-  and online changes are held the same way (built at flush time from the
-  node's state; a full entry or a removal of the same peer supersedes them),
-  and joins share one policy update per window. A stream's full map drops
-  what was held for it; any other write (broadcasts, unbatched paths) flushes
-  first, so each stream still gets every change in order. ``0`` sends at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from headscale_tw.control.framing import ZSTD, FramedMessage
 from headscale_tw.control.mapper import Mapper
+from headscale_tw.control.policy import TailnetPolicy
 from headscale_tw.control.sessions import MapSession, keepalive_interval
 from headscale_tw.control.state import ControlState
+from headscale_tw.control.variants import Variant
+from headscale_tw.control.views import Changes
 from headscale_tw.counters import MapCounters, Stopwatch
 from headscale_tw.errors import NotFound
 from headscale_tw.interfaces import INodeNotifier
 
-__all__ = ["MapNotifier"]
+__all__ = ["MapNotifier", "HeldDelta", "PeerNews", "DeltaMessage"]
 
 
-def _delta_type(key: tuple) -> str:
-    """Headscale's ``response_type`` of a delta (its ``change.Type()``): policy, peers, patch or self."""
-    changed, removed, packet_filter, ssh = key[:4]
-    if packet_filter is not None or ssh is not None:
-        return "policy"
-    if changed or removed:
-        return "peers"
-    if len(key) > 5 and (key[5] or key[6]):
-        return "patch"
-    return "self"
+@dataclass(slots=True)
+class HeldDelta:
+    """
+    What one viewer is owed since the last flush, merged.
+
+    Peers carry the last word only (changed or removed); their entries are
+    built at the flush from the state then, so several changes of one peer
+    within a window cost one entry (which also supersedes that peer's
+    :class:`PeerNews`).
+    """
+
+    #: peer id -> True: send its full entry; False: send it as removed.
+    peers: dict[int, bool] = field(default_factory=dict)
+    #: The latest packet filter, if the viewer's filter changed.
+    packet_filter: bytes | None = None
+    #: The latest SSH policy, if it changed.
+    ssh: bytes | None = None
+    #: The viewer's own ``Node`` changed.
+    self_node: bool = False
+
+    def merge(self, changed: Iterable[int], removed: Iterable[int], packet_filter: bytes | None,
+              ssh: bytes | None, self_node: bool) -> None:
+        """Fold one change in: removals first, so a peer both removed and changed ends changed."""
+        peers = self.peers
+        for pid in removed:
+            peers[pid] = False
+        for pid in changed:
+            peers[pid] = True
+        if packet_filter is not None:
+            self.packet_filter = packet_filter
+        if ssh is not None:
+            self.ssh = ssh
+        self.self_node = self.self_node or self_node
+
+
+@dataclass(slots=True)
+class PeerNews:
+    """
+    What every viewer of one node is owed about it, the same for all of them:
+    patched fields (``PeersChangedPatch``, built at the flush from the node's
+    state then) and whether it came online or went offline (``OnlineChange``).
+
+    Held once per node, not per viewer, so a change fanned out to N streams
+    costs one record; the viewers are found at the flush. ``seq`` orders it
+    against streams opened meanwhile (their full map already has it).
+    """
+
+    seq: int
+    patched: set[str] = field(default_factory=set)
+    online: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaMessage:
+    """
+    The delta one viewer gets at a flush, as a key: viewers with equal ones
+    share one built and framed message.
+
+    ``self_of`` is the viewer when its own ``Node`` is in the message (which
+    no other viewer may share), else ``None``.
+    """
+
+    changed: tuple[tuple[int, Variant], ...] = ()
+    removed: tuple[int, ...] = ()
+    packet_filter: bytes | None = None
+    ssh: bytes | None = None
+    self_of: int | None = None
+    #: ``(peer id, sorted field names)`` for each ``PeersChangedPatch`` entry.
+    patches: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    #: ``(peer id, online)`` for ``OnlineChange``.
+    online: tuple[tuple[int, bool], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.removed or self.packet_filter is not None or self.ssh is not None
+                    or self.self_of is not None or self.patches or self.online)
+
+    @property
+    def response_type(self) -> str:
+        """Headscale's ``response_type`` of this delta (its ``change.Type()``): policy, peers, patch or self."""
+        if self.packet_filter is not None or self.ssh is not None:
+            return "policy"
+        if self.changed or self.removed:
+            return "peers"
+        if self.patches or self.online:
+            return "patch"
+        return "self"
+
+
+def _news_message(news: dict[int, PeerNews], about: Iterable[int]) -> DeltaMessage:
+    """The patches and online flags of the nodes ``about`` (sorted by id), as a delta."""
+    patches = []
+    online = []
+    for node_id in about:
+        item = news[node_id]
+        if item.patched:
+            patches.append((node_id, tuple(sorted(item.patched))))
+        if item.online is not None:
+            online.append((node_id, item.online))
+    return DeltaMessage(patches=tuple(patches), online=tuple(online))
 
 
 @implementer(INodeNotifier)
@@ -77,6 +174,7 @@ class MapNotifier:
         self,
         state: ControlState,
         mapper: Mapper,
+        policy: TailnetPolicy,
         clock,
         offline_grace: float = 10.0,
         interval: Callable[[], float] = keepalive_interval,
@@ -89,21 +187,28 @@ class MapNotifier:
         self.offline_grace = offline_grace
         self.interval = interval
         self.sessions: dict[int, list[MapSession]] = {}
-        self._offline_timers: dict = {}
+        self._offline_timers: dict[int, IDelayedCall] = {}
         self._stopping = False
         #: Frames built (one per message and encoding some stream needed); a work counter.
         self.frames_built = 0
         #: Sessions examined to find who a change concerns (push, peers of a node); a work counter.
         self.viewers_visited = 0
+        #: Seconds deltas are held to be merged; ``0`` sends each at once.
         self.batch_delay = batch_delay
-        self._pending: dict[int, list] = {}
-        #: nodes joined since the last flush (batching): node id -> whether its own sessions need ``Node``
+        #: viewer -> what it is owed at the next flush
+        self._pending: dict[int, HeldDelta] = {}
+        #: node -> what all its viewers are owed about it at the next flush
+        self._news: dict[int, PeerNews] = {}
+        #: ``PeerNews.seq`` of the latest news; streams opened since the last flush -> seq at their opening
+        self._seq = 0
+        self._opened: dict[int, int] = {}
+        #: nodes joined since the last flush: node id -> whether its own sessions need ``Node``
         self._changed_nodes: dict[int, bool] = {}
         self.policy_updates = 0
         #: Messages built and sent, lite updates and ended streams (``headscale_mapresponse_*``).
         self.map_counters = MapCounters()
-        self._flush_timer = None
-        self.policy = mapper.policy
+        self._flush_timer: IDelayedCall | None = None
+        self.policy = policy
         #: Called with ``(node_id, True)`` when a node's first stream opens here (none open, no offline
         #: grace pending) and ``(node_id, False)`` when its offline grace ends here (cluster mode:
         #: :class:`~headscale_tw.control.presence.NodePresence`).
@@ -124,12 +229,14 @@ class MapNotifier:
         # Its full map supersedes whatever was held for it; other streams keep their batch
         # (flushing here made every reconnect in a storm a flush of everyone's deltas).
         self._pending.pop(node_id, None)
+        self._opened[node_id] = self._seq
         older = list(self.sessions.get(node_id, ()))
         first_here = not older and node_id not in self._offline_timers
         session = MapSession(node_id, write, finish, self.clock, self._session_closed, self.interval,
                              unsent=unsent, abort=abort, encoding=encoding, counters=self.map_counters)
         self.sessions.setdefault(node_id, []).append(session)
-        came_online = self._mark_online(node.id)
+        self._cancel_offline_timer(node.id)
+        came_online = self.state.runtime.came_online(node.id)
         if first_here and self.presence is not None:
             self.presence(node_id, True)  # before the election below: it ranks by online_since
         changes = self.policy.update([node_id])  # HA election may pick this router
@@ -150,24 +257,17 @@ class MapNotifier:
 
     @property
     def held(self) -> int:
-        """Changes waiting for the next batch flush: joined nodes plus viewers with held deltas."""
-        return len(self._changed_nodes) + len(self._pending)
+        """Changes waiting for the next batch flush: joined nodes, viewers with held deltas, nodes with news."""
+        return len(self._changed_nodes) + len(self._pending) + len(self._news)
 
     def is_connected(self, node_id: int) -> bool:
         """True while the node has a live stream."""
         return bool(self.sessions.get(node_id))
 
-    def _mark_online(self, node_id: int) -> bool:
+    def _cancel_offline_timer(self, node_id: int) -> None:
         timer = self._offline_timers.pop(node_id, None)
         if timer is not None and timer.active():
             timer.cancel()
-        runtime = self.state.runtime[node_id]
-        runtime.disconnected_at = None
-        if runtime.online:
-            return False
-        runtime.online = True
-        self.state.touch(node_id)
-        return True
 
     def _session_closed(self, session: MapSession) -> None:
         live = self.sessions.get(session.node_id, [])
@@ -179,11 +279,8 @@ class MapNotifier:
         if self._stopping:
             return
         if session.node_id in self.state.nodes:
-            runtime = self.state.runtime[session.node_id]
-            runtime.disconnected_at = self.state.now()
-            old = self._offline_timers.pop(session.node_id, None)
-            if old is not None and old.active():
-                old.cancel()
+            self.state.runtime.disconnected(session.node_id)
+            self._cancel_offline_timer(session.node_id)
             self._offline_timers[session.node_id] = self.clock.callLater(
                 self.offline_grace, self._went_offline, session.node_id
             )
@@ -192,9 +289,7 @@ class MapNotifier:
         self._offline_timers.pop(node_id, None)
         if node_id not in self.state.nodes or self.sessions.get(node_id):
             return
-        runtime = self.state.runtime[node_id]
-        runtime.online = False
-        self.state.touch(node_id)
+        self.state.runtime.went_offline(node_id)
         self._online_to_peers(node_id, False)
         self.push(self.policy.update([node_id]))  # fail its primary routes over
         self._persist_last_seen(node_id)
@@ -212,43 +307,15 @@ class MapNotifier:
         d.addErrback(lambda f: self.log.failure("saving last_seen of node {node_id}", f, node_id=node_id))
         return d
 
-    # -- fan-out -----------------------------------------------------------
-
-    def _frame(self, message: bytes, response_type: str) -> FramedMessage:
-        """Wrap a built message for framing; count it under ``response_type`` (see :class:`MapCounters`)."""
-        self.map_counters.count_generated(response_type)
-        return FramedMessage(message, self._frame_built)
-
-    def _frame_built(self, encoding: str) -> None:
-        self.frames_built += 1
-
-    def _write_to(self, node_ids: Iterable[int], framed: FramedMessage) -> int:
-        if self._pending or self._changed_nodes:
-            self.flush()
-        count = 0
-        for node_id in node_ids:
-            for session in list(self.sessions.get(node_id, ())):
-                session.send(framed)
-                count += 1
-        return count
-
     def cancel_offline_grace(self, node_id: int) -> None:
         """Forget a pending "went offline" for ``node_id`` (it is streaming again, maybe elsewhere)."""
-        timer = self._offline_timers.pop(node_id, None)
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._cancel_offline_timer(node_id)
 
     def announce_online(self, node_id: int, online: bool) -> None:
         """Tell every stream that sees ``node_id`` that it came online or went offline."""
         self._online_to_peers(node_id, online)
 
-    def _online_to_peers(self, node_id: int, online: bool) -> None:
-        if self.batch_delay > 0 and not self._stopping:
-            for viewer in self._viewers_of(node_id):
-                self._held(viewer)[5][node_id] = online
-            self._arm()
-            return
-        self._to_peers(node_id, self.mapper.online_changed(node_id, online), "patch")
+    # -- finding who a change concerns ---------------------------------------
 
     def _viewers_of(self, node_id: int) -> list[int]:
         """
@@ -275,23 +342,53 @@ class MapNotifier:
                     out.append(viewer)
         return out
 
-    def _to_peers(self, node_id: int, message: bytes, response_type: str) -> None:
-        """Frame ``message`` once and write it to every streaming node that sees ``node_id``."""
-        targets = self._viewers_of(node_id)
-        if targets:
-            self._write_to(targets, self._frame(message, response_type))
+    # -- recording changes (held until the next flush; at once without batching) --
 
-    def push(self, changes, touched=(), exclude: int | None = None) -> int:
+    def _held(self, viewer: int) -> HeldDelta:
+        held = self._pending.get(viewer)
+        if held is None:
+            held = self._pending[viewer] = HeldDelta()
+        return held
+
+    def _settle(self) -> int:
         """
-        Send policy/route differences (a :class:`~headscale_tw.control.policy.Changes`)
+        After a change was recorded: send it now (no batching, or shutting
+        down) or make sure a flush is due; return the messages built now.
+        """
+        if self.batch_delay <= 0 or self._stopping:
+            return self.flush()
+        if (self._pending or self._news or self._changed_nodes) and self._flush_timer is None:
+            self._flush_timer = self.clock.callLater(self.batch_delay, self.flush)
+        return 0
+
+    def _news_of(self, node_id: int) -> PeerNews:
+        self._seq += 1
+        news = self._news.get(node_id)
+        if news is None:
+            news = self._news[node_id] = PeerNews(self._seq)
+        else:
+            news.seq = self._seq
+        return news
+
+    def _online_to_peers(self, node_id: int, online: bool) -> None:
+        self._news_of(node_id).online = online
+        self._settle()
+
+    def push(self, changes: Changes, touched: Iterable[int] = (), exclude: int | None = None) -> int:
+        """
+        Send policy/route differences (a :class:`~headscale_tw.control.views.Changes`)
         plus full entries of ``touched`` nodes to every streaming viewer they concern.
 
         One message per viewer; identical messages are built and framed once.
         Only viewers the change concerns are visited (those with per-viewer
         differences and those that see a touched node), except when nodes are
         removed for all or, with no policy, a touched node is seen by everyone.
-        Returns the number of messages built.
+        Returns the number of messages built now (none while batching holds them).
         """
+        self._record(changes, touched, exclude)
+        return self._settle()
+
+    def _record(self, changes: Changes, touched: Iterable[int], exclude: int | None) -> None:
         touched = set(touched) | changes.touched
         policy, nodes, sessions = self.policy, self.state.nodes, self.sessions
         uniform = policy.uniform
@@ -314,8 +411,6 @@ class MapNotifier:
                 if viewer in sessions and viewer not in seen:
                     viewers.append(viewer)
                     self.viewers_visited += 1
-        groups: dict[tuple, list[int]] = {}
-        batching = self.batch_delay > 0
         for viewer in viewers:
             if viewer == exclude or viewer not in nodes:
                 continue
@@ -331,46 +426,9 @@ class MapNotifier:
             removed.discard(viewer)
             if not (changed or removed or packet_filter is not None or ssh is not None or self_node):
                 continue
-            if batching:
-                self._hold(viewer, changed, removed, packet_filter, ssh, self_node)
-                continue
-            key = (
-                tuple((pid, policy.variant(viewer, pid)) for pid in sorted(changed)),
-                tuple(sorted(removed)),
-                packet_filter,
-                ssh,
-                viewer if self_node else None,
-            )
-            groups.setdefault(key, []).append(viewer)
-        return self._send_groups(groups)
+            self._held(viewer).merge(changed, removed, packet_filter, ssh, self_node)
 
-    # -- batching ----------------------------------------------------------
-
-    def _held(self, viewer: int) -> list:
-        pending = self._pending.get(viewer)
-        if pending is None:
-            # [last word per peer: True = changed, False = removed], filter, ssh, self,
-            # {peer: patched field names}, {peer: online}
-            pending = self._pending[viewer] = [{}, None, None, False, {}, {}]
-        return pending
-
-    def _hold(self, viewer: int, changed, removed, packet_filter, ssh, self_node) -> None:
-        pending = self._held(viewer)
-        last = pending[0]
-        for pid in removed:
-            last[pid] = False
-        for pid in changed:
-            last[pid] = True
-        if packet_filter is not None:
-            pending[1] = packet_filter
-        if ssh is not None:
-            pending[2] = ssh
-        pending[3] = pending[3] or self_node
-        self._arm()
-
-    def _arm(self) -> None:
-        if self._flush_timer is None:
-            self._flush_timer = self.clock.callLater(self.batch_delay, self.flush)
+    # -- sending -------------------------------------------------------------
 
     def flush(self) -> int:
         """
@@ -384,51 +442,93 @@ class MapNotifier:
         if timer is not None and timer.active():
             timer.cancel()
         pending, self._pending = self._pending, {}
-        if not pending:
+        news, self._news = self._news, {}
+        opened, self._opened = self._opened, {}
+        if not (pending or news):
             return 0
-        policy = self.policy
-        groups: dict[tuple, list[int]] = {}
         nodes = self.state.nodes
-        for viewer, (last, packet_filter, ssh, self_node, patched, online) in pending.items():
-            if viewer not in nodes or not self.sessions.get(viewer):
+        # viewer -> the nodes whose news it gets (those it sees, unless its stream opened since)
+        told: dict[int, list[int]] = {}
+        for node_id in sorted(news):
+            if node_id not in nodes:
                 continue
-            shown = sorted(pid for pid, up in last.items() if up and pid in nodes and policy.sees(viewer, pid))
-            removed = sorted(pid for pid in last if pid not in shown)
-            # a full entry or a removal supersedes patches and online flags of that peer
-            gone = last.keys()
-            patches = tuple(sorted((pid, tuple(sorted(fields))) for pid, fields in patched.items()
-                                   if pid not in gone and pid in nodes and policy.sees(viewer, pid)))
-            flags = tuple(sorted((pid, up) for pid, up in online.items()
-                                 if pid not in gone and pid in nodes and policy.sees(viewer, pid)))
-            key = (
-                tuple((pid, policy.variant(viewer, pid)) for pid in shown),
-                tuple(removed),
-                packet_filter,
-                ssh,
-                viewer if self_node else None,
-                patches,
-                flags,
-            )
-            groups.setdefault(key, []).append(viewer)
+            seq = news[node_id].seq
+            for viewer in self._viewers_of(node_id):
+                if opened.get(viewer, -1) < seq:
+                    told.setdefault(viewer, []).append(node_id)
+        groups: dict[DeltaMessage, list[int]] = {}
+        for viewer, held in pending.items():
+            message = self._message_for(viewer, held, news, told.get(viewer, ()))
+            if message:
+                groups.setdefault(message, []).append(viewer)
+        # viewers owed only news: those told the same nodes share one message
+        shared: dict[tuple[int, ...], list[int]] = {}
+        for viewer, told_about in told.items():
+            if viewer not in pending and viewer in nodes:
+                shared.setdefault(tuple(told_about), []).append(viewer)
+        for news_of, viewers in shared.items():
+            groups.setdefault(_news_message(news, news_of), []).extend(viewers)
         return self._send_groups(groups)
 
-    def _send_groups(self, groups: dict[tuple, list[int]]) -> int:
+    def _message_for(self, viewer: int, held: HeldDelta, news: dict[int, PeerNews],
+                     told: Iterable[int]) -> DeltaMessage | None:
+        """What ``viewer`` gets for ``held`` and the news it is told, built from the state now
+        (``None``: it no longer streams)."""
+        policy, nodes = self.policy, self.state.nodes
+        if viewer not in nodes or not self.sessions.get(viewer):
+            return None
+        last = held.peers
+        changed = sorted(pid for pid, up in last.items() if up and pid in nodes and policy.sees(viewer, pid))
+        removed = sorted(pid for pid in last if pid not in changed)
+        # a full entry or a removal supersedes the news of that peer
+        about = [pid for pid in told if pid not in last]
+        message = _news_message(news, about)
+        return DeltaMessage(
+            changed=tuple((pid, policy.variant(viewer, pid)) for pid in changed),
+            removed=tuple(removed),
+            packet_filter=held.packet_filter,
+            ssh=held.ssh,
+            self_of=viewer if held.self_node else None,
+            patches=message.patches,
+            online=message.online,
+        )
+
+    def _send_groups(self, groups: dict[DeltaMessage, list[int]]) -> int:
         """Build one delta per group of viewers with identical views, frame it once, write it to all."""
         nodes = self.state.nodes
-        for key, viewers in groups.items():
-            patches, flags = key[5:7] if len(key) > 5 else ((), ())
-            message = self.mapper.delta(
+        for message, viewers in groups.items():
+            built = self.mapper.delta(
                 viewers[0],
-                changed=[pid for pid, _ in key[0]],
-                removed=key[1],
-                packet_filter=key[2],
-                ssh=key[3],
-                self_node=key[4] is not None,
-                patches=[self.mapper.patch_for(nodes[pid], fields) for pid, fields in patches],
-                online=flags,
+                changed=[pid for pid, _ in message.changed],
+                removed=message.removed,
+                packet_filter=message.packet_filter,
+                ssh=message.ssh,
+                self_node=message.self_of is not None,
+                patches=[self.mapper.patch_for(nodes[pid], fields) for pid, fields in message.patches],
+                online=message.online,
             )
-            self._write_to(viewers, self._frame(message, _delta_type(key)))
+            self._write_to(viewers, self._frame(built, message.response_type))
         return len(groups)
+
+    def _frame(self, message: bytes, response_type: str) -> FramedMessage:
+        """Wrap a built message for framing; count it under ``response_type`` (see :class:`MapCounters`)."""
+        self.map_counters.count_generated(response_type)
+        return FramedMessage(message, self._frame_built)
+
+    def _frame_built(self, encoding: str) -> None:
+        self.frames_built += 1
+
+    def _write_to(self, node_ids: Iterable[int], framed: FramedMessage) -> int:
+        if self._pending or self._news or self._changed_nodes:
+            self.flush()  # whatever is held goes first, so every stream gets changes in order
+        count = 0
+        for node_id in node_ids:
+            for session in list(self.sessions.get(node_id, ())):
+                session.send(framed)
+                count += 1
+        return count
+
+    # -- INodeNotifier: what the domain reports ------------------------------
 
     def node_changed(self, node_id: int, self_too: bool = True) -> None:
         """Peers get the node's full entry in ``PeersChanged``; its own sessions get ``Node``."""
@@ -469,32 +569,21 @@ class MapNotifier:
         """
         if node_id not in self.state.nodes:
             return
-        if self.batch_delay > 0 and not self._stopping:
-            self._changed_nodes.setdefault(node_id, False)
-            self._arm()
-            return
-        self._apply_node_changes({node_id: False})
+        self._changed_nodes.setdefault(node_id, False)
+        self._settle()
 
     def node_patched(self, node_id: int, fields: Iterable[str]) -> None:
         """Only patchable fields changed (endpoints, DERP home, disco key, key, key expiry)."""
         if node_id not in self.state.nodes:
             return
-        if self.batch_delay > 0 and not self._stopping:
-            # held like any delta; the patch is built at the flush from the node's state then
-            fields = set(fields)
-            for viewer in self._viewers_of(node_id):
-                self._held(viewer)[4].setdefault(node_id, set()).update(fields)
-            self._arm()
-            return
-        patch = self.mapper.patch_for(self.state.nodes[node_id], fields)
-        self._to_peers(node_id, self.mapper.peers_patched([patch]), "patch")
+        # held like any news; the patch is built at the flush from the node's state then
+        self._news_of(node_id).patched.update(fields)
+        self._settle()
 
     def node_removed(self, node_id: int) -> None:
         """Peers that saw it get ``PeersRemoved`` (plus any policy fallout); its own streams end."""
         self.mapper.forget(node_id)
-        timer = self._offline_timers.pop(node_id, None)
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._cancel_offline_timer(node_id)
         self.push(self.policy.update([node_id]), exclude=node_id)
         for session in list(self.sessions.get(node_id, ())):
             session.close()
@@ -519,6 +608,8 @@ class MapNotifier:
         """Close every session and cancel every timer (service shutdown)."""
         self._stopping = True
         self._pending.clear()
+        self._news.clear()
+        self._opened.clear()
         self._changed_nodes.clear()
         if self._flush_timer is not None and self._flush_timer.active():
             self._flush_timer.cancel()

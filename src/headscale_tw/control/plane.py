@@ -116,7 +116,7 @@ class ControlPlane:
                              https=self.dns_challenges.available)
         if batch_delay is None:
             batch_delay = config.tuning.batch_change_delay
-        self.notifier = MapNotifier(self.state, self.mapper, clock, offline_grace=offline_grace,
+        self.notifier = MapNotifier(self.state, self.mapper, self.policy, clock, offline_grace=offline_grace,
                                     batch_delay=batch_delay, presence=self.presence)
         self.throttles = AuthThrottles.build(clock)
         #: Who did what: admin actions, registrations, expiry, failed-attempt summaries.
@@ -125,7 +125,7 @@ class ControlPlane:
         self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock,
                                    preauth_throttle=self.throttles.preauth_key, auth_requests=self.auth_requests,
                                    audit=self.audit)
-        self.poll = PollService(self.state, self.notifier, clock)
+        self.poll = PollService(self.state, self.notifier, self.policy, clock)
         #: SSH check mode: ``/machine/ssh/action/...`` and the ``/auth/<auth_id>`` page.
         self.ssh_checks = SSHChecks(self.state, self.policy, self.notifier, self.auth_requests,
                                      config.server_url)

@@ -16,15 +16,17 @@ from __future__ import annotations
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from headscale_tw.control import limits
 from headscale_tw.control._wire import check_hostinfo, parse_key, parse_request_head
 from headscale_tw.control.framing import PLAIN, ZSTD
-from headscale_tw.control.notifier import MapNotifier
+from headscale_tw.control.policy import TailnetPolicy
 from headscale_tw.control.routes import parse_prefix
 from headscale_tw.control.slices import SLICE, in_slices
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput, NotFound
+from headscale_tw.interfaces import INodeNotifier, IPollService
 
 __all__ = ["MapRequest", "parse_map_request", "PollService", "Unauthorized"]
 
@@ -100,15 +102,17 @@ def _parse_quietly(text: object) -> None:
         pass  # skipped where the routes are read, as announced_routes does
 
 
+@implementer(IPollService)
 class PollService:
     """Applies MapRequests to nodes and notifies peers."""
 
     log = Logger()
 
-    def __init__(self, state: ControlState, notifier: MapNotifier, clock: IReactorTime | None = None) -> None:
+    def __init__(self, state: ControlState, notifier: INodeNotifier, policy: TailnetPolicy,
+                 clock: IReactorTime | None = None) -> None:
         self.state = state
         self.notifier = notifier
-        self.policy = notifier.policy
+        self.policy = policy
         #: Cuts the parsing of a long route list into reactor turns (None: all at once).
         self.clock = clock
         self.parse_turns = 0
@@ -188,11 +192,7 @@ class PollService:
                         name = self.state.free_name(hostname, exclude=node.id)
                         if name != node.given_name:
                             fields["given_name"] = name
-        runtime = self.state.runtime[node.id]
-        cap_changed = request.version and request.version != runtime.cap
-        if cap_changed:
-            runtime.cap = request.version
-            self.state.touch(node.id)
+        if self.state.runtime.set_cap(node.id, request.version):
             patch.append("Cap")
         if fields:
             node = await self.state.update_node(node.id, **fields)

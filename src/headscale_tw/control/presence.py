@@ -73,16 +73,17 @@ class NodePresence:
 
     def __call__(self, node_id: int, online: bool) -> Deferred:
         """The notifier's hook: ``node_id``'s first stream opened here, or its offline grace ended here."""
-        runtime = self.state.runtime.get(node_id)
+        runtimes = self.state.runtime
+        runtime = runtimes.get(node_id)
         if online:
             self._held.add(node_id)
             if runtime is not None and runtime.online_since is None:
-                runtime.online_since = self.now()
-            since = runtime.online_since if runtime is not None else self.now()
-            return self._queue(self._open, node_id, since)
+                runtimes.set_online_since(node_id, self.now())
+            since = runtime.online_since if runtime is not None else None
+            return self._queue(self._open, node_id, since or self.now())
         self._held.discard(node_id)
         if runtime is not None and not runtime.online:
-            runtime.online_since = None
+            runtimes.set_online_since(node_id, None)
         return self._queue(self._close, node_id)
 
     def holds(self, node_id: int) -> bool:

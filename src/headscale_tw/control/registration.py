@@ -54,9 +54,9 @@ from headscale_tw.control._wire import (
 from headscale_tw.control.audit import NO_AUDIT, Actor, AuditLog, Target
 from headscale_tw.control.authrequests import AuthRequests, new_auth_id
 from headscale_tw.control.mapper import Mapper
-from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput, LimitReached, NotFound
+from headscale_tw.interfaces import INodeNotifier
 from headscale_tw.storage.models import AuthRequest
 from headscale_tw.throttle import PREAUTH_KEYS, FailureThrottle, Throttled
 
@@ -248,7 +248,7 @@ class Registrar:
     def __init__(
         self,
         state: ControlState,
-        notifier: MapNotifier,
+        notifier: INodeNotifier,
         mapper: Mapper,
         config,
         clock,
@@ -379,7 +379,7 @@ class Registrar:
         if request.hostinfo:
             fields["hostinfo"] = request.hostinfo
         node = await self.state.update_node(node.id, **fields)
-        self.state.runtime[node.id].cap = request.version or self.state.runtime[node.id].cap
+        self.state.runtime.set_cap(node.id, request.version)
         self.notifier.node_changed(node.id)
         return await self._success(node)
 
@@ -441,7 +441,7 @@ class Registrar:
                 if existing.given_name_auto:
                     fields["given_name"] = self.state.free_name(hostname, exclude=existing.id)
             node = await self.state.update_node(existing.id, **fields)
-            self.state.runtime[node.id].cap = request.version
+            self.state.runtime.set_cap(node.id, request.version)
             if await self.policy.auto_approve(node.id):
                 node = self.state.get(node.id)
             self.log.info("re-registered node {name} (id {id}) by {method}", name=node.given_name, id=node.id,
@@ -449,7 +449,7 @@ class Registrar:
             self.notifier.node_changed(node.id)
             return node
         node = await self.state.create_node(machine_key=machine_key, hostname=hostname, **fields)
-        self.state.runtime[node.id].cap = request.version
+        self.state.runtime.set_cap(node.id, request.version)
         self.log.info("registered node {name} (id {id}, {ips}) by {method}", name=node.given_name, id=node.id,
                       ips=" ".join(ip for ip in (node.ipv4, node.ipv6) if ip), method=fields.get("register_method", "?"))
         if await self.policy.auto_approve(node.id):

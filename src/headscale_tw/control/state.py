@@ -8,12 +8,14 @@ invalidates the mapper's cached peer entry). Map building reads only this
 cache, so a map never waits for the database and never rescans the world.
 
 Runtime facts that are not stored (online, the capability version of the
-last request, when the last session ended) live here too.
+last request, when the last session ended, streaming on another instance)
+live here too, in :class:`NodeRuntimes`: their one writer, which the notifier,
+the poll and register paths and the cluster feed report to, and everyone else reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 
 import attrs
@@ -26,7 +28,7 @@ from headscale_tw.errors import AlreadyExists, NotFound
 from headscale_tw.interfaces import IDatabase
 from headscale_tw.storage.models import Node, User
 
-__all__ = ["ControlState", "NodeRuntime", "TAGGED_DEVICES_USER_ID"]
+__all__ = ["ControlState", "NodeRuntime", "NodeRuntimes", "TAGGED_DEVICES_USER_ID"]
 
 # The pseudo-user that owns tagged nodes on the wire (Headscale uses the same number).
 TAGGED_DEVICES_USER_ID = 2147455555
@@ -53,7 +55,12 @@ class _TakenNames:
 
 @attrs.define
 class NodeRuntime:
-    """Per-node facts that live only in memory."""
+    """
+    Per-node facts that live only in memory.
+
+    Read it anywhere; write it only through :class:`NodeRuntimes` (``state.runtime``),
+    which also bumps the node's generation when a peer-visible fact changes.
+    """
 
     cap: int = 0
     online: bool | None = None
@@ -62,6 +69,98 @@ class NodeRuntime:
     elsewhere: bool = False
     #: When it came online, as the ``node_sessions`` table says (cluster mode; HA election rank).
     online_since: datetime | None = None
+
+
+class NodeRuntimes(Mapping[int, NodeRuntime]):
+    """
+    The one writer of every node's :class:`NodeRuntime`; a read-only mapping for everyone else.
+
+    The notifier reports streams opening and ending (:meth:`came_online`,
+    :meth:`disconnected`, :meth:`went_offline`), map and register requests
+    report the capability version (:meth:`set_cap`), the cluster feed and the
+    node sessions table report streams on other instances (:meth:`set_elsewhere`,
+    :meth:`set_online`, :meth:`set_online_since`). Mapper, policy, lifecycle,
+    admin services and metrics only read. ``touch(node_id)`` bumps a node's
+    generation (its cached peer entry is stale); ``now()`` is the clock.
+    """
+
+    def __init__(self, touch: Callable[[int], None], now: Callable[[], datetime]) -> None:
+        self._facts: dict[int, NodeRuntime] = {}
+        self._touch = touch
+        self._now = now
+
+    def __getitem__(self, node_id: int) -> NodeRuntime:
+        return self._facts[node_id]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._facts)
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    def track(self, node_id: int) -> None:
+        """Start keeping facts for a node entering the cache (kept if already there)."""
+        self._facts.setdefault(node_id, NodeRuntime())
+
+    def drop(self, node_id: int) -> None:
+        """Forget a node leaving the cache."""
+        self._facts.pop(node_id, None)
+
+    def came_online(self, node_id: int) -> bool:
+        """A stream opened here; return whether the node was not online before."""
+        runtime = self._facts[node_id]
+        runtime.disconnected_at = None
+        if runtime.online:
+            return False
+        runtime.online = True
+        self._touch(node_id)
+        return True
+
+    def disconnected(self, node_id: int) -> None:
+        """The node's last stream here ended (it stays online through the offline grace)."""
+        self._facts[node_id].disconnected_at = self._now()
+
+    def went_offline(self, node_id: int) -> None:
+        """The offline grace passed with no stream: the node is offline."""
+        self._facts[node_id].online = False
+        self._touch(node_id)
+
+    def set_cap(self, node_id: int, cap: int) -> bool:
+        """Record the capability version of the node's latest request (0: not given); return whether it changed."""
+        runtime = self._facts[node_id]
+        if not cap or cap == runtime.cap:
+            return False
+        runtime.cap = cap
+        self._touch(node_id)
+        return True
+
+    def set_elsewhere(self, node_id: int, elsewhere: bool) -> None:
+        """Record whether the node also streams on another instance sharing the database."""
+        self._facts[node_id].elsewhere = elsewhere
+
+    def set_online(self, node_id: int, online: bool) -> bool:
+        """Online as the other instances' streams say (cluster feed); return whether ``online`` changed.
+
+        Going offline records the time (``disconnected_at``); coming online clears it.
+        """
+        runtime = self._facts[node_id]
+        if online:
+            runtime.disconnected_at = None
+        elif runtime.online:
+            runtime.disconnected_at = self._now()
+        if runtime.online == online:
+            return False
+        runtime.online = online
+        self._touch(node_id)
+        return True
+
+    def set_online_since(self, node_id: int, since: datetime | None) -> bool:
+        """Record when the node came online (the HA election's rank in cluster mode); return whether it moved."""
+        runtime = self._facts[node_id]
+        if runtime.online_since == since:
+            return False
+        runtime.online_since = since
+        return True
 
 
 class ControlState:
@@ -78,7 +177,8 @@ class ControlState:
         self.now = now
         self.nodes: dict[int, Node] = {}
         self.users: dict[int, User] = {}
-        self.runtime: dict[int, NodeRuntime] = {}
+        #: Facts about each node that live only in memory (online, capability version, ...).
+        self.runtime = NodeRuntimes(self.touch, now)
         self._generation: dict[int, int] = {}
         self._by_node_key: dict[str, int] = {}
         self._by_machine_key: dict[str, int] = {}
@@ -110,7 +210,7 @@ class ControlState:
         self._by_node_key[node.node_key] = node.id
         self._by_machine_key[node.machine_key] = node.id
         self._names[node.given_name] = node.id
-        self.runtime.setdefault(node.id, NodeRuntime())
+        self.runtime.track(node.id)
         self._generation[node.id] = self._generation.get(node.id, 0) + 1
 
     # -- reads -------------------------------------------------------------
@@ -292,7 +392,7 @@ class ControlState:
         node = self.nodes.pop(node_id, None)
         if node is None:
             return None
-        self.runtime.pop(node_id, None)
+        self.runtime.drop(node_id)
         self._generation.pop(node_id, None)
         if self._by_node_key.get(node.node_key) == node_id:
             del self._by_node_key[node.node_key]

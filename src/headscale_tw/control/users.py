@@ -18,10 +18,9 @@ from datetime import datetime
 from twisted.logger import Logger
 
 from headscale_tw.control.audit import NO_AUDIT, AuditLog, Target
-from headscale_tw.control.notifier import MapNotifier
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import NotFound, UserHasNodes
-from headscale_tw.interfaces import IUserStore
+from headscale_tw.interfaces import INodeNotifier, IUserStore
 from headscale_tw.storage.models import User
 
 __all__ = ["UserAdmin", "MAX_STORED_ID", "quoted"]
@@ -55,7 +54,7 @@ class UserAdmin:
     log = Logger()
 
     def __init__(self, users: IUserStore, now: Callable[[], datetime], state: ControlState | None = None,
-                 notifier: MapNotifier | None = None, audit: AuditLog = NO_AUDIT) -> None:
+                 notifier: INodeNotifier | None = None, audit: AuditLog = NO_AUDIT) -> None:
         self.users = users
         self.now = now
         self.state = state

@@ -52,11 +52,11 @@ from headscale_tw.control.dns_challenges import (
     PublishFailed,
     UpdateInProgress,
 )
-from headscale_tw.control.notifier import MapNotifier
-from headscale_tw.control.poll import PollService, Unauthorized, parse_map_request
+from headscale_tw.control.poll import Unauthorized, parse_map_request
 from headscale_tw.control.registration import MachineKeyMismatch, Registrar
 from headscale_tw.control.ssh_check import SSHChecks
 from headscale_tw.errors import InvalidInput, NotFound
+from headscale_tw.interfaces import INodeNotifier, IPollService
 from headscale_tw.noise.protocol import stream_backlog
 from headscale_tw.web.client_address import client_address
 
@@ -253,7 +253,7 @@ class RegisterResource(_NoiseResource):
 class MapResource(_NoiseResource):
     """``POST /machine/map``: streaming polls, lite updates and one-shot maps."""
 
-    def __init__(self, poll: PollService, notifier: MapNotifier, identify: Callable = peer_identity) -> None:
+    def __init__(self, poll: IPollService, notifier: INodeNotifier, identify: Callable = peer_identity) -> None:
         super().__init__(identify)
         self.poll = poll
         self.notifier = notifier
@@ -389,8 +389,8 @@ class MachineResource(Resource):
     def __init__(
         self,
         registrar: Registrar,
-        poll: PollService,
-        notifier: MapNotifier,
+        poll: IPollService,
+        notifier: INodeNotifier,
         identify: Callable = peer_identity,
         dns_challenges: DNSChallenges | None = None,
         ssh_checks: SSHChecks | None = None,

@@ -1,0 +1,81 @@
+"""Tests for the map-session lifecycle (:class:`~headscale_tw.control.sessions.MapSession`)."""
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from headscale_tw.control.framing import KEEPALIVE_FRAMES, PLAIN, FramedMessage
+from headscale_tw.control.sessions import MapSession
+
+
+class MapSessionLifecycleTests(unittest.TestCase):
+    """What a session does depends on its state: new, streaming or closed."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.writes = []
+        self.finished = []
+        self.aborted = []
+        self.closed = []
+        self.unsent = 0
+        self.session = MapSession(
+            7, self.writes.append, lambda: self.finished.append(True), self.clock, self.closed.append,
+            interval=lambda: 50.0, unsent=lambda: self.unsent, abort=lambda: self.aborted.append(True),
+            max_unsent=100, encoding=PLAIN,
+        )
+
+    def test_new_drops_deltas(self):
+        """Before the full map a delta is not written and no keep-alive is scheduled."""
+        self.session.send(FramedMessage(b'{"a":1}'))
+        self.clock.advance(60)
+        self.assertEqual((self.writes, self.session.state, self.clock.getDelayedCalls()), ([], "new", []))
+
+    def test_start_then_deltas_and_keepalives(self):
+        """After the full map deltas are written and an idle stream gets a keep-alive."""
+        self.session.start(FramedMessage(b'{"full":1}'))
+        self.session.send(FramedMessage(b'{"a":1}'))
+        self.clock.advance(50)
+        self.assertEqual(self.writes[1:], [FramedMessage(b'{"a":1}').framed(PLAIN), KEEPALIVE_FRAMES[PLAIN]])
+        self.assertEqual((self.session.state, self.session.messages_sent), ("streaming", 3))
+
+    def test_started_twice(self):
+        """Starting a session a second time is a programming error, raised, and writes nothing."""
+        self.session.start(FramedMessage(b"{}"))
+        self.assertRaises(RuntimeError, self.session.start, FramedMessage(b"{}"))
+        self.assertEqual(len(self.writes), 1)
+
+    def test_close_before_start(self):
+        """Closing a session that never started finishes the response and tells the notifier once."""
+        self.session.close()
+        self.session.close()
+        self.session.connection_lost()
+        self.assertEqual((self.finished, self.closed, self.session.state), ([True], [self.session], "closed"))
+
+    def test_closed_ignores_everything(self):
+        """A closed session writes nothing more, has no timer and is reported closed once."""
+        self.session.start(FramedMessage(b"{}"))
+        self.session.connection_lost()
+        self.session.send(FramedMessage(b"{}"))
+        self.session.close()
+        self.clock.advance(100)
+        self.assertEqual((len(self.writes), self.finished, self.closed), (1, [], [self.session]))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertRaises(RuntimeError, self.session.start, FramedMessage(b"{}"))
+
+    def test_write_failure_closes(self):
+        """A write that raises ends the session as if the client went away, with no keep-alive left."""
+
+        def broken(data):
+            raise OSError("gone")
+
+        self.session._write = broken
+        self.session.start(FramedMessage(b"{}"))
+        self.assertEqual((self.session.state, self.closed, self.finished), ("closed", [self.session], []))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_stalled_on_the_full_map(self):
+        """A client with too much unread after the full map is aborted, not finished, and not kept alive."""
+        self.unsent = 101
+        self.session.start(FramedMessage(b"{}"))
+        self.assertEqual((self.session.state, self.aborted, self.finished), ("closed", [True], []))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
