@@ -120,25 +120,41 @@ class NginxSiteRulesTests(unittest.TestCase):
 class NginxHASiteTests(unittest.TestCase):
     """The high-availability site fails over between three instances."""
 
-    def test_three_servers_passive_health(self):
-        """The upstream lists three servers, each taken out after one failure for a bounded time."""
+    def _upstream(self, name):
         text = _directives(_read(HA))
-        upstream = re.search(r"upstream headscale_tw_ha \{(.*?)\}", text, re.S).group(1)
-        servers = re.findall(r"^\s*server\s+(\S+)\s+([^;]*);", upstream, re.M)
-        self.assertEqual(len(servers), 3, upstream)
+        body = re.search(rf"upstream {name} \{{(.*?)\}}", text, re.S).group(1)
+        return body, re.findall(r"^\s*server\s+(\S+)\s+([^;]*);", body, re.M)
+
+    def test_three_servers_passive_health(self):
+        """Short requests go to three servers, each taken out after one failure for a bounded time."""
+        body, servers = self._upstream("headscale_tw_ha")
+        self.assertEqual(len(servers), 3, body)
         for _, params in servers:
             self.assertRegex(params, r"max_fails=1\b")
             self.assertRegex(params, r"fail_timeout=\d+s\b")
-        self.assertIn("least_conn;", upstream)
+        self.assertIn("least_conn;", body)
+
+    def test_streams_never_marked_down(self):
+        """/ts2021 and /derp go to the same three servers with passive health off, as the site explains."""
+        body, servers = self._upstream("headscale_tw_ha_streams")
+        self.assertEqual([address for address, _ in servers], [a for a, _ in self._upstream("headscale_tw_ha")[1]])
+        for _, params in servers:
+            self.assertEqual(params.strip(), "max_fails=0")
+        self.assertIn("least_conn;", body)
+        locations = _locations(_read(HA))
+        for where in ("= /ts2021", "/derp"):
+            self.assertIn("proxy_pass http://headscale_tw_ha_streams;", locations[where])
+        for where, location in locations.items():
+            if "proxy_pass" in location and where not in ("= /ts2021", "/derp"):
+                self.assertIn("proxy_pass http://headscale_tw_ha;", location, where)
 
     def test_next_upstream_on_connect_failure(self):
-        """A refused or timed-out connect moves the request on, with a short connect timeout and bounded tries."""
+        """Only a refused or timed-out connect moves a request on (answers such as 503 are not failures),
+        with a short connect timeout and bounded tries."""
         text = _directives(_read(HA))
-        self.assertRegex(text, r"proxy_next_upstream error timeout[^;]*;")
+        self.assertRegex(text, r"proxy_next_upstream error timeout;")
         self.assertNotIn("non_idempotent", text)
+        self.assertNotRegex(text, r"proxy_next_upstream [^;]*http_")
         self.assertRegex(text, r"proxy_connect_timeout [1-5]s;")
-        self.assertRegex(text, r"proxy_next_upstream_tries [2-3];")
+        self.assertRegex(text, r"proxy_next_upstream_tries 3;")
         self.assertRegex(text, r"proxy_next_upstream_timeout \d+s;")
-        for location in _locations(_read(HA)).values():
-            if "proxy_pass" in location:
-                self.assertIn("http://headscale_tw_ha;", location)

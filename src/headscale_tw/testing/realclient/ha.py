@@ -185,7 +185,7 @@ class HACluster:
 
     def start_front(self, timeout: float = 30.0) -> Component:
         """nginx with the shipped HA site in front of the three instances."""
-        substitutions = {old: spec.listen for old, spec in zip(_SHIPPED_UPSTREAMS, INSTANCES)}
+        substitutions = {old: spec.listen for old, spec in zip(_SHIPPED_UPSTREAMS, INSTANCES)}  # in both upstreams
         substitutions.update({
             "listen 80;": "listen 127.0.0.1:8000;",
             "listen [::]:80;\n": "",
