@@ -23,9 +23,10 @@ the run waits ``--settle`` seconds, and then it checks:
 2. **Peers agree with the database**: each simulated node's own map lists
    exactly the other nodes in the database, each with the database's endpoints;
    each official client lists every other node.
-3. **No node is offline**: every node streams (the gauges count them all), every
-   peer in every simulated node's map is online, the official clients list
-   every peer online, and each instance's ``nodes list`` says online.
+3. **No node is offline**: every node streams (the gauges count them all;
+   ``not_streaming``), every peer in every simulated node's map is online
+   (``offline_in_node_maps``, counted per viewer and peer), the official clients
+   list every peer online, and each instance's ``nodes list`` says online.
 
 Prints the figures and the failures (at most 10 of each kind) and exits 1 if a
 check failed.
@@ -72,7 +73,10 @@ def _database_nodes(bench: HABench) -> dict[str, dict[str, Any]]:
 def audit(bench: HABench) -> dict[str, list[str]]:
     """The end-of-run checks; ``{check: [failures]}`` (empty lists when all hold)."""
     assert bench.cluster is not None and bench.events is not None
-    failures: dict[str, list[str]] = {"acknowledged_writes": [], "peers_match_database": [], "offline": []}
+    failures: dict[str, list[str]] = {
+        "acknowledged_writes": [], "peers_match_database": [], "not_streaming": [],
+        "offline_in_node_maps": [], "offline_in_official_views": [], "offline_in_instance_lists": [],
+    }
     db = _database_nodes(bench)
     states = bench.swarm_state()
     attempts: dict[int, list[list[str]]] = {}
@@ -102,10 +106,10 @@ def audit(bench: HABench) -> dict[str, list[str]]:
                     f"bench-{state['index']} sees {db[key]['name']} at {peers[key]['endpoints']}, "
                     f"database {db[key]['endpoints']}")
             if peers[key]["online"] is not True:
-                failures["offline"].append(f"bench-{state['index']} sees {db[key]['name']} "
-                                           f"online={peers[key]['online']}")
+                failures["offline_in_node_maps"].append(f"bench-{state['index']} sees {db[key]['name']} "
+                                                        f"online={peers[key]['online']}")
         if not state["streaming"]:
-            failures["offline"].append(f"bench-{state['index']}: not streaming")
+            failures["not_streaming"].append(f"bench-{state['index']}")
     names = {row["name"] for row in db.values()}
     for node in bench.clients:
         status = node.status_json()
@@ -114,16 +118,14 @@ def audit(bench: HABench) -> dict[str, list[str]]:
             failures["peers_match_database"].append(
                 f"{node.name}: lists {len(listed)} peers, database has {len(names) - 1} others")
         off = sorted(name for name, p in listed.items() if not p.get("Online"))
-        if off:
-            failures["offline"].append(f"{node.name} sees {len(off)} offline: {off[:5]}")
+        failures["offline_in_official_views"].extend(f"{node.name} sees {name} offline" for name in off)
     streams = bench.total_streams()
     if streams != bench.total:
-        failures["offline"].append(f"the instances hold {streams} streams, {bench.total} expected")
+        failures["not_streaming"].append(f"the instances hold {streams} streams, {bench.total} expected")
     for name in bench.cluster.running():
         listed = json.loads(bench.cluster.servers[name].cli("nodes", "list", "-o", "json").stdout) or []
         off = sorted(n["given_name"] for n in listed if not n.get("online"))
-        if off:
-            failures["offline"].append(f"instance {name} lists {len(off)} offline: {off[:5]}")
+        failures["offline_in_instance_lists"].extend(f"instance {name} lists {node} offline" for node in off)
     return failures
 
 
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="hstw-chaos-")
     bench = HABench(args.nodes, workdir, endpoints_every=args.endpoints_every)
     kills: list[dict[str, Any]] = []
+    viewers: dict[str, int] = {}
     pings = {"ok": 0, "failed": 0}
     try:
         bench.start()
@@ -182,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         unacked = sum(1 for e in bench.events.events if e["event"] == "failed")
         reconnects = sum(1 for e in bench.events.events if e["event"] == "back")
         failures = audit(bench)
+        for line in failures["offline_in_node_maps"]:  # how many nodes see at least one peer offline
+            viewer = line.split(" ", 1)[0]
+            viewers[viewer] = viewers.get(viewer, 0) + 1
     except HarnessError as e:
         print(f"chaos run failed: {e}", file=sys.stderr)
         bench.close()
@@ -191,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
            "official": len(OFFICIAL), "kills": kills, "acknowledged_writes": writes,
            "unacknowledged_writes": unacked, "sim_reconnects": reconnects, "pings": pings,
            "failures": {k: v[:10] for k, v in failures.items()},
-           "failure_counts": {k: len(v) for k, v in failures.items()}, "logs": workdir}
+           "failure_counts": {k: len(v) for k, v in failures.items()},
+           "nodes_seeing_offline_peers": len(viewers), "logs": workdir}
     print(json.dumps(out, indent=2))
     if args.json:
         with open(args.json, "w") as f:
