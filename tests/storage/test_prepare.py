@@ -15,6 +15,7 @@ from headscale_tw.storage.prepare import (
     SCHEMA_VERSION,
     DatabaseTooNew,
     PrepareError,
+    judge_schema_state,
     prepare_database,
     schema_files,
 )
@@ -115,13 +116,45 @@ class MigrationTestsMixin:
         self.assertEqual(self.prepare(pool, NEXT), NEXT)
         self.assertEqual(self.query(pool, "SELECT COUNT(*) FROM extra2"), [(0,)])
 
-    def test_refuse_newer(self):
-        """A database newer than the code raises DatabaseTooNew naming both versions, touching nothing."""
+    def test_fresh_stores_minimum(self):
+        """A fresh database records the lowest code version that can serve it (4, where the rule began)."""
         pool = self.pool()
+        self.prepare(pool)
+        self.assertEqual(self.query(pool, "SELECT minimum_code_version FROM schema_compat"), [(4,)])
+
+    def test_serve_newer_additive(self):
+        """A database one additive delta ahead is served by the older code as it is, and its version returned."""
+        pool = self.pool()
+        self.prepare(pool)
+        self.add_delta(NEXT, "01_colour.sql", "ALTER TABLE users ADD COLUMN colour TEXT NOT NULL DEFAULT 'blue';")
+        self.prepare(pool, NEXT)
+        applied = self.query(pool, "SELECT version, file FROM applied_schema_deltas ORDER BY version, file")
+        self.assertEqual(self.prepare(pool, SCHEMA_VERSION), NEXT)
+        self.assertEqual(self.query(pool, "SELECT version FROM schema_version"), [(NEXT,)])
+        self.assertEqual(self.query(pool, "SELECT version, file FROM applied_schema_deltas ORDER BY version, file"),
+                         applied)
+
+    def test_refuse_newer(self):
+        """A database whose contracting delta raised the minimum past the code raises DatabaseTooNew
+        naming the database's version, the code's and the minimum, touching nothing."""
+        pool = self.pool()
+        self.prepare(pool)
+        self.add_delta(NEXT, "01_drop.sql", "ALTER TABLE users DROP COLUMN display_name;\n"
+                       f"UPDATE schema_compat SET minimum_code_version = {NEXT} WHERE minimum_code_version < {NEXT};")
         self.prepare(pool, NEXT)
         error = self.assertRaises(DatabaseTooNew, self.prepare, pool, SCHEMA_VERSION)
         self.assertIn(f"database schema version {NEXT} is newer than this code supports ({SCHEMA_VERSION})", str(error))
+        self.assertIn(f"it needs code at schema version {NEXT} or later", str(error))
+        self.assertEqual((error.db_version, error.code_version, error.minimum), (NEXT, SCHEMA_VERSION, NEXT))
         self.assertEqual(self.query(pool, "SELECT version FROM schema_version"), [(NEXT,)])
+
+    def test_refuse_newer_without_minimum(self):
+        """A newer database with no stored minimum is refused: nothing says older code may serve it."""
+        pool = self.pool()
+        self.prepare(pool, NEXT)
+        resolve(pool.run_interaction("w", lambda txn: txn.execute("DELETE FROM schema_compat")))
+        error = self.assertRaises(DatabaseTooNew, self.prepare, pool, SCHEMA_VERSION)
+        self.assertEqual(error.minimum, NEXT)
 
     def test_refuse_foreign_tables(self):
         """A database with tables but no schema_version (e.g. Headscale's) is refused by name."""
@@ -182,6 +215,22 @@ class PostgresMigrationTests(MigrationTestsMixin, unittest.TestCase):
 
     def make_config(self):
         return create_postgres_database(self)
+
+
+class JudgeSchemaStateTests(unittest.TestCase):
+    """The compatibility rule on its own: code N serves M > N only when the stored minimum is at most N."""
+
+    def test_rule(self):
+        """Older or equal databases pass; newer ones pass only with a known minimum not above the code."""
+        tables = {"schema_version"}
+        self.assertEqual(judge_schema_state(3, tables, 4), 3)
+        self.assertEqual(judge_schema_state(4, tables, 4), 4)
+        self.assertEqual(judge_schema_state(6, tables, 4, minimum=4), 6)
+        self.assertEqual(judge_schema_state(6, tables, 5, minimum=4), 6)
+        for minimum in (5, 6, None):
+            error = self.assertRaises(DatabaseTooNew, judge_schema_state, 6, tables, 4, minimum)
+            self.assertIn("schema version 6 is newer than this code supports (4)", str(error))
+        self.assertIsNone(judge_schema_state(None, set(), 4))
 
 
 class SchemaFilesTests(unittest.TestCase):

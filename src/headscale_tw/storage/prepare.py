@@ -18,8 +18,17 @@ delta file runs in its own transaction together with its bookkeeping row, so a
 crash in the middle of an upgrade resumes where it stopped. A released delta
 file is never edited; a change needs a new file.
 
-A database newer than this code raises :class:`DatabaseTooNew` and nothing is
-touched. Before deltas are applied to an existing SQLite file it is copied to
+Rolling upgrades (expand, then contract): since delta ``04/20`` the one-row
+table ``schema_compat`` stores the lowest code schema version that can still
+serve the database (``minimum_code_version``). A delta that only adds (a table,
+a nullable or defaulted column, an index) leaves it alone, so instances of the
+previous release keep running on the upgraded database; a delta that removes or
+changes what older code reads raises it in the same file
+(``UPDATE schema_compat SET minimum_code_version = N WHERE minimum_code_version < N``).
+Code at version N serves a database at version M > N when the stored minimum is
+at most N, without touching it; otherwise (or when the database has no
+``schema_compat`` row) it raises :class:`DatabaseTooNew` naming both versions,
+and nothing is touched. Before deltas are applied to an existing SQLite file it is copied to
 ``<file>.bak-v<N>`` (with SQLite's online backup API, so WAL content is included);
 an existing backup of the same version is kept, never overwritten.
 
@@ -75,13 +84,15 @@ log = Logger()
 class DatabaseTooNew(Exception):
     """The database was written by a newer version of headscale-tw."""
 
-    def __init__(self, db_version: int, code_version: int):
+    def __init__(self, db_version: int, code_version: int, minimum: int | None = None):
+        needs = f"; it needs code at schema version {minimum} or later" if minimum is not None else ""
         super().__init__(
             f"the database schema version {db_version} is newer than this code supports "
-            f"({code_version}); upgrade headscale-tw or restore a backup"
+            f"({code_version}){needs}; upgrade headscale-tw or restore a backup"
         )
         self.db_version = db_version
         self.code_version = code_version
+        self.minimum = minimum
 
 
 class PrepareError(Exception):
@@ -128,24 +139,32 @@ def _lock_txn(txn: Txn) -> None:
         txn.execute("SELECT pg_advisory_xact_lock(?)", (_PG_LOCK_ID,))
 
 
-def _read_state_txn(txn: Txn) -> tuple[int | None, set[str]]:
+def _read_state_txn(txn: Txn) -> tuple[int | None, set[str], int | None]:
+    """``(schema version, table names, stored minimum code version)``; None where absent."""
     tables = _table_names_txn(txn)
     if "schema_version" not in tables:
-        return None, tables
+        return None, tables, None
     row = txn.query_one("SELECT version FROM schema_version")
     if row is None:
         raise PrepareError("the schema_version table is empty; the database is damaged")
-    return int(row[0]), tables
+    minimum = None
+    if "schema_compat" in tables:
+        compat = txn.query_one("SELECT minimum_code_version FROM schema_compat")
+        minimum = int(compat[0]) if compat is not None else None
+    return int(row[0]), tables, minimum
 
 
-def judge_schema_state(version: int | None, tables: set[str], code_version: int = SCHEMA_VERSION) -> int | None:
+def judge_schema_state(version: int | None, tables: set[str], code_version: int = SCHEMA_VERSION,
+                       minimum: int | None = None) -> int | None:
     """Whether this code can use a database in this state: its version, or None for an empty one.
 
     Shared by start-up (:func:`prepare_database`) and the read-only check of
-    ``headscale configtest`` (:func:`read_schema_version`).
+    ``headscale configtest`` (:func:`read_schema_version`). A database newer than
+    ``code_version`` is usable when its stored ``minimum`` (the lowest code
+    version that can serve it) is known and at most ``code_version``.
 
     :raises PrepareError: tables but no ``schema_version``: not a headscale-tw database.
-    :raises DatabaseTooNew: written by newer code.
+    :raises DatabaseTooNew: written by newer code that older code cannot serve.
     """
     if version is None:
         if tables:
@@ -154,13 +173,14 @@ def judge_schema_state(version: int | None, tables: set[str], code_version: int 
                 "by headscale-tw; use an empty database".format(", ".join(sorted(tables)))
             )
         return None
-    if version > code_version:
-        raise DatabaseTooNew(version, code_version)
+    if version > code_version and (minimum is None or minimum > code_version):
+        raise DatabaseTooNew(version, code_version, minimum if minimum is not None else version)
     return version
 
 
 def _judged_state_txn(txn: Txn, code_version: int = SCHEMA_VERSION) -> int | None:
-    return judge_schema_state(*_read_state_txn(txn), code_version)
+    version, tables, minimum = _read_state_txn(txn)
+    return judge_schema_state(version, tables, code_version, minimum)
 
 
 def read_schema_version(db_config: Any) -> int | None:
@@ -223,7 +243,10 @@ async def prepare_database(
     schema_version: int = SCHEMA_VERSION,
     sqlite_path: str | None = None,
 ) -> int:
-    """Bring the database behind ``pool`` to ``schema_version``; return that version.
+    """Bring the database behind ``pool`` to ``schema_version``; return the version it is at.
+
+    A newer database this code may serve (see the module docstring) is left as
+    it is, and its own version is returned.
 
     ``schema_dir`` (a ``pathlib.Path`` or importlib ``Traversable``) defaults to the
     packaged ``storage/schema``. ``sqlite_path`` names the SQLite file to back up
@@ -255,7 +278,9 @@ async def prepare_database(
                 raise PrepareError("another server began creating the schema but no schema version is recorded")
             fresh = False
     if version > schema_version:
-        raise DatabaseTooNew(version, schema_version)
+        log.info("The database is at schema version {version}, newer than this code ({code}), "
+                 "and still compatible with it; serving it unchanged", version=version, code=schema_version)
+        return version
 
     if not fresh and version < schema_version and sqlite_path not in (None, ":memory:"):
         target = f"{sqlite_path}.bak-v{version}"

@@ -134,6 +134,13 @@ class ManagedProcess:
         if not self.running():
             raise HarnessError(f"{self.name} exited unexpectedly\n{self.describe()}")
 
+    def kill(self, timeout: float = 10.0) -> int:
+        """SIGKILL this child's PID at once (a crash, as ``kill -9``); reap it; return its exit status."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout)
+        return self.popen.returncode
+
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM this child's PID, SIGKILL after ``timeout``; reap it; return its exit status."""
         if self.popen.poll() is None:
