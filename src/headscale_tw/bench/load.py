@@ -102,6 +102,7 @@ class Worker:
         nodes = [self.nodes[i] for i in indices]
         return {
             "start": [n.times.get("start") for n in nodes],
+            "key": [n.times.get("key") for n in nodes],
             "noise": [n.times.get("noise") for n in nodes],
             "registered": [n.times.get("registered") for n in nodes],
             "map": [n.times.get("map") for n in nodes],
