@@ -240,6 +240,12 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
 
     ``peer`` is set once the connection is made. ``negotiatedProtocol`` tells
     HTTP code looking at this transport that it carries HTTP/2.
+
+    What the inner protocol writes while it handles received data (HTTP/2
+    acknowledgements, window updates, responses ready at once) is held and sent
+    as one write when :meth:`dataReceived` returns: a login's requests used to
+    cost a record and a ``send()`` for each frame. Writes at any other time
+    (map deltas, responses after a database answer) go out at once.
     """
 
     negotiatedProtocol = b"h2"
@@ -254,6 +260,7 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
         self._encoder = RecordEncoder(result.ciphers.send)
         self._established = False
         self._failed = False
+        self._held: list[bytes] | None = None  # writes made during dataReceived, sent when it returns
         self.peer: NoisePeer | None = None
         self.refused = result.version < factory.min_version
 
@@ -302,10 +309,22 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
         if self._established:
             # Our own writes must not extend the wait for the client's first record.
             self.resetTimeout()
+        if self._held is not None:
+            self._held.append(data)
+            return
         write_through(self.transport, self._encoder.encode(data))
 
     def writeSequence(self, data) -> None:
         self.write(b"".join(data))
+
+    def _send_held(self) -> None:
+        held, self._held = self._held, None
+        if held and not self._failed:
+            write_through(self.transport, self._encoder.encode(b"".join(held)))
+
+    def loseConnection(self) -> None:
+        self._send_held()  # what was written before closing still goes first
+        ProtocolWrapper.loseConnection(self)
 
     # Protocol side (called by the network).
     def dataReceived(self, data: bytes) -> None:
@@ -323,10 +342,14 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
             self.setTimeout(self.factory.idle_timeout)
         else:
             self.resetTimeout()
-        for chunk in chunks:
-            if self.wrappedProtocol is None or self._failed:
-                return
-            self.wrappedProtocol.dataReceived(chunk)
+        self._held = []
+        try:
+            for chunk in chunks:
+                if self.wrappedProtocol is None or self._failed:
+                    return
+                self.wrappedProtocol.dataReceived(chunk)
+        finally:
+            self._send_held()
 
     def _fail(self, why: str) -> None:
         """Drop this one connection after a protocol error."""
