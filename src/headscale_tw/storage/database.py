@@ -20,17 +20,9 @@ and one connection keeps every interaction serialised. Every SQLite transaction
 starts with ``BEGIN IMMEDIATE`` (the connection runs with
 ``isolation_level=None``), so DDL in migrations is transactional too.
 
-**Group commit (SQLite).** With ``synchronous=FULL`` every commit waits for an
-``fsync`` (about 1 ms here), and the one connection does nothing else
-meanwhile. So interactions submitted while a transaction is running queue in
-the pool, and when it ends they run together in *one* transaction (at most
-:data:`GROUP_COMMIT_MAX` of them), each inside its own ``SAVEPOINT``: one that
-raises is rolled back to its savepoint and gets its own error, the others are
-unaffected, and every caller's result arrives only after the shared ``COMMIT``
-returned (so a result still means "on disk"). An interaction submitted while
-nothing runs starts at once, alone, exactly as without grouping. Order is kept:
-interactions (and :meth:`DatabasePool.run_with_connection`, which always runs
-alone) start in the order they were submitted.
+**Group commit (SQLite):** interactions submitted while a transaction runs
+share the next one, each in its own savepoint, and get their results after its
+``COMMIT`` (:mod:`headscale_tw.storage.group_commit`).
 
 The thread pool can be replaced (``threadpool=``) by one that runs work inline;
 :mod:`headscale_tw.testing.db` does so to run the real SQL without threads.
@@ -54,6 +46,7 @@ from zope.interface import implementer
 
 from headscale_tw.counters import Histogram
 from headscale_tw.interfaces import IDatabase
+from headscale_tw.storage.group_commit import GROUP_COMMIT_MAX, GroupCommit
 
 __all__ = [
     "DatabasePool",
@@ -83,9 +76,6 @@ __all__ = [
 ]
 
 R = TypeVar("R")
-
-#: Interactions that may share one SQLite transaction (group commit).
-GROUP_COMMIT_MAX = 64
 
 _SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f+00:00"
 
@@ -330,17 +320,6 @@ class _ConnectionPool(adbapi.ConnectionPool):
         super().start()
 
 
-@dataclass
-class _Queued:
-    """An interaction (or, ``raw``, a use of the bare connection) waiting for the SQLite connection."""
-
-    desc: str
-    fn: Callable[..., Any]
-    args: tuple
-    done: Deferred
-    raw: bool = False
-
-
 @dataclass(frozen=True)
 class PoolStats:
     """The pool's figures at one moment (for ``/metrics``)."""
@@ -391,11 +370,20 @@ class DatabasePool:
             **connkw,
         )
         # Group commit: only where every interaction shares one connection (SQLite).
-        self._grouping = engine.name == "sqlite" and max_conns == 1
-        self._queue: list[_Queued] = []
-        self._running = False
-        #: Transactions (or raw connection uses) started on the connection, for work-count tests.
-        self.transactions = 0
+        self._group: GroupCommit | None = None
+        if engine.name == "sqlite" and max_conns == 1:
+            self._group = GroupCommit(self._pool, self._interaction, self._begin_txn)
+        self._ungrouped_transactions = 0
+
+    @property
+    def transactions(self) -> int:
+        """Transactions (and raw connection uses) started on the pool's connections, for work-count tests."""
+        grouped = self._group.transactions if self._group is not None else 0
+        return grouped + self._ungrouped_transactions
+
+    def _begin_txn(self, cursor: Any) -> Txn:
+        self.engine.begin(cursor)
+        return Txn(self.engine, cursor)
 
     def _interaction(self, cursor: Any, desc: str, fn: Callable[..., R], args: tuple) -> R:
         self.engine.begin(cursor)
@@ -410,10 +398,10 @@ class DatabasePool:
         """
         if self._closing:
             raise DatabaseClosed(f"database is closed (while running {desc})")
-        if self._grouping:
-            d = self._enqueue(_Queued(desc, fn, args, Deferred()))
+        if self._group is not None:
+            d = self._group.submit(desc, fn, args)
         else:
-            self.transactions += 1
+            self._ungrouped_transactions += 1
             d = self._pool.runInteraction(self._interaction, desc, fn, args)
         self._in_flight.add(d)
         d.addBoth(self._done, d, self._reactor.seconds())
@@ -423,98 +411,14 @@ class DatabasePool:
         """Run ``fn(connection, *args)`` with the raw driver connection, outside a transaction."""
         if self._closing:
             raise DatabaseClosed(f"database is closed (while running {desc})")
-        if self._grouping:
-            d = self._enqueue(_Queued(desc, fn, args, Deferred(), raw=True))
+        if self._group is not None:
+            d = self._group.submit(desc, fn, args, raw=True)
         else:
-            self.transactions += 1
+            self._ungrouped_transactions += 1
             d = self._pool.runWithConnection(fn, *args)
         self._in_flight.add(d)
         d.addBoth(self._done, d, self._reactor.seconds())
         return await d
-
-    # -- group commit (SQLite) --------------------------------------------------
-
-    def _enqueue(self, item: _Queued) -> Deferred:
-        self._queue.append(item)
-        if not self._running:
-            self._run_queue()
-        return item.done
-
-    def _next_group(self) -> list[_Queued]:
-        """The queue's head: one raw connection use alone, else the interactions up to the next one."""
-        queue = self._queue
-        if queue[0].raw:
-            return [queue.pop(0)]
-        end = 1
-        while end < len(queue) and end < GROUP_COMMIT_MAX and not queue[end].raw:
-            end += 1
-        group = queue[:end]
-        del queue[:end]
-        return group
-
-    def _run_queue(self) -> None:
-        """Start groups until one is left running on the pool's thread (or the queue is empty).
-
-        A pool that answers at once (the threadless test pool) finishes each group
-        here, in this loop, so a long chain of interactions does not nest calls.
-        """
-        self._running = True
-        while self._queue:
-            group = self._next_group()
-            self.transactions += 1
-            if group[0].raw:
-                d = self._pool.runWithConnection(group[0].fn, *group[0].args)
-            elif len(group) == 1:
-                d = self._pool.runInteraction(self._interaction, group[0].desc, group[0].fn, group[0].args)
-            else:
-                d = self._pool.runInteraction(self._group_interaction, group)
-            finished: list = []
-            d.addBoth(finished.append)
-            if not finished:
-                d.addCallback(lambda _, group=group: self._group_finished_later(group, finished[0]))
-                return
-            self._deliver(group, finished[0])
-        self._running = False
-
-    def _group_finished_later(self, group: list[_Queued], result: Any) -> None:
-        self._deliver(group, result)
-        self._run_queue()
-
-    @staticmethod
-    def _deliver(group: list[_Queued], result: Any) -> None:
-        """Fire each caller's Deferred: its own outcome, or the whole transaction's failure."""
-        if isinstance(result, Failure):
-            for item in group:
-                item.done.errback(result)
-            return
-        if len(group) == 1:  # ran alone, as without grouping
-            group[0].done.callback(result)
-            return
-        for item, (ok, value) in zip(group, result):
-            if ok:
-                item.done.callback(value)
-            else:
-                item.done.errback(value)
-
-    def _group_interaction(self, cursor: Any, group: list[_Queued]) -> list[tuple[bool, Any]]:
-        """Run several interactions in one transaction, each in a savepoint (on the pool's thread)."""
-        self.engine.begin(cursor)
-        outcomes: list[tuple[bool, Any]] = []
-        txn = Txn(self.engine, cursor)
-        for item in group:
-            cursor.execute("SAVEPOINT interaction")
-            try:
-                value = item.fn(txn, *item.args)
-            except Exception:
-                failure = Failure()
-                # Should undoing fail, the exception ends the transaction: everyone gets it.
-                cursor.execute("ROLLBACK TO SAVEPOINT interaction")
-                cursor.execute("RELEASE SAVEPOINT interaction")
-                outcomes.append((False, failure))
-            else:
-                cursor.execute("RELEASE SAVEPOINT interaction")
-                outcomes.append((True, value))
-        return outcomes
 
     def _done(self, result: Any, d: Deferred, submitted: float) -> Any:
         self._in_flight.discard(d)
