@@ -391,3 +391,56 @@ class LifecycleTests(unittest.TestCase):
         self.assertTrue(transport.disconnecting)
         protocol.connectionLost(None)
         self.assertEqual(server.clock.getDelayedCalls(), [])
+
+
+class HeldWriteTests(unittest.TestCase):
+    """What the server writes while handling received records leaves in one write."""
+
+    def _connected(self):
+        server = _Server()
+        client, pump = server.noise_client()
+        self.successResultOf(client.ready)
+        (protocol,) = server.ts2021.factory.connections
+        writes = []
+        original = protocol.transport.write
+
+        def counting_write(data):
+            writes.append(data)
+            return original(data)
+
+        protocol.transport.write = counting_write
+        return server, client, pump, protocol, writes
+
+    def test_answer_ready_at_once_is_one_write(self):
+        """A request answered while its records are handled (acknowledgements, headers, body) takes one write."""
+        server, client, pump, protocol, writes = self._connected()
+        d = client.request(b"POST", b"/machine/echo", b"hello")
+        pump.pump(advanceClock=False)  # the request's records reach the server; no send-loop turn yet
+        self.assertEqual(len(writes), 1)
+        pump.flush()  # the stream's end goes out on the send loop's next turn
+        self.assertEqual(json.loads(self.successResultOf(d).body)["body"], "hello")
+
+    def test_writes_outside_data_received_go_at_once(self):
+        """A write made outside dataReceived (a delta to a stream) is not held."""
+        server, client, pump, protocol, writes = self._connected()
+        protocol.write(b"x")
+        protocol.write(b"y")
+        self.assertEqual(len(writes), 2)
+
+    def test_lose_connection_sends_held_bytes_first(self):
+        """Closing while handling records first sends what was written before the close."""
+        server, client, pump, protocol, writes = self._connected()
+        events = []
+        transport = protocol.transport
+        write, lose = transport.write, transport.loseConnection
+        transport.write = lambda data: (events.append("write"), write(data))
+        transport.loseConnection = lambda: (events.append("close"), lose())
+
+        def write_then_close(data):
+            protocol.write(b"last words")
+            protocol.loseConnection()
+
+        protocol.wrappedProtocol.dataReceived = write_then_close
+        client.request(b"POST", b"/machine/echo", b"hello").addErrback(lambda f: None)
+        pump.flush()
+        self.assertEqual(events[:2], ["write", "close"])

@@ -8,8 +8,8 @@ import random
 
 from twisted.trial import unittest
 
-from headscale_tw.policy.compile import _overlaps_any, _sorted_ranges_overlap
 from headscale_tw.policy.ipset import IPSet
+from headscale_tw.policy.reduce import _overlaps_any, _sorted_ranges_overlap
 
 
 def _scan(s, nets):

@@ -104,6 +104,7 @@ class Worker:
         nodes = [self.nodes[i] for i in indices]
         return {
             "start": [n.times.get("start") for n in nodes],
+            "key": [n.times.get("key") for n in nodes],
             "noise": [n.times.get("noise") for n in nodes],
             "registered": [n.times.get("registered") for n in nodes],
             "map": [n.times.get("map") for n in nodes],
@@ -379,7 +380,24 @@ def connect_summary(result: dict, n: int) -> dict:
         "registrations_per_s": round(len(regs) / (max(regs) - t0), 1) if regs else None,
         "all_maps_s": round(max(maps) - t0, 3) if len(maps) == n else None,
         "full_map_bytes_median": percentile([b for b in result["full_map_bytes"] if b], 50),
+        "steps_p50_ms": _step_latencies(result),
     }
+
+
+#: The steps of a login, as (name, from, to) timestamps of the connect result.
+LOGIN_STEPS = (("key", "start", "key"), ("noise", "key", "noise"), ("register", "noise", "registered"),
+               ("to_full_map", "registered", "map"))
+
+
+def _step_latencies(result: dict) -> dict:
+    """Median milliseconds of each login step (where a login's time goes, seen from the client)."""
+    out: dict[str, float | None] = {}
+    for name, first, last in LOGIN_STEPS:
+        spans = [(b - a) * 1000 for a, b in zip(result.get(first, ()), result.get(last, ()))
+                 if a is not None and b is not None]
+        median = percentile(spans, 50) if spans else None
+        out[name] = None if median is None else round(median, 1)
+    return out
 
 
 async def _cli(reactor, options) -> int:

@@ -106,17 +106,21 @@ CHANGES = ("endpoint_change", "node_join", "node_delete", "policy_change", "hub_
 
 
 async def run_size(reactor, n: int, policy: str, *, procs: int = 1, group_size: int = 10,
-                   concurrency: int = 64, timeout: float = 600.0, floor_rounds: int = 5, log=print) -> dict:
+                   concurrency: int = 64, timeout: float = 600.0, floor_rounds: int = 5, log=print,
+                   connect_only: bool = False, profile: str | None = None) -> dict:
     """
     Every scenario for one size and policy against a fresh server; returns the results dict.
 
     With ``floor_rounds`` > 0 the machine's floor follows, with the same
-    load-generator processes, and ``ratios`` compares the two.
+    load-generator processes, and ``ratios`` compares the two. With
+    ``connect_only`` only the connect step runs (registrations/s) and the
+    floor is its login floor alone. ``profile`` (a path) runs the server under
+    cProfile and saves its stats there when it stops.
     """
-    server = SpawnedServer(policy=policy_text(policy, n + 1, group_size)).start()
+    server = SpawnedServer(policy=policy_text(policy, n + 1, group_size), profile=profile).start()
     try:
         return await _run_size(reactor, server, n, policy, procs, group_size, concurrency, timeout,
-                               floor_rounds, log)
+                               floor_rounds, log, connect_only)
     finally:
         server.stop()
 
@@ -139,7 +143,7 @@ def floor_ratios(run: dict, floor: dict) -> dict:
 
 
 async def _run_size(reactor, server, n, policy, procs, group_size, concurrency, timeout, floor_rounds,
-                    log) -> dict:
+                    log, connect_only=False) -> dict:
     keys = server.make_keys()
     parts = urlsplit(server.url)
     cluster = Cluster(reactor, parts.hostname, parts.port, procs=procs, verify=min(n, 3))
@@ -160,6 +164,9 @@ async def _run_size(reactor, server, n, policy, procs, group_size, concurrency, 
         out["server_after_connect"] = server.stats()
         out["clients_after_connect"] = await cluster.stats()
         log(f"[{n} {policy}] connected: {out['connect']}")
+        if connect_only:
+            await _floor(reactor, cluster, out, n, policy, concurrency, timeout, floor_rounds, log)
+            return out
         everyone = list(range(n))
 
         # An endpoint change (lite map request from node 0).
@@ -255,19 +262,25 @@ async def _run_size(reactor, server, n, policy, procs, group_size, concurrency, 
         out["verified"] = await cluster.verify()
         out["server_end"] = server.stats()
         out["clients_end"] = await cluster.stats()
-        if floor_rounds:
-            await cluster.drop()
-            sizes = [out[change]["bytes_per_stream"] for change in CHANGES
-                     if change in out and out[change]["streams"] >= n - 1]
-            log(f"[{n} {policy}] floor for frames of {sorted(set(sizes))} bytes")
-            out["floor"] = await measure_floor(reactor, cluster, n, sizes, rounds=floor_rounds,
-                                               logins=min(max(n, 1000), 5000), concurrency=concurrency,
-                                               timeout=timeout)
-            out["ratios"] = floor_ratios(out, out["floor"])
-            log(f"[{n} {policy}] ratios to the floor: {out['ratios']}")
+        await _floor(reactor, cluster, out, n, policy, concurrency, timeout, floor_rounds, log)
         return out
     finally:
         await cluster.stop()
+
+
+async def _floor(reactor, cluster, out, n, policy, concurrency, timeout, floor_rounds, log) -> None:
+    """The machine's floor for the run in ``out`` (nothing when ``floor_rounds`` is 0), and the ratios."""
+    if not floor_rounds:
+        return
+    await cluster.drop()
+    sizes = [out[change]["bytes_per_stream"] for change in CHANGES
+             if change in out and out[change]["streams"] >= n - 1]
+    log(f"[{n} {policy}] floor for frames of {sorted(set(sizes))} bytes")
+    out["floor"] = await measure_floor(reactor, cluster, n, sizes, rounds=floor_rounds,
+                                       logins=min(max(n, 1000), 5000), concurrency=concurrency,
+                                       timeout=timeout)
+    out["ratios"] = floor_ratios(out, out["floor"])
+    log(f"[{n} {policy}] ratios to the floor: {out['ratios']}")
 
 
 def fullmap_times(sizes: list[int], repeat: int = 20) -> list[dict]:
@@ -301,6 +314,12 @@ def _table(rows: list[dict]) -> str:
              "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         c = r["connect"]
+        if "endpoint_change" not in r:  # --connect-only
+            cpu = r["server_after_connect"]["cpu_s"] - r["server_before"]["cpu_s"]
+            lines.append(f"| {r['nodes']} | {r['policy']} | {c['registrations_per_s']} | {c['all_maps_s']} "
+                         f"| {r['server_after_connect']['rss_mib']} | {round(cpu, 2)} (connect) | – | – | – | – | – "
+                         f"| – | – | {c['full_map_bytes_median']} |")
+            continue
         e = r["endpoint_change"]
         hub = "/".join(str(r[k]["p99_ms"]) for k in ("hub_join", "hub_endpoint", "hub_delete")) if "hub_join" in r else "–"
         lines.append("| {} | {} | {} | {} | {} | {} | {}/{}/{} | {} | {} | {} | {} | {} | {} | {} |".format(
@@ -339,7 +358,9 @@ async def _main(reactor, options) -> None:
     for n, policy in runs:
         started = time.monotonic()
         run = await run_size(reactor, n, policy, procs=options.procs, concurrency=options.concurrency,
-                             timeout=options.timeout, floor_rounds=options.floor_rounds)
+                             timeout=options.timeout, floor_rounds=options.floor_rounds,
+                             connect_only=options.connect_only,
+                             profile=options.profile_server and f"{options.profile_server}.{n}-{policy}")
         run["wall_s"] = round(time.monotonic() - started, 1)
         results["runs"].append(run)
         save()
@@ -366,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on every wait")
     parser.add_argument("--floor-rounds", type=int, default=5,
                         help="fan-outs per frame size for the machine's floor (0: no floor, no ratios)")
+    parser.add_argument("--connect-only", action="store_true",
+                        help="run only the connect step (registrations/s) and the login floor")
+    parser.add_argument("--profile-server", default=None, metavar="PATH",
+                        help="run the server under cProfile; stats saved to PATH.<size>-<policy>")
     parser.add_argument("--out", default=os.path.join("bench", "results"))
     options = parser.parse_args(argv)
     raise_nofile()

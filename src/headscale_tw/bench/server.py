@@ -73,9 +73,11 @@ def _pythonpath() -> str:
 class SpawnedServer:
     """Start with :meth:`start`, stop with :meth:`stop` (always; it removes the temp dir)."""
 
-    def __init__(self, policy: str | None = None, python: str = sys.executable, keep: bool = False) -> None:
+    def __init__(self, policy: str | None = None, python: str = sys.executable, keep: bool = False,
+                 profile: str | None = None) -> None:
         self.python = python
         self.keep = keep
+        self.profile = profile  # a path: twistd's cProfile stats (wall time) of the whole run go there
         self.dir = tempfile.mkdtemp(prefix="hstw-bench-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -118,7 +120,10 @@ class SpawnedServer:
         return dict(os.environ, PYTHONPATH=_pythonpath())
 
     def start(self, timeout: float = 60.0) -> SpawnedServer:
-        argv = [self.python, "-c", _TWISTD, "--nodaemon", "--pidfile=", "headscale", "-c", self.config_path]
+        argv = [self.python, "-c", _TWISTD, "--nodaemon", "--pidfile="]
+        if self.profile:
+            argv += [f"--profile={os.path.abspath(self.profile)}", "--profiler=cprofile", "--savestats"]
+        argv += ["headscale", "-c", self.config_path]
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(argv, cwd=self.dir, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, preexec_fn=raise_nofile)

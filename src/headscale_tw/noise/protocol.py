@@ -276,6 +276,12 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
 
     ``peer`` is set once the connection is made. ``negotiatedProtocol`` tells
     HTTP code looking at this transport that it carries HTTP/2.
+
+    What the inner protocol writes while it handles received data (HTTP/2
+    acknowledgements, window updates, responses ready at once) is held and sent
+    as one write when :meth:`dataReceived` returns: a login's requests used to
+    cost a record and a ``send()`` for each frame. Writes at any other time
+    (map deltas, responses after a database answer) go out at once.
     """
 
     negotiatedProtocol = b"h2"
@@ -296,6 +302,7 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
         self._writes_reset_timeout = False
         #: Set by the machine: cleared on ``closing``, after which writes are dropped.
         self._open = True
+        self._held: list[bytes] | None = None  # writes made while records are delivered, sent after
         self.peer: NoisePeer | None = None
         self.refused = result.version < factory.min_version
         self._machine = _machine_factory(self)
@@ -347,10 +354,22 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
             return
         if self._writes_reset_timeout:
             self.resetTimeout()
+        if self._held is not None:
+            self._held.append(data)
+            return
         write_through(self.transport, self._encoder.encode(data))
 
     def writeSequence(self, data) -> None:
         self.write(b"".join(data))
+
+    def _send_held(self) -> None:
+        held, self._held = self._held, None
+        if held and self._open:
+            write_through(self.transport, self._encoder.encode(b"".join(held)))
+
+    def loseConnection(self) -> None:
+        self._send_held()  # what was written before closing still goes first
+        ProtocolWrapper.loseConnection(self)
 
     # Protocol side (called by the network).
     def dataReceived(self, data: bytes) -> None:
@@ -389,10 +408,15 @@ class NoiseProtocol(ProtocolWrapper, TimeoutMixin):
         self.setTimeout(self.factory.idle_timeout)
 
     def _deliver(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            if self.wrappedProtocol is None or not self._open:
-                return
-            self.wrappedProtocol.dataReceived(chunk)
+        # What HTTP/2 writes while handling these records goes out as one record.
+        self._held = []
+        try:
+            for chunk in chunks:
+                if self.wrappedProtocol is None or not self._open:
+                    return
+                self.wrappedProtocol.dataReceived(chunk)
+        finally:
+            self._send_held()
 
     def _close(self, why: str) -> None:
         """Drop this one connection after a protocol error or a timeout."""

@@ -20,6 +20,10 @@ and one connection keeps every interaction serialised. Every SQLite transaction
 starts with ``BEGIN IMMEDIATE`` (the connection runs with
 ``isolation_level=None``), so DDL in migrations is transactional too.
 
+**Group commit (SQLite):** interactions submitted while a transaction runs
+share the next one, each in its own savepoint, and get their results after its
+``COMMIT`` (:mod:`headscale_tw.storage.group_commit`).
+
 The thread pool can be replaced (``threadpool=``) by one that runs work inline;
 :mod:`headscale_tw.testing.db` does so to run the real SQL without threads.
 """
@@ -42,7 +46,7 @@ from zope.interface import implementer
 
 from headscale_tw.clock import as_utc
 from headscale_tw.counters import Histogram
-from headscale_tw.interfaces import (
+from headscale_tw.interfaces import (  # the store interfaces annotate Database's attributes
     IAcmeStore,
     IApiKeyStore,
     IAuditEventStore,
@@ -57,6 +61,14 @@ from headscale_tw.interfaces import (
     IPreAuthKeyStore,
     IServerStateStore,
     IUserStore,
+)
+from headscale_tw.storage.group_commit import GROUP_COMMIT_MAX, GroupCommit
+from headscale_tw.storage.sqlite_file import (
+    SQLITE_FILE_MODE,
+    DatabaseFileError,
+    check_sqlite_file,
+    folder_accepts_entries,
+    prepare_sqlite_file,
 )
 
 __all__ = [
@@ -83,6 +95,7 @@ __all__ = [
     "Database",
     "open_database",
     "PoolStats",
+    "GROUP_COMMIT_MAX",
 ]
 
 R = TypeVar("R")
@@ -398,16 +411,40 @@ class DatabasePool:
             threadpool=threadpool,
             **connkw,
         )
+        # Group commit: only where every interaction shares one connection (SQLite).
+        self._group: GroupCommit | None = None
+        if engine.name == "sqlite" and max_conns == 1:
+            self._group = GroupCommit(self._pool, self._interaction, self._begin_txn)
+        self._ungrouped_transactions = 0
+
+    @property
+    def transactions(self) -> int:
+        """Transactions (and raw connection uses) started on the pool's connections, for work-count tests."""
+        grouped = self._group.transactions if self._group is not None else 0
+        return grouped + self._ungrouped_transactions
+
+    def _begin_txn(self, cursor: Any) -> Txn:
+        self.engine.begin(cursor)
+        return Txn(self.engine, cursor)
 
     def _interaction(self, cursor: Any, desc: str, fn: Callable[..., R], args: tuple) -> R:
         self.engine.begin(cursor)
         return fn(Txn(self.engine, cursor), *args)
 
     async def run_interaction(self, desc: str, fn: Callable[..., R], *args: Any) -> R:
-        """Run ``fn(txn, *args)`` in one transaction on a pool connection; return its result."""
+        """Run ``fn(txn, *args)`` in one transaction on a pool connection; return its result.
+
+        On SQLite the transaction may be shared with interactions submitted at the
+        same time (group commit, see the module docstring); ``fn`` sees only its own
+        effects undone when it raises, and its result is returned once committed.
+        """
         if self._closing:
             raise DatabaseClosed(f"database is closed (while running {desc})")
-        d = self._pool.runInteraction(self._interaction, desc, fn, args)
+        if self._group is not None:
+            d = self._group.submit(desc, fn, args)
+        else:
+            self._ungrouped_transactions += 1
+            d = self._pool.runInteraction(self._interaction, desc, fn, args)
         self._in_flight.add(d)
         d.addBoth(self._done, d, self._reactor.seconds())
         return await d
@@ -416,7 +453,11 @@ class DatabasePool:
         """Run ``fn(connection, *args)`` with the raw driver connection, outside a transaction."""
         if self._closing:
             raise DatabaseClosed(f"database is closed (while running {desc})")
-        d = self._pool.runWithConnection(fn, *args)
+        if self._group is not None:
+            d = self._group.submit(desc, fn, args, raw=True)
+        else:
+            self._ungrouped_transactions += 1
+            d = self._pool.runWithConnection(fn, *args)
         self._in_flight.add(d)
         d.addBoth(self._done, d, self._reactor.seconds())
         return await d
@@ -468,94 +509,6 @@ def _postgres_on_connect(conn: Any) -> None:
     cursor.execute("SET TIME ZONE 'UTC'")
     cursor.close()
     conn.commit()
-
-
-class DatabaseFileError(Exception):
-    """The SQLite file cannot be used: its path is a folder, or its folder cannot be created."""
-
-
-#: Mode of every SQLite file this server creates (the database holds the key-hashing pepper).
-SQLITE_FILE_MODE = 0o600
-
-
-def _sqlite_file_path(path: str) -> str | None:
-    """The file behind ``database.sqlite.path`` (None for ``:memory:`` and ``file:`` URIs)."""
-    if path == ":memory:" or path.startswith("file:"):
-        return None
-    return os.path.abspath(path)
-
-
-def check_sqlite_file(path: str) -> bool:
-    """Read-only check of ``database.sqlite.path``; True when the file exists.
-
-    A missing file is fine when its folder exists (or could be created) and is
-    writable. Nothing is created.
-
-    :raises DatabaseFileError: the path is a folder, or the file could not be created.
-    """
-    real = _sqlite_file_path(path)
-    if real is None:
-        return False
-    if os.path.isdir(real):
-        raise DatabaseFileError(f"database.sqlite.path {path} is a directory, not a database file")
-    if os.path.exists(real):
-        return True
-    parent = os.path.dirname(real)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not folder_accepts_entries(parent):
-        raise DatabaseFileError(f"database.sqlite.path {path}: cannot create it, {parent} is not a writable folder")
-    return False
-
-
-def folder_accepts_entries(folder: str) -> bool:
-    """Whether a file or folder can be created in ``folder``: tried for real (a temporary folder,
-    removed at once), since permission bits say nothing for root or on special file systems."""
-    import tempfile
-
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".headscale-tw-probe-", dir=folder))
-    except OSError:
-        return False
-    return True
-
-
-def prepare_sqlite_file(path: str) -> None:
-    """Make ``database.sqlite.path`` ready for SQLite to open, mode 0600.
-
-    The folder is created when missing; a missing file is created empty with
-    mode 0600 before SQLite opens it (SQLite gives its ``-wal`` and ``-shm``
-    files the database file's mode); an existing file, ``-wal`` or ``-shm``
-    readable by others (as older versions created them) is narrowed to 0600.
-
-    :raises DatabaseFileError: the path is a folder, or the folder or file cannot be created.
-    """
-    real = _sqlite_file_path(path)
-    if real is None:
-        return
-    if os.path.isdir(real):
-        raise DatabaseFileError(f"database.sqlite.path {path} is a directory, not a database file")
-    parent = os.path.dirname(real)
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        raise DatabaseFileError(f"database.sqlite.path {path}: cannot create its folder {parent}: "
-                                f"{e.strerror or e}") from None
-    try:
-        fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, SQLITE_FILE_MODE)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise DatabaseFileError(f"database.sqlite.path {path}: cannot create it: {e.strerror or e}") from None
-    else:
-        os.close(fd)
-    for name in (real, real + "-wal", real + "-shm"):
-        try:
-            mode = os.stat(name).st_mode & 0o777
-            if mode & 0o077:
-                os.chmod(name, mode & 0o700)
-        except FileNotFoundError:
-            pass
 
 
 def read_only_txn(db_config: Any, fn: Callable[..., R], *args: Any) -> R:
