@@ -12,7 +12,9 @@ The topology of docs/high-availability.md, shrunk onto one loopback:
   They serve one DERP region (999) whose node is the front (the embedded region
   takes host and port from ``server_url``) and mesh with each other over plain
   HTTP, so two clients whose DERP connections land on different instances still
-  reach each other;
+  reach each other. The mesh uses static ``mesh_peers``: behind one name no
+  instance has a DERP URL of its own for the mesh from the database to list
+  (docs/high-availability.md, *DERP across instances*);
 * Debian's nginx runs ``deploy/nginx/headscale-ha.conf`` with only the upstream
   addresses, listen addresses, certificate and log paths substituted: TLS on
   ``127.0.0.1:8443``.
