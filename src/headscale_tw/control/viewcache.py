@@ -191,10 +191,10 @@ class ViewCache:
         plain: dict[int, tuple[Variant, Variant]] = {}  # peers without routes: (both families, IPv6 only)
         for nid, node in pnodes.items():
             if not (node.primary_routes or node.subnet_routes or node.exit_routes):
-                prefixes = node.address_prefixes
+                # the node's texts are made once per node object (kept while the node is unchanged)
                 plain[nid] = (
-                    self._intern((tuple(str(p) for p in prefixes), ())),
-                    self._intern((tuple(str(p) for p in prefixes if p.version == 6), ())),
+                    self._intern((node.prefix_strings, ())),
+                    self._intern((node.prefix_strings_v6, ())),
                 )
         out: dict[int, dict[int, Variant]] = {}
         for nid, node in pnodes.items():
