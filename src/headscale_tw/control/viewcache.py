@@ -245,7 +245,7 @@ class ViewCache:
         node (rules of old compilations leave it then).
         """
         memo = self._rule_bytes
-        parts = []
+        parts: list[bytes] = []
         for rule in rules:
             if rule.cap_grant:  # rare: reduced and encoded each time
                 parts.extend(encode_json(r.to_wire()) for r in reduce_rules(node, (rule,), node_set))
