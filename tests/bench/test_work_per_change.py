@@ -16,23 +16,27 @@ import json
 
 from twisted.trial import unittest
 
+from headscale_tw.control.framing import encode_json
 from tests.control._harness import Harness
 
 GROUP = 5
 
 
-def group_policy(groups: int) -> str:
-    return json.dumps({
-        "tagOwners": {f"tag:g{g}": ["alice@"] for g in range(groups)},
-        "acls": [{"action": "accept", "src": [f"tag:g{g}"], "dst": [f"tag:g{g}:*"]} for g in range(groups)],
-    })
+def group_policy(groups: int, hub: bool = False) -> str:
+    """Tag groups that see each other; with ``hub``, a ``tag:hub`` node reaches every node (as in the benchmark)."""
+    owners = {f"tag:g{g}": ["alice@"] for g in range(groups)}
+    acls = [{"action": "accept", "src": [f"tag:g{g}"], "dst": [f"tag:g{g}:*"]} for g in range(groups)]
+    if hub:
+        owners["tag:hub"] = ["alice@"]
+        acls.append({"action": "accept", "src": ["tag:hub"], "dst": ["*:*"]})
+    return json.dumps({"tagOwners": owners, "acls": acls})
 
 
 class _Sized:
     """A harness with ``n`` streaming nodes and counters reset."""
 
-    def __init__(self, testcase, n: int, grouped: bool = False):
-        self.h = Harness(testcase, policy=group_policy(n // GROUP + 1) if grouped else None)
+    def __init__(self, testcase, n: int, grouped: bool = False, hub: bool = False):
+        self.h = Harness(testcase, policy=group_policy(n // GROUP + 1, hub) if grouped else None)
         self.grouped = grouped
         self.nodes = [self.register(i) for i in range(n)]
         self.streams = [self.h.stream(node) for node in self.nodes]
@@ -51,6 +55,8 @@ class _Sized:
 
     def reset(self):
         self.h.mapper.serializations.clear()
+        self.h.mapper.peer_lists_built = 0
+        self.h.policy.views.rules_encoded = 0
         self.h.notifier.frames_built = 0
         self.h.policy.views.views_built = 0
         self.h.notifier.viewers_visited = 0
@@ -64,6 +70,8 @@ class _Sized:
             "views": self.h.policy.views.views_built,
             "visited": self.h.notifier.viewers_visited,
             "streams_written": sum(1 for w in writes if w),
+            "rules_encoded": self.h.policy.views.rules_encoded,
+            "peer_lists": self.h.mapper.peer_lists_built,
         }
 
 
@@ -179,3 +187,58 @@ class GroupWorkTests(unittest.TestCase):
             s.register(10_000, group=0)
         small, big = self.measure(change)
         self.assertEqual(small["views"], big["views"])
+
+
+class HubWorkTests(unittest.TestCase):
+    """
+    Groups of 5 plus a hub every node sees (the benchmark's groups policy): a
+    hub's join and deletion reach every stream with a message of its own
+    (each node's filter is reduced to its own addresses), but what those
+    messages share is built once, at any size.
+    """
+
+    SIZES = (20, 80)
+
+    def measure(self, change) -> list[tuple[dict, _Sized]]:
+        out = []
+        for n in self.SIZES:
+            sized = _Sized(self, n, grouped=True, hub=True)
+            change(sized)
+            out.append((sized.work(), sized))
+        return out
+
+    @staticmethod
+    def join_hub(s: _Sized):
+        node, response = s.h.register("hub", Hostinfo={"Hostname": "hub", "OS": "linux", "RequestTags": ["tag:hub"]})
+        assert "Error" not in response, response
+        s.hub = node
+
+    def assert_filters_as_rebuilt(self, s: _Sized):
+        """Every stream's packet filter equals its filter encoded from scratch by the compiled policy."""
+        cp = s.h.policy.compiled()
+        for node, stream in zip(s.nodes, s.streams):
+            reference = encode_json(cp.filter_wire_for(s.h.policy.inputs.nodes[node.id]))
+            self.assertEqual(stream.applier.packet_filter, json.loads(reference), f"filter of node {node.id}")
+
+    def test_hub_join(self):
+        """
+        A hub's join encodes one filter rule (the hub's) and one ``PeersChanged``
+        list at both sizes, though every stream gets its own message.
+        """
+        for (work, s), n in zip(self.measure(self.join_hub), self.SIZES):
+            self.assertEqual((work["rules_encoded"], work["peer_lists"], work["streams_written"]), (1, 1, n))
+            self.assertGreater(work["frames"], n // GROUP)  # distinct messages: per-node filters
+            self.assertTrue(all(s.hub.id in stream.applier.peers for stream in s.streams))
+            self.assert_filters_as_rebuilt(s)
+
+    def test_hub_delete(self):
+        """A hub's deletion encodes no filter rule at either size (each node's remaining rules are known)."""
+        def change(s):
+            self.join_hub(s)
+            s.reset()
+            s.h.run(s.h.admin.delete(s.hub.id))
+
+        for (work, s), n in zip(self.measure(change), self.SIZES):
+            self.assertEqual((work["rules_encoded"], work["streams_written"]), (0, n))
+            self.assertFalse(any(s.hub.id in stream.applier.peers for stream in s.streams))
+            self.assert_filters_as_rebuilt(s)

@@ -11,6 +11,7 @@ visibility is symmetric (:meth:`TailnetPolicy.watchers` names every viewer).
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import json
 import os
@@ -221,19 +222,25 @@ class FullRebuildTests(unittest.TestCase):
 
         groups = 30
         state, pm = _group_tailnet(groups)
-        reduced = []
+        reduced: collections.Counter[int] = collections.Counter()  # node id -> rules reduced for it
         for module in (policy_module, compile_module):
             original = module.reduce_rules
 
             def counting(node, rules, node_set, _original=original):
                 rules = list(rules)
-                reduced.append(len(rules))
+                reduced[node.id] += len(rules)
                 return _original(node, rules, node_set)
 
             self.patch(module, "reduce_rules", counting)
+
+        def counting_one(node, rule, node_set, _original=policy_module.kept_destinations):
+            reduced[node.id] += 1
+            return _original(node, rule, node_set)
+
+        self.patch(policy_module, "kept_destinations", counting_one)
         pm.rebuild_views()
         self.assertEqual(len(reduced), 3 * groups)
-        self.assertEqual(set(reduced), {1})
+        self.assertEqual(set(reduced.values()), {1})
         self.assertEqual(len(pm.views.views[1].peers), 2)
         self.assertIn(b"100.64.0.32", pm.views.views[1].filter)  # node 31, in node 1's group
 

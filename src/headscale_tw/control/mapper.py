@@ -160,6 +160,8 @@ class Mapper:
         self._dns_bytes = encode_json(dns_config(config))
         self._cache: dict[int, tuple[int, dict[Variant, bytes]]] = {}
         self.serializations: collections.Counter[int] = collections.Counter()
+        #: ``PeersChanged`` lists (with their profiles) built by :meth:`delta`; a work counter.
+        self.peer_lists_built = 0
 
     # -- nodes -------------------------------------------------------------
 
@@ -352,11 +354,17 @@ class Mapper:
         self_node: bool = False,
         patches: Iterable[dict] = (),
         online: Iterable[tuple[int, bool]] = (),
+        shared: dict | None = None,
     ) -> bytes:
         """
         One message combining what changed for ``viewer_id`` (absent parts = unchanged):
         also ``PeersChangedPatch`` entries and ``OnlineChange`` (with ``PeerSeenChange``
         for peers gone offline) as :meth:`peers_patched` / :meth:`online_changed` write them.
+
+        ``shared`` is a memo the caller keeps while the state does not change
+        (one flush): the ``PeersChanged`` list and its ``UserProfiles`` are
+        built once per set of entries (peer, variant, generation) there, and
+        reused by every other message carrying the same ones.
         """
         parts = []
         profile_nodes = []
@@ -366,9 +374,22 @@ class Mapper:
                 parts.append(b'"DNSConfig":' + self.dns_for(viewer_id))
             profile_nodes.append(self.state.nodes[viewer_id])
         ids = sorted(changed)
+        profiles = None
         if ids:
-            parts.append(b'"PeersChanged":[' + b",".join(self.entry_for(viewer_id, i) for i in ids) + b"]")
-            profile_nodes.extend(self.state.nodes[i] for i in ids)
+            variant, generation = self.policy.variant, self.state.generation
+            key = tuple((i, variant(viewer_id, i), generation(i)) for i in ids)
+            built = None if shared is None else shared.get(key)
+            if built is None:
+                entries = b'"PeersChanged":[' + b",".join(self.peer_entry(i, v) for i, v, _ in key) + b"]"
+                built = (entries, self._profiles(self.state.nodes[i] for i in ids))
+                self.peer_lists_built += 1
+                if shared is not None:
+                    shared[key] = built
+            parts.append(built[0])
+            if self_node:
+                profile_nodes.extend(self.state.nodes[i] for i in ids)
+            else:
+                profiles = built[1]
         gone = sorted(removed)
         if gone:
             parts.append(b'"PeersRemoved":' + encode_json(gone))
@@ -386,7 +407,9 @@ class Mapper:
             if seen:
                 parts.append(b'"PeerSeenChange":' + encode_json(seen))
         if profile_nodes:
-            parts.append(b'"UserProfiles":' + self._profiles(profile_nodes))
+            profiles = self._profiles(profile_nodes)
+        if profiles is not None:
+            parts.append(b'"UserProfiles":' + profiles)
         return b"{" + b",".join(parts) + b"}"
 
     def peers_removed(self, node_ids: Iterable[int]) -> bytes:

@@ -496,6 +496,7 @@ class MapNotifier:
     def _send_groups(self, groups: dict[DeltaMessage, list[int]]) -> int:
         """Build one delta per group of viewers with identical views, frame it once, write it to all."""
         nodes = self.state.nodes
+        shared: dict = {}  # parts equal messages have in common (such as a joining hub's entry)
         for message, viewers in groups.items():
             built = self.mapper.delta(
                 viewers[0],
@@ -506,6 +507,7 @@ class MapNotifier:
                 self_node=message.self_of is not None,
                 patches=[self.mapper.patch_for(nodes[pid], fields) for pid, fields in message.patches],
                 online=message.online,
+                shared=shared,
             )
             self._write_to(viewers, self._frame(built, message.response_type))
         return len(groups)

@@ -30,8 +30,10 @@ from headscale_tw.control.policy_inputs import PolicyInputs
 from headscale_tw.control.variants import PeerVariants, Variant
 from headscale_tw.control.viewindex import RuleIndex, bits
 from headscale_tw.control.views import Changes, NodeView, ViewChange, all_peer_views
-from headscale_tw.policy.compile import CompiledPolicy, reduce_rules
+from headscale_tw.policy.compile import CompiledPolicy, FilterRule, reduce_rules
+from headscale_tw.policy.ipset import IPSet
 from headscale_tw.policy.model import Node as PNode
+from headscale_tw.policy.reduce import kept_destinations
 
 __all__ = ["ViewCache", "ALLOW_ALL_FILTER", "ALLOW_ALL_BYTES", "NO_SSH_RULES"]
 
@@ -51,7 +53,8 @@ class ViewCache:
     Per-node views over :class:`PolicyInputs`, and the rule index that keeps them incremental.
 
     Work counters for tests: :attr:`views_built` (views computed),
-    :attr:`incremental_updates` (updates that took the indexed path);
+    :attr:`incremental_updates` (updates that took the indexed path),
+    :attr:`rules_encoded` (reduced rules JSON-encoded for filters);
     :attr:`incremental` False forces the full rebuild (for comparisons).
     """
 
@@ -68,6 +71,9 @@ class ViewCache:
         self._interned: dict[Any, Any] = {}
         self._ssh_sigs: Optional[list] = None
         self._positions: Optional[tuple] = None
+        #: ``(rule, kept destination positions)`` -> that reduced rule's JSON (see :meth:`_filter_bytes`)
+        self._rule_bytes: dict[tuple[FilterRule, tuple[int, ...]], bytes] = {}
+        self.rules_encoded = 0
 
     def _intern(self, value):
         return self._interned.setdefault(value, value)
@@ -96,8 +102,8 @@ class ViewCache:
     # -- full rebuilds -----------------------------------------------------------
 
     def build_view(self, cp: Optional[CompiledPolicy], node_id: int, peers: dict[int, Variant] | None = None,
-                   filter_wire: list | None = None) -> NodeView:
-        """The view of ``node_id`` under ``cp`` (None: no policy)."""
+                   filter_bytes: bytes | None = None) -> NodeView:
+        """The view of ``node_id`` under ``cp`` (None: no policy); ``filter_bytes``: its filter, if known."""
         self.views_built += 1
         nodes = self.inputs.nodes
         if cp is None:
@@ -115,7 +121,7 @@ class ViewCache:
         if peers is None:
             peers = {pv.node.id: (pv.allowed_ips, pv.primary_routes) for pv in cp.peers_for(node)}
         return NodeView(
-            filter=self._intern(encode_json(cp.filter_wire_for(node) if filter_wire is None else filter_wire)),
+            filter=self._intern(encode_json(cp.filter_wire_for(node))) if filter_bytes is None else filter_bytes,
             peers={k: self._intern(v) for k, v in peers.items()},
             ssh=None if ssh is None else self._intern(encode_json(ssh)),
             caps=tuple(sorted(cp.cap_map_for(node))),
@@ -185,10 +191,10 @@ class ViewCache:
         plain: dict[int, tuple[Variant, Variant]] = {}  # peers without routes: (both families, IPv6 only)
         for nid, node in pnodes.items():
             if not (node.primary_routes or node.subnet_routes or node.exit_routes):
-                prefixes = node.address_prefixes
+                # the node's texts are made once per node object (kept while the node is unchanged)
                 plain[nid] = (
-                    self._intern((tuple(str(p) for p in prefixes), ())),
-                    self._intern((tuple(str(p) for p in prefixes if p.version == 6), ())),
+                    self._intern((node.prefix_strings, ())),
+                    self._intern((node.prefix_strings_v6, ())),
                 )
         out: dict[int, dict[int, Variant]] = {}
         for nid, node in pnodes.items():
@@ -204,9 +210,9 @@ class ViewCache:
             out[nid] = peers
         return out
 
-    def _indexed_filters(self, cp: CompiledPolicy) -> dict[int, list]:
+    def _indexed_filters(self, cp: CompiledPolicy) -> dict[int, bytes]:
         """
-        Every node's filter (wire form) reduced from only the rules that name it
+        Every node's filter (JSON) reduced from only the rules that name it
         as a destination, as :meth:`_update_indexed` does for one node; empty
         when the policy is not indexable (then each node reduces every rule).
 
@@ -223,8 +229,41 @@ class ViewCache:
             if nid in index.exits:
                 continue  # an exit node takes internet rules too: the full reduction
             mine = self._in_policy_order(rules, index.dst_of.get(nid, ()))
-            out[nid] = [r.to_wire() for r in reduce_rules(node, mine, index.sets[nid])]
+            out[nid] = self._filter_bytes(node, mine, index.sets[nid])
         return out
+
+    def _filter_bytes(self, node: PNode, rules: list, node_set: IPSet) -> bytes:
+        """
+        ``node``'s packet filter (JSON) from the ``rules`` naming it, as
+        ``encode_json`` of the reduced rules' wire form gives it, byte for byte.
+
+        A reduced rule is its rule with some destinations kept, so its JSON
+        is kept per ``(rule, kept positions)`` and shared by every node that
+        keeps the same ones: a rule every node has (a hub reaching ``*``)
+        is encoded once per change, not once per node, and an unchanged rule
+        not at all. The table is cleared when it outgrows a few entries per
+        node (rules of old compilations leave it then).
+        """
+        memo = self._rule_bytes
+        parts: list[bytes] = []
+        for rule in rules:
+            if rule.cap_grant:  # rare: reduced and encoded each time
+                parts.extend(encode_json(r.to_wire()) for r in reduce_rules(node, (rule,), node_set))
+                continue
+            kept = kept_destinations(node, rule, node_set)
+            if not kept:
+                continue
+            key = (rule, kept)
+            data = memo.get(key)
+            if data is None:
+                if len(memo) > 4 * len(self.inputs.nodes) + 1024:
+                    memo.clear()
+                dst_ports = rule.dst_ports
+                reduced = FilterRule(rule.src_ips, tuple(dst_ports[i] for i in kept), rule.ip_proto)
+                data = memo[key] = encode_json(reduced.to_wire())
+                self.rules_encoded += 1
+            parts.append(data)
+        return self._intern(b"[" + b",".join(parts) + b"]")
 
     # -- updates -------------------------------------------------------------------
 
@@ -393,11 +432,10 @@ class ViewCache:
                     change.peers_removed.add(b)
             if old is None or nid in up.filters:
                 if nid in index.exits:
-                    wire = cp.filter_wire_for(node)
+                    packet_filter = self._intern(encode_json(cp.filter_wire_for(node)))
                 else:  # only rules naming it as a destination can concern it
                     named = self._in_policy_order(rules, index.dst_of.get(nid, ()))
-                    wire = [r.to_wire() for r in reduce_rules(node, named, viewer_set)]
-                packet_filter = self._intern(encode_json(wire))
+                    packet_filter = self._filter_bytes(node, named, viewer_set)
             else:
                 packet_filter = old.filter
             if old is None or nid in ssh_nodes:

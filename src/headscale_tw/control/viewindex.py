@@ -157,7 +157,7 @@ class RuleIndex:
     def _add_node(self, node: Node) -> None:
         nid = node.id
         self.nodes[nid] = node
-        self.sets[nid] = IPSet.from_addresses(node.addresses)
+        self.sets[nid] = node.address_set
         keys = tuple((a.version, int(a)) for a in node.addresses)
         self.addrs[nid] = keys
         for k in keys:

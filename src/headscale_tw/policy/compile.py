@@ -459,7 +459,6 @@ class CompiledPolicy:
         return caps
 
     def _visible_prefixes(self, viewer: Node, node: Node) -> list[str]:
-        prefixes = node.address_prefixes
         if "disable-ipv4" in self.cap_map_for(viewer) or "disable-ipv4" in self.cap_map_for(node):
-            prefixes = tuple(p for p in prefixes if p.version == 6)
-        return [str(p) for p in prefixes]
+            return list(node.prefix_strings_v6)
+        return list(node.prefix_strings)  # formatted once per node object, not once per view

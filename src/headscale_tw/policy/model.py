@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Mapping, Optional, Union
 
+from .ipset import IPSet
+
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -275,6 +277,11 @@ class Node:
     @cached_property
     def address_prefixes(self) -> tuple[Network, ...]:
         return tuple(ipaddress.ip_network(a) for a in self.addresses)
+
+    @cached_property
+    def address_set(self) -> IPSet:
+        """:attr:`addresses` as an :class:`~headscale_tw.policy.ipset.IPSet` (a rule index rebuild asks for every node's)."""
+        return IPSet.from_addresses(self.addresses)
 
     @cached_property
     def prefix_strings(self) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ Pure functions of nodes and :obj:`~headscale_tw.policy.rules.Match` lists.
 
 from __future__ import annotations
 
-__all__ = ["reduce_rules", "can_access", "route_hits", "can_access_route"]
+__all__ = ["reduce_rules", "kept_destinations", "can_access", "route_hits", "can_access_route"]
 
 import ipaddress
 from typing import Iterable, Optional, Sequence
@@ -49,25 +49,37 @@ def _ranges_of(nets: tuple[Network, ...]) -> tuple[tuple[int, int, int], ...]:
 def reduce_rules(node: Node, rules: Iterable[FilterRule], node_set: IPSet) -> list[FilterRule]:
     """Keep only the rules and destinations that concern ``node``."""
     out = []
-    routes = node.subnet_routes
-    is_exit = node.is_exit_node
     for rule in rules:
         if rule.cap_grant:
             r = _reduce_cap_rule(node, rule)
             if r is not None:
                 out.append(r)
             continue
-        kept = []
-        for d in rule.dst_ports:
-            try:
-                s = _parse_cached(d.ip)
-            except ValueError:
-                continue
-            if s.overlaps(node_set) or _overlaps_any(s, routes) or (is_exit and s.issubset(THE_INTERNET)):
-                kept.append(d)
+        kept = kept_destinations(node, rule, node_set)
         if kept:
-            out.append(FilterRule(rule.src_ips, tuple(kept), rule.ip_proto))
+            dst_ports = rule.dst_ports
+            out.append(FilterRule(rule.src_ips, tuple(dst_ports[i] for i in kept), rule.ip_proto))
     return out
+
+
+def kept_destinations(node: Node, rule: FilterRule, node_set: IPSet) -> tuple[int, ...]:
+    """
+    The positions in ``rule.dst_ports`` of the destinations that concern
+    ``node`` (its addresses, its subnet routes, the internet for an exit
+    node); a rule without cap grants reduces to exactly these, so callers
+    may keep one encoding per ``(rule, positions)`` for every node alike.
+    """
+    routes = node.subnet_routes
+    is_exit = node.is_exit_node
+    kept = []
+    for i, d in enumerate(rule.dst_ports):
+        try:
+            s = _parse_cached(d.ip)
+        except ValueError:
+            continue
+        if s.overlaps(node_set) or _overlaps_any(s, routes) or (is_exit and s.issubset(THE_INTERNET)):
+            kept.append(i)
+    return tuple(kept)
 
 
 def _reduce_cap_rule(node: Node, rule: FilterRule) -> Optional[FilterRule]:

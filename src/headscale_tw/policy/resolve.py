@@ -42,7 +42,7 @@ class Resolver:
     def node_set(self, node: Node) -> IPSet:
         s = self._node_sets.get(node.id)
         if s is None:
-            s = IPSet.from_addresses(node.addresses)
+            s = node.address_set
             if self.index.nodes.get(node.id) is node:
                 self._node_sets[node.id] = s
         return s
