@@ -79,3 +79,67 @@ class MapSessionLifecycleTests(unittest.TestCase):
         self.session.start(FramedMessage(b"{}"))
         self.assertEqual((self.session.state, self.aborted, self.finished), ("closed", [True], []))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class MapSessionDeltaTests(unittest.TestCase):
+    """
+    Deltas bypass the lifecycle machine (:meth:`MapSession.send` reads a flag it sets), so
+    every way out of ``streaming`` must still stop them, including ends caused by a delta.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.writes = []
+        self.finished = []
+        self.aborted = []
+        self.closed = []
+        self.unsent = 0
+        self.session = MapSession(
+            7, self.writes.append, lambda: self.finished.append(True), self.clock, self.closed.append,
+            interval=lambda: 50.0, unsent=lambda: self.unsent, abort=lambda: self.aborted.append(True),
+            max_unsent=100, encoding=PLAIN,
+        )
+        self.session.start(FramedMessage(b'{"full":1}'))
+
+    def test_close_drops_later_deltas(self):
+        """After the server closes a stream, a delta is neither written nor re-arms the keep-alive."""
+        self.session.close()
+        self.session.send(FramedMessage(b'{"a":1}'))
+        self.clock.advance(100)
+        self.assertEqual((len(self.writes), self.finished, self.closed), (1, [True], [self.session]))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_failed_delta_write_closes(self):
+        """A delta whose write raises ends the session once; the next delta is not attempted."""
+        attempts = []
+
+        def broken(data):
+            attempts.append(data)
+            raise OSError("gone")
+
+        self.session._write = broken
+        self.session.send(FramedMessage(b'{"a":1}'))
+        self.session.send(FramedMessage(b'{"b":2}'))
+        self.assertEqual((len(attempts), self.session.state, self.closed), (1, "closed", [self.session]))
+        self.assertEqual((self.finished, self.aborted, self.clock.getDelayedCalls()), ([], [], []))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_stalled_on_a_delta(self):
+        """A delta that leaves too much unread aborts the stream; later deltas are dropped."""
+        self.unsent = 101
+        self.session.send(FramedMessage(b'{"a":1}'))
+        self.session.send(FramedMessage(b'{"b":2}'))
+        self.assertEqual((len(self.writes), self.session.state, self.aborted), (2, "closed", [True]))
+        self.assertEqual((self.finished, self.closed, self.clock.getDelayedCalls()), ([], [self.session], []))
+
+    def test_delta_sent_while_closing_is_dropped(self):
+        """A delta sent to the session from its own close callback (the notifier) is not written."""
+        told = []
+
+        def on_closed(session):
+            session.send(FramedMessage(b'{"late":1}'))
+            told.append(session)
+
+        self.session._on_closed = on_closed
+        self.session.connection_lost()
+        self.assertEqual((len(self.writes), told, self.session.state), (1, [self.session], "closed"))

@@ -25,6 +25,11 @@ machine)::
   ``cancelled``, ``slow_client`` or ``done``) and the notifier is told;
   every input is ignored. ``close`` finishes the response, ``stalled``
   aborts it, a lost connection writes nothing.
+
+A delta is the hot path (one change can reach every stream), so :meth:`MapSession.send`
+is no machine input: it reads a flag the machine sets on entering ``streaming`` and
+clears on entering ``closed`` (an Automat input costs ~2 µs, a flag read ~0.05 µs).
+What a delta's write can cause (a failed write, a stalled client) is still an input.
 """
 
 from __future__ import annotations
@@ -56,9 +61,6 @@ def keepalive_interval(rng: random.Random = random.Random()) -> float:
 class _Lifecycle(TypingProtocol):
     def start(self, first: FramedMessage) -> None:
         "Write the full map; deltas and keep-alives flow from now on."
-
-    def send(self, message: FramedMessage) -> None:
-        "Write one delta."
 
     def keepalive_due(self) -> None:
         "The keep-alive timer fired."
@@ -115,6 +117,8 @@ class MapSession:
         self._gap = 0.0
         self._last_sent = 0.0
         self.messages_sent = 0
+        #: Set by the machine: true from ``start`` until ``closed``; the only thing a delta reads.
+        self._streaming = False
         self._machine = _machine_factory(self)
 
     def start(self, first: FramedMessage) -> None:
@@ -123,7 +127,8 @@ class MapSession:
 
     def send(self, message: FramedMessage) -> None:
         """Send one delta in this session's encoding (dropped unless streaming)."""
-        self._machine.send(message)
+        if self._streaming:
+            self._send(message.framed(self.encoding), "change")
 
     def close(self) -> None:
         """End the response (e.g. replaced by a newer stream, node deleted, shutdown)."""
@@ -146,14 +151,14 @@ class MapSession:
         except Exception:
             self.counters.count_sent("error", kind)
             self.log.failure("writing to map session of node {node_id} failed", node_id=self.node_id)
-            self._machine.connection_lost()  # runs once this transition is done
+            self._machine.connection_lost()  # inside a transition (the full map): runs once it is done
             return
         self.counters.count_sent("ok", kind)
         self.messages_sent += 1
         if self._unsent is not None:
             unsent = self._unsent()
             if unsent > self._max_unsent:
-                self._machine.stalled(unsent)  # runs once this transition is done
+                self._machine.stalled(unsent)  # inside a transition (the full map): runs once it is done
                 return
         self._schedule()
 
@@ -190,7 +195,12 @@ class MapSession:
         except Exception:
             self.log.failure("{doing} map session of node {node_id} failed", doing=doing, node_id=self.node_id)
 
+    def _open_stream(self, first: FramedMessage) -> None:
+        self._streaming = True
+        self._send(first.framed(self.encoding), "full")
+
     def _closed(self, reason: str) -> None:
+        self._streaming = False  # before anything below can call send() again
         self.counters.count_ended(reason)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -206,11 +216,7 @@ def _build_machine():
 
     @new.upon(_Lifecycle.start).to(streaming)
     def _(m: _Lifecycle, core: MapSession, first: FramedMessage) -> None:
-        core._send(first.framed(core.encoding), "full")
-
-    @streaming.upon(_Lifecycle.send).loop()
-    def _(m: _Lifecycle, core: MapSession, message: FramedMessage) -> None:
-        core._send(message.framed(core.encoding), "change")
+        core._open_stream(first)
 
     @streaming.upon(_Lifecycle.keepalive_due).loop()
     def _(m: _Lifecycle, core: MapSession) -> None:
@@ -239,11 +245,11 @@ def _build_machine():
     for state in (new, streaming, closed):
         state.upon(_Lifecycle.state_name).loop().returns(state.name)
 
-    # Inputs that mean nothing in a state are ignored there.
+    # Inputs that mean nothing in a state are ignored there. (A delta is no input: send()
+    # reads core._streaming, which _open_stream sets and _closed clears.)
     ignored = {
-        new: (_Lifecycle.send, _Lifecycle.keepalive_due, _Lifecycle.stalled),
-        closed: (_Lifecycle.send, _Lifecycle.keepalive_due, _Lifecycle.stalled, _Lifecycle.close,
-                 _Lifecycle.connection_lost),
+        new: (_Lifecycle.keepalive_due, _Lifecycle.stalled),
+        closed: (_Lifecycle.keepalive_due, _Lifecycle.stalled, _Lifecycle.close, _Lifecycle.connection_lost),
     }
     for state, inputs in ignored.items():
         for inp in inputs:
