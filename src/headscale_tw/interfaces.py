@@ -329,7 +329,6 @@ class INodeNotifier(Interface):
     sessions = Attribute("Live map sessions by node id (``dict[int, list[MapSession]]``), for metrics.")
     map_counters = Attribute("The ``MapCounters`` of messages built and sent and of lite updates.")
     held = Attribute("Changes waiting for the next batch flush (an ``int``, for metrics).")
-    policy = Attribute("The policy views the notifier fans out (read by callers not yet given it themselves).")
 
     def open_stream(node_id, write, finish, unsent=None, abort=None, encoding="zstd"):
         """Start a streaming map session (full map first, then deltas); return the ``MapSession``."""

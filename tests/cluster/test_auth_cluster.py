@@ -102,7 +102,7 @@ class CrossInstanceRegistrationTests(TestCase):
         from headscale_tw.control.registration import Registrar
 
         h = self.b.h
-        capped = Registrar(h.state, h.notifier, h.mapper, h.config, h.clock,
+        capped = Registrar(h.state, h.notifier, h.mapper, h.config, h.clock, policy=h.policy,
                            auth_requests=AuthRequests(h.db.auth_requests, h.clock, h.state.now, max_per_source=2))
         self.assertIn("AuthURL", h.run(capped.register(key("mkey"), _body(key("nodekey")), source="192.0.2.5")))
         refused = h.run(capped.register(key("mkey"), _body(key("nodekey")), source="192.0.2.5"))

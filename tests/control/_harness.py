@@ -86,14 +86,14 @@ class Harness:
         self.notifier = MapNotifier(self.state, self.mapper, self.policy, self.clock, offline_grace=grace,
                                     interval=lambda: 55.0, presence=self.presence)
         self.registrar = Registrar(
-            self.state, self.notifier, self.mapper, self.config, self.clock
+            self.state, self.notifier, self.mapper, self.config, self.clock, policy=self.policy
         )
         self.poll = PollService(self.state, self.notifier, self.policy)
         #: Sets and reloads the policy the way the admin API and SIGHUP do: applied, then pushed.
         self.policy_admin = PolicyAdmin(self.policy, self.db.policies, self.notifier)
         self.admin = NodeAdmin(self.state, self.notifier, self.registrar,
                                UserAdmin(self.db.users, self.state.now, self.state, self.notifier),
-                               self.db.preauthkeys)
+                               self.db.preauthkeys, policy=self.policy)
         self.lifecycle = NodeLifecycle(self.state, self.notifier, self.registrar, self.config,
                                        lease_for=None if cluster is None else cluster.lease_for)
         self.run(self.state.load())

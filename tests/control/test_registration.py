@@ -260,7 +260,7 @@ class InteractiveTests(unittest.TestCase):
 def _registrar(h, **limits):
     """A Registrar over ``h``'s state whose auth requests have the given caps."""
     requests = AuthRequests(h.db.auth_requests, h.clock, h.state.now, **limits)
-    return Registrar(h.state, h.notifier, h.mapper, h.config, h.clock, auth_requests=requests)
+    return Registrar(h.state, h.notifier, h.mapper, h.config, h.clock, auth_requests=requests, policy=h.policy)
 
 
 class PendingRegistrationTests(unittest.TestCase):

@@ -120,7 +120,8 @@ class ApprovalSliceTests(unittest.TestCase):
         h = Harness(self)
         node, _ = h.register("router")
         clock = TurnClock()
-        admin = NodeAdmin(h.state, h.notifier, h.registrar, h.admin.users, h.db.preauthkeys, clock=clock)
+        admin = NodeAdmin(h.state, h.notifier, h.registrar, h.admin.users, h.db.preauthkeys, clock=clock,
+                          policy=h.policy)
         approved = routes(1024)
         d = Deferred.fromCoroutine(admin.approve_routes(node.id, approved))
         parsed = [route_module._parse_network.cache_info().currsize]

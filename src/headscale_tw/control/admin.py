@@ -50,8 +50,8 @@ def build_admin_services(db: IDatabase, now: Callable[[], datetime], *, state=No
     users = UserAdmin(db.users, now, state, notifier, audit=audit)
     pepper = Pepper(db.server_state)
     nodes = None
-    if state is not None and notifier is not None and registrar is not None:
-        nodes = NodeAdmin(state, notifier, registrar, users, db.preauthkeys, clock=clock, audit=audit)
+    if state is not None and notifier is not None and registrar is not None and policy is not None:
+        nodes = NodeAdmin(state, notifier, registrar, users, db.preauthkeys, clock=clock, audit=audit, policy=policy)
     return AdminServices(
         users=users,
         preauthkeys=PreAuthKeyAdmin(db.preauthkeys, users, pepper, now, audit=audit),

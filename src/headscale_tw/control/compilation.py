@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.control.test_policy_manager -*-
+# -*- test-case-name: tests.control.test_policy_in_force -*-
 """
 The policy in force compiled over the current users and nodes, kept until stale.
 

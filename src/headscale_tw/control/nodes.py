@@ -26,7 +26,7 @@ from headscale_tw.control.slices import in_slices
 from headscale_tw.control.state import ControlState
 from headscale_tw.control.users import UserAdmin, quoted
 from headscale_tw.errors import AlreadyExists, InvalidInput, NotFound
-from headscale_tw.interfaces import INodeNotifier, IPreAuthKeyStore
+from headscale_tw.interfaces import INodeNotifier, IPreAuthKeyStore, ITailnetPolicy
 from headscale_tw.storage.models import Node, PreAuthKey, User
 
 __all__ = ["NodeAdmin", "NodeDetails", "RouteInfo", "validate_tag", "validate_debug_auth_id", "MAX_TAG"]
@@ -107,9 +107,11 @@ class NodeAdmin:
     """
 
     def __init__(self, state: ControlState, notifier: INodeNotifier, registrar: Registrar, users: UserAdmin,
-                 preauthkeys: IPreAuthKeyStore, clock: IReactorTime | None = None, audit: AuditLog = NO_AUDIT) -> None:
+                 preauthkeys: IPreAuthKeyStore, clock: IReactorTime | None = None, audit: AuditLog = NO_AUDIT,
+                 *, policy: ITailnetPolicy) -> None:
         self.state = state
         self.notifier = notifier
+        self.policy = policy
         self.registrar = registrar
         self.users = users
         self.preauthkeys = preauthkeys
@@ -125,7 +127,7 @@ class NodeAdmin:
         nodes = list(nodes)
         users = {u.id: u for u in await self.users.list()}
         keys = {k.id: k for k in await self.preauthkeys.list()} if any(n.auth_key_id for n in nodes) else {}
-        policy = self.notifier.policy
+        policy = self.policy
         out = []
         for node in nodes:
             key = keys.get(node.auth_key_id) if node.auth_key_id is not None else None
@@ -189,7 +191,7 @@ class NodeAdmin:
         if current.user_id == user.id:
             return current
         node = await self.state.update_node(node_id, user_id=user.id)
-        if await self.notifier.policy.auto_approve(node_id):
+        if await self.policy.auto_approve(node_id):
             node = self.state.get(node_id)
         self.notifier.node_changed(node_id)
         await self._record("node.move", node, {"from_user_id": current.user_id, "to_user": user.name})
@@ -223,7 +225,7 @@ class NodeAdmin:
         if isinstance(tags, str):
             raise InvalidInput("tags must be a list of tag:<name> strings")
         tags = tuple(sorted({validate_tag(t) for t in tags}))
-        policy = self.notifier.policy
+        policy = self.policy
         undefined = [t for t in tags if not policy.defines_tag(t)]
         if undefined:
             raise InvalidInput(f"tags {', '.join(undefined)} not defined in the policy's tagOwners")
@@ -262,7 +264,7 @@ class NodeAdmin:
     def routes(self, node_id: int | None = None) -> builtins.list[RouteInfo]:
         """Announced/approved/served/primary routes of one node, or of every node that has any."""
         nodes = [self.state.get(node_id)] if node_id is not None else [n for _, n in sorted(self.state.nodes.items())]
-        policy = self.notifier.policy
+        policy = self.policy
         out = []
         for node in nodes:
             announced = tuple(str(r) for r in announced_routes(node))

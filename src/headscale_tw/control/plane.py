@@ -122,7 +122,7 @@ class ControlPlane:
         #: Who did what: admin actions, registrations, expiry, failed-attempt summaries.
         self.audit = AuditLog(db.audit, self.now, instance=instance, retention=config.audit.retention)
         self.auth_requests = AuthRequests(db.auth_requests, clock, self.now)
-        self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock,
+        self.registrar = Registrar(self.state, self.notifier, self.mapper, config, clock, policy=self.policy,
                                    preauth_throttle=self.throttles.preauth_key, auth_requests=self.auth_requests,
                                    audit=self.audit)
         self.poll = PollService(self.state, self.notifier, self.policy, clock)

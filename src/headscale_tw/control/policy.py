@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.control.test_policy_manager -*-
+# -*- test-case-name: tests.control.test_policy_in_force -*-
 """
 The tailnet's policy in force and what it means for each node's map.
 

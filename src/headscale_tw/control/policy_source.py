@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.control.test_policy_manager -*-
+# -*- test-case-name: tests.control.test_policy_in_force -*-
 """
 Where the policy text comes from: a file or the database.
 

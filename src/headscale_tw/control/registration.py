@@ -56,7 +56,7 @@ from headscale_tw.control.authrequests import AuthRequests, new_auth_id
 from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput, LimitReached, NotFound
-from headscale_tw.interfaces import INodeNotifier
+from headscale_tw.interfaces import INodeNotifier, ITailnetPolicy
 from headscale_tw.storage.models import AuthRequest
 from headscale_tw.throttle import PREAUTH_KEYS, FailureThrottle, Throttled
 
@@ -258,6 +258,8 @@ class Registrar:
         preauth_throttle: FailureThrottle | None = None,
         auth_requests: AuthRequests | None = None,
         audit: AuditLog = NO_AUDIT,
+        *,
+        policy: ITailnetPolicy,
     ) -> None:
         self.state = state
         self.notifier = notifier
@@ -271,7 +273,7 @@ class Registrar:
             auth_requests = AuthRequests(state.db.auth_requests, clock, state.now, lifetime=pending_ttl)
         self.auth_requests = auth_requests
         self.audit = audit
-        self.policy = notifier.policy
+        self.policy = policy
 
     # -- helpers -----------------------------------------------------------
 
