@@ -131,6 +131,19 @@ class InstanceRegistryTests(unittest.TestCase):
         self.assertEqual(self.seen["a"][-1], (["a", "b"], [], []))
         self.assertEqual([i.derp_url for i in a.live() if i.id == "b"], ["https://b2/derp"])
 
+    def test_prunes_long_gone_instances_every_n_rounds(self):
+        """Every ``prune_every`` rounds a registry deletes rows expired over an hour ago, and only those."""
+        resolve(self.db.instances.heartbeat("gone", 6.0, now=utc_now(self.clock)))
+        self.clock.advance(3600 + 7)
+        a = InstanceRegistry(self.db.instances, "a", self.clock, interval=2.0, lifetime=6.0, prune_every=3)
+        self.addCleanup(lambda: a.running and resolve(a.stopService()))
+        a.startService()
+        self.advance(2)
+        self.assertIsNotNone(resolve(self.db.instances.get("gone")))  # two rounds: not yet
+        self.advance(2)
+        self.assertIsNone(resolve(self.db.instances.get("gone")))
+        self.assertIsNotNone(resolve(self.db.instances.get("a")))
+
     def test_stop_cancels_timer(self):
         """After stop no timer is left on the clock and the row is gone."""
         a = self.registry("a")

@@ -34,6 +34,18 @@ class NodeSessionStoreTestsMixin:
         """The store provides INodeSessionStore."""
         verifyObject(INodeSessionStore, self.store)
 
+    def test_pruned_instance_takes_its_sessions(self):
+        """Pruning an instance gone for over an hour deletes its node sessions; a recent one keeps its own."""
+        x, y = self.nodes[0].id, self.nodes[1].id
+        resolve(self.store.open(x, "a", T0))
+        resolve(self.store.open(y, "b", T0))
+        resolve(self.db.instances.heartbeat("b", 6.0, now=T0 + timedelta(minutes=50)))
+        later = T0 + timedelta(hours=1, seconds=7)
+        self.assertEqual(resolve(self.db.instances.prune(now=later)), 1)
+        resolve(self.db.instances.heartbeat("a", 6.0, now=later))  # "a" comes back: its old rows are gone
+        self.assertEqual(resolve(self.store.rows(x, later)), {})
+        self.assertEqual(resolve(self.store.rows(y, T0 + timedelta(minutes=50))), {"b": T0})
+
     def test_open_rows_close(self):
         """A node's rows on live instances are read back with their ``connected_at``; close deletes one."""
         x = self.nodes[0].id

@@ -41,6 +41,8 @@ __all__ = ["InstanceRegistry", "Membership", "HEARTBEAT_INTERVAL", "HEARTBEAT_LI
 HEARTBEAT_INTERVAL = 2.0
 #: Seconds a heartbeat keeps an instance live: three missed beats.
 HEARTBEAT_LIFETIME = 6.0
+#: Every this many rounds (10 minutes at 2 s) a round also deletes rows long expired (InstanceStore.prune).
+PRUNE_EVERY_ROUNDS = 300
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class InstanceRegistry(service.Service):
         changed (and after the first round); exceptions are logged.
     :param interval: seconds between rounds.
     :param lifetime: seconds one heartbeat keeps this instance live.
+    :param prune_every: every this many successful rounds, rows (and their node
+        sessions) expired over an hour ago are deleted; 0: never.
     """
 
     log = Logger()
@@ -85,7 +89,8 @@ class InstanceRegistry(service.Service):
     def __init__(self, store: IInstanceStore, instance_id: str, clock: IReactorTime,
                  advertised: Advertised = Advertised(),
                  on_membership: Callable[[Membership], Any] = lambda membership: None,
-                 interval: float = HEARTBEAT_INTERVAL, lifetime: float = HEARTBEAT_LIFETIME) -> None:
+                 interval: float = HEARTBEAT_INTERVAL, lifetime: float = HEARTBEAT_LIFETIME,
+                 prune_every: int = PRUNE_EVERY_ROUNDS) -> None:
         if lifetime <= interval:
             raise ValueError(f"a heartbeat must outlive its interval ({lifetime} <= {interval})")
         self.store = store
@@ -94,6 +99,8 @@ class InstanceRegistry(service.Service):
         self.advertised = advertised
         self.interval = interval
         self.lifetime = lifetime
+        self.prune_every = prune_every
+        self._rounds = 0
         self._on_membership = on_membership
         self._live: dict[str, Instance] = {}
         self._first = True
@@ -167,8 +174,21 @@ class InstanceRegistry(service.Service):
             self._own_expiry = started + timedelta(seconds=self.lifetime)
             if self.running:
                 self._apply(live)
+            self._rounds += 1
+            if self.prune_every and self._rounds % self.prune_every == 0:
+                await self._prune()
         if self.running:
             self._timer = self.clock.callLater(self.interval, self._round)
+
+    async def _prune(self) -> None:
+        # Any instance may do it: deleting rows long expired twice is harmless.
+        try:
+            pruned = await self.store.prune(utc_now(self.clock))
+        except Exception as e:
+            self.log.warn("pruning instances long gone failed (next time): {error}", error=e)
+        else:
+            if pruned:
+                self.log.info("pruned {count} instances gone for over an hour", count=pruned)
 
     def _apply(self, rows: list[Instance]) -> None:
         now_live = {row.id: row for row in rows}

@@ -80,6 +80,9 @@ def _remove_txn(txn: Txn, ident: str) -> bool:
 
 
 def _prune_txn(txn: Txn, before: datetime) -> int:
+    # Their node sessions go too: the survivors took over those nodes long ago (NodePresence.forget).
+    txn.execute("DELETE FROM node_sessions WHERE instance_id IN (SELECT id FROM instances WHERE expires_at < ?)",
+                (before,))
     txn.execute("DELETE FROM instances WHERE expires_at < ?", (before,))
     return max(txn.rowcount, 0)
 
@@ -114,5 +117,5 @@ class InstanceStore(StoreBase):
         return await self._pool.run_interaction("remove_instance", _remove_txn, instance_id)
 
     async def prune(self, now: datetime | None = None) -> int:
-        """Delete rows that expired over an hour before ``now``; how many."""
+        """Delete rows that expired over an hour before ``now``, and their node sessions; how many instances."""
         return await self._pool.run_interaction("prune_instances", _prune_txn, self._now(now) - PRUNE_AFTER)
