@@ -583,17 +583,8 @@ def report_daemon_status(pipe: int, failure: str | None) -> None:
 
     message = b"0" if failure is None else ("1 " + failure).encode("ascii", "backslashreplace")
     try:
-        view = memoryview(message[:DAEMON_STATUS_LIMIT])
-        while view:
-            try:
-                written = os.write(pipe, view)
-            except InterruptedError:
-                continue
-            view = view[written:]
+        os.write(pipe, message[:DAEMON_STATUS_LIMIT])  # at most 100 bytes: one atomic pipe write
     except OSError:
         pass  # the parent is gone: nobody to tell
     finally:
-        try:
-            os.close(pipe)
-        except OSError:
-            pass
+        os.close(pipe)

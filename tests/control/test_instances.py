@@ -2,43 +2,12 @@
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from headscale_tw.clock import utc_now
 from headscale_tw.control.instances import Advertised, InstanceRegistry, membership_dispatch
-from headscale_tw.interfaces import IInstanceStore
-from headscale_tw.testing.db import open_test_database, resolve
+from headscale_tw.testing.db import UnreachableStore, open_test_database, resolve
 
 START = 1_796_000_000.0  # a December 2026 wall-clock time
-
-
-@implementer(IInstanceStore)
-class _Unreachable:
-    """Wraps an instance store; while ``down`` every call fails as a lost database would."""
-
-    def __init__(self, store):
-        self.store = store
-        self.down = False
-
-    async def _call(self, method, *args, **kw):
-        if self.down:
-            raise ConnectionError("database unreachable")
-        return await getattr(self.store, method)(*args, **kw)
-
-    async def heartbeat(self, instance_id, lifetime, **kw):
-        return await self._call("heartbeat", instance_id, lifetime, **kw)
-
-    async def live(self, now=None):
-        return await self._call("live", now)
-
-    async def get(self, instance_id):
-        return await self._call("get", instance_id)
-
-    async def remove(self, instance_id):
-        return await self._call("remove", instance_id)
-
-    async def prune(self, now=None):
-        return await self._call("prune", now)
 
 
 class InstanceRegistryTests(unittest.TestCase):
@@ -91,7 +60,7 @@ class InstanceRegistryTests(unittest.TestCase):
         """An instance that stops beating without a clean stop is gone for the others once its beat runs out."""
         a = self.registry("a")
         a.startService()
-        store = _Unreachable(self.db.instances)
+        store = UnreachableStore(self.db.instances)
         b = self.registry("b", store=store)
         b.startService()
         self.advance(2)
@@ -105,7 +74,7 @@ class InstanceRegistryTests(unittest.TestCase):
 
     def test_lost_database_keeps_membership_but_not_self(self):
         """Rounds that fail change no membership, but this instance stops counting itself live when its beat runs out."""
-        store = _Unreachable(self.db.instances)
+        store = UnreachableStore(self.db.instances)
         a = self.registry("a", store=store)
         a.startService()
         reports = len(self.seen["a"])

@@ -2,37 +2,12 @@
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from headscale_tw.control.lease import LeaseKeeper
-from headscale_tw.interfaces import ILeaseStore
-from headscale_tw.testing.db import open_test_database, resolve
+from headscale_tw.testing.db import UnreachableStore, open_test_database, resolve
 
 NAME = "acme:hs.example.com"
 START = 1_796_000_000.0  # a December 2026 wall-clock time
-
-
-@implementer(ILeaseStore)
-class _Unreachable:
-    """Wraps a lease store; while ``down`` every call fails as a lost database would."""
-
-    def __init__(self, store):
-        self.store = store
-        self.down = False
-
-    async def _call(self, method, *args, **kw):
-        if self.down:
-            raise ConnectionError("database unreachable")
-        return await getattr(self.store, method)(*args, **kw)
-
-    async def acquire(self, name, holder, duration, now=None):
-        return await self._call("acquire", name, holder, duration, now)
-
-    async def get(self, name):
-        return await self._call("get", name)
-
-    async def release(self, lease, now=None):
-        return await self._call("release", lease, now)
 
 
 class LeaseKeeperTests(unittest.TestCase):
@@ -78,7 +53,7 @@ class LeaseKeeperTests(unittest.TestCase):
 
     def test_holder_cut_off_stops_before_takeover(self):
         """A holder that cannot renew drops the lease at expiry minus margin, before another takes token 2."""
-        store = _Unreachable(self.db.leases)
+        store = UnreachableStore(self.db.leases)
         a, b = self.keeper("a", store), self.keeper("b")
         a.startService()
         b.startService()

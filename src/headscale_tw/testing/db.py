@@ -39,6 +39,7 @@ __all__ = [
     "create_postgres_database",
     "open_test_database",
     "DEFAULT_PG_DSN",
+    "UnreachableStore",
 ]
 
 T = TypeVar("T")
@@ -196,3 +197,28 @@ def open_test_database(testcase: Any, db_config: DatabaseConfig | None = None,
     db = resolve(open_database(db_config, reactor, threadpool=NonThreadPool(), **kw))
     testcase.addCleanup(lambda: resolve(db.close()))
     return db
+
+
+class UnreachableStore:
+    """
+    Wraps a store; while ``down`` is true every call fails as it would with the
+    database lost, otherwise it goes to the wrapped store. Provides what the
+    wrapped store provides (its zope interfaces), so it stands in anywhere.
+    """
+
+    def __init__(self, store: Any) -> None:
+        from zope.interface import directlyProvides, providedBy
+
+        self.store = store
+        self.down = False
+        directlyProvides(self, *providedBy(store))
+
+    def __getattr__(self, name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+        method = getattr(self.store, name)
+
+        async def call(*args: Any, **kw: Any) -> Any:
+            if self.down:
+                raise ConnectionError("database unreachable")
+            return await method(*args, **kw)
+
+        return call
