@@ -1,9 +1,14 @@
-# -*- test-case-name: tests.bench.test_wire -*-
+# -*- test-case-name: tests.bench.test_spawned_server -*-
 """
 The server under load as a child process: ``twistd -n headscale`` on a temp dir.
 
-Plain HTTP on 127.0.0.1 (control-plane load needs no TLS), SQLite, no DERP,
-the CLI's unix socket in the temp dir, and a policy file (``policy.json``) when
+Plain HTTP on 127.0.0.1 (control-plane load needs no TLS), no DERP, SQLite in
+the temp dir or (``database="postgres"``) a throwaway PostgreSQL database made
+over the server's unix socket and dropped on :meth:`SpawnedServer.stop`;
+``workers`` > 1 writes ``workers: N`` (the server becomes a supervisor of N
+worker processes sharing the port, so :meth:`SpawnedServer.stats` sums over
+the process tree; worker 0 serves the CLI's unix socket). The CLI's unix
+socket is in the temp dir, and there is a policy file (``policy.json``) when
 asked, so a policy change is "rewrite the file, send SIGHUP". The user and the
 pre-auth keys are made with the ``headscale`` CLI over the unix socket, as an
 operator would. ``RLIMIT_NOFILE`` is raised to its hard limit in the child.
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -25,7 +31,12 @@ import urllib.request
 
 import headscale_tw
 
-__all__ = ["SpawnedServer", "raise_nofile", "proc_stats", "free_port"]
+#: Where the benchmark reaches PostgreSQL (trust auth over the unix socket); ``HEADSCALE_BENCH_PG_HOST`` overrides.
+PG_SOCKET_DIR = os.environ.get("HEADSCALE_BENCH_PG_HOST", "/var/run/postgresql")
+PG_USER = os.environ.get("HEADSCALE_BENCH_PG_USER", "postgres")
+
+__all__ = ["SpawnedServer", "raise_nofile", "proc_stats", "tree_stats", "process_tree", "free_port",
+           "PG_SOCKET_DIR", "postgres_section"]
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -39,19 +50,73 @@ def raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def proc_stats(pid: int) -> dict:
+def proc_stats(pid: int, proc: str = "/proc") -> dict:
     """RSS, peak RSS (MiB) and CPU seconds (user + system) of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
+    with open(f"{proc}/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
     values = {}
-    with open(f"/proc/{pid}/status") as f:
+    with open(f"{proc}/{pid}/status") as f:
         for line in f:
             name, _, rest = line.partition(":")
             if name in ("VmRSS", "VmHWM"):
                 values[name] = int(rest.split()[0]) / 1024
     return {"rss_mib": round(values.get("VmRSS", 0), 1), "peak_rss_mib": round(values.get("VmHWM", 0), 1),
             "cpu_s": round(cpu, 2)}
+
+
+def process_tree(pid: int, proc: str = "/proc") -> list[int]:
+    """``pid`` and all its descendants (parent before children), from the ppid field of ``/proc/*/stat``."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not a process
+        children.setdefault(ppid, []).append(int(name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        tree.append(current)
+        todo.extend(sorted(children.get(current, [])))
+    return tree
+
+
+def tree_stats(pid: int, proc: str = "/proc") -> dict:
+    """
+    :func:`proc_stats` summed over ``pid`` and its descendants, plus each one under ``processes``.
+
+    RSS is summed (pages shared between processes count once per process, so
+    the sum is an upper bound); peak RSS is summed too (an upper bound on the
+    tree's peak); CPU seconds are exact for live processes. A process that
+    exits between listing and reading is left out.
+    """
+    per = []
+    for member in process_tree(pid, proc):
+        try:
+            per.append({"pid": member, **proc_stats(member, proc)})
+        except (OSError, IndexError, ValueError):
+            continue
+    total = {key: round(sum(p[key] for p in per), 2 if key == "cpu_s" else 1)
+             for key in ("rss_mib", "peak_rss_mib", "cpu_s")}
+    return {**total, "process_count": len(per), "processes": per}
+
+
+def postgres_section(name: str, host: str = PG_SOCKET_DIR, user: str = PG_USER) -> str:
+    """The ``database:`` YAML section for database ``name`` on the PostgreSQL at ``host`` (a socket dir)."""
+    return (f"database:\n  type: postgres\n  postgres:\n    host: {host}\n    port: 5432\n"
+            f"    name: {name}\n    user: {user}\n    pass: ''\n    ssl: disable\n")
+
+
+def _pg_admin(host: str, user: str):
+    import psycopg2
+
+    conn = psycopg2.connect(host=host, user=user, dbname="postgres", connect_timeout=5)
+    conn.autocommit = True
+    return conn
 
 
 def free_port() -> int:
@@ -74,7 +139,19 @@ class SpawnedServer:
     """Start with :meth:`start`, stop with :meth:`stop` (always; it removes the temp dir)."""
 
     def __init__(self, policy: str | None = None, python: str = sys.executable, keep: bool = False,
-                 profile: str | None = None) -> None:
+                 profile: str | None = None, database: str = "sqlite", workers: int = 1,
+                 pg_host: str = PG_SOCKET_DIR, pg_user: str = PG_USER) -> None:
+        if database not in ("sqlite", "postgres"):
+            raise ValueError(f"database {database!r}: expected sqlite or postgres")
+        if workers < 1:
+            raise ValueError(f"workers {workers!r}: expected 1 or more")
+        self.database = database
+        self.workers = workers
+        self.pg_host = pg_host
+        self.pg_user = pg_user
+        #: the throwaway PostgreSQL database (created in :meth:`start`, dropped in :meth:`stop`)
+        self.pg_name = "hstw_bench_" + secrets.token_hex(6) if database == "postgres" else None
+        self._pg_created = False
         self.python = python
         self.keep = keep
         self.profile = profile  # a path: twistd's cProfile stats (wall time) of the whole run go there
@@ -94,12 +171,19 @@ class SpawnedServer:
                 f"metrics_listen_addr: 127.0.0.1:{free_port()}\n"
                 f"unix_socket: {self.dir}/headscale.sock\n"
                 f"noise:\n  private_key_path: {self.dir}/noise_private.key\n"
-                f"database:\n  type: sqlite\n  sqlite:\n    path: {self.dir}/db.sqlite\n"
-                "derp:\n  server:\n    enabled: false\n  urls: []\n  paths: []\n  auto_update_enabled: false\n"
+                + self.database_section()
+                + (f"workers: {workers}\n" if workers != 1 else "")
+                + "derp:\n  server:\n    enabled: false\n  urls: []\n  paths: []\n  auto_update_enabled: false\n"
                 "dns:\n  magic_dns: true\n  base_domain: bench.internal\n"
                 + policy_section
             )
         self.process: subprocess.Popen | None = None
+
+    def database_section(self) -> str:
+        """The ``database:`` section written into the config."""
+        if self.pg_name is not None:
+            return postgres_section(self.pg_name, self.pg_host, self.pg_user)
+        return f"database:\n  type: sqlite\n  sqlite:\n    path: {self.dir}/db.sqlite\n"
 
     def write_policy(self, text: str) -> None:
         tmp = self.policy_path + ".tmp"
@@ -113,13 +197,21 @@ class SpawnedServer:
         return self.process
 
     def reload(self) -> None:
-        """SIGHUP: the server re-reads the policy file."""
+        """SIGHUP to the server (the supervisor when there are workers): it re-reads the policy file."""
         os.kill(self._running().pid, signal.SIGHUP)
 
     def env(self) -> dict:
         return dict(os.environ, PYTHONPATH=_pythonpath())
 
     def start(self, timeout: float = 60.0) -> SpawnedServer:
+        if self.pg_name is not None and not self._pg_created:
+            conn = _pg_admin(self.pg_host, self.pg_user)
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute(f'CREATE DATABASE "{self.pg_name}"')
+            finally:
+                conn.close()
+            self._pg_created = True
         argv = [self.python, "-c", _TWISTD, "--nodaemon", "--pidfile="]
         if self.profile:
             argv += [f"--profile={os.path.abspath(self.profile)}", "--profiler=cprofile", "--savestats"]
@@ -167,7 +259,8 @@ class SpawnedServer:
         return keys
 
     def stats(self) -> dict:
-        return proc_stats(self._running().pid)
+        """CPU seconds and RSS summed over the server and its worker processes; each under ``processes``."""
+        return tree_stats(self._running().pid)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -177,5 +270,13 @@ class SpawnedServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self._pg_created:
+            conn = _pg_admin(self.pg_host, self.pg_user)
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+            finally:
+                conn.close()
+            self._pg_created = False
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
