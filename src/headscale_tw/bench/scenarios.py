@@ -97,6 +97,11 @@ def _latency(sent: float, result: dict, expected: int) -> dict:
     }
 
 
+def rss_per_node(stats: dict, n: int) -> float | None:
+    """The server's RSS (summed over its processes) per node, in KiB."""
+    return round(stats["rss_mib"] * 1024 / n, 1) if n else None
+
+
 def _ms(seconds):
     return None if seconds is None else round(seconds * 1000, 1)
 
@@ -107,7 +112,8 @@ CHANGES = ("endpoint_change", "node_join", "node_delete", "policy_change", "hub_
 
 async def run_size(reactor, n: int, policy: str, *, procs: int = 1, group_size: int = 10,
                    concurrency: int = 64, timeout: float = 600.0, floor_rounds: int = 5, log=print,
-                   connect_only: bool = False, profile: str | None = None) -> dict:
+                   connect_only: bool = False, profile: str | None = None, database: str = "sqlite",
+                   workers: int = 1) -> dict:
     """
     Every scenario for one size and policy against a fresh server; returns the results dict.
 
@@ -115,12 +121,17 @@ async def run_size(reactor, n: int, policy: str, *, procs: int = 1, group_size: 
     load-generator processes, and ``ratios`` compares the two. With
     ``connect_only`` only the connect step runs (registrations/s) and the
     floor is its login floor alone. ``profile`` (a path) runs the server under
-    cProfile and saves its stats there when it stops.
+    cProfile and saves its stats there when it stops. ``database`` (``sqlite`` or
+    ``postgres``) and ``workers`` only change the server's config; server CPU
+    and RSS are summed over its worker processes.
     """
-    server = SpawnedServer(policy=policy_text(policy, n + 1, group_size), profile=profile).start()
+    server = SpawnedServer(policy=policy_text(policy, n + 1, group_size), profile=profile,
+                           database=database, workers=workers).start()
     try:
-        return await _run_size(reactor, server, n, policy, procs, group_size, concurrency, timeout,
-                               floor_rounds, log, connect_only)
+        out = {"database": database, "workers": workers}
+        out.update(await _run_size(reactor, server, n, policy, procs, group_size, concurrency, timeout,
+                                   floor_rounds, log, connect_only))
+        return out
     finally:
         server.stop()
 
@@ -162,6 +173,7 @@ async def _run_size(reactor, server, n, policy, procs, group_size, concurrency, 
         out["connect"] = connect_summary(connected, n)
         out["connect"]["quiet_after_s"] = round(await cluster.quiet(1.0, timeout=timeout), 2)
         out["server_after_connect"] = server.stats()
+        out["rss_kib_per_node"] = rss_per_node(out["server_after_connect"], n)
         out["clients_after_connect"] = await cluster.stats()
         log(f"[{n} {policy}] connected: {out['connect']}")
         if connect_only:
@@ -261,6 +273,7 @@ async def _run_size(reactor, server, n, policy, procs, group_size, concurrency, 
         await cluster.quiet(1.0, timeout=timeout)
         out["verified"] = await cluster.verify()
         out["server_end"] = server.stats()
+        out["rss_kib_per_node"] = rss_per_node(out["server_streaming"], n)
         out["clients_end"] = await cluster.stats()
         await _floor(reactor, cluster, out, n, policy, concurrency, timeout, floor_rounds, log)
         return out
@@ -292,9 +305,9 @@ def fullmap_times(sizes: list[int], repeat: int = 20) -> list[dict]:
 
 def _ratio_table(rows: list[dict]) -> str:
     """The ratios to the machine's floor (``×``: times the floor; registrations: times slower)."""
-    lines = ["| N | policy | registrations × | endpoint p99 × | join p99 × | delete p99 × | policy p99 × "
+    lines = ["| N | policy | db | workers | registrations × | endpoint p99 × | join p99 × | delete p99 × | policy p99 × "
              "| hub join/endpoint/delete p99 × | floor logins/s | floor fan-out p99 ms (bytes) |",
-             "|---:|---|---:|---:|---:|---:|---:|---|---:|---|"]
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
         if "ratios" not in r:
             continue
@@ -302,29 +315,33 @@ def _ratio_table(rows: list[dict]) -> str:
         hub = "/".join(str(q.get(k + "_p99")) for k in ("hub_join", "hub_endpoint", "hub_delete")) \
             if "hub_join_p99" in q else "–"
         fanout = ", ".join(f"{v['p99_ms']} ({size})" for size, v in r["floor"]["fanout"].items())
-        lines.append(f"| {r['nodes']} | {r['policy']} | {q['registrations']} | {q.get('endpoint_change_p99')} "
+        lines.append(f"| {r['nodes']} | {r['policy']} | {r.get('database', 'sqlite')} | {r.get('workers', 1)} "
+                     f"| {q['registrations']} | {q.get('endpoint_change_p99')} "
                      f"| {q.get('node_join_p99')} | {q.get('node_delete_p99')} | {q.get('policy_change_p99', '–')} "
                      f"| {hub} | {r['floor']['logins']['per_s']} | {fanout} |")
     return "\n".join(lines)
 
 
 def _table(rows: list[dict]) -> str:
-    lines = ["| N | policy | reg/s | all maps (s) | RSS MiB | CPU s | endpoint p50/p99/max ms | join p99 | delete p99 "
+    lines = ["| N | policy | db | workers | reg/s | all maps (s) | RSS MiB | RSS KiB/node | CPU s | endpoint p50/p99/max ms | join p99 | delete p99 "
              "| policy p99 | hub join/endpoint/delete p99 (all N) | storm converge s | /health p99 ms | full map B |",
-             "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|"]
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         c = r["connect"]
         if "endpoint_change" not in r:  # --connect-only
             cpu = r["server_after_connect"]["cpu_s"] - r["server_before"]["cpu_s"]
-            lines.append(f"| {r['nodes']} | {r['policy']} | {c['registrations_per_s']} | {c['all_maps_s']} "
-                         f"| {r['server_after_connect']['rss_mib']} | {round(cpu, 2)} (connect) | – | – | – | – | – "
+            lines.append(f"| {r['nodes']} | {r['policy']} | {r.get('database', 'sqlite')} | {r.get('workers', 1)} "
+                         f"| {c['registrations_per_s']} | {c['all_maps_s']} "
+                         f"| {r['server_after_connect']['rss_mib']} | {r.get('rss_kib_per_node')} "
+                         f"| {round(cpu, 2)} (connect) | – | – | – | – | – "
                          f"| – | – | {c['full_map_bytes_median']} |")
             continue
         e = r["endpoint_change"]
         hub = "/".join(str(r[k]["p99_ms"]) for k in ("hub_join", "hub_endpoint", "hub_delete")) if "hub_join" in r else "–"
-        lines.append("| {} | {} | {} | {} | {} | {} | {}/{}/{} | {} | {} | {} | {} | {} | {} | {} |".format(
-            r["nodes"], r["policy"], c["registrations_per_s"], c["all_maps_s"],
-            r["server_streaming"]["rss_mib"], r["server_streaming"]["cpu_s"],
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{}/{} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r["nodes"], r["policy"], r.get("database", "sqlite"), r.get("workers", 1),
+            c["registrations_per_s"], c["all_maps_s"],
+            r["server_streaming"]["rss_mib"], r.get("rss_kib_per_node"), r["server_streaming"]["cpu_s"],
             e["p50_ms"], e["p99_ms"], e["max_ms"], r["node_join"]["p99_ms"], r["node_delete"]["p99_ms"],
             r.get("policy_change", {}).get("p99_ms"), hub, r["reconnect_storm"]["converge_s"],
             r["reconnect_storm"]["health_p99_ms"], c["full_map_bytes_median"]))
@@ -342,8 +359,20 @@ def _runs(text: str) -> list[tuple[int, str]]:
     return out
 
 
+def _workers(text: str) -> list[int]:
+    """``--workers 1,2`` -> [1, 2]."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected worker counts like 1,2") from None
+    if not counts or any(c < 1 for c in counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected worker counts of 1 or more, like 1,2")
+    return counts
+
+
 async def _main(reactor, options) -> None:
-    results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": [], "fullmap": []}
+    results: dict[str, Any] = {"machine": machine(), "database": options.database, "workers": options.workers,
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": [], "fullmap": []}
     os.makedirs(options.out, exist_ok=True)
     path = os.path.join(options.out, f"control-{time.strftime('%Y%m%d-%H%M%S')}.json")
 
@@ -356,14 +385,16 @@ async def _main(reactor, options) -> None:
         save()
     runs = options.runs or [(n, policy) for n in options.sizes for policy in options.policies]
     for n, policy in runs:
-        started = time.monotonic()
-        run = await run_size(reactor, n, policy, procs=options.procs, concurrency=options.concurrency,
-                             timeout=options.timeout, floor_rounds=options.floor_rounds,
-                             connect_only=options.connect_only,
-                             profile=options.profile_server and f"{options.profile_server}.{n}-{policy}")
-        run["wall_s"] = round(time.monotonic() - started, 1)
-        results["runs"].append(run)
-        save()
+        for workers in options.workers:
+            started = time.monotonic()
+            profile = options.profile_server and f"{options.profile_server}.{n}-{policy}-w{workers}"
+            run = await run_size(reactor, n, policy, procs=options.procs, concurrency=options.concurrency,
+                                 timeout=options.timeout, floor_rounds=options.floor_rounds,
+                                 connect_only=options.connect_only, profile=profile,
+                                 database=options.database, workers=workers)
+            run["wall_s"] = round(time.monotonic() - started, 1)
+            results["runs"].append(run)
+            save()
     print(json.dumps(results["machine"]))
     if results["fullmap"]:
         print("| peers | cold ms | warm ms | bytes |\n|---:|---:|---:|---:|")
@@ -391,8 +422,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the connect step (registrations/s) and the login floor")
     parser.add_argument("--profile-server", default=None, metavar="PATH",
                         help="run the server under cProfile; stats saved to PATH.<size>-<policy>")
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite",
+                        help="the server's database: SQLite in its temp dir, or a throwaway PostgreSQL "
+                             "database over the unix socket (HEADSCALE_BENCH_PG_HOST, default /var/run/postgresql)")
+    parser.add_argument("--workers", type=_workers, default=[1],
+                        help="worker counts, e.g. 1,2: every run is done at each (above 1 needs --database postgres)")
     parser.add_argument("--out", default=os.path.join("bench", "results"))
     options = parser.parse_args(argv)
+    if options.database != "postgres" and any(w > 1 for w in options.workers):
+        parser.error("--workers above 1 needs --database postgres")
     raise_nofile()
     from twisted.internet.task import react
 
