@@ -42,10 +42,16 @@ from headscale_tw.noise._codec import (
     RecordDecoder,
     RecordEncoder,
 )
+from headscale_tw.testing.h2_data import DataFrameSplitter
 
 __all__ = ["KeyClient", "NoiseClient", "H2Response", "UpgradeFailed", "DEFAULT_VERSION"]
 
 DEFAULT_VERSION = 133  # tailscale 1.96
+
+
+#: Like Go's HTTP/2 transport: 4 MiB stream windows, 1 GiB connection window.
+_STREAM_WINDOW = 4 << 20
+_CONNECTION_WINDOW = 1 << 30
 
 
 class UpgradeFailed(Exception):
@@ -155,6 +161,10 @@ class NoiseClient(Protocol):
         self._streams: dict[int, tuple[H2Response, Deferred, Callable[[bytes], object] | None]] = {}
         self.error: BaseException | None = None
         self._pending: dict[int, bytes] = {}
+        #: Plain DATA frames of open streams skip the ``h2`` machinery (see :mod:`~headscale_tw.testing.h2_data`).
+        self._frames = DataFrameSplitter(_STREAM_WINDOW, _CONNECTION_WINDOW)
+        #: Streams answered without a Content-Length (``h2`` need not count their bytes): the shortcut's.
+        self._unsized: set[int] = set()
 
     @property
     def early(self) -> dict | None:
@@ -213,8 +223,8 @@ class NoiseClient(Protocol):
             )
             self._h2.initiate_connection()
             # Like Go's HTTP/2 transport: 4 MiB stream windows, 1 GiB connection window.
-            self._h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 4 << 20})
-            self._h2.increment_flow_control_window((1 << 30) - 65535)
+            self._h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _STREAM_WINDOW})
+            self._h2.increment_flow_control_window(_CONNECTION_WINDOW - 65535)
             self._state = "open"
             self._flush()
             self.ready.callback(self)
@@ -232,6 +242,22 @@ class NoiseClient(Protocol):
         return self._h2
 
     def _h2_received(self, data: bytes) -> None:
+        streams = self._streams
+        for stream_id, payload in self._frames.feed(data, self._unsized.__contains__):
+            if stream_id == 0:
+                self._h2_frames(payload)
+            elif (entry := streams.get(stream_id)) is not None:
+                if entry[2] is not None:
+                    entry[2](payload)
+                entry[0].body += payload
+        updates = self._frames.take_window_updates()
+        if updates and self._encoder is not None:
+            self.transport.write(self._encoder.encode(updates))
+        self._send_bodies()
+        self._flush()
+
+    def _h2_frames(self, data: bytes) -> None:
+        """Whole frames the shortcut left to ``h2``."""
         connection = self._open_h2()
         for event in connection.receive_data(data):
             entry = self._streams.get(getattr(event, "stream_id", -1))
@@ -241,6 +267,8 @@ class NoiseClient(Protocol):
                         entry[0].status = int(value)
                     else:
                         entry[0].headers[name] = value
+                if b"content-length" not in entry[0].headers:
+                    self._unsized.add(event.stream_id)
             elif isinstance(event, h2.events.DataReceived) and entry:
                 connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 if entry[2] is not None:
@@ -248,14 +276,18 @@ class NoiseClient(Protocol):
                 entry[0].body += event.data
             elif isinstance(event, h2.events.StreamEnded) and entry:
                 del self._streams[event.stream_id]
+                self._forget(event.stream_id)
                 entry[1].callback(entry[0])
             elif isinstance(event, h2.events.StreamReset) and entry:
                 del self._streams[event.stream_id]
+                self._forget(event.stream_id)
                 entry[1].errback(Failure(ConnectionError(f"stream reset: {event.error_code!r}")))
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.transport.loseConnection()
-        self._send_bodies()
-        self._flush()
+
+    def _forget(self, stream_id: int) -> None:
+        self._unsized.discard(stream_id)
+        self._frames.forget(stream_id)
 
     def _send_bodies(self) -> None:
         """Send queued request bodies as far as the server's flow-control windows allow."""
