@@ -231,10 +231,10 @@ class NoiseClient(Protocol):
         if self._state == "open" and self._buffer:
             assert self._decoder is not None  # set before the state became "open"
             records, self._buffer = self._buffer, b""
-            for chunk in self._decoder.feed(records):
-                h2_bytes = self._early.feed(chunk)
-                if h2_bytes:
-                    self._h2_received(h2_bytes)
+            early = self._early
+            h2_bytes = b"".join([early.feed(chunk) for chunk in self._decoder.feed(records)])
+            if h2_bytes:
+                self._h2_received(h2_bytes)
 
     def _open_h2(self) -> h2.connection.H2Connection:
         if self._h2 is None:
@@ -253,7 +253,8 @@ class NoiseClient(Protocol):
         updates = self._frames.take_window_updates()
         if updates and self._encoder is not None:
             self.transport.write(self._encoder.encode(updates))
-        self._send_bodies()
+        if self._pending:
+            self._send_bodies()
         self._flush()
 
     def _h2_frames(self, data: bytes) -> None:
