@@ -137,6 +137,20 @@ class WorkersCheckTests(unittest.TestCase):
         self.assertIn("database.type", text)
         self.assertIn("postgres", text)
 
+    def test_acme_refused(self) -> None:
+        """Two workers with ``tls_letsencrypt_hostname`` are refused (the ACME listeners are not shared)."""
+        config = Config()
+        config = replace(config, workers=2, tls=replace(config.tls, letsencrypt_hostname="hs.example.com"),
+                         database=replace(config.database, type="postgres",
+                                          postgres=replace(config.database.postgres, host="h", name="n")))
+        report = _Recorder()
+        from headscale_tw.config.checks import workers
+
+        workers.check(config, report)
+        [(key, text)] = report.problems
+        self.assertEqual(key, "workers")
+        self.assertIn("tls_letsencrypt_hostname", text)
+
     def test_yaml_and_environment(self) -> None:
         """``workers: 4`` in the YAML and ``HEADSCALE_WORKERS`` both set the key; the default is 1."""
         from headscale_tw.config.loader import ConfigError, parse_config, parse_config_with_warnings

@@ -14,10 +14,13 @@ MAX_WORKERS = 64
 
 
 def check(c: Config, report: Report) -> Config:
-    """``workers`` is between 1 and :data:`MAX_WORKERS`; more than one needs PostgreSQL."""
+    """``workers`` is between 1 and :data:`MAX_WORKERS`; more than one needs PostgreSQL and no ACME."""
     if not 1 <= c.workers <= MAX_WORKERS:
         report.problem("workers", f"{c.workers} is not between 1 and {MAX_WORKERS}")
     elif c.workers > 1 and c.database.type != "postgres":
         report.problem("workers", f"{c.workers} workers need database.type: postgres "
                        f"(the workers share state through its change feed), not {c.database.type}")
+    elif c.workers > 1 and c.tls.letsencrypt_hostname:
+        report.problem("workers", "workers > 1 cannot share the ACME listeners of tls_letsencrypt_hostname yet; "
+                       "use tls_cert_path/tls_key_path (or a TLS proxy) with workers")
     return c
