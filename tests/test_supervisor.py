@@ -110,6 +110,23 @@ class SupervisorTests(unittest.TestCase):
         self.assertEqual(self.supervisor.exit_status, 0)
         self.assertEqual(self.supervisor.starts, {0: 1, 1: 3})
 
+    def test_lock_held_until_workers_stopped(self) -> None:
+        """What the one-time work returned (the supervisor's lock) is released once every worker ended."""
+        class Lock:
+            released = 0
+
+            def release(self) -> None:
+                self.released += 1
+
+        lock = Lock()
+        supervisor = WorkerSupervisor(1, self.reactor, self.spawn, lambda index: [], prepare=lambda: lock)
+        supervisor.startService()
+        d = supervisor.stopService()
+        self.assertEqual(lock.released, 0)
+        self.end(self.spawned[0][0], code=0)
+        self.successResultOf(d)
+        self.assertEqual(lock.released, 1)
+
     def test_reload_forwarded(self) -> None:
         """``reload`` (SIGHUP) sends SIGHUP to every running worker."""
         self.supervisor.startService()

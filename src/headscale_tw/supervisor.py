@@ -76,18 +76,33 @@ def prepare_workers(config: Config) -> list[str]:
     return notes
 
 
-async def prepare_and_migrate(config: Config, reactor: Any) -> None:
-    """:func:`prepare_workers`, then open the database once so that it is migrated before any worker starts."""
+async def prepare_and_migrate(config: Config, reactor: Any) -> Any:
+    """Take the supervisor's lock, :func:`prepare_workers`, then open the database once (which migrates it).
+
+    Returns the lock (``<unix_socket>.supervisor.lock``), held until the supervisor stops: a second
+    supervisor of the same configuration stops here, before its workers could bind the shared ports
+    (``SO_REUSEPORT`` lets any process of this user join them).
+    """
+    from dataclasses import replace
+
     from headscale_tw import preflight
     from headscale_tw.storage.database import open_database
 
-    prepare_workers(config)
+    lock = preflight.socket_lock(replace(config, unix_socket=f"{config.unix_socket}.supervisor")
+                                 if config.unix_socket else config)
     try:
-        db = await open_database(config.database, reactor)
-    except Exception as e:
-        raise preflight.StartupError(f"database ({preflight.describe_database(config)}): "
-                                     f"{preflight.one_line(e)}") from e
-    await db.close()
+        prepare_workers(config)
+        try:
+            db = await open_database(config.database, reactor)
+        except Exception as e:
+            raise preflight.StartupError(f"database ({preflight.describe_database(config)}): "
+                                         f"{preflight.one_line(e)}") from e
+        await db.close()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
 
 
 def die_with_parent() -> None:
@@ -164,6 +179,7 @@ class WorkerSupervisor(service.Service):
         self._delays: dict[int, float] = {}
         self._timers: dict[int, Any] = {}
         self._stopping = False
+        self._lock: Any = None
         self.serving = False
         self.exit_status = 0
 
@@ -174,7 +190,8 @@ class WorkerSupervisor(service.Service):
         d.addCallback(self._start_all)
         d.addErrback(lambda f: self._fail(f"start-up: {f.getErrorMessage()}"))
 
-    def _start_all(self, _: object) -> None:
+    def _start_all(self, lock: object) -> None:
+        self._lock = lock  # what prepare returned: released once every worker has stopped
         for index in range(self.count):
             self._start(index)
 
@@ -256,11 +273,18 @@ class WorkerSupervisor(service.Service):
         ended = [p.ended for p in self.processes.values()]
         self._signal_all("TERM")
         if not ended:
+            self._release()
             return defer.succeed(None)
         kill = self.reactor.callLater(self.stop_timeout, self._signal_all, "KILL")
         done = defer.DeferredList(ended)
         done.addBoth(lambda _: kill.cancel() if kill.active() else None)
+        done.addBoth(lambda _: self._release())
         return done
+
+    def _release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None and hasattr(lock, "release"):
+            lock.release()
 
     def spawn_with_reactor(self, process: _WorkerProcess, args: Sequence[str]) -> Any:
         """Start a worker with ``reactor.spawnProcess``: stdout and stderr shared, fd 3 its status pipe."""

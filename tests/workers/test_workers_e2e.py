@@ -140,6 +140,13 @@ class WorkersEndToEndTests(unittest.TestCase):
             self.assertIn("headscale_nodes", _get(f"http://127.0.0.1:{port}/metrics"))
         server.wait_for("DERP mesh: connected to peer", 2)  # each worker watches the other's clients
 
+        second = _Server(self, self.config_path)  # the same configuration again: refused, exit status 1
+        self.assertEqual(second.process.wait(timeout=DEADLINE), 1)
+        second.text = second.process.stdout.read().decode(errors="replace")  # type: ignore[union-attr]
+        self.assertIn("could not start", second.text)
+        self.assertIn("headscale.sock.supervisor", second.text)  # the lock, named
+        self.assertNotIn("[worker", second.text)  # no worker started
+
         server.cli("users", "create", "alice")  # through worker 0's socket: the configured path
         sock1 = os.path.join(os.path.abspath(self.state), "headscale.sock.1")
         server.env["HEADSCALE_UNIX_SOCKET"] = sock1
