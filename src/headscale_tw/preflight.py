@@ -370,6 +370,8 @@ class Listener:
     host: str
     port: int
     udp: bool = False
+    #: Bound by every worker with ``SO_REUSEPORT`` (``workers`` > 1).
+    shared: bool = False
 
 
 def _split_hostport(setting: str, value: str) -> tuple[str, int]:
@@ -382,7 +384,8 @@ def _split_hostport(setting: str, value: str) -> tuple[str, int]:
 
 def listeners(config: Any) -> list[Listener]:
     """Every TCP and UDP address the server listens on, with the setting that names it."""
-    found = [Listener("listen_addr", *_split_hostport("listen_addr", config.listen_addr))]
+    shared = getattr(config, "workers", 1) > 1
+    found = [Listener("listen_addr", *_split_hostport("listen_addr", config.listen_addr), shared=shared)]
     if config.tls.letsencrypt_hostname and config.tls.letsencrypt_challenge_type == "HTTP-01":
         found.append(Listener("tls_letsencrypt_listen", *_split_hostport("tls_letsencrypt_listen",
                                                                          config.tls.letsencrypt_listen)))
@@ -392,7 +395,7 @@ def listeners(config: Any) -> list[Listener]:
     derp = config.derp.server
     if derp.enabled and derp.stun_listen_addr:
         host, port = _split_hostport("derp.server.stun_listen_addr", derp.stun_listen_addr)
-        found.append(Listener("derp.server.stun_listen_addr", host, port, udp=True))
+        found.append(Listener("derp.server.stun_listen_addr", host, port, udp=True, shared=shared))
     return found
 
 
@@ -404,6 +407,8 @@ def _try_bind(listener: Listener) -> None:
         with socket.socket(family, kind) as s:
             if not listener.udp:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted's TCP ports do
+            if listener.shared:  # workers bind it with SO_REUSEPORT (workers.py): so does the test
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             s.bind(address)
     except OSError as e:
         raise StartupError(f"{listener.setting} {listener.host}:{listener.port}: cannot listen: "

@@ -159,7 +159,7 @@ class HeadscaleService(service.MultiService):
 
     def __init__(self, config: Config, reactor, components: Callable | None = None,
                  log_observer: ILogObserver | None = None, raise_early_failure: bool = False,
-                 twistd_options=None):
+                 twistd_options=None, status_pipe: int | None = None):
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -173,6 +173,7 @@ class HeadscaleService(service.MultiService):
         #: twistd's own options (``twistd headscale``): a daemonising twistd keeps its status pipe there.
         self._twistd_options = twistd_options
         self._status_pipe: int | None = None
+        self._given_pipe = status_pipe
 
     def setServiceParent(self, parent) -> None:
         """Join ``parent``; a twistd ``Application`` without an ``ILogObserver`` gets ``log_observer``.
@@ -202,7 +203,8 @@ class HeadscaleService(service.MultiService):
         failure, also one found after this returns (a migration, the first ACME
         certificate).
         """
-        self._status_pipe = claim_daemon_status_pipe(self._twistd_options)
+        self._status_pipe = claim_daemon_status_pipe(self._twistd_options) if self._given_pipe is None \
+            else self._given_pipe  # a worker's status pipe to its supervisor (supervisor.py)
         super().startService()
         self._ready = defer.Deferred.fromCoroutine(self._start())
         self._ready.addErrback(self._start_failed)
@@ -437,6 +439,10 @@ async def _build_on_database(config: Config, reactor, db, noise_key, lock) -> Co
                               access_log=logs["acme"])
         services.extend(acme.services)
         ready = acme.ready
+    elif config.worker_index is not None:  # one of several workers: SO_REUSEPORT (workers.py)
+        from headscale_tw.workers import control_listener
+
+        services.append(control_listener(config, site, reactor, LISTEN_BACKLOG))
     else:
         tls = (config.tls.cert_path, config.tls.key_path) if config.tls.enabled else None
         services.append(strports.service(listen_endpoint(config.listen_addr, tls, backlog=LISTEN_BACKLOG), site,
@@ -651,8 +657,8 @@ class _DERPParts:
 
     def mesh_membership(self, instance_id: str):
         """With the embedded server and a mesh key: mesh with, and list in the map, every live instance."""
-        if self.server is None or self.server.mesh_key is None:
-            return None
+        if self.server is None or self.server.mesh_key is None or self.config.worker_index is not None:
+            return None  # workers mesh with each other privately (workers.local_mesh_services)
         from headscale_tw.derp.cluster import DERPMeshMembership, mesh_link_factory
         from headscale_tw.derp.derpmap import own_derp_url
 
@@ -688,7 +694,16 @@ class _DERPParts:
             if stun_addr:
                 host, port = parse_listen_addr(stun_addr)
                 self.stun = STUNServerProtocol()
-                services.append(UDPServer(port, self.stun, interface=host, reactor=self.reactor))
+                if self.config.worker_index is not None:  # shared with the other workers (workers.py)
+                    from headscale_tw.workers import SharedDatagramPort
+
+                    services.append(SharedDatagramPort(self.reactor, stun_addr, self.stun))
+                else:
+                    services.append(UDPServer(port, self.stun, interface=host, reactor=self.reactor))
+            if self.config.worker_index is not None:
+                from headscale_tw.workers import local_mesh_services
+
+                services.extend(local_mesh_services(self.config, self.server, self.reactor))
             for url in self.config.derp.server.mesh_peers:
                 endpoint, host_header, path = mesh_peer_endpoint(self.reactor, url)
                 services.append(mesh_peer_service(self.server, endpoint, host_header, self.reactor, path=path))
@@ -702,7 +717,8 @@ def _build_derp(config: Config, reactor, lookup=None) -> _DERPParts | None:
 
 
 def build_service(config: Config, reactor, log_observer: ILogObserver | None = None,
-                  raise_early_failure: bool = False, twistd_options=None) -> HeadscaleService:
+                  raise_early_failure: bool = False, twistd_options=None,
+                  status_pipe: int | None = None) -> HeadscaleService:
     """Build the whole server as one service (the keywords: see :class:`HeadscaleService`)."""
     return HeadscaleService(config, reactor, log_observer=log_observer, raise_early_failure=raise_early_failure,
-                            twistd_options=twistd_options)
+                            twistd_options=twistd_options, status_pipe=status_pipe)

@@ -17,9 +17,15 @@ class Options(usage.Options):
 
     optParameters = [
         ["config", "c", None, "Path to config.yaml (default: search HEADSCALE_CONFIG, ./, ~/.headscale/, /etc/headscale/)."],
+        ["worker-index", None, None, "Internal: run as worker N of a `workers` > 1 supervisor (docs/workers.md)."],
     ]
 
     def postOptions(self) -> None:
+        if self["worker-index"] is not None:
+            try:
+                self["worker-index"] = int(self["worker-index"])
+            except ValueError:
+                raise usage.UsageError(f"--worker-index {self['worker-index']!r} is not a number") from None
         try:
             self["config_object"] = load_config(self["config"])
         except ConfigError as e:
@@ -42,8 +48,28 @@ def makeService(options: Options):
     config = options["config_object"]
     twistd_options = options.parent
     observer = twistd_observer(twistd_options, config.log) if twistd_options is not None else None
+    index = options["worker-index"]
+    status_pipe = None
+    if index is None and config.workers > 1:  # the supervisor of the workers (docs/workers.md)
+        from headscale_tw.supervisor import supervisor_service
+
+        supervisor = supervisor_service(config, reactor, observer, twistd_options)
+        if twistd_options is not None:
+            exit_with_status(supervisor)  # type: ignore[arg-type]  # it reads exit_status only
+        return supervisor
+    if index is not None:
+        from headscale_tw.supervisor import STATUS_FD, die_with_parent, worker_observer
+        from headscale_tw.workers import worker_config
+
+        try:
+            config = worker_config(config, index)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        die_with_parent()
+        observer = worker_observer(observer, index) if observer is not None else None
+        status_pipe = STATUS_FD
     top = build_service(config, reactor, log_observer=observer, raise_early_failure=twistd_options is not None,
-                        twistd_options=twistd_options)
+                        twistd_options=twistd_options, status_pipe=status_pipe)
     if twistd_options is not None:
         exit_with_status(top)
     return top

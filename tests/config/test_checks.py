@@ -37,7 +37,7 @@ class SectionCheckTests(unittest.TestCase):
         report = _Recorder()
         check_config(Config(), report)
         self.assertEqual(report.problems, [])
-        self.assertEqual(len(SECTIONS), 12)
+        self.assertEqual(len(SECTIONS), 13)
 
     def test_section_reports_only_its_keys(self) -> None:
         """A bad database type is reported by the database check alone, under its key."""
@@ -106,3 +106,60 @@ class AuditRetentionCheckTests(unittest.TestCase):
 
         self.assertEqual(parse_config({"audit": {"retention": "30d"}}).audit.retention, 30 * 86400.0)
         self.assertEqual(Config().audit.retention, 90 * 86400.0)
+
+
+class WorkersCheckTests(unittest.TestCase):
+    """``workers`` is bounded and needs PostgreSQL above 1."""
+
+    def problems(self, workers: int, db_type: str = "postgres") -> list[tuple[str, str]]:
+        config = Config()
+        config = replace(config, workers=workers,
+                         database=replace(config.database, type=db_type,
+                                          postgres=replace(config.database.postgres, host="h", name="n")))
+        report = _Recorder()
+        check_config(config, report)
+        return report.problems
+
+    def test_bounds(self) -> None:
+        """1, 2 and 64 pass on PostgreSQL; 0, -1 and 65 are problems under ``workers``."""
+        for good in (1, 2, 64):
+            self.assertEqual(self.problems(good), [])
+        for bad in (0, -1, 65):
+            [(key, text)] = self.problems(bad)
+            self.assertEqual(key, "workers")
+            self.assertIn(str(bad), text)
+
+    def test_sqlite_refused(self) -> None:
+        """Two workers on SQLite are refused with a message naming both keys; one is fine."""
+        self.assertEqual(self.problems(1, "sqlite"), [])
+        [(key, text)] = self.problems(2, "sqlite")
+        self.assertEqual(key, "workers")
+        self.assertIn("database.type", text)
+        self.assertIn("postgres", text)
+
+    def test_acme_refused(self) -> None:
+        """Two workers with ``tls_letsencrypt_hostname`` are refused (the ACME listeners are not shared)."""
+        config = Config()
+        config = replace(config, workers=2, tls=replace(config.tls, letsencrypt_hostname="hs.example.com"),
+                         database=replace(config.database, type="postgres",
+                                          postgres=replace(config.database.postgres, host="h", name="n")))
+        report = _Recorder()
+        from headscale_tw.config.checks import workers
+
+        workers.check(config, report)
+        [(key, text)] = report.problems
+        self.assertEqual(key, "workers")
+        self.assertIn("tls_letsencrypt_hostname", text)
+
+    def test_yaml_and_environment(self) -> None:
+        """``workers: 4`` in the YAML and ``HEADSCALE_WORKERS`` both set the key; the default is 1."""
+        from headscale_tw.config.loader import ConfigError, parse_config, parse_config_with_warnings
+
+        self.assertEqual(Config().workers, 1)
+        pg = {"type": "postgres", "postgres": {"host": "h", "name": "n"}}
+        self.assertEqual(parse_config({"workers": 4, "database": pg}).workers, 4)
+        config, _ = parse_config_with_warnings({"database": pg}, {"HEADSCALE_WORKERS": "3"})
+        self.assertEqual(config.workers, 3)
+        with self.assertRaises(ConfigError) as raised:
+            parse_config({"workers": 2, "database": {"type": "sqlite", "sqlite": {"path": "x.db"}}})
+        self.assertIn("database.type: postgres", str(raised.exception))

@@ -2,7 +2,8 @@
 """
 ``headscale serve`` and ``headscale configtest``: the two commands that run server code locally.
 
-``serve`` runs the same service tree as ``twistd -n headscale``, logs to stdout
+``serve`` runs the same service tree as ``twistd -n headscale`` (with ``workers`` > 1,
+the same supervisor, whose workers are ``twistd`` processes), logs to stdout
 behind ``log.level`` and returns the service's exit status (1 after a failed
 start). ``configtest`` runs the checks start-up runs
 (:func:`headscale_tw.preflight.configtest`) without changing anything.
@@ -32,7 +33,12 @@ def serve(ctx: Any) -> int:
 
         reactor = global_reactor
         globalLogBeginner.beginLoggingTo([stdout_observer(config.log, sys.stdout)], redirectStandardIO=False)
-    top = build_service(config, reactor)
+    if config.workers > 1:  # a supervisor of twistd workers, as `twistd -n headscale` (docs/workers.md)
+        from headscale_tw.supervisor import supervisor_service
+
+        top: Any = supervisor_service(config, reactor)
+    else:
+        top = build_service(config, reactor)
     reactor.callWhenRunning(top.startService)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()

@@ -48,6 +48,7 @@ KEYS: tuple[Key, ...] = (
     _k("disable_check_updates", "bool"),
     _k("unix_socket", "str"),
     _k("unix_socket_permission", "mode"),
+    _k("workers", "int"),
     _k("noise.private_key_path", "str"),
     _k("noise.min_capability_version", "int"),
     _k("prefixes.v4", "prefix"),

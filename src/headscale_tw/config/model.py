@@ -347,6 +347,10 @@ class Config:
     auto_update: AutoUpdateConfig = field(default_factory=AutoUpdateConfig)
     preauth_keys: PreAuthKeysConfig = field(default_factory=PreAuthKeysConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    #: Server processes on this host (one per core); above 1 needs PostgreSQL. See docs/workers.md.
+    workers: int = 1
+    #: Set by the supervisor, not the file: which worker this process is (``None``: not a worker).
+    worker_index: int | None = None
     # Where the file came from (None = embedded defaults); relative paths in the
     # config are resolved against the process working directory, as Headscale does.
     source_path: str | None = None

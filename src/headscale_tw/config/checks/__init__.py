@@ -14,7 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from headscale_tw.config.checks import acme_provider, audit, database, derp, dns, node, oidc, prefixes, server, tls
+from headscale_tw.config.checks import (
+    acme_provider,
+    audit,
+    database,
+    derp,
+    dns,
+    node,
+    oidc,
+    prefixes,
+    server,
+    tls,
+    workers,
+)
 from headscale_tw.config.checks import log as log_section
 from headscale_tw.config.checks import policy as policy_section
 from headscale_tw.config.checks._report import Report
@@ -36,6 +48,7 @@ SECTIONS: tuple[Callable[[Config, Report], Config], ...] = (
     node.check,
     oidc.check,
     audit.check,
+    workers.check,
 )
 
 
