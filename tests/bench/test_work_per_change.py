@@ -231,6 +231,27 @@ class HubWorkTests(unittest.TestCase):
             self.assertTrue(all(s.hub.id in stream.applier.peers for stream in s.streams))
             self.assert_filters_as_rebuilt(s)
 
+    def test_hub_join_variant_looked_up_once_per_viewer(self):
+        """
+        A hub's join looks up the hub's variant once per viewer (when the
+        viewer's delta is made), not again when its message is built.
+        """
+        for n in self.SIZES:
+            s = _Sized(self, n, grouped=True, hub=True)
+            lookups = []
+            variant = s.h.policy.variant
+
+            def counted(viewer_id, node_id, variant=variant):
+                lookups.append((viewer_id, node_id))
+                return variant(viewer_id, node_id)
+
+            s.h.policy.variant = counted  # type: ignore[method-assign]
+            self.join_hub(s)
+            hub_lookups = [viewer for viewer, peer in lookups if peer == s.hub.id]
+            self.assertEqual(sorted(hub_lookups), sorted(node.id for node in s.nodes), f"at {n} streams")
+            self.assertTrue(all(s.hub.id in stream.applier.peers for stream in s.streams))
+            self.assert_filters_as_rebuilt(s)
+
     def test_hub_delete(self):
         """A hub's deletion encodes no filter rule at either size (each node's remaining rules are known)."""
         def change(s):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from operator import itemgetter
 from urllib.parse import urlsplit
 
 from headscale_tw.control._wire import format_time
@@ -39,6 +40,8 @@ from headscale_tw.control.names import cert_domain, fqdn
 from headscale_tw.control.policy import ALLOW_ALL_FILTER, TailnetPolicy, Variant
 from headscale_tw.control.state import TAGGED_DEVICES_USER_ID, ControlState
 from headscale_tw.errors import InvalidInput
+
+_first = itemgetter(0)
 
 __all__ = [
     "Mapper",
@@ -355,6 +358,7 @@ class Mapper:
         patches: Iterable[dict] = (),
         online: Iterable[tuple[int, bool]] = (),
         shared: dict | None = None,
+        variants: Iterable[tuple[int, Variant]] | None = None,
     ) -> bytes:
         """
         One message combining what changed for ``viewer_id`` (absent parts = unchanged):
@@ -365,6 +369,10 @@ class Mapper:
         (one flush): the ``PeersChanged`` list and its ``UserProfiles`` are
         built once per set of entries (peer, variant, generation) there, and
         reused by every other message carrying the same ones.
+
+        ``variants`` gives the changed peers with the variant the caller
+        already looked up for each (``policy.variant(viewer_id, peer)``, same
+        state); ``changed`` is ignored then, and no peer is looked up again.
         """
         parts = []
         profile_nodes = []
@@ -373,11 +381,15 @@ class Mapper:
             if self.https:  # the node's name, so its CertDomains, may have changed
                 parts.append(b'"DNSConfig":' + self.dns_for(viewer_id))
             profile_nodes.append(self.state.nodes[viewer_id])
-        ids = sorted(changed)
+        generation = self.state.generation
+        if variants is not None:
+            key = tuple((i, v, generation(i)) for i, v in sorted(variants, key=_first))
+        else:
+            variant = self.policy.variant
+            key = tuple((i, variant(viewer_id, i), generation(i)) for i in sorted(changed))
+        ids = [i for i, _, _ in key]
         profiles = None
         if ids:
-            variant, generation = self.policy.variant, self.state.generation
-            key = tuple((i, variant(viewer_id, i), generation(i)) for i in ids)
             built = None if shared is None else shared.get(key)
             if built is None:
                 entries = b'"PeersChanged":[' + b",".join(self.peer_entry(i, v) for i, v, _ in key) + b"]"

@@ -204,6 +204,8 @@ class MapNotifier:
         self._opened: dict[int, int] = {}
         #: nodes joined since the last flush: node id -> whether its own sessions need ``Node``
         self._changed_nodes: dict[int, bool] = {}
+        #: flushes begun so far: a message's looked-up variants hold while no other flush began
+        self._flushes = 0
         self.policy_updates = 0
         #: Messages built and sent, lite updates and ended streams (``headscale_mapresponse_*``).
         self.map_counters = MapCounters()
@@ -446,6 +448,7 @@ class MapNotifier:
         opened, self._opened = self._opened, {}
         if not (pending or news):
             return 0
+        self._flushes += 1
         nodes = self.state.nodes
         # viewer -> the nodes whose news it gets (those it sees, unless its stream opened since)
         told: dict[int, list[int]] = {}
@@ -479,7 +482,8 @@ class MapNotifier:
             return None
         last = held.peers
         changed = sorted(pid for pid, up in last.items() if up and pid in nodes and policy.sees(viewer, pid))
-        removed = sorted(pid for pid in last if pid not in changed)
+        kept = set(changed)
+        removed = sorted(pid for pid in last if pid not in kept)
         # a full entry or a removal supersedes the news of that peer
         about = [pid for pid in told if pid not in last]
         message = _news_message(news, about)
@@ -497,10 +501,14 @@ class MapNotifier:
         """Build one delta per group of viewers with identical views, frame it once, write it to all."""
         nodes = self.state.nodes
         shared: dict = {}  # parts equal messages have in common (such as a joining hub's entry)
+        flushes = self._flushes
         for message, viewers in groups.items():
+            # the variants in the key were looked up at this flush; a flush begun
+            # meanwhile (by a write) may have changed them, so look them up again then
+            current = flushes == self._flushes
             built = self.mapper.delta(
                 viewers[0],
-                changed=[pid for pid, _ in message.changed],
+                changed=() if current else [pid for pid, _ in message.changed],
                 removed=message.removed,
                 packet_filter=message.packet_filter,
                 ssh=message.ssh,
@@ -508,6 +516,7 @@ class MapNotifier:
                 patches=[self.mapper.patch_for(nodes[pid], fields) for pid, fields in message.patches],
                 online=message.online,
                 shared=shared,
+                variants=message.changed if current else None,
             )
             self._write_to(viewers, self._frame(built, message.response_type))
         return len(groups)
