@@ -40,32 +40,49 @@ class PolicyCompilation:
         #: Seconds per policy compilation (checks of a new policy and recompiles for changed nodes).
         self.compile_seconds = Histogram()
         self.recompiles = 0
+        #: Compilations made, checks included (a work counter for tests: one per policy change).
+        self.compilations = 0
         #: The users (a ``users_key``) the compilation was made with.
         self.users: tuple = ()
         self._compiled: Optional[CompiledPolicy] = None
         self._compiler: Optional[IncrementalCompiler] = None
         self._prepared: Optional[IncrementalCompiler] = None
+        self._prepared_compiled: Optional[CompiledPolicy] = None
 
     def adopt(self, engine: PolicyEngine) -> None:
         """Put ``engine`` in force; the next :meth:`compiled` compiles it."""
         self.engine = engine
         self._compiled = None
+        if self._prepared is not None and self._prepared.engine is not engine:
+            self._prepared = self._prepared_compiled = None
 
-    def check(self, engine: PolicyEngine, inputs: PolicyInputs) -> None:
+    def check(self, engine: PolicyEngine, inputs: PolicyInputs, users: tuple | None = None) -> None:
         """Compile ``engine`` over the state's nodes and run its ``tests``; keep that compilation.
+
+        With ``users`` (a ``users_key``) the compilation is made over the nodes
+        ``inputs`` holds (the caller synced them), the same node objects the
+        views are built from, and applying ``engine`` next uses it as it is when
+        nothing changed in between (one compilation per policy change); without,
+        over a fresh :meth:`~PolicyInputs.topology` of the state, changing nothing.
 
         :raises PolicyRejected: naming the problem (a failed test, a bad reference).
         """
-        topology = inputs.topology()
+        if users is None:
+            topology = inputs.topology()
+            users_t, nodes = topology.users, topology.nodes
+        else:
+            users_t, nodes = policy_users(users), tuple(inputs.nodes.values())
         try:
-            compiler = IncrementalCompiler(engine, topology.users, topology.nodes)
-            engine.check_compiled(self._compile(compiler))
+            compiler = IncrementalCompiler(engine, users_t, nodes)
+            cp = self._compile(compiler)
+            engine.check_compiled(cp)
         except PolicyRejected:
             raise
         except PolicyError as e:
             raise PolicyRejected(str(e)) from None
         # applying this engine next starts from this compilation instead of compiling again
         self._prepared = compiler
+        self._prepared_compiled = cp
 
     def compiled(self, inputs: PolicyInputs, users: tuple) -> CompiledPolicy:
         """The engine compiled over ``inputs`` and ``users`` (a ``users_key``); takes ``inputs.stale``."""
@@ -86,6 +103,12 @@ class PolicyCompilation:
                     compiler.remove(node_id)
                 for pnode in nodes.values():
                     compiler.put(pnode)
+                checked, self._prepared_compiled = self._prepared_compiled, None
+                if checked is not None and not compiler.changed:
+                    # nothing changed since the check: the checked compilation is the one in force
+                    inputs.stale.clear()
+                    self._compiled = checked
+                    return checked
             else:
                 compiler = self._compiler = IncrementalCompiler(self.engine, users_t, nodes.values())
         else:
@@ -103,6 +126,7 @@ class PolicyCompilation:
         return self._compiled
 
     def _compile(self, compiler: IncrementalCompiler) -> CompiledPolicy:
+        self.compilations += 1
         start = self.now()
         try:
             return compiler.compile()

@@ -177,11 +177,17 @@ class TailnetPolicy:
 
         :raises PolicyRejected: naming the problem (parse error, failed test).
         """
-        self._checked(text)
+        self.compilation.check(self.source.parse(text), self.inputs)
 
     def _checked(self, text) -> PolicyEngine:
+        """``text`` parsed and compiled over the known nodes, synced with the state first.
+
+        That compilation is the one :meth:`_apply` puts in force when no node changes
+        in between (one compilation per policy change).
+        """
         engine = self.source.parse(text)
-        self.compilation.check(engine, self.inputs)
+        self.inputs.sync_all()
+        self.compilation.check(engine, self.inputs, users_key(self.state))
         return engine
 
     async def set_policy(self, text: str) -> Changes:
@@ -213,14 +219,17 @@ class TailnetPolicy:
         return changes
 
     async def _apply(self, engine: PolicyEngine, text: str) -> Changes:
+        # ``engine`` was checked over the nodes synced with the state just before (:meth:`_checked`);
+        # whatever changed since (the store's write is awaited) the sync below takes in
         inputs, views = self.inputs, self.views
-        inputs.sync_all()
         before = views.materialized(self._compiled_or_none())
+        # the kept views are those of the nodes as they are now: only the policy changes them
+        settled = not inputs.dirty and not self.uniform and users_key(self.state) == self._view_users
         self.adopt(engine, text)
         await self._auto_approve_all()
         inputs.sync_all()
         cp = self._compiled_or_none()
-        after = views.compute(cp)
+        after = views.compute(cp, keep_peers=settled and not inputs.dirty)
         changes = views.diff(before, after)
         views.rebuild(cp, after)
         inputs.dirty.clear()

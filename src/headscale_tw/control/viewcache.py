@@ -102,8 +102,9 @@ class ViewCache:
     # -- full rebuilds -----------------------------------------------------------
 
     def build_view(self, cp: Optional[CompiledPolicy], node_id: int, peers: dict[int, Variant] | None = None,
-                   filter_bytes: bytes | None = None) -> NodeView:
-        """The view of ``node_id`` under ``cp`` (None: no policy); ``filter_bytes``: its filter, if known."""
+                   filter_bytes: bytes | None = None, peers_interned: bool = False) -> NodeView:
+        """The view of ``node_id`` under ``cp`` (None: no policy); ``filter_bytes``: its filter, if known;
+        ``peers_interned``: ``peers`` holds interned variants already, kept as the same dict."""
         self.views_built += 1
         nodes = self.inputs.nodes
         if cp is None:
@@ -122,23 +123,31 @@ class ViewCache:
             peers = {pv.node.id: (pv.allowed_ips, pv.primary_routes) for pv in cp.peers_for(node)}
         return NodeView(
             filter=self._intern(encode_json(cp.filter_wire_for(node))) if filter_bytes is None else filter_bytes,
-            peers={k: self._intern(v) for k, v in peers.items()},
+            peers=peers if peers_interned else {k: self._intern(v) for k, v in peers.items()},
             ssh=None if ssh is None else self._intern(encode_json(ssh)),
             caps=tuple(sorted(cp.cap_map_for(node))),
             self_allowed=tuple(cp.self_allowed_ips(node)),
             self_primary=_texts(node, node.primary_routes),
         )
 
-    def compute(self, cp: Optional[CompiledPolicy]) -> dict[int, NodeView]:
-        """Every known node's view under ``cp`` (None: no policy); re-indexes the rules."""
+    def compute(self, cp: Optional[CompiledPolicy], keep_peers: bool = False) -> dict[int, NodeView]:
+        """Every known node's view under ``cp`` (None: no policy); re-indexes the rules.
+
+        ``keep_peers``: no node changed since the kept views were made (only the
+        policy did), so a viewer whose reach is the same under the new rules
+        and whose peers have no routes keeps its peers dict, the same object
+        (see :meth:`_indexed_peers`; :meth:`diff` skips it by identity).
+        """
         self._uniform = {}
         nodes = self.inputs.nodes
         if cp is None:
             return {node_id: self.build_view(None, node_id) for node_id in nodes}
+        previous = (self.index, self.views) if keep_peers and self.index is not None else None
         self._reindex(cp)
-        everyone = all_peer_views(cp) if self.index is None else self._indexed_peers(cp)
+        everyone = all_peer_views(cp) if self.index is None else self._indexed_peers(cp, previous)
         filters = self._indexed_filters(cp)
-        return {node_id: self.build_view(cp, node_id, everyone.get(node_id, {}), filters.get(node_id))
+        interned = self.index is not None
+        return {node_id: self.build_view(cp, node_id, everyone.get(node_id, {}), filters.get(node_id), interned)
                 for node_id in nodes}
 
     def materialized(self, cp: Optional[CompiledPolicy]) -> dict[int, NodeView]:
@@ -170,19 +179,26 @@ class ViewCache:
                 change.ssh = new.ssh if new.ssh is not None else NO_SSH_RULES
             if (new.caps, new.self_allowed, new.self_primary) != (old.caps, old.self_allowed, old.self_primary):
                 change.self_changed = True
-            change.peers_removed = set(old.peers) - set(new.peers)
-            change.peers_changed = {k for k, v in new.peers.items() if old.peers.get(k) != v}
+            if new.peers is not old.peers:  # a kept peers dict is unchanged (see :meth:`compute`)
+                change.peers_removed = set(old.peers) - set(new.peers)
+                change.peers_changed = {k for k, v in new.peers.items() if old.peers.get(k) != v}
             if change.filter or change.ssh or change.self_changed or change.peers_removed or change.peers_changed:
                 changes.viewers[node_id] = change
         return changes
 
-    def _indexed_peers(self, cp: CompiledPolicy) -> dict[int, dict[int, Variant]]:
+    def _indexed_peers(self, cp: CompiledPolicy, previous: Optional[tuple[RuleIndex, dict[int, NodeView]]] = None
+                       ) -> dict[int, dict[int, Variant]]:
         """
         Every node's peers read from the index's reach bits, each peer's
         variant computed by :class:`PeerVariants`: the same result as
         :func:`all_peer_views`, whose membership pass tests every rule against
         every node (63 % of a reload with 1,000 nodes in 100 tag groups) where
         the index finds a narrow rule's members by address lookup.
+
+        ``previous``: the index and views before a change of policy alone (no
+        node changed); a viewer whose reach is unchanged, none of whose peers
+        has routes (their variants depend on the rules) and with nobody's
+        ``disable-ipv4`` changed keeps its peers dict as it is.
         """
         index, pnodes = self.index, self.inputs.nodes
         assert index is not None  # only called once the index is built
@@ -197,7 +213,21 @@ class ViewCache:
                     self._intern((node.prefix_strings_v6, ())),
                 )
         out: dict[int, dict[int, Variant]] = {}
+        if previous is not None:
+            old_index, old_views = previous
+            old_v6 = {nid for nid, view in old_views.items() if "disable-ipv4" in view.caps}
+            if old_v6 == v6_only and old_views.keys() == pnodes.keys():
+                routed = 0
+                for nid in pnodes:
+                    if nid not in plain:
+                        routed |= 1 << nid
+                old_reach = old_index.reach
+                for nid, reach in index.reach.items():
+                    if not reach & routed and old_reach.get(nid) == reach:
+                        out[nid] = old_views[nid].peers
         for nid, node in pnodes.items():
+            if nid in out:
+                continue
             viewer_set, mine = index.sets[nid], nid in v6_only
             peers: dict[int, Variant] = {}
             for b in bits(index.reach[nid]):

@@ -211,6 +211,7 @@ class IncrementalCompiler:
         self._max_id = -1
         self._order: tuple[Node, ...] = ()
         self._fresh = True
+        self._changed_since_compile = True
         self.compiles = 0
         #: per grant position: its compiled form from the last compilation (None = compiles to nothing)
         self._grants: Optional[list] = None
@@ -230,6 +231,7 @@ class IncrementalCompiler:
         keys = idp_group_changes(self.users, users)
         self.users = users
         self._fresh = True
+        self._changed_since_compile = True
         if keys is None:
             self.memo = DependencyMemo()
             self._grants = None
@@ -245,6 +247,7 @@ class IncrementalCompiler:
             self.memo.changed(keys)
             self._changed_keys |= keys
             self._fresh = True
+            self._changed_since_compile = True
             if not known:
                 if node.id < self._max_id:
                     self._sorted = False
@@ -258,6 +261,7 @@ class IncrementalCompiler:
             self.memo.changed(keys)
             self._changed_keys |= keys
             self._fresh = True
+            self._changed_since_compile = True
 
     def topology(self) -> Topology:
         """The current users and nodes (nodes sorted by id)."""
@@ -273,6 +277,11 @@ class IncrementalCompiler:
             self._fresh = False
         return Topology(users=self.users, nodes=self._order)
 
+    @property
+    def changed(self) -> bool:
+        """Whether users or nodes changed since the last :meth:`compile` (a new one would differ)."""
+        return self._changed_since_compile
+
     def compile(self) -> Any:
         """A :class:`~headscale_tw.policy.compile.CompiledPolicy` for the current nodes."""
         from .compile import CompiledPolicy
@@ -281,6 +290,7 @@ class IncrementalCompiler:
         cp = CompiledPolicy(self.engine, self.topology(), index=self.index, memo=self.memo,
                             grant_compiler=self._compile_grants, offered=self.offered)
         self._changed_keys = set()
+        self._changed_since_compile = False
         return cp
 
     def _compile_grants(self, grants, resolver, compile_one) -> list:

@@ -72,12 +72,20 @@ def kept_destinations(node: Node, rule: FilterRule, node_set: IPSet) -> tuple[in
     routes = node.subnet_routes
     is_exit = node.is_exit_node
     kept = []
+    # a destination is one (address, ports) pair: an address on several ports is tested once
+    verdicts: dict[str, bool] = {}
     for i, d in enumerate(rule.dst_ports):
-        try:
-            s = _parse_cached(d.ip)
-        except ValueError:
-            continue
-        if s.overlaps(node_set) or _overlaps_any(s, routes) or (is_exit and s.issubset(THE_INTERNET)):
+        ip = d.ip
+        hit = verdicts.get(ip)
+        if hit is None:
+            try:
+                s = _parse_cached(ip)
+            except ValueError:
+                hit = False
+            else:
+                hit = s.overlaps(node_set) or _overlaps_any(s, routes) or (is_exit and s.issubset(THE_INTERNET))
+            verdicts[ip] = hit
+        if hit:
             kept.append(i)
     return tuple(kept)
 
