@@ -18,9 +18,11 @@ class GcRefreezerTests(unittest.TestCase):
         self.clock = Clock()
         self.blocks = 1000
         self.calls = 0
+        self.full = []
 
-    def _collector(self):
+    def _collector(self, full):
         self.calls += 1
+        self.full.append(full)
         return 1234, 7
 
     def _refreezer(self, **kwargs):
@@ -54,13 +56,17 @@ class GcRefreezerTests(unittest.TestCase):
         self.assertEqual((self.calls, refreezer.refreezes, refreezer.collected), (2, 2, 14))
 
     def test_max_interval(self):
-        """With any growth, a re-freeze happens after ``max_interval`` even below the factor."""
-        self._refreezer(max_interval=100)
-        self.clock.pump([10] * 20)
-        self.assertEqual(self.calls, 0, "no growth, no re-freeze")
-        self.blocks = 1001
+        """With any growth, a full pass happens after ``max_interval`` even below the factor; growth alone is not full."""
+        refreezer = self._refreezer(max_interval=100)
+        self.blocks = 2000
         self.clock.advance(10)
-        self.assertEqual(self.calls, 1)
+        self.assertEqual(self.full, [False], "growth before max_interval: new objects only")
+        self.clock.pump([10] * 20)
+        self.assertEqual(self.calls, 1, "no growth, no re-freeze")
+        self.blocks = 2001
+        self.clock.advance(10)
+        self.assertEqual(self.full, [False, True])
+        self.assertEqual(refreezer.full_passes, 1)
 
     def test_stop_cancels_timer(self):
         """Stopping the service leaves no pending call."""

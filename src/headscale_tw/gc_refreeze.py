@@ -12,14 +12,15 @@ one such collection took 1.09 s and every policy change paid 170–215 ms).
 :class:`GcRefreezer` checks, from a reactor timer (so never inside a request
 or a fan-out), whether the number of allocated blocks
 (``sys.getallocatedblocks()``, O(1)) has grown by :attr:`growth_factor` since
-the last freeze. When it has, it runs ``gc.unfreeze()``, one ``gc.collect()``
-and ``gc.freeze()``: garbage that was frozen earlier (a frozen object that
-later became part of an unreachable cycle, e.g. a dropped connection's) is
-collected then, so the frozen generation cannot leak without bound: what it
-keeps is bounded by the live data at the last freeze, and each re-freeze is a
-full collection at a time the server chose. Between re-freezes every forced
-full collection is also at most :attr:`max_interval` apart, so garbage held by
-frozen cycles lives at most that long.
+the last freeze. When it has, it collects what is not frozen (``gc.collect()``
+walks only the unfrozen objects, so the cost is that of the growth) and
+freezes the survivors. Once ``max_interval`` has passed since the last full
+pass, it runs ``gc.unfreeze()`` first, so the one collection walks the whole
+heap: garbage that was frozen earlier (a frozen object that later became part
+of an unreachable cycle, e.g. a dropped connection's) is collected then. So
+the frozen generation cannot leak without bound: frozen garbage lives at most
+``max_interval`` (an hour), and that full pass happens from a timer, at a time
+the server chose, instead of inside a fan-out.
 """
 
 from __future__ import annotations
@@ -45,13 +46,14 @@ class GcRefreezer(Service):
     :param check_every: seconds between the cheap growth checks.
     :param growth_factor: re-freeze once allocated blocks reach this multiple of
         the count after the last freeze.
-    :param max_interval: seconds after which a re-freeze happens anyway, if
-        the heap has grown at all (so frozen garbage is collected at least this
-        often); ``None`` for growth only.
+    :param max_interval: seconds after which the next re-freeze (due on growth,
+        or on any growth once this has passed) unfreezes everything first, so
+        frozen garbage is collected at least this often; ``None``: never.
     :param blocks: returns the allocated-block count (``sys.getallocatedblocks``;
         injected by tests).
-    :param collector: runs unfreeze, collect and freeze, returning
-        ``(objects frozen, objects collected)``; injected by tests.
+    :param collector: ``collector(full)`` collects (after ``gc.unfreeze()``
+        when ``full``) and freezes, returning ``(objects frozen, objects
+        collected)``; injected by tests.
     """
 
     log = Logger()
@@ -59,7 +61,7 @@ class GcRefreezer(Service):
     def __init__(self, clock: IReactorTime, check_every: float = 10.0, growth_factor: float = 1.5,
                  max_interval: float | None = 3600.0,
                  blocks: Callable[[], int] = sys.getallocatedblocks,
-                 collector: Callable[[], tuple[int, int]] | None = None) -> None:
+                 collector: Callable[[bool], tuple[int, int]] | None = None) -> None:
         if check_every <= 0:
             raise ValueError(f"check_every must be positive, not {check_every!r}")
         if growth_factor <= 1:
@@ -73,10 +75,11 @@ class GcRefreezer(Service):
         self._loop: LoopingCall | None = None
         #: Allocated blocks right after the last freeze.
         self.baseline = blocks()
-        self._last_freeze = clock.seconds()
-        #: Re-freezes done, objects in the permanent generation after the last one,
+        self._last_full = clock.seconds()
+        #: Re-freezes done (and how many of them were full passes), objects in the permanent generation after the last one,
         #: objects collected by all of them, and CPU seconds they took.
         self.refreezes = 0
+        self.full_passes = 0
         self.frozen = gc.get_freeze_count()
         self.collected = 0
         self.cpu_seconds = 0.0
@@ -98,32 +101,38 @@ class GcRefreezer(Service):
         current = self._blocks()
         if current >= self.baseline * self._growth_factor:
             return True
-        return (self._max_interval is not None and current > self.baseline
-                and self._clock.seconds() - self._last_freeze >= self._max_interval)
+        return current > self.baseline and self._full_due()
+
+    def _full_due(self) -> bool:
+        return self._max_interval is not None and self._clock.seconds() - self._last_full >= self._max_interval
 
     def check(self) -> bool:
         """Re-freeze if :meth:`due`; return whether it did."""
         if not self.due():
             return False
         before = self.baseline
+        full = self._full_due()
         started = time.process_time()
-        self.frozen, collected = self._collector()
+        self.frozen, collected = self._collector(full)
         took = time.process_time() - started
         self.refreezes += 1
         self.collected += collected
         self.cpu_seconds += took
         self.baseline = self._blocks()
-        self._last_freeze = self._clock.seconds()
-        self.log.info("gc re-freeze: {frozen} objects frozen, {collected} collected, "
+        if full:
+            self.full_passes += 1
+            self._last_full = self._clock.seconds()
+        self.log.info("gc re-freeze ({kind}): {frozen} objects frozen, {collected} collected, "
                       "{before} -> {after} blocks, {ms:.0f} ms CPU",
-                      frozen=self.frozen, collected=collected, before=before, after=self.baseline,
+                      kind="full" if full else "new objects", frozen=self.frozen, collected=collected, before=before, after=self.baseline,
                       ms=took * 1000)
         return True
 
 
-def refreeze() -> tuple[int, int]:
-    """``gc.unfreeze()``, one full collection, ``gc.freeze()``; return (frozen, collected)."""
-    gc.unfreeze()
+def refreeze(full: bool = True) -> tuple[int, int]:
+    """(With ``full``, ``gc.unfreeze()``), ``gc.collect()``, ``gc.freeze()``; return (frozen, collected)."""
+    if full:
+        gc.unfreeze()
     collected = gc.collect()
     gc.freeze()
     return gc.get_freeze_count(), collected
