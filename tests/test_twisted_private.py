@@ -176,3 +176,36 @@ class DaemonStatusProtocolTests(unittest.TestCase):
 
         source = inspect.getsource(UnixApplicationRunner.setupEnvironment)
         self.assertIn(f'self.config["{_twisted_private.DAEMON_STATUS_KEY}"] = self.daemonize', source)
+
+
+class CompactSettingsTests(unittest.TestCase):
+    """HTTP/2 settings are kept in short lists, not in a ~760-byte deque each."""
+
+    def test_connection_settings_compact(self):
+        """A new connection's local and remote settings hold no deque."""
+        from collections import deque
+
+        from twisted.internet.task import Clock
+
+        from headscale_tw._twisted_private import BatchingH2Connection, SettingValues
+
+        connection = BatchingH2Connection(Clock())
+        for settings in (connection.conn.local_settings, connection.conn.remote_settings):
+            values = list(settings._settings.values())
+            self.assertTrue(values)
+            self.assertFalse([v for v in values if isinstance(v, deque)])
+            self.assertTrue(all(isinstance(v, SettingValues) for v in values))
+
+    def test_acknowledge_still_applies_new_value(self):
+        """A changed setting is pending until acknowledged, then current, as with h2's deques."""
+        from h2.settings import SettingCodes, Settings
+
+        from headscale_tw._twisted_private import compact_settings
+
+        settings = Settings(client=False)
+        compact_settings(settings)
+        settings[SettingCodes.INITIAL_WINDOW_SIZE] = 1000
+        self.assertEqual(settings.initial_window_size, 65535)
+        changed = settings.acknowledge()
+        self.assertEqual(changed[SettingCodes.INITIAL_WINDOW_SIZE].new_value, 1000)
+        self.assertEqual(settings.initial_window_size, 1000)

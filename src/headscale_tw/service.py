@@ -39,6 +39,7 @@ from headscale_tw import preflight
 from headscale_tw._twisted_private import claim_daemon_status_pipe, report_daemon_status
 from headscale_tw.config.model import Config
 from headscale_tw.counters import HTTPCounters
+from headscale_tw.gc_refreeze import GcRefreezer
 from headscale_tw.hostport import parse_hostport
 from headscale_tw.logs import twisted_level
 from headscale_tw.web.access_log import AccessLog, AccessLoggedSite, access_logs
@@ -221,6 +222,8 @@ class HeadscaleService(service.MultiService):
         self._install_sighup()
         if getattr(self.reactor, "running", False):  # the daemon, not a test driving the service
             tune_gc()
+            # the nodes' state arrives after start-up: re-freeze it as it grows (see gc_refreeze)
+            GcRefreezer(self.reactor).setServiceParent(self)
         self.log.info("headscale-tw serving on {listen} ({url})", listen=self.config.listen_addr, url=self.config.server_url)
         self._report_status(None)
         return self
