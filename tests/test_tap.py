@@ -76,3 +76,28 @@ class TacTests(unittest.TestCase):
         options = tap.Options()
         options.parseOptions(["--config", path])
         self.assertEqual(tap.makeService(options).config, children[0].config)
+
+
+class SupervisorImportTests(unittest.TestCase):
+    """With ``workers`` > 1 the supervisor process does not import the server (docs/workers.md)."""
+
+    def test_supervisor_does_not_import_server(self):
+        """makeService for a ``workers: 2`` config builds the supervisor without importing headscale_tw.service."""
+        import json
+        import os
+        import subprocess
+        import sys
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            json.dump({"workers": 2, "listen_addr": "127.0.0.1:18124", "server_url": "http://127.0.0.1:18124",
+                       "database": {"type": "postgres", "postgres": {"host": "127.0.0.1", "name": "unused",
+                                                                     "user": "unused"}}}, f)
+        probe = ("import sys; from headscale_tw import tap; options = tap.Options(); "
+                 "options.parseOptions(['--config', sys.argv[1]]); made = tap.makeService(options); "
+                 "print(type(made).__name__, sorted(m for m in sys.modules if m.startswith("
+                 "('headscale_tw.service', 'headscale_tw.web', 'headscale_tw.control', 'headscale_tw.derp'))))")
+        done = subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.split(None, 1), ["SupervisorService", "[]\n"])

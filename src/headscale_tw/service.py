@@ -22,11 +22,9 @@ makes (:mod:`headscale_tw.preflight`).
 
 from __future__ import annotations
 
-import atexit
 import gc
 import os
 import signal
-import sys
 from collections.abc import Callable, Sequence
 
 from twisted.application import service, strports
@@ -39,6 +37,7 @@ from headscale_tw import preflight
 from headscale_tw._twisted_private import claim_daemon_status_pipe, report_daemon_status
 from headscale_tw.config.model import Config
 from headscale_tw.counters import HTTPCounters
+from headscale_tw.exit_status import exit_with_status
 from headscale_tw.gc_refreeze import GcRefreezer
 from headscale_tw.hostport import parse_hostport
 from headscale_tw.logs import twisted_level
@@ -281,38 +280,6 @@ class Components:
         self.close = close
         self.reload = reload
         self.__dict__.update(named)
-
-
-def exit_with_status(top: HeadscaleService) -> None:
-    """Make this process exit with ``top.exit_status`` when it is not 0 (twistd and the ``.tac``).
-
-    twistd returns 0 whenever its reactor stops. This registers an ``atexit``
-    handler, which runs after twistd has finished (services stopped, PID file
-    removed, log closed): after a failed start it flushes the standard streams
-    and ends the process with the status; after a clean run it does nothing.
-    It also keeps Python from printing a traceback for the ``StartupError`` a
-    daemonising twistd re-raises (see ``raise_early_failure``).
-    """
-    previous_hook = sys.excepthook
-
-    def quiet_startup_error(kind, value, tb) -> None:
-        # A daemonising twistd re-raises what startService raised (raise_early_failure);
-        # the service already logged it as one line, so no traceback follows it.
-        if not (top.exit_status and isinstance(value, preflight.StartupError)):
-            previous_hook(kind, value, tb)
-
-    sys.excepthook = quiet_startup_error
-
-    def leave() -> None:
-        if top.exit_status:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
-            os._exit(top.exit_status)
-
-    atexit.register(leave)
 
 
 async def build_components(config: Config, reactor) -> Components:

@@ -296,7 +296,7 @@ class SupervisorService(service.MultiService):
     """The top service of ``twistd headscale`` with ``workers`` > 1: the log observer, status pipe and SIGHUP.
 
     ``exit_status`` is that of the :class:`WorkerSupervisor` (1 after a failed start), for
-    :func:`~headscale_tw.service.exit_with_status`.
+    :func:`~headscale_tw.exit_status.exit_with_status`.
     """
 
     def __init__(self, supervisor: WorkerSupervisor, log_observer: Any = None) -> None:

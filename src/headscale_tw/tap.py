@@ -36,14 +36,14 @@ def makeService(options: Options):
     """Build the service tree for ``twistd`` from parsed ``Options``.
 
     The log goes where twistd's own options send it, behind ``log.level``; a
-    failed start makes twistd exit non-zero (:func:`~headscale_tw.service.exit_with_status`),
+    failed start makes twistd exit non-zero (:func:`~headscale_tw.exit_status.exit_with_status`),
     and a daemonising twistd's parent exits only once the server serves, or 1
     with the reason when the start failed, however late.
     """
     from twisted.internet import reactor
 
+    from headscale_tw.exit_status import exit_with_status
     from headscale_tw.logs import twistd_observer
-    from headscale_tw.service import build_service, exit_with_status
 
     config = options["config_object"]
     twistd_options = options.parent
@@ -55,8 +55,8 @@ def makeService(options: Options):
 
         supervisor = supervisor_service(config, reactor, observer, twistd_options)
         if twistd_options is not None:
-            exit_with_status(supervisor)  # type: ignore[arg-type]  # it reads exit_status only
-        return supervisor
+            exit_with_status(supervisor)
+        return supervisor  # the supervisor never imports the server (headscale_tw.service)
     if index is not None:
         from headscale_tw.supervisor import STATUS_FD, die_with_parent, worker_observer
         from headscale_tw.workers import worker_config
@@ -68,6 +68,8 @@ def makeService(options: Options):
         die_with_parent()
         observer = worker_observer(observer, index) if observer is not None else None
         status_pipe = STATUS_FD
+    from headscale_tw.service import build_service
+
     top = build_service(config, reactor, log_observer=observer, raise_early_failure=twistd_options is not None,
                         twistd_options=twistd_options, status_pipe=status_pipe)
     if twistd_options is not None:
