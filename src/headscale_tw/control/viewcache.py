@@ -425,7 +425,10 @@ class ViewCache:
             cached = self._positions = (rules, single, multi)
         _, single, multi = cached
         if multi is None:
-            return [rules[i] for i in sorted(single[r] for r in wanted if r in single)]
+            # one lookup per rule (a rule's hash is a Python call: ``r in single`` then ``single[r]`` paid it twice)
+            at = [i for i in map(single.get, wanted) if i is not None]
+            at.sort()
+            return [rules[i] for i in at]
         return [rules[i] for i in sorted(i for r in wanted for i in multi.get(r, ()))]
 
     def _update_indexed(self, cp: CompiledPolicy, dirty: set[int]) -> Optional[Changes]:
