@@ -57,6 +57,7 @@ class _Sized:
         self.h.mapper.serializations.clear()
         self.h.mapper.peer_lists_built = 0
         self.h.policy.views.rules_encoded = 0
+        self.h.policy.views.rules_reduced = 0
         self.h.notifier.frames_built = 0
         self.h.policy.views.views_built = 0
         self.h.notifier.viewers_visited = 0
@@ -71,6 +72,7 @@ class _Sized:
             "visited": self.h.notifier.viewers_visited,
             "streams_written": sum(1 for w in writes if w),
             "rules_encoded": self.h.policy.views.rules_encoded,
+            "rules_reduced": self.h.policy.views.rules_reduced,
             "peer_lists": self.h.mapper.peer_lists_built,
         }
 
@@ -229,6 +231,31 @@ class HubWorkTests(unittest.TestCase):
             self.assertEqual((work["rules_encoded"], work["peer_lists"], work["streams_written"]), (1, 1, n))
             self.assertGreater(work["frames"], n // GROUP)  # distinct messages: per-node filters
             self.assertTrue(all(s.hub.id in stream.applier.peers for stream in s.streams))
+            self.assert_filters_as_rebuilt(s)
+
+    def test_hub_join_reduces_only_the_hub_rule(self):
+        """
+        A hub's join reduces one rule per node (the hub's, which names every
+        node) and the hub's own: each node's unchanged group rule keeps its
+        reduction, so the count is streams + 1, not streams x rules.
+        """
+        for n in self.SIZES:
+            s = _Sized(self, n, grouped=True, hub=True)
+            s.reset()
+            self.join_hub(s)
+            self.assertEqual(s.work()["rules_reduced"], n + 1, f"at {n} streams")
+            self.assertTrue(all(s.hub.id in stream.applier.peers for stream in s.streams))
+            self.assert_filters_as_rebuilt(s)
+
+    def test_hub_delete_reduces_no_rule(self):
+        """A hub's deletion reduces no rule: each node's remaining rule keeps its reduction."""
+        for n in self.SIZES:
+            s = _Sized(self, n, grouped=True, hub=True)
+            self.join_hub(s)
+            s.reset()
+            s.h.run(s.h.admin.delete(s.hub.id))
+            self.assertEqual(s.work()["rules_reduced"], 0, f"at {n} streams")
+            self.assertFalse(any(s.hub.id in stream.applier.peers for stream in s.streams))
             self.assert_filters_as_rebuilt(s)
 
     def test_hub_join_variant_looked_up_once_per_viewer(self):

@@ -40,6 +40,8 @@ __all__ = ["ViewCache", "ALLOW_ALL_FILTER", "ALLOW_ALL_BYTES", "NO_SSH_RULES"]
 ALLOW_ALL_FILTER = [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}]
 ALLOW_ALL_BYTES = encode_json(ALLOW_ALL_FILTER)
 NO_SSH_RULES = encode_json({"rules": []})
+#: rules whose reduction one node keeps (:meth:`ViewCache._kept`) before its table is cleared
+_KEPT_PER_NODE = 64
 
 
 def _texts(node: PNode, routes) -> tuple[str, ...]:
@@ -54,7 +56,8 @@ class ViewCache:
 
     Work counters for tests: :attr:`views_built` (views computed),
     :attr:`incremental_updates` (updates that took the indexed path),
-    :attr:`rules_encoded` (reduced rules JSON-encoded for filters);
+    :attr:`rules_encoded` (reduced rules JSON-encoded for filters),
+    :attr:`rules_reduced` (rules reduced to one node's destinations);
     :attr:`incremental` False forces the full rebuild (for comparisons).
     """
 
@@ -74,6 +77,9 @@ class ViewCache:
         #: ``(rule, kept destination positions)`` -> that reduced rule's JSON (see :meth:`_filter_bytes`)
         self._rule_bytes: dict[tuple[FilterRule, tuple[int, ...]], bytes] = {}
         self.rules_encoded = 0
+        #: node id -> (its node object, its address set, rule -> kept destination positions); see :meth:`_kept`
+        self._kept_by_node: dict[int, tuple[PNode, IPSet, dict[FilterRule, tuple[int, ...]]]] = {}
+        self.rules_reduced = 0
 
     def _intern(self, value):
         return self._interned.setdefault(value, value)
@@ -280,7 +286,7 @@ class ViewCache:
             if rule.cap_grant:  # rare: reduced and encoded each time
                 parts.extend(encode_json(r.to_wire()) for r in reduce_rules(node, (rule,), node_set))
                 continue
-            kept = kept_destinations(node, rule, node_set)
+            kept = self._kept(node, rule, node_set)
             if not kept:
                 continue
             key = (rule, kept)
@@ -295,6 +301,30 @@ class ViewCache:
             parts.append(data)
         return self._intern(b"[" + b",".join(parts) + b"]")
 
+    def _kept(self, node: PNode, rule: FilterRule, node_set: IPSet) -> tuple[int, ...]:
+        """
+        :func:`~headscale_tw.policy.reduce.kept_destinations` of ``node`` and
+        ``rule``, remembered while ``node`` is the same object with the same
+        address set: a change that touches one rule (a hub naming every node)
+        reduces that rule for each node, not each node's unchanged rules too.
+
+        The key is the node object's identity (it is replaced when the node
+        changes), not the node's value: hashing a node hashes every field.
+        A node's table is cleared when it outgrows a few dozen rules (rules
+        of old compilations leave it then).
+        """
+        entry = self._kept_by_node.get(node.id)
+        if entry is None or entry[0] is not node or entry[1] is not node_set:
+            entry = self._kept_by_node[node.id] = (node, node_set, {})
+        per_rule = entry[2]
+        kept = per_rule.get(rule)
+        if kept is None:
+            if len(per_rule) >= _KEPT_PER_NODE:
+                per_rule.clear()
+            kept = per_rule[rule] = kept_destinations(node, rule, node_set)
+            self.rules_reduced += 1
+        return kept
+
     # -- updates -------------------------------------------------------------------
 
     def update(self, cp: Optional[CompiledPolicy], dirty: set[int]) -> Changes:
@@ -302,6 +332,7 @@ class ViewCache:
         for node_id in dirty:
             if node_id not in self.inputs.nodes:
                 self.variants.forget(node_id)
+                self._kept_by_node.pop(node_id, None)
         if cp is None:
             return self._update_uniform(dirty)
         changes = self._update_indexed(cp, dirty) if self.incremental else None
@@ -394,7 +425,10 @@ class ViewCache:
             cached = self._positions = (rules, single, multi)
         _, single, multi = cached
         if multi is None:
-            return [rules[i] for i in sorted(single[r] for r in wanted if r in single)]
+            # one lookup per rule (a rule's hash is a Python call: ``r in single`` then ``single[r]`` paid it twice)
+            at = [i for i in map(single.get, wanted) if i is not None]
+            at.sort()
+            return [rules[i] for i in at]
         return [rules[i] for i in sorted(i for r in wanted for i in multi.get(r, ()))]
 
     def _update_indexed(self, cp: CompiledPolicy, dirty: set[int]) -> Optional[Changes]:
