@@ -152,3 +152,55 @@ class ServiceObserverTests(unittest.TestCase):
         application.setComponent(ILogObserver, theirs)
         HeadscaleService(Config(), MemoryReactor(), log_observer=mine).setServiceParent(application)
         self.assertIs(application.getComponent(ILogObserver), theirs)
+
+
+class _CountedField:
+    """A log field that counts how often it is rendered."""
+
+    def __init__(self) -> None:
+        self.renders = 0
+
+    def __format__(self, spec: str) -> str:
+        self.renders += 1
+        return "node-7"
+
+
+class RenderedOnceTests(unittest.TestCase):
+    """An event is rendered once on its way to the text or JSON output, not once per observer."""
+
+    def _log(self, log_format: str):
+        stream = io.StringIO()
+        field = _CountedField()
+        log = Logger(namespace="headscale_tw.test",
+                     observer=stdout_observer(LogConfig(level="info", format=log_format), stream))
+        log.info("registered node {name}", name=field)
+        return stream.getvalue(), field.renders
+
+    def test_text_output_renders_the_message_once(self):
+        """The text line has the message and renders its fields once (redaction and output share it)."""
+        text, renders = self._log("text")
+        self.assertIn("[headscale_tw.test#info] registered node node-7\n", text)
+        self.assertEqual(renders, 1)
+
+    def test_json_output_renders_the_message_once(self):
+        """The JSON line's message renders its fields once too."""
+        text, renders = self._log("json")
+        self.assertEqual(json.loads(text)["message"], "registered node node-7")
+        self.assertEqual(renders, 1)
+
+    def test_text_line_matches_twisteds_own(self):
+        """With a traceback and a system, the line is what ``textFileLogObserver`` writes."""
+        from twisted.logger import textFileLogObserver
+
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            failure = Failure()
+        for extra in ({"log_system": "HTTPChannel,3,127.0.0.1"}, {}):
+            event = {"log_format": "broke {what}", "what": "here", "log_time": 1_700_000_000.25,
+                     "log_level": LogLevel.error, "log_namespace": "headscale_tw.test",
+                     "log_failure": failure, **extra}
+            ours, theirs = io.StringIO(), io.StringIO()
+            stdout_observer(LogConfig(level="info"), ours)(dict(event))
+            textFileLogObserver(theirs)(dict(event))
+            self.assertEqual(ours.getvalue(), theirs.getvalue())

@@ -59,9 +59,10 @@ class IUserStore(Interface):
 class INodeStore(Interface):
     """Nodes. Machine key, node key and given name are each unique."""
 
-    async def create(node):
+    async def create(node, audit_event=None):
         """Insert a ``Node`` (its ``id`` is ignored) and return the stored row with its new id.
-        ``AlreadyExists`` on a duplicate machine key, node key or given name."""
+        ``AlreadyExists`` on a duplicate machine key, node key or given name. ``audit_event(stored)``,
+        if given, returns the creation's ``AuditEvent`` (or ``None``), written in the same transaction."""
 
     async def get(node_id):
         """Return the ``Node`` with this id, or raise ``NotFound``."""

@@ -26,7 +26,13 @@ from zope.interface import implementer
 from headscale_tw.clock import utc_from_seconds
 from headscale_tw.redact import redact
 
-__all__ = ["JSONLinesObserver", "LEVEL_NAMES"]
+__all__ = ["JSONLinesObserver", "LEVEL_NAMES", "RENDERED_MESSAGE", "RENDERED_TRACEBACK"]
+
+#: Event keys under which :class:`~headscale_tw.logs.RedactingObserver` passes on the
+#: text it rendered (already redacted): the message, and the traceback when there is one.
+#: Output observers use them instead of rendering the event a second time.
+RENDERED_MESSAGE = "log_headscale_message"
+RENDERED_TRACEBACK = "log_headscale_traceback"
 
 #: Twisted levels under the names Headscale's JSON log uses.
 LEVEL_NAMES = {
@@ -56,10 +62,12 @@ class JSONLinesObserver:
             if isinstance(when, (int, float)) else None,
             "level": LEVEL_NAMES.get(level, getattr(level, "name", "info")),
             "namespace": event.get("log_namespace", ""),
-            "message": formatEvent(event),
+            "message": event[RENDERED_MESSAGE] if RENDERED_MESSAGE in event else formatEvent(event),
         }
         failure = event.get("log_failure")
-        if failure is not None:
+        if RENDERED_TRACEBACK in event:
+            record["error"] = event[RENDERED_TRACEBACK]
+        elif failure is not None:
             try:
                 record["error"] = redact(failure.getTraceback())
             except Exception:

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import IO, Any, cast
 
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogFilterPredicate,
     ILogObserver,
@@ -37,12 +38,13 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     PredicateResult,
-    eventAsText,
-    textFileLogObserver,
+    formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
 )
 from zope.interface import implementer
 
-from headscale_tw.json_log import JSONLinesObserver
+from headscale_tw.json_log import RENDERED_MESSAGE, RENDERED_TRACEBACK, JSONLinesObserver
 from headscale_tw.redact import redact
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "RedactingObserver",
     "PER_CONNECTION_FORMATS",
     "PerConnectionNoise",
+    "classic_line",
     "configured_observer",
     "stdout_observer",
     "twistd_observer",
@@ -80,26 +83,84 @@ def _escape(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
+def _traceback(failure: Any) -> str:
+    try:
+        return str(failure.getTraceback())
+    except BaseException as e:  # as Twisted's own text rendering does
+        return "(UNABLE TO OBTAIN TRACEBACK FROM EVENT):" + str(e)
+
+
 @implementer(ILogObserver)
 class RedactingObserver:
     """Pass events to ``observer`` with any secret in their text (message and traceback) replaced.
 
-    An event whose rendered text holds no secret is passed on unchanged; one that
-    does is replaced by an event whose only text is the redacted rendering (its
-    traceback included), so no field of the original can leak the secret.
+    An event whose rendered text holds no secret is passed on as a copy carrying
+    that rendering (:data:`~headscale_tw.json_log.RENDERED_MESSAGE` and
+    :data:`~headscale_tw.json_log.RENDERED_TRACEBACK`), so the output observers
+    (:func:`classic_line`, :class:`~headscale_tw.json_log.JSONLinesObserver`) do not
+    render it again; one that does is replaced by an event whose only text is the
+    redacted rendering (its traceback included), so no field of the original can
+    leak the secret.
     """
 
     def __init__(self, observer: ILogObserver) -> None:
         self._observer = observer
 
     def __call__(self, event: dict) -> None:
-        text = eventAsText(event, includeTraceback=True, includeTimestamp=False, includeSystem=False)
+        message = formatEvent(event)
+        failure = event.get("log_failure")
+        traceback = None if failure is None else _traceback(failure)
+        text = message if traceback is None else message + "\n" + traceback
         clean = redact(text)
         if clean != text:
-            replaced = {key: event[key] for key in _KEPT if key in event}
-            replaced["log_format"] = _escape(clean)
-            event = replaced
-        self._observer(event)
+            forwarded = {key: event[key] for key in _KEPT if key in event}
+            forwarded["log_format"] = _escape(clean)
+            forwarded[RENDERED_MESSAGE] = clean
+        else:
+            forwarded = dict(event)
+            forwarded[RENDERED_MESSAGE] = message
+            if traceback is not None:
+                forwarded[RENDERED_TRACEBACK] = traceback
+        self._observer(forwarded)
+
+
+class _SecondStamps:
+    """``formatTime`` (RFC 3339, one-second resolution) of the last whole second, kept."""
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._text = "-"
+
+    def __call__(self, when: object) -> str:
+        if not isinstance(when, (int, float)):
+            return "-"
+        second = int(when // 1)
+        if second != self._second:
+            self._second, self._text = second, formatTime(when)
+        return self._text
+
+
+_stamps = _SecondStamps()
+
+
+def classic_line(event: dict) -> str | None:
+    """
+    Twisted's classic text line (``formatEventAsClassicLogText``) for ``event``, from the text
+    :class:`RedactingObserver` already rendered when it is there (rendered once per event),
+    the time stamp computed once per second.
+    """
+    message = event.get(RENDERED_MESSAGE)
+    if message is None:
+        return formatEventAsClassicLogText(event)
+    traceback = event.get(RENDERED_TRACEBACK)
+    text = message if traceback is None else message + "\n" + traceback
+    if not text:
+        return None
+    system = event.get("log_system")
+    if system is None:
+        level = event.get("log_level")
+        system = f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-') if level is not None else '-'}"
+    return f"{_stamps(event.get('log_time'))} [{system}] {text}".replace("\n", "\n\t") + "\n"
 
 
 #: Twisted's own per-connection lines, emitted at info once for every idle or slow
@@ -135,7 +196,7 @@ def configured_observer(output: ILogObserver, log_config: Any) -> ILogObserver:
 def _format_observer(stream: IO[str], log_config: Any) -> ILogObserver:
     if getattr(log_config, "format", "text") == "json":
         return JSONLinesObserver(stream)  # one JSON object per line (headscale_tw.json_log)
-    return textFileLogObserver(stream)
+    return FileLogObserver(stream, classic_line)  # textFileLogObserver's lines, without rendering again
 
 
 def stdout_observer(log_config: Any, stream: IO[str] | None = None) -> ILogObserver:

@@ -13,6 +13,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from headscale_tw.testing.netmap import NetmapApplier
+from headscale_tw.turns import TurnBudget
 from headscale_tw.web.control_api import MachineResource, peer_identity
 from headscale_tw.web.plane_resources import register_page
 from headscale_tw.web.register_page import RegisterPage
@@ -92,6 +93,27 @@ class MachineResourceTests(unittest.TestCase):
         self.assertEqual((len(applier.messages), applier.keepalives), (2, 1))
         stream.processingFailed(Failure(ConnectionDone()))
         self.assertFalse(self.h.notifier.is_connected(self.h.state.by_machine_key(self.mkey).id))
+
+    def test_stream_waits_for_its_turn(self):
+        """With a stream admission budget, the full map is written in a later turn, a budget per turn;
+        a stream whose client left while it waited is never opened."""
+        admission = TurnBudget(self.h.clock, per_turn=1, seconds=0)
+        root = MachineResource(self.h.registrar, self.h.poll, self.h.notifier, identify=lambda r: r.identity,
+                               stream_admission=admission)
+        streams = []
+        for name in ("a", "b", "c"):
+            mkey = key("mkey")
+            node, _ = self.h.register(name, machine_key=mkey)
+            request = _Request(b"/machine/map", json.dumps(self.h.map_request(node, Stream=True)).encode(), (mkey, 133))
+            streams.append((node, _render(root, request)))
+        self.assertEqual([s.body() for _, s in streams], [b"", b"", b""])
+        self.assertEqual(admission.waiting, 3)
+        streams[1][1].processingFailed(Failure(ConnectionDone()))  # b leaves while queued
+        self.h.clock.advance(0)  # Clock runs every due turn; each turn admitted one
+        self.assertNotEqual(streams[0][1].body(), b"")
+        self.assertNotEqual(streams[2][1].body(), b"")
+        self.assertEqual((admission.admitted, admission.turns, admission.waiting), (2, 2, 0))
+        self.assertEqual([self.h.notifier.is_connected(n.id) for n, _ in streams], [True, False, True])
 
     def test_map_wrong_machine(self):
         """A map request whose NodeKey belongs to another machine gets 401."""

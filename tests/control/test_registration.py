@@ -6,6 +6,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from headscale_tw.config.model import Config, DNSConfig, NodeConfig
+from headscale_tw.control.audit import AuditLog
 from headscale_tw.control.authrequests import REJECTED, AuthRequests
 from headscale_tw.control.registration import MAX_DETAILS_BYTES, MachineKeyMismatch, Registrar
 from headscale_tw.control.state import TAGGED_DEVICES_USER_ID
@@ -427,3 +428,50 @@ class AuthIdTests(unittest.TestCase):
         self.assertEqual(len(ids), 2000)
         for auth_id in ids:
             self.assertRegex(auth_id, r"^[A-Za-z0-9]{24}$")
+
+
+class RegisterInteractionsTests(unittest.TestCase):
+    """The register step with a reusable key: its database interactions are counted."""
+
+    def setUp(self):
+        self.h = Harness(self)
+        self.audit = AuditLog(self.h.db.audit, self.h.now)
+        self.registrar = Registrar(self.h.state, self.h.notifier, self.h.mapper, self.h.config, self.h.clock,
+                                   audit=self.audit, policy=self.h.policy)
+        self.h.make_key("reusable", reusable=True)
+        self.interactions: list[str] = []
+        pool = self.h.db.pool
+        original = pool.run_interaction
+
+        def counting(desc, fn, *args):
+            self.interactions.append(desc)
+            return original(desc, fn, *args)
+
+        self.patch(pool, "run_interaction", counting)
+        self._register(key("mkey"))  # warm-up: the server's pepper is read once, as on a running server
+        del self.interactions[:]
+
+    def _register(self, machine_key: str):
+        body = _body(key("nodekey"), Auth={"AuthKey": self.h.keys["reusable"]})
+        return self.h.run(self.registrar.register(machine_key, body, source="192.0.2.7"))
+
+    def test_new_node_and_its_audit_row_are_one_interaction(self):
+        """A new node costs the key lookup and one interaction holding the node and its audit row (was three)."""
+        mkey = key("mkey")
+        self.assertTrue(self._register(mkey)["MachineAuthorized"])
+        self.assertEqual(self.interactions, ["get_preauthkey_by_prefix", "create_node"])
+        node = self.h.state.by_machine_key(mkey)
+        events = self.h.run(self.audit.list(action="node.register"))
+        self.assertEqual([(e.target_id, e.target_name, e.actor_kind, e.source) for e in events
+                          if e.target_id == str(node.id)],
+                         [(str(node.id), node.given_name, "preauth_key", "192.0.2.7")])
+        self.assertEqual(events[0].detail["machine_key"], mkey)
+
+    def test_update_records_its_audit_row_after(self):
+        """Re-registering an existing machine updates the node and still records its audit row."""
+        mkey = key("mkey")
+        self._register(mkey)
+        self._register(mkey)
+        events = self.h.run(self.audit.list(action="node.register"))
+        self.assertEqual(len([e for e in events if e.detail["machine_key"] == mkey]), 2)
+        self.assertIn("add_audit_event", self.interactions)

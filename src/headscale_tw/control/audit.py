@@ -49,7 +49,7 @@ from twisted.logger import Logger
 from headscale_tw.interfaces import IAuditEventStore
 from headscale_tw.redact import redact
 from headscale_tw.storage.models import MAX_AUDIT_PAGE as MAX_PAGE
-from headscale_tw.storage.models import AuditEvent
+from headscale_tw.storage.models import AuditEvent, Node
 from headscale_tw.throttle import SourceSummary
 
 __all__ = ["Actor", "Target", "AuditLog", "NO_AUDIT", "acting_as", "current_actor", "SYSTEM",
@@ -143,12 +143,29 @@ class AuditLog:
         self.instance = instance
         self.retention = retention
 
-    def _event(self, action: str, target: Target | None, actor: Actor, result: str, detail: dict | None) -> AuditEvent:
+    def _event(self, action: str, target: Target | None, actor: Actor, result: str, detail: dict | None,
+               at: datetime | None = None) -> AuditEvent:
         target = target or Target("")
-        return AuditEvent(at=self.now(), actor_kind=actor.kind, actor=_clean(actor.name), action=action,
+        return AuditEvent(at=self.now() if at is None else at, actor_kind=actor.kind, actor=_clean(actor.name), action=action,
                           target_kind=target.kind, target_id=_clean(target.id), target_name=_clean(target.name),
                           source=_clean(actor.source), result=_clean(result), detail=_clean_detail(detail),
                           instance=self.instance)
+
+    def node_event(self, action: str, actor: Actor,
+                   detail: Callable[[Node], dict]) -> Callable[[Node], AuditEvent | None]:
+        """
+        Build a node's event once the node is stored (its id known), to be written in the node's own
+        transaction (:meth:`~headscale_tw.control.state.ControlState.create_node`).
+
+        The time and the actor are taken now, on the calling thread; the returned function only
+        assembles the event from the stored node and ``detail(node)`` (it runs in the database thread).
+        """
+        at = self.now()
+
+        def event(node: Node) -> AuditEvent | None:
+            return self._event(action, Target("node", str(node.id), node.given_name), actor, "ok", detail(node), at)
+
+        return event
 
     async def record(self, action: str, target: Target | None = None, *, actor: Actor | None = None,
                      result: str = "ok", detail: dict | None = None, lease=None) -> None:
@@ -157,14 +174,19 @@ class AuditLog:
         With ``lease`` (a :class:`~headscale_tw.storage.stores.leases.Lease`), the event is written only
         while that tenure is live: what one instance of several does for the cluster is recorded once.
         """
-        event = self._event(action, target, actor or current_actor(), result, detail)
+        await self.add(self._event(action, target, actor or current_actor(), result, detail), lease=lease)
+
+    async def add(self, event: AuditEvent | None, lease=None) -> None:
+        """Append an event already built (e.g. by :meth:`node_event`); ``None`` is skipped. Never raises."""
+        if event is None:
+            return
         try:
             if lease is None:
                 await self.store.add(event)
             else:
                 await self.store.add(event, lease=lease)
         except Exception:
-            self.log.failure("audit event {action} on {kind} {id} not recorded", action=action,
+            self.log.failure("audit event {action} on {kind} {id} not recorded", action=event.action,
                              kind=event.target_kind, id=event.target_id)
 
     async def record_failures(self, summaries: Iterable[SourceSummary]) -> int:
@@ -207,6 +229,14 @@ class _NoAudit(AuditLog):
     def __init__(self) -> None:
         # No store: every method that would reach one is overridden below.
         super().__init__(cast(IAuditEventStore, None), lambda: datetime.min)
+
+    def node_event(self, action: str, actor: Actor,
+                   detail: Callable[[Node], dict]) -> Callable[[Node], AuditEvent | None]:
+        """No event: the node is written alone."""
+        return lambda node: None
+
+    async def add(self, event: AuditEvent | None, lease=None) -> None:
+        """Discard the event."""
 
     async def record(self, action: str, target: Target | None = None, *, actor: Actor | None = None,
                      result: str = "ok", detail: dict | None = None, lease=None) -> None:

@@ -57,7 +57,7 @@ from headscale_tw.control.mapper import Mapper
 from headscale_tw.control.state import ControlState
 from headscale_tw.errors import InvalidInput, LimitReached, NotFound
 from headscale_tw.interfaces import INodeNotifier, ITailnetPolicy
-from headscale_tw.storage.models import AuthRequest
+from headscale_tw.storage.models import AuditEvent, AuthRequest, Node
 from headscale_tw.throttle import PREAUTH_KEYS, FailureThrottle, Throttled
 
 __all__ = [
@@ -409,10 +409,16 @@ class Registrar:
                 tags = self._requested_tags(request, key.user_id)
             except TagsRefused as e:
                 return {"Error": str(e)}
+        audit_event = self.audit.node_event(
+            "node.register", Actor("preauth_key", f"hskey-auth-{key.prefix}", source),
+            lambda node: {"method": "authkey", "preauth_key_id": key.id, "user_id": node.user_id,
+                          "tags": list(node.tags), "ephemeral": node.ephemeral, "machine_key": machine_key})
+        # A new node's audit row goes in with the node (one interaction); an update records it after.
         node = await self._upsert(
             machine_key,
             request,
             now,
+            audit_event=audit_event,
             user_id=None if key.tags else key.user_id,
             tags=tags,
             auth_key_id=key.id,
@@ -421,16 +427,16 @@ class Registrar:
         )
         if not key.reusable and not key.used:
             await self.state.db.preauthkeys.mark_used(key.id)
-        await self.audit.record(
-            "node.register", Target("node", str(node.id), node.given_name),
-            actor=Actor("preauth_key", f"hskey-auth-{key.prefix}", source),
-            detail={"method": "authkey", "preauth_key_id": key.id, "user_id": node.user_id, "tags": list(node.tags),
-                    "ephemeral": node.ephemeral, "machine_key": machine_key})
         return await self._success(node)
 
     async def _upsert(self, machine_key: str, request: RegisterRequest, now: datetime,
-                      granted_until: datetime | None = None, **fields):
-        """Register ``machine_key``: update its existing node in place, or create one."""
+                      granted_until: datetime | None = None,
+                      audit_event: Callable[[Node], AuditEvent | None] | None = None, **fields):
+        """Register ``machine_key``: update its existing node in place, or create one.
+
+        ``audit_event`` (from :meth:`AuditLog.node_event`) is written with a new node in its
+        own transaction, or after an update.
+        """
         hostname = request.hostinfo.get("Hostname") or ""
         fields["expiry"] = self._expiry_for(request, bool(fields.get("tags")), now, granted_until)
         fields["node_key"] = request.node_key
@@ -443,6 +449,8 @@ class Registrar:
                 if existing.given_name_auto:
                     fields["given_name"] = self.state.free_name(hostname, exclude=existing.id)
             node = await self.state.update_node(existing.id, **fields)
+            if audit_event is not None:
+                await self.audit.add(audit_event(node))
             self.state.runtime.set_cap(node.id, request.version)
             if await self.policy.auto_approve(node.id):
                 node = self.state.get(node.id)
@@ -450,7 +458,8 @@ class Registrar:
                           method=fields.get("register_method", "?"))
             self.notifier.node_changed(node.id)
             return node
-        node = await self.state.create_node(machine_key=machine_key, hostname=hostname, **fields)
+        node = await self.state.create_node(machine_key=machine_key, hostname=hostname, audit_event=audit_event,
+                                           **fields)
         self.state.runtime.set_cap(node.id, request.version)
         self.log.info("registered node {name} (id {id}, {ips}) by {method}", name=node.given_name, id=node.id,
                       ips=" ".join(ip for ip in (node.ipv4, node.ipv6) if ip), method=fields.get("register_method", "?"))

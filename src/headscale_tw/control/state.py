@@ -26,7 +26,7 @@ from headscale_tw.control.names import sanitize_hostname, unique_given_name
 from headscale_tw.counters import NodeStoreCounters
 from headscale_tw.errors import AlreadyExists, NotFound
 from headscale_tw.interfaces import IDatabase
-from headscale_tw.storage.models import Node, User
+from headscale_tw.storage.models import AuditEvent, Node, User
 
 __all__ = ["ControlState", "NodeRuntime", "NodeRuntimes", "TAGGED_DEVICES_USER_ID"]
 
@@ -271,11 +271,13 @@ class ControlState:
 
     # -- writes ------------------------------------------------------------
 
-    async def create_node(self, **fields) -> Node:
+    async def create_node(self, audit_event: Callable[[Node], AuditEvent | None] | None = None, **fields) -> Node:
         """Allocate addresses and a unique name, insert, cache and return the new ``Node``.
 
         When the store reports that the chosen address or name was taken meanwhile
         (another instance on the same database), the next free one is tried.
+        ``audit_event`` builds the creation's audit event from the stored node; it is
+        written in the node's own transaction (see :meth:`~headscale_tw.control.audit.AuditLog.node_event`).
         """
         hostname = fields.get("hostname", "")
         given = dict(fields)
@@ -291,7 +293,7 @@ class ControlState:
             attempt.setdefault("ipv4", ipv4)
             attempt.setdefault("ipv6", ipv6)
             try:
-                node = await self.db.nodes.create(Node(id=0, **attempt))
+                node = await self.db.nodes.create(Node(id=0, **attempt), audit_event)
             except AlreadyExists as e:
                 reason = str(e)
                 if reason.startswith(_ADDRESS_TAKEN) and "ipv4" not in given and "ipv6" not in given:

@@ -58,6 +58,7 @@ from headscale_tw.control.ssh_check import SSHChecks
 from headscale_tw.errors import InvalidInput, NotFound
 from headscale_tw.interfaces import INodeNotifier, IPollService
 from headscale_tw.noise.protocol import stream_backlog
+from headscale_tw.turns import TurnBudget
 from headscale_tw.web.client_address import client_address
 
 __all__ = ["peer_identity", "MachineResource", "RegisterResource", "MapResource", "SetDNSResource",
@@ -253,10 +254,14 @@ class RegisterResource(_NoiseResource):
 class MapResource(_NoiseResource):
     """``POST /machine/map``: streaming polls, lite updates and one-shot maps."""
 
-    def __init__(self, poll: IPollService, notifier: INodeNotifier, identify: Callable = peer_identity) -> None:
+    def __init__(self, poll: IPollService, notifier: INodeNotifier, identify: Callable = peer_identity,
+                 stream_admission: TurnBudget | None = None) -> None:
         super().__init__(identify)
         self.poll = poll
         self.notifier = notifier
+        #: When set, a new stream's full map waits for its turn here (a few per reactor
+        #: turn, so a reconnect storm does not starve ``/health`` and keep-alives).
+        self.stream_admission = stream_admission
 
     def render_POST(self, request):
         begun, error = self._begin(request)
@@ -283,6 +288,13 @@ class MapResource(_NoiseResource):
             raise
         if lite:
             self.notifier.map_counters.count_endpoint_update("ok")
+        if map_request.stream and self.stream_admission is not None and alive.open:
+            turn = self.stream_admission.admit()
+            alive.on_lost.append(turn.cancel)
+            try:
+                await turn
+            except CancelledError:
+                return  # the client went away while its stream waited for its turn
         if not alive.open:
             return
         request.setResponseCode(200)
@@ -394,13 +406,14 @@ class MachineResource(Resource):
         identify: Callable = peer_identity,
         dns_challenges: DNSChallenges | None = None,
         ssh_checks: SSHChecks | None = None,
+        stream_admission: TurnBudget | None = None,
     ) -> None:
         super().__init__()
         if dns_challenges is None:
             dns_challenges = DNSChallenges(registrar.state, None, "", registrar.clock)
         self.children_by_name = {
             b"register": RegisterResource(registrar, identify),
-            b"map": MapResource(poll, notifier, identify),
+            b"map": MapResource(poll, notifier, identify, stream_admission),
             b"set-dns": SetDNSResource(dns_challenges, identify),
         }
         #: ``/machine/ssh/...`` reads the rest of the path itself.

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from headscale_tw.turns import TurnBudget
 from headscale_tw.web.control_api import MachineResource, peer_identity
 from headscale_tw.web.register_page import SSH_CHECK_PAGE, RegisterPage
 
@@ -27,9 +28,14 @@ __all__ = ["machine_resource", "register_page", "ssh_check_page"]
 
 
 def machine_resource(plane: ControlPlane, identify: Callable | None = None) -> MachineResource:
-    """The ``/machine`` resource for the Noise site's root, over the plane's registrar, poll and notifier."""
+    """
+    The ``/machine`` resource for the Noise site's root, over the plane's registrar, poll and notifier.
+
+    New map streams are admitted a few per reactor turn (:class:`~headscale_tw.turns.TurnBudget`).
+    """
     return MachineResource(plane.registrar, plane.poll, plane.notifier, identify or peer_identity,
-                           dns_challenges=plane.dns_challenges, ssh_checks=plane.ssh_checks)
+                           dns_challenges=plane.dns_challenges, ssh_checks=plane.ssh_checks,
+                           stream_admission=TurnBudget(plane.registrar.clock))
 
 
 def register_page(registrar: Registrar) -> RegisterPage:

@@ -44,6 +44,11 @@ def _values(event: AuditEvent) -> tuple:
             event.target_name, event.source, event.result, dump_json(event.detail), event.instance)
 
 
+def insert_audit_event_txn(txn: Txn, event: AuditEvent) -> None:
+    """Append ``event`` inside a transaction of another store's (a node row and its audit row in one)."""
+    txn.execute(f"INSERT INTO audit_events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _values(event))
+
+
 @implementer(IAuditEventStore)
 class AuditEventStore(StoreBase):
     """The audit log's rows."""
@@ -55,8 +60,7 @@ class AuditEventStore(StoreBase):
         def add_audit_event_txn(txn: Txn) -> bool:
             if lease is not None and not holds_lease_txn(txn, lease, event.at):
                 return False
-            txn.execute(f"INSERT INTO audit_events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        _values(event))
+            insert_audit_event_txn(txn, event)
             return True
 
         return await self._pool.run_interaction("add_audit_event", add_audit_event_txn)
@@ -66,8 +70,7 @@ class AuditEventStore(StoreBase):
 
         def add_audit_events_txn(txn: Txn) -> None:
             for event in events:
-                txn.execute(f"INSERT INTO audit_events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            _values(event))
+                insert_audit_event_txn(txn, event)
 
         if events:
             await self._pool.run_interaction("add_audit_events", add_audit_events_txn)

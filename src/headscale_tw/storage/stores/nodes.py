@@ -15,6 +15,7 @@ purpose: with an idle database each update runs at once, alone; under load
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -24,7 +25,7 @@ from zope.interface import implementer
 from headscale_tw.errors import AlreadyExists, InvalidInput, NotFound
 from headscale_tw.interfaces import INodeStore
 from headscale_tw.storage.database import ForeignKeyViolation, Txn, UniqueViolation
-from headscale_tw.storage.models import Node
+from headscale_tw.storage.models import AuditEvent, Node
 from headscale_tw.storage.stores._common import (
     StoreBase,
     dump_json,
@@ -33,6 +34,7 @@ from headscale_tw.storage.stores._common import (
     to_bool,
     to_datetime,
 )
+from headscale_tw.storage.stores.audit_events import insert_audit_event_txn
 
 __all__ = ["NodeStore"]
 
@@ -181,8 +183,13 @@ class NodeStore(StoreBase):
         self.batches = 0
         self.batched_updates = 0
 
-    async def create(self, node: Node) -> Node:
-        """Insert ``node`` (its ``id`` is ignored) and return the stored row."""
+    async def create(self, node: Node, audit_event: Callable[[Node], AuditEvent | None] | None = None) -> Node:
+        """Insert ``node`` (its ``id`` is ignored) and return the stored row.
+
+        ``audit_event`` (given the stored row, with its id) returns the audit event of the
+        creation, written in the same transaction: one database round trip instead of two.
+        It runs in the database thread, so it must be a pure function of its argument.
+        """
         when = self._now()
         values = {name: getattr(node, name) for name in _NAMES}
         values["created_at"] = values["created_at"] or when
@@ -198,7 +205,12 @@ class NodeStore(StoreBase):
                 raise _collision(e, values) from None
             except ForeignKeyViolation:
                 raise _bad_reference(values) from None
-            return _row(row)
+            stored = _row(row)
+            if audit_event is not None:
+                event = audit_event(stored)
+                if event is not None:
+                    insert_audit_event_txn(txn, event)
+            return stored
 
         return await self._pool.run_interaction("create_node", create_node_txn)
 
