@@ -51,6 +51,13 @@ class IPAllocatorTests(unittest.TestCase):
         self.assertEqual(alloc.allocate()[0], "10.0.0.6")
         self.assertEqual(alloc.allocate()[0], "10.0.0.1")
 
+    def test_scatter_leaves_the_sequential_cursor(self):
+        """``scatter`` takes a free address from a random start; sequential allocation goes on where it was."""
+        alloc = IPAllocator("10.0.0.0/24", None, randbelow=lambda n: 99)
+        self.assertEqual(alloc.allocate()[0], "10.0.0.1")
+        self.assertEqual(alloc.allocate(scatter=True)[0], "10.0.0.100")
+        self.assertEqual(alloc.allocate()[0], "10.0.0.2")
+
     def test_random_reuses_released(self):
         """A released address can be allocated again."""
         alloc = IPAllocator("10.0.0.0/29", None, "random", randbelow=lambda n: 0)
@@ -85,6 +92,22 @@ class AllocationWithStoreTests(unittest.TestCase):
         b, _ = h2.register("b")
         self.assertNotEqual(a.ipv4, b.ipv4)
         self.assertNotEqual(a.ipv6, b.ipv6)
+
+    def test_collision_retries_away_from_the_other_instance(self):
+        """After another instance on the same store took the address, the retry goes to a random free one.
+
+        Two instances allocating sequentially from the same view would otherwise collide on the next
+        address too, once per registration each has in flight (two workers under load exhausted all
+        attempts this way). The instance's own next allocation is sequential again.
+        """
+        h = Harness(self)
+        h2 = Harness(self, db=h.db)  # loaded before h's nodes exist: a stale view, as under load
+        taken = {h.register(f"a{i}")[0].ipv4 for i in range(3)}
+        self.assertEqual(taken, {"100.64.0.1", "100.64.0.2", "100.64.0.3"})
+        retried, _ = h2.register("b")
+        self.assertNotIn(retried.ipv4, taken | {f"100.64.0.{i}" for i in range(4, 40)})
+        after, _ = h2.register("c")
+        self.assertEqual(after.ipv4, "100.64.0.4")
 
     def test_release_on_delete(self):
         """After a delete and reload, the freed address is handed out again."""

@@ -86,8 +86,8 @@ class _Pool:
     def release(self, address: Address) -> None:
         self._used.discard(int(address))
 
-    def allocate(self) -> Address:
-        if self.strategy == "random":
+    def allocate(self, scatter: bool = False) -> Address:
+        if self.strategy == "random" or scatter:
             found = self._scan_random()
         else:
             found = self._scan_from(self._cursor + 1, self._last - 1)
@@ -163,13 +163,20 @@ class IPAllocator:
             if pool is not None:
                 pool.mark_used(address)
 
-    def allocate(self) -> tuple[str | None, str | None]:
-        """Return ``(ipv4, ipv6)`` text for a new node; ``AddressesExhausted`` if a prefix is full."""
+    def allocate(self, scatter: bool = False) -> tuple[str | None, str | None]:
+        """Return ``(ipv4, ipv6)`` text for a new node; ``AddressesExhausted`` if a prefix is full.
+
+        ``scatter``: take a free address from a random start, whatever the strategy, and leave
+        the sequential cursor where it is. For a retry after another instance on the same
+        database took the address: instances allocating sequentially from the same view would
+        otherwise collide again on the next address, and again, for as many registrations as
+        each has in flight (seen with two workers: 16 collisions in a row).
+        """
         v4 = self._pools.get(4)
         v6 = self._pools.get(6)
-        first = str(v4.allocate()) if v4 is not None else None
+        first = str(v4.allocate(scatter)) if v4 is not None else None
         try:
-            second = str(v6.allocate()) if v6 is not None else None
+            second = str(v6.allocate(scatter)) if v6 is not None else None
         except AddressesExhausted:
             if first is not None and v4 is not None:
                 v4.release(ipaddress.ip_address(first))

@@ -284,12 +284,13 @@ class ControlState:
         start = self.now()
         given.setdefault("created_at", start)
         taken_names: set[str] = set()
+        collided = False
         for _ in range(_CREATE_ATTEMPTS):
             attempt = dict(given)
             attempt.setdefault(
                 "given_name", unique_given_name(sanitize_hostname(hostname), _TakenNames(self._names, taken_names))
             )
-            ipv4, ipv6 = self.allocator.allocate()
+            ipv4, ipv6 = self.allocator.allocate(scatter=collided)
             attempt.setdefault("ipv4", ipv4)
             attempt.setdefault("ipv6", ipv6)
             try:
@@ -302,6 +303,7 @@ class ControlState:
                     used = await self.db.nodes.allocated_ips()
                     self.allocator.release(*(a for a in (ipv4, ipv6) if a and a not in used))
                     self.allocator.load(used)
+                    collided = True  # the other instance allocates from the same place: go elsewhere
                     continue
                 self.allocator.release(ipv4, ipv6)
                 if reason.startswith(_NAME_TAKEN) and "given_name" not in given:
