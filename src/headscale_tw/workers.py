@@ -132,58 +132,62 @@ def reuseport_socket(hostport: str, udp: bool = False, backlog: int = 128) -> so
     return s
 
 
-class SharedStreamPort(service.Service):
-    """A TCP listener shared with the other workers: bound with ``SO_REUSEPORT``, adopted by the reactor.
+class _SharedPort(service.Service):
+    """A port shared with the other workers: bound with ``SO_REUSEPORT`` at start, adopted by the reactor,
+    closed at stop (connections already made stay)."""
+
+    def __init__(self, reactor: Any, hostport: str) -> None:
+        self.reactor = reactor
+        self.hostport = hostport
+        self.port: Any = None
+
+    def _adopt(self) -> Any:
+        raise NotImplementedError
+
+    def startService(self) -> None:
+        """Bind and hand the socket to the reactor (the reactor keeps its own duplicate)."""
+        super().startService()
+        self.port = self._adopt()
+
+    def stopService(self) -> defer.Deferred | None:
+        """Stop listening."""
+        super().stopService()
+        port, self.port = self.port, None
+        return defer.maybeDeferred(port.stopListening) if port is not None else None
+
+
+class SharedStreamPort(_SharedPort):
+    """A TCP listener shared with the other workers.
 
     :param factory: the server factory (wrap it for TLS before passing it).
     """
 
     def __init__(self, reactor: Any, hostport: str, factory: Any, backlog: int) -> None:
-        self.reactor = reactor
-        self.hostport = hostport
+        super().__init__(reactor, hostport)
         self.factory = factory
         self.backlog = backlog
-        self.port: Any = None
 
-    def startService(self) -> None:
-        """Bind, listen and hand the socket to the reactor (the reactor keeps its own duplicate)."""
-        super().startService()
+    def _adopt(self) -> Any:
         s = reuseport_socket(self.hostport, backlog=self.backlog)
         try:
-            self.port = self.reactor.adoptStreamPort(s.fileno(), s.family, self.factory)
+            return self.reactor.adoptStreamPort(s.fileno(), s.family, self.factory)
         finally:
             s.close()
 
-    def stopService(self) -> defer.Deferred | None:
-        """Stop accepting; connections already made stay."""
-        super().stopService()
-        port, self.port = self.port, None
-        return defer.maybeDeferred(port.stopListening) if port is not None else None
 
-
-class SharedDatagramPort(service.Service):
-    """A UDP port (STUN) shared with the other workers: ``SO_REUSEPORT``, adopted by the reactor."""
+class SharedDatagramPort(_SharedPort):
+    """A UDP port (STUN) shared with the other workers."""
 
     def __init__(self, reactor: Any, hostport: str, protocol: Any) -> None:
-        self.reactor = reactor
-        self.hostport = hostport
+        super().__init__(reactor, hostport)
         self.protocol = protocol
-        self.port: Any = None
 
-    def startService(self) -> None:
-        """Bind and hand the socket to the reactor."""
-        super().startService()
+    def _adopt(self) -> Any:
         s = reuseport_socket(self.hostport, udp=True)
         try:
-            self.port = self.reactor.adoptDatagramPort(s.fileno(), s.family, self.protocol)
+            return self.reactor.adoptDatagramPort(s.fileno(), s.family, self.protocol)
         finally:
             s.close()
-
-    def stopService(self) -> defer.Deferred | None:
-        """Close the port."""
-        super().stopService()
-        port, self.port = self.port, None
-        return defer.maybeDeferred(port.stopListening) if port is not None else None
 
 
 def local_mesh_services(config: Config, server: Any, reactor: Any) -> list:
