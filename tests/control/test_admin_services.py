@@ -16,6 +16,7 @@ from headscale_tw.control.users import MAX_STORED_ID, UserAdmin, quoted
 from headscale_tw.errors import Expired, InvalidInput, NotFound, Unauthenticated, UserHasNodes
 from headscale_tw.storage.models import Node
 from headscale_tw.testing.db import open_test_database
+from headscale_tw.testing.keys import with_wrong_secret
 
 __all__ = ["UserAdminTests", "PreAuthKeyAdminTests", "ApiKeyAdminTests", "BuilderTests"]
 
@@ -136,7 +137,7 @@ class ApiKeyAdminTests(unittest.TestCase):
         """The created key authenticates (and is touched); a forged, other-kind or expired key does not."""
         full = self.s.run(self.keys.create())
         self.assertIsNotNone(self.s.run(self.keys.authenticate(full)).last_seen)
-        forged = full.rsplit("-", 1)[0] + "-" + "A" * 43
+        forged = with_wrong_secret(full)
         for token, message in ((forged, "invalid API key"), ("nonsense", "invalid API key"),
                                ("hskey-auth-abcdefghijkl-" + "A" * 43, "invalid API key (this is not an API key)")):
             self.assertEqual(str(self.s.fail(self.keys.authenticate(token), Unauthenticated)), message)

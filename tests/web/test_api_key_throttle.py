@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 from headscale_tw.clock import utc_now
 from headscale_tw.control.admin import build_admin_services
 from headscale_tw.testing.db import open_test_database, resolve
+from headscale_tw.testing.keys import with_wrong_secret
 from headscale_tw.throttle import API_KEYS, FailureThrottle
 from headscale_tw.web.admin_api import AdminAPI, mount
 from headscale_tw.web.client_address import TrustedProxies
@@ -49,7 +50,7 @@ class ApiKeyThrottleTests(unittest.TestCase):
         return response.code, body
 
     def wrong_key(self) -> str:
-        return self.key.rsplit("-", 1)[0] + "-" + "A" * 43
+        return with_wrong_secret(self.key)
 
     def test_throttled_after_burst(self):
         """After the burst of wrong keys, that address gets 429 (gRPC 8) even with the right key."""
