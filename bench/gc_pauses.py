@@ -7,87 +7,61 @@ import gc
 import json
 import sys
 import time
-import unittest
 
 from twisted.internet.task import Clock
 
-from headscale_tw.control.poll import parse_map_request
+from bench._inprocess import GROUP, group_policy, harness, open_stream, register_grouped
 from headscale_tw.gc_refreeze import GcRefreezer
 from headscale_tw.service import tune_gc
-from tests.bench.test_work_per_change import GROUP, group_policy
-from tests.control._harness import Harness
 
 N = int(sys.argv[1])
 mode = sys.argv[2]
 
-
-class T(unittest.TestCase):
-    def runTest(self):
-        pass
-
-    def successResultOf(self, d):
-        r = []
-        d.addBoth(r.append)
-        return r[0]
+pauses: list = []
+collection_started = [0.0]
 
 
-tc = T()
-pauses = []
-t0 = [0.0]
-
-
-def cb(phase, info):
+def on_collection(phase, info):
+    """Record the CPU time of each full (generation 2) collection."""
     if info["generation"] != 2:
         return
     if phase == "start":
-        t0[0] = time.process_time()
+        collection_started[0] = time.process_time()
     else:
-        pauses.append(time.process_time() - t0[0])
+        pauses.append(time.process_time() - collection_started[0])
 
 
-h = Harness(tc, policy=group_policy(N // GROUP + 1, hub=True))
+h = harness(group_policy(N // GROUP + 1, hub=True))
 tune_gc()  # start-up freeze: only the empty server exists
-gc.callbacks.append(cb)
+gc.callbacks.append(on_collection)
 refreezer = GcRefreezer(Clock())
-def tick(i):
+
+
+def tick(index):
     """Every 250 nodes, what GcRefreezer's timer would do (mode refreeze)."""
-    if mode == "refreeze" and i % 250 == 0:
+    if mode == "refreeze" and index % 250 == 0:
         if refreezer.due():
             pauses.append("refreeze")
             refreezer.check()
 
 
-nodes = []
-for i in range(N):
-    node, resp = h.register(
-        f"n{i}", Hostinfo={"Hostname": f"n{i}", "OS": "linux", "RequestTags": [f"tag:g{i // GROUP}"]}
-    )
-    nodes.append(node)
-    tick(i)
-
-
-def w(d):
+def discard(data):
     pass
 
 
-for i, node in enumerate(nodes):
-    tick(i)
-    request = parse_map_request(h.map_request(node, Stream=True))
-    nd = h.poll.authenticate(node.machine_key, request)
-    h.run(h.poll.apply(nd, request))
-    h.notifier.open_stream(nd.id, w, lambda: None, encoding=request.compress)
+nodes = register_grouped(h, N, tick)
+for index, node in enumerate(nodes):
+    tick(index)
+    open_stream(h, node, discard)
 cpu = time.process_time()
 # hub joins and policy changes
 for k in range(6):
-    node, resp = h.register(f"hub{k}", Hostinfo={"Hostname": f"hub{k}", "OS": "linux", "RequestTags": ["tag:hub"]})
-    request = parse_map_request(h.map_request(node, Stream=True))
-    nd = h.poll.authenticate(node.machine_key, request)
-    h.run(h.poll.apply(nd, request))
-    h.notifier.open_stream(nd.id, w, lambda: None, encoding=request.compress)
+    hub, _ = h.register(f"hub{k}", Hostinfo={"Hostname": f"hub{k}", "OS": "linux", "RequestTags": ["tag:hub"]})
+    open_stream(h, hub, discard)
 for k in range(8):
     h.run(h.set_policy(group_policy(N // GROUP + 1 + k, hub=True)))
 cpu = time.process_time() - cpu
-gc.callbacks.remove(cb)
+gc.callbacks.remove(on_collection)
 # full_collections: CPU ms of each gen-2 collection in order, "refreeze" marking a re-freeze (whose own
 # collection is the number after it); the 6 hub joins and 8 policy changes come last.
 print(

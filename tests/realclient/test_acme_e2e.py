@@ -17,7 +17,7 @@ import sys
 
 from headscale_tw.testing.pebble import PebbleACME
 from headscale_tw.testing.realclient._process import wait_for
-from headscale_tw.testing.realclient.scenario import ScenarioMixin, server_config
+from headscale_tw.testing.realclient.scenario import OnPostgres, ScenarioMixin, server_config
 from headscale_tw.testing.realclient.server import _TWISTD, HeadscaleServer
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
 
@@ -134,18 +134,8 @@ _LEAF_SHA256 = (
 )
 
 
-class SharedAcmeCertificateTests(ScenarioMixin, RealClientTestCase):
+class SharedAcmeCertificateTests(OnPostgres, ScenarioMixin, RealClientTestCase):
     """Two servers on one PostgreSQL database share one ACME account and certificate from real pebble."""
-
-    def database_config(self) -> dict:
-        from headscale_tw.testing.db import create_postgres_database
-
-        db = self.__dict__.get("_db")
-        if db is None:
-            db = self._db = create_postgres_database(self)
-        socket_dir = os.environ.get("HEADSCALE_TEST_PG_SOCKET_DIR", "/var/run/postgresql")
-        return {"type": "postgres",
-                "postgres": {"host": socket_dir, "name": db.postgres.name, "user": db.postgres.user}}
 
     def query(self, sql: str) -> list[tuple]:
         """Run one query on the test database from outside the namespace."""
@@ -157,7 +147,7 @@ class SharedAcmeCertificateTests(ScenarioMixin, RealClientTestCase):
 
         from headscale_tw.testing.db import postgres_dsn
 
-        conn = psycopg2.connect(**{**postgres_dsn(), "dbname": self._db.postgres.name, "connect_timeout": 5})
+        conn = psycopg2.connect(**{**postgres_dsn(), "dbname": self.postgres_database.postgres.name, "connect_timeout": 5})
         try:
             with conn, conn.cursor() as cursor:
                 cursor.execute(sql)
@@ -190,7 +180,7 @@ class SharedAcmeCertificateTests(ScenarioMixin, RealClientTestCase):
 
         self.database_config()
         # The schema, and the lease held by nobody who runs, until both servers are up.
-        db = open_test_database(self, self._db)
+        db = open_test_database(self, self.postgres_database)
         later = datetime.datetime.now(datetime.timezone.utc)
         resolve(db.leases.acquire("acme:localhost", "the-test", 3600.0, now=later))
         one_http, two_http = self.namespace.allocate_port(), self.namespace.allocate_port()

@@ -15,7 +15,7 @@ import os
 import signal
 
 from headscale_tw.testing.realclient._process import wait_for
-from headscale_tw.testing.realclient.scenario import ScenarioMixin, peers_by_name
+from headscale_tw.testing.realclient.scenario import OnPostgres, ScenarioMixin, peers_by_name
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
 
 INSTANCES = {
@@ -40,18 +40,8 @@ def region(name: str) -> dict:
     }
 
 
-class ClusterTests(ScenarioMixin, RealClientTestCase):
+class ClusterTests(OnPostgres, ScenarioMixin, RealClientTestCase):
     """Nodes on different instances of one cluster see, reach and lose each other."""
-
-    def database_config(self) -> dict:
-        from headscale_tw.testing.db import create_postgres_database
-
-        db = self.__dict__.get("_db")
-        if db is None:
-            db = self._db = create_postgres_database(self)
-        socket_dir = os.environ.get("HEADSCALE_TEST_PG_SOCKET_DIR", "/var/run/postgresql")
-        return {"type": "postgres",
-                "postgres": {"host": socket_dir, "name": db.postgres.name, "user": db.postgres.user}}
 
     def start_instance(self, name: str):
         spec = INSTANCES[name]

@@ -9,10 +9,9 @@ listener with a throwaway CA, as in production, so clients reach ``Running``.
 from __future__ import annotations
 
 import itertools
-import os
 
 from headscale_tw.testing.realclient._process import wait_for
-from headscale_tw.testing.realclient.scenario import BASE_DOMAIN, ScenarioMixin, peers_by_name
+from headscale_tw.testing.realclient.scenario import BASE_DOMAIN, OnPostgres, ScenarioMixin, peers_by_name
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
 
 
@@ -73,7 +72,7 @@ class MeshTests(ScenarioMixin, RealClientTestCase):
         self.assertIn("pong from bravo", nodes[0].ping(before["bravo"][0]).stdout)
 
 
-class PostgresMeshTests(MeshTests):
+class PostgresMeshTests(OnPostgres, MeshTests):
     """The same tailnet with PostgreSQL as the server's database.
 
     PostgreSQL runs outside the test's private network namespace; the server
@@ -81,14 +80,6 @@ class PostgresMeshTests(MeshTests):
     not tied to a network namespace). The database is created fresh and dropped
     by the test.
     """
-
-    def database_config(self) -> dict:
-        from headscale_tw.testing.db import create_postgres_database
-
-        db = create_postgres_database(self)
-        socket_dir = os.environ.get("HEADSCALE_TEST_PG_SOCKET_DIR", "/var/run/postgresql")
-        return {"type": "postgres",
-                "postgres": {"host": socket_dir, "name": db.postgres.name, "user": db.postgres.user}}
 
 
 class ClientVersionTests(ScenarioMixin, RealClientTestCase):

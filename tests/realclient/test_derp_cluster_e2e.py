@@ -16,35 +16,16 @@ from __future__ import annotations
 import json
 import os
 
+from headscale_tw.testing.prometheus import unlabelled_samples
 from headscale_tw.testing.realclient._process import wait_for
-from headscale_tw.testing.realclient.scenario import REGION_ID, ScenarioMixin
+from headscale_tw.testing.realclient.scenario import REGION_ID, OnPostgres, ScenarioMixin
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
 
 ADDRESSES = {"one": "127.0.0.1", "two": "192.0.2.1"}
 
 
-def _samples(text: str) -> dict[str, float]:
-    """Unlabelled samples of a Prometheus exposition, by name."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, _, value = line.partition(" ")
-            out[name] = float(value)
-    return out
-
-
-class DERPClusterTests(ScenarioMixin, RealClientTestCase):
+class DERPClusterTests(OnPostgres, ScenarioMixin, RealClientTestCase):
     """Instances of one database mesh their DERP servers by themselves and list each other in the map."""
-
-    def database_config(self) -> dict:
-        from headscale_tw.testing.db import create_postgres_database
-
-        db = self.__dict__.get("_db")
-        if db is None:
-            db = self._db = create_postgres_database(self)
-        socket_dir = os.environ.get("HEADSCALE_TEST_PG_SOCKET_DIR", "/var/run/postgresql")
-        return {"type": "postgres",
-                "postgres": {"host": socket_dir, "name": db.postgres.name, "user": db.postgres.user}}
 
     def start_instance(self, name: str, mesh_key: str):
         address = ADDRESSES[name]
@@ -57,7 +38,7 @@ class DERPClusterTests(ScenarioMixin, RealClientTestCase):
         """The unlabelled samples of instance ``name``'s ``/metrics``."""
         result = self.namespace.http_get(f"http://{ADDRESSES[name]}:9090/metrics", timeout=5.0)
         self.assertEqual(result.status, 200, result.error)
-        return _samples(result.body.decode())
+        return unlabelled_samples(result.body.decode())
 
     def region_hosts(self, node) -> list[str]:
         """The host names of region 999's nodes in ``node``'s current DERP map, in order."""

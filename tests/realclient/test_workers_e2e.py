@@ -14,10 +14,9 @@ See docs/workers.md.
 
 from __future__ import annotations
 
-import os
-
+from headscale_tw.testing.prometheus import unlabelled_samples
 from headscale_tw.testing.realclient._process import wait_for
-from headscale_tw.testing.realclient.scenario import ScenarioMixin
+from headscale_tw.testing.realclient.scenario import OnPostgres, ScenarioMixin
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
 
 METRICS = {0: "127.0.0.1:9090", 1: "127.0.0.1:9091"}
@@ -25,34 +24,14 @@ CLIENTS = ("a", "b", "c", "d")
 RECONNECT_ATTEMPTS = 12  # each lands on the other worker about half the time
 
 
-def _samples(text: str) -> dict[str, float]:
-    """Unlabelled samples of a Prometheus exposition, by name."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, _, value = line.partition(" ")
-            out[name] = float(value)
-    return out
-
-
-class WorkersTests(ScenarioMixin, RealClientTestCase):
+class WorkersTests(OnPostgres, ScenarioMixin, RealClientTestCase):
     """Two workers serve one tailnet: registration through either, DERP relayed across their mesh."""
-
-    def database_config(self) -> dict:
-        from headscale_tw.testing.db import create_postgres_database
-
-        db = self.__dict__.get("_db")
-        if db is None:
-            db = self._db = create_postgres_database(self)
-        socket_dir = os.environ.get("HEADSCALE_TEST_PG_SOCKET_DIR", "/var/run/postgresql")
-        return {"type": "postgres",
-                "postgres": {"host": socket_dir, "name": db.postgres.name, "user": db.postgres.user}}
 
     def metrics(self, index: int) -> dict[str, float]:
         """The unlabelled samples of worker ``index``'s ``/metrics``."""
         result = self.namespace.http_get(f"http://{METRICS[index]}/metrics", timeout=5.0)
         self.assertEqual(result.status, 200, result.error)
-        return _samples(result.body.decode())
+        return unlabelled_samples(result.body.decode())
 
     def test_clients_on_two_workers_ping_over_derp(self):
         """Four DERP-only clients register through the shared port and ping each other via DERP; each worker

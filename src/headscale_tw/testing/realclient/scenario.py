@@ -7,6 +7,8 @@ Shared building blocks for end-to-end scenarios with official clients.
   STUN on UDP, SQLite under ``./var``, MagicDNS under ``tail.example``; every
   section can be overridden or added (``database``, ``derp``, ``noise``,
   ``node``, ``policy``, ``dns``, ``extra``).
+* :class:`OnPostgres` (mix in before :class:`ScenarioMixin`) puts the server on a
+  fresh PostgreSQL database.
 * :class:`ScenarioMixin` (mix into a
   :class:`~.testcase.RealClientTestCase`): :meth:`~ScenarioMixin.start_tls_server`,
   :meth:`~ScenarioMixin.restart_server`, :meth:`~ScenarioMixin.auth_key`,
@@ -191,6 +193,33 @@ class ScenarioMixin:
         return nodes
 
     peers_by_name = staticmethod(peers_by_name)
+
+
+class OnPostgres:
+    """Mix in before :class:`ScenarioMixin`: the server's database is a fresh PostgreSQL database.
+
+    The database is created once per test (on the first :meth:`database_config`) and dropped by the
+    test. PostgreSQL runs outside the test's private network namespace; the server reaches it through
+    its unix socket directory (``HEADSCALE_TEST_PG_SOCKET_DIR``, default ``/var/run/postgresql``),
+    since sockets on the filesystem are not tied to a network namespace.
+    """
+
+    _postgres_database: Any = None
+
+    @property
+    def postgres_database(self) -> Any:
+        """This test's :class:`~headscale_tw.testing.db.DatabaseConfig`, created on first use."""
+        if self._postgres_database is None:
+            from headscale_tw.testing.db import create_postgres_database
+
+            self._postgres_database = create_postgres_database(self)
+        return self._postgres_database
+
+    def database_config(self) -> Mapping[str, Any]:
+        """The ``database`` section naming this test's PostgreSQL database (the same on every call)."""
+        postgres = self.postgres_database.postgres
+        socket_dir = os.environ.get("HEADSCALE_TEST_PG_SOCKET_DIR", "/var/run/postgresql")
+        return {"type": "postgres", "postgres": {"host": socket_dir, "name": postgres.name, "user": postgres.user}}
 
 
 class SocksFetchError(HarnessError):
