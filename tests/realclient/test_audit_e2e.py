@@ -13,7 +13,7 @@ import os
 import pwd
 
 from headscale_tw.testing.realclient._process import wait_for
-from headscale_tw.testing.realclient.scenario import ScenarioMixin
+from headscale_tw.testing.realclient.scenario import OnPostgres, ScenarioMixin
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
 from tests.realclient import test_cluster_e2e as cluster_e2e
 from tests.realclient import test_oidc_e2e as oidc_e2e
@@ -74,10 +74,9 @@ class OIDCAuditTests(ScenarioMixin, RealClientTestCase):
         self.assertNotIn(oidc_e2e.SECRET, server.cli("audit", "list", "-o", "json").stdout)
 
 
-class ClusterAuditTests(ScenarioMixin, RealClientTestCase):
+class ClusterAuditTests(OnPostgres, ScenarioMixin, RealClientTestCase):
     """Two instances on one PostgreSQL database write their own rows to the one audit table."""
 
-    database_config = cluster_e2e.ClusterTests.database_config
     start_instance = cluster_e2e.ClusterTests.start_instance
 
     def test_each_instance_writes_its_rows(self):

@@ -24,7 +24,7 @@ from typing import Any
 
 from headscale_tw.testing.realclient._process import HarnessError, wait_for
 from headscale_tw.testing.realclient.oidc import start_oidc_provider
-from headscale_tw.testing.realclient.scenario import ScenarioMixin
+from headscale_tw.testing.realclient.scenario import OnPostgres, ScenarioMixin
 from headscale_tw.testing.realclient.server import source_pythonpath
 from headscale_tw.testing.realclient.testcase import RealClientTestCase
 from tests.realclient import test_cluster_e2e as cluster
@@ -35,11 +35,10 @@ SERVER_URL = "https://127.0.0.1:8443"
 SECRET = "cluster-client-secret-0123456789"
 
 
-class OIDCClusterTests(ScenarioMixin, RealClientTestCase):
+class OIDCClusterTests(OnPostgres, ScenarioMixin, RealClientTestCase):
     """The provider's callback and the confirmation land on another instance than the login started on."""
 
     timeout = 300
-    database_config = cluster.ClusterTests.database_config
 
     def start_instance(self, name: str, oidc: dict[str, Any], bundle: str) -> Any:
         """Instance ``name`` of the cluster test's instances, with ``server_url`` shared and ``oidc`` set."""
