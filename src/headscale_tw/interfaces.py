@@ -86,6 +86,10 @@ class INodeStore(Interface):
     async def allocated_ips():
         """Return the set of every IPv4 and IPv6 address (text) held by a node."""
 
+    async def addresses_after(after_id, held=()):
+        """Return ``(addresses, highest_id)``: the addresses of nodes with an id above ``after_id`` and
+        those of ``held`` that some node holds, and the highest node id read (at least ``after_id``)."""
+
 
 class IPreAuthKeyStore(Interface):
     """Pre-auth keys, stored as prefix + hash."""

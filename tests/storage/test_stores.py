@@ -269,6 +269,20 @@ class StoreTestsMixin:
         resolve(self.db.nodes.delete(n1.id))
         self.assertEqual(resolve(self.db.nodes.allocated_ips()), {"100.64.0.2"})
 
+    def test_addresses_after(self):
+        """``addresses_after`` reads the rows above an id, plus whoever holds the named addresses, and
+        reports the highest id it read."""
+        alice = resolve(self.db.users.create("alice"))
+        old = resolve(self.db.nodes.create(_node(1, alice.id, ipv4="100.64.0.1", ipv6="fd7a::1")))
+        resolve(self.db.nodes.create(_node(2, alice.id, ipv4="100.64.0.2")))
+        new = resolve(self.db.nodes.create(_node(3, alice.id, ipv4="100.64.0.3", ipv6="fd7a::3")))
+        after = new.id - 1
+        self.assertEqual(resolve(self.db.nodes.addresses_after(after)), ({"100.64.0.3", "fd7a::3"}, new.id))
+        self.assertEqual(resolve(self.db.nodes.addresses_after(after, ["fd7a::1", "100.64.0.9", ""])),
+                         ({"100.64.0.1", "fd7a::1", "100.64.0.3", "fd7a::3"}, new.id))
+        self.assertEqual(resolve(self.db.nodes.addresses_after(new.id, ["100.64.0.9"])), (set(), new.id))
+        self.assertLess(old.id, after)
+
     # pre-auth keys
 
     def test_preauthkey_lifecycle(self):

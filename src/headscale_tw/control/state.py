@@ -183,6 +183,8 @@ class ControlState:
         self._by_node_key: dict[str, int] = {}
         self._by_machine_key: dict[str, int] = {}
         self._names: dict[str, int] = {}
+        #: Every node up to this id had its addresses read from the store (see ``_read_taken_addresses``).
+        self._addresses_read_to = 0
         #: Writes and their durations, the start-up load, change batches (``headscale_nodestore_*``).
         self.counters = NodeStoreCounters()
 
@@ -199,6 +201,7 @@ class ControlState:
         for node in await self.db.nodes.list():
             self._index(node)
         self.allocator.load(await self.db.nodes.allocated_ips())
+        self._addresses_read_to = max(self.nodes, default=0)
         self.counters.snapshot_seconds.observe(self._seconds_since(start))
 
     def _index(self, node: Node, previous: Node | None = None) -> None:
@@ -298,11 +301,9 @@ class ControlState:
             except AlreadyExists as e:
                 reason = str(e)
                 if reason.startswith(_ADDRESS_TAKEN) and "ipv4" not in given and "ipv6" not in given:
-                    # Someone else holds one of them: mark what the store holds as used.
+                    # Someone else holds one of them: mark it, and what was created since we last looked, as used.
                     self.log.info("address taken concurrently, trying the next: {reason}", reason=reason)
-                    used = await self.db.nodes.allocated_ips()
-                    self.allocator.release(*(a for a in (ipv4, ipv6) if a and a not in used))
-                    self.allocator.load(used)
+                    await self._read_taken_addresses(ipv4, ipv6)
                     collided = True  # the other instance allocates from the same place: go elsewhere
                     continue
                 self.allocator.release(ipv4, ipv6)
@@ -317,6 +318,20 @@ class ControlState:
             self.counters.count_operation("put", self._seconds_since(start))
             return node
         raise AlreadyExists(f"no free address or name for {hostname!r} after {_CREATE_ATTEMPTS} attempts")
+
+    async def _read_taken_addresses(self, *mine: str | None) -> None:
+        """After the store refused one of ``mine`` as taken: mark as used the addresses of nodes created
+        since the last read (another instance's, which its change feed has not brought yet) and
+        whichever of ``mine`` a node holds; give back the rest of ``mine``.
+
+        Reads only the new rows, not every node's addresses: two workers under load collide thousands
+        of times, and a full read costs one row per node each time.
+        """
+        mine_given = [address for address in mine if address]
+        used, highest = await self.db.nodes.addresses_after(self._addresses_read_to, mine_given)
+        self._addresses_read_to = max(self._addresses_read_to, highest)  # another create may have read further
+        self.allocator.release(*(address for address in mine_given if address not in used))
+        self.allocator.load(used)
 
     async def backfill_addresses(self) -> list[tuple[Node, list[str]]]:
         """Bring every node's addresses in line with the configured prefixes (``nodes backfillips``).
@@ -366,11 +381,11 @@ class ControlState:
             try:
                 updated = await self.update_node(node.id, **attempt)
             except AlreadyExists as e:
-                self.allocator.release(*(a for _, a in assigned))
                 if not str(e).startswith(_ADDRESS_TAKEN):
+                    self.allocator.release(*(a for _, a in assigned))
                     raise
                 self.log.info("address taken concurrently, trying the next: {reason}", reason=str(e))
-                self.allocator.load(await self.db.nodes.allocated_ips())
+                await self._read_taken_addresses(*(a for _, a in assigned))
                 continue
             except BaseException:
                 self.allocator.release(*(a for _, a in assigned))

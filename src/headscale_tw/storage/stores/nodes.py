@@ -15,7 +15,7 @@ purpose: with an idle database each update runs at once, alone; under load
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -320,3 +320,29 @@ class NodeStore(StoreBase):
             return found
 
         return await self._pool.run_interaction("allocated_ips", allocated_ips_txn)
+
+    async def addresses_after(self, after_id: int, held: Sequence[str] = ()) -> tuple[set[str], int]:
+        """The addresses of nodes with an id above ``after_id``, plus those of ``held`` some node holds;
+        and the highest node id read (at least ``after_id``).
+
+        For an instance whose address was just taken by another instance on the same database: it
+        reads only the rows created since it last looked (and whoever holds its two addresses, in case
+        that row is older), not every node's addresses.
+        """
+        held = [address for address in held if address]
+
+        def addresses_after_txn(txn: Txn) -> tuple[set[str], int]:
+            sql = "SELECT id, ipv4, ipv6 FROM nodes WHERE id > ?"
+            args: list = [after_id]
+            if held:
+                marks = ", ".join("?" * len(held))
+                sql += f" OR ipv4 IN ({marks}) OR ipv6 IN ({marks})"
+                args += held + held
+            found: set[str] = set()
+            highest = after_id
+            for node_id, ipv4, ipv6 in txn.query(sql, args):
+                highest = max(highest, node_id)
+                found.update(address for address in (ipv4, ipv6) if address)
+            return found, highest
+
+        return await self._pool.run_interaction("addresses_after", addresses_after_txn)
