@@ -1,11 +1,15 @@
 """Tests for headscale_tw.tap and the twistd plugin."""
 
 from twisted.application.service import IServiceMaker
+from twisted.internet.error import ReactorNotRunning
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial import unittest
 
 from headscale_tw import tap
+from headscale_tw.exit_status import stop_reactor_after_failed_start
 from headscale_tw.service import HeadscaleService
 
 
@@ -101,3 +105,59 @@ class SupervisorImportTests(unittest.TestCase):
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(done.stdout.split(None, 1), ["SupervisorService", "[]\n"])
+
+
+class _StoppingReactor:
+    """A reactor after ``stop()`` and before its shutdown finished: ``running`` still, a second stop refused."""
+
+    running = True
+
+    def __init__(self) -> None:
+        self.stops = 0
+
+    def stop(self) -> None:
+        self.stops += 1
+        if self.stops > 1:
+            raise ReactorNotRunning("Can't stop reactor that isn't running.")
+
+
+class StopAfterFailedStartTests(unittest.TestCase):
+    """Stopping the reactor after a failed start (server and supervisor)."""
+
+    def test_running_reactor_is_stopped(self):
+        """A running reactor is stopped at once."""
+        reactor = MemoryReactor()
+        reactor.running = True
+        stop_reactor_after_failed_start(reactor)
+        self.assertTrue(reactor.hasStopped)
+
+    def test_stop_already_under_way(self):
+        """When SIGTERM already stopped the reactor during start-up, the failed start stops nothing more and
+        raises nothing (it used to log a ``ReactorNotRunning`` traceback)."""
+        reactor = _StoppingReactor()
+        reactor.stop()  # what twistd's SIGTERM handler did
+        stop_reactor_after_failed_start(reactor)
+        self.assertEqual(reactor.stops, 2)
+
+    def test_not_yet_running(self):
+        """Before the reactor runs, it is stopped as soon as it does."""
+        class NotRunning(Clock):
+            running = False
+
+            def __init__(self):
+                super().__init__()
+                self.when_running = []
+                self.stopped = False
+
+            def callWhenRunning(self, f, *args):
+                self.when_running.append(f)
+
+            def stop(self):
+                self.stopped = True
+
+        reactor = NotRunning()
+        stop_reactor_after_failed_start(reactor)
+        self.assertFalse(reactor.stopped)
+        (hook,) = reactor.when_running
+        hook()
+        self.assertTrue(reactor.stopped)

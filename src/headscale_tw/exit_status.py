@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-The exit status of ``twistd headscale`` after a failed start (:func:`exit_with_status`).
+The exit status of ``twistd headscale`` after a failed start (:func:`exit_with_status`), and
+stopping the reactor after one (:func:`stop_reactor_after_failed_start`).
 
 Kept apart from :mod:`headscale_tw.service` so that the ``workers`` supervisor,
 which uses it too, does not import the whole server (docs/workers.md).
@@ -11,11 +12,13 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from typing import Protocol
+from typing import Any, Protocol
+
+from twisted.internet.error import ReactorNotRunning
 
 from headscale_tw import preflight
 
-__all__ = ["HasExitStatus", "exit_with_status"]
+__all__ = ["HasExitStatus", "exit_with_status", "stop_reactor_after_failed_start"]
 
 
 class HasExitStatus(Protocol):
@@ -56,3 +59,19 @@ def exit_with_status(top: HasExitStatus) -> None:
             os._exit(top.exit_status)
 
     atexit.register(leave)
+
+
+def stop_reactor_after_failed_start(reactor: Any) -> None:
+    """Stop ``reactor`` after a failed start: now if it runs, or as soon as it does.
+
+    A stop already under way (SIGTERM arrived during start-up, and the start failed because the
+    services were being stopped) is left to finish: ``stop()`` a second time would raise
+    ``ReactorNotRunning`` from the failure handler, a traceback in the log for an ordinary stop.
+    """
+    if getattr(reactor, "running", False):
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass
+    elif hasattr(reactor, "callWhenRunning"):  # failed before the reactor runs (twistd starts services first)
+        reactor.callWhenRunning(reactor.stop)

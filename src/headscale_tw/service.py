@@ -37,7 +37,7 @@ from headscale_tw import preflight
 from headscale_tw._twisted_private import claim_daemon_status_pipe, report_daemon_status
 from headscale_tw.config.model import Config
 from headscale_tw.counters import HTTPCounters
-from headscale_tw.exit_status import exit_with_status
+from headscale_tw.exit_status import exit_with_status, stop_reactor_after_failed_start
 from headscale_tw.gc_refreeze import GcRefreezer
 from headscale_tw.hostport import parse_hostport
 from headscale_tw.logs import twisted_level
@@ -240,11 +240,7 @@ class HeadscaleService(service.MultiService):
         self.log.critical("headscale-tw could not start: {error}", error=self.failure_line)
         self._report_status(self.failure_line)
         self.log.failure("start-up failure in detail", failure, level=LogLevel.debug)
-        if getattr(self.reactor, "running", False):
-            self.reactor.stop()
-        elif hasattr(self.reactor, "callWhenRunning"):
-            # Failed before the reactor runs (twistd starts services first): stop it as soon as it runs.
-            self.reactor.callWhenRunning(self.reactor.stop)
+        stop_reactor_after_failed_start(self.reactor)
 
     def _install_sighup(self):
         if not hasattr(self.reactor, "callFromThread") or not self.reactor.running:

@@ -30,6 +30,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
 from headscale_tw.config.model import Config
+from headscale_tw.exit_status import stop_reactor_after_failed_start
 
 __all__ = ["STATUS_FD", "WorkerSupervisor", "die_with_parent", "SupervisorService", "prepare_and_migrate", "prepare_workers",
            "supervisor_service", "worker_command", "worker_observer"]
@@ -246,10 +247,7 @@ class WorkerSupervisor(service.Service):
         d.addBoth(self._stop_reactor)
 
     def _stop_reactor(self, _: object) -> None:
-        if getattr(self.reactor, "running", False):
-            self.reactor.stop()
-        elif hasattr(self.reactor, "callWhenRunning"):  # failed before the reactor runs: stop it once it does
-            self.reactor.callWhenRunning(self.reactor.stop)
+        stop_reactor_after_failed_start(self.reactor)
 
     def reload(self) -> None:
         """SIGHUP: every worker reloads."""
