@@ -17,10 +17,9 @@ from twisted.trial import unittest
 
 from headscale_tw.control.framing import encode_json
 from headscale_tw.control.policy import PolicyRejected, all_peer_views
-from headscale_tw.policy.conformance import load_scenarios
 from headscale_tw.policy.model import PolicyError
 from tests.bench.test_work_per_change import GROUP, _Sized
-from tests.control.test_policy_incremental import CORPUS, _Run
+from tests.control.test_policy_incremental import corpus_runs, rebuilt_views
 
 N = 30
 
@@ -64,8 +63,7 @@ class PolicyChangeTests(unittest.TestCase):
             self.assertEqual(stream.applier.packet_filter, json.loads(encode_json(cp.filter_wire_for(pnode))),
                              f"filter of node {node.id}")
             self.assertEqual(set(stream.applier.peers), set(everyone.get(node.id, {})), f"peers of node {node.id}")
-        reference = {k: h.policy.views.build_view(cp, k, everyone.get(k, {})) for k in h.policy.inputs.nodes}
-        self.assertEqual(h.policy.views.views, reference)
+        self.assertEqual(h.policy.views.views, rebuilt_views(h.policy))
 
     def test_set_compiles_once(self):
         """Setting a new policy compiles it once: the checked compilation is the one put in force."""
@@ -152,13 +150,7 @@ class CorpusPolicyChangeTests(unittest.TestCase):
     def test_reapplied_policy_equals_rebuild(self):
         """Every view after applying a policy again (new text, same rules) equals its full rebuild."""
         checked = 0
-        for scenario in load_scenarios(CORPUS):
-            if not scenario.get("policy"):
-                continue
-            try:
-                run = _Run(self, scenario, seed=checked)
-            except PolicyError:
-                continue
+        for scenario, run in corpus_runs(self, lambda: checked):
             pm = run.pm
             run.state.update_node = self._update_node(run.state)
             for _ in range(5):
@@ -171,10 +163,7 @@ class CorpusPolicyChangeTests(unittest.TestCase):
             except PolicyError:
                 continue
             self.successResultOf(self._deferred(pm._apply(engine, text)))
-            cp = pm.compiled()
-            everyone = all_peer_views(cp)
-            reference = {k: pm.views.build_view(cp, k, everyone.get(k, {})) for k in pm.inputs.nodes}
-            self.assertEqual(pm.views.views, reference, f"views of scenario {scenario.get('name')!r}")
+            self.assertEqual(pm.views.views, rebuilt_views(pm), f"views of scenario {scenario.get('name')!r}")
             checked += 1
         self.assertGreater(checked, 100)
 

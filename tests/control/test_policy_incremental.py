@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import random
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
@@ -151,9 +152,7 @@ class _Run:
         before = {k: NodeView(v.filter, dict(v.peers), v.ssh, v.caps, v.self_allowed, v.self_primary)
                   for k, v in self.pm.views.views.items()}
         changes = self.pm.update([node_id])
-        cp = self.pm.compiled()
-        everyone = all_peer_views(cp)
-        full = {k: self.pm.views.build_view(cp, k, everyone.get(k, {})) for k in self.pm.inputs.nodes}
+        full = rebuilt_views(self.pm)
         self.t.assertEqual(self.pm.views.views, full, f"views after {op} of node {node_id}")
         self.check_symmetric(f"after {op} of node {node_id}")
         want = ViewCache.diff(before, full)
@@ -188,29 +187,39 @@ class IncrementalViewTests(unittest.TestCase):
         self.assertGreater(incremental, 500)
 
 
+def rebuilt_views(pm) -> dict:
+    """Every node's view built from scratch under ``pm``'s compiled policy: what incremental updates must equal."""
+    cp = pm.compiled()
+    everyone = all_peer_views(cp)
+    return {k: pm.views.build_view(cp, k, everyone.get(k, {})) for k in pm.inputs.nodes}
+
+
+def corpus_runs(testcase, seed: Callable[[], int]) -> Iterator[tuple[dict, _Run]]:
+    """``(scenario, run)`` for each corpus scenario whose policy compiles; ``seed()`` is read as each run starts."""
+    for scenario in load_scenarios(CORPUS):
+        if not scenario.get("policy"):
+            continue
+        try:
+            run = _Run(testcase, scenario, seed=seed())
+        except PolicyError:
+            continue
+        yield scenario, run
+
+
 class FullRebuildTests(unittest.TestCase):
     """The full rebuild (start, reload, big changes) reduces each node's filter from the indexed rules."""
 
     def test_rebuild_equals_reference_on_corpus_policies(self):
         """After a full rebuild every view equals the one built by reducing every rule for the node."""
         checked = 0
-        for scenario in load_scenarios(CORPUS):
-            if not scenario.get("policy"):
-                continue
-            try:
-                run = _Run(self, scenario, seed=checked)
-            except PolicyError:
-                continue
+        for scenario, run in corpus_runs(self, lambda: checked):
             pm = run.pm
             for _ in range(5):  # some routes, exit nodes, retags before the rebuild
                 run.step()
             pm.rebuild_views()
             if pm.uniform:
                 continue
-            cp = pm.compiled()
-            everyone = all_peer_views(cp)
-            reference = {k: pm.views.build_view(cp, k, everyone.get(k, {})) for k in pm.inputs.nodes}
-            self.assertEqual(pm.views.views, reference, f"views of scenario {scenario.get('name')!r}")
+            self.assertEqual(pm.views.views, rebuilt_views(pm), f"views of scenario {scenario.get('name')!r}")
             run.check_symmetric(f"after a rebuild of scenario {scenario.get('name')!r}")
             checked += 1
         self.assertGreater(checked, 100)
@@ -316,6 +325,4 @@ class IdPGroupChangeTests(unittest.TestCase):
         self.assertEqual(pm.views.views_built - built, 8)
         self.assertEqual(set(changes.viewers), {1, 11, 21, 31, 4, 14, 24, 34})
         self.assertEqual(sorted(pm.views.views[1].peers), [4, 14, 24, 34])
-        cp = pm.compiled()
-        everyone = all_peer_views(cp)
-        self.assertEqual(pm.views.views, {k: pm.views.build_view(cp, k, everyone.get(k, {})) for k in pm.inputs.nodes})
+        self.assertEqual(pm.views.views, rebuilt_views(pm))

@@ -111,12 +111,17 @@ def postgres_section(name: str, host: str = PG_SOCKET_DIR, user: str = PG_USER) 
             f"    name: {name}\n    user: {user}\n    pass: ''\n    ssl: disable\n")
 
 
-def _pg_admin(host: str, user: str):
+def _pg_admin_execute(host: str, user: str, sql: str) -> None:
+    """Run one statement (``CREATE``/``DROP DATABASE``) on the server's ``postgres`` database, outside a transaction."""
     import psycopg2
 
     conn = psycopg2.connect(host=host, user=user, dbname="postgres", connect_timeout=5)
-    conn.autocommit = True
-    return conn
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(sql)
+    finally:
+        conn.close()
 
 
 def free_port() -> int:
@@ -205,12 +210,7 @@ class SpawnedServer:
 
     def start(self, timeout: float = 60.0) -> SpawnedServer:
         if self.pg_name is not None and not self._pg_created:
-            conn = _pg_admin(self.pg_host, self.pg_user)
-            try:
-                with conn.cursor() as cursor:
-                    cursor.execute(f'CREATE DATABASE "{self.pg_name}"')
-            finally:
-                conn.close()
+            _pg_admin_execute(self.pg_host, self.pg_user, f'CREATE DATABASE "{self.pg_name}"')
             self._pg_created = True
         argv = [self.python, "-c", _TWISTD, "--nodaemon", "--pidfile="]
         if self.profile:
@@ -271,12 +271,7 @@ class SpawnedServer:
                 self.process.kill()
                 self.process.wait()
         if self._pg_created:
-            conn = _pg_admin(self.pg_host, self.pg_user)
-            try:
-                with conn.cursor() as cursor:
-                    cursor.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
-            finally:
-                conn.close()
+            _pg_admin_execute(self.pg_host, self.pg_user, f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
             self._pg_created = False
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
